@@ -1,3 +1,3 @@
-from postroom.cli import main
+from postroom.admin.cli import main
 
 raise SystemExit(main())

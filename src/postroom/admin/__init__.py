@@ -1,0 +1,1 @@
+"""Administration: operations (service.py) and their command line (cli.py)."""

@@ -1,0 +1,150 @@
+"""Administrative operations, shared by the CLI (and later the HTTP API).
+
+Validation and normalisation of what people type happen here, once: the store below gets
+clean values, and the CLI above only parses arguments and prints results. Password hashing
+(argon2id and the SCRAM keys) runs on a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from postroom.address import AddressError, normalize_address, normalize_alias_source, normalize_domain
+from postroom.auth import passwords
+from postroom.store.api import Alias, Domain, NotFound, QueuedMessage, Store, StoreError, User
+
+
+class AdminError(Exception):
+    """A user-facing failure of an admin operation (one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    password_hash: str
+    scram: str
+
+
+def _hash(password: str) -> Credentials:
+    if not password:
+        raise AdminError("the password is empty")
+    if len(password) > 1024:
+        raise AdminError("the password is longer than 1024 characters")
+    return Credentials(
+        password_hash=passwords.hash_password(password),
+        scram=passwords.scram_credentials(password).to_string(),
+    )
+
+
+def _address(value: str) -> str:
+    try:
+        return normalize_address(value)
+    except AddressError as e:
+        raise AdminError(str(e)) from None
+
+
+def _domain(value: str) -> str:
+    try:
+        return normalize_domain(value)
+    except AddressError as e:
+        raise AdminError(str(e)) from None
+
+
+class AdminService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def _call(self, coro):  # type: ignore[no-untyped-def]
+        try:
+            return await coro
+        except StoreError as e:
+            raise AdminError(str(e)) from None
+
+    # -- domains -------------------------------------------------------------------------
+    async def domain_add(self, name: str) -> Domain:
+        return await self._call(self.store.add_domain(_domain(name)))
+
+    async def domain_list(self) -> list[Domain]:
+        return await self.store.list_domains()
+
+    async def domain_remove(self, name: str) -> None:
+        await self._call(self.store.remove_domain(_domain(name)))
+
+    # -- users ---------------------------------------------------------------------------
+    async def user_add(self, address: str, password: str) -> User:
+        addr = _address(address)
+        if await self.store.get_domain(addr.rpartition("@")[2]) is None:
+            raise AdminError(
+                f"{addr.rpartition('@')[2]} is not a local domain "
+                f"(add it with `postroom domain add {addr.rpartition('@')[2]}`)"
+            )
+        if await self.store.get_user(addr) is not None:
+            raise AdminError(f"user {addr} already exists")
+        creds = await asyncio.get_running_loop().run_in_executor(None, _hash, password)
+        return await self._call(self.store.add_user(addr, creds.password_hash, creds.scram))
+
+    async def user_list(self, domain: str | None = None) -> list[User]:
+        return await self.store.list_users(_domain(domain) if domain else None)
+
+    async def user_remove(self, address: str) -> None:
+        await self._call(self.store.remove_user(_address(address)))
+
+    async def user_passwd(self, address: str, password: str) -> None:
+        addr = _address(address)
+        if await self.store.get_user(addr) is None:
+            raise AdminError(f"no user {addr}")
+        creds = await asyncio.get_running_loop().run_in_executor(None, _hash, password)
+        await self._call(self.store.set_password(addr, creds.password_hash, creds.scram))
+
+    # -- aliases -------------------------------------------------------------------------
+    async def alias_add(self, source: str, targets: list[str]) -> list[Alias]:
+        try:
+            src = normalize_alias_source(source)
+        except AddressError as e:
+            raise AdminError(str(e)) from None
+        if not targets:
+            raise AdminError("an alias needs at least one target address")
+        clean = [_address(t) for t in targets]
+        if src in clean:
+            raise AdminError(f"alias {src} cannot point to itself")
+        return await self._call(self.store.add_alias(src, clean))
+
+    async def alias_list(self, domain: str | None = None) -> list[Alias]:
+        return await self.store.list_aliases(_domain(domain) if domain else None)
+
+    async def alias_remove(self, source: str, target: str | None = None) -> int:
+        try:
+            src = normalize_alias_source(source)
+        except AddressError as e:
+            raise AdminError(str(e)) from None
+        return await self._call(
+            self.store.remove_alias(src, _address(target) if target else None)
+        )
+
+    # -- queue ---------------------------------------------------------------------------
+    async def queue_list(self) -> list[QueuedMessage]:
+        return await self.store.queue_list()
+
+    async def queue_show(self, qid: str) -> tuple[QueuedMessage, bytes]:
+        entry = await self.store.queue_get(qid)
+        if entry is None:
+            raise AdminError(f"no queued message {qid}")
+        try:
+            data = await self.store.read_blob(entry.blob_id)
+        except NotFound:
+            raise AdminError(f"no queued message {qid}") from None
+        return entry, data
+
+    async def queue_flush(self, qid: str | None = None, domain: str | None = None) -> int:
+        n = await self.store.queue_flush(qid, _domain(domain) if domain else None)
+        if qid is not None and n == 0:
+            raise AdminError(f"no queued message {qid} (or it is on hold)")
+        return n
+
+    async def queue_delete(self, qid: str) -> None:
+        if not await self.store.queue_delete(qid):
+            raise AdminError(f"no queued message {qid}")
+
+    async def queue_hold(self, qid: str, held: bool) -> None:
+        if not await self.store.queue_hold(qid, held):
+            raise AdminError(f"no queued message {qid}")

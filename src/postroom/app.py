@@ -1,0 +1,101 @@
+"""Wiring: load settings, open the store, start listeners and workers, handle signals.
+
+Everything is built here and passed down explicitly; nothing else creates services.
+``serve`` prints one ``listening ROLE ADDRESS:PORT`` line per bound socket (the real port
+when the config says port 0, which tests use) and then ``ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from postroom import logs
+from postroom.auth.directory import Directory
+from postroom.config import Settings
+from postroom.net.listener import Handler, ListenerSet
+from postroom.services import Services
+from postroom.tls import TlsContexts
+
+log = logging.getLogger("postroom")
+
+
+def _handlers(services: Services) -> dict[str, Handler]:
+    from postroom.net.imap import ImapHandler
+    from postroom.net.pop3 import Pop3Handler
+    from postroom.net.smtp import SmtpHandler
+
+    smtp = SmtpHandler(services)
+    imap = ImapHandler(services)
+    pop3 = Pop3Handler(services)
+    return {
+        "mx": smtp, "submission": smtp, "submissions": smtp,
+        "imap": imap, "imaps": imap, "pop3": pop3, "pop3s": pop3,
+    }
+
+
+async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
+    from postroom.store.sqlite import open_store
+
+    loop = asyncio.get_running_loop()
+    store = open_store(settings.data_dir, fsync=settings.fsync)
+    tls = TlsContexts(settings.tls_cert, settings.tls_key)
+    listeners = ListenerSet(settings.limits, tls)
+    services = Services(
+        settings=settings, store=store, directory=Directory(store), tls=tls,
+        shutdown=listeners.shutdown,
+    )
+    handlers = _handlers(services)
+    workers: list[Any] = []
+    try:
+        for lst in settings.listeners:
+            try:
+                bound = await listeners.start(lst, handlers[lst.role])
+            except OSError as e:
+                print(f"postroom: error: cannot listen on {lst}: {e.strerror or e}", file=sys.stderr)
+                return 1
+            for host, port in bound:
+                shown = f"[{host}]" if ":" in host else host
+                print(f"listening {lst.role} {shown}:{port}", flush=True)
+        try:
+            from postroom.queue.worker import QueueWorker
+        except ImportError:
+            QueueWorker = None  # type: ignore[assignment,misc]  # noqa: N806
+        if QueueWorker is not None:
+            worker = QueueWorker(services)
+            workers.append(worker)
+            await worker.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
+        logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
+        print("ready", flush=True)
+        if started is not None:
+            started.set_result(services)
+        await stop.wait()
+        logs.event(log, "stopping", connections=listeners.connection_count)
+        await listeners.close(settings.limits.shutdown_grace)
+        for worker in workers:
+            await worker.stop()
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await store.close()
+        logs.event(log, "stopped")
+
+
+def serve(settings: Settings) -> int:
+    logs.setup(settings.logging.level, settings.logging.format)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(run(settings))

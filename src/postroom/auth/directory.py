@@ -1,0 +1,164 @@
+"""Who is who: recipient resolution, authentication, and who may send as whom.
+
+The two questions every protocol asks (as in Stalwart's directory): "authenticate this
+user" and "is this recipient ours, and where does its mail go". Everything is answered from
+the Store, so the CLI's changes are seen at once by the running server.
+
+Recipient resolution order for ``local+tag@domain`` (first match wins):
+1. an alias with exactly that source; 2. a user with exactly that address;
+3. the same two for the address without ``+tag`` (plus-addressing);
+4. the domain's catch-all alias ``@domain``.
+Aliases expand recursively (to users, other aliases and external addresses) up to
+``MAX_ALIAS_DEPTH`` levels; a loop or an unknown local target is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from postroom.address import AddressError, base_address, normalize_address
+from postroom.auth import passwords
+from postroom.store.api import Store, User
+
+MAX_ALIAS_DEPTH = 8
+MAX_EXPANSION = 1000
+
+# Verifying against this hash when the user does not exist keeps the timing of a failed
+# login the same for unknown and known users (no user enumeration by timing).
+_DUMMY_HASH: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    kind: str  # "local" (deliverable here and/or forwarded) | "unknown" | "remote"
+    user_ids: tuple[int, ...] = ()
+    external: tuple[str, ...] = ()
+
+
+REMOTE = Resolution("remote")
+UNKNOWN = Resolution("unknown")
+
+
+class Directory:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def resolve(self, address: str) -> Resolution:
+        """Where mail for ``address`` goes. ``address`` may be un-normalised."""
+        try:
+            addr = normalize_address(address)
+        except AddressError:
+            # Not an address we could ever host (e.g. quoted local part): it can still be
+            # a remote one, which the caller refuses unless the sender is authenticated.
+            domain = address.rpartition("@")[2].lower().rstrip(".")
+            info = await self.store.lookup_address("x@" + domain) if domain else None
+            return UNKNOWN if info is not None and info.domain_is_local else REMOTE
+        users: dict[int, None] = {}
+        external: dict[str, None] = {}
+        found = await self._expand(addr, 0, set(), users, external)
+        if found is None:
+            return REMOTE
+        if not found or (not users and not external):
+            return UNKNOWN
+        return Resolution("local", tuple(users), tuple(external))
+
+    async def _expand(
+        self,
+        addr: str,
+        depth: int,
+        seen: set[str],
+        users: dict[int, None],
+        external: dict[str, None],
+    ) -> bool | None:
+        """Add where ``addr`` goes to ``users``/``external``. None = not a local domain."""
+        if addr in seen or depth > MAX_ALIAS_DEPTH or len(seen) > MAX_EXPANSION:
+            return False
+        seen.add(addr)
+        info = await self.store.lookup_address(addr)
+        if not info.domain_is_local:
+            return None
+        candidates = [(addr, info)]
+        base = base_address(addr)
+        if base is not None:
+            candidates.append((base, None))
+        for candidate, known in candidates:
+            info_c = known if known is not None else await self.store.lookup_address(candidate)
+            if info_c.alias_targets:
+                await self._targets(info_c.alias_targets, depth, seen, users, external)
+                return True
+            if info_c.user is not None and not info_c.user.disabled:
+                users[info_c.user.id] = None
+                return True
+        catch_all = await self.store.lookup_address("@" + addr.rpartition("@")[2])
+        if catch_all.alias_targets:
+            await self._targets(catch_all.alias_targets, depth, seen, users, external)
+            return True
+        return False
+
+    async def _targets(
+        self,
+        targets: tuple[str, ...],
+        depth: int,
+        seen: set[str],
+        users: dict[int, None],
+        external: dict[str, None],
+    ) -> None:
+        for target in targets:
+            local = await self._expand(target, depth + 1, seen, users, external)
+            if local is None:
+                external[target] = None
+
+    async def authenticate(self, username: str, password: str) -> User | None:
+        """The user when ``password`` is right; None otherwise. Costs one argon2 verify."""
+        global _DUMMY_HASH
+        try:
+            address = normalize_address(username)
+        except AddressError:
+            address = None
+        user = await self.store.get_user(address) if address else None
+        loop = asyncio.get_running_loop()
+        if user is None or user.disabled:
+            if _DUMMY_HASH is None:
+                _DUMMY_HASH = await loop.run_in_executor(None, passwords.hash_password, "x")
+            await loop.run_in_executor(None, passwords.verify_password, _DUMMY_HASH, password)
+            return None
+        ok = await loop.run_in_executor(None, passwords.verify_password, user.password_hash, password)
+        return user if ok else None
+
+    async def user_for_scram(self, username: str) -> User | None:
+        try:
+            address = normalize_address(username)
+        except AddressError:
+            return None
+        user = await self.store.get_user(address)
+        if user is None or user.disabled or not user.scram:
+            return None
+        return user
+
+    async def may_send_as(self, user: User, sender: str) -> bool:
+        """May ``user`` use ``sender`` as envelope sender (own address, +tag, or an alias of it)?
+
+        The null sender is allowed (MDNs and some auto-replies use it, RFC 8098 3.1).
+        Catch-all aliases do not count: being the target of ``@domain`` must not let a user
+        send as everybody in the domain.
+        """
+        if sender == "":
+            return True
+        try:
+            addr = normalize_address(sender)
+        except AddressError:
+            return False
+        if addr == user.address or base_address(addr) == user.address:
+            return True
+        for candidate in (addr, base_address(addr)):
+            if candidate is None:
+                continue
+            info = await self.store.lookup_address(candidate)
+            if not info.domain_is_local:
+                return False
+            if info.alias_targets:
+                users: dict[int, None] = {}
+                await self._targets(info.alias_targets, 0, set(), users, {})
+                return user.id in users
+        return False

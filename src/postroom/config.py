@@ -1,0 +1,479 @@
+"""The configuration file: TOML in, frozen validated settings out.
+
+Why hand-written validation rather than a schema library: the one thing users need from a
+config loader is a single clear message naming the file, the key and what is allowed, and
+that is easiest to guarantee when every key is declared in one table below (``_SCHEMA``).
+The same table drives ``docs/configuration.md`` checks in the tests, so a key cannot be
+added without being documented.
+
+Durations accept an integer number of seconds or a string with a unit (``"30s"``, ``"5m"``,
+``"4h"``, ``"5d"``); sizes accept bytes or ``"50M"``/``"10K"``/``"1G"``. Relative paths are
+resolved against the folder that holds the config file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s"})
+TLS_POLICIES = ("none", "may", "require", "verify")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the user (file, key, what is allowed)."""
+
+
+# --------------------------------------------------------------------------------------
+# Value parsers. Each takes the raw TOML value and returns the typed value or raises
+# ValueError with the "what is allowed" part of the message.
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a duration: seconds as a number, or a string like \"30s\", \"5m\", \"4h\", \"5d\"")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration >= 0")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError("a duration: seconds as a number, or a string like \"30s\", \"5m\", \"4h\", \"5d\"")
+
+
+def parse_size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("a size: bytes as an integer, or a string like \"50M\", \"512K\", \"1G\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size >= 0")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = (m.group(2) or "").lower()[:1]
+            return int(m.group(1)) * _SIZE_UNITS[unit]
+    raise ValueError("a size: bytes as an integer, or a string like \"50M\", \"512K\", \"1G\"")
+
+
+def _int_range(lo: int, hi: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"an integer from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError("one of " + ", ".join(repr(a) for a in allowed))
+        return value
+
+    return parse
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$"
+)
+
+
+def _hostname(value: object) -> str:
+    if not isinstance(value, str) or not _HOSTNAME_RE.match(value):
+        raise ValueError("a DNS host name such as \"mail.example.org\"")
+    return value.rstrip(".").lower()
+
+
+def parse_hostport(value: object, default_port: int | None = None) -> tuple[str, int]:
+    """``"127.0.0.1:25"``, ``"[::1]:25"``, ``"mail.example.org:587"``, ``"*:25"`` (all IPv4+IPv6)."""
+    allowed = "\"HOST:PORT\" such as \"0.0.0.0:25\", \"[::]:25\" or \"[::1]:2525\""
+    if not isinstance(value, str) or not value:
+        raise ValueError(allowed)
+    host: str
+    port_s: str | None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ValueError(allowed)
+        host = value[1:end]
+        rest = value[end + 1 :]
+        if rest.startswith(":"):
+            port_s = rest[1:]
+        elif rest == "":
+            port_s = None
+        else:
+            raise ValueError(allowed)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(allowed) from None
+    else:
+        if value.count(":") > 1:
+            raise ValueError(allowed + " (write IPv6 addresses in brackets)")
+        host, sep, port_s_ = value.partition(":")
+        port_s = port_s_ if sep else None
+        if host != "*":
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                if not _HOSTNAME_RE.match(host):
+                    raise ValueError(allowed) from None
+    if port_s is None:
+        if default_port is None:
+            raise ValueError(allowed)
+        return host, default_port
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(allowed + " with a port from 0 to 65535")
+    return host, int(port_s)
+
+
+def _resolver_address(value: object) -> tuple[str, int] | None:
+    if value == "":
+        return None
+    host, port = parse_hostport(value, default_port=53)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("an IP address with optional port, such as \"127.0.0.1:5353\"") from None
+    return host, port
+
+
+def _optional_hostport(value: object) -> tuple[str, int] | None:
+    if value == "":
+        return None
+    return parse_hostport(value, default_port=25)
+
+
+def _duration_list(value: object) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("a non-empty list of durations, such as [\"1m\", \"5m\", \"15m\"]")
+    return tuple(parse_duration(v) for v in value)
+
+
+def _str_map(parse_value: Callable[[object], Any]) -> Callable[[object], dict[str, Any]]:
+    def parse(value: object) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ValueError("a table of \"domain\" = value")
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out[_hostname(k)] = parse_value(v)
+        return out
+
+    return parse
+
+
+# --------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str  # "*" = every address, IPv4 and IPv6
+    port: int
+    role: str
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.role in IMPLICIT_TLS_ROLES
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port} ({self.role})"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    message_size: int = 50 * 1024 * 1024
+    recipients: int = 100
+    connections_total: int = 2000
+    connections_per_ip: int = 50
+    smtp_idle_timeout: float = 300.0
+    smtp_data_timeout: float = 600.0
+    imap_idle_timeout: float = 1800.0
+    pop3_idle_timeout: float = 600.0
+    auth_failures: int = 3
+    auth_delay: float = 1.0
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    greeting_delay: float = 0.0
+    require_tls_for_auth: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSettings:
+    allow_plaintext_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Settings:
+    allow_plaintext_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSettings:
+    smarthost: tuple[str, int] | None = None
+    smarthost_username: str = ""
+    smarthost_password: str = field(default="", repr=False)
+    smarthost_tls: str = "may"
+    resolver: tuple[str, int] | None = None
+    port: int = 25
+    helo_name: str = ""
+    transport: dict[str, tuple[str, int]] = field(default_factory=dict)
+    tls_policy: dict[str, str] = field(default_factory=dict)
+    default_tls_policy: str = "may"
+    concurrency: int = 20
+    per_destination: int = 5
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+    max_queue_lifetime: float = 5 * 86400.0
+    delay_warning: float = 4 * 3600.0
+    connect_timeout: float = 30.0
+    max_received_headers: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    path: Path
+    hostname: str
+    data_dir: Path
+    listeners: tuple[Listener, ...]
+    tls_cert: Path | None
+    tls_key: Path | None
+    limits: Limits = Limits()
+    smtp: SmtpSettings = SmtpSettings()
+    imap: ImapSettings = ImapSettings()
+    pop3: Pop3Settings = Pop3Settings()
+    outbound: OutboundSettings = OutboundSettings()
+    logging: LoggingSettings = LoggingSettings()
+    fsync: bool = True
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "postroom.sqlite3"
+
+
+# Schema: section -> key -> (parser, documentation). Section "" is the top level.
+# Keep in the same order as docs/configuration.md.
+_Parser = Callable[[object], Any]
+_SCHEMA: dict[str, dict[str, _Parser]] = {
+    "": {"hostname": _hostname, "data_dir": _string, "fsync": _boolean},
+    "tls": {"cert": _string, "key": _string},
+    "limits": {
+        "message_size": parse_size,
+        "recipients": _int_range(1, 100000),
+        "connections_total": _int_range(1, 1000000),
+        "connections_per_ip": _int_range(1, 1000000),
+        "smtp_idle_timeout": parse_duration,
+        "smtp_data_timeout": parse_duration,
+        "imap_idle_timeout": parse_duration,
+        "pop3_idle_timeout": parse_duration,
+        "auth_failures": _int_range(1, 1000),
+        "auth_delay": parse_duration,
+        "shutdown_grace": parse_duration,
+    },
+    "smtp": {"greeting_delay": parse_duration, "require_tls_for_auth": _boolean},
+    "imap": {"allow_plaintext_auth": _boolean},
+    "pop3": {"allow_plaintext_auth": _boolean},
+    "outbound": {
+        "smarthost": _optional_hostport,
+        "smarthost_username": _string,
+        "smarthost_password": _string,
+        "smarthost_tls": _choice(*TLS_POLICIES),
+        "resolver": _resolver_address,
+        "port": _int_range(1, 65535),
+        "helo_name": lambda v: "" if v == "" else _hostname(v),
+        "transport": _str_map(lambda v: parse_hostport(v, default_port=25)),
+        "tls_policy": _str_map(_choice(*TLS_POLICIES)),
+        "default_tls_policy": _choice(*TLS_POLICIES),
+        "concurrency": _int_range(1, 10000),
+        "per_destination": _int_range(1, 1000),
+        "retry_schedule": _duration_list,
+        "max_queue_lifetime": parse_duration,
+        "delay_warning": parse_duration,
+        "connect_timeout": parse_duration,
+        "max_received_headers": _int_range(5, 1000),
+    },
+    "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
+}
+_LISTENER_KEYS = {"address": parse_hostport, "role": _choice(*ROLES)}
+_SECTION_CLASSES = {
+    "limits": Limits,
+    "smtp": SmtpSettings,
+    "imap": ImapSettings,
+    "pop3": Pop3Settings,
+    "outbound": OutboundSettings,
+    "logging": LoggingSettings,
+}
+
+
+def documented_keys() -> list[str]:
+    """Every accepted key as written in the file ("limits.recipients", "listener.role")."""
+    keys = [k if not s else f"{s}.{k}" for s, table in _SCHEMA.items() for k in table]
+    keys += [f"listener.{k}" for k in _LISTENER_KEYS]
+    return keys
+
+
+def _fail(path: Path, key: str, what: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {what}")
+
+
+def _check(path: Path, key: str, parser: _Parser, value: object) -> Any:
+    try:
+        return parser(value)
+    except ValueError as e:
+        return_value = e.args[0] if e.args else "a valid value"
+        raise _fail(path, key, f"got {value!r}; allowed: {return_value}") from None
+
+
+def load(path: str | Path) -> Settings:
+    """Read and validate the file; raise :class:`ConfigError` with one clear message."""
+    path = Path(path).absolute()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (create one with `postroom init`)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+    return from_mapping(doc, path)
+
+
+def from_mapping(doc: Mapping[str, Any], path: Path) -> Settings:
+    base = path.parent
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    listeners: list[Listener] = []
+    for key, value in doc.items():
+        if key == "listener":
+            if not isinstance(value, list):
+                raise _fail(path, "listener", "must be an array of tables: write [[listener]]")
+            for i, item in enumerate(value):
+                listeners.append(_listener(path, i, item))
+        elif key in _SCHEMA and key != "":
+            if not isinstance(value, dict):
+                raise _fail(path, key, f"must be a table: write [{key}]")
+            table = _SCHEMA[key]
+            parsed: dict[str, Any] = {}
+            for k, v in value.items():
+                if k not in table:
+                    raise _fail(path, f"{key}.{k}", "unknown key; allowed: " + ", ".join(table))
+                parsed[k] = _check(path, f"{key}.{k}", table[k], v)
+            sections[key] = parsed
+        elif key in _SCHEMA[""]:
+            top[key] = _check(path, key, _SCHEMA[""][key], value)
+        else:
+            allowed = list(_SCHEMA[""]) + [s for s in _SCHEMA if s] + ["listener"]
+            raise _fail(path, key, "unknown key; allowed: " + ", ".join(allowed))
+    if "hostname" not in top:
+        raise _fail(path, "hostname", "missing; set it to this server's DNS name, e.g. \"mail.example.org\"")
+    if not listeners:
+        raise _fail(path, "listener", "no listeners; add at least one [[listener]] with address and role")
+    seen: set[tuple[str, int]] = set()
+    for lst in listeners:
+        if (lst.host, lst.port) in seen and lst.port != 0:
+            raise _fail(path, "listener", f"{lst.host}:{lst.port} is listed twice")
+        seen.add((lst.host, lst.port))
+    data_dir = base / top.get("data_dir", "data")
+    tls = sections.get("tls", {})
+    cert = base / tls["cert"] if tls.get("cert") else None
+    key = base / tls["key"] if tls.get("key") else None
+    if (cert is None) != (key is None):
+        raise _fail(path, "tls", "set both tls.cert and tls.key, or neither")
+    needs_tls = [lst for lst in listeners if lst.implicit_tls]
+    if needs_tls and cert is None:
+        raise _fail(path, "tls.cert", f"required by the listener {needs_tls[0]} (implicit TLS)")
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTION_CLASSES.items():
+        if name in sections:
+            kwargs[name] = cls(**sections[name])
+    settings = Settings(
+        path=path,
+        hostname=top["hostname"],
+        data_dir=data_dir,
+        listeners=tuple(listeners),
+        tls_cert=cert,
+        tls_key=key,
+        fsync=top.get("fsync", True),
+        **kwargs,
+    )
+    return settings
+
+
+def _listener(path: Path, index: int, item: object) -> Listener:
+    where = f"listener[{index}]"
+    if not isinstance(item, dict):
+        raise _fail(path, where, "must be a table with address and role")
+    for k in item:
+        if k not in _LISTENER_KEYS:
+            raise _fail(path, f"{where}.{k}", "unknown key; allowed: address, role")
+    for k in _LISTENER_KEYS:
+        if k not in item:
+            raise _fail(path, f"{where}.{k}", "missing")
+    host, port = _check(path, f"{where}.address", parse_hostport, item["address"])
+    role = _check(path, f"{where}.role", _LISTENER_KEYS["role"], item["role"])
+    return Listener(host=host, port=port, role=role)
+
+
+def check_files(settings: Settings) -> None:
+    """Checks that need the file system: certificate files readable, data folder writable."""
+    for label, p in (("tls.cert", settings.tls_cert), ("tls.key", settings.tls_key)):
+        if p is not None and not p.is_file():
+            raise _fail(settings.path, label, f"file not found: {p}")
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (ssl.SSLError, OSError) as e:
+            raise _fail(settings.path, "tls", f"cannot load certificate and key: {e}") from None
+    d = settings.data_dir
+    if d.exists() and not d.is_dir():
+        raise _fail(settings.path, "data_dir", f"{d} exists and is not a folder")
+    if not d.exists():
+        raise _fail(settings.path, "data_dir", f"{d} does not exist (run `postroom init`)")
+    import os
+
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise _fail(settings.path, "data_dir", f"{d} is not writable by this user")

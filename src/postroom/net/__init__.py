@@ -1,0 +1,1 @@
+"""The network shell: the only code that awaits sockets."""

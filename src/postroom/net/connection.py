@@ -1,0 +1,177 @@
+"""One client connection: an asyncio Protocol with an awaitable ``read`` and flow control.
+
+Why not asyncio streams: a StreamReader keeps its own buffer, and bytes it holds when a
+client says STARTTLS would survive the upgrade (the CVE-2011-0411 class of bug). Here the
+only buffer is a list of received chunks that :meth:`start_tls` drops, and the protocol
+cores keep their own (which they also drop). It is also leaner per connection, which
+matters for thousands of idle IMAP clients.
+
+Backpressure both ways: reading pauses when more than ``HIGH_WATER`` bytes wait
+unconsumed; ``drain`` waits while the transport's write buffer is over its limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+HIGH_WATER = 256 * 1024
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "transport", "peer_ip", "peer_port", "local_port", "tls", "_chunks", "_buffered",
+        "_eof", "_closed", "_waiter", "_paused", "_write_paused", "_drain_waiter",
+        "_on_connect", "task", "_loop",
+    )
+
+    def __init__(self, on_connect: Callable[[Connection], Awaitable[None]]) -> None:
+        self._on_connect = on_connect
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.local_port = 0
+        self.tls: ssl.SSLObject | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._closed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_event_loop()
+
+    # -- asyncio.Protocol callbacks ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer: Any = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip, self.peer_port = peer[0], peer[1]
+            if self.peer_ip.startswith("::ffff:"):
+                self.peer_ip = self.peer_ip[7:]
+        sock: Any = transport.get_extra_info("sockname")
+        if sock:
+            self.local_port = sock[1]
+        self.task = self._loop.create_task(self._on_connect(self))
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._closed = True
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- API for sessions ----------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def pending(self) -> bool:
+        """Bytes have arrived that nobody has read (early talkers, pipelining checks)."""
+        return bool(self._chunks)
+
+    async def read(self, timeout: float | None = None) -> bytes:
+        """The bytes received so far (at least one), or b"" at end of stream.
+
+        Raises TimeoutError when nothing arrives within ``timeout`` seconds.
+        """
+        if not self._chunks and not self._eof:
+            waiter = self._loop.create_future()
+            self._waiter = waiter
+            handle = None
+            if timeout is not None:
+                handle = self._loop.call_later(timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if handle is not None:
+                    handle.cancel()
+        if self._chunks:
+            data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            if self._paused and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
+            return data
+        return b""
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed and data:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self._closed:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    async def send(self, data: bytes) -> None:
+        self.write(data)
+        await self.drain()
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float = 30.0) -> None:
+        """Upgrade to TLS (server side). Bytes received before the upgrade are discarded."""
+        assert self.transport is not None
+        self._chunks.clear()
+        self._buffered = 0
+        new = await asyncio.wait_for(
+            self._loop.start_tls(self.transport, self, context, server_side=True),
+            timeout,
+        )
+        if new is None:
+            raise ConnectionClosed()
+        self.transport = new  # type: ignore[assignment]
+        self.tls = new.get_extra_info("ssl_object")
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

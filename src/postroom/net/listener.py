@@ -1,0 +1,140 @@
+"""Listening sockets, connection limits and graceful shutdown, shared by every protocol.
+
+A protocol plugs in with a :class:`Handler`: ``serve(conn)`` runs one session, and
+``refuse(conn, reason)`` answers a connection over the limits in that protocol's words
+(SMTP ``421 4.7.0``, IMAP ``* BYE``, POP3 ``-ERR [SYS/TEMP]``). Implicit-TLS roles do the
+handshake here, with the *current* certificate (see ``postroom.tls``), before the session
+starts.
+
+Shutdown: :meth:`ListenerSet.close` stops accepting, sets :attr:`Shutdown.requested` (which
+sessions check between transactions), waits up to the grace period for sessions to end,
+then cancels the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from postroom import logs
+from postroom.config import Limits, Listener
+from postroom.net.connection import Connection
+from postroom.tls import TlsContexts
+
+log = logging.getLogger(__name__)
+
+
+class Handler(Protocol):
+    async def serve(self, conn: Connection, listener: Listener) -> None: ...
+    async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None: ...
+
+
+@dataclass
+class Shutdown:
+    requested: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request(self) -> None:
+        self.requested = True
+        self.event.set()
+
+
+class ListenerSet:
+    def __init__(self, limits: Limits, tls: TlsContexts) -> None:
+        self.limits = limits
+        self.tls = tls
+        self.shutdown = Shutdown()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._per_ip: dict[str, int] = {}
+        self._total = 0
+        self._sessions: set[asyncio.Task[None]] = set()
+
+    @property
+    def connection_count(self) -> int:
+        return self._total
+
+    async def start(self, listener: Listener, handler: Handler) -> list[tuple[str, int]]:
+        """Bind ``listener``; return the (address, port) pairs actually bound."""
+        loop = asyncio.get_running_loop()
+
+        async def on_connect(conn: Connection) -> None:
+            await self._run(conn, listener, handler)
+
+        host: str | None = None if listener.host == "*" else listener.host
+        server = await loop.create_server(
+            lambda: Connection(on_connect),
+            host=host,
+            port=listener.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self._servers.append(server)
+        bound = []
+        for sock in server.sockets:
+            addr = sock.getsockname()
+            bound.append((addr[0], addr[1]))
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return bound
+
+    async def _run(self, conn: Connection, listener: Listener, handler: Handler) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        ip = conn.peer_ip
+        over = None
+        if self.shutdown.requested:
+            over = "shutting down"
+        elif self._total >= self.limits.connections_total:
+            over = "too many connections"
+        elif self._per_ip.get(ip, 0) >= self.limits.connections_per_ip:
+            over = "too many connections from your address"
+        self._total += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        try:
+            if over is not None:
+                logs.event(log, "connection_refused", logging.INFO, role=listener.role, client=ip, reason=over)
+                await handler.refuse(conn, listener, over)
+                return
+            if listener.implicit_tls:
+                if self.tls.context is None:
+                    return
+                try:
+                    await conn.start_tls(self.tls.context, timeout=self.limits.smtp_idle_timeout)
+                except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
+                    logs.event(log, "tls_handshake_failed", logging.INFO, role=listener.role, client=ip, error=str(e) or type(e).__name__)
+                    return
+                except Exception as e:  # ssl.SSLError and friends
+                    logs.event(log, "tls_handshake_failed", logging.INFO, role=listener.role, client=ip, error=str(e) or type(e).__name__)
+                    return
+            await handler.serve(conn, listener)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("session crashed role=%s client=%s", listener.role, ip)
+        finally:
+            conn.close()
+            self._total -= 1
+            n = self._per_ip[ip] - 1
+            if n:
+                self._per_ip[ip] = n
+            else:
+                del self._per_ip[ip]
+            self._sessions.discard(task)
+
+    async def close(self, grace: float) -> None:
+        for server in self._servers:
+            server.close()
+        self.shutdown.request()
+        if self._sessions:
+            done, pending = await asyncio.wait(set(self._sessions), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+

@@ -1,0 +1,1 @@
+"""Storage: the contract (api.py) and its backends."""

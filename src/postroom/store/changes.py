@@ -1,0 +1,60 @@
+"""In-process publish/subscribe of mailbox changes and queue wake-ups.
+
+Backends call :meth:`LocalChangeHub.publish` after a commit (never before: a listener that
+re-reads must see the change). Listeners are plain callables run on the event loop; they
+must be quick (typically they set an ``asyncio.Event``). Only the sessions subscribed to a
+mailbox are woken, so one delivery costs O(sessions of that mailbox), not O(all sessions).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from postroom.store.api import ChangeListener, MailboxChange
+
+log = logging.getLogger(__name__)
+
+
+class LocalChangeHub:
+    def __init__(self) -> None:
+        self._mailbox: dict[int, list[ChangeListener]] = {}
+        self._queue: list[Callable[[], None]] = []
+
+    def subscribe(self, mailbox_id: int, listener: ChangeListener) -> None:
+        self._mailbox.setdefault(mailbox_id, []).append(listener)
+
+    def unsubscribe(self, mailbox_id: int, listener: ChangeListener) -> None:
+        listeners = self._mailbox.get(mailbox_id)
+        if listeners is None:
+            return
+        try:
+            listeners.remove(listener)
+        except ValueError:
+            return
+        if not listeners:
+            del self._mailbox[mailbox_id]
+
+    def subscribe_queue(self, listener: Callable[[], None]) -> None:
+        self._queue.append(listener)
+
+    def unsubscribe_queue(self, listener: Callable[[], None]) -> None:
+        if listener in self._queue:
+            self._queue.remove(listener)
+
+    def publish(self, change: MailboxChange) -> None:
+        for listener in tuple(self._mailbox.get(change.mailbox_id, ())):
+            try:
+                listener(change)
+            except Exception:  # a broken listener must not stop the others
+                log.exception("mailbox change listener failed")
+
+    def publish_queue(self) -> None:
+        for listener in tuple(self._queue):
+            try:
+                listener()
+            except Exception:
+                log.exception("queue listener failed")
+
+    def listener_count(self, mailbox_id: int) -> int:
+        return len(self._mailbox.get(mailbox_id, ()))

@@ -1,0 +1,406 @@
+"""Domains, users, aliases and mailboxes (the account side of the SQLite backend).
+
+Plain functions of a connection: the backend runs them on the writer thread (inside the
+group-commit transaction) or on a reader thread. Addresses arrive already normalised
+(lower-case) from the admin service and the directory.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from postroom.store.api import (
+    DEFAULT_MAILBOXES,
+    AddressLookup,
+    Alias,
+    AlreadyExists,
+    Conflict,
+    Domain,
+    Mailbox,
+    MailboxStatus,
+    NotFound,
+    StoreError,
+    User,
+)
+
+_USER_COLS = "u.id, u.address, d.name, u.created, u.password_hash, u.scram, u.disabled"
+_MAILBOX_COLS = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use"
+
+
+def _user(row: tuple) -> User:  # type: ignore[type-arg]
+    return User(
+        id=row[0],
+        address=row[1],
+        domain=row[2],
+        created=row[3],
+        password_hash=row[4],
+        scram=row[5],
+        disabled=bool(row[6]),
+    )
+
+
+def mailbox_row(row: tuple) -> Mailbox:  # type: ignore[type-arg]
+    return Mailbox(
+        id=row[0],
+        user_id=row[1],
+        name=row[2],
+        uidvalidity=row[3],
+        uidnext=row[4],
+        highestmodseq=row[5],
+        special_use=row[6],
+    )
+
+
+# -- domains ---------------------------------------------------------------------------
+
+
+def add_domain(conn: sqlite3.Connection, name: str) -> Domain:
+    now = int(time.time())
+    try:
+        cur = conn.execute("INSERT INTO domains(name, created) VALUES(?, ?)", (name, now))
+    except sqlite3.IntegrityError:
+        raise AlreadyExists(f"domain {name} already exists") from None
+    return Domain(id=int(cur.lastrowid or 0), name=name, created=now)
+
+
+def remove_domain(conn: sqlite3.Connection, name: str) -> None:
+    row = conn.execute("SELECT id FROM domains WHERE name=?", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"no domain {name}")
+    users = conn.execute("SELECT count(*) FROM users WHERE domain_id=?", (row[0],)).fetchone()[0]
+    if users:
+        raise Conflict(f"domain {name} still has {users} user(s); remove them first")
+    aliases = conn.execute("SELECT count(*) FROM aliases WHERE domain_id=?", (row[0],)).fetchone()[0]
+    if aliases:
+        raise Conflict(f"domain {name} still has {aliases} alias(es); remove them first")
+    conn.execute("DELETE FROM domains WHERE id=?", (row[0],))
+
+
+def list_domains(conn: sqlite3.Connection) -> list[Domain]:
+    return [Domain(*r) for r in conn.execute("SELECT id, name, created FROM domains ORDER BY name")]
+
+
+def get_domain(conn: sqlite3.Connection, name: str) -> Domain | None:
+    r = conn.execute("SELECT id, name, created FROM domains WHERE name=?", (name,)).fetchone()
+    return Domain(*r) if r else None
+
+
+# -- users -----------------------------------------------------------------------------
+
+
+def next_uidvalidity(conn: sqlite3.Connection) -> int:
+    """A fresh UIDVALIDITY: never repeats in this database, even for a re-created name."""
+    row = conn.execute("SELECT value FROM meta WHERE key='uidvalidity'").fetchone()
+    value = max(int(row[0]) + 1 if row else 0, int(time.time()) & 0x7FFFFFFF)
+    value = max(1, value & 0xFFFFFFFF)
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES('uidvalidity', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+        (str(value),),
+    )
+    return value
+
+
+def _insert_mailbox(
+    conn: sqlite3.Connection, user_id: int, name: str, special_use: str | None
+) -> Mailbox:
+    uidvalidity = next_uidvalidity(conn)
+    cur = conn.execute(
+        "INSERT INTO mailboxes(user_id, name, uidvalidity, special_use) VALUES(?, ?, ?, ?)",
+        (user_id, name, uidvalidity, special_use),
+    )
+    return Mailbox(
+        id=int(cur.lastrowid or 0),
+        user_id=user_id,
+        name=name,
+        uidvalidity=uidvalidity,
+        uidnext=1,
+        highestmodseq=1,
+        special_use=special_use,
+    )
+
+
+def add_user(conn: sqlite3.Connection, address: str, password_hash: str, scram: str | None) -> User:
+    domain = address.rpartition("@")[2]
+    d = conn.execute("SELECT id FROM domains WHERE name=?", (domain,)).fetchone()
+    if d is None:
+        raise NotFound(f"{domain} is not a local domain (add it with `postroom domain add {domain}`)")
+    now = int(time.time())
+    try:
+        cur = conn.execute(
+            "INSERT INTO users(domain_id, address, password_hash, scram, created) "
+            "VALUES(?, ?, ?, ?, ?)",
+            (d[0], address, password_hash, scram, now),
+        )
+    except sqlite3.IntegrityError:
+        raise AlreadyExists(f"user {address} already exists") from None
+    user_id = int(cur.lastrowid or 0)
+    for name, special in DEFAULT_MAILBOXES:
+        _insert_mailbox(conn, user_id, name, special)
+        conn.execute("INSERT INTO subscriptions(user_id, name) VALUES(?, ?)", (user_id, name))
+    return User(
+        id=user_id, address=address, domain=domain, created=now,
+        password_hash=password_hash, scram=scram,
+    )
+
+
+def _drop_messages(conn: sqlite3.Connection, where: str, args: tuple) -> None:  # type: ignore[type-arg]
+    """Delete the message rows matching ``where`` and release their blob references."""
+    from postroom.store.sqlite.mail import _release_blobs
+
+    blob_ids = [r[0] for r in conn.execute(f"SELECT blob_id FROM messages m WHERE {where}", args)]
+    conn.execute(f"DELETE FROM messages WHERE id IN (SELECT id FROM messages m WHERE {where})", args)
+    _release_blobs(conn, blob_ids)
+
+
+def remove_user(conn: sqlite3.Connection, address: str) -> None:
+    row = conn.execute("SELECT id FROM users WHERE address=?", (address,)).fetchone()
+    if row is None:
+        raise NotFound(f"no user {address}")
+    user_id = row[0]
+    _drop_messages(conn, "m.mailbox_id IN (SELECT id FROM mailboxes WHERE user_id=?)", (user_id,))
+    conn.execute("DELETE FROM users WHERE id=?", (user_id,))
+
+
+def set_password(conn: sqlite3.Connection, address: str, password_hash: str, scram: str | None) -> None:
+    cur = conn.execute(
+        "UPDATE users SET password_hash=?, scram=? WHERE address=?", (password_hash, scram, address)
+    )
+    if cur.rowcount == 0:
+        raise NotFound(f"no user {address}")
+
+
+def get_user(conn: sqlite3.Connection, address: str) -> User | None:
+    r = conn.execute(
+        f"SELECT {_USER_COLS} FROM users u JOIN domains d ON d.id=u.domain_id WHERE u.address=?",
+        (address,),
+    ).fetchone()
+    return _user(r) if r else None
+
+
+def get_user_by_id(conn: sqlite3.Connection, user_id: int) -> User | None:
+    r = conn.execute(
+        f"SELECT {_USER_COLS} FROM users u JOIN domains d ON d.id=u.domain_id WHERE u.id=?",
+        (user_id,),
+    ).fetchone()
+    return _user(r) if r else None
+
+
+def list_users(conn: sqlite3.Connection, domain: str | None) -> list[User]:
+    sql = f"SELECT {_USER_COLS} FROM users u JOIN domains d ON d.id=u.domain_id"
+    if domain is None:
+        rows = conn.execute(sql + " ORDER BY d.name, u.address")
+    else:
+        rows = conn.execute(sql + " WHERE d.name=? ORDER BY u.address", (domain,))
+    return [_user(r) for r in rows]
+
+
+# -- aliases ---------------------------------------------------------------------------
+
+
+def add_alias(conn: sqlite3.Connection, source: str, targets: Sequence[str]) -> list[Alias]:
+    domain = source.rpartition("@")[2]
+    d = conn.execute("SELECT id FROM domains WHERE name=?", (domain,)).fetchone()
+    if d is None:
+        raise NotFound(f"{domain} is not a local domain (add it with `postroom domain add {domain}`)")
+    added = []
+    for target in targets:
+        try:
+            conn.execute(
+                "INSERT INTO aliases(domain_id, source, target) VALUES(?, ?, ?)",
+                (d[0], source, target),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"alias {source} -> {target} already exists") from None
+        added.append(Alias(source, target))
+    return added
+
+
+def remove_alias(conn: sqlite3.Connection, source: str, target: str | None) -> int:
+    if target is None:
+        cur = conn.execute("DELETE FROM aliases WHERE source=?", (source,))
+    else:
+        cur = conn.execute("DELETE FROM aliases WHERE source=? AND target=?", (source, target))
+    if cur.rowcount == 0:
+        raise NotFound(f"no alias {source}" + (f" -> {target}" if target else ""))
+    return cur.rowcount
+
+
+def list_aliases(conn: sqlite3.Connection, domain: str | None) -> list[Alias]:
+    if domain is None:
+        rows = conn.execute("SELECT source, target FROM aliases ORDER BY source, target")
+    else:
+        rows = conn.execute(
+            "SELECT a.source, a.target FROM aliases a JOIN domains d ON d.id=a.domain_id "
+            "WHERE d.name=? ORDER BY a.source, a.target",
+            (domain,),
+        )
+    return [Alias(*r) for r in rows]
+
+
+def alias_targets(conn: sqlite3.Connection, source: str) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT target FROM aliases WHERE source=? ORDER BY id", (source,))]
+
+
+def lookup_address(conn: sqlite3.Connection, address: str) -> AddressLookup:
+    domain = address.rpartition("@")[2]
+    local = conn.execute("SELECT 1 FROM domains WHERE name=?", (domain,)).fetchone() is not None
+    if not local:
+        return AddressLookup(domain_is_local=False, user=None, alias_targets=())
+    return AddressLookup(
+        domain_is_local=True,
+        user=get_user(conn, address) if not address.startswith("@") else None,
+        alias_targets=tuple(alias_targets(conn, address)),
+    )
+
+
+# -- mailboxes -------------------------------------------------------------------------
+
+
+def list_mailboxes(conn: sqlite3.Connection, user_id: int) -> list[Mailbox]:
+    rows = conn.execute(
+        f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE user_id=? ORDER BY name", (user_id,)
+    )
+    return [mailbox_row(r) for r in rows]
+
+
+def get_mailbox(conn: sqlite3.Connection, user_id: int, name: str) -> Mailbox | None:
+    r = conn.execute(
+        f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE user_id=? AND name=?", (user_id, name)
+    ).fetchone()
+    return mailbox_row(r) if r else None
+
+
+def get_mailbox_by_id(conn: sqlite3.Connection, mailbox_id: int) -> Mailbox | None:
+    r = conn.execute(f"SELECT {_MAILBOX_COLS} FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
+    return mailbox_row(r) if r else None
+
+
+def create_mailbox(
+    conn: sqlite3.Connection, user_id: int, name: str, special_use: str | None
+) -> Mailbox:
+    if get_mailbox(conn, user_id, name) is not None:
+        raise AlreadyExists(f"mailbox {name} already exists")
+    if special_use is not None:
+        taken = conn.execute(
+            "SELECT name FROM mailboxes WHERE user_id=? AND special_use=?", (user_id, special_use)
+        ).fetchone()
+        if taken:
+            raise Conflict(f"{special_use} is already used by {taken[0]}")
+    # RFC 9051 6.3.4: create missing superior names too, so the hierarchy stays navigable.
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        if get_mailbox(conn, user_id, parent) is None:
+            _insert_mailbox(conn, user_id, parent, None)
+    return _insert_mailbox(conn, user_id, name, special_use)
+
+
+def delete_mailbox(conn: sqlite3.Connection, user_id: int, name: str) -> int:
+    if name == "INBOX":
+        raise StoreError("INBOX cannot be deleted")
+    mb = get_mailbox(conn, user_id, name)
+    if mb is None:
+        raise NotFound(f"no mailbox {name}")
+    child = conn.execute(
+        "SELECT 1 FROM mailboxes WHERE user_id=? AND substr(name, 1, ?) = ? LIMIT 1",
+        (user_id, len(name) + 1, name + "/"),
+    ).fetchone()
+    if child:
+        raise Conflict(f"mailbox {name} has children; delete them first")
+    _drop_messages(conn, "m.mailbox_id=?", (mb.id,))
+    conn.execute("DELETE FROM mailboxes WHERE id=?", (mb.id,))
+    return mb.id
+
+
+def rename_mailbox(conn: sqlite3.Connection, user_id: int, old: str, new: str) -> list[int]:
+    """Rename ``old`` and its children. Returns ids of mailboxes whose content changed."""
+    src = get_mailbox(conn, user_id, old)
+    if src is None:
+        raise NotFound(f"no mailbox {old}")
+    if get_mailbox(conn, user_id, new) is not None:
+        raise AlreadyExists(f"mailbox {new} already exists")
+    if new.startswith(old + "/"):
+        raise StoreError("cannot rename a mailbox into its own child")
+    # Superior names of the new name must exist (as for CREATE).
+    parts = new.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        if get_mailbox(conn, user_id, parent) is None:
+            _insert_mailbox(conn, user_id, parent, None)
+    if old == "INBOX":
+        # RFC 9051 6.3.6: renaming INBOX moves its messages to a new mailbox; INBOX stays,
+        # empty, and its children are not renamed.
+        dst = _insert_mailbox(conn, user_id, new, None)
+        rows = conn.execute(
+            "SELECT id, uid FROM messages WHERE mailbox_id=? ORDER BY uid", (src.id,)
+        ).fetchall()
+        if rows:
+            modseq = conn.execute(
+                "UPDATE mailboxes SET highestmodseq=highestmodseq+1 WHERE id=? RETURNING highestmodseq",
+                (src.id,),
+            ).fetchone()[0]
+            next_uid = 1
+            for msg_id, uid in rows:
+                conn.execute(
+                    "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES(?, ?, ?)",
+                    (src.id, uid, modseq),
+                )
+                conn.execute(
+                    "UPDATE messages SET mailbox_id=?, uid=?, modseq=2 WHERE id=?",
+                    (dst.id, next_uid, msg_id),
+                )
+                next_uid += 1
+            conn.execute(
+                "UPDATE mailboxes SET uidnext=?, highestmodseq=2 WHERE id=?", (next_uid, dst.id)
+            )
+        return [src.id, dst.id]
+    conn.execute(
+        "UPDATE mailboxes SET name = ? || substr(name, ?) "
+        "WHERE user_id=? AND (name=? OR substr(name, 1, ?) = ?)",
+        (new, len(old) + 1, user_id, old, len(old) + 1, old + "/"),
+    )
+    conn.execute(
+        "UPDATE OR IGNORE subscriptions SET name = ? || substr(name, ?) "
+        "WHERE user_id=? AND (name=? OR substr(name, 1, ?) = ?)",
+        (new, len(old) + 1, user_id, old, len(old) + 1, old + "/"),
+    )
+    return []
+
+
+def list_subscriptions(conn: sqlite3.Connection, user_id: int) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM subscriptions WHERE user_id=? ORDER BY name", (user_id,)
+        )
+    ]
+
+
+def set_subscribed(conn: sqlite3.Connection, user_id: int, name: str, subscribed: bool) -> None:
+    if subscribed:
+        conn.execute(
+            "INSERT OR IGNORE INTO subscriptions(user_id, name) VALUES(?, ?)", (user_id, name)
+        )
+    else:
+        conn.execute("DELETE FROM subscriptions WHERE user_id=? AND name=?", (user_id, name))
+
+
+def mailbox_status(conn: sqlite3.Connection, mailbox_id: int) -> MailboxStatus:
+    mb = conn.execute(
+        "SELECT uidvalidity, uidnext, highestmodseq, recent_uid FROM mailboxes WHERE id=?",
+        (mailbox_id,),
+    ).fetchone()
+    if mb is None:
+        raise NotFound("no such mailbox")
+    r = conn.execute(
+        "SELECT count(*), coalesce(sum((flags & 1) = 0), 0), coalesce(sum((flags & 8) != 0), 0), "
+        "coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0) FROM messages WHERE mailbox_id=?",
+        (mb[3], mailbox_id),
+    ).fetchone()
+    return MailboxStatus(
+        messages=r[0], unseen=r[1], deleted=r[2], size=r[3], recent=r[4],
+        uidvalidity=mb[0], uidnext=mb[1], highestmodseq=mb[2],
+    )

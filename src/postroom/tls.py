@@ -1,0 +1,99 @@
+"""TLS: server contexts with modern defaults, reloadable certificates, self-signed set-up.
+
+Why a holder object: listeners keep a reference to :class:`TlsContexts` rather than to an
+``ssl.SSLContext``. On SIGHUP we build a fresh context from the files and swap it in; new
+handshakes (new connections and STARTTLS) use the new certificate, and connections already
+running keep theirs, so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import os
+import ssl
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class TlsContexts:
+    """The current server context, or None when no certificate is configured."""
+
+    def __init__(self, cert: Path | None, key: Path | None) -> None:
+        self.cert = cert
+        self.key = key
+        self.context: ssl.SSLContext | None = None
+        if cert is not None and key is not None:
+            self.context = server_context(cert, key)
+
+    @property
+    def available(self) -> bool:
+        return self.context is not None
+
+    def reload(self) -> bool:
+        """Re-read the files; keep the old context when the new files are broken."""
+        if self.cert is None or self.key is None:
+            return False
+        try:
+            self.context = server_context(self.cert, self.key)
+        except (OSError, ssl.SSLError) as e:
+            log.error("event=tls_reload_failed error=%s", e)
+            return False
+        log.info("event=tls_reloaded cert=%s", self.cert)
+        return True
+
+
+def describe(obj: ssl.SSLObject | ssl.SSLSocket | None) -> str:
+    """``TLSv1.3 TLS_AES_256_GCM_SHA384`` for Received headers and logs."""
+    if obj is None:
+        return ""
+    cipher = obj.cipher()
+    version = obj.version() or ""
+    return f"{version} {cipher[0]}" if cipher else version
+
+
+def write_self_signed(cert_path: Path, key_path: Path, hostname: str, days: int = 825) -> None:
+    """A self-signed certificate for ``hostname`` (and localhost), for first start and tests."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    sans: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]
+    sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -1,0 +1,41 @@
+"""Shared test fixtures: store backends and helpers to run async test bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def store_backends() -> list[str]:
+    """Backends the store contract suite runs on: POSTROOM_TEST_BACKENDS=sqlite,postgres."""
+    return [b.strip() for b in os.environ.get("POSTROOM_TEST_BACKENDS", "sqlite").split(",") if b.strip()]
+
+
+async def open_test_store(backend: str, tmp_path: Path) -> Any:
+    if backend == "sqlite":
+        from postroom.store.sqlite import open_store
+
+        return open_store(tmp_path / "data", fsync=False)
+    raise pytest.UsageError(f"unknown store backend {backend!r}")
+
+
+@pytest.fixture(params=store_backends())
+def store_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Callable[[Any], Awaitable[Any]]], Any]:
+    """``store_run(async_fn)`` runs ``async_fn(store)`` on a fresh store of each backend."""
+
+    def run(fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        async def main() -> Any:
+            store = await open_test_store(request.param, tmp_path)
+            try:
+                return await fn(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(main())
+
+    return run

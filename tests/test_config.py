@@ -1,0 +1,137 @@
+"""Configuration validation: every error names the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from postroom import config
+
+BASE = """
+hostname = "mail.example.test"
+[[listener]]
+address = "127.0.0.1:2525"
+role = "mx"
+"""
+
+
+def _load(tmp_path: Path, text: str) -> config.Settings:
+    p = tmp_path / "postroom.toml"
+    p.write_text(text)
+    return config.load(p)
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(config.ConfigError) as e:
+        _load(tmp_path, text)
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "postroom.toml")), msg
+    assert "\n" not in msg
+    return msg
+
+
+def test_minimal_defaults(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE)
+    assert s.hostname == "mail.example.test"
+    assert s.data_dir == tmp_path / "data"
+    assert s.listeners == (config.Listener("127.0.0.1", 2525, "mx"),)
+    assert s.limits.message_size == 50 * 1024 * 1024 and s.limits.recipients == 100
+    assert s.limits.smtp_idle_timeout == 300 and s.outbound.max_queue_lifetime == 5 * 86400
+
+
+def test_units_and_sections(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE + """
+[[listener]]
+address = "[::1]:2143"
+role = "imap"
+[[listener]]
+address = "*:2110"
+role = "pop3"
+[limits]
+message_size = "10M"
+smtp_idle_timeout = "2m"
+auth_delay = 0.5
+[outbound]
+smarthost = "relay.example.test:587"
+resolver = "127.0.0.1:5353"
+transport = { "example.org" = "127.0.0.2:2526" }
+tls_policy = { "bank.example" = "verify" }
+retry_schedule = ["1s", "2s"]
+[logging]
+format = "json"
+""")
+    assert s.limits.message_size == 10 * 1024 * 1024
+    assert s.limits.smtp_idle_timeout == 120 and s.limits.auth_delay == 0.5
+    assert s.listeners[1] == config.Listener("::1", 2143, "imap")
+    assert s.listeners[2].host == "*"
+    assert s.outbound.smarthost == ("relay.example.test", 587)
+    assert s.outbound.resolver == ("127.0.0.1", 5353)
+    assert s.outbound.transport == {"example.org": ("127.0.0.2", 2526)}
+    assert s.outbound.tls_policy == {"bank.example": "verify"}
+    assert s.outbound.retry_schedule == (1.0, 2.0)
+    assert s.logging.format == "json"
+
+
+@pytest.mark.parametrize(
+    "extra, key, allowed",
+    [
+        ("bogus = 1", "bogus", "unknown key"),
+        ("[limits]\nrecipients = \"many\"", "limits.recipients", "an integer from 1"),
+        ("[limits]\nrecipients = 0", "limits.recipients", "an integer from 1"),
+        ("[limits]\nmessage_size = \"ten\"", "limits.message_size", "a size"),
+        ("[limits]\nsmtp_idle_timeout = \"soon\"", "limits.smtp_idle_timeout", "a duration"),
+        ("[limits]\nfoo = 1", "limits.foo", "unknown key; allowed: message_size"),
+        ("[logging]\nlevel = \"loud\"", "logging.level", "one of 'debug'"),
+        ("[outbound]\nresolver = \"dns.example\"", "outbound.resolver", "an IP address"),
+        ("[outbound]\ntls_policy = { \"x.example\" = \"maybe\" }", "outbound.tls_policy", "one of 'none'"),
+        ("[[listener]]\naddress = \"127.0.0.1:99999\"\nrole = \"imap\"", "listener[1].address", "port from 0 to 65535"),
+        ("[[listener]]\naddress = \"::1:25\"\nrole = \"imap\"", "listener[1].address", "brackets"),
+        ("[[listener]]\naddress = \"127.0.0.1:2143\"\nrole = \"web\"", "listener[1].role", "one of 'mx'"),
+        ("[[listener]]\naddress = \"127.0.0.1:2143\"", "listener[1].role", "missing"),
+        ("[[listener]]\naddress = \"127.0.0.1:2525\"\nrole = \"imap\"", "listener", "listed twice"),
+        ("[[listener]]\naddress = \"127.0.0.1:2465\"\nrole = \"submissions\"", "tls.cert", "required by the listener"),
+        ("[tls]\ncert = \"c.pem\"", "tls", "both tls.cert and tls.key"),
+        ("hostname = \"bad name\"", "hostname", "a DNS host name"),
+    ],
+)
+def test_errors_name_key_and_allowed(tmp_path: Path, extra: str, key: str, allowed: str) -> None:
+    if extra.startswith("hostname"):
+        text = extra + BASE.replace('hostname = "mail.example.test"', "")
+    elif not extra.startswith("["):
+        text = extra + "\n" + BASE  # top-level keys come before any table
+    else:
+        text = BASE + "\n" + extra
+    msg = _error(tmp_path, text)
+    assert f": {key}:" in msg, msg
+    assert allowed in msg, msg
+
+
+def test_syntax_error_and_missing(tmp_path: Path) -> None:
+    assert "TOML syntax error" in _error(tmp_path, "hostname = \n")
+    assert ": hostname: missing" in _error(tmp_path, "[[listener]]\naddress=\"127.0.0.1:1\"\nrole=\"mx\"\n")
+    assert ": listener: no listeners" in _error(tmp_path, "hostname = \"a.example\"\n")
+    with pytest.raises(config.ConfigError, match="no such file"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_check_files(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE + "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n")
+    with pytest.raises(config.ConfigError, match="tls.cert: file not found"):
+        config.check_files(s)
+    from postroom.tls import write_self_signed
+
+    write_self_signed(tmp_path / "c.pem", tmp_path / "k.pem", "mail.example.test")
+    with pytest.raises(config.ConfigError, match="data_dir: .* does not exist"):
+        config.check_files(s)
+    (tmp_path / "data").mkdir()
+    config.check_files(s)
+    (tmp_path / "k.pem").write_text("garbage")
+    with pytest.raises(config.ConfigError, match="cannot load certificate"):
+        config.check_files(s)
+
+
+def test_every_key_documented() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    missing = [k for k in config.documented_keys() if f"`{k}`" not in doc]
+    assert not missing, f"keys missing from docs/configuration.md: {missing}"
