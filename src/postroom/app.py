@@ -17,24 +17,32 @@ from postroom import logs
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet
-from postroom.services import Services
+from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
 
 log = logging.getLogger("postroom")
 
 
 def _handlers(services: Services) -> dict[str, Handler]:
-    from postroom.net.imap import ImapHandler
-    from postroom.net.pop3 import Pop3Handler
-    from postroom.net.smtp import SmtpHandler
+    """One handler per protocol family, built only for the roles the config uses."""
+    roles = {lst.role for lst in services.settings.listeners}
+    handlers: dict[str, Handler] = {}
+    if roles & {"mx", "submission", "submissions"}:
+        from postroom.net.smtp import SmtpHandler
 
-    smtp = SmtpHandler(services)
-    imap = ImapHandler(services)
-    pop3 = Pop3Handler(services)
-    return {
-        "mx": smtp, "submission": smtp, "submissions": smtp,
-        "imap": imap, "imaps": imap, "pop3": pop3, "pop3s": pop3,
-    }
+        smtp = SmtpHandler(services)
+        handlers.update(mx=smtp, submission=smtp, submissions=smtp)
+    if roles & {"imap", "imaps"}:
+        from postroom.net.imap import ImapHandler
+
+        imap = ImapHandler(services)
+        handlers.update(imap=imap, imaps=imap)
+    if roles & {"pop3", "pop3s"}:
+        from postroom.net.pop3 import Pop3Handler
+
+        pop3 = Pop3Handler(services)
+        handlers.update(pop3=pop3, pop3s=pop3)
+    return handlers
 
 
 async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
@@ -46,7 +54,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     listeners = ListenerSet(settings.limits, tls)
     services = Services(
         settings=settings, store=store, directory=Directory(store), tls=tls,
-        shutdown=listeners.shutdown,
+        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
     )
     handlers = _handlers(services)
     workers: list[Any] = []

@@ -25,11 +25,15 @@ class ConnectionClosed(Exception):
     pass
 
 
+class Interrupted(Exception):
+    """The server is shutting down: :meth:`Connection.read` was woken without data."""
+
+
 class Connection(asyncio.Protocol):
     __slots__ = (
         "transport", "peer_ip", "peer_port", "local_port", "tls", "_chunks", "_buffered",
         "_eof", "_closed", "_waiter", "_paused", "_write_paused", "_drain_waiter",
-        "_on_connect", "task", "_loop",
+        "_on_connect", "task", "_loop", "_interrupted",
     )
 
     def __init__(self, on_connect: Callable[[Connection], Awaitable[None]]) -> None:
@@ -48,12 +52,12 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self._interrupted = False
         self._loop = asyncio.get_event_loop()
 
     # -- asyncio.Protocol callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer: Any = transport.get_extra_info("peername")
         if peer:
             self.peer_ip, self.peer_port = peer[0], peer[1]
@@ -98,6 +102,11 @@ class Connection(asyncio.Protocol):
             w.set_result(None)
 
     # -- API for sessions ----------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Wake a pending :meth:`read` with :class:`Interrupted` (once) for a shutdown."""
+        self._interrupted = True
+        self._wake()
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -111,7 +120,7 @@ class Connection(asyncio.Protocol):
 
         Raises TimeoutError when nothing arrives within ``timeout`` seconds.
         """
-        if not self._chunks and not self._eof:
+        if not self._chunks and not self._eof and not self._interrupted:
             waiter = self._loop.create_future()
             self._waiter = waiter
             handle = None
@@ -131,6 +140,9 @@ class Connection(asyncio.Protocol):
                 self._paused = False
                 self.transport.resume_reading()
             return data
+        if self._interrupted and not self._eof:
+            self._interrupted = False
+            raise Interrupted()
         return b""
 
     def write(self, data: bytes) -> None:
@@ -154,10 +166,10 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self._chunks.clear()
         self._buffered = 0
-        new = await asyncio.wait_for(
-            self._loop.start_tls(self.transport, self, context, server_side=True),
-            timeout,
-        )
+        # asyncio.timeout, not wait_for: wait_for runs start_tls in a new task, one loop
+        # iteration later, and the client's ClientHello would land in our buffer meanwhile.
+        async with asyncio.timeout(timeout):
+            new = await self._loop.start_tls(self.transport, self, context, server_side=True)
         if new is None:
             raise ConnectionClosed()
         self.transport = new  # type: ignore[assignment]

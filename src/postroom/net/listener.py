@@ -50,7 +50,7 @@ class ListenerSet:
         self._servers: list[asyncio.AbstractServer] = []
         self._per_ip: dict[str, int] = {}
         self._total = 0
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._sessions: dict[asyncio.Task[None], Connection] = {}
 
     @property
     def connection_count(self) -> int:
@@ -83,7 +83,7 @@ class ListenerSet:
     async def _run(self, conn: Connection, listener: Listener, handler: Handler) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._sessions.add(task)
+        self._sessions[task] = conn
         ip = conn.peer_ip
         over = None
         if self.shutdown.requested:
@@ -125,12 +125,14 @@ class ListenerSet:
                 self._per_ip[ip] = n
             else:
                 del self._per_ip[ip]
-            self._sessions.discard(task)
+            self._sessions.pop(task, None)
 
     async def close(self, grace: float) -> None:
         for server in self._servers:
             server.close()
         self.shutdown.request()
+        for conn in self._sessions.values():
+            conn.interrupt()  # idle sessions say goodbye now; busy ones finish first
         if self._sessions:
             done, pending = await asyncio.wait(set(self._sessions), timeout=grace)
             for task in pending:

@@ -7,19 +7,19 @@ otherwise a literal. ``NIL`` for a missing value.
 
 from __future__ import annotations
 
+import re
+
 # Characters that may appear inside a quoted string without a backslash; CR, LF and NUL can
 # never appear in one, and 8-bit bytes only after UTF8=ACCEPT / IMAP4rev2 (we send them as
 # literals, which is always allowed).
 _QUOTED_MAX = 1024
 
 
+_QUOTABLE = re.compile(rb"[\x20-\x7e]{0,%d}" % _QUOTED_MAX)
+
+
 def _quotable(value: bytes) -> bool:
-    if len(value) > _QUOTED_MAX:
-        return False
-    for b in value:
-        if b < 0x20 or b > 0x7E:
-            return False
-    return True
+    return _QUOTABLE.fullmatch(value) is not None
 
 
 def string(value: bytes | str) -> bytes:

@@ -1,0 +1,1 @@
+"""Authentication: password hashing and SCRAM keys (passwords.py), the user directory."""

@@ -1,0 +1,167 @@
+"""Turning received bytes into a stored message: headers we add or drop, the parse summary.
+
+Shared by SMTP (MX and submission), IMAP APPEND and locally delivered DSNs, so every
+stored message obeys the same invariants, which POP3 and IMAP rely on:
+* CRLF line endings throughout, and a final CRLF (so the stored size is the POP3 size);
+* ``Return-Path:`` only as added by us on final delivery (incoming ones are dropped, as
+  Postfix's ``message_drop_headers`` does; the outbound queue strips ours again);
+* a parse summary computed once (``postroom.message.scan``).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+
+from postroom.message import scan
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+# Fields we never keep from the outside: Return-Path is the final MTA's job (RFC 5321
+# 4.4); Content-Length lies about the size. Bcc is dropped on submission only.
+DROP_ALWAYS = (b"return-path", b"content-length")
+DROP_ON_SUBMISSION = (b"bcc",)
+
+
+def normalize(data: bytes) -> bytes:
+    """CRLF line endings and a final CRLF (bare CR or LF become CRLF)."""
+    if b"\n" in data and _BARE_LF.search(data):
+        data = _BARE_LF.sub(b"\r\n", data)
+    if b"\r" in data and _BARE_CR.search(data):
+        data = _BARE_CR.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def header_end(data: bytes) -> int:
+    """Offset just after the header block's last CRLF (before the empty line)."""
+    if data.startswith(b"\r\n"):
+        return 0
+    pos = data.find(b"\r\n\r\n")
+    return len(data) if pos < 0 else pos + 2
+
+
+def header_fields(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(lower-case name, start, end) of every header field, folded lines included."""
+    end = header_end(data)
+    fields: list[tuple[bytes, int, int]] = []
+    pos = 0
+    while pos < end:
+        nl = data.find(b"\r\n", pos, end)
+        line_end = end if nl < 0 else nl + 2
+        if data[pos : pos + 1] in (b" ", b"\t") and fields:
+            name, start, _ = fields[-1]
+            fields[-1] = (name, start, line_end)
+        else:
+            colon = data.find(b":", pos, line_end)
+            name = data[pos:colon].strip().lower() if colon >= 0 else b""
+            fields.append((name, pos, line_end))
+        pos = line_end
+    return fields
+
+
+def count_fields(data: bytes, name: bytes) -> int:
+    return sum(1 for n, _, _ in header_fields(data) if n == name)
+
+
+def has_field(data: bytes, name: bytes) -> bool:
+    return any(n == name for n, _, _ in header_fields(data))
+
+
+def drop_fields(data: bytes, names: tuple[bytes, ...]) -> bytes:
+    fields = header_fields(data)
+    if not any(n in names for n, _, _ in fields):
+        return data
+    keep = [data[s:e] for n, s, e in fields if n not in names]
+    return b"".join(keep) + data[header_end(data) :]
+
+
+def fold(name: str, value: str) -> bytes:
+    """``Name: value`` folded at spaces near 78 columns (RFC 5322 2.2.3)."""
+    words = value.split(" ")
+    lines: list[str] = []
+    line = f"{name}:"
+    for word in words:
+        if len(line) + 1 + len(word) > 78 and line.strip() and line != f"{name}:":
+            lines.append(line)
+            line = "\t" + word
+        else:
+            line += " " + word
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def received_header(
+    *,
+    helo: str,
+    client_ip: str,
+    hostname: str,
+    protocol: str,
+    qid: str,
+    tls: str = "",
+    recipient: str | None = None,
+    now: float | None = None,
+) -> bytes:
+    """RFC 5321 4.4 trace field. Never includes credentials (only "A" in the protocol)."""
+    ip = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+    parts = [f"from {helo or 'unknown'} ([{ip}])", f"by {hostname} (postroom)", f"with {protocol}"]
+    if tls:
+        version, _, cipher = tls.partition(" ")
+        parts.append(f"(using {version} with cipher {cipher})" if cipher else f"(using {version})")
+    parts.append(f"id {qid}")
+    if recipient:
+        parts.append(f"for <{recipient}>")
+    date = email.utils.formatdate(now if now is not None else time.time(), localtime=False)
+    return fold("Received", " ".join(parts) + "; " + date)
+
+
+def return_path(sender: str) -> bytes:
+    return f"Return-Path: <{sender}>\r\n".encode("utf-8")
+
+
+def strip_return_path(data: bytes) -> bytes:
+    """The outbound copy: drop the Return-Path we added for local delivery."""
+    if data[:12].lower() == b"return-path:":
+        nl = data.find(b"\r\n")
+        return data[nl + 2 :] if nl >= 0 else data
+    return data
+
+
+def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = None) -> bytes:
+    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out."""
+    add = b""
+    fields = {n for n, _, _ in header_fields(data)}
+    if b"date" not in fields:
+        add += fold("Date", email.utils.formatdate(now if now is not None else time.time(), localtime=True))
+    if b"message-id" not in fields:
+        add += f"Message-ID: <{qid}@{hostname}>\r\n".encode()
+    if not add:
+        return data
+    end = header_end(data)
+    return data[:end] + add + data[end:]
+
+
+def summarize(data: bytes) -> bytes:
+    """The stored parse summary for ``data`` (MIME tree with offsets, envelope, sort keys)."""
+    return scan(data).to_bytes()
+
+
+_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
+
+
+def new_id() -> str:
+    """A queue/transaction id: time-ordered, unique, 14 characters ``[0-9A-Z]``.
+
+    Milliseconds since the epoch in base 31 (no vowels: ids never spell words) followed by
+    random characters, like Postfix's long queue ids.
+    """
+    import secrets
+
+    n = int(time.time() * 1000)
+    out = []
+    while n:
+        n, r = divmod(n, 31)
+        out.append(_ID_ALPHABET[r])
+    return "".join(reversed(out)) + "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))

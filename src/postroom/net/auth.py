@@ -1,0 +1,121 @@
+"""Authentication shared by SMTP AUTH, IMAP LOGIN/AUTHENTICATE and POP3 USER/PASS/AUTH.
+
+One policy for every protocol (issue: "delayed and counted like SMTP AUTH"):
+* a failed attempt is answered only after a delay that doubles with each failure on the
+  connection (``limits.auth_delay``, 1 s by default: 1, 2, 4 s ...);
+* after ``limits.auth_failures`` failures the connection is closed;
+* every attempt is logged with the user name and result, never the password or SASL data.
+
+SASL steps that need I/O (SCRAM credentials, password verification) are resolved here, so
+the protocol cores and mechanisms stay free of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from postroom import logs
+from postroom.proto.sasl import (
+    Failure,
+    NeedCredentials,
+    ScramCredentials,
+    ServerMechanism,
+    Success,
+    VerifyPassword,
+    server_mechanism,
+    urandom_nonce,
+)
+from postroom.services import Services
+from postroom.store.api import User
+
+log = logging.getLogger("postroom.auth")
+
+# Mechanisms offered, strongest first (clients often pick the first they know).
+MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
+# argon2 holds 32 MiB per verify: cap how many run at once so a login flood cannot
+# exhaust memory.
+_VERIFY_SLOTS = asyncio.Semaphore(4)
+
+
+class AuthTracker:
+    """Per-connection authentication state: failures, delays, the logged-in user."""
+
+    def __init__(self, services: Services, protocol: str, client_ip: str, session: str) -> None:
+        self.services = services
+        self.protocol = protocol
+        self.client_ip = client_ip
+        self.session = session
+        self.failures = 0
+        self.user: User | None = None
+        self._mech: ServerMechanism | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.failures >= self.services.settings.limits.auth_failures
+
+    def mechanism(self, name: str) -> ServerMechanism:
+        return server_mechanism(name, nonce_source=urandom_nonce, secret=self.services.secret)
+
+    async def verify_password(self, username: str, password: str) -> User | None:
+        async with _VERIFY_SLOTS:
+            return await self.services.directory.authenticate(username, password)
+
+    async def resolve(self, step: object) -> object:
+        """Resolve the I/O steps of a mechanism; return a Challenge, Success or Failure.
+
+        A ``Success`` leaves the authenticated user in :attr:`user`.
+        """
+        mech_user: User | None = None
+        while True:
+            if isinstance(step, NeedCredentials):
+                mech_user = await self.services.directory.user_for_scram(step.username)
+                creds = None
+                if mech_user is not None and mech_user.scram:
+                    try:
+                        creds = ScramCredentials.from_string(mech_user.scram)
+                    except ValueError:
+                        creds = None
+                assert self._mech is not None
+                step = self._mech.provide_credentials(creds)
+            elif isinstance(step, VerifyPassword):
+                mech_user = await self.verify_password(step.username, step.password)
+                assert self._mech is not None
+                step = self._mech.password_verified(mech_user is not None)
+            elif isinstance(step, Success):
+                user = mech_user or await self.services.directory.user_for_scram(step.username)
+                if user is None:
+                    return Failure("user vanished")
+                self.user = user
+                return step
+            else:
+                return step
+
+    async def start(self, name: str, initial: bytes | None) -> object:
+        self._mech = self.mechanism(name)
+        return await self.resolve(self._mech.start(initial))
+
+    async def respond(self, data: bytes) -> object:
+        assert self._mech is not None
+        return await self.resolve(self._mech.respond(data))
+
+    async def succeeded(self, user: User, mechanism: str) -> None:
+        self.user = user
+        logs.event(
+            log, "auth", protocol=self.protocol, session=self.session, client=self.client_ip,
+            user=user.address, mechanism=mechanism, result="ok",
+        )
+
+    async def failed(self, username: str | None, mechanism: str) -> bool:
+        """Record a failure, wait the growing delay; True when the connection must close."""
+        self.failures += 1
+        logs.event(
+            log, "auth", logging.WARNING, protocol=self.protocol, session=self.session,
+            client=self.client_ip, user=username, mechanism=mechanism, result="failed",
+            failures=self.failures,
+        )
+        delay = self.services.settings.limits.auth_delay * (2 ** (self.failures - 1))
+        if delay > 0:
+            await asyncio.sleep(min(delay, 30.0))
+        return self.exhausted
+

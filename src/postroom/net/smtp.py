@@ -1,0 +1,301 @@
+"""The SMTP shell: drives ``proto.smtp`` for the mx, submission and submissions roles.
+
+Policy lives here, protocol lives in the core:
+* mx: mail for local recipients from anyone; anything else is relay-denied unless the
+  client authenticated (AUTH is not offered on mx). Source routes, ``%``/``!`` local parts
+  and quoted local parts never relay: they either resolve to a local user (they cannot:
+  we never create such names) or are refused.
+* submission/submissions: AUTH first (STARTTLS first on 587 unless configured), then the
+  envelope sender must be one of the user's addresses; any recipient is allowed.
+At end of data: one durable write (local INBOXes + queue), then 250 with the queue id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+from postroom import deliver, logs
+from postroom.auth.directory import Resolution
+from postroom.config import Listener
+from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net.connection import Connection, Interrupted
+from postroom.proto.sasl import Challenge, Success
+from postroom.proto.smtp import replies as R
+from postroom.proto.smtp.events import (
+    CLOSED,
+    NEED_DATA,
+    AuthAborted,
+    AuthResponse,
+    AuthStart,
+    Hello,
+    MailFrom,
+    MessageComplete,
+    MessageRefused,
+    RcptTo,
+    ServerConfig,
+    StartTls,
+    State,
+)
+from postroom.proto.smtp.replies import Reply
+from postroom.proto.smtp.server import ServerConnection
+from postroom.services import Services
+from postroom.store.api import Delivery, NewQueueEntry, QueueRecipient
+from postroom.tls import describe
+
+log = logging.getLogger("postroom.smtp")
+
+EARLY_TALKER = Reply(554, "5.7.1", "Protocol error: talking before the greeting")
+LOOP_DETECTED = Reply(554, "5.4.6", "Too many Received headers: mail loop?")
+STORE_FAILED = Reply(451, "4.3.0", "Temporary failure storing the message, try again later")
+SOURCE_ROUTE = Reply(550, "5.7.1", "Source routes are not accepted")
+TOO_MANY_AUTH = Reply(421, "4.7.0", "Too many authentication failures")
+_IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
+
+
+class SmtpHandler:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
+        await conn.send(Reply(421, "4.7.0", f"{self.services.settings.hostname} {reason}").to_bytes())
+
+    async def serve(self, conn: Connection, listener: Listener) -> None:
+        await SmtpSession(self.services, conn, listener).run()
+
+
+class SmtpSession:
+    def __init__(self, services: Services, conn: Connection, listener: Listener) -> None:
+        self.services = services
+        self.conn = conn
+        self.role = listener.role
+        settings = services.settings
+        self.submission = listener.role != "mx"
+        self.id = deliver.new_id()
+        self.auth = AuthTracker(services, "smtp", conn.peer_ip, self.id)
+        self.config = ServerConfig(
+            hostname=settings.hostname,
+            max_message_size=settings.limits.message_size,
+            max_recipients=settings.limits.recipients,
+            tls_available=services.tls.available,
+            tls_active=conn.tls is not None,
+            auth_mechanisms=MECHANISMS if self.submission else (),
+            auth_requires_tls=settings.smtp.require_tls_for_auth,
+            mail_requires_auth=self.submission,
+        )
+        self.core = ServerConnection(self.config)
+        self.helo = ""
+        self.resolutions: dict[str, Resolution] = {}
+        self.mail_started = 0.0
+
+    # ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        settings = self.services.settings
+        if not self.submission and settings.smtp.greeting_delay > 0:
+            await asyncio.sleep(settings.smtp.greeting_delay)
+            if self.conn.pending():
+                logs.event(log, "early_talker", session=self.id, client=self.conn.peer_ip)
+                await self.conn.send(EARLY_TALKER.to_bytes())
+                return
+        self.core.send_greeting()
+        idle = settings.limits.smtp_idle_timeout
+        while True:
+            event = self.core.next_event()
+            if event is NEED_DATA:
+                out = self.core.data_to_send()
+                if out:
+                    self.conn.write(out)
+                    await self.conn.drain()
+                if self.services.shutdown.requested and self.core.state not in _IN_TRANSACTION:
+                    self.core.close(R.SHUTTING_DOWN)
+                    continue
+                try:
+                    timeout = idle
+                    if self.core.state in (State.DATA, State.BDAT):
+                        elapsed = time.monotonic() - self.mail_started
+                        timeout = max(1.0, min(idle, settings.limits.smtp_data_timeout - elapsed))
+                    data = await self.conn.read(timeout)
+                except TimeoutError:
+                    self.core.close(R.TIMEOUT)
+                    continue
+                except Interrupted:
+                    continue  # loop: shutdown check above decides
+                self.core.receive_data(data)
+            elif event is CLOSED:
+                out = self.core.data_to_send()
+                if out:
+                    await self.conn.send(out)
+                return
+            elif isinstance(event, RcptTo):
+                await self._rcpt(event)
+            elif isinstance(event, MessageComplete):
+                await self._message(event)
+            elif isinstance(event, MailFrom):
+                await self._mail(event)
+            elif isinstance(event, Hello):
+                self.helo = event.hostname
+                self.resolutions.clear()
+                self.core.accept()
+            elif isinstance(event, StartTls):
+                await self._starttls()
+            elif isinstance(event, (AuthStart, AuthResponse)):
+                await self._auth(event)
+            elif isinstance(event, MessageRefused):
+                logs.event(
+                    log, "message_refused", session=self.id, client=self.conn.peer_ip,
+                    reply=f"{event.reply.code} {event.reply.enhanced}", size=event.size,
+                )
+            elif isinstance(event, AuthAborted):
+                pass
+
+    # ---------------------------------------------------------------------------------
+    async def _starttls(self) -> None:
+        ctx = self.services.tls.context
+        if ctx is None:
+            self.core.reject(R.TLS_NOT_AVAILABLE)
+            return
+        self.core.accept()
+        await self.conn.send(self.core.data_to_send())
+        await self.conn.start_tls(ctx, timeout=self.services.settings.limits.smtp_idle_timeout)
+        self.config = dataclasses.replace(self.config, tls_active=True)
+        self.core.starttls_done(self.config)
+        self.helo = ""
+
+    async def _auth(self, event: AuthStart | AuthResponse) -> None:
+        if isinstance(event, AuthStart):
+            self._mechanism = event.mechanism
+            step = await self.auth.start(event.mechanism, event.initial_response)
+        else:
+            step = await self.auth.respond(event.data)
+        if isinstance(step, Challenge):
+            self.core.auth_challenge(step.data)
+        elif isinstance(step, Success) and self.auth.user is not None:
+            await self.auth.succeeded(self.auth.user, self._mechanism)
+            self.core.auth_success(self.auth.user.address)
+        else:
+            must_close = await self.auth.failed(None, self._mechanism)
+            self.core.auth_failure()
+            if must_close:
+                self.core.close(TOO_MANY_AUTH)
+
+    async def _mail(self, event: MailFrom) -> None:
+        self.mail_started = time.monotonic()
+        self.resolutions.clear()
+        sender = event.path.address
+        if self.submission:
+            user = self.auth.user
+            assert user is not None  # the core enforces AUTH before MAIL on submission
+            if not await self.services.directory.may_send_as(user, str(sender) if sender else ""):
+                self.core.reject(R.SENDER_NOT_OWNED)
+                return
+        self.core.accept()
+
+    async def _rcpt(self, event: RcptTo) -> None:
+        path = event.path
+        address = path.address
+        authenticated = self.auth.user is not None
+        if address is None:
+            self.core.reject(R.BAD_RCPT_SYNTAX)
+            return
+        if path.route and not authenticated:
+            self.core.reject(SOURCE_ROUTE)
+            return
+        if address.is_postmaster and not address.domain:
+            target = f"postmaster@{self.services.settings.hostname.partition('.')[2] or self.services.settings.hostname}"
+        else:
+            target = str(address)
+        resolution = await self.services.directory.resolve(target)
+        if resolution.kind == "local":
+            self.resolutions[target] = resolution
+            self.core.accept()
+        elif resolution.kind == "unknown":
+            self.core.reject(R.UNKNOWN_USER)
+        elif authenticated:
+            self.resolutions[target] = Resolution("local", (), (target,))
+            self.core.accept()
+        else:
+            self.core.reject(R.RELAY_DENIED)
+
+    async def _message(self, event: MessageComplete) -> None:
+        settings = self.services.settings
+        started = time.monotonic()
+        data = event.data
+        qid = deliver.new_id()
+        sender_addr = event.sender.address
+        sender = str(sender_addr) if sender_addr is not None else ""
+        if deliver.count_fields(data, b"received") >= settings.outbound.max_received_headers:
+            self.core.reject(LOOP_DETECTED)
+            self._log(event, qid, "554 5.4.6 loop", started)
+            return
+        user_ids: dict[int, None] = {}
+        external: dict[str, QueueRecipient] = {}
+        rcpt_addrs = []
+        for rcpt in event.recipients:
+            a = rcpt.path.address
+            key = str(a) if a is not None else ""
+            if a is not None and a.is_postmaster and not a.domain:
+                key = f"postmaster@{settings.hostname.partition('.')[2] or settings.hostname}"
+            rcpt_addrs.append(key)
+            res = self.resolutions.get(key)
+            if res is None:
+                res = await self.services.directory.resolve(key)
+            for uid in res.user_ids:
+                user_ids[uid] = None
+            for ext in res.external:
+                if ext not in external:
+                    orcpt = None
+                    if rcpt.params.orcpt is not None:
+                        orcpt = f"{rcpt.params.orcpt.addr_type};{rcpt.params.orcpt.address}"
+                    notify = ",".join(rcpt.params.notify) if rcpt.params.notify else None
+                    external[ext] = QueueRecipient(ext, orcpt, notify)
+        tls = describe(self.conn.tls)
+        protocol = ("UTF8SMTP" if event.mail_params.smtputf8 else "ESMTP") if self.core.esmtp else "SMTP"
+        if self.core.esmtp:
+            protocol += ("S" if tls else "") + ("A" if self.auth.user else "")
+        data = deliver.drop_fields(data, deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()))
+        if self.submission:
+            data = deliver.submission_fixups(data, settings.hostname, qid)
+        received = deliver.received_header(
+            helo=self.helo, client_ip=self.conn.peer_ip, hostname=settings.hostname,
+            protocol=protocol, qid=qid, tls=tls,
+            recipient=rcpt_addrs[0] if len(rcpt_addrs) == 1 else None,
+        )
+        stored = received + data
+        if user_ids:
+            stored = deliver.return_path(sender) + stored
+        stored = deliver.normalize(stored)
+        queue = None
+        if external:
+            queue = NewQueueEntry(
+                qid=qid, sender=sender, recipients=tuple(external.values()),
+                ret=event.mail_params.ret, envid=event.mail_params.envid,
+                smtputf8=bool(event.mail_params.smtputf8),
+                body8bit=(event.mail_params.body or "").upper() == "8BITMIME" or event.mail_params.smtputf8,
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            summary = await loop.run_in_executor(None, deliver.summarize, stored) if len(stored) > 256 * 1024 else deliver.summarize(stored)
+            await self.services.store.deliver(
+                Delivery(data=stored, summary=summary, user_ids=tuple(user_ids), queue=queue)
+            )
+        except Exception:
+            log.exception("delivery failed session=%s", self.id)
+            self.core.reject(STORE_FAILED)
+            self._log(event, qid, "451 store failed", started)
+            return
+        self.core.accept(R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {qid}"))
+        self._log(event, qid, "250", started, local=len(user_ids), remote=len(external))
+
+    def _log(self, event: MessageComplete, qid: str, result: str, started: float, **extra: int) -> None:
+        sender = event.sender.address
+        logs.event(
+            log, "transaction", session=self.id, role=self.role, client=self.conn.peer_ip,
+            helo=self.helo, tls=describe(self.conn.tls) or None,
+            user=self.auth.user.address if self.auth.user else None,
+            mail_from=str(sender) if sender else "<>",
+            rcpt=",".join(str(r.path.address) for r in event.recipients),
+            size=len(event.data), id=qid, result=result,
+            ms=round((time.monotonic() - started) * 1000, 1), **extra,
+        )

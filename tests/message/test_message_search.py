@@ -1,0 +1,185 @@
+"""SEARCH/SORT/THREAD helpers: decoded headers, body text, dates, base subject, keys."""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from datetime import UTC, datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.policy import SMTP
+
+import pytest
+
+from postroom.message import base_subject, casemap, header_values, scan, sent_date, text_parts
+from postroom.message.keys import msg_ids, parse_date
+
+
+def crlf(text: str) -> bytes:
+    return text.replace("\n", "\r\n").encode("utf-8")
+
+
+def test_header_values_decoded_unfolded_in_order() -> None:
+    data = crlf(
+        "Subject: =?utf-8?Q?Gr=C3=BC=C3=9Fe?= aus\n =?iso-8859-1?Q?K=F6ln?=\n"
+        "X-Tag: one\nx-tag:  two  \nTo: \"=?utf-8?B?SsO2cmc=?=\" <j@x>\n\nbody\nX-Tag: body\n"
+    )
+    s = scan(data)
+    assert header_values(data, s, "subject") == ["Grüße aus Köln"]
+    assert header_values(data, s, "X-TAG") == ["one", "two"]
+    assert header_values(data, s, b"x-tag") == ["one", "two"]
+    assert header_values(data, s, "to") == ['"Jörg" <j@x>']
+    assert header_values(data, s, "missing") == []
+    assert header_values(data, s, "") == []
+    # the header block alone is enough
+    assert header_values(data[: s.root.body_start], s, "x-tag") == ["one", "two"]
+
+
+def test_header_values_eight_bit() -> None:
+    data = "Subject: Grüße\r\n\r\n".encode("latin-1")
+    assert header_values(data, scan(data), "subject") == ["Grüße"]
+
+
+def test_text_parts() -> None:
+    msg = EmailMessage()
+    msg["Subject"] = "t"
+    msg.set_content("Grüße aus Köln\n", charset="iso-8859-1", cte="quoted-printable")
+    msg.add_alternative("<p>\u4e2d\u6587</p>\n", subtype="html", charset="utf-8", cte="base64")
+    msg.add_attachment(b"\x00binary", maintype="application", subtype="octet-stream",
+                       filename="b.bin")
+    inner = EmailMessage()
+    inner["Subject"] = "inner"
+    inner.set_content("inner text\n")
+    msg.add_attachment(inner)
+    data = msg.as_bytes(policy=SMTP)
+    texts = list(text_parts(data, scan(data)))
+    # (the base64 part carries the LF the email package encoded)
+    assert texts == ["Grüße aus Köln\r\n", "<p>\u4e2d\u6587</p>\n", "inner text\r\n"]
+
+
+def test_text_parts_unknown_encoding_and_charset() -> None:
+    data = crlf(
+        "MIME-Version: 1.0\nContent-Type: text/plain; charset=x-nonsense\n"
+        "Content-Transfer-Encoding: x-weird\n\nplain ünicode\n"
+    )
+    assert list(text_parts(data, scan(data))) == ["plain ünicode\r\n"]
+
+
+def test_sent_date() -> None:
+    data = crlf("Date: Sat, 24 Mar 2017 23:00:00 +0200\n\nx")
+    s = scan(data)
+    when = sent_date(s)
+    assert when == datetime(2017, 3, 24, 21, 0, tzinfo=UTC)
+    assert when is not None and when.utcoffset() == timedelta(hours=2)
+    assert when.date().isoformat() == "2017-03-24"
+    assert s.sent_date == (int(when.timestamp()), 120)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"24 Mar 17 23:00 -0500",
+         datetime(2017, 3, 24, 23, 0, tzinfo=timezone(-timedelta(hours=5)))),
+        (b"Sat, 24 Mar 2017 23:00:00 GMT", datetime(2017, 3, 24, 23, 0, tzinfo=UTC)),
+        (b"Sat, 24 Mar 2017 23:00:00", datetime(2017, 3, 24, 23, 0, tzinfo=UTC)),
+        (b"garbage", None),
+        (b"", None),
+        (b"Sat, 31 Feb 2017 23:00:00 +0000", None),
+        (b"Sat, 24 Mar 2017 23:00:00 +9999", None),
+    ],
+)
+def test_parse_date(raw: bytes, expected: datetime | None) -> None:
+    parsed = parse_date(raw)
+    if expected is None:
+        assert parsed is None
+        return
+    offset = expected.utcoffset()
+    assert offset is not None
+    assert parsed == (int(expected.timestamp()), int(offset.total_seconds()) // 60)
+
+
+def test_missing_date() -> None:
+    assert sent_date(scan(b"Subject: x\r\n\r\n")) is None
+
+
+@pytest.mark.parametrize(
+    ("subject", "base"),
+    [
+        ("Hello", "Hello"),
+        ("Re: Hello", "Hello"),
+        ("RE: re: Fwd: FW: hello", "hello"),
+        ("Re: [list] Re: hello", "hello"),
+        ("[list] hello", "hello"),
+        ("[list]", "[list]"),
+        ("[a][b] [c] x", "x"),
+        ("Re[2]: hello", "hello"),
+        ("Re : hello", "hello"),
+        ("hello (fwd)", "hello"),
+        ("hello (fwd) (FWD)  ", "hello"),
+        ("[fwd: hello]", "hello"),
+        ("[Fwd: Re: [list] hello (fwd)]", "hello"),
+        ("  many   spaces\tand\ttabs  ", "many spaces and tabs"),
+        ("", ""),
+        ("Re:", ""),
+        ("Rex: not a leader", "Rex: not a leader"),
+    ],
+)
+def test_base_subject(subject: str, base: str) -> None:
+    assert base_subject(subject) == base
+
+
+def test_casemap() -> None:
+    assert casemap("Hello") == "HELLO"
+    assert casemap("straße") == casemap("STRAßE") == "STRAßE"  # simple mappings only
+    assert casemap("\u01c6") == unicodedata.normalize("NFKD", "\u01c5")  # titlecase, not upper
+    assert casemap("\u00e9") == casemap("E\u0301".lower())
+
+
+def test_sort_and_thread_keys() -> None:
+    data = crlf(
+        "From: =?utf-8?Q?J=C3=B6rg?= <Joerg@Example.com>\n"
+        "To: undisclosed:;, Zed <zed@x>\nCc: cc@x\n"
+        "Subject: Re: [list] =?utf-8?Q?=C3=BCber?= (fwd)\n"
+        "Message-ID: <id1@x>\nIn-Reply-To: <parent@x> (John's message)\n"
+        "References: <root@x>\n <parent@x>  <bad id@x>\n\nx"
+    )
+    s = scan(data)
+    assert s.base_subject == casemap("über")
+    assert s.sort_from == "JOERG"
+    assert s.sort_to == "ZED"
+    assert s.sort_cc == "CC"
+    assert s.display_from == casemap("Jörg")
+    assert s.display_to == "ZED"
+    assert s.message_id == "id1@x"
+    assert s.in_reply_to == "parent@x"
+    assert s.references == ("root@x", "parent@x", "badid@x")
+
+
+def test_display_key_falls_back_to_address() -> None:
+    s = scan(b"From: someone@example.com\r\n\r\n")
+    assert s.display_from == "SOMEONE@EXAMPLE.COM"
+    assert scan(b"\r\n").display_from == ""
+
+
+def test_msg_ids() -> None:
+    assert msg_ids(b"<a@b> <c@d>") == ["a@b", "c@d"]
+    assert msg_ids(b"bare@id") == ["bare@id"]
+    assert msg_ids(b"no id here") == []
+    assert msg_ids(b"<>") == []
+    assert len(msg_ids(b"<x@y>" * 5000)) == 1000
+
+
+@pytest.mark.parametrize(
+    ("subject", "base"),
+    [
+        ("Re: " * 50_000 + "x", "x"),
+        ("[a]" * 30_000 + "x", "x"),
+        ("[a] " * 30_000, "[a]"),
+        ("[a]" * 30_000 + "re:x", "x"),
+        ("[fwd: " * 20_000 + "x" + "]" * 20_000, "x"),
+        (" (fwd)" * 30_000, ""),
+    ],
+)
+def test_base_subject_stays_linear(subject: str, base: str) -> None:
+    started = time.perf_counter()
+    assert base_subject(subject) == base
+    assert time.perf_counter() - started < 1.0

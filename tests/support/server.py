@@ -1,0 +1,145 @@
+"""A real ``postroom serve`` in a subprocess, on free loopback ports, for end-to-end tests.
+
+Ports are chosen by the kernel (the config says port 0) and read back from the server's
+``listening ROLE HOST:PORT`` lines, so parallel test runs never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from postroom.admin.service import AdminService
+from postroom.store.sqlite import open_store
+from postroom.tls import write_self_signed
+
+ALL_ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+PASSWORD = "correct horse battery"
+
+
+class Server:
+    def __init__(
+        self,
+        root: Path,
+        roles: tuple[str, ...] = ALL_ROLES,
+        extra: str = "",
+        fsync: bool = False,
+        hostname: str = "mail.example.test",
+    ) -> None:
+        self.root = root
+        self.roles = roles
+        self.hostname = hostname
+        self.data = root / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.cert = root / "cert.pem"
+        self.key = root / "key.pem"
+        if not self.cert.exists():
+            write_self_signed(self.cert, self.key, hostname)
+        self.config = root / "postroom.toml"
+        listeners = "".join(
+            f'[[listener]]\naddress = "127.0.0.1:0"\nrole = "{r}"\n' for r in roles
+        )
+        # ``extra`` holds TOML tables only; the fast auth delay keeps tests quick unless
+        # the test brings its own [limits].
+        limits = "" if "[limits]" in extra else '[limits]\nauth_delay = "10ms"\n'
+        self.config.write_text(
+            f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
+            f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ports: dict[str, int] = {}
+        self.log_path = root / "server.log"
+
+    # -- accounts, through the same store the server uses ------------------------------
+    def admin(self, fn: Any) -> Any:
+        async def run() -> Any:
+            store = open_store(self.data, fsync=False)
+            try:
+                return await fn(AdminService(store), store)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
+
+    def add_user(self, address: str, password: str = PASSWORD) -> None:
+        domain = address.rpartition("@")[2]
+
+        async def fn(admin: AdminService, store: Any) -> None:
+            if await store.get_domain(domain) is None:
+                await admin.domain_add(domain)
+            await admin.user_add(address, password)
+
+        self.admin(fn)
+
+    def messages(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
+        """Every message of a mailbox, in UID order, byte for byte."""
+
+        async def fn(admin: AdminService, store: Any) -> list[bytes]:
+            user = await store.get_user(address)
+            mb = await store.get_mailbox(user.id, mailbox)
+            msgs = await store.list_messages(mb.id)
+            blobs = await store.read_blobs([m.blob_id for m in msgs])
+            return [blobs[m.blob_id] for m in msgs]
+
+        return self.admin(fn)
+
+    def queue(self) -> list[Any]:
+        return self.admin(lambda admin, store: store.queue_list())
+
+    # -- process ---------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> Server:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "postroom", "-c", str(self.config), "serve"],
+            stdout=subprocess.PIPE, stderr=self.log, env=env,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        self.ports = {}
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            m = re.match(r"listening (\S+) (\S+):(\d+)", line)
+            if m:
+                self.ports[m.group(1)] = int(m.group(3))
+            if line.strip() == "ready":
+                return self
+        raise RuntimeError("server did not become ready")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.proc = None
+        self.log.close()
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            self.log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.cert))
+        ctx.check_hostname = False
+        return ctx
