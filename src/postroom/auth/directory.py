@@ -24,10 +24,6 @@ from postroom.store.api import Store, User
 MAX_ALIAS_DEPTH = 8
 MAX_EXPANSION = 1000
 
-# Verifying against this hash when the user does not exist keeps the timing of a failed
-# login the same for unknown and known users (no user enumeration by timing).
-_DUMMY_HASH: str | None = None
-
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
@@ -110,21 +106,22 @@ class Directory:
                 external[target] = None
 
     async def authenticate(self, username: str, password: str) -> User | None:
-        """The user when ``password`` is right; None otherwise. Costs one argon2 verify."""
-        global _DUMMY_HASH
+        """The user when ``password`` is right; None otherwise.
+
+        Always costs one argon2 verify, also for unknown users (against a dummy hash), so
+        the timing of a failed login does not reveal whether the user exists.
+        """
         try:
             address = normalize_address(username)
         except AddressError:
             address = None
         user = await self.store.get_user(address) if address else None
-        loop = asyncio.get_running_loop()
-        if user is None or user.disabled:
-            if _DUMMY_HASH is None:
-                _DUMMY_HASH = await loop.run_in_executor(None, passwords.hash_password, "x")
-            await loop.run_in_executor(None, passwords.verify_password, _DUMMY_HASH, password)
-            return None
-        ok = await loop.run_in_executor(None, passwords.verify_password, user.password_hash, password)
-        return user if ok else None
+        usable = user is not None and not user.disabled
+        hashed = user.password_hash if usable and user is not None else None
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, passwords.verify_password, hashed, password
+        )
+        return user if ok and usable else None
 
     async def user_for_scram(self, username: str) -> User | None:
         try:

@@ -164,7 +164,7 @@ class SQLiteStore:
             return blob_id, placed, qid
 
         blob_id, placed, qid = await self.engine.write(job)
-        for mailbox_id, user_id, uid in placed:
+        for mailbox_id, user_id, _uid in placed:
             self._publish(mailbox_id, user_id, 0)
         if qid is not None:
             self.changes.publish_queue()
