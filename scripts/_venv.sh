@@ -1,5 +1,5 @@
 # Shared by run-server and run-tests: make sure .venv exists with postroom installed.
-# Usage: . scripts/_venv.sh EXTRAS   (EXTRAS: "" or "[test]")
+# Usage: EXTRAS="[test]" (or "") then ". scripts/_venv.sh" (POSIX sh passes no arguments to ".")
 set -eu
 PY=${PYTHON:-python3}
 if ! command -v "$PY" >/dev/null 2>&1; then
@@ -18,4 +18,4 @@ if [ ! -x .venv/bin/python ]; then
     fi
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$1"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${EXTRAS:-}"

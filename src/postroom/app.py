@@ -71,7 +71,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         try:
             from postroom.queue.worker import QueueWorker
         except ImportError:
-            QueueWorker = None  # type: ignore[assignment,misc]  # noqa: N806
+            QueueWorker = None  # type: ignore[assignment,misc]
         if QueueWorker is not None:
             worker = QueueWorker(services)
             workers.append(worker)

@@ -72,7 +72,7 @@ def write_self_signed(cert_path: Path, key_path: Path, hostname: str, days: int 
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     sans: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]
     sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
     cert = (

@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from postroom.address import AddressError, normalize_address, normalize_alias_source, normalize_domain
+from postroom.address import (
+    AddressError,
+    normalize_address,
+    normalize_alias_source,
+    normalize_domain,
+)
 from postroom.auth import passwords
 from postroom.store.api import Alias, Domain, NotFound, QueuedMessage, Store, StoreError, User
 

@@ -31,9 +31,23 @@ class Interrupted(Exception):
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "transport", "peer_ip", "peer_port", "local_port", "tls", "_chunks", "_buffered",
-        "_eof", "_closed", "_waiter", "_paused", "_write_paused", "_drain_waiter",
-        "_on_connect", "task", "_loop", "_interrupted",
+        "_buffered",
+        "_chunks",
+        "_closed",
+        "_drain_waiter",
+        "_eof",
+        "_interrupted",
+        "_loop",
+        "_on_connect",
+        "_paused",
+        "_waiter",
+        "_write_paused",
+        "local_port",
+        "peer_ip",
+        "peer_port",
+        "task",
+        "tls",
+        "transport",
     )
 
     def __init__(self, on_connect: Callable[[Connection], Awaitable[None]]) -> None:
@@ -61,8 +75,7 @@ class Connection(asyncio.Protocol):
         peer: Any = transport.get_extra_info("peername")
         if peer:
             self.peer_ip, self.peer_port = peer[0], peer[1]
-            if self.peer_ip.startswith("::ffff:"):
-                self.peer_ip = self.peer_ip[7:]
+            self.peer_ip = self.peer_ip.removeprefix("::ffff:")
         sock: Any = transport.get_extra_info("sockname")
         if sock:
             self.local_port = sock[1]

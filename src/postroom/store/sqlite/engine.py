@@ -52,7 +52,7 @@ def connect(path: Path, *, fsync: bool, readonly: bool = False) -> sqlite3.Conne
 
 
 class _Job:
-    __slots__ = ("fn", "future", "result", "error")
+    __slots__ = ("error", "fn", "future", "result")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
         self.fn = fn
