@@ -228,6 +228,7 @@ class Limits:
 class SmtpSettings:
     greeting_delay: float = 0.0
     require_tls_for_auth: bool = True
+    line_length: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,10 @@ class OutboundSettings:
     delay_warning: float = 4 * 3600.0
     connect_timeout: float = 30.0
     max_received_headers: int = 50
+    read_timeout: float = 600.0
+    tls_ca_file: str = ""
+    connection_cache_time: float = 2.0
+    queue_poll_interval: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +312,11 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "auth_delay": parse_duration,
         "shutdown_grace": parse_duration,
     },
-    "smtp": {"greeting_delay": parse_duration, "require_tls_for_auth": _boolean},
+    "smtp": {
+        "greeting_delay": parse_duration,
+        "require_tls_for_auth": _boolean,
+        "line_length": _int_range(512, 65536),
+    },
     "imap": {"allow_plaintext_auth": _boolean},
     "pop3": {"allow_plaintext_auth": _boolean},
     "outbound": {
@@ -328,6 +337,10 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "delay_warning": parse_duration,
         "connect_timeout": parse_duration,
         "max_received_headers": _int_range(5, 1000),
+        "read_timeout": parse_duration,
+        "tls_ca_file": _string,
+        "connection_cache_time": parse_duration,
+        "queue_poll_interval": parse_duration,
     },
     "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
 }

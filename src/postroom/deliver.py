@@ -26,9 +26,14 @@ DROP_ON_SUBMISSION = (b"bcc",)
 
 def normalize(data: bytes) -> bytes:
     """CRLF line endings and a final CRLF (bare CR or LF become CRLF)."""
-    if b"\n" in data and _BARE_LF.search(data):
+    # Counting runs at memchr speed, whereas a look-behind regex search tries every
+    # position (milliseconds for a 100 KB message: the largest CPU cost of an SMTP
+    # delivery). The regexes run only when there is something to fix.
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf:
         data = _BARE_LF.sub(b"\r\n", data)
-    if b"\r" in data and _BARE_CR.search(data):
+        crlf = data.count(b"\r\n")
+    if data.count(b"\r") != crlf:
         data = _BARE_CR.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
@@ -157,11 +162,18 @@ def new_id() -> str:
     Milliseconds since the epoch in base 31 (no vowels: ids never spell words) followed by
     random characters, like Postfix's long queue ids.
     """
-    import secrets
+    import os
 
     n = int(time.time() * 1000)
     out = []
     while n:
         n, r = divmod(n, 31)
         out.append(_ID_ALPHABET[r])
-    return "".join(reversed(out)) + "".join(secrets.choice(_ID_ALPHABET) for _ in range(6))
+    # One urandom call for the six random characters (secrets.choice costs one per
+    # character, a measurable share of CPU per message); the modulo bias is negligible.
+    rnd = int.from_bytes(os.urandom(8), "big")
+    tail = []
+    for _ in range(6):
+        rnd, r = divmod(rnd, 31)
+        tail.append(_ID_ALPHABET[r])
+    return "".join(reversed(out)) + "".join(tail)

@@ -62,7 +62,7 @@ def _with_service(
     async def run() -> Any:
         store = open_store(settings.data_dir, fsync=settings.fsync)
         try:
-            return await fn(AdminService(store))
+            return await fn(AdminService(store, settings))
         finally:
             await store.close()
 

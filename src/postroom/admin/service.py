@@ -17,6 +17,7 @@ from postroom.address import (
     normalize_domain,
 )
 from postroom.auth import passwords
+from postroom.config import Settings
 from postroom.store.api import Alias, Domain, NotFound, QueuedMessage, Store, StoreError, User
 
 
@@ -56,8 +57,9 @@ def _domain(value: str) -> str:
 
 
 class AdminService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, settings: Settings | None = None) -> None:
         self.store = store
+        self.settings = settings  # needed by queue_bounce (the DSN names our hostname)
 
     async def _call(self, coro):  # type: ignore[no-untyped-def]
         try:
@@ -153,3 +155,17 @@ class AdminService:
     async def queue_hold(self, qid: str, held: bool) -> None:
         if not await self.store.queue_hold(qid, held):
             raise AdminError(f"no queued message {qid}")
+
+    async def queue_bounce(self, qid: str) -> int:
+        """Fail every pending recipient now, with a DSN to the sender (``postroom queue
+        bounce``). Returns how many recipients were bounced."""
+        import socket
+
+        from postroom.auth.directory import Directory
+        from postroom.queue.bounce import bounce_entry
+
+        hostname = self.settings.hostname if self.settings is not None else socket.getfqdn()
+        n = await self._call(bounce_entry(self.store, Directory(self.store), hostname, qid))
+        if n is None:
+            raise AdminError(f"no queued message {qid}")
+        return int(n)

@@ -379,7 +379,13 @@ class Store(Protocol):
         next_attempt: int | None,
         last_error: str | None,
         delay_warned: bool | None = None,
+        *,
+        final: bool = True,
     ) -> bool: ...  # True when the entry is finished and removed
+    # ``final=False``: an intermediate record made while other recipients of the entry are
+    # still being delivered (results written right after each remote reply): the outcomes
+    # are stored (and the entry removed when none is left pending), but attempts,
+    # next_attempt, last_error and the lease stay as they are.
     async def queue_delete(self, qid: str) -> bool: ...
     async def queue_hold(self, qid: str, held: bool) -> bool: ...
     async def queue_flush(self, qid: str | None = None, domain: str | None = None) -> int: ...

@@ -280,9 +280,11 @@ class SQLiteStore:
         next_attempt: int | None,
         last_error: str | None,
         delay_warned: bool | None = None,
+        *,
+        final: bool = True,
     ) -> bool:
         return await self.engine.write(
-            lambda c: queue.record(c, qid, outcomes, next_attempt, last_error, delay_warned)
+            lambda c: queue.record(c, qid, outcomes, next_attempt, last_error, delay_warned, final)
         )
 
     async def queue_delete(self, qid: str) -> bool:

@@ -121,6 +121,7 @@ def record(
     next_attempt: int | None,
     last_error: str | None,
     delay_warned: bool | None,
+    final: bool = True,
 ) -> bool:
     row = conn.execute("SELECT id, blob_id FROM queue WHERE qid=?", (qid,)).fetchone()
     if row is None:
@@ -140,6 +141,8 @@ def record(
     if pending == 0:
         _finish(conn, row[0], row[1])
         return True
+    if not final:  # intermediate: the worker still holds the lease and decides later
+        return False
     sets = ["attempts=attempts+1", "lease_until=0", "last_error=?"]
     args: list[object] = [last_error]
     if next_attempt is not None:

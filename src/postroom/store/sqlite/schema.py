@@ -7,7 +7,7 @@ Design notes (kept portable to PostgreSQL: integers, text, blobs, no SQLite-only
 * ``blobs`` holds each message's bytes once with its parse summary and a reference count;
   ``messages`` rows (one per mailbox copy) and ``queue`` rows reference it.
 * ``messages.id`` is stable for the life of a message, including MOVE (the row is updated in
-  place), so POP3 UIDL can use it.
+  place) and never reused (AUTOINCREMENT), so POP3 UIDL can use it.
 * System flags are a bitmask (cheap UNSEEN/DELETED counts); keywords a space-joined string.
 * ``expunged`` remembers (uid, modseq) of removed messages for QRESYNC VANISHED.
 """
@@ -119,6 +119,29 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX queue_rcpts_queue ON queue_rcpts(queue_id);
     CREATE INDEX queue_rcpts_domain ON queue_rcpts(domain, state);
+    """,
+    # 2: message ids are never reused. POP3 UIDL is the id (RFC 1939 section 7: a
+    # unique-id must never be given to another message), and a plain INTEGER PRIMARY KEY
+    # hands the highest id out again once that row is deleted; AUTOINCREMENT does not.
+    """
+    CREATE TABLE messages_v2 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        blob_id INTEGER NOT NULL REFERENCES blobs(id),
+        size INTEGER NOT NULL,
+        internaldate INTEGER NOT NULL,
+        flags INTEGER NOT NULL DEFAULT 0,
+        keywords TEXT NOT NULL DEFAULT '',
+        modseq INTEGER NOT NULL,
+        UNIQUE (mailbox_id, uid)
+    );
+    INSERT INTO messages_v2(id, mailbox_id, uid, blob_id, size, internaldate, flags, keywords, modseq)
+        SELECT id, mailbox_id, uid, blob_id, size, internaldate, flags, keywords, modseq
+        FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v2 RENAME TO messages;
+    CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
     """,
 ]
 

@@ -1,0 +1,266 @@
+"""DNS behind one seam: the :class:`Resolver` protocol, its two implementations, MX selection.
+
+Theory of operation
+-------------------
+Everything above this module asks DNS questions through :class:`Resolver` (four coroutines:
+``mx``, ``a``, ``aaaa``, ``txt``) and learns about failures through two exceptions whose
+difference matters to mail: :class:`NxDomain` (the name does not exist: permanent, the
+message bounces) and :class:`DnsTemporary` (SERVFAIL, timeout, refused, no server reachable:
+try again later). A name that exists but has no record of the asked type is not an error:
+the answer is an empty list (NODATA).
+
+Implementations:
+
+* :class:`DnsPythonResolver` uses dnspython's asyncio resolver, pointed at the server in
+  ``[outbound] resolver`` (tests run a local DNS server) or at the system's resolv.conf.
+* :class:`DictResolver` answers from a dict, for unit tests; values may be the
+  :data:`NXDOMAIN` / :data:`SERVFAIL` markers.
+
+On top of the seam, the mail-routing questions (pure logic over the answers):
+
+* :func:`lookup_mx`: the MX hosts of a domain in the order to try them (RFC 5321 5.1:
+  ascending preference, random order among equal preferences); a domain without MX records
+  is its own implicit MX; a lone ``MX 0 .`` is a null MX (RFC 7505): the domain accepts no
+  mail.
+* :func:`lookup_addresses`: A and AAAA of one host, asked concurrently. IPv4 addresses come
+  first: large receivers refuse IPv6 senders without matching reverse DNS far more often,
+  and a missing IPv6 route fails fast, so the order costs nothing when IPv6 is the only way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class DnsError(Exception):
+    """A DNS question could not be answered."""
+
+
+class NxDomain(DnsError):
+    """The name does not exist (RCODE 3): a permanent condition."""
+
+
+class DnsTemporary(DnsError):
+    """SERVFAIL, timeout or no usable server: ask again later. ``timeout`` says which."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MxRecord:
+    preference: int
+    host: str  # lower case, no trailing dot; "" for the null MX target "."
+
+
+class Resolver(Protocol):
+    """The DNS seam. Names are given without a trailing dot; answers are lists (empty for
+    NODATA). Raise :class:`NxDomain` or :class:`DnsTemporary`, nothing else."""
+
+    async def mx(self, name: str) -> list[MxRecord]: ...
+    async def a(self, name: str) -> list[str]: ...
+    async def aaaa(self, name: str) -> list[str]: ...
+    async def txt(self, name: str) -> list[bytes]: ...
+
+
+# --- dnspython ---------------------------------------------------------------------------
+
+
+class DnsPythonResolver:
+    """dnspython's asyncio resolver; ``server`` = (ip, port), or None for resolv.conf.
+
+    Names are always queried as absolute (no search list: "example.org" must never become
+    "example.org.corp.internal"). CNAME chains are followed by dnspython.
+    """
+
+    def __init__(
+        self, server: tuple[str, int] | None = None, *, timeout: float = 10.0
+    ) -> None:
+        import dns.asyncresolver
+
+        if server is None:
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except Exception as e:  # no /etc/resolv.conf: every lookup fails (temporarily)
+                import logging
+
+                logging.getLogger("postroom.dns").warning(
+                    "event=dns_unconfigured error=%s (set [outbound] resolver)", e
+                )
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
+                self._resolver.nameservers = []
+        else:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [server[0]]
+            self._resolver.port = server[1]
+        self._resolver.lifetime = timeout
+        self._resolver.timeout = min(timeout, 3.0)
+
+    async def _query(self, name: str, rdtype: str) -> list[object]:
+        import dns.exception
+        import dns.resolver
+
+        qname = name.rstrip(".") + "."
+        try:
+            answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            raise NxDomain(f"{name}: no such domain") from None
+        except dns.resolver.NoNameservers as e:
+            raise DnsTemporary(f"{name} {rdtype}: server failure ({_short(e)})") from None
+        except dns.exception.Timeout:
+            raise DnsTemporary(f"{name} {rdtype}: timed out", timeout=True) from None
+        except (dns.exception.DNSException, OSError, ValueError) as e:  # YXDOMAIN, bad names
+            raise DnsTemporary(f"{name} {rdtype}: {_short(e)}") from None
+        return list(answer.rrset) if answer.rrset is not None else []
+
+    async def mx(self, name: str) -> list[MxRecord]:
+        rows = await self._query(name, "MX")
+        return [
+            MxRecord(r.preference, r.exchange.to_text(omit_final_dot=True).lower())  # type: ignore[attr-defined]
+            for r in rows
+        ]
+
+    async def a(self, name: str) -> list[str]:
+        return [r.address for r in await self._query(name, "A")]  # type: ignore[attr-defined]
+
+    async def aaaa(self, name: str) -> list[str]:
+        return [r.address for r in await self._query(name, "AAAA")]  # type: ignore[attr-defined]
+
+    async def txt(self, name: str) -> list[bytes]:
+        return [b"".join(r.strings) for r in await self._query(name, "TXT")]  # type: ignore[attr-defined]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --- in memory ---------------------------------------------------------------------------
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NXDOMAIN = _Marker("NXDOMAIN")
+SERVFAIL = _Marker("SERVFAIL")
+
+
+class DictResolver:
+    """Answers from ``records``: keys ``(name, type)`` with type "MX", "A", "AAAA", "TXT";
+    values a list of answers (``(preference, host)`` pairs for MX) or a marker. A missing key
+    is NODATA when some other type exists for the name, else NXDOMAIN. ``queries`` records
+    every question asked, for assertions."""
+
+    def __init__(self, records: Mapping[tuple[str, str], object]) -> None:
+        self.records = {(n.lower().rstrip("."), t.upper()): v for (n, t), v in records.items()}
+        self.queries: list[tuple[str, str]] = []
+
+    def _get(self, name: str, rdtype: str) -> Sequence[object]:
+        name = name.lower().rstrip(".")
+        self.queries.append((name, rdtype))
+        value = self.records.get((name, rdtype))
+        if value is NXDOMAIN:
+            raise NxDomain(f"{name}: no such domain")
+        if value is SERVFAIL:
+            raise DnsTemporary(f"{name} {rdtype}: server failure")
+        if value is None:
+            if any(n == name for n, _ in self.records):
+                return []
+            raise NxDomain(f"{name}: no such domain")
+        assert isinstance(value, (list, tuple))
+        return value
+
+    async def mx(self, name: str) -> list[MxRecord]:
+        out = []
+        for item in self._get(name, "MX"):
+            assert isinstance(item, (tuple, list)) and len(item) == 2
+            out.append(MxRecord(int(item[0]), str(item[1]).lower().rstrip(".")))
+        return out
+
+    async def a(self, name: str) -> list[str]:
+        return [str(v) for v in self._get(name, "A")]
+
+    async def aaaa(self, name: str) -> list[str]:
+        return [str(v) for v in self._get(name, "AAAA")]
+
+    async def txt(self, name: str) -> list[bytes]:
+        return [v if isinstance(v, bytes) else str(v).encode() for v in self._get(name, "TXT")]
+
+
+# --- mail routing over the seam ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MxAnswer:
+    """The hosts to try, best first. ``implicit``: no MX records, the domain itself is the
+    host (RFC 5321 5.1). ``null``: the domain publishes a null MX (RFC 7505)."""
+
+    hosts: tuple[MxRecord, ...]
+    implicit: bool = False
+    null: bool = False
+
+
+async def lookup_mx(resolver: Resolver, domain: str, rng: random.Random | None = None) -> MxAnswer:
+    """MX hosts of ``domain`` in the order to try them. NxDomain/DnsTemporary propagate."""
+    domain = domain.lower().rstrip(".")
+    records = await resolver.mx(domain)
+    if not records:
+        # RFC 5321 5.1: no MX -> the domain is treated as the one MX host (preference 0).
+        return MxAnswer((MxRecord(0, domain),), implicit=True)
+    real = [r for r in records if r.host not in ("", ".")]
+    if not real:
+        # RFC 7505 3: "MX 0 ." alone says the domain accepts no mail. (RFC 7505 4.3: a null
+        # MX mixed with real ones is a misconfiguration; we use the real ones.)
+        return MxAnswer((), null=True)
+    rng = rng if rng is not None else random.Random()
+    # RFC 5321 5.1: ascending preference; equal preferences in random order (load sharing).
+    keyed = sorted(((r.preference, rng.random(), r) for r in real), key=lambda t: t[:2])
+    seen: set[str] = set()
+    ordered = []
+    for _, _, r in keyed:
+        if r.host not in seen:  # a host listed twice is tried once, at its best preference
+            seen.add(r.host)
+            ordered.append(r)
+    return MxAnswer(tuple(ordered))
+
+
+async def lookup_addresses(resolver: Resolver, host: str) -> list[str]:
+    """IPv4 then IPv6 addresses of ``host`` (A and AAAA asked concurrently). An IP literal is
+    returned as is. NxDomain when the name does not exist; DnsTemporary when neither answer
+    arrived; an empty list when the name has neither record."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    v4, v6 = await asyncio.gather(resolver.a(host), resolver.aaaa(host), return_exceptions=True)
+    errors = [x for x in (v4, v6) if isinstance(x, BaseException)]
+    for x in errors:
+        if not isinstance(x, DnsError):
+            raise x
+    if len(errors) == 2:
+        if all(isinstance(x, NxDomain) for x in errors):
+            raise errors[0]
+        raise next(x for x in errors if isinstance(x, DnsTemporary))
+    out: list[str] = []
+    for answer in (v4, v6):
+        if isinstance(answer, list):
+            out.extend(a for a in answer if a not in out)
+    if not out and errors:  # one side empty, the other failed: the failure says more
+        raise errors[0]
+    return out
+
+
+def make_resolver(server: tuple[str, int] | None, *, timeout: float = 10.0) -> Resolver:
+    """The production resolver for ``[outbound] resolver`` (None: the system's)."""
+    return DnsPythonResolver(server, timeout=timeout)
