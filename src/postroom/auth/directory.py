@@ -15,6 +15,10 @@ Aliases expand recursively (to users, other aliases and external addresses) up t
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import os
+import time
 from dataclasses import dataclass
 
 from postroom.address import AddressError, base_address, normalize_address
@@ -36,9 +40,46 @@ REMOTE = Resolution("remote")
 UNKNOWN = Resolution("unknown")
 
 
+class AuthCache:
+    """Recently verified (password hash, password) pairs, like Dovecot's auth cache.
+
+    Keyed by an HMAC of the stored hash and the password under a per-process random key,
+    so the cache never holds a password or anything usable offline, and a password change
+    (a new stored hash) invalidates the entry at once. Only successes are cached: every
+    failed guess still pays the full argon2 price.
+    """
+
+    def __init__(self, ttl: float = 300.0, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._key = os.urandom(32)
+        self._entries: dict[bytes, float] = {}
+
+    def _digest(self, hashed: str, password: str) -> bytes:
+        msg = hashed.encode() + b"\x00" + password.encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def hit(self, hashed: str, password: str) -> bool:
+        if self.ttl <= 0:
+            return False
+        expires = self._entries.get(self._digest(hashed, password))
+        return expires is not None and expires > time.monotonic()
+
+    def remember(self, hashed: str, password: str) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.size:
+            now = time.monotonic()
+            self._entries = {k: v for k, v in self._entries.items() if v > now}
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+        self._entries[self._digest(hashed, password)] = time.monotonic() + self.ttl
+
+
 class Directory:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, auth_cache_ttl: float = 300.0) -> None:
         self.store = store
+        self.auth_cache = AuthCache(auth_cache_ttl)
 
     async def resolve(self, address: str) -> Resolution:
         """Where mail for ``address`` goes. ``address`` may be un-normalised."""
@@ -108,8 +149,10 @@ class Directory:
     async def authenticate(self, username: str, password: str) -> User | None:
         """The user when ``password`` is right; None otherwise.
 
-        Always costs one argon2 verify, also for unknown users (against a dummy hash), so
-        the timing of a failed login does not reveal whether the user exists.
+        A failed attempt always costs one argon2 verify, also for unknown users (against a
+        dummy hash), so its timing does not reveal whether the user exists. A successful
+        one is remembered for a while (see :class:`AuthCache`): mail clients log in on
+        every connection, and argon2 is deliberately expensive.
         """
         try:
             address = normalize_address(username)
@@ -118,9 +161,13 @@ class Directory:
         user = await self.store.get_user(address) if address else None
         usable = user is not None and not user.disabled
         hashed = user.password_hash if usable and user is not None else None
+        if hashed is not None and self.auth_cache.hit(hashed, password):
+            return user
         ok = await asyncio.get_running_loop().run_in_executor(
             None, passwords.verify_password, hashed, password
         )
+        if ok and usable and hashed is not None:
+            self.auth_cache.remember(hashed, password)
         return user if ok and usable else None
 
     async def user_for_scram(self, username: str) -> User | None:

@@ -1,0 +1,100 @@
+"""Recipient resolution, authentication and sender ownership, on a real store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postroom.auth import passwords
+from postroom.auth.directory import AuthCache, Directory
+
+
+async def _setup(store: Any) -> dict[str, Any]:
+    await store.add_domain("example.test")
+    await store.add_domain("other.test")
+    h = passwords.hash_password("pw-alice")
+    users = {
+        "alice": await store.add_user("alice@example.test", h, None),
+        "bob": await store.add_user("bob@example.test", h, None),
+        "carol": await store.add_user("carol@other.test", h, None),
+    }
+    await store.add_alias("team@example.test", ["alice@example.test", "bob@example.test", "ext@far.example"])
+    await store.add_alias("nested@example.test", ["team@example.test", "carol@other.test"])
+    await store.add_alias("loop1@example.test", ["loop2@example.test"])
+    await store.add_alias("loop2@example.test", ["loop1@example.test", "alice@example.test"])
+    await store.add_alias("@other.test", ["carol@other.test"])
+    await store.add_alias("ghost@example.test", ["nobody@example.test"])
+    return users
+
+
+def test_resolution(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _setup(store)
+        d = Directory(store)
+        r = await d.resolve("Alice@EXAMPLE.test")
+        assert r.kind == "local" and r.user_ids == (u["alice"].id,)
+        r = await d.resolve("alice+news@example.test")
+        assert r.kind == "local" and r.user_ids == (u["alice"].id,)
+        r = await d.resolve("team@example.test")
+        assert set(r.user_ids) == {u["alice"].id, u["bob"].id} and r.external == ("ext@far.example",)
+        r = await d.resolve("team+x@example.test")
+        assert len(r.user_ids) == 2, "plus-addressing works for aliases too"
+        r = await d.resolve("nested@example.test")
+        assert set(r.user_ids) == {u["alice"].id, u["bob"].id, u["carol"].id}
+        r = await d.resolve("loop1@example.test")
+        assert r.user_ids == (u["alice"].id,), "alias loops are cut, not followed forever"
+        assert (await d.resolve("nobody@example.test")).kind == "unknown"
+        assert (await d.resolve("ghost@example.test")).kind == "unknown"
+        r = await d.resolve("anything@other.test")
+        assert r.kind == "local" and r.user_ids == (u["carol"].id,), "catch-all"
+        assert (await d.resolve("someone@far.example")).kind == "remote"
+        # Relay tricks never resolve to anything deliverable or remote.
+        assert (await d.resolve("alice%far.example@example.test")).kind == "unknown"
+        assert (await d.resolve('"alice@far.example"@example.test')).kind == "unknown"
+        assert (await d.resolve("far.example!alice@example.test")).kind == "unknown"
+
+    store_run(body)
+
+
+def test_authenticate_and_cache(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _setup(store)
+        d = Directory(store)
+        assert (await d.authenticate("alice@example.test", "pw-alice")).id == u["alice"].id
+        assert await d.authenticate("alice@example.test", "wrong") is None
+        assert await d.authenticate("nobody@example.test", "pw-alice") is None
+        assert await d.authenticate("not an address", "pw-alice") is None
+        # The second success comes from the cache; a password change invalidates it.
+        assert d.auth_cache.hit(u["alice"].password_hash, "pw-alice")
+        await store.set_password("alice@example.test", passwords.hash_password("new"), None)
+        assert await d.authenticate("alice@example.test", "pw-alice") is None
+        assert (await d.authenticate("alice@example.test", "new")) is not None
+
+    store_run(body)
+
+
+def test_auth_cache_expiry_and_bounds() -> None:
+    c = AuthCache(ttl=0)
+    c.remember("h", "p")
+    assert not c.hit("h", "p")
+    c = AuthCache(ttl=60, size=3)
+    for i in range(10):
+        c.remember("h", f"p{i}")
+    assert len(c._entries) <= 3
+    assert not c.hit("h", "other") and not c.hit("h2", "p9")
+    assert c.hit("h", "p9")
+
+
+def test_may_send_as(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _setup(store)
+        d = Directory(store)
+        alice = u["alice"]
+        assert await d.may_send_as(alice, "alice@example.test")
+        assert await d.may_send_as(alice, "Alice+tag@Example.test")
+        assert await d.may_send_as(alice, "team@example.test"), "an alias that reaches her"
+        assert await d.may_send_as(alice, "")
+        assert not await d.may_send_as(alice, "bob@example.test")
+        assert not await d.may_send_as(alice, "x@far.example")
+        assert not await d.may_send_as(u["carol"], "random@other.test"), "catch-all does not count"
+
+    store_run(body)
