@@ -221,6 +221,7 @@ class Limits:
     pop3_idle_timeout: float = 600.0
     auth_failures: int = 3
     auth_delay: float = 1.0
+    auth_cache_ttl: float = 300.0
     shutdown_grace: float = 10.0
 
 
@@ -310,6 +311,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "pop3_idle_timeout": parse_duration,
         "auth_failures": _int_range(1, 1000),
         "auth_delay": parse_duration,
+        "auth_cache_ttl": parse_duration,
         "shutdown_grace": parse_duration,
     },
     "smtp": {
