@@ -1,0 +1,319 @@
+"""FETCH and UID FETCH (RFC 9051 6.4.5, RFC 3516 BINARY, RFC 7162 CONDSTORE/QRESYNC).
+
+Cost model, because clients run ``FETCH 1:* (FLAGS UID)`` on huge mailboxes at every
+connect: message metadata comes from one store read (``list_messages`` for big ranges,
+``get_messages`` for small ones), and each response is built in one pass with flag lists
+cached per distinct flag set. Only when an item needs them are parse summaries
+(ENVELOPE, BODYSTRUCTURE, section offsets) and message bytes (sections) read, in chunks
+of at most ``CHUNK_MESSAGES`` messages and about ``CHUNK_BYTES`` octets, so memory stays
+bounded however large the range; output is flushed to the socket as it grows.
+
+\\Seen (RFC 9051 6.4.5): a non-PEEK body fetch sets it on every targeted message that
+lacks it with *one* store write before the responses are built; those responses then
+carry the new FLAGS (and MODSEQ under CONDSTORE). Read-only (EXAMINE) views never write.
+
+A message expunged by someone else after the client last heard of it is simply skipped
+and the command ends with ``NO [EXPUNGEISSUED]`` (RFC 9051 7.1); its EXPUNGE comes when
+the client next runs a command that allows it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from postroom.deliver import summarize
+from postroom.message import MessageSummary, SummaryError
+from postroom.proto.imap import responses, wire
+from postroom.proto.imap.bodystructure import body_bytes, bodystructure_bytes, envelope_bytes
+from postroom.proto.imap.commands import Fetch
+from postroom.proto.imap.fetch import (
+    BINARY,
+    BINARY_SIZE,
+    BODY,
+    BODY_SECTION,
+    BODYSTRUCTURE,
+    ENVELOPE,
+    FLAGS,
+    INTERNALDATE,
+    MODSEQ,
+    RFC822,
+    RFC822_HEADER,
+    RFC822_SIZE,
+    RFC822_TEXT,
+    UID,
+    FetchAtt,
+)
+from postroom.proto.imap.grammar import ImapPeerError
+from postroom.proto.imap.sections import SectionSpec, UnknownCTE, apply_partial, decode_part, extract
+from postroom.store.api import FLAG_SEEN, FlagChange, MessageMeta
+
+from postroom.net.imap.selected import Known
+
+if TYPE_CHECKING:
+    from postroom.net.imap.selected import SelectedMailbox
+    from postroom.net.imap.session import ImapSession
+
+CHUNK_MESSAGES = 256
+CHUNK_BYTES = 8 * 1024 * 1024
+FULL_LIST_AT = 512  # above this many targets one list_messages beats get_messages
+_NEEDS_SUMMARY = frozenset(
+    {ENVELOPE, BODY, BODYSTRUCTURE, BODY_SECTION, BINARY, BINARY_SIZE, RFC822_HEADER, RFC822_TEXT}
+)
+_NEEDS_DATA = frozenset({BODY_SECTION, BINARY, BINARY_SIZE, RFC822, RFC822_HEADER, RFC822_TEXT})
+_FROM_VIEW = frozenset({FLAGS, UID})  # what the selected view answers by itself
+_HEADER = SectionSpec(text="HEADER")
+_TEXT = SectionSpec(text="TEXT")
+TEXT_EXPUNGED = "Some of the requested messages no longer exist"
+_UTC = datetime.UTC
+
+
+async def load_metas(s: ImapSession, view: SelectedMailbox, uids: Sequence[int]) -> list[MessageMeta]:
+    """Metadata of ``uids`` (ascending) that still exist, in UID order: one store read."""
+    if not uids:
+        return []
+    if len(uids) > FULL_LIST_AT:
+        wanted = set(uids)
+        return [m for m in await s.store.list_messages(view.mailbox_id) if m.uid in wanted]
+    return await s.store.get_messages(view.mailbox_id, uids)
+
+
+async def load_summaries(s: ImapSession, metas: Sequence[MessageMeta],
+                         datas: dict[int, bytes] | None = None) -> dict[int, MessageSummary]:
+    """Parsed summaries by blob id; unreadable ones are re-scanned from the message."""
+    raw = await s.store.read_summaries([m.blob_id for m in metas])
+    out: dict[int, MessageSummary] = {}
+    for blob_id, value in raw.items():
+        try:
+            out[blob_id] = MessageSummary.from_bytes(value)
+        except SummaryError:
+            data = datas.get(blob_id) if datas is not None else None
+            if data is None:
+                data = (await s.store.read_blobs([blob_id])).get(blob_id)
+            if data is not None:
+                out[blob_id] = MessageSummary.from_bytes(summarize(data))
+    return out
+
+
+def chunks(metas: Sequence[MessageMeta], with_data: bool) -> list[tuple[int, int]]:
+    """(start, end) slices: at most CHUNK_MESSAGES messages, ~CHUNK_BYTES when reading bytes."""
+    out: list[tuple[int, int]] = []
+    i, n = 0, len(metas)
+    while i < n:
+        j, size = i, 0
+        while j < n and j - i < CHUNK_MESSAGES and (not with_data or size < CHUNK_BYTES):
+            size += metas[j].size
+            j += 1
+        out.append((i, j))
+        i = j
+    return out
+
+
+async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
+    view = s.selected
+    assert view is not None
+    if cmd.changed_since is None and all(a.kind in _FROM_VIEW for a in cmd.attributes):
+        return await _fetch_from_view(s, view, cmd)
+    store = s.store
+    positions = view.positions(cmd.seqset, cmd.uid)
+    atts = cmd.attributes
+    if cmd.changed_since is not None or any(a.kind == MODSEQ for a in atts):
+        s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
+    if cmd.vanished:
+        if not s.qresync:
+            raise ImapPeerError("VANISHED needs QRESYNC enabled", tag=cmd.tag)
+        assert cmd.changed_since is not None
+        # "*" reaches the highest UID ever assigned: expunged ones above the last
+        # message count too.
+        asked = cmd.seqset.resolve(max(view.last_uid, view.uidnext - 1), view.saved)
+        gone = [u for u in await store.vanished_since(view.mailbox_id, cmd.changed_since)
+                if u in asked]
+        if gone:
+            s.write(responses.vanished(gone, earlier=True))  # RFC 7162 3.2.6
+    uids = view.uids_at(positions)
+    metas = await load_metas(s, view, uids)
+    missing = len(metas) < len(uids)
+    if cmd.changed_since is not None:
+        metas = [m for m in metas if m.modseq > cmd.changed_since]
+    seen_now: set[int] = set()
+    if cmd.sets_seen and not view.readonly:
+        unseen = [m.uid for m in metas if not m.flags & FLAG_SEEN]
+        if unseen:
+            result = await store.store_flags(view.mailbox_id, unseen, FlagChange("add", FLAG_SEEN))
+            if result.changed:
+                changed = {m.uid: m for m in result.changed}
+                metas = [changed.get(m.uid, m) for m in metas]
+                view.note_reported(result.changed)
+                view.update_flags(result.changed)
+                view.own_write(result.changed)
+                seen_now = set(changed)
+    renderer = _Renderer(s, view, cmd, seen_now)
+    need_data = any(a.kind in _NEEDS_DATA for a in atts)
+    need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
+    seqs = _seq_numbers(view, positions, metas)
+    for start, end in chunks(metas, need_data):
+        part = metas[start:end]
+        datas: dict[int, bytes] = {}
+        summaries: dict[int, MessageSummary] = {}
+        if need_data:
+            datas = await store.read_blobs([m.blob_id for m in part])
+        if need_summary:
+            summaries = await load_summaries(s, part, datas)
+        for k, m in enumerate(part, start):
+            data = datas.get(m.blob_id)
+            summary = summaries.get(m.blob_id)
+            if (need_data and data is None) or (need_summary and summary is None):
+                missing = True
+                continue
+            s.write(renderer.render(seqs[k], m, summary, data))
+        await s.maybe_flush()
+    if missing:
+        return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
+    return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
+
+
+async def _fetch_from_view(s: ImapSession, view: SelectedMailbox, cmd: Fetch) -> bytes:
+    """FETCH (FLAGS UID) from the view's flags: no store read at all.
+
+    The view is brought up to date first (only where expunges may not be reported do
+    they stay pending; their last known flags are still served, as RFC 9051 allows).
+    """
+    if not cmd.uid:
+        await s.sync(expunge=False)  # UID commands were synced before they started
+    positions = view.positions(cmd.seqset, cmd.uid)
+    renderer = _Renderer(s, view, cmd, set())
+    write = s.write
+    uids, flags, kw = view.uids, view.flags, view.kw
+    probe = Known(0, 0, ())  # refilled for each message: no allocation per message
+    for n, i in enumerate(positions, 1):
+        uid = probe.uid = uids[i]
+        probe.flags = flags[i]
+        probe.keywords = kw.get(uid, ()) if kw else ()
+        write(renderer.render(i + 1, probe, None, None))  # type: ignore[arg-type]
+        if not n % 2048:
+            await s.maybe_flush()
+    return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
+
+
+def _whole(att: FetchAtt) -> bool:
+    """BODY[] / BODY[]<partial> / RFC822 need the bytes but not the structure."""
+    return att.kind == BODY_SECTION and att.section is not None and not att.section.part \
+        and att.section.text is None
+
+
+def _seq_numbers(view: SelectedMailbox, positions: list[int], metas: list[MessageMeta]) -> list[int]:
+    """Sequence number of each meta (both lists ascend by UID: a merge, no lookups)."""
+    out: list[int] = []
+    uids = view.uids
+    p, n = 0, len(positions)
+    for m in metas:
+        while p < n and uids[positions[p]] < m.uid:
+            p += 1
+        out.append(positions[p] + 1 if p < n else 0)
+    return out
+
+
+class _Renderer:
+    """Builds one ``* n FETCH (...)`` line per message for a fixed attribute list."""
+
+    __slots__ = ("atts", "condstore", "flag_cache", "rev1", "rev2", "tag", "uid_first",
+                 "view", "seen_now", "want_flags", "want_modseq", "changed_since")
+
+    def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: set[int]):
+        kinds = {a.kind for a in cmd.attributes}
+        self.atts = cmd.attributes
+        self.view = view
+        self.tag = cmd.tag
+        self.rev1 = s.rev1
+        self.rev2 = s.rev2
+        self.condstore = s.condstore
+        self.seen_now = seen_now
+        # RFC 9051 6.4.8: UID FETCH responses always carry the UID.
+        self.uid_first = cmd.uid and UID not in kinds
+        # \Seen set as a side effect is reported with the FLAGS item (RFC 9051 6.4.5).
+        self.want_flags = FLAGS not in kinds
+        # RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ in the response; under CONDSTORE
+        # a flag change (the implicit \Seen) is reported with its new MODSEQ (3.1.4).
+        self.want_modseq = MODSEQ not in kinds
+        self.changed_since = cmd.changed_since is not None
+        self.flag_cache: dict[tuple[int, tuple[str, ...], bool], bytes] = {}
+
+    def flags(self, m: MessageMeta) -> bytes:
+        recent = self.rev1 and bool(self.view.recent) and self.view.is_recent(m.uid)
+        key = (m.flags, m.keywords, recent)
+        cached = self.flag_cache.get(key)
+        if cached is None:
+            names = self.view.flag_names(m, self.rev1)
+            cached = b"FLAGS (" + " ".join(names).encode("utf-8") + b")"
+            self.flag_cache[key] = cached
+        return cached
+
+    def render(self, seq: int, m: MessageMeta, summary: MessageSummary | None,
+               data: bytes | None) -> bytes:
+        parts: list[bytes] = []
+        add = parts.append
+        if self.uid_first:
+            add(b"UID %d" % m.uid)
+        for att in self.atts:
+            kind = att.kind
+            if kind == FLAGS:
+                add(self.flags(m))
+            elif kind == UID:
+                add(b"UID %d" % m.uid)
+            elif kind == RFC822_SIZE:
+                add(b"RFC822.SIZE %d" % m.size)
+            elif kind == INTERNALDATE:
+                when = datetime.datetime.fromtimestamp(m.internaldate, _UTC)
+                add(b"INTERNALDATE " + responses.internaldate(when))
+            elif kind == MODSEQ:
+                add(b"MODSEQ (%d)" % m.modseq)
+            elif kind == ENVELOPE:
+                assert summary is not None
+                add(b"ENVELOPE " + envelope_bytes(summary))
+            elif kind == BODYSTRUCTURE:
+                assert summary is not None
+                add(b"BODYSTRUCTURE " + bodystructure_bytes(summary, True, rev2=self.rev2))
+            elif kind == BODY:
+                assert summary is not None
+                add(b"BODY " + body_bytes(summary, rev2=self.rev2))
+            else:
+                assert data is not None
+                add(self._content(att, summary, data))
+        seen_now = m.uid in self.seen_now
+        if seen_now and self.want_flags:
+            add(self.flags(m))
+        if self.want_modseq and (self.changed_since or (seen_now and self.condstore)):
+            add(b"MODSEQ (%d)" % m.modseq)
+        return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+    def _content(self, att: FetchAtt, summary: MessageSummary | None, data: bytes) -> bytes:
+        kind = att.kind
+        if kind == RFC822:
+            return b"RFC822 " + wire.literal(data)
+        if kind == BODY_SECTION and _whole(att):
+            return att.name + b" " + wire.literal(apply_partial(data, att.partial))
+        assert summary is not None
+        if kind == RFC822_HEADER:
+            return b"RFC822.HEADER " + wire.literal(extract(data, summary, _HEADER))
+        if kind == RFC822_TEXT:
+            return b"RFC822.TEXT " + wire.literal(extract(data, summary, _TEXT))
+        section = att.section
+        assert section is not None
+        if kind == BODY_SECTION:
+            spec = SectionSpec(section.part, section.text, section.fields, att.partial)
+            return att.name + b" " + wire.literal(extract(data, summary, spec))
+        decoded = decode_part(data, summary, section.part)
+        if isinstance(decoded, UnknownCTE):
+            # RFC 3516 4.3: the server cannot decode this part.
+            raise ImapPeerError("Unknown Content-Transfer-Encoding", status="NO",
+                                code=responses.UNKNOWN_CTE, tag=self.tag)
+        if kind == BINARY_SIZE:
+            return att.name + b" %d" % len(decoded)
+        decoded = apply_partial(decoded, att.partial)
+        if b"\x00" in decoded:
+            return att.name + b" " + responses.literal8(decoded)  # RFC 3516 4.3
+        return att.name + b" " + wire.literal(decoded)
+
+
+HANDLERS = {Fetch: fetch}

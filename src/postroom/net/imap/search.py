@@ -1,0 +1,464 @@
+"""SEARCH / UID SEARCH (RFC 9051 6.4.4, ESEARCH RFC 4731, SEARCHRES RFC 5182, CONDSTORE
+RFC 7162 3.1.5, WITHIN RFC 5032), SORT (RFC 5256, RFC 5957) and THREAD (RFC 5256).
+
+Evaluation reads only what the keys need, at four levels: flags, sizes, dates, UIDs and
+modseqs come from the one metadata read (META); FROM, TO, CC, BCC, SUBJECT, SENT* and
+every SORT/THREAD key from the stored parse summaries through their light view (LIGHT,
+:mod:`.light`: no message bytes, no MIME tree); other HEADER keys from the message's
+header block (HEADER); BODY and TEXT from the whole message and its MIME tree (FULL).
+Bytes are read in bounded chunks. The key tree is compiled once into nested closures,
+sequence sets resolved once, so the per-message cost is a few calls.
+
+Matching is case-insensitive substring search on decoded text (RFC 9051 6.4.4: FROM,
+TO, CC, BCC and SUBJECT match the envelope fields, RFC 2047 words decoded; HEADER the
+named fields; BODY and TEXT the text parts with transfer encoding and charset undone). Dates compare without time or zone; INTERNALDATE is kept in UTC and shown as
+``+0000``, so its date is the UTC date; a missing or broken Date: header falls back to
+INTERNALDATE (as RFC 5256 2.2 does for SORT).
+
+Answers: ``* SEARCH`` for IMAP4rev1 without RETURN; ``* ESEARCH`` with RETURN options or
+always once IMAP4rev2 is enabled (RFC 9051 7.3.4: no RETURN means ALL). ``SAVE`` keeps
+the result, as UIDs, for ``$`` (RFC 5182); alone it sends no ESEARCH response.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from postroom.message import MessageSummary, text_parts
+from postroom.message.encoded import decode_words
+from postroom.message.headers import find_fields, unfold
+from postroom.net.imap.fetch import chunks, load_metas, load_summaries
+from postroom.net.imap.light import ENVELOPE_FIELDS, Light, light
+from postroom.net.imap.selected import Known
+from postroom.net.imap.thread import Item, is_reply_or_forward, thread_response
+from postroom.proto.imap import responses
+from postroom.proto.imap.commands import Search, Sort, Thread
+from postroom.proto.imap.grammar import RECENT
+from postroom.proto.imap.search import (
+    AgeKey,
+    AllKey,
+    And,
+    DateKey,
+    FlagKey,
+    HeaderKey,
+    ModSeqKey,
+    Not,
+    Or,
+    SearchKey,
+    SeqKey,
+    SizeKey,
+    TextKey,
+)
+from postroom.proto.imap.sequence import RangeSet
+from postroom.store.api import SYSTEM_FLAGS, MessageMeta
+
+if TYPE_CHECKING:
+    from postroom.net.imap.selected import SelectedMailbox
+    from postroom.net.imap.session import ImapSession
+
+META, LIGHT, HEADER, FULL = 0, 1, 2, 3
+_UTC = datetime.UTC
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One message under evaluation; the other fields only when the keys need them."""
+
+    seq: int
+    meta: MessageMeta  # or a Known from the view: only uid, flags and keywords are read then
+    light: Light | None = None
+    data: bytes | None = None
+    summary: MessageSummary | None = None
+    _header_text: str | None = None
+    _body_text: str | None = None
+
+    def header_text(self) -> str:
+        if self._header_text is None:
+            assert self.data is not None and self.light is not None
+            raw = self.data[self.light.header_start : self.light.header_end]
+            self._header_text = decode_words(raw).casefold()
+        return self._header_text
+
+    def body_text(self) -> str:
+        if self._body_text is None:
+            assert self.data is not None and self.summary is not None
+            self._body_text = "\n".join(text_parts(self.data, self.summary)).casefold()
+        return self._body_text
+
+
+Predicate = Callable[[Candidate], bool]
+
+
+def need(key: SearchKey) -> int:
+    """What evaluating ``key`` needs: META, LIGHT, HEADER or FULL."""
+    if isinstance(key, TextKey):
+        return FULL
+    if isinstance(key, HeaderKey):
+        return LIGHT if key.field in ENVELOPE_FIELDS else HEADER
+    if isinstance(key, DateKey) and key.field == "SENT":
+        return LIGHT
+    if isinstance(key, Not):
+        return need(key.key)
+    if isinstance(key, Or):
+        return max(need(key.left), need(key.right))
+    if isinstance(key, And):
+        return max((need(k) for k in key.keys), default=META)
+    return META
+
+
+def uses_modseq(key: SearchKey) -> bool:
+    if isinstance(key, ModSeqKey):
+        return True
+    if isinstance(key, Not):
+        return uses_modseq(key.key)
+    if isinstance(key, Or):
+        return uses_modseq(key.left) or uses_modseq(key.right)
+    if isinstance(key, And):
+        return any(uses_modseq(k) for k in key.keys)
+    return False
+
+
+def _internal_date(m: MessageMeta) -> datetime.date:
+    return datetime.datetime.fromtimestamp(m.internaldate, _UTC).date()
+
+
+class Compiler:
+    """Turns a key tree into a predicate, resolving sequence sets against the view."""
+
+    def __init__(self, view: SelectedMailbox, now: float) -> None:
+        self.view = view
+        self.now = now
+
+    def compile(self, key: SearchKey) -> Predicate:  # noqa: C901 - one case per key type
+        if isinstance(key, AllKey):
+            return lambda c: True
+        if isinstance(key, And):
+            parts = [self.compile(k) for k in key.keys]
+            return lambda c: all(p(c) for p in parts)
+        if isinstance(key, Or):
+            left, right = self.compile(key.left), self.compile(key.right)
+            return lambda c: left(c) or right(c)
+        if isinstance(key, Not):
+            inner = self.compile(key.key)
+            return lambda c: not inner(c)
+        if isinstance(key, FlagKey):
+            return self._flag(key)
+        if isinstance(key, SeqKey):
+            view = self.view
+            if key.uid:
+                uids = key.seqset.resolve(view.last_uid, view.saved)
+                return lambda c: c.meta.uid in uids
+            saved = None
+            if key.seqset.saved and view.saved:
+                saved = RangeSet.from_numbers(i + 1 for i in view.saved.positions(view.uids))
+            seqs = key.seqset.resolve(len(view), saved)
+            return lambda c: c.seq in seqs
+        if isinstance(key, SizeKey):
+            n = key.size
+            if key.op == "LARGER":
+                return lambda c: c.meta.size > n
+            return lambda c: c.meta.size < n
+        if isinstance(key, AgeKey):
+            limit = self.now - key.seconds  # RFC 5032: relative to the internal date
+            if key.op == "OLDER":
+                return lambda c: c.meta.internaldate < limit
+            return lambda c: c.meta.internaldate >= limit
+        if isinstance(key, ModSeqKey):
+            modseq = key.modseq
+            return lambda c: c.meta.modseq >= modseq
+        if isinstance(key, DateKey):
+            return self._date(key)
+        if isinstance(key, HeaderKey):
+            return self._header(key)
+        if isinstance(key, TextKey):
+            needle = key.value.casefold()
+            if key.where == "BODY":
+                return lambda c: needle in c.body_text()
+            return lambda c: needle in c.header_text() or needle in c.body_text()
+        raise TypeError(f"unknown search key {key!r}")
+
+    def _flag(self, key: FlagKey) -> Predicate:
+        present = key.present
+        if key.flag == RECENT:
+            view = self.view
+            return lambda c: view.is_recent(c.meta.uid) == present
+        bit = SYSTEM_FLAGS.get(key.flag.lower())
+        if bit is not None:
+            return lambda c: bool(c.meta.flags & bit) == present
+        word = key.flag.lower()
+        return lambda c: any(k.lower() == word for k in c.meta.keywords) == present
+
+    def _date(self, key: DateKey) -> Predicate:
+        day = key.date
+
+        def when(c: Candidate) -> datetime.date:
+            if key.field == "SENT" and c.light is not None and c.light.sent_date is not None:
+                seconds, minutes = c.light.sent_date
+                zone = datetime.timezone(datetime.timedelta(minutes=minutes))
+                try:
+                    return datetime.datetime.fromtimestamp(seconds, zone).date()
+                except (OverflowError, OSError, ValueError):
+                    pass
+            return _internal_date(c.meta)
+
+        if key.op == "BEFORE":
+            return lambda c: when(c) < day
+        if key.op == "ON":
+            return lambda c: when(c) == day
+        return lambda c: when(c) >= day
+
+    def _header(self, key: HeaderKey) -> Predicate:
+        name = key.field
+        needle = key.value.casefold()
+        if name in ENVELOPE_FIELDS:
+            # RFC 9051 6.4.4: FROM/TO/CC/BCC/SUBJECT match the envelope structure's field.
+            def envelope(c: Candidate) -> bool:
+                assert c.light is not None
+                text = c.light.search_text(name)
+                if text is None:
+                    return False
+                return not needle or needle in text.casefold()
+
+            return envelope
+        field = name.encode("utf-8")
+
+        def match(c: Candidate) -> bool:
+            assert c.data is not None and c.light is not None
+            found = find_fields(c.data, (field,), c.light.header_start, c.light.header_end)
+            if not needle:
+                return next(found, None) is not None  # an empty string: the field exists
+            return any(needle in decode_words(unfold(m.group(2))).casefold() for m in found)
+
+        return match
+
+
+async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int],
+                      metas: dict[int, MessageMeta] | None = None) -> dict[int, Light]:
+    """Light summary views by UID: from the shared cache, else read (and cached).
+
+    ``metas`` gives the blob ids when the caller has them; otherwise they are read for
+    the cache misses only.
+    """
+    cache = s.lights
+    validity = view.uidvalidity
+    out: dict[int, Light] = {}
+    wanted: list[int] = []
+    for uid in uids:
+        found = cache.get(validity, uid)
+        if found is None:
+            wanted.append(uid)
+        else:
+            out[uid] = found
+    if not wanted:
+        return out
+    if metas is not None:
+        missing = [metas[u] for u in wanted if u in metas]
+    else:
+        missing = await s.store.get_messages(view.mailbox_id, wanted)
+    raw = await s.store.read_summaries([m.blob_id for m in missing])
+    slow: list[MessageMeta] = []
+    for m in missing:
+        value = raw.get(m.blob_id)
+        if value is None:
+            continue  # expunged meanwhile
+        parsed = light(value)
+        if parsed is None:
+            slow.append(m)
+        else:
+            out[m.uid] = parsed
+            cache.put(validity, m.uid, parsed)
+    if slow:
+        summaries = await load_summaries(s, slow)
+        for m in slow:
+            summary = summaries.get(m.blob_id)
+            if summary is not None:
+                out[m.uid] = parsed = Light.from_summary(summary)
+                cache.put(validity, m.uid, parsed)
+    return out
+
+
+def needs_meta(key: SearchKey) -> bool:
+    """Does ``key`` look at what only the store's metadata has (size, dates, modseq)?"""
+    if isinstance(key, (SizeKey, AgeKey, ModSeqKey, DateKey)):
+        return True  # (SENT* falls back to INTERNALDATE)
+    if isinstance(key, Not):
+        return needs_meta(key.key)
+    if isinstance(key, Or):
+        return needs_meta(key.left) or needs_meta(key.right)
+    if isinstance(key, And):
+        return any(needs_meta(k) for k in key.keys)
+    return False
+
+
+async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
+                   lights: bool = False) -> list[Candidate]:
+    """The messages of the view matching ``key``, in sequence order.
+
+    ``lights``: keep each match's light summary view (SORT and THREAD need them).
+    """
+    level = max(need(key), LIGHT if lights else META)
+    predicate = Compiler(view, time.time()).compile(key)
+    if not lights and level <= LIGHT and not needs_meta(key):
+        return await _evaluate_view(s, view, predicate, level)
+    last = view.last_uid
+    metas = await load_metas(s, view, view.uids_at(range(len(view))))
+    seq_of = view.seq_of
+    found: list[Candidate] = []
+    for start, end in chunks(metas, level >= HEADER):
+        part = metas[start:end]
+        datas: dict[int, bytes] = {}
+        views: dict[int, Light] = {}
+        sums: dict[int, MessageSummary] = {}
+        if level >= HEADER:
+            datas = await s.store.read_blobs([m.blob_id for m in part])
+        if level == FULL:
+            sums = await load_summaries(s, part, datas)
+            views = {m.uid: Light.from_summary(sums[m.blob_id]) for m in part
+                     if m.blob_id in sums}
+        elif level >= LIGHT:
+            views = await load_lights(s, view, [m.uid for m in part], {m.uid: m for m in part})
+        for m in part:
+            seq = seq_of(m.uid) if m.uid <= last else None
+            if seq is None:
+                continue
+            c = Candidate(seq, m, views.get(m.uid), datas.get(m.blob_id),
+                          sums.get(m.blob_id))
+            if level >= LIGHT and c.light is None or level >= HEADER and c.data is None:
+                continue  # expunged between the reads
+            if predicate(c):
+                # keep no message bytes or MIME trees of matches around
+                c.data = c.summary = None
+                c._body_text = c._header_text = None
+                found.append(c)
+    return found
+
+
+async def _evaluate_view(s: ImapSession, view: SelectedMailbox, predicate: Predicate,
+                         level: int) -> list[Candidate]:
+    """Flag, UID, sequence and envelope keys: from the view and the light-summary cache,
+    without reading the message list. Expunged messages still in the view never match.
+
+    One probe object is refilled for each message; only matches get objects of their own.
+    """
+    pending = view.pending
+    uids, flags, kw = view.uids, view.flags, view.kw
+    lights = await load_lights(s, view, uids) if level == LIGHT else {}
+    probe = Known(0, 0, ())
+    c = Candidate(0, cast(MessageMeta, probe))
+    found: list[Candidate] = []
+    for i, uid in enumerate(uids):
+        if uid in pending:
+            continue
+        if lights:
+            c.light = lights.get(uid)
+            if c.light is None:
+                continue  # expunged meanwhile
+        elif level == LIGHT:
+            continue
+        probe.uid = uid
+        probe.flags = flags[i]
+        probe.keywords = kw.get(uid, ()) if kw else ()
+        c.seq = i + 1
+        if predicate(c):
+            known = Known(uid, probe.flags, probe.keywords)
+            found.append(Candidate(i + 1, cast(MessageMeta, known), c.light))
+    return found
+
+
+async def search(s: ImapSession, cmd: Search) -> bytes:
+    view = s.selected
+    assert view is not None
+    modseq_used = uses_modseq(cmd.key)
+    if modseq_used:
+        s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
+    if not cmd.uid:
+        await s.sync(expunge=False)  # current flags (UID SEARCH was synced before)
+    found = await evaluate(s, view, cmd.key)
+    numbers = [c.meta.uid if cmd.uid else c.seq for c in found]
+    highest = max((c.meta.modseq for c in found), default=None) if modseq_used else None
+    returns = cmd.returns
+    if returns is None and s.rev2:
+        returns = frozenset({"ALL"})  # RFC 9051 6.4.4: IMAP4rev2 always answers ESEARCH
+    if returns is None:
+        s.write(responses.search(numbers, modseq=highest))
+        return responses.ok(cmd.tag, ("UID SEARCH" if cmd.uid else "SEARCH") + " completed")
+    options = returns - {"SAVE"} if returns != frozenset() else frozenset({"ALL"})
+    if "SAVE" in returns:
+        # RFC 5182 2.4: with only MIN and/or MAX the saved result is those messages.
+        if options and options <= {"MIN", "MAX"} and found:
+            picked = {found[0].meta.uid, found[-1].meta.uid} if options == {"MIN", "MAX"} else \
+                {found[0].meta.uid if "MIN" in options else found[-1].meta.uid}
+            view.saved = RangeSet.from_numbers(picked)
+        else:
+            view.saved = RangeSet.from_numbers(c.meta.uid for c in found)
+        if not options:
+            return responses.ok(cmd.tag, "SEARCH completed, result saved")
+    s.write(responses.esearch(
+        cmd.tag, uid=cmd.uid,
+        minimum=min(numbers) if numbers and "MIN" in options else None,
+        maximum=max(numbers) if numbers and "MAX" in options else None,
+        count=len(numbers) if "COUNT" in options else None,
+        all_=RangeSet.from_numbers(numbers) if numbers and "ALL" in options else None,
+        modseq=highest,
+    ))
+    return responses.ok(cmd.tag, ("UID SEARCH" if cmd.uid else "SEARCH") + " completed")
+
+
+# -- SORT (RFC 5256 3, RFC 5957) -------------------------------------------------------
+
+def _sort_key(name: str) -> Callable[[Candidate], object]:
+    if name == "ARRIVAL":
+        return lambda c: c.meta.internaldate
+    if name == "SIZE":
+        return lambda c: c.meta.size
+    if name == "DATE":
+        # RFC 5256: the sent date as an instant; INTERNALDATE when it cannot be determined.
+        return lambda c: c.light.sent_date[0] if c.light and c.light.sent_date \
+            else c.meta.internaldate
+    attribute = {
+        "CC": "sort_cc", "FROM": "sort_from", "TO": "sort_to", "SUBJECT": "base_subject",
+        "DISPLAYFROM": "display_from", "DISPLAYTO": "display_to",
+    }[name]
+    # Base subjects are stored in i;unicode-casemap form already: compare as stored
+    # (Python compares code points, which orders like the UTF-8 octets RFC 5256 wants).
+    return lambda c: getattr(c.light, attribute) if c.light else ""
+
+
+async def sort(s: ImapSession, cmd: Sort) -> bytes:
+    view = s.selected
+    assert view is not None
+    found = await evaluate(s, view, cmd.key, lights=True)
+    # Ties keep sequence order (RFC 5256 3): stable sorts, least significant key first.
+    for name, reverse in reversed(cmd.criteria):
+        found.sort(key=_sort_key(name), reverse=reverse)  # type: ignore[arg-type]
+    s.write(responses.sort([c.meta.uid if cmd.uid else c.seq for c in found]))
+    return responses.ok(cmd.tag, ("UID SORT" if cmd.uid else "SORT") + " completed")
+
+
+# -- THREAD (RFC 5256 4) ---------------------------------------------------------------
+
+def _item(c: Candidate, uid: bool) -> Item:
+    view = c.light
+    assert view is not None
+    sent = view.sent_date[0] if view.sent_date else c.meta.internaldate
+    return Item(
+        number=c.meta.uid if uid else c.seq, seq=c.seq, date=sent,
+        subject=view.base_subject, reply=is_reply_or_forward(decode_words(view.subject_raw())),
+        message_id=view.message_id, references=view.references, in_reply_to=view.in_reply_to,
+    )
+
+
+async def thread(s: ImapSession, cmd: Thread) -> bytes:
+    view = s.selected
+    assert view is not None
+    found = await evaluate(s, view, cmd.key, lights=True)
+    items: Sequence[Item] = [_item(c, cmd.uid) for c in found]
+    s.write(thread_response(cmd.algorithm, items))
+    return responses.ok(cmd.tag, ("UID THREAD" if cmd.uid else "THREAD") + " completed")
+
+
+HANDLERS = {Search: search, Sort: sort, Thread: thread}

@@ -1,0 +1,396 @@
+"""The IMAP session: the read loop around the sans-IO receiver, state, and updates.
+
+Theory of operation
+-------------------
+``ImapSession.run`` asks the receiver (:mod:`postroom.proto.imap.receiver`) for the next
+event, reading from the connection whenever it says NEED_DATA, and executes each command
+with the handler registered for its type (one module per command group: ``auth``,
+``basic``, ``mailboxes``, ``select``, ``fetch``, ``store_cmd``, ``search``, ``copy``,
+``idle``). A handler returns the tagged completion (``responses.ok(tag, ...)``), or raises
+:class:`ImapPeerError` carrying a tagged NO/BAD; anything it writes before that are
+untagged responses. Output is collected and written in one system call per command (or
+every ``FLUSH_AT`` octets for big FETCH responses, with backpressure).
+
+Updates from other writers (see :mod:`.selected`): before a UID command and after every
+command in the selected state, :meth:`ImapSession.sync` reads what changed since the
+view's modseq, if the change listener marked the view dirty, and sends EXISTS, FETCH and,
+when the command allows it (RFC 9051 7.5.1), EXPUNGE. In IDLE the listener also wakes the
+pending read (``Connection.interrupt``), so new mail reaches the client at once.
+
+Timeouts (RFC 9051 5.4): an authenticated client is logged out after
+``limits.imap_idle_timeout`` of silence (30 minutes by default, the RFC minimum); before
+login the limit is shorter (``PREAUTH_TIMEOUT``). IDLE is exempt: every
+``KEEPALIVE`` seconds without traffic the server sends ``* OK Still here``, which keeps
+NAT mappings alive and finds dead peers. A shutdown (``Connection.interrupt`` from the
+listener set) says ``* BYE`` between commands; a command in progress finishes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from postroom import deliver, logs
+from postroom.config import Listener
+from postroom.net.auth import AuthTracker
+from postroom.net.connection import Connection, Interrupted
+from postroom.net.imap.compress import Deflate, DeflateError
+from postroom.net.imap.light import LightCache
+from postroom.net.imap.selected import SelectedMailbox
+from postroom.proto.imap import responses
+from postroom.proto.imap.commands import Command, State
+from postroom.proto.imap.grammar import NO, ImapPeerError
+from postroom.proto.imap.receiver import (
+    NEED_DATA,
+    ConnectionClosed,
+    ContinuationRequest,
+    Event,
+    Limits,
+    Receiver,
+)
+from postroom.services import Services
+from postroom.store.api import MailboxChange, NotFound, StoreError, User
+
+log = logging.getLogger("postroom.imap")
+
+FLUSH_AT = 256 * 1024
+PREAUTH_TIMEOUT = 180.0
+KEEPALIVE = 25 * 60.0
+MAX_BAD_STREAK = 20  # consecutive refused commands before we hang up on the client
+# Commands during which expunges of other sessions must not be reported (RFC 9051 7.5.1):
+# those that use sequence numbers (UID forms are different commands and may report them).
+NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "SORT", "THREAD"})
+
+Handler = Callable[["ImapSession", Any], Awaitable[bytes | None]]
+
+
+class Closing(Exception):
+    """End the session now; whatever it had to say is already written."""
+
+
+def no(tag: str, text: str, code: str | None = None) -> ImapPeerError:
+    """A tagged ``NO [code] text`` to raise from a handler."""
+    return ImapPeerError(text, status=NO, code=code, tag=tag)
+
+
+def _handlers() -> dict[type, Handler]:
+    from postroom.net.imap import auth, basic, copy, fetch, idle, mailboxes, search, select
+    from postroom.net.imap import store_cmd
+
+    table: dict[type, Handler] = {}
+    for module in (auth, basic, copy, fetch, idle, mailboxes, search, select, store_cmd):
+        table.update(module.HANDLERS)
+    return table
+
+
+class ImapHandler:
+    """What ``app.py`` wires for the ``imap`` and ``imaps`` roles.
+
+    It owns what all IMAP sessions share: the command table and the light-summary cache
+    (:class:`~.light.LightCache`) that makes repeated searches and sorts cheap.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.handlers = _handlers()
+        self.lights = LightCache()
+
+    async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
+        await conn.send(responses.bye(reason, responses.UNAVAILABLE))
+
+    async def serve(self, conn: Connection, listener: Listener) -> None:
+        await ImapSession(self.services, conn, listener, self.handlers, self.lights).run()
+
+
+class ImapSession:
+    __slots__ = (
+        "services", "store", "conn", "listener", "handlers", "id", "auth", "rx", "user",
+        "selected", "rev2", "condstore", "qresync", "utf8", "deflate", "idling",
+        "_out", "_out_size", "_bad_streak", "closing", "commands", "client_id", "lights",
+    )
+
+    def __init__(
+        self,
+        services: Services,
+        conn: Connection,
+        listener: Listener,
+        handlers: dict[type, Handler],
+        lights: LightCache | None = None,
+    ) -> None:
+        self.services = services
+        self.lights = lights if lights is not None else LightCache()
+        self.store = services.store
+        self.conn = conn
+        self.listener = listener
+        self.handlers = handlers
+        self.id = deliver.new_id()
+        self.auth = AuthTracker(services, "imap", conn.peer_ip, self.id)
+        self.rx = Receiver()
+        self.user: User | None = None
+        self.selected: SelectedMailbox | None = None
+        self.rev2 = False  # ENABLE IMAP4rev2
+        self.condstore = False  # RFC 7162: enabled explicitly or by first use
+        self.qresync = False
+        self.utf8 = False  # UTF-8 mailbox names (IMAP4rev2 or UTF8=ACCEPT)
+        self.deflate: Deflate | None = None
+        self.idling = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._bad_streak = 0
+        self.closing = False
+        self.commands = 0
+        self.client_id: str | None = None
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def settings(self) -> Any:
+        return self.services.settings
+
+    @property
+    def tls_active(self) -> bool:
+        return self.conn.tls is not None
+
+    @property
+    def plaintext_ok(self) -> bool:
+        """May a password travel on this connection (LOGIN, PLAIN)? RFC 9051 6.2.3."""
+        return self.tls_active or self.settings.imap.allow_plaintext_auth
+
+    @property
+    def rev1(self) -> bool:
+        return not self.rev2
+
+    # -- output ------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+
+    async def flush(self) -> None:
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self._out_size = 0
+        transport = self.conn.transport
+        if transport is None or transport.is_closing():
+            return  # aborted (see below) or closed by the peer: nobody to tell
+        if self.deflate is not None:
+            data = self.deflate.compress(data)
+        self.conn.write(data)
+        try:
+            # A client that stops reading must not hold the session (and its output)
+            # forever: the same limit as for one that stops talking.
+            async with asyncio.timeout(self.settings.limits.imap_idle_timeout):
+                await self.conn.drain()
+        except TimeoutError:
+            self.conn.abort()
+            self.closing = True
+            raise Closing() from None
+
+    async def maybe_flush(self) -> None:
+        """Flush when enough output piled up (big FETCH): bounded memory, backpressure."""
+        if self._out_size >= FLUSH_AT:
+            await self.flush()
+
+    def capabilities(self) -> list[str]:
+        from postroom.net.imap.auth import capabilities
+
+        return capabilities(self)
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        started = time.monotonic()
+        code = responses.code_capability(self.capabilities())
+        self.write(responses.greeting(f"{self.settings.hostname} postroom IMAP ready", code))
+        try:
+            while not self.closing:
+                event = await self.next_event()
+                if isinstance(event, ConnectionClosed):
+                    break
+                if isinstance(event, Command):
+                    await self.execute(event)
+            await self.flush()
+        except Closing:
+            try:
+                await self.flush()  # the BYE or last answer, if the client still reads
+            except Closing:
+                pass
+        except DeflateError as exc:
+            logs.event(log, "imap_compress_error", logging.INFO, session=self.id, error=str(exc))
+        finally:
+            self.unselect()
+            logs.event(
+                log, "imap_session", session=self.id, client=self.conn.peer_ip,
+                user=self.user.address if self.user else None, commands=self.commands,
+                duration=round(time.monotonic() - started, 3),
+            )
+
+    async def next_event(self, *, raise_errors: bool = False) -> Event:
+        """The next receiver event, reading as needed; protocol errors are answered here.
+
+        With ``raise_errors`` (IDLE, AUTHENTICATE continuations) a refused line is raised
+        to the caller instead, which answers it as the command's tagged completion.
+        """
+        rx = self.rx
+        while True:
+            try:
+                event = rx.next_event()
+            except ImapPeerError as exc:
+                if exc.close:
+                    self.write(exc.response)
+                    raise Closing() from None
+                if raise_errors:
+                    raise
+                self.write(exc.response)
+                self._bad_streak += 1
+                if self._bad_streak >= MAX_BAD_STREAK:
+                    self.write(responses.bye("Too many invalid commands"))
+                    raise Closing() from None
+                continue
+            if event is NEED_DATA:
+                await self.flush()
+                data = await self._read()
+                if data:
+                    rx.receive_data(data)
+                else:
+                    rx.receive_eof()
+            elif isinstance(event, ContinuationRequest):
+                self.write(responses.continuation())
+            else:
+                return event
+
+    async def _read(self) -> bytes:
+        """Bytes from the client (inflated when compressing); b"" at end of stream."""
+        if self.deflate is not None and self.deflate.has_pending():
+            data = self.deflate.decompress(b"")
+            if data:
+                return data
+        while True:
+            if self.services.shutdown.requested and self.rx.buffered_size == 0:
+                self.write(responses.bye("Server shutting down", responses.UNAVAILABLE))
+                raise Closing()
+            if self.idling:
+                timeout = min(KEEPALIVE, self.settings.limits.imap_idle_timeout)
+            elif self.user is None:
+                timeout = min(PREAUTH_TIMEOUT, self.settings.limits.imap_idle_timeout)
+            else:
+                timeout = self.settings.limits.imap_idle_timeout
+            try:
+                raw = await self.conn.read(timeout)
+            except TimeoutError:
+                if self.idling:
+                    self.write(responses.untagged("OK", "Still here"))
+                    await self.flush()
+                    continue
+                self.write(responses.bye("Autologout: idle for too long"))
+                raise Closing() from None
+            except Interrupted:
+                if self.idling and not self.services.shutdown.requested:
+                    await self.sync(expunge=True)
+                    await self.flush()
+                continue
+            if not raw:
+                return b""
+            if self.deflate is None:
+                return raw
+            data = self.deflate.decompress(raw)
+            if data:
+                return data
+
+    async def execute(self, cmd: Command) -> None:
+        self.commands += 1
+        handler = self.handlers.get(type(cmd))
+        tagged: bytes | None
+        try:
+            if handler is None:
+                raise ImapPeerError("Command not supported", status=NO, tag=cmd.tag)
+            if self.selected is not None and getattr(cmd, "uid", False):
+                await self.sync(expunge=True)
+            tagged = await handler(self, cmd)
+            self._bad_streak = 0
+        except ImapPeerError as exc:
+            if exc.tag is None:
+                exc.tag = cmd.tag
+            if exc.close:
+                self.write(exc.response)
+                raise Closing() from None
+            tagged = exc.response
+            self._bad_streak = 0
+        except (Closing, ConnectionError, DeflateError):
+            raise
+        except NotFound as exc:
+            tagged = responses.no(cmd.tag, str(exc) or "No such mailbox", responses.NONEXISTENT)
+        except StoreError as exc:
+            tagged = responses.no(cmd.tag, str(exc) or "Failed")
+        except Exception:
+            log.exception("imap command failed session=%s command=%s", self.id, cmd.name)
+            tagged = responses.no(cmd.tag, "Internal server error", responses.SERVERBUG)
+        if self.selected is not None and not self.closing:
+            await self.sync(expunge=cmd.name not in NO_EXPUNGE_DURING)
+        if tagged is not None:
+            self.write(tagged)
+
+    # -- the selected mailbox ----------------------------------------------------------
+    def select(self, view: SelectedMailbox) -> None:
+        """Make ``view`` the selected mailbox and listen for changes to it."""
+        self.unselect()
+        conn = self.conn
+
+        def on_change(change: MailboxChange) -> None:
+            view.notify(change.modseq)
+            if self.idling:
+                conn.interrupt()
+
+        view.listener = on_change
+        self.store.changes.subscribe(view.mailbox_id, on_change)
+        self.selected = view
+        self.rx.state = State.SELECTED
+
+    def unselect(self) -> None:
+        view = self.selected
+        if view is None:
+            return
+        if view.listener is not None:
+            self.store.changes.unsubscribe(view.mailbox_id, view.listener)  # type: ignore[arg-type]
+            view.listener = None
+        self.selected = None
+        if self.user is not None:
+            self.rx.state = State.AUTHENTICATED
+
+    async def sync(self, *, expunge: bool) -> None:
+        """Send what changed in the selected mailbox since the view's modseq."""
+        view = self.selected
+        if view is None:
+            return
+        if not view.needs_read():
+            view.dirty = False
+            if expunge and view.pending:
+                for line in view.remove(tuple(view.pending), qresync=self.qresync):
+                    self.write(line)
+            return
+        view.dirty = False
+        view.notified = 0
+        try:
+            changes = await self.store.changes_since(view.mailbox_id, view.modseq)
+        except NotFound:
+            # Deleted (or renamed away as INBOX's content) under us: nothing sane remains.
+            self.write(responses.bye("The selected mailbox was deleted"))
+            self.closing = True
+            raise Closing() from None
+        recent_from = None
+        if self.rev1 and not view.readonly and any(m.uid > view.last_uid for m in changes.changed):
+            recent_from = await self.store.claim_recent(view.mailbox_id)
+        for line in view.apply(
+            changes, expunge=expunge, rev1=self.rev1, condstore=self.condstore,
+            qresync=self.qresync, recent_from=recent_from,
+        ):
+            self.write(line)
+
+    # -- authentication ------------------------------------------------------------------
+    async def login(self, user: User, mechanism: str) -> None:
+        await self.auth.succeeded(user, mechanism)
+        self.user = user
+        self.rx.state = State.AUTHENTICATED
+        self.rx.limits = Limits.authenticated(self.settings.limits.message_size)

@@ -1,0 +1,77 @@
+"""STORE and UID STORE (RFC 9051 6.4.6) with UNCHANGEDSINCE (RFC 7162 3.1.3).
+
+One store write changes every targeted message (``store.store_flags``: one modseq for the
+whole command). The answer reports each message's new flags in an untagged FETCH unless
+``.SILENT`` was given; under CONDSTORE the FETCH carries MODSEQ, and even ``.SILENT``
+reports the new MODSEQ of the messages that changed (RFC 7162 3.1.3). Messages that were
+modified after UNCHANGEDSINCE are left alone and listed in ``OK [MODIFIED ...]`` (sequence
+numbers for STORE, UIDs for UID STORE). The session remembers which modseqs it reported
+itself, so the change notification of its own write does not echo them a second time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from postroom.proto.imap import responses
+from postroom.proto.imap.commands import Store, StoreMode
+from postroom.proto.imap.grammar import ImapPeerError
+from postroom.store.api import MAX_KEYWORD_LENGTH, FlagChange, names_to_flags
+
+if TYPE_CHECKING:
+    from postroom.net.imap.session import ImapSession
+
+_MODES = {StoreMode.REPLACE: "replace", StoreMode.ADD: "add", StoreMode.REMOVE: "remove"}
+MAX_KEYWORDS_PER_STORE = 64
+
+
+async def store(s: ImapSession, cmd: Store) -> bytes:
+    view = s.selected
+    assert view is not None
+    if view.readonly:
+        raise ImapPeerError("The mailbox is read-only", status="NO", code=responses.READ_ONLY,
+                            tag=cmd.tag)
+    positions = view.positions(cmd.seqset, cmd.uid)
+    if cmd.unchanged_since is not None:
+        s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
+    bits, keywords = names_to_flags(cmd.flags)
+    if len(keywords) > MAX_KEYWORDS_PER_STORE or any(len(k) > MAX_KEYWORD_LENGTH for k in keywords):
+        raise ImapPeerError("Too many or too long keywords", status="NO", code=responses.LIMIT,
+                            tag=cmd.tag)
+    mode = _MODES[cmd.mode]
+    uids = view.uids_at(positions)
+    if not uids:
+        return responses.ok(cmd.tag, "STORE completed (nothing to do)")
+    result = await s.store.store_flags(
+        view.mailbox_id, uids, FlagChange(mode, bits, keywords), cmd.unchanged_since
+    )
+    view.note_reported(result.changed)
+    view.update_flags(result.changed)
+    view.own_write(result.changed)
+    fresh = [k for k in keywords if k not in view.keywords]
+    if fresh and mode != "remove":
+        view.keywords.update(fresh)
+        s.write(view.flags_response())  # RFC 9051 7.3.5: the set of flags changed
+    changed = {m.uid for m in result.changed}
+    condstore = s.condstore
+    for m in sorted(result.changed + result.unchanged, key=lambda m: m.uid):
+        seq = view.seq_of(m.uid)
+        if seq is None:
+            continue
+        uid = b"UID %d " % m.uid if cmd.uid else b""
+        modseq = b" MODSEQ (%d)" % m.modseq if condstore else b""
+        if not cmd.silent:
+            flags = " ".join(view.flag_names(m, s.rev1)).encode("utf-8")
+            s.write(b"* %d FETCH (%sFLAGS (%s)%s)\r\n" % (seq, uid, flags, modseq))
+        elif condstore and m.uid in changed:
+            s.write(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, uid, m.modseq))
+    if result.failed_uids:
+        failed = sorted(result.failed_uids)
+        if not cmd.uid:
+            failed = [seq for seq in (view.seq_of(u) for u in failed) if seq is not None]
+        return responses.ok(cmd.tag, "Conditional STORE failed",
+                            responses.code_modified(failed))
+    return responses.ok(cmd.tag, ("UID STORE" if cmd.uid else "STORE") + " completed")
+
+
+HANDLERS = {Store: store}

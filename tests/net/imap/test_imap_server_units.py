@@ -1,0 +1,309 @@
+"""Unit tests of the IMAP shell's pure parts: the selected-mailbox view (sequence map,
+pending expunges, update responses), LIST matching, THREAD algorithms, DEFLATE."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from postroom.net.imap.compress import MAX_INFLATE, Deflate, DeflateError
+from postroom.net.imap.listing import Matcher, list_entries, lsub_entries
+from postroom.net.imap.selected import SelectedMailbox
+from postroom.net.imap.thread import Item, is_reply_or_forward, thread_response
+from postroom.proto.imap.grammar import ImapPeerError
+from postroom.proto.imap.sequence import SequenceSet
+from postroom.store.api import FLAG_DELETED, FLAG_SEEN, Changes, Mailbox, MessageMeta
+
+
+def meta(uid: int, modseq: int, flags: int = 0, keywords: tuple[str, ...] = ()) -> MessageMeta:
+    return MessageMeta(id=uid, uid=uid, flags=flags, keywords=keywords, modseq=modseq,
+                       size=10, internaldate=0, blob_id=uid)
+
+
+def view(uids: list[int], modseq: int = 10) -> SelectedMailbox:
+    return SelectedMailbox(1, "INBOX", readonly=False, uidvalidity=7, uidnext=max(uids, default=0) + 1,
+                           modseq=modseq, uids=uids)
+
+
+def apply(v: SelectedMailbox, changes: Changes, **kw: bool) -> list[bytes]:
+    opts = {"expunge": True, "rev1": True, "condstore": False, "qresync": False}
+    opts.update(kw)
+    return v.apply(changes, **opts)
+
+
+# -- sequence sets --------------------------------------------------------------------
+
+def test_positions_for_sequence_numbers_and_uids() -> None:
+    v = view([3, 5, 9, 12])
+    assert v.positions(SequenceSet.parse("1:*"), uid=False) == [0, 1, 2, 3]
+    assert v.positions(SequenceSet.parse("2,4"), uid=False) == [1, 3]
+    assert v.positions(SequenceSet.parse("*"), uid=False) == [3]
+    assert v.positions(SequenceSet.parse("5:9"), uid=True) == [1, 2]
+    assert v.positions(SequenceSet.parse("13:*"), uid=True) == [3]  # "*" is the last UID
+    assert v.positions(SequenceSet.parse("100:200"), uid=True) == []
+    with pytest.raises(ImapPeerError):
+        v.positions(SequenceSet.parse("5"), uid=False)
+    with pytest.raises(ImapPeerError):
+        view([]).positions(SequenceSet.parse("1:*"), uid=False)
+    assert view([]).positions(SequenceSet.parse("1:*"), uid=True) == []
+
+
+def test_saved_search_result_in_both_number_spaces() -> None:
+    from postroom.proto.imap.sequence import RangeSet
+
+    v = view([3, 5, 9, 12])
+    v.saved = RangeSet.from_numbers([5, 12])
+    assert v.positions(SequenceSet.parse("$"), uid=True) == [1, 3]
+    assert v.positions(SequenceSet.parse("$"), uid=False) == [1, 3]
+    v.remove([5], qresync=False)
+    assert list(v.saved) == [12]
+
+
+# -- applying changes -------------------------------------------------------------------
+
+def test_new_messages_give_exists_and_recent() -> None:
+    v = view([1, 2])
+    out = apply(v, Changes(highestmodseq=12, uidnext=5, changed=[meta(3, 11), meta(4, 12)],
+                           vanished=[]), recent_from=3)
+    assert out == [b"* 4 EXISTS\r\n", b"* 2 RECENT\r\n"]
+    assert list(v.uids) == [1, 2, 3, 4] and v.modseq == 12
+    assert v.is_recent(3) and v.is_recent(4) and not v.is_recent(2)
+    # IMAP4rev2: no RECENT
+    v2 = view([1])
+    assert apply(v2, Changes(5, 3, [meta(2, 5)], []), rev1=False) == [b"* 2 EXISTS\r\n"]
+
+
+def test_flag_changes_become_fetch_responses() -> None:
+    v = view([1, 2, 3])
+    out = apply(v, Changes(11, 4, [meta(2, 11, FLAG_SEEN)], []), condstore=True)
+    assert out == [b"* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ (11))\r\n"]
+
+
+def test_own_reported_changes_are_not_echoed() -> None:
+    v = view([1, 2, 3])
+    v.note_reported([meta(2, 11, FLAG_SEEN)])
+    out = apply(v, Changes(11, 4, [meta(2, 11, FLAG_SEEN), meta(3, 11, FLAG_DELETED)], []))
+    assert out == [b"* 3 FETCH (UID 3 FLAGS (\\Deleted))\r\n"]
+    assert v.reported == {}
+
+
+def test_expunges_wait_until_allowed() -> None:
+    v = view([1, 2, 3, 4])
+    out = apply(v, Changes(12, 6, [meta(5, 12)], [2, 3]), expunge=False)
+    # Sequence numbers must not move: the expunged stay, the new one is message 5.
+    assert out == [b"* 5 EXISTS\r\n", b"* 0 RECENT\r\n"]  # recent went to another session
+    assert list(v.uids) == [1, 2, 3, 4, 5] and v.pending == {2, 3}
+    # A flag change of a pending message is not reported.
+    assert apply(v, Changes(13, 6, [meta(2, 13, FLAG_SEEN)], []), expunge=False) == []
+    out = apply(v, Changes(13, 6, [], []), expunge=True)
+    assert out == [b"* 3 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"]
+    assert list(v.uids) == [1, 4, 5] and not v.pending
+
+
+def test_expunges_as_vanished_with_qresync() -> None:
+    v = view([1, 2, 3, 4, 7])
+    out = apply(v, Changes(12, 8, [], [2, 3, 7, 99]), qresync=True)
+    assert out == [b"* VANISHED 2:3,7\r\n"]
+    assert list(v.uids) == [1, 4]
+
+
+def test_new_keyword_announces_flags() -> None:
+    v = view([1])
+    out = apply(v, Changes(11, 2, [meta(1, 11, 0, ("$Forwarded",))], []))
+    assert out[0].startswith(b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Forwarded)")
+    assert out[1] == b"* 1 FETCH (UID 1 FLAGS ($Forwarded))\r\n"
+
+
+def test_remove_reports_descending_sequence_numbers() -> None:
+    v = view([10, 20, 30, 40])
+    assert v.remove([20, 40], qresync=False) == [b"* 4 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"]
+    assert v.seq_of(30) == 2 and v.seq_of(20) is None
+
+
+# -- LIST ---------------------------------------------------------------------------------
+
+def mailboxes(*names: str, special: dict[str, str] | None = None) -> list[Mailbox]:
+    special = special or {}
+    return [Mailbox(i, 1, n, 1, 1, 1, special.get(n)) for i, n in enumerate(names, 1)]
+
+
+def test_matcher_wildcards_and_inbox_case() -> None:
+    m = Matcher(["%"])
+    assert m("INBOX") and m("Sent") and not m("a/b")
+    m = Matcher(["*"])
+    assert m("a/b/c")
+    m = Matcher(["a/%"])
+    assert m("a/b") and not m("a/b/c") and not m("a")
+    m = Matcher(["inb%"])
+    assert m("INBOX") and m("inbound") and not m("Inbound")  # only INBOX ignores case
+    assert Matcher(["inbox/*"])("INBOX/x")
+    assert Matcher(["Foo.bar"])("Foo.bar") and not Matcher(["Foo.bar"])("Fooxbar")
+
+
+def test_list_entries_attributes() -> None:
+    boxes = mailboxes("INBOX", "Sent", "a", "a/b", special={"Sent": "\\Sent"})
+    entries = list_entries(boxes, ["a/b", "gone"], ["*"], returns=frozenset({"SUBSCRIBED"}))
+    got = {e.name: e.attributes for e in entries}
+    assert got == {
+        "INBOX": ["\\HasNoChildren"], "Sent": ["\\HasNoChildren", "\\Sent"],
+        "a": ["\\HasChildren"], "a/b": ["\\HasNoChildren", "\\Subscribed"],
+    }
+    assert [e.name for e in entries][0] == "INBOX"
+    subs = list_entries(boxes, ["a/b", "gone"], ["*"], select=frozenset({"SUBSCRIBED"}))
+    assert {e.name: e.attributes for e in subs} == {
+        "a/b": ["\\HasNoChildren", "\\Subscribed"], "gone": ["\\NonExistent", "\\Subscribed"],
+    }
+    rec = list_entries(boxes, ["a/b"], ["%"], select=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
+    assert [(e.name, e.childinfo) for e in rec] == [("a", ("SUBSCRIBED",))]
+    special = list_entries(boxes, [], ["*"], select=frozenset({"SPECIAL-USE"}))
+    assert [e.name for e in special] == ["Sent"]
+
+
+def test_lsub_noselect_parents() -> None:
+    entries = lsub_entries(["a/b", "c"], "%")
+    assert [(e.name, e.attributes) for e in entries] == [("a", ["\\Noselect"]), ("c", [])]
+    assert [e.name for e in lsub_entries(["a/b", "c"], "*")] == ["a/b", "c"]
+
+
+# -- THREAD --------------------------------------------------------------------------------
+
+def item(n: int, subject: str = "s", mid: str | None = None, refs: tuple[str, ...] = (),
+         date: int | None = None, reply: bool = False) -> Item:
+    return Item(number=n, seq=n, date=date if date is not None else n, subject=subject,
+                reply=reply, message_id=mid, references=refs)
+
+
+def test_orderedsubject() -> None:
+    items = [item(1, "a"), item(2, "b"), item(3, "a"), item(4, "a"), item(5, "c")]
+    assert thread_response("ORDEREDSUBJECT", items) == b"* THREAD (1 (3)(4))(2)(5)\r\n"
+    assert thread_response("ORDEREDSUBJECT", [item(1, "a"), item(2, "a")]) == b"* THREAD (1 2)\r\n"
+
+
+def test_references_chain_branch_and_missing_parent() -> None:
+    items = [
+        item(1, "x", "1@x"),
+        item(2, "x", "2@x", ("1@x",), reply=True),
+        item(3, "x", "3@x", ("1@x", "2@x"), reply=True),
+        item(4, "x", "4@x", ("1@x",), reply=True),
+        item(5, "other", "5@x"),
+        item(6, "y", "6@x", ("missing@x",), reply=True),
+        item(7, "z", "7@x", ("missing@x",), reply=True),
+    ]
+    # 1 has two children (2→3 and 4); 6 and 7 share a dummy parent (kept at the root).
+    assert thread_response("REFERENCES", items) == b"* THREAD (1 (2 3)(4))(5)((6)(7))\r\n"
+
+
+def test_references_loops_and_duplicates_are_safe() -> None:
+    items = [
+        item(1, "a", "1@x", ("2@x",)),
+        item(2, "a", "2@x", ("1@x",)),  # loop: refused
+        item(3, "b", "1@x"),  # duplicate Message-ID: a thread of its own
+    ]
+    out = thread_response("REFERENCES", items)
+    assert out.startswith(b"* THREAD ") and out.count(b"1") == 1 and b"3" in out
+
+
+def test_references_merges_same_subject_roots() -> None:
+    items = [item(1, "topic", "1@x"), item(2, "topic", "2@x", reply=True)]
+    assert thread_response("REFERENCES", items) == b"* THREAD (1 2)\r\n"
+    items = [item(1, "topic", "1@x"), item(2, "topic", "2@x")]
+    assert thread_response("REFERENCES", items) == b"* THREAD ((1)(2))\r\n"
+
+
+def test_references_deep_thread_is_not_recursive() -> None:
+    n = 5000
+    items = [item(1, "deep", "m1")] + [
+        item(i, "deep", f"m{i}", (f"m{i - 1}",), reply=True) for i in range(2, n + 1)
+    ]
+    out = thread_response("REFERENCES", items)
+    assert out == b"* THREAD (" + b" ".join(b"%d" % i for i in range(1, n + 1)) + b")\r\n"
+
+
+def test_reply_detection() -> None:
+    assert is_reply_or_forward("Re: hi") and is_reply_or_forward("[list] Fwd: x")
+    assert is_reply_or_forward("hi (fwd)") and is_reply_or_forward("[Fwd: hi]")
+    assert not is_reply_or_forward("Regarding things")
+
+
+# -- COMPRESS ------------------------------------------------------------------------------
+
+def test_deflate_round_trip_and_bomb_bound() -> None:
+    d = Deflate()
+    inflate = zlib.decompressobj(-15)
+    assert inflate.decompress(d.compress(b"* OK hello\r\n")) == b"* OK hello\r\n"
+    client = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = client.compress(b"A" * (10 * MAX_INFLATE)) + client.flush(zlib.Z_SYNC_FLUSH)
+    out = d.decompress(bomb)
+    assert len(out) == MAX_INFLATE and d.has_pending()
+    total = len(out)
+    while d.has_pending():
+        total += len(d.decompress(b""))
+    assert total == 10 * MAX_INFLATE
+    with pytest.raises(DeflateError):
+        Deflate().decompress(b"\xff\xff\xff\xff garbage")
+
+
+# -- the light summary view ----------------------------------------------------------------
+
+@pytest.mark.parametrize("message", [
+    b"Subject: plain\r\nFrom: a@example.org\r\n\r\nbody\r\n",
+    b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nFrom: =?utf-8?q?J=C3=BCrgen?= <j@example.de>\r\n"
+    b"To: undisclosed-recipients:;\r\nCc: Team: a@x.org, b@y.org;\r\n"
+    b"Date: Tue, 02 Jan 2024 10:00:00 +0100\r\nMessage-ID: <m1@x>\r\n"
+    b"References: <a@x> <b@x>\r\nIn-Reply-To: <b@x>\r\n\r\nbody\r\n",
+    b"no header at all\r\n",
+    b"\r\n\r\n",
+    b"Content-Type: multipart/mixed; boundary=b\r\nSubject: Re: parts\r\n\r\n--b\r\n"
+    b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\nFrom: i@x\r\n\r\nin\r\n--b--\r\n",
+])
+def test_light_view_agrees_with_full_parse(message: bytes) -> None:
+    from postroom.deliver import normalize, summarize
+    from postroom.message import MessageSummary
+    from postroom.net.imap.light import ENVELOPE_FIELDS, Light, light
+
+    raw = summarize(normalize(message))
+    fast = light(raw)
+    slow = Light.from_summary(MessageSummary.from_bytes(raw))
+    assert fast is not None
+    for name in ("header_start", "header_end", "sent_date", "base_subject", "sort_from",
+                 "sort_to", "sort_cc", "display_from", "display_to", "message_id",
+                 "in_reply_to", "references"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    for field in ENVELOPE_FIELDS:
+        assert fast.search_text(field) == slow.search_text(field), field
+    assert fast.subject_raw() == slow.subject_raw()
+
+
+def test_light_view_declines_unknown_formats() -> None:
+    from postroom.net.imap.light import light
+
+    assert light(b"[99, 1, [0, 0, 0, 0]]") is None
+    assert light(b"not json") is None
+    assert light(b'[1, 1, "x"]') is None
+
+
+def test_own_writes_need_no_reread_but_others_do() -> None:
+    v = view([1, 2], modseq=10)
+    v.notify(11)  # our own STORE's notification arrives before the write returns
+    v.update_flags([meta(1, 11, FLAG_SEEN)])
+    v.own_write([meta(1, 11, FLAG_SEEN)])
+    assert v.modseq == 11 and not v.needs_read()
+    v.notify(0)  # a delivery does not say its modseq
+    assert v.needs_read()
+    w = view([1, 2], modseq=10)
+    w.notify(12)
+    w.own_write([meta(1, 12, FLAG_SEEN)])  # someone else took modseq 11
+    assert w.modseq == 10 and w.needs_read()
+    assert w.flags[0] == 0  # flags change only when told
+    w.update_flags([meta(1, 12, FLAG_SEEN, ("$x",))])
+    assert w.flags[0] == FLAG_SEEN and w.kw == {1: ("$x",)}
+
+
+def test_view_flags_follow_changes_and_expunges() -> None:
+    v = view([1, 2, 3])
+    apply(v, Changes(11, 5, [meta(2, 11, FLAG_DELETED), meta(4, 11, FLAG_SEEN, ("$k",))], []))
+    assert list(v.uids) == [1, 2, 3, 4] and list(v.flags) == [0, FLAG_DELETED, 0, FLAG_SEEN]
+    assert v.kw == {4: ("$k",)}
+    apply(v, Changes(12, 5, [], [2, 4]))
+    assert list(v.uids) == [1, 3] and list(v.flags) == [0, 0] and v.kw == {}
