@@ -114,3 +114,18 @@ def test_top_is_a_prefix_made_of_whole_lines(stored: bytes, lines: int) -> None:
     assert normalized.startswith(part)
     assert part == b"" or part.endswith(b"\r\n")
     assert client_unstuff(top_body(stored, lines)) == part
+
+
+@settings(max_examples=200, deadline=None)
+@given(message_bytes, st.integers(min_value=0, max_value=30))
+def test_crlf_shortcut_gives_the_same_bytes(stored: bytes, lines: int) -> None:
+    """``crlf=True`` (the shell vouches for CRLF) skips normalising, nothing else."""
+    normalized = normalize(stored)
+    assert retr_body(normalized, crlf=True) == retr_body(stored)
+    assert top_body(normalized, lines, crlf=True) == top_body(stored, lines)
+
+
+def test_byte_stuff_without_dot_lines_is_the_same_object() -> None:
+    plain = b"Subject: x\r\n\r\nno dot . at a line start\r\n"
+    assert byte_stuff(plain) is plain
+    assert byte_stuff(b".x\r\n") == b"..x\r\n"

@@ -82,11 +82,11 @@ class Shell:
             elif self.in_use:
                 conn.login_failed(LoginError.IN_USE)
             else:
-                conn.login_ok(zip(SIZES, UIDS))
+                conn.login_ok(zip(SIZES, UIDS, strict=True))
         elif isinstance(event, CredentialsRequest):
             conn.credentials(SCRAM.get(event.username))
         elif isinstance(event, Authenticated):
-            conn.login_ok(list(zip(SIZES, UIDS)))
+            conn.login_ok(list(zip(SIZES, UIDS, strict=True)))
         elif isinstance(event, Retrieve):
             if self.retrieve_ok:
                 out.append(conn.retrieved(MESSAGES[event.index]))
@@ -263,6 +263,20 @@ def test_login_failed_texts(error: LoginError, text: str | None, line: bytes) ->
     conn.login_failed(error, text)
     assert isinstance(conn.next_event(), NeedData)
     assert conn.data_to_send().endswith(line + b"\r\n")
+
+
+def test_in_use_is_not_a_failed_login() -> None:
+    """[IN-USE] means the credentials were right: no delay, and no closing after three."""
+    script = LOGIN * 5 + b"QUIT\r\n"
+    events, out, _ = transcript(script, shell=Shell(in_use=True), config=PLAIN_OK)
+    assert out.count(b"-ERR [IN-USE]") == 5
+    assert events[-1] == Closed("quit")
+    conn = Pop3Server(PLAIN_OK)
+    conn.receive_data(LOGIN)
+    assert isinstance(next_real(conn), PassRequest)
+    conn.login_failed(LoginError.IN_USE)
+    assert isinstance(conn.next_event(), NeedData)
+    assert conn.login_failures == 0
 
 
 def test_too_many_login_failures_close() -> None:

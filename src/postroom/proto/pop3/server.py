@@ -289,7 +289,9 @@ class Pop3Server:
         self._login_answer = _LoginAnswer(items)
 
     def login_failed(self, error: LoginError = LoginError.AUTH, text: str | None = None) -> None:
-        """Answer PassRequest/Authenticated: refused, with the code ``error`` selects."""
+        """Answer PassRequest/Authenticated: refused, with the code ``error`` selects.
+
+        Only ``LoginError.AUTH`` counts as a failed login (:attr:`login_failures`)."""
         self._answer(PassRequest, Authenticated)
         self._login_answer = _LoginAnswer(None, error, None if text is None else _line(text))
 
@@ -298,20 +300,27 @@ class Pop3Server:
         self._answer(CredentialsRequest)
         self._credentials = credentials
 
-    def retrieved(self, content: bytes) -> bytes:
+    def retrieved(self, content: bytes, *, crlf: bool = False) -> bytes:
         """Answer Retrieve with the stored message; returns every byte to write now
-        (earlier queued replies, the +OK line, the byte-stuffed message, ".CRLF")."""
+        (earlier queued replies, the +OK line, the byte-stuffed message, ".CRLF").
+
+        ``crlf=True``: the shell guarantees CRLF line ends and a final CRLF (so the size
+        it gave at login is ``len(content)``); the core then skips normalising.
+        """
         self._answer(Retrieve)
         event = self._retrieve
         assert event is not None
         if event.top_lines is None:
-            size, body = retr_body(content)
+            size, body = retr_body(content, crlf)
             head = b"+OK %d octets\r\n" % size
         else:
-            head, body = R.OK_TOP, top_body(content, event.top_lines)
-        self._out.append(head)
-        self._out.append(body)
-        return self.data_to_send()
+            head, body = R.OK_TOP, top_body(content, event.top_lines, crlf)
+        out = self._out
+        out.append(head)
+        out.append(body)
+        data = out[0] + out[1] if len(out) == 2 else b"".join(out)
+        out.clear()
+        return data
 
     def retrieve_failed(self) -> None:
         """Answer Retrieve: the message could not be read (-ERR [SYS/TEMP])."""
@@ -414,7 +423,13 @@ class Pop3Server:
         assert answer is not None
         if answer.maildrop is None:
             code = answer.error.value
-            self._login_refused(R.err(answer.text or R.LOGIN_ERROR_TEXT[code], code))
+            reply = R.err(answer.text or R.LOGIN_ERROR_TEXT[code], code)
+            if answer.error is LoginError.AUTH:
+                self._login_refused(reply)
+            else:
+                # [IN-USE], [SYS/...], [LOGIN-DELAY]: the credentials were fine, so this
+                # is no failed login (no delay, not counted toward closing the session).
+                self._out.append(reply)
             return
         self._sizes = [item.size for item in answer.maildrop]
         self._uids = [item.uidl for item in answer.maildrop]
