@@ -123,7 +123,7 @@ def received_header(
 
 
 def return_path(sender: str) -> bytes:
-    return f"Return-Path: <{sender}>\r\n".encode("utf-8")
+    return f"Return-Path: <{sender}>\r\n".encode()
 
 
 def strip_return_path(data: bytes) -> bytes:

@@ -65,7 +65,7 @@ class ListenerSet:
 
         host: str | None = None if listener.host == "*" else listener.host
         server = await loop.create_server(
-            lambda: Connection(on_connect),
+            lambda: Connection(on_connect, tls_first=listener.implicit_tls),
             host=host,
             port=listener.port,
             reuse_address=True,

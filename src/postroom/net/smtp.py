@@ -2,18 +2,21 @@
 
 Policy lives here, protocol lives in the core:
 * mx: mail for local recipients from anyone; anything else is relay-denied unless the
-  client authenticated (AUTH is not offered on mx). Source routes, ``%``/``!`` local parts
-  and quoted local parts never relay: they either resolve to a local user (they cannot:
-  we never create such names) or are refused.
+  client authenticated (AUTH is not offered on mx). Source routes and local parts with
+  routing characters (``%``, ``!``, ``@``, ``:``: percent hack, bang paths, quoted
+  ``"user@other"@local``) are refused outright from unauthenticated clients, even for a
+  local domain with a catch-all; trailing dots are a syntax error in the core.
 * submission/submissions: AUTH first (STARTTLS first on 587 unless configured), then the
   envelope sender must be one of the user's addresses; any recipient is allowed.
 At end of data: one durable write (local INBOXes + queue), then 250 with the queue id.
+The core has already refused what must never be stored (bare CR/LF: 554 5.6.0 after the
+real end of data, so nothing can be smuggled; NUL; oversize). Timeouts: the idle timeout
+between reads, and ``limits.smtp_data_timeout`` for a whole message (all its reads).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 
@@ -21,7 +24,7 @@ from postroom import deliver, logs
 from postroom.auth.directory import Resolution
 from postroom.config import Listener
 from postroom.net.auth import MECHANISMS, AuthTracker
-from postroom.net.connection import Connection, Interrupted
+from postroom.net.connection import Connection, ConnectionClosed, Interrupted
 from postroom.proto.sasl import Challenge, Success
 from postroom.proto.smtp import replies as R
 from postroom.proto.smtp.events import (
@@ -39,6 +42,7 @@ from postroom.proto.smtp.events import (
     StartTls,
     State,
 )
+from postroom.proto.smtp.grammar import Address
 from postroom.proto.smtp.replies import Reply
 from postroom.proto.smtp.server import ServerConnection
 from postroom.services import Services
@@ -51,6 +55,7 @@ EARLY_TALKER = Reply(554, "5.7.1", "Protocol error: talking before the greeting"
 LOOP_DETECTED = Reply(554, "5.4.6", "Too many Received headers: mail loop?")
 STORE_FAILED = Reply(451, "4.3.0", "Temporary failure storing the message, try again later")
 SOURCE_ROUTE = Reply(550, "5.7.1", "Source routes are not accepted")
+ROUTING_CHARS = Reply(550, "5.7.1", "Routing characters in the local part are not accepted")
 TOO_MANY_AUTH = Reply(421, "4.7.0", "Too many authentication failures")
 _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
@@ -58,37 +63,49 @@ _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 class SmtpHandler:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self._configs: dict[tuple[str, bool, bool], ServerConfig] = {}
+
+    def config(self, role: str, tls_active: bool) -> ServerConfig:
+        """The core's configuration for a role, built once (it is frozen and validated)."""
+        key = (role, tls_active, self.services.tls.available)
+        config = self._configs.get(key)
+        if config is None:
+            settings = self.services.settings
+            submission = role != "mx"
+            config = self._configs[key] = ServerConfig(
+                hostname=settings.hostname,
+                max_message_size=settings.limits.message_size,
+                max_recipients=settings.limits.recipients,
+                max_line_length=settings.smtp.line_length,
+                tls_available=self.services.tls.available,
+                tls_active=tls_active,
+                auth_mechanisms=MECHANISMS if submission else (),
+                auth_requires_tls=settings.smtp.require_tls_for_auth,
+                mail_requires_auth=submission,
+            )
+        return config
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(Reply(421, "4.7.0", f"{self.services.settings.hostname} {reason}").to_bytes())
 
     async def serve(self, conn: Connection, listener: Listener) -> None:
-        await SmtpSession(self.services, conn, listener).run()
+        await SmtpSession(self, conn, listener).run()
 
 
 class SmtpSession:
-    def __init__(self, services: Services, conn: Connection, listener: Listener) -> None:
-        self.services = services
+    def __init__(self, handler: SmtpHandler, conn: Connection, listener: Listener) -> None:
+        self.handler = handler
+        self.services = services = handler.services
         self.conn = conn
         self.role = listener.role
-        settings = services.settings
         self.submission = listener.role != "mx"
         self.id = deliver.new_id()
         self.auth = AuthTracker(services, "smtp", conn.peer_ip, self.id)
-        self.config = ServerConfig(
-            hostname=settings.hostname,
-            max_message_size=settings.limits.message_size,
-            max_recipients=settings.limits.recipients,
-            tls_available=services.tls.available,
-            tls_active=conn.tls is not None,
-            auth_mechanisms=MECHANISMS if self.submission else (),
-            auth_requires_tls=settings.smtp.require_tls_for_auth,
-            mail_requires_auth=self.submission,
-        )
-        self.core = ServerConnection(self.config)
+        self.core = ServerConnection(handler.config(self.role, conn.tls is not None))
         self.helo = ""
         self.resolutions: dict[str, Resolution] = {}
-        self.mail_started = 0.0
+        self.rcpt_results: list[str] = []  # "address:code" per RCPT, for the log line
+        self.data_started = 0.0
 
     # ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -111,11 +128,21 @@ class SmtpSession:
                 if self.services.shutdown.requested and self.core.state not in _IN_TRANSACTION:
                     self.core.close(R.SHUTTING_DOWN)
                     continue
+                timeout = idle
+                if self.core.state in (State.DATA, State.BDAT):
+                    # limits.smtp_data_timeout bounds the whole message (every BDAT chunk
+                    # included), not each read: a client trickling a byte a second must
+                    # not hold the session forever (RFC 5321 4.5.3.2.6 asks for >= 10 min).
+                    now = time.monotonic()
+                    if not self.data_started:
+                        self.data_started = now
+                    timeout = min(idle, settings.limits.smtp_data_timeout - (now - self.data_started))
+                    if timeout <= 0:
+                        self.core.close(R.TIMEOUT)
+                        continue
+                else:
+                    self.data_started = 0.0
                 try:
-                    timeout = idle
-                    if self.core.state in (State.DATA, State.BDAT):
-                        elapsed = time.monotonic() - self.mail_started
-                        timeout = max(1.0, min(idle, settings.limits.smtp_data_timeout - elapsed))
                     data = await self.conn.read(timeout)
                 except TimeoutError:
                     self.core.close(R.TIMEOUT)
@@ -139,7 +166,8 @@ class SmtpSession:
                 self.resolutions.clear()
                 self.core.accept()
             elif isinstance(event, StartTls):
-                await self._starttls()
+                if not await self._starttls():
+                    return
             elif isinstance(event, (AuthStart, AuthResponse)):
                 await self._auth(event)
             elif isinstance(event, MessageRefused):
@@ -151,17 +179,31 @@ class SmtpSession:
                 pass
 
     # ---------------------------------------------------------------------------------
-    async def _starttls(self) -> None:
+    async def _starttls(self) -> bool:
+        """Upgrade the connection; False when the handshake failed (the session ends)."""
         ctx = self.services.tls.context
         if ctx is None:
             self.core.reject(R.TLS_NOT_AVAILABLE)
-            return
+            return True
         self.core.accept()
         await self.conn.send(self.core.data_to_send())
-        await self.conn.start_tls(ctx, timeout=self.services.settings.limits.smtp_idle_timeout)
-        self.config = dataclasses.replace(self.config, tls_active=True)
-        self.core.starttls_done(self.config)
+        try:
+            await self.conn.start_tls(ctx, timeout=self.services.settings.limits.smtp_idle_timeout)
+        except (OSError, TimeoutError, ConnectionClosed) as e:  # ssl.SSLError is an OSError
+            # A client that says STARTTLS and then sends anything but a good ClientHello:
+            # nothing sensible can be said in clear text any more (RFC 3207 4.1).
+            logs.event(
+                log, "starttls_failed", session=self.id, client=self.conn.peer_ip,
+                error=str(e) or type(e).__name__,
+            )
+            return False
+        self.core.starttls_done(self.handler.config(self.role, True))
+        # RFC 3207 4.2: discard what we knew from before TLS (the core forgot EHLO, AUTH
+        # and the transaction; forget the user and the resolved recipients here too).
         self.helo = ""
+        self.auth.user = None
+        self.resolutions.clear()
+        return True
 
     async def _auth(self, event: AuthStart | AuthResponse) -> None:
         if isinstance(event, AuthStart):
@@ -181,8 +223,8 @@ class SmtpSession:
                 self.core.close(TOO_MANY_AUTH)
 
     async def _mail(self, event: MailFrom) -> None:
-        self.mail_started = time.monotonic()
         self.resolutions.clear()
+        self.rcpt_results = []
         sender = event.path.address
         if self.submission:
             user = self.auth.user
@@ -193,30 +235,47 @@ class SmtpSession:
         self.core.accept()
 
     async def _rcpt(self, event: RcptTo) -> None:
+        refusal = await self._rcpt_refusal(event)
+        shown = str(event.path.address) if event.path.address is not None else event.path.raw
+        if refusal is None:
+            self.rcpt_results.append(f"{shown}:250")
+            self.core.accept()
+        else:
+            self.rcpt_results.append(f"{shown}:{refusal.code}")
+            self.core.reject(refusal)
+
+    async def _rcpt_refusal(self, event: RcptTo) -> Reply | None:
+        """None when the recipient is accepted (and its resolution remembered)."""
         path = event.path
         address = path.address
         authenticated = self.auth.user is not None
         if address is None:
-            self.core.reject(R.BAD_RCPT_SYNTAX)
-            return
+            return R.BAD_RCPT_SYNTAX
         if path.route and not authenticated:
-            self.core.reject(SOURCE_ROUTE)
-            return
-        if address.is_postmaster and not address.domain:
-            target = f"postmaster@{self.services.settings.hostname.partition('.')[2] or self.services.settings.hostname}"
-        else:
-            target = str(address)
+            return SOURCE_ROUTE
+        if address.has_routing_chars and not authenticated:
+            # Percent hack, bang paths, "user@other"@local: a second routing layer inside
+            # the local part. No mailbox of ours needs one, and a catch-all must not turn
+            # them into "accepted" for a relay prober (RFC 5321 3.6.1 / 7.1).
+            return ROUTING_CHARS
+        target = self._target(address)
         resolution = await self.services.directory.resolve(target)
         if resolution.kind == "local":
             self.resolutions[target] = resolution
-            self.core.accept()
-        elif resolution.kind == "unknown":
-            self.core.reject(R.UNKNOWN_USER)
-        elif authenticated:
+            return None
+        if resolution.kind == "unknown":
+            return R.UNKNOWN_USER
+        if authenticated:
             self.resolutions[target] = Resolution("local", (), (target,))
-            self.core.accept()
-        else:
-            self.core.reject(R.RELAY_DENIED)
+            return None
+        return R.RELAY_DENIED
+
+    def _target(self, address: Address) -> str:
+        """The address to resolve: ``<Postmaster>`` means postmaster of our domain."""
+        if address.is_postmaster and not address.domain:
+            hostname = self.services.settings.hostname
+            return f"postmaster@{hostname.partition('.')[2] or hostname}"
+        return str(address)
 
     async def _message(self, event: MessageComplete) -> None:
         settings = self.services.settings
@@ -234,9 +293,7 @@ class SmtpSession:
         rcpt_addrs = []
         for rcpt in event.recipients:
             a = rcpt.path.address
-            key = str(a) if a is not None else ""
-            if a is not None and a.is_postmaster and not a.domain:
-                key = f"postmaster@{settings.hostname.partition('.')[2] or settings.hostname}"
+            key = self._target(a) if a is not None else ""
             rcpt_addrs.append(key)
             res = self.resolutions.get(key)
             if res is None:
@@ -295,7 +352,7 @@ class SmtpSession:
             helo=self.helo, tls=describe(self.conn.tls) or None,
             user=self.auth.user.address if self.auth.user else None,
             mail_from=str(sender) if sender else "<>",
-            rcpt=",".join(str(r.path.address) for r in event.recipients),
+            rcpt=",".join(self.rcpt_results) or ",".join(str(r.path.address) for r in event.recipients),
             size=len(event.data), id=qid, result=result,
             ms=round((time.monotonic() - started) * 1000, 1), **extra,
         )
