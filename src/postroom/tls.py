@@ -1,9 +1,10 @@
 """TLS: server contexts with modern defaults, reloadable certificates, self-signed set-up.
 
-Why a holder object: listeners keep a reference to :class:`TlsContexts` rather than to an
-``ssl.SSLContext``. On SIGHUP we build a fresh context from the files and swap it in; new
-handshakes (new connections and STARTTLS) use the new certificate, and connections already
-running keep theirs, so nothing is dropped.
+Why one context reloaded in place: implicit-TLS listeners hand the context to the server
+socket once, at start. On SIGHUP we first load the new files into a scratch context (so
+broken files change nothing), then load them into the live context: OpenSSL copies the
+certificate into each connection when it starts, so new handshakes (new connections and
+STARTTLS) use the new certificate and running connections keep theirs. Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ class TlsContexts:
         if self.cert is None or self.key is None:
             return False
         try:
-            self.context = server_context(self.cert, self.key)
+            server_context(self.cert, self.key)  # validate first
+            if self.context is None:
+                self.context = server_context(self.cert, self.key)
+            else:
+                self.context.load_cert_chain(self.cert, self.key)
         except (OSError, ssl.SSLError) as e:
             log.error("event=tls_reload_failed error=%s", e)
             return False

@@ -40,7 +40,6 @@ class Connection(asyncio.Protocol):
         "_loop",
         "_on_connect",
         "_paused",
-        "_tls_first",
         "_waiter",
         "_write_paused",
         "local_port",
@@ -51,13 +50,8 @@ class Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(
-        self, on_connect: Callable[[Connection], Awaitable[None]], tls_first: bool = False
-    ) -> None:
+    def __init__(self, on_connect: Callable[[Connection], Awaitable[None]]) -> None:
         self._on_connect = on_connect
-        # Implicit TLS: the client's ClientHello may arrive before the session task gets
-        # to start_tls(); see start_tls() for how those bytes reach the TLS protocol.
-        self._tls_first = tls_first
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.peer_port = 0
@@ -78,8 +72,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        if self._tls_first:
-            transport.pause_reading()  # type: ignore[attr-defined]  # asyncio honours it
+        # Implicit TLS (the server socket does the handshake): already encrypted.
+        self.tls = transport.get_extra_info("ssl_object")
         peer: Any = transport.get_extra_info("peername")
         if peer:
             self.peer_ip, self.peer_port = peer[0], peer[1]
@@ -185,16 +179,8 @@ class Connection(asyncio.Protocol):
     async def start_tls(self, context: ssl.SSLContext, timeout: float = 30.0) -> None:
         """Upgrade to TLS (server side). Bytes received before the upgrade are discarded."""
         assert self.transport is not None
-        # uvloop starts reading right after connection_made (its pause_reading is a no-op
-        # there), so on an implicit-TLS port the ClientHello may already be in our buffer.
-        # Hand those bytes to the TLS protocol: this callback runs before its
-        # connection_made, and it queues bytes received before the handshake starts.
-        # After STARTTLS (RFC 3207 / RFC 2595) pre-TLS bytes are dropped, never replayed.
-        early = b"".join(self._chunks) if self._tls_first and self.tls is None else b""
         self._chunks.clear()
         self._buffered = 0
-        if early:
-            self._loop.call_soon(self._replay_early, early)
         # asyncio.timeout, not wait_for: wait_for runs start_tls in a new task, one loop
         # iteration later, and the client's ClientHello would land in our buffer meanwhile.
         async with asyncio.timeout(timeout):
@@ -203,19 +189,6 @@ class Connection(asyncio.Protocol):
             raise ConnectionClosed()
         self.transport = new  # type: ignore[assignment]
         self.tls = new.get_extra_info("ssl_object")
-
-    def _replay_early(self, data: bytes) -> None:
-        """Feed a ClientHello read before start_tls() to the TLS protocol now in charge."""
-        proto: Any = self.transport.get_protocol() if self.transport is not None else None
-        if proto is None or proto is self or not hasattr(proto, "buffer_updated"):
-            return
-        view = memoryview(data)
-        while view:
-            buf = proto.get_buffer(len(view))
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            proto.buffer_updated(n)
-            view = view[n:]
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -65,11 +65,15 @@ class ListenerSet:
 
         host: str | None = None if listener.host == "*" else listener.host
         server = await loop.create_server(
-            lambda: Connection(on_connect, tls_first=listener.implicit_tls),
+            lambda: Connection(on_connect),
             host=host,
             port=listener.port,
             reuse_address=True,
             backlog=1024,
+            # Implicit TLS: the socket does the handshake before the session starts, with
+            # the one context that SIGHUP reloads in place (see postroom.tls).
+            ssl=self.tls.context if listener.implicit_tls else None,
+            ssl_handshake_timeout=self.limits.smtp_idle_timeout if listener.implicit_tls else None,
         )
         self._servers.append(server)
         bound = []
@@ -99,17 +103,6 @@ class ListenerSet:
                 logs.event(log, "connection_refused", logging.INFO, role=listener.role, client=ip, reason=over)
                 await handler.refuse(conn, listener, over)
                 return
-            if listener.implicit_tls:
-                if self.tls.context is None:
-                    return
-                try:
-                    await conn.start_tls(self.tls.context, timeout=self.limits.smtp_idle_timeout)
-                except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
-                    logs.event(log, "tls_handshake_failed", logging.INFO, role=listener.role, client=ip, error=str(e) or type(e).__name__)
-                    return
-                except Exception as e:  # ssl.SSLError and friends
-                    logs.event(log, "tls_handshake_failed", logging.INFO, role=listener.role, client=ip, error=str(e) or type(e).__name__)
-                    return
             await handler.serve(conn, listener)
         except asyncio.CancelledError:
             pass
