@@ -110,7 +110,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="deliveries per run")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", default=None, help="folder on the disk to measure (default: a temp folder)")
+    ap.add_argument("--size", type=int, default=5, help="message size in KB (default 5)")
     args = ap.parse_args()
+    global BODY
+    BODY = b"Subject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * (args.size * 1024 // 78)
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="postroom-bench-"))
     raw: list[float] = []
     results: dict[int, list[float]] = {1: [], 20: [], 100: []}
@@ -129,11 +132,11 @@ def main() -> None:
         folder.mkdir()
         files.append(asyncio.run(file_per_message_rate(folder, 20, args.n)))
     fs = statistics.median(raw)
-    print(f"raw fsync rate (file create+write+fsync, 5 KB): {fs:,.0f}/s  median of {args.runs}")
+    print(f"raw fsync rate (file create+write+fsync, {args.size} KB): {fs:,.0f}/s  median of {args.runs}")
     for writers, rates in results.items():
         r = statistics.median(rates)
         print(
-            f"store.deliver 5 KB, {writers:3d} writers: {r:,.0f} deliveries/s  "
+            f"store.deliver {args.size} KB, {writers:3d} writers: {r:,.0f} deliveries/s  "
             f"ratio to raw fsync {r / fs:.1f}x  (~{statistics.median(batch[writers]):.1f} deliveries per commit)"
         )
     fr = statistics.median(files)

@@ -9,6 +9,14 @@ writers this turns the disk's fsync rate into a batch rate rather than a message
 Why readers on threads: sqlite3 calls block, and the event loop must never block. Each
 reader thread owns its connection (WAL lets readers run while the writer commits).
 
+Why checkpoints on their own thread: SQLite's automatic checkpoint runs inside the commit
+that crosses the threshold, so one unlucky batch of deliveries would also wait for the WAL
+to be copied into the database and the database fsynced. Here the writer never
+checkpoints (``wal_autocheckpoint=0``); a checkpointer thread copies PASSIVE-ly (never
+blocking the writer) shortly after commits, and only if the WAL still grows past
+``WAL_RESTART_FRAMES`` under sustained load does the writer force a RESTART between two
+batches, which bounds the WAL file.
+
 Callers see two coroutines: :meth:`Engine.write` and :meth:`Engine.read`, each taking a
 plain function of a ``sqlite3.Connection``.
 """
@@ -21,6 +29,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +42,10 @@ T = TypeVar("T")
 # How many jobs one commit may carry; bigger batches only add latency to the first job.
 MAX_BATCH = 512
 BUSY_TIMEOUT_MS = 30_000
+# Checkpoint at most this often (each checkpoint fsyncs the database file).
+CHECKPOINT_INTERVAL = 0.25
+# A WAL this long (in pages of 4 KiB: ~400 MB) makes the writer checkpoint with RESTART.
+WAL_RESTART_FRAMES = 100_000
 
 
 def connect(path: Path, *, fsync: bool, readonly: bool = False) -> sqlite3.Connection:
@@ -79,6 +92,13 @@ class Engine:
         self.fsync = fsync
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer_conn = connect(path, fsync=fsync)
+        self._writer_conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._writer_conn.execute("PRAGMA journal_size_limit=67108864")
+        self._checkpoint_wanted = threading.Event()
+        self._restart_wanted = False
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+        )
         self._thread = threading.Thread(target=self._writer_loop, name="sqlite-writer", daemon=True)
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -88,6 +108,7 @@ class Engine:
         self.commits = 0  # observed by tests and the benchmark
         self.jobs = 0
         self._thread.start()
+        self._checkpointer.start()
 
     # ---------------------------------------------------------------------------------
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -153,6 +174,12 @@ class Engine:
                 return
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        if self._restart_wanted:
+            self._restart_wanted = False
+            try:
+                conn.execute("PRAGMA wal_checkpoint(RESTART)")
+            except sqlite3.Error as e:
+                log.warning("checkpoint failed: %s", e)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -180,6 +207,7 @@ class Engine:
                 job.error = e
         self.commits += 1
         self.jobs += len(batch)
+        self._checkpoint_wanted.set()
         self._post(batch)
 
     @staticmethod
@@ -194,6 +222,28 @@ class Engine:
             except RuntimeError:  # loop closed: nobody is waiting any more
                 pass
 
+    def _checkpoint_loop(self) -> None:
+        conn = connect(self.path, fsync=self.fsync)
+        try:
+            while True:
+                self._checkpoint_wanted.wait()
+                if not self._closed:
+                    time.sleep(CHECKPOINT_INTERVAL)  # let more commits join this checkpoint
+                self._checkpoint_wanted.clear()
+                # close() sets _closed before it sets the event, so a close that happened
+                # during the sleep is seen here even though clear() ate its wake-up.
+                if self._closed:
+                    return
+                try:
+                    _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as e:
+                    log.warning("checkpoint failed: %s", e)
+                    continue
+                if frames > WAL_RESTART_FRAMES:
+                    self._restart_wanted = True
+        finally:
+            conn.close()
+
     # ---------------------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
@@ -201,6 +251,8 @@ class Engine:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        self._checkpoint_wanted.set()
+        self._checkpointer.join()
         self._readers.shutdown(wait=True)
         with self._reader_lock:
             for c in self._reader_conns:
