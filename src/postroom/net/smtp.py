@@ -322,7 +322,10 @@ class SmtpSession:
         stored = received + data
         if user_ids:
             stored = deliver.return_path(sender) + stored
-        stored = deliver.normalize(stored)
+        # The core refused bare CR/LF and NUL already (DATA and BDAT alike), so only a
+        # missing final CRLF (BDAT) can break the stored-message invariants.
+        if not stored.endswith(b"\r\n"):
+            stored += b"\r\n"
         queue = None
         if external:
             queue = NewQueueEntry(
@@ -333,7 +336,12 @@ class SmtpSession:
             )
         loop = asyncio.get_running_loop()
         try:
-            summary = await loop.run_in_executor(None, deliver.summarize, stored) if len(stored) > 256 * 1024 else deliver.summarize(stored)
+            if not user_ids:
+                summary = b""  # only the queue reads it, and the queue never parses it
+            elif len(stored) > 256 * 1024:
+                summary = await loop.run_in_executor(None, deliver.summarize, stored)
+            else:
+                summary = deliver.summarize(stored)
             await self.services.store.deliver(
                 Delivery(data=stored, summary=summary, user_ids=tuple(user_ids), queue=queue)
             )
