@@ -8,6 +8,7 @@ when the config says port 0, which tests use) and then ``ready``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -58,12 +59,13 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     )
     handlers = _handlers(services)
     workers: list[Any] = []
+    started_ok = False
     try:
         for lst in settings.listeners:
             try:
                 bound = await listeners.start(lst, handlers[lst.role])
             except OSError as e:
-                print(f"postroom: error: cannot listen on {lst}: {e.strerror or e}", file=sys.stderr)
+                print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
                 return 1
             for host, port in bound:
                 shown = f"[{host}]" if ":" in host else host
@@ -78,6 +80,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
         logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
+        started_ok = True
         print("ready", flush=True)
         if started is not None:
             started.set_result(services)
@@ -91,7 +94,18 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await store.close()
-        logs.event(log, "stopped")
+        if started_ok:
+            logs.event(log, "stopped")
+
+
+def _bind_error(e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return "address already in use (another server on that port?)"
+    if e.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine"
+    return e.strerror or str(e)
 
 
 def serve(settings: Settings) -> int:

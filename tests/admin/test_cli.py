@@ -139,3 +139,22 @@ def test_unwritable_data_dir_as_any_user(tmp_path: Path) -> None:
     (tmp_path / "data").write_text("not a folder")
     (tmp_path / "postroom.toml").write_text('hostname = "h.example"\n[[listener]]\naddress="127.0.0.1:0"\nrole="mx"\n')
     assert "is not a folder" in fails(tmp_path, "check-config")
+
+
+def test_serve_port_in_use(tmp_path: Path) -> None:
+    """A port already taken: one clear line, exit code 1, nothing half-started."""
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        (tmp_path / "data").mkdir()
+        (tmp_path / "postroom.toml").write_text(
+            f'hostname = "h.example"\n[[listener]]\naddress="127.0.0.1:{port}"\nrole="mx"\n'
+        )
+        err = fails(tmp_path, "serve")
+        assert f"cannot listen on 127.0.0.1:{port} (mx): address already in use" in err
+    finally:
+        blocker.close()
