@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# POSTROOM_SLOW=1 turns every soak/fuzz test into its long version: crash tests kill more
+# often, scale tests open more sessions, and property tests without their own example
+# count run ten times as many examples.
+SLOW = os.environ.get("POSTROOM_SLOW") == "1"
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "slow", deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("slow" if SLOW else "default")
 
 
 def store_backends() -> list[str]:
