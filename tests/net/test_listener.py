@@ -57,10 +57,13 @@ def test_ipv6_and_wildcard_listeners() -> None:
             bound = await listeners.start(Listener("*", 0, "mx"), handler)
             families = {":" in host for host, _ in bound}
             assert False in families
-            port = bound[0][1]
+            # With port 0 each family gets its own ephemeral port: use the IPv4 one.
+            port = next(p for host, p in bound if ":" not in host)
             assert (await _hello("127.0.0.1", port)) == b"hi 127.0.0.1\r\n"
             if _has_ipv6():
                 assert True in families
+                port6 = next(p for host, p in bound if ":" in host)
+                assert (await _hello("::1", port6)) == b"hi ::1\r\n"
                 six = await listeners.start(Listener("::1", 0, "imap"), handler)
                 assert six[0][0] == "::1"
                 assert (await _hello("::1", six[0][1])) == b"hi ::1\r\n"
