@@ -346,7 +346,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
     },
     "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
 }
-_LISTENER_KEYS = {"address": parse_hostport, "role": _choice(*ROLES)}
+_LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
 _SECTION_CLASSES = {
     "limits": Limits,
     "smtp": SmtpSettings,
@@ -432,8 +432,8 @@ def from_mapping(doc: Mapping[str, Any], path: Path) -> Settings:
     data_dir = base / top.get("data_dir", "data")
     tls = sections.get("tls", {})
     cert = base / tls["cert"] if tls.get("cert") else None
-    key = base / tls["key"] if tls.get("key") else None
-    if (cert is None) != (key is None):
+    key_path = base / tls["key"] if tls.get("key") else None
+    if (cert is None) != (key_path is None):
         raise _fail(path, "tls", "set both tls.cert and tls.key, or neither")
     needs_tls = [lst for lst in listeners if lst.implicit_tls]
     if needs_tls and cert is None:
@@ -448,7 +448,7 @@ def from_mapping(doc: Mapping[str, Any], path: Path) -> Settings:
         data_dir=data_dir,
         listeners=tuple(listeners),
         tls_cert=cert,
-        tls_key=key,
+        tls_key=key_path,
         fsync=top.get("fsync", True),
         **kwargs,
     )

@@ -183,3 +183,30 @@ def test_base_subject_stays_linear(subject: str, base: str) -> None:
     started = time.perf_counter()
     assert base_subject(subject) == base
     assert time.perf_counter() - started < 1.0
+
+
+def test_envelope_search_texts_decoded_and_folded() -> None:
+    from postroom.message import ENVELOPE_SEARCH_FIELDS, envelope_search_texts, search_texts_of
+    from postroom.deliver import summarize
+
+    data = crlf(
+        "From: =?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <Jurgen@Example.DE>\n"
+        "To: Team: a@x.org, \"B. Smith\" <B@Y.org>;, straße@ÜBER.example\n"
+        "Subject: =?iso-8859-1?q?Gr=FC=DFe?= =?utf-8?b?YXVz?= K\u00f6ln\n"
+        "Bcc: undisclosed-recipients:;\n"
+        "\nbody\n"
+    )
+    texts = dict(zip(ENVELOPE_SEARCH_FIELDS, envelope_search_texts(scan(data)), strict=True))
+    assert texts["from"] == "jürgen müller <jurgen@example.de>"
+    assert texts["to"] == "team:, a@x.org, b. smith <b@y.org>, strasse@über.example"
+    assert texts["cc"] is None  # absent: even an empty needle must not match it
+    assert texts["bcc"] == "undisclosed-recipients:"
+    assert texts["subject"] == "grüsseaus köln"  # adjacent encoded words join (RFC 2047 6.2)
+    # folded, so a case-insensitive match is a plain substring test of a folded needle
+    assert "STRASSE@Über".casefold() in texts["to"]
+    assert "GRÜSSE".casefold() in texts["subject"]
+    # from the stored summary, and from the bytes when the summary is unusable
+    assert search_texts_of(summarize(data), data) == envelope_search_texts(scan(data))
+    assert search_texts_of(b"[99]", data) == envelope_search_texts(scan(data))
+    assert search_texts_of(b"", data) == envelope_search_texts(scan(data))
+    assert envelope_search_texts(scan(b"no header\r\n")) == (None, None, None, None, None)

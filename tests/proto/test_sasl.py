@@ -134,7 +134,9 @@ def test_scram_unknown_user_is_indistinguishable_until_the_end() -> None:
     again = _server_first(scram_server(iterations=8192), "ghost", None)
     other = _server_first(scram_server(iterations=8192), "spook", None)
     other_secret = _server_first(scram_server(secret=b"another"), "ghost", None)
-    salt_of = lambda data: data.split(b",")[1]
+    def salt_of(data: bytes) -> bytes:
+        return data.split(b",")[1]
+
     assert salt_of(first) == salt_of(again)  # stable: repeated probes see the same salt
     assert salt_of(first) != salt_of(other) != salt_of(other_secret)
     assert len(base64.b64decode(salt_of(first)[2:])) == 16  # as long as real salts

@@ -373,3 +373,165 @@ def test_flag_names_roundtrip() -> None:
     bits, kws = names_to_flags(["\\Seen", "\\recent", "\\FLAGGED", "Work", "$Junk", "Work"])
     assert bits == FLAG_SEEN | FLAG_FLAGGED and kws == ("$Junk", "Work")
     assert flags_to_names(bits, kws) == ["\\Seen", "\\Flagged", "$Junk", "Work"]
+
+
+def test_mailbox_snapshot(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from array import array
+
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        assert await store.mailbox_snapshot(u.id, "Nope") is None
+        empty = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
+        assert (empty.id, empty.user_id, empty.name) == (inbox.id, u.id, "INBOX")
+        assert empty.uids == array("I") and empty.flags == b"" and empty.keywords == {}
+        assert empty.recent_from == empty.uidnext == 1
+        await store.append(inbox.id, MSG, b"S", FLAG_SEEN)
+        await store.append(inbox.id, MSG, b"S", FLAG_FLAGGED | FLAG_DELETED, ["$Work", "Alpha"])
+        await store.append(inbox.id, MSG, b"S", 0, ["$Work"])
+        await store.expunge(inbox.id, [1])
+        await store.store_flags(inbox.id, [3], FlagChange("add", FLAG_SEEN))
+        snap = await store.mailbox_snapshot(u.id, "INBOX")
+        mb = await store.get_mailbox_by_id(inbox.id)
+        assert isinstance(snap.uids, array) and list(snap.uids) == [2, 3]
+        assert snap.flags == bytes([FLAG_FLAGGED | FLAG_DELETED, FLAG_SEEN])
+        assert snap.keywords == {2: ("$Work", "Alpha"), 3: ("$Work",)}
+        assert (snap.uidvalidity, snap.uidnext, snap.highestmodseq) == (
+            mb.uidvalidity, mb.uidnext, mb.highestmodseq)
+        # Without claiming, nothing is \Recent for the caller and nothing is claimed.
+        assert snap.recent_from == snap.uidnext == 4
+        assert (await store.mailbox_status(inbox.id)).recent == 2
+        first = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
+        second = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
+        assert first.recent_from == 1 and second.recent_from == 4
+        assert (await store.mailbox_status(inbox.id)).recent == 0
+        # a large mailbox keeps UID order and flags aligned
+        arch = await store.get_mailbox(u.id, "Archive")
+        for i in range(300):
+            await store.append(arch.id, MSG, b"S", i % 32 & ~FLAG_DELETED)
+        big = await store.mailbox_snapshot(u.id, "Archive")
+        assert list(big.uids) == list(range(1, 301))
+        assert list(big.flags) == [i % 32 & ~FLAG_DELETED for i in range(300)]
+
+    store_run(body)
+
+
+def test_claim_recent_upto(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        for _ in range(3):
+            await store.append(inbox.id, MSG, b"S")
+        # A session that has seen UIDs below 3 claims those only.
+        assert await store.claim_recent(inbox.id, 3) == 1
+        assert (await store.mailbox_status(inbox.id)).recent == 1
+        assert await store.claim_recent(inbox.id, 2) == 3  # nothing left below 2
+        assert await store.claim_recent(inbox.id) == 3  # up to UIDNEXT
+        assert await store.claim_recent(inbox.id) == 4
+        snap = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
+        assert snap.recent_from == snap.uidnext == 4
+        await store.append(inbox.id, MSG, b"S")
+        snap = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
+        assert (snap.recent_from, snap.uidnext) == (4, 5)
+        with pytest.raises(NotFound):
+            await store.claim_recent(99999)
+        # a re-created mailbox (new UIDVALIDITY) starts with everything \Recent again
+        await store.create_mailbox(u.id, "Box")
+        box = await store.get_mailbox(u.id, "Box")
+        await store.append(box.id, MSG, b"S")
+        assert await store.claim_recent(box.id) == 1
+        await store.delete_mailbox(u.id, "Box")
+        await store.create_mailbox(u.id, "Box")
+        box2 = await store.get_mailbox(u.id, "Box")
+        await store.append(box2.id, MSG, b"S")
+        assert (await store.mailbox_status(box2.id)).recent == 1
+        assert await store.claim_recent(box2.id) == 1
+
+    store_run(body)
+
+
+def _msg(from_: str, subject: str, extra: str = "") -> bytes:
+    return f"From: {from_}\r\nSubject: {subject}\r\n{extra}\r\nbody\r\n".encode()
+
+
+def test_search_envelope(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from postroom.deliver import summarize
+
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        arch = await store.get_mailbox(u.id, "Archive")
+        msgs = [
+            _msg("=?utf-8?q?J=C3=BCrgen?= <jurgen@example.de>", "=?utf-8?q?Gr=C3=BC=C3=9Fe?="),
+            _msg("Alice Smith <ALICE@example.org>", "Quarterly report",
+                 "To: Team: a@x.org, b@y.org;\r\nCc: carol@example.org\r\n"),
+            _msg("bob@example.test", "Re: Lunch?", "Bcc: secret@example.org\r\n"),
+        ]
+        for i, data in enumerate(msgs):
+            if i == 1:  # through deliver(), with a real summary
+                await store.deliver(Delivery(data=data, summary=summarize(data), user_ids=(u.id,)))
+            else:  # through append(), with an unusable summary (re-scanned)
+                await store.append(inbox.id, data, b"S")
+
+        async def find(*keys: tuple[str, str], mailbox: int = inbox.id) -> list[list[int]]:
+            return await store.search_envelope(mailbox, list(keys))
+
+        assert await find(("from", "JÜRGEN"), ("from", "JURGEN@example"), ("from", "alice smith")) \
+            == [[1], [1], [2]]
+        assert await find(("subject", "GRÜSSE"), ("subject", "grüße"), ("subject", "report")) \
+            == [[1], [1], [2]]
+        assert await find(("to", "team:"), ("to", "b@y.org"), ("cc", "CAROL"), ("bcc", "secret")) \
+            == [[2], [2], [2], [3]]
+        assert await find(("cc", ""), ("subject", ""), ("to", "")) == [[2], [1, 2, 3], [2]]
+        assert await find(("from", "nobody")) == [[]]
+        assert await find() == []
+        with pytest.raises(ValueError):
+            await find(("body", "x"))
+        # the texts follow the messages: COPY, MOVE, EXPUNGE, renaming INBOX
+        assert await store.copy_messages(inbox.id, [1], arch.id) == [(1, 1)]
+        assert await store.move_messages(inbox.id, [2], arch.id) == [(2, 2)]
+        assert await find(("from", "example"), mailbox=arch.id) == [[1, 2]]
+        assert await find(("from", "example")) == [[1, 3]]
+        await store.expunge(arch.id, [1])
+        assert await find(("from", "example"), mailbox=arch.id) == [[2]]
+        assert await find(("from", "jürgen")) == [[1]]  # the original is untouched
+        await store.rename_mailbox(u.id, "INBOX", "Old")
+        old = await store.get_mailbox(u.id, "Old")
+        assert await find(("from", "example"), mailbox=old.id) == [[1, 2]]
+        assert await find(("from", "example")) == [[]]
+        await store.delete_mailbox(u.id, "Old")
+        assert await find(("from", ""), mailbox=old.id) == [[]]
+        await store.remove_user(u.address)
+        assert await find(("from", ""), mailbox=arch.id) == [[]]
+
+    store_run(body)
+
+
+def test_read_messages(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from postroom.deliver import summarize
+        from postroom.message import MessageSummary
+
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        big = b"Subject: big\r\nFrom: a@example.test\r\n\r\n" + b"x" * 200_000 + b"\r\n"
+        await store.append(inbox.id, MSG, summarize(MSG), FLAG_SEEN, ["$A"])
+        await store.append(inbox.id, big, summarize(big))
+        await store.append(inbox.id, MSG, b"not a summary")
+        await store.expunge(inbox.id, [1])
+        got = await store.read_messages(inbox.id, [3, 1, 2, 99])
+        assert [c.meta.uid for c in got] == [2, 3]  # existing ones, in UID order
+        assert all(c.summary is None and c.data is None for c in got)
+        assert got[0].meta == (await store.get_messages(inbox.id, [2]))[0]
+        both = await store.read_messages(inbox.id, [2, 3], summary=True, data=True)
+        assert [c.data for c in both] == [big, MSG]
+        assert MessageSummary.from_bytes(both[0].summary).size == len(big)
+        assert both[1].summary == b"not a summary"
+        heads = await store.read_messages(inbox.id, [2, 3], data=True, header_only=True)
+        head_end = big.index(b"\r\n\r\n") + 4
+        for c, full, end in ((heads[0], big, head_end), (heads[1], MSG, MSG.index(b"\r\n\r\n") + 4)):
+            assert c.summary is None
+            assert len(c.data) >= end and full.startswith(c.data)
+        assert await store.read_messages(inbox.id, []) == []
+
+    store_run(body)

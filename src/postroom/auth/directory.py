@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from postroom.address import AddressError, base_address, normalize_address
 from postroom.auth import passwords
-from postroom.store.api import Store, User
+from postroom.store.api import AddressLookup, Store, User
 
 MAX_ALIAS_DEPTH = 8
 MAX_EXPANSION = 1000
@@ -115,7 +115,7 @@ class Directory:
         info = await self.store.lookup_address(addr)
         if not info.domain_is_local:
             return None
-        candidates = [(addr, info)]
+        candidates: list[tuple[str, AddressLookup | None]] = [(addr, info)]
         base = base_address(addr)
         if base is not None:
             candidates.append((base, None))

@@ -21,9 +21,17 @@ from postroom.message.model import (
     SummaryVersionError,
 )
 from postroom.message.scanner import MAX_DEPTH, MAX_FIELD_VALUE, MAX_PARTS, scan
-from postroom.message.search import header_values, sent_date, text_parts
+from postroom.message.search import (
+    ENVELOPE_SEARCH_FIELDS,
+    envelope_search_texts,
+    header_values,
+    search_texts_of,
+    sent_date,
+    text_parts,
+)
 
 __all__ = [
+    "ENVELOPE_SEARCH_FIELDS",
     "MAX_DEPTH",
     "MAX_FIELD_VALUE",
     "MAX_PARTS",
@@ -37,8 +45,10 @@ __all__ = [
     "SummaryVersionError",
     "base_subject",
     "casemap",
+    "envelope_search_texts",
     "header_values",
     "scan",
+    "search_texts_of",
     "sent_date",
     "text_parts",
 ]

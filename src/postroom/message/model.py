@@ -24,6 +24,7 @@ the round trip exact for any bytes.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ from postroom.message.headers import Params, decode_param
 
 __all__ = [
     "Envelope",
+    "header_block_end",
     "MessageSummary",
     "Part",
     "SummaryError",
@@ -235,6 +237,19 @@ class MessageSummary:
 
 
 _EMPTY_ENVELOPE = Envelope()
+
+# What to_bytes() starts with: [VERSION, size, [header_start, header_end, body_start, ...
+_HEAD = re.compile(rb"\[(\d+),(\d+),\[(\d+),(\d+),(\d+),")
+
+
+def header_block_end(raw: bytes) -> int | None:
+    """Where the top-level body starts, from stored summary bytes, without decoding them:
+    a store can then read just the header block of a big message. None when ``raw`` is
+    not in this version's format (read the whole message then)."""
+    m = _HEAD.match(raw)
+    if m is None or int(m.group(1)) != MessageSummary.VERSION:
+        return None
+    return int(m.group(5))
 
 # --- positional JSON encoding ----------------------------------------------------------
 # Each row lists its fields in a fixed order; trailing fields equal to their default are

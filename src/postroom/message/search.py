@@ -9,12 +9,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-from postroom.message.encoded import decode_charset, decode_transfer, decode_words
+from postroom.message.address import Address
+from postroom.message.encoded import decode_charset, decode_raw, decode_transfer, decode_words
 from postroom.message.headers import find_fields, unfold
 from postroom.message.keys import sent_datetime
-from postroom.message.model import MessageSummary
+from postroom.message.model import MessageSummary, SummaryError
+from postroom.message.scanner import scan
 
-__all__ = ["header_values", "sent_date", "text_parts"]
+__all__ = [
+    "ENVELOPE_SEARCH_FIELDS",
+    "envelope_search_texts",
+    "header_values",
+    "search_texts_of",
+    "sent_date",
+    "text_parts",
+]
+
+# The envelope fields SEARCH FROM/TO/CC/BCC/SUBJECT match, in the order of the tuple
+# that envelope_search_texts() returns.
+ENVELOPE_SEARCH_FIELDS = ("from", "to", "cc", "bcc", "subject")
+
+SearchTexts = tuple[str | None, str | None, str | None, str | None, str | None]
 
 
 def header_values(data: bytes, summary: MessageSummary, name: str | bytes) -> list[str]:
@@ -57,3 +72,58 @@ def sent_date(summary: MessageSummary) -> datetime | None:
     zone) and SORT DATE (compare the instant). None: use INTERNALDATE (RFC 5256 2.2).
     """
     return sent_datetime(summary.sent_date)
+
+
+def envelope_search_texts(summary: MessageSummary) -> SearchTexts:
+    """What SEARCH FROM, TO, CC, BCC and SUBJECT match, case-folded (None: no such field).
+
+    RFC 9051 6.4.4 defines these keys on the *envelope structure's* fields, so the text
+    is built from the envelope: the subject with RFC 2047 words decoded; an address list
+    as ``Name <mailbox@host>, ...`` (names decoded; a group as ``group:``). The result is
+    ``str.casefold``-ed, so a case-insensitive substring match is ``needle.casefold() in
+    text``, which a store can also evaluate in SQL (``instr``/``strpos``). Computed once
+    per message at delivery or APPEND and stored (see ``Store.search_envelope``).
+    """
+    env = summary.root.envelope
+    if env is None:
+        return (None, None, None, None, None)
+    subject = None if env.subject is None else _clean(decode_words(env.subject)).casefold()
+    return (
+        _addresses(env.from_), _addresses(env.to), _addresses(env.cc), _addresses(env.bcc),
+        subject,
+    )
+
+
+def search_texts_of(summary: bytes, data: bytes) -> SearchTexts:
+    """:func:`envelope_search_texts` from a stored summary, re-scanning ``data`` when the
+    summary is unreadable (another format version, or none: queue-only blobs)."""
+    try:
+        parsed = MessageSummary.from_bytes(summary)
+    except SummaryError:
+        parsed = scan(data)
+    return envelope_search_texts(parsed)
+
+
+def _addresses(addresses: tuple[Address, ...] | None) -> str | None:
+    if addresses is None:
+        return None
+    parts: list[str] = []
+    for a in addresses:
+        if a.host is None:
+            if a.mailbox:
+                parts.append(decode_words(a.mailbox) + ":")  # group start; the end is skipped
+            continue
+        text = decode_raw(a.mailbox or b"") + "@" + decode_raw(a.host)
+        if a.name:
+            text = decode_words(a.name) + " <" + text + ">"
+        parts.append(text)
+    return _clean(", ".join(parts)).casefold()
+
+
+def _clean(text: str) -> str:
+    """Drop what cannot be stored as UTF-8 text (lone surrogates from odd charsets)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text

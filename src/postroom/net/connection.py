@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 HIGH_WATER = 256 * 1024
@@ -50,7 +50,7 @@ class Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, on_connect: Callable[[Connection], Awaitable[None]]) -> None:
+    def __init__(self, on_connect: Callable[[Connection], Coroutine[Any, Any, None]]) -> None:
         self._on_connect = on_connect
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""

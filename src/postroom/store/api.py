@@ -23,6 +23,7 @@ Each blob carries the parse summary computed once at delivery (see ``postroom.me
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -143,6 +144,36 @@ class MailboxStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class MailboxSnapshot:
+    """Everything SELECT needs, from one read (:meth:`Store.mailbox_snapshot`).
+
+    Why columns rather than a list of :class:`MessageMeta`: a session keeps exactly this
+    (UIDs, system flags, the few keywords), and building 10,000 dataclasses that are
+    thrown away again costs more than the read itself. ``uids`` is an ``array('I')``
+    in ascending order; ``flags[i]`` holds the FLAG_* bits of ``uids[i]`` (one octet per
+    message); ``keywords`` maps a UID to its sorted keywords, only for messages that have
+    some. Modseqs are not included: CONDSTORE/QRESYNC ask :meth:`Store.changes_since`.
+    """
+
+    id: int
+    user_id: int
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    # The first UID that is \Recent for the caller (RFC 3501 2.3.2): the caller owns
+    # [recent_from, uidnext). Equal to ``uidnext`` when nothing was claimed.
+    recent_from: int
+    uids: array[int] = field(repr=False)
+    flags: bytes = field(repr=False)
+    keywords: dict[int, tuple[str, ...]] = field(repr=False)
+
+
+# Envelope fields that :meth:`Store.search_envelope` evaluates (RFC 9051 6.4.4).
+SEARCH_FIELDS = ("from", "to", "cc", "bcc", "subject")
+
+
+@dataclass(frozen=True, slots=True)
 class MessageMeta:
     """A message's place in a mailbox: what SELECT, FETCH FLAGS and POP3 LIST need."""
 
@@ -154,6 +185,15 @@ class MessageMeta:
     size: int
     internaldate: int  # seconds since the epoch, UTC
     blob_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContent:
+    """A message with what :meth:`Store.read_messages` was asked for."""
+
+    meta: MessageMeta
+    summary: bytes | None = field(default=None, repr=False)
+    data: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +337,8 @@ class ChangeHub(Protocol):
 class Store(Protocol):
     """The contract. See the module docstring for the rules every backend follows."""
 
-    changes: ChangeHub
+    @property
+    def changes(self) -> ChangeHub: ...
 
     async def close(self) -> None: ...
 
@@ -330,6 +371,11 @@ class Store(Protocol):
     async def list_subscriptions(self, user_id: int) -> list[str]: ...
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None: ...
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+    async def mailbox_snapshot(
+        self, user_id: int, name: str, *, claim_recent: bool = False
+    ) -> MailboxSnapshot | None: ...
+    # One read (None: no such mailbox). ``claim_recent``: also claim \Recent for every
+    # message not claimed before, as :meth:`claim_recent` does (``recent_from``).
 
     # -- messages ----------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult: ...
@@ -344,6 +390,20 @@ class Store(Protocol):
     ) -> tuple[int, int]: ...  # (uidvalidity, uid)
     async def list_messages(self, mailbox_id: int) -> list[MessageMeta]: ...
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]: ...
+    async def read_messages(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        summary: bool = False,
+        data: bool = False,
+        header_only: bool = False,
+    ) -> list[MessageContent]: ...
+    # FETCH in one read: the messages among ``uids`` that exist, in UID order, with their
+    # parse summaries and/or bytes as asked. ``header_only`` (with ``data``): ``data`` may
+    # hold just the top-level header block, the octets before the body (enough for
+    # BODY[HEADER], HEADER.FIELDS, RFC822.HEADER), so a backend can skip reading the body.
+    # Callers bound memory by asking for the bytes of few messages at a time.
     async def read_blob(self, blob_id: int) -> bytes: ...
     async def read_blobs(self, blob_ids: Sequence[int]) -> dict[int, bytes]: ...
     async def read_summaries(self, blob_ids: Sequence[int]) -> dict[int, bytes]: ...
@@ -363,7 +423,20 @@ class Store(Protocol):
     ) -> list[tuple[int, int]]: ...
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
-    async def claim_recent(self, mailbox_id: int) -> int: ...
+    async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int: ...
+    # \Recent (RFC 3501 2.3.2): the first session to see a message gets it. Claims every
+    # UID below ``upto`` (default: the mailbox's UIDNEXT) not claimed before and returns
+    # the previous mark: the caller owns [returned value, upto). The claim need not be
+    # durable: RFC 3501 lets \Recent be approximate, so after a crash a message may be
+    # \Recent once more; backends may keep the mark in memory and persist it lazily.
+    async def search_envelope(
+        self, mailbox_id: int, keys: Sequence[tuple[str, str]]
+    ) -> list[list[int]]: ...
+    # SEARCH FROM/TO/CC/BCC/SUBJECT (RFC 9051 6.4.4) evaluated by the store: for each
+    # (field, needle), field in SEARCH_FIELDS, the ascending UIDs of the messages whose
+    # envelope field, RFC 2047 words decoded (postroom.message.envelope_search_texts),
+    # contains ``needle`` ignoring case (str.casefold). An empty needle matches every
+    # message that has the field. Backends store the folded texts at delivery/APPEND.
 
     # -- the outbound queue ------------------------------------------------------------
     async def queue_due(

@@ -280,3 +280,53 @@ def test_qresync_vanished_on_expunge_and_fetch(server: Server, user: str, raw) -
     assert untagged == [b"* VANISHED (EARLIER) 2\r\n"]
     untagged = c.ok("UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1)")
     assert len(untagged) == 2 and all(b"MODSEQ (" in u for u in untagged)
+
+
+def test_recent_belongs_to_one_session_and_survives_a_restart(tmp_path) -> None:
+    """RFC 3501 2.3.2: \\Recent goes to the first session that sees a message, whether it
+    learns of it at SELECT or while selected; EXAMINE and STATUS never claim. The claim
+    is kept in memory and written behind: a clean restart keeps it."""
+    from imap_raw import RawImap
+    from support.server import PASSWORD
+
+    srv = Server(tmp_path, roles=("imaps", "mx")).start()
+    try:
+        user = "recent@example.test"
+        srv.add_user(user)
+        deliver(srv, user, simple("one"))
+        deliver(srv, user, simple("two"))
+
+        def session() -> RawImap:
+            c = RawImap(srv.ports["imaps"], context=srv.client_context())
+            c.login(user, PASSWORD)
+            return c
+
+        a, b, c = session(), session(), session()
+        assert b"* 2 RECENT\r\n" in a.ok("SELECT INBOX")
+        assert b"* 0 RECENT\r\n" in b.ok("SELECT INBOX")
+        deliver(srv, user, simple("three"))
+        got_a = a.ok("NOOP")
+        assert b"* 3 EXISTS\r\n" in got_a and b"* 3 RECENT\r\n" in got_a  # 1, 2 and 3
+        got_b = b.ok("NOOP")
+        assert b"* 3 EXISTS\r\n" in got_b and b"* 0 RECENT\r\n" in got_b
+        assert b"\\Recent" in a.ok("FETCH 3 FLAGS")[0]
+        assert b"\\Recent" not in b.ok("FETCH 3 FLAGS")[0]
+        assert c.ok("STATUS INBOX (RECENT MESSAGES)") == [
+            b'* STATUS "INBOX" (RECENT 0 MESSAGES 3)\r\n']
+        deliver(srv, user, simple("four"))
+        assert c.ok("STATUS INBOX (RECENT)") == [b'* STATUS "INBOX" (RECENT 1)\r\n']
+        c.ok("EXAMINE INBOX")  # never claims (the count below shows it)
+        for s in (a, b, c):
+            s.close()
+        srv.stop()
+        srv.start()
+        d = session()
+        assert d.ok("STATUS INBOX (RECENT)") == [b'* STATUS "INBOX" (RECENT 1)\r\n']
+        got = d.ok("SELECT INBOX")
+        assert b"* 4 EXISTS\r\n" in got and b"* 1 RECENT\r\n" in got
+        flags = d.ok("FETCH 1:* (FLAGS)")
+        assert [b"\\Recent" in line for line in flags] == [False, False, False, True]
+        e = session()
+        assert b"* 0 RECENT\r\n" in e.ok("SELECT INBOX")
+    finally:
+        srv.stop()

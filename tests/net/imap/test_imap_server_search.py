@@ -151,3 +151,73 @@ def test_thread(box: RawImap) -> None:
     # threads in the order of their first message's date (RFC 5256)
     assert box.ok("THREAD ORDEREDSUBJECT UTF-8 ALL") == [b"* THREAD (1 2)(3 4)\r\n"]
     assert box.ok("UID THREAD REFERENCES UTF-8 UNDELETED") == [b"* THREAD (1 2)(4)\r\n"]
+
+
+ENCODED = [
+    # From, Subject (raw header values)
+    ("=?iso-8859-1?q?J=FCrgen_M=FCller?= <jm@example.de>", "=?utf-8?b?R3LDvMOfZQ==?= aus Berlin"),
+    ("=?utf-8?q?=C3=89lodie?= <elodie@example.fr>", "=?utf-8?q?Stra=C3=9Fe?= =?utf-8?q?_gesperrt?="),
+    ("\"STRASSE Team\" <team@Example.ORG>", "Re: Lunch?"),
+    ("Zoë <zoe@example.net>", "=?utf-8?q?=E2=82=AC_invoice?="),  # raw UTF-8 (RFC 6532)
+]
+
+
+@pytest.fixture
+def encoded_box(user: str, raw) -> RawImap:
+    c = raw(user)
+    for from_, subject in ENCODED:
+        data = f"From: {from_}\r\nSubject: {subject}\r\nTo: {user}\r\n\r\nhi\r\n".encode()
+        c.send(b"a APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n")
+        _, done = c.until_tagged("a")
+        assert done.startswith(b"a OK"), done
+    c.ok("SELECT INBOX")
+    return c
+
+
+@pytest.mark.parametrize(("criteria", "expected"), [
+    ('FROM "jürgen"', [1]), ('FROM "JÜRGEN MÜLLER"', [1]), ("FROM jm@EXAMPLE.de", [1]),
+    ('FROM "élodie"', [2]), ('FROM "ÉLODIE"', [2]), ('FROM "zoë"', [4]), ('FROM "ZOË"', [4]),
+    ("FROM strasse", [3]), ('FROM "straße"', [3]),  # full case folding: ß = ss
+    ('SUBJECT "grüße"', [1]), ('SUBJECT "GRÜSSE AUS"', [1]),
+    ('SUBJECT "straße gesperrt"', [2]),  # encoded words joined across the split (RFC 2047 6.2)
+    ('SUBJECT "€ invoice"', [4]), ("SUBJECT lunch", [3]), ('SUBJECT ""', [1, 2, 3, 4]),
+    ('CC ""', []), ("TO nobody", []), ('TO "@EXAMPLE.test"', [1, 2, 3, 4]),
+    ('OR FROM "jürgen" SUBJECT lunch', [1, 3]), ('NOT FROM "jürgen"', [2, 3, 4]),
+    ('FROM example SUBJECT "SS"', [1, 2]), ("UID 2:3 FROM example", [2, 3]),
+    ('2:* NOT (OR FROM zoe SUBJECT lunch)', [2]),
+])
+def test_search_envelope_decoded_and_case_insensitive(
+    encoded_box: RawImap, criteria: str, expected: list[int]
+) -> None:
+    assert search(encoded_box, b"CHARSET UTF-8 " + criteria.encode("utf-8")) == expected
+
+
+def test_search_envelope_literal_in_other_charset_and_uid_results(encoded_box: RawImap) -> None:
+    needle = "MÜLLER".encode("iso-8859-1")
+    c = encoded_box
+    c.send(b"s1 UID SEARCH CHARSET ISO-8859-1 FROM {%d+}\r\n" % len(needle) + needle + b"\r\n")
+    untagged, done = c.until_tagged("s1")
+    assert done.startswith(b"s1 OK") and untagged == [b"* SEARCH 1\r\n"]
+
+
+def test_search_skips_expunged_pending_and_follows_copies(user: str, raw) -> None:
+    a = raw(user)
+    for i in range(4):
+        data = f"From: Sender{i} <s{i}@example.org>\r\nSubject: note {i}\r\n\r\nx\r\n".encode()
+        a.send(b"a APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\n")
+        a.until_tagged("a")
+    a.ok("SELECT INBOX")
+    b = raw(user)
+    b.ok("SELECT INBOX")
+    b.ok("STORE 2 +FLAGS (\\Deleted)")
+    b.ok("EXPUNGE")
+    # a has not been told yet (SEARCH may not report expunges): message 2 stays in its
+    # sequence map, but an expunged message never matches
+    untagged = a.ok("SEARCH FROM example")
+    assert untagged == [b"* SEARCH 1 3 4\r\n"]
+    assert search(a, "OR FROM sender1 UNSEEN") == [1, 3, 4]
+    a.ok("NOOP")  # now the EXPUNGE is delivered and numbers shift
+    assert search(a, "FROM sender3") == [3]
+    a.ok("UID COPY 4 Archive")
+    a.ok("SELECT Archive")
+    assert a.ok("UID SEARCH FROM sender3 SUBJECT note") == [b"* SEARCH 1\r\n"]

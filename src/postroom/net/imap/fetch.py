@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from postroom.deliver import summarize
@@ -47,7 +48,7 @@ from postroom.proto.imap.fetch import (
 )
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.sections import SectionSpec, UnknownCTE, apply_partial, decode_part, extract
-from postroom.store.api import FLAG_SEEN, FlagChange, MessageMeta
+from postroom.store.api import FLAG_SEEN, FlagChange, MessageContent, MessageMeta
 
 from postroom.net.imap.selected import Known
 
@@ -83,14 +84,24 @@ async def load_summaries(s: ImapSession, metas: Sequence[MessageMeta],
                          datas: dict[int, bytes] | None = None) -> dict[int, MessageSummary]:
     """Parsed summaries by blob id; unreadable ones are re-scanned from the message."""
     raw = await s.store.read_summaries([m.blob_id for m in metas])
+    return await parse_summaries(s, raw, datas)
+
+
+async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
+                          datas: dict[int, bytes] | None = None, *,
+                          partial: bool = False) -> dict[int, MessageSummary]:
+    """Parse stored summaries; an unreadable one is re-scanned from the message, read
+    again in full when ``datas`` holds only header blocks (``partial``)."""
     out: dict[int, MessageSummary] = {}
     for blob_id, value in raw.items():
         try:
             out[blob_id] = MessageSummary.from_bytes(value)
         except SummaryError:
-            data = datas.get(blob_id) if datas is not None else None
+            data = datas.get(blob_id) if datas is not None and not partial else None
             if data is None:
                 data = (await s.store.read_blobs([blob_id])).get(blob_id)
+                if data is not None and datas is not None and partial:
+                    datas[blob_id] = data  # the whole message now: nothing is cut
             if data is not None:
                 out[blob_id] = MessageSummary.from_bytes(summarize(data))
     return out
@@ -132,7 +143,21 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         if gone:
             s.write(responses.vanished(gone, earlier=True))  # RFC 7162 3.2.6
     uids = view.uids_at(positions)
-    metas = await load_metas(s, view, uids)
+    need_data = any(a.kind in _NEEDS_DATA for a in atts)
+    need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
+    header_only = need_data and all(_header_only(a) for a in atts if a.kind in _NEEDS_DATA)
+    # Few messages (the usual UID FETCH of one message, or headers of a page of them):
+    # metadata, summaries and bytes in one read. Otherwise the metadata first, then the
+    # bytes chunk by chunk, sized by the metadata, so memory stays bounded.
+    pre: dict[int, MessageContent] | None = None
+    if len(uids) <= CHUNK_MESSAGES and (not need_data or header_only or len(uids) == 1):
+        contents = await store.read_messages(
+            view.mailbox_id, uids, summary=need_summary, data=need_data, header_only=header_only
+        )
+        pre = {c.meta.uid: c for c in contents}
+        metas = [c.meta for c in contents]
+    else:
+        metas = await load_metas(s, view, uids)
     missing = len(metas) < len(uids)
     if cmd.changed_since is not None:
         metas = [m for m in metas if m.modseq > cmd.changed_since]
@@ -149,17 +174,25 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 view.own_write(result.changed)
                 seen_now = set(changed)
     renderer = _Renderer(s, view, cmd, seen_now)
-    need_data = any(a.kind in _NEEDS_DATA for a in atts)
-    need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
     seqs = _seq_numbers(view, positions, metas)
     for start, end in chunks(metas, need_data):
         part = metas[start:end]
         datas: dict[int, bytes] = {}
         summaries: dict[int, MessageSummary] = {}
-        if need_data:
-            datas = await store.read_blobs([m.blob_id for m in part])
-        if need_summary:
-            summaries = await load_summaries(s, part, datas)
+        if pre is not None:
+            for m in part:
+                c = pre[m.uid]
+                if c.data is not None:
+                    datas[m.blob_id] = c.data
+            if need_summary:
+                raw = {m.blob_id: c.summary for m in part
+                       if (c := pre[m.uid]).summary is not None}
+                summaries = await parse_summaries(s, raw, datas, partial=header_only)
+        else:
+            if need_data:
+                datas = await store.read_blobs([m.blob_id for m in part])
+            if need_summary:
+                summaries = await load_summaries(s, part, datas)
         for k, m in enumerate(part, start):
             data = datas.get(m.blob_id)
             summary = summaries.get(m.blob_id)
@@ -194,6 +227,19 @@ async def _fetch_from_view(s: ImapSession, view: SelectedMailbox, cmd: Fetch) ->
         if not n % 2048:
             await s.maybe_flush()
     return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
+
+
+_HEADER_TEXTS = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
+
+
+def _header_only(att: FetchAtt) -> bool:
+    """Does ``att`` read only the top-level header block (RFC822.HEADER, BODY[HEADER],
+    BODY[HEADER.FIELDS (...)], BODY[HEADER.FIELDS.NOT (...)])?"""
+    if att.kind == RFC822_HEADER:
+        return True
+    section = att.section
+    return att.kind == BODY_SECTION and section is not None and not section.part \
+        and section.text in _HEADER_TEXTS
 
 
 def _whole(att: FetchAtt) -> bool:
@@ -294,6 +340,11 @@ class _Renderer:
         if kind == BODY_SECTION and _whole(att):
             return att.name + b" " + wire.literal(apply_partial(data, att.partial))
         assert summary is not None
+        if len(data) != summary.size:
+            # Only the header block was read (_header_only): every offset these sections
+            # use lies inside it, so describe the octets at hand.
+            assert _header_only(att) and len(data) >= summary.root.body_start
+            summary = replace(summary, size=len(data))
         if kind == RFC822_HEADER:
             return b"RFC822.HEADER " + wire.literal(extract(data, summary, _HEADER))
         if kind == RFC822_TEXT:

@@ -1,11 +1,11 @@
 """A light view of a stored parse summary, for SEARCH, SORT and THREAD over many messages.
 
 Why: ``MessageSummary.from_bytes`` rebuilds the whole MIME tree as dataclasses, about
-30 µs per message, while SEARCH FROM/SUBJECT, SORT and THREAD only need the top-level
+30 µs per message, while SORT, THREAD and SEARCH SENT* only need the top-level
 envelope, the sort keys and the header offsets. Decoding just the JSON (about 3 µs) and
-reading those few fields makes a search over 10,000 messages ten times cheaper, and
-needs no message bytes at all: RFC 9051 6.4.4 defines FROM, TO, CC, BCC and SUBJECT as
-matching the *envelope structure's* fields, which the summary holds.
+reading those few fields makes a sort over 10,000 messages ten times cheaper, and needs
+no message bytes at all. (SEARCH FROM/TO/CC/BCC/SUBJECT no longer come here: the store
+evaluates them, see ``Store.search_envelope``.)
 
 Light views are also kept in a bounded LRU (:class:`LightCache`, one per server, shared by
 all sessions) keyed by (UIDVALIDITY, UID): the store never reuses a UIDVALIDITY, and a
@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from postroom.message import MessageSummary
-from postroom.message.encoded import decode_words
 
-# Envelope row indexes (RFC 9051 7.5.2 order) and the address fields we search.
+# Envelope row indexes (RFC 9051 7.5.2 order).
 _SUBJECT, _FROM, _TO, _CC, _BCC = 1, 2, 5, 6, 7
-ENVELOPE_FIELDS = {"subject": _SUBJECT, "from": _FROM, "to": _TO, "cc": _CC, "bcc": _BCC}
 
 
 @dataclass(slots=True)
@@ -70,26 +68,6 @@ class Light:
     def subject_raw(self) -> bytes:
         value = self._field(_SUBJECT)
         return value.encode("latin-1") if isinstance(value, str) else b""
-
-    def search_text(self, field: str) -> str | None:
-        """The decoded envelope field for SEARCH (None: the field is absent)."""
-        index = ENVELOPE_FIELDS[field]
-        value = self._field(index)
-        if value is None:
-            return None
-        if index == _SUBJECT:
-            return decode_words(value.encode("latin-1"))
-        parts = []
-        for name, _adl, mailbox, host in value:
-            if host is None:
-                if mailbox:
-                    parts.append(decode_words(mailbox.encode("latin-1")) + ":")  # group
-                continue
-            text = f"{mailbox or ''}@{host}"
-            if name:
-                text = decode_words(name.encode("latin-1")) + " <" + text + ">"
-            parts.append(text)
-        return ", ".join(parts)
 
     def _field(self, index: int) -> Any:
         env = self.envelope

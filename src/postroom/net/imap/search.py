@@ -1,17 +1,24 @@
 """SEARCH / UID SEARCH (RFC 9051 6.4.4, ESEARCH RFC 4731, SEARCHRES RFC 5182, CONDSTORE
 RFC 7162 3.1.5, WITHIN RFC 5032), SORT (RFC 5256, RFC 5957) and THREAD (RFC 5256).
 
-Evaluation reads only what the keys need, at four levels: flags, sizes, dates, UIDs and
-modseqs come from the one metadata read (META); FROM, TO, CC, BCC, SUBJECT, SENT* and
-every SORT/THREAD key from the stored parse summaries through their light view (LIGHT,
-:mod:`.light`: no message bytes, no MIME tree); other HEADER keys from the message's
-header block (HEADER); BODY and TEXT from the whole message and its MIME tree (FULL).
-Bytes are read in bounded chunks. The key tree is compiled once into nested closures,
-sequence sets resolved once, so the per-message cost is a few calls.
+FROM, TO, CC, BCC and SUBJECT are evaluated by the store, in one read for every such
+key of the tree (``Store.search_envelope``: SQL over the case-folded envelope texts
+stored at delivery), and become sets of UIDs. A tree made only of those, flag, keyword,
+sequence and UID keys is then answered from the session's view with whole-mailbox bit
+masks (:mod:`.search_mask`), without reading the message list at all.
+
+Other trees are evaluated message by message, reading only what the keys need, at four
+levels: flags, sizes, dates, UIDs and modseqs come from the one metadata read (META);
+SENT* and every SORT/THREAD key from the stored parse summaries through their light view
+(LIGHT, :mod:`.light`: no message bytes, no MIME tree); other HEADER keys from the
+message's header block (HEADER); BODY and TEXT from the whole message and its MIME tree
+(FULL). Bytes are read in bounded chunks. The key tree is compiled once into nested
+closures, sequence sets resolved once, so the per-message cost is a few calls.
 
 Matching is case-insensitive substring search on decoded text (RFC 9051 6.4.4: FROM,
 TO, CC, BCC and SUBJECT match the envelope fields, RFC 2047 words decoded; HEADER the
-named fields; BODY and TEXT the text parts with transfer encoding and charset undone). Dates compare without time or zone; INTERNALDATE is kept in UTC and shown as
+named fields; BODY and TEXT the text parts with transfer encoding and charset undone).
+Dates compare without time or zone; INTERNALDATE is kept in UTC and shown as
 ``+0000``, so its date is the UTC date; a missing or broken Date: header falls back to
 INTERNALDATE (as RFC 5256 2.2 does for SORT).
 
@@ -26,14 +33,15 @@ import datetime
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from postroom.message import MessageSummary, text_parts
 from postroom.message.encoded import decode_words
 from postroom.message.headers import find_fields, unfold
+from postroom.net.imap import search_mask
 from postroom.net.imap.fetch import chunks, load_metas, load_summaries
-from postroom.net.imap.light import ENVELOPE_FIELDS, Light, light
-from postroom.net.imap.selected import Known
+from postroom.net.imap.light import Light, light
+from postroom.net.imap.search_mask import EnvelopeMatches, envelope_matches, is_envelope_key
 from postroom.net.imap.thread import Item, is_reply_or_forward, thread_response
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Search, Sort, Thread
@@ -98,7 +106,7 @@ def need(key: SearchKey) -> int:
     if isinstance(key, TextKey):
         return FULL
     if isinstance(key, HeaderKey):
-        return LIGHT if key.field in ENVELOPE_FIELDS else HEADER
+        return META if is_envelope_key(key) else HEADER  # envelope keys: see envelope_matches
     if isinstance(key, DateKey) and key.field == "SENT":
         return LIGHT
     if isinstance(key, Not):
@@ -129,9 +137,10 @@ def _internal_date(m: MessageMeta) -> datetime.date:
 class Compiler:
     """Turns a key tree into a predicate, resolving sequence sets against the view."""
 
-    def __init__(self, view: SelectedMailbox, now: float) -> None:
+    def __init__(self, view: SelectedMailbox, now: float, matches: EnvelopeMatches) -> None:
         self.view = view
         self.now = now
+        self.matches = matches
 
     def compile(self, key: SearchKey) -> Predicate:  # noqa: C901 - one case per key type
         if isinstance(key, AllKey):
@@ -214,16 +223,11 @@ class Compiler:
     def _header(self, key: HeaderKey) -> Predicate:
         name = key.field
         needle = key.value.casefold()
-        if name in ENVELOPE_FIELDS:
-            # RFC 9051 6.4.4: FROM/TO/CC/BCC/SUBJECT match the envelope structure's field.
-            def envelope(c: Candidate) -> bool:
-                assert c.light is not None
-                text = c.light.search_text(name)
-                if text is None:
-                    return False
-                return not needle or needle in text.casefold()
-
-            return envelope
+        if is_envelope_key(key):
+            # RFC 9051 6.4.4: FROM/TO/CC/BCC/SUBJECT match the envelope structure's field;
+            # the store evaluated them already (envelope_matches).
+            uids = frozenset(self.matches[(name, key.value)])
+            return lambda c: c.meta.uid in uids
         field = name.encode("utf-8")
 
         def match(c: Candidate) -> bool:
@@ -296,17 +300,17 @@ def needs_meta(key: SearchKey) -> bool:
 
 async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
                    lights: bool = False) -> list[Candidate]:
-    """The messages of the view matching ``key``, in sequence order.
+    """The messages of the view matching ``key``, in sequence order, message by message.
 
     ``lights``: keep each match's light summary view (SORT and THREAD need them).
     """
     level = max(need(key), LIGHT if lights else META)
-    predicate = Compiler(view, time.time()).compile(key)
-    if not lights and level <= LIGHT and not needs_meta(key):
-        return await _evaluate_view(s, view, predicate, level)
+    matches = await envelope_matches(s, view, key)
+    predicate = Compiler(view, time.time(), matches).compile(key)
     last = view.last_uid
     metas = await load_metas(s, view, view.uids_at(range(len(view))))
     seq_of = view.seq_of
+    pending = view.pending
     found: list[Candidate] = []
     for start, end in chunks(metas, level >= HEADER):
         part = metas[start:end]
@@ -322,7 +326,7 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
         elif level >= LIGHT:
             views = await load_lights(s, view, [m.uid for m in part], {m.uid: m for m in part})
         for m in part:
-            seq = seq_of(m.uid) if m.uid <= last else None
+            seq = seq_of(m.uid) if m.uid <= last and m.uid not in pending else None
             if seq is None:
                 continue
             c = Candidate(seq, m, views.get(m.uid), datas.get(m.blob_id),
@@ -337,36 +341,16 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
     return found
 
 
-async def _evaluate_view(s: ImapSession, view: SelectedMailbox, predicate: Predicate,
-                         level: int) -> list[Candidate]:
-    """Flag, UID, sequence and envelope keys: from the view and the light-summary cache,
-    without reading the message list. Expunged messages still in the view never match.
-
-    One probe object is refilled for each message; only matches get objects of their own.
-    """
-    pending = view.pending
-    uids, flags, kw = view.uids, view.flags, view.kw
-    lights = await load_lights(s, view, uids) if level == LIGHT else {}
-    probe = Known(0, 0, ())
-    c = Candidate(0, cast(MessageMeta, probe))
-    found: list[Candidate] = []
-    for i, uid in enumerate(uids):
-        if uid in pending:
-            continue
-        if lights:
-            c.light = lights.get(uid)
-            if c.light is None:
-                continue  # expunged meanwhile
-        elif level == LIGHT:
-            continue
-        probe.uid = uid
-        probe.flags = flags[i]
-        probe.keywords = kw.get(uid, ()) if kw else ()
-        c.seq = i + 1
-        if predicate(c):
-            known = Known(uid, probe.flags, probe.keywords)
-            found.append(Candidate(i + 1, cast(MessageMeta, known), c.light))
-    return found
+async def matching_positions(s: ImapSession, view: SelectedMailbox,
+                             key: SearchKey) -> tuple[list[int], int | None]:
+    """0-based view positions of the messages matching ``key``, and the highest modseq
+    among them when ``key`` uses MODSEQ (RFC 7162 3.1.5), else None."""
+    if search_mask.maskable(key):
+        matches = await envelope_matches(s, view, key)
+        return search_mask.evaluate(view, key, matches), None
+    found = await evaluate(s, view, key)
+    highest = max((c.meta.modseq for c in found), default=None) if uses_modseq(key) else None
+    return [c.seq - 1 for c in found], highest
 
 
 async def search(s: ImapSession, cmd: Search) -> bytes:
@@ -377,9 +361,10 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
         s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
     if not cmd.uid:
         await s.sync(expunge=False)  # current flags (UID SEARCH was synced before)
-    found = await evaluate(s, view, cmd.key)
-    numbers = [c.meta.uid if cmd.uid else c.seq for c in found]
-    highest = max((c.meta.modseq for c in found), default=None) if modseq_used else None
+    positions, highest = await matching_positions(s, view, cmd.key)
+    view_uids = view.uids
+    uids = [view_uids[i] for i in positions]
+    numbers = uids if cmd.uid else [i + 1 for i in positions]
     returns = cmd.returns
     if returns is None and s.rev2:
         returns = frozenset({"ALL"})  # RFC 9051 6.4.4: IMAP4rev2 always answers ESEARCH
@@ -389,12 +374,12 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
     options = returns - {"SAVE"} if returns != frozenset() else frozenset({"ALL"})
     if "SAVE" in returns:
         # RFC 5182 2.4: with only MIN and/or MAX the saved result is those messages.
-        if options and options <= {"MIN", "MAX"} and found:
-            picked = {found[0].meta.uid, found[-1].meta.uid} if options == {"MIN", "MAX"} else \
-                {found[0].meta.uid if "MIN" in options else found[-1].meta.uid}
+        if options and options <= {"MIN", "MAX"} and uids:
+            picked = {uids[0], uids[-1]} if options == {"MIN", "MAX"} else \
+                {uids[0] if "MIN" in options else uids[-1]}
             view.saved = RangeSet.from_numbers(picked)
         else:
-            view.saved = RangeSet.from_numbers(c.meta.uid for c in found)
+            view.saved = RangeSet.from_numbers(uids)
         if not options:
             return responses.ok(cmd.tag, "SEARCH completed, result saved")
     s.write(responses.esearch(

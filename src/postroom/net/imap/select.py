@@ -1,16 +1,24 @@
 """SELECT and EXAMINE (with CONDSTORE and QRESYNC), CLOSE and UNSELECT.
 
-SELECT builds the session's view (:class:`~.selected.SelectedMailbox`) from one read of
-the mailbox row and one of its message list. The change listener is subscribed *before*
-those reads, so a delivery that commits in between marks the view dirty and is reported
-right after the tagged OK instead of being lost. IMAP4rev1 sessions that open the mailbox
-read-write claim the \\Recent messages (``store.claim_recent``, RFC 3501 2.3.2);
+SELECT builds the session's view (:class:`~.selected.SelectedMailbox`) from one store
+read, ``mailbox_snapshot``: the mailbox row with its UIDs, flags and keywords as compact
+columns (no object per message), so selecting a 10,000-message mailbox costs about a
+millisecond. The change listener is subscribed *before* that read, under the mailbox id
+remembered from an earlier SELECT (``ImapHandler.mailbox_ids``, else one lookup by
+name), so a delivery that commits in between marks the view dirty and is reported right
+after the tagged OK instead of being lost. Should the id turn out stale (the mailbox was
+deleted and re-created, or renamed), the listener moves to the right id and the view is
+marked dirty, so anything committed after the snapshot is still caught by modseq.
+
+IMAP4rev1 sessions that open the mailbox read-write claim the \\Recent messages in the
+same call (RFC 3501 2.3.2; the claim is cheap and not durable, see ``Store.claim_recent``);
 IMAP4rev2 has no \\Recent and EXAMINE never claims.
 
 QRESYNC (RFC 7162 3.2.5): with a matching UIDVALIDITY the client gets ``* VANISHED
 (EARLIER)`` for the UIDs expunged since its modseq (within its known UIDs) and a FETCH
-(UID FLAGS MODSEQ) for every message changed since then. The store keeps every expunged
-UID with its modseq, so the optional sequence match data is never needed and is ignored.
+(UID FLAGS MODSEQ) for every message changed since then, both from one
+``changes_since`` read. The store keeps every expunged UID with its modseq, so the
+optional sequence match data is never needed and is ignored.
 """
 
 from __future__ import annotations
@@ -22,18 +30,58 @@ from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Close, Select, Unselect
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.sequence import compact
-from postroom.store.api import FLAG_DELETED, FLAG_SEEN
+from postroom.store.api import FLAG_DELETED, FLAG_SEEN, MailboxSnapshot
 
 if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
 
 PERMANENT_FLAGS = SYSTEM_FLAG_NAMES + ("\\*",)  # keywords may be created (RFC 9051 7.1)
+# flags.translate(_SEEN_BYTES) holds 1 for each seen message, 0 for each unseen one.
+_SEEN_BYTES = bytes(1 if b & FLAG_SEEN else 0 for b in range(256))
+MAX_REMEMBERED_IDS = 100_000  # ImapHandler.mailbox_ids entries before it starts over
 
 
-async def select(s: ImapSession, cmd: Select) -> bytes:
+def _no_such_mailbox(tag: str) -> ImapPeerError:
+    return ImapPeerError("No such mailbox", status="NO", code=responses.NONEXISTENT, tag=tag)
+
+
+async def _open(s: ImapSession, name: str, readonly: bool, tag: str) -> tuple[SelectedMailbox, MailboxSnapshot]:
+    """Subscribe, then read the snapshot (see the module docstring for the order)."""
     store = s.store
     user = s.user
     assert user is not None
+    ids = s.mailbox_ids
+    key = (user.id, name)
+    guess = ids.get(key)
+    if guess is None:
+        found = await store.get_mailbox(user.id, name)
+        if found is None:
+            raise _no_such_mailbox(tag)
+        guess = found.id
+    view = SelectedMailbox(guess, name, readonly=readonly, uidvalidity=0, uidnext=1, modseq=0, uids=())
+    s.select(view)
+    try:
+        snap = await store.mailbox_snapshot(user.id, name, claim_recent=s.rev1 and not readonly)
+    except BaseException:
+        s.unselect()
+        raise
+    if snap is None:
+        s.unselect()
+        ids.pop(key, None)
+        raise _no_such_mailbox(tag)
+    if snap.id != guess:
+        # Stale id: listen to the right mailbox and re-check by modseq after the command.
+        s.unselect()
+        view.mailbox_id = snap.id
+        s.select(view)
+        view.notify(0)
+    if len(ids) >= MAX_REMEMBERED_IDS:
+        ids.clear()
+    ids[key] = snap.id
+    return view, snap
+
+
+async def select(s: ImapSession, cmd: Select) -> bytes:
     if s.selected is not None:
         # RFC 9051 6.3.2: the current mailbox is closed first (no expunge), even if this
         # SELECT fails; RFC 7162 3.2.11 / RFC 9051 7.1: say so with [CLOSED].
@@ -43,37 +91,18 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
         raise ImapPeerError("QRESYNC must be enabled first", tag=cmd.tag)
     if cmd.condstore:
         s.condstore = True  # RFC 7162 3.1.8: SELECT (CONDSTORE) enables CONDSTORE
-    found = await store.get_mailbox(user.id, cmd.mailbox)
-    if found is None:
-        raise ImapPeerError("No such mailbox", status="NO", code=responses.NONEXISTENT, tag=cmd.tag)
     readonly = cmd.readonly
-    view = SelectedMailbox(
-        found.id, found.name, readonly=readonly, uidvalidity=found.uidvalidity,
-        uidnext=found.uidnext, modseq=found.highestmodseq, uids=(),
-    )
-    s.select(view)
-    recent_from = None
-    if s.rev1 and not readonly:
-        recent_from = await store.claim_recent(found.id)
-    mailbox = await store.get_mailbox_by_id(found.id)
-    if mailbox is None:
-        s.unselect()
-        raise ImapPeerError("No such mailbox", status="NO", code=responses.NONEXISTENT, tag=cmd.tag)
-    metas = await store.list_messages(mailbox.id)
-    view.set_messages(metas)
-    view.modseq = mailbox.highestmodseq
-    view.uidnext = mailbox.uidnext
-    view.uidvalidity = mailbox.uidvalidity
-    keywords: set[str] = set()
-    first_unseen = 0
-    for i, m in enumerate(metas):
-        if m.keywords:
-            keywords.update(m.keywords)
-        if not first_unseen and not m.flags & FLAG_SEEN:
-            first_unseen = i + 1
-    view.keywords = keywords
-    if recent_from is not None and recent_from < mailbox.uidnext:
-        view.recent = [(recent_from, mailbox.uidnext - 1)]
+    view, snap = await _open(s, cmd.mailbox, readonly, cmd.tag)
+    view.name = snap.name
+    view.uidvalidity = snap.uidvalidity
+    view.uidnext = snap.uidnext
+    view.modseq = snap.highestmodseq
+    view.uids = snap.uids
+    view.flags = bytearray(snap.flags)
+    view.kw = snap.keywords
+    view.keywords = set().union(*snap.keywords.values()) if snap.keywords else set()
+    if snap.recent_from < snap.uidnext:
+        view.recent = [(snap.recent_from, snap.uidnext - 1)]
 
     w = s.write
     w(view.flags_response())
@@ -81,29 +110,36 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
         w(responses.untagged("OK", "No permanent flags permitted", responses.code_permanentflags(())))
     else:
         w(responses.untagged("OK", "Flags permitted", responses.code_permanentflags(PERMANENT_FLAGS)))
-    w(responses.exists(len(metas)))
+    w(responses.exists(len(view.uids)))
     if s.rev1:
         w(responses.recent(view.recent_count()))
+        first_unseen = snap.flags.translate(_SEEN_BYTES).find(0) + 1
         if first_unseen:
             w(responses.untagged("OK", "First unseen", responses.code_unseen(first_unseen)))
-    w(responses.untagged("OK", "UIDs valid", responses.code_uidvalidity(mailbox.uidvalidity)))
-    w(responses.untagged("OK", "Predicted next UID", responses.code_uidnext(mailbox.uidnext)))
+    w(responses.untagged("OK", "UIDs valid", responses.code_uidvalidity(snap.uidvalidity)))
+    w(responses.untagged("OK", "Predicted next UID", responses.code_uidnext(snap.uidnext)))
     # RFC 7162 3.1.2.1: sent with every SELECT by a server that keeps mod-sequences.
-    w(responses.untagged("OK", "Highest", responses.code_highestmodseq(mailbox.highestmodseq)))
+    w(responses.untagged("OK", "Highest", responses.code_highestmodseq(snap.highestmodseq)))
     if s.rev2:
         # RFC 9051 6.3.2: the mailbox's canonical name in a LIST response.
-        w(responses.list_response(mailbox.name, (), utf8=s.utf8))
+        w(responses.list_response(snap.name, (), utf8=s.utf8))
     q = cmd.qresync
-    if q is not None and q.uidvalidity == mailbox.uidvalidity:
-        vanished = await store.vanished_since(mailbox.id, q.modseq)
+    if q is not None and q.uidvalidity == snap.uidvalidity:
+        changes = await s.store.changes_since(snap.id, q.modseq)
+        last = view.last_uid
+        # A UID the snapshot still holds was expunged after it: the next update of the
+        # view reports that one, in order.
+        seq_of = view.seq_of
+        vanished = [u for u in changes.vanished if seq_of(u) is None]
         if q.known_uids is not None and vanished:
-            known = q.known_uids.resolve(max(vanished[-1], view.last_uid))
+            known = q.known_uids.resolve(max(vanished[-1], last))
             vanished = [u for u in vanished if u in known]
         if vanished:
             w(responses.vanished(compact(vanished), earlier=True))
-        for i, m in enumerate(metas):
-            if m.modseq > q.modseq:
-                w(view.fetch_flags(i + 1, m, rev1=s.rev1, condstore=True))
+        for m in changes.changed:
+            seq = view.seq_of(m.uid) if m.uid <= last else None
+            if seq is not None:
+                w(view.fetch_flags(seq, m, rev1=s.rev1, condstore=True))
     code = responses.READ_ONLY if readonly else responses.READ_WRITE
     return responses.ok(cmd.tag, ("EXAMINE" if readonly else "SELECT") + " completed", code)
 

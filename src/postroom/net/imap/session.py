@@ -97,12 +97,17 @@ class ImapHandler:
         self.services = services
         self.handlers = _handlers()
         self.lights = LightCache()
+        # (user id, mailbox name) -> mailbox id, from earlier SELECTs: lets SELECT listen
+        # for changes before its one read (see select.py). A stale entry is detected.
+        self.mailbox_ids: dict[tuple[int, str], int] = {}
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(responses.bye(reason, responses.UNAVAILABLE))
 
     async def serve(self, conn: Connection, listener: Listener) -> None:
-        await ImapSession(self.services, conn, listener, self.handlers, self.lights).run()
+        session = ImapSession(self.services, conn, listener, self.handlers, self.lights)
+        session.mailbox_ids = self.mailbox_ids
+        await session.run()
 
 
 class ImapSession:
@@ -110,6 +115,7 @@ class ImapSession:
         "services", "store", "conn", "listener", "handlers", "id", "auth", "rx", "user",
         "selected", "rev2", "condstore", "qresync", "utf8", "deflate", "idling",
         "_out", "_out_size", "_bad_streak", "closing", "commands", "client_id", "lights",
+        "mailbox_ids",
     )
 
     def __init__(
@@ -122,6 +128,7 @@ class ImapSession:
     ) -> None:
         self.services = services
         self.lights = lights if lights is not None else LightCache()
+        self.mailbox_ids: dict[tuple[int, str], int] = {}
         self.store = services.store
         self.conn = conn
         self.listener = listener
@@ -381,7 +388,7 @@ class ImapSession:
             raise Closing() from None
         recent_from = None
         if self.rev1 and not view.readonly and any(m.uid > view.last_uid for m in changes.changed):
-            recent_from = await self.store.claim_recent(view.mailbox_id)
+            recent_from = await self.store.claim_recent(view.mailbox_id, changes.uidnext)
         for line in view.apply(
             changes, expunge=expunge, rev1=self.rev1, condstore=self.condstore,
             qresync=self.qresync, recent_from=recent_from,

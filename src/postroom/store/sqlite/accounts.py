@@ -388,17 +388,24 @@ def set_subscribed(conn: sqlite3.Connection, user_id: int, name: str, subscribed
         conn.execute("DELETE FROM subscriptions WHERE user_id=? AND name=?", (user_id, name))
 
 
-def mailbox_status(conn: sqlite3.Connection, mailbox_id: int) -> MailboxStatus:
+def mailbox_status(
+    conn: sqlite3.Connection, mailbox_id: int, recent: tuple[int, int] | None = None
+) -> MailboxStatus:
+    """``recent``: the backend's in-memory \\Recent mark (uidvalidity, mark), which may be
+    ahead of the ``recent_uid`` column (see backend.py)."""
     mb = conn.execute(
         "SELECT uidvalidity, uidnext, highestmodseq, recent_uid FROM mailboxes WHERE id=?",
         (mailbox_id,),
     ).fetchone()
     if mb is None:
         raise NotFound("no such mailbox")
+    mark = mb[3]
+    if recent is not None and recent[0] == mb[0]:
+        mark = max(mark, recent[1])
     r = conn.execute(
         "SELECT count(*), coalesce(sum((flags & 1) = 0), 0), coalesce(sum((flags & 8) != 0), 0), "
         "coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0) FROM messages WHERE mailbox_id=?",
-        (mb[3], mailbox_id),
+        (mark, mailbox_id),
     ).fetchone()
     return MailboxStatus(
         messages=r[0], unseen=r[1], deleted=r[2], size=r[3], recent=r[4],

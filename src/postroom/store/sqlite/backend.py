@@ -6,12 +6,22 @@ delivery in the same group commit. A file per message needs its own fsync plus a
 fsync (measured in bench/store_deliver.py: see docs/architecture.md), and a crash between
 the file and the row needs a recovery pass. Reading a 5 KB blob from SQLite is as fast as
 reading a small file.
+
+\\Recent marks (RFC 3501 2.3.2) live in memory. Every rev1 read-write SELECT claims
+\\Recent, and a durable write there would make each SELECT wait for a group-commit fsync.
+RFC 3501 lets \\Recent be approximate, so this process keeps the authoritative mark per
+mailbox in ``_recent`` (started from the ``recent_uid`` column, the higher of the two
+winning), claims in memory without waiting, and writes the mark back with a background
+write (:meth:`Engine.submit`) that joins the next group commit. After a crash a mark may
+lag, and some messages are \\Recent once more: the only consequence. Marks are checked
+against UIDVALIDITY, so a mailbox id reused after a deletion never inherits one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,7 +36,9 @@ from postroom.store.api import (
     FlagChange,
     Mailbox,
     MailboxChange,
+    MailboxSnapshot,
     MailboxStatus,
+    MessageContent,
     MessageMeta,
     NotFound,
     QueuedMessage,
@@ -34,6 +46,7 @@ from postroom.store.api import (
     StoreResult,
     User,
 )
+from postroom.message import search_texts_of
 from postroom.store.changes import LocalChangeHub
 from postroom.store.sqlite import accounts, mail, queue
 from postroom.store.sqlite.engine import Engine, fsync_dir
@@ -53,6 +66,12 @@ class SQLiteStore:
             fsync_dir(path.parent)  # the new database and WAL files' directory entries
         self.changes = LocalChangeHub()
         self._maildrop_locks: set[int] = set()
+        # \\Recent marks (see the module docstring): mailbox id -> (uidvalidity, mark),
+        # touched on the event loop only; _recent_dirty is what the background write
+        # persists next, shared with the writer thread under _recent_lock.
+        self._recent: dict[int, tuple[int, int]] = {}
+        self._recent_dirty: dict[int, tuple[int, int]] = {}
+        self._recent_lock = threading.Lock()
 
     @classmethod
     def open(cls, data_dir: Path, *, fsync: bool = True) -> SQLiteStore:
@@ -66,6 +85,32 @@ class SQLiteStore:
 
     def _publish(self, mailbox_id: int, user_id: int, modseq: int) -> None:
         self.changes.publish(MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq))
+
+    # -- \\Recent ----------------------------------------------------------------------
+    def _claim(self, mailbox_id: int, uidvalidity: int, stored: int, upto: int) -> int:
+        """Claim [mark, upto) in memory; return the mark (the first UID claimed)."""
+        known = self._recent.get(mailbox_id)
+        mark = stored
+        if known is not None and known[0] == uidvalidity and known[1] > mark:
+            mark = known[1]
+        if upto > mark:
+            self._recent[mailbox_id] = (uidvalidity, upto)
+            self._persist_recent(mailbox_id, uidvalidity, upto)
+        else:
+            self._recent[mailbox_id] = (uidvalidity, mark)
+        return mark
+
+    def _persist_recent(self, mailbox_id: int, uidvalidity: int, mark: int) -> None:
+        with self._recent_lock:
+            queued = bool(self._recent_dirty)
+            self._recent_dirty[mailbox_id] = (uidvalidity, mark)
+        if not queued:  # one background write carries every mark claimed meanwhile
+            self.engine.submit(self._save_recent)
+
+    def _save_recent(self, conn: object) -> None:
+        with self._recent_lock:
+            marks, self._recent_dirty = self._recent_dirty, {}
+        mail.save_recent_marks(conn, [(m, v, r) for m, (v, r) in marks.items()])  # type: ignore[arg-type]
 
     async def _publish_mailbox(self, mailbox_id: int) -> None:
         if not self.changes.listener_count(mailbox_id):
@@ -137,6 +182,7 @@ class SQLiteStore:
 
     async def delete_mailbox(self, user_id: int, name: str) -> None:
         mailbox_id = await self.engine.write(lambda c: accounts.delete_mailbox(c, user_id, name))
+        self._recent.pop(mailbox_id, None)
         # Sessions that have it selected learn it is gone (their re-read finds nothing).
         self._publish(mailbox_id, user_id, 0)
 
@@ -152,7 +198,23 @@ class SQLiteStore:
         await self.engine.write(lambda c: accounts.set_subscribed(c, user_id, name, subscribed))
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
-        return await self.engine.read(lambda c: accounts.mailbox_status(c, mailbox_id))
+        known = self._recent.get(mailbox_id)
+        return await self.engine.read(lambda c: accounts.mailbox_status(c, mailbox_id, known))
+
+    async def mailbox_snapshot(
+        self, user_id: int, name: str, *, claim_recent: bool = False
+    ) -> MailboxSnapshot | None:
+        found = await self.engine.read(lambda c: mail.snapshot_rows(c, user_id, name))
+        if found is None:
+            return None
+        (mailbox_id, owner, real_name, validity, uidnext, modseq, stored), uids, flags, kws = found
+        recent_from = uidnext
+        if claim_recent:
+            recent_from = self._claim(mailbox_id, validity, stored, uidnext)
+        return MailboxSnapshot(
+            id=mailbox_id, user_id=owner, name=real_name, uidvalidity=validity, uidnext=uidnext,
+            highestmodseq=modseq, recent_from=recent_from, uids=uids, flags=flags, keywords=kws,
+        )
 
     # -- messages ------------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
@@ -182,17 +244,31 @@ class SQLiteStore:
         internaldate: int | None = None,
     ) -> tuple[int, int]:
         kw = tuple(keywords)
-        result = await self.engine.write(
-            lambda c: mail.append(c, mailbox_id, data, summary, flags, kw, internaldate)
+        texts = search_texts_of(summary, data)
+        validity, uid, user_id, modseq = await self.engine.write(
+            lambda c: mail.append(c, mailbox_id, data, summary, flags, kw, internaldate, texts)
         )
-        await self._publish_mailbox(mailbox_id)
-        return result
+        self._publish(mailbox_id, user_id, modseq)
+        return validity, uid
 
     async def list_messages(self, mailbox_id: int) -> list[MessageMeta]:
         return await self.engine.read(lambda c: mail.list_messages(c, mailbox_id))
 
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]:
         return await self.engine.read(lambda c: mail.get_messages(c, mailbox_id, uids))
+
+    async def read_messages(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        *,
+        summary: bool = False,
+        data: bool = False,
+        header_only: bool = False,
+    ) -> list[MessageContent]:
+        return await self.engine.read(
+            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only)
+        )
 
     async def read_blob(self, blob_id: int) -> bytes:
         found = await self.read_blobs([blob_id])
@@ -213,38 +289,45 @@ class SQLiteStore:
         change: FlagChange,
         unchangedsince: int | None = None,
     ) -> StoreResult:
-        result = await self.engine.write(
-            lambda c: mail.store_flags(c, mailbox_id, uids, change, unchangedsince)
+        # The change is published with the mailbox's owner and new HIGHESTMODSEQ read in
+        # the same transaction: no second read after the commit.
+        result, (user_id, modseq) = await self.engine.write(
+            lambda c: (mail.store_flags(c, mailbox_id, uids, change, unchangedsince),
+                       mail.user_of(c, mailbox_id))
         )
         if result.changed:
-            await self._publish_mailbox(mailbox_id)
+            self._publish(mailbox_id, user_id, modseq)
         return result
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        gone = await self.engine.write(lambda c: mail.expunge(c, mailbox_id, uids))
+        gone, (user_id, modseq) = await self.engine.write(
+            lambda c: (mail.expunge(c, mailbox_id, uids), mail.user_of(c, mailbox_id))
+        )
         if gone:
-            await self._publish_mailbox(mailbox_id)
+            self._publish(mailbox_id, user_id, modseq)
         return gone
 
     async def copy_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
     ) -> list[tuple[int, int]]:
-        pairs = await self.engine.write(
-            lambda c: mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, move=False)
+        pairs, (user_id, modseq) = await self.engine.write(
+            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, move=False),
+                       mail.user_of(c, dst_mailbox_id))
         )
         if pairs:
-            await self._publish_mailbox(dst_mailbox_id)
+            self._publish(dst_mailbox_id, user_id, modseq)
         return pairs
 
     async def move_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
     ) -> list[tuple[int, int]]:
-        pairs = await self.engine.write(
-            lambda c: mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, move=True)
+        pairs, dst, src = await self.engine.write(
+            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, move=True),
+                       mail.user_of(c, dst_mailbox_id), mail.user_of(c, src_mailbox_id))
         )
         if pairs:
-            await self._publish_mailbox(dst_mailbox_id)
-            await self._publish_mailbox(src_mailbox_id)
+            self._publish(dst_mailbox_id, *dst)
+            self._publish(src_mailbox_id, *src)
         return pairs
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
@@ -253,8 +336,22 @@ class SQLiteStore:
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))
 
-    async def claim_recent(self, mailbox_id: int) -> int:
-        return await self.engine.write(lambda c: mail.claim_recent(c, mailbox_id))
+    async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int:
+        known = self._recent.get(mailbox_id)
+        if known is not None and upto is not None:
+            return self._claim(mailbox_id, known[0], known[1], upto)  # no I/O at all
+        validity, stored, uidnext = await self.engine.read(
+            lambda c: mail.recent_mark(c, mailbox_id)
+        )
+        return self._claim(mailbox_id, validity, stored, uidnext if upto is None else upto)
+
+    async def search_envelope(
+        self, mailbox_id: int, keys: Sequence[tuple[str, str]]
+    ) -> list[list[int]]:
+        if not keys:
+            return []
+        wanted = list(keys)
+        return await self.engine.read(lambda c: mail.search_envelope(c, mailbox_id, wanted))
 
     # -- queue ---------------------------------------------------------------------------
     async def queue_due(

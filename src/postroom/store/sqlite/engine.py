@@ -67,7 +67,9 @@ def connect(path: Path, *, fsync: bool, readonly: bool = False) -> sqlite3.Conne
 class _Job:
     __slots__ = ("error", "fn", "future", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any] | None
+    ):
         self.fn = fn
         self.future = future
         self.result: Any = None
@@ -76,6 +78,7 @@ class _Job:
 
 def _resolve(jobs: list[_Job]) -> None:
     for job in jobs:
+        assert job.future is not None
         if job.future.done():  # the caller was cancelled; the write happened anyway
             continue
         if job.error is not None:
@@ -130,6 +133,12 @@ class Engine:
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, future))
         return await future
+
+    def submit(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Queue a write nobody waits for: it joins the next group commit, and an error
+        is only logged. For state that may lag (e.g. \\Recent marks, see backend.py)."""
+        if not self._closed:
+            self._queue.put(_Job(fn, None))
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -215,6 +224,10 @@ class Engine:
         # Group the wake-ups per loop: one thread-safe call per batch, not per job.
         by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         for job in batch:
+            if job.future is None:  # submitted without a waiter
+                if job.error is not None:
+                    log.error("background write failed: %s", job.error)
+                continue
             by_loop.setdefault(job.future.get_loop(), []).append(job)
         for loop, jobs in by_loop.items():
             try:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from array import array
 from collections.abc import Iterable, Sequence
 
+from postroom.message import search_texts_of
+from postroom.message.model import header_block_end
 from postroom.store.api import (
+    SEARCH_FIELDS,
     Changes,
     Delivery,
     FlagChange,
+    MessageContent,
     MessageMeta,
     NotFound,
     StoreResult,
@@ -73,6 +78,17 @@ def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
     return int(row[0])
 
 
+def user_of(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int]:
+    """(user id, highestmodseq) of a mailbox, for the change published after a write."""
+    row = conn.execute(
+        "SELECT user_id, highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+
+
+SearchTexts = tuple[str | None, ...]
+
+
 def place(
     conn: sqlite3.Connection,
     mailbox_id: int,
@@ -81,14 +97,17 @@ def place(
     internaldate: int,
     flags: int,
     keywords: str,
-) -> int:
+    texts: SearchTexts,
+) -> tuple[int, int]:
+    """Insert one message row (and its search row); (uid, modseq)."""
     uid, modseq = _allocate(conn, mailbox_id)
     conn.execute(
         "INSERT INTO messages(mailbox_id, uid, blob_id, size, internaldate, flags, keywords, modseq) "
         "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
         (mailbox_id, uid, blob_id, size, internaldate, flags, keywords, modseq),
     )
-    return uid
+    conn.execute("INSERT INTO message_search VALUES(?, ?, ?, ?, ?, ?, ?)", (mailbox_id, uid, *texts))
+    return uid, modseq
 
 
 def inbox_of(conn: sqlite3.Connection, user_id: int) -> int:
@@ -118,9 +137,11 @@ def deliver(conn: sqlite3.Connection, d: Delivery) -> tuple[int, list[tuple[int,
     blob_id = insert_blob(conn, d.data, d.summary, refs)
     internaldate = d.internaldate if d.internaldate is not None else int(time.time())
     placed = []
-    for mailbox_id, user_id in mailbox_ids:
-        uid = place(conn, mailbox_id, blob_id, len(d.data), internaldate, d.flags, "")
-        placed.append((mailbox_id, user_id, uid))
+    if mailbox_ids:
+        texts = search_texts_of(d.summary, d.data)
+        for mailbox_id, user_id in mailbox_ids:
+            uid, _ = place(conn, mailbox_id, blob_id, len(d.data), internaldate, d.flags, "", texts)
+            placed.append((mailbox_id, user_id, uid))
     return blob_id, placed
 
 
@@ -132,14 +153,20 @@ def append(
     flags: int,
     keywords: Iterable[str],
     internaldate: int | None,
-) -> tuple[int, int]:
-    row = conn.execute("SELECT uidvalidity FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
+    texts: SearchTexts,
+) -> tuple[int, int, int, int]:
+    """Store one message; (uidvalidity, uid, user id, modseq)."""
+    row = conn.execute(
+        "SELECT uidvalidity, user_id FROM mailboxes WHERE id=?", (mailbox_id,)
+    ).fetchone()
     if row is None:
         raise NotFound("no such mailbox")
     blob_id = insert_blob(conn, data, summary, 1)
     when = internaldate if internaldate is not None else int(time.time())
-    uid = place(conn, mailbox_id, blob_id, len(data), when, flags, " ".join(sorted(set(keywords))))
-    return int(row[0]), uid
+    uid, modseq = place(
+        conn, mailbox_id, blob_id, len(data), when, flags, " ".join(sorted(set(keywords))), texts
+    )
+    return int(row[0]), uid, int(row[1]), modseq
 
 
 def list_messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageMeta]:
@@ -159,6 +186,49 @@ def get_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int])
         )
         out.extend(meta_row(r) for r in rows)
     out.sort(key=lambda m: m.uid)
+    return out
+
+
+def read_messages(
+    conn: sqlite3.Connection,
+    mailbox_id: int,
+    uids: Sequence[int],
+    summary: bool,
+    data: bool,
+    header_only: bool,
+) -> list[MessageContent]:
+    """Metadata, summaries and bytes of messages in one read transaction (one thread hop).
+
+    ``header_only``: the summary says where the body starts, and the blob is read through
+    SQLite's incremental blob I/O up to there, so the overflow pages of a large body are
+    never touched.
+    """
+    partial = data and header_only
+    cols = "m." + _META_COLS.replace(", ", ", m.")
+    if summary or partial:
+        cols += ", b.summary"
+    if data and not partial:
+        cols += ", b.data"
+    out: list[MessageContent] = []
+    for part in chunks(sorted(set(uids))):
+        marks = ",".join("?" * len(part))
+        for r in conn.execute(
+            f"SELECT {cols} FROM messages m JOIN blobs b ON b.id = m.blob_id "
+            f"WHERE m.mailbox_id=? AND m.uid IN ({marks})",
+            (mailbox_id, *part),
+        ):
+            meta = meta_row(r)
+            raw_summary = bytes(r[8]) if summary or partial else None
+            body: bytes | None = None
+            if partial:
+                assert raw_summary is not None
+                end = header_block_end(raw_summary)
+                with conn.blobopen("blobs", "data", meta.blob_id, readonly=True) as blob:
+                    body = blob.read() if end is None else blob.read(min(end, len(blob)))
+            elif data:
+                body = bytes(r[-1])
+            out.append(MessageContent(meta, raw_summary if summary else None, body))
+    out.sort(key=lambda c: c.meta.uid)
     return out
 
 
@@ -281,6 +351,11 @@ def copy_messages(
         )
         conn.executemany("UPDATE blobs SET refs = refs + 1 WHERE id=?", [(m.blob_id,) for m in rows])
         pairs = [(m.uid, first + i) for i, m in enumerate(rows)]
+        conn.executemany(
+            "INSERT INTO message_search SELECT ?, ?, from_text, to_text, cc_text, bcc_text, "
+            "subject_text FROM message_search WHERE mailbox_id=? AND uid=?",
+            [(dst, new, src, old) for old, new in pairs],
+        )
     return pairs
 
 
@@ -313,12 +388,88 @@ def vanished_since(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> li
     ]
 
 
-def claim_recent(conn: sqlite3.Connection, mailbox_id: int) -> int:
+def recent_mark(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int, int]:
+    """(uidvalidity, recent_uid, uidnext) of a mailbox: what a \\Recent claim starts from."""
     row = conn.execute(
-        "SELECT recent_uid, uidnext FROM mailboxes WHERE id=?", (mailbox_id,)
+        "SELECT uidvalidity, recent_uid, uidnext FROM mailboxes WHERE id=?", (mailbox_id,)
     ).fetchone()
     if row is None:
         raise NotFound("no such mailbox")
-    if row[1] > row[0]:
-        conn.execute("UPDATE mailboxes SET recent_uid=? WHERE id=?", (row[1], mailbox_id))
-    return int(row[0])
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def save_recent_marks(conn: sqlite3.Connection, marks: Iterable[tuple[int, int, int]]) -> None:
+    """Persist claimed \\Recent marks (mailbox id, uidvalidity, recent_uid); never lowers."""
+    conn.executemany(
+        "UPDATE mailboxes SET recent_uid = max(recent_uid, ?) WHERE id=? AND uidvalidity=?",
+        [(mark, mailbox_id, validity) for mailbox_id, validity, mark in marks],
+    )
+
+
+# Flags travel as one character each: chr(48 + bits), ASCII for the 6 low bits (the
+# FLAG_* bits use 5), so group_concat builds the whole column in C and bytes.translate
+# turns it back into one octet per message.
+_FLAG_CHARS = bytes(range(48, 48 + 64))
+_UNSHIFT = bytes.maketrans(_FLAG_CHARS, bytes(range(64)))
+
+
+def snapshot_rows(
+    conn: sqlite3.Connection, user_id: int, name: str
+) -> tuple[tuple[int, int, str, int, int, int, int], array[int], bytes, dict[int, tuple[str, ...]]] | None:
+    """The mailbox row and its message columns for ``Store.mailbox_snapshot``.
+
+    One indexed scan of the mailbox's rows; the aggregation happens in SQLite, so the
+    reader thread holds the GIL only to split three strings (about 0.2 ms for 2,000
+    messages, against several ms for a list of MessageMeta).
+    """
+    mb = conn.execute(
+        "SELECT id, user_id, name, uidvalidity, uidnext, highestmodseq, recent_uid "
+        "FROM mailboxes WHERE user_id=? AND name=?",
+        (user_id, name),
+    ).fetchone()
+    if mb is None:
+        return None
+    row = conn.execute(
+        "SELECT group_concat(uid), group_concat(char(48 + (flags & 63)), ''), "
+        "group_concat(CASE WHEN keywords != '' THEN uid || ' ' || keywords END, char(10)) "
+        "FROM (SELECT uid, flags, keywords FROM messages WHERE mailbox_id=? ORDER BY uid)",
+        (mb[0],),
+    ).fetchone()
+    uids = array("I", map(int, row[0].split(","))) if row[0] else array("I")
+    flags = row[1].encode("ascii").translate(_UNSHIFT) if row[1] else b""
+    # SQLite documents group_concat's order as arbitrary; it follows the ordered subquery
+    # in practice. Should that ever change, fall back to plain rows rather than hand a
+    # session a wrong sequence map.
+    listed = uids.tolist()
+    if len(listed) != len(flags) or listed != sorted(listed):  # pragma: no cover
+        rows = conn.execute(
+            "SELECT uid, flags FROM messages WHERE mailbox_id=? ORDER BY uid", (mb[0],)
+        ).fetchall()
+        uids = array("I", (r[0] for r in rows))
+        flags = bytes(r[1] & 63 for r in rows)
+    keywords: dict[int, tuple[str, ...]] = {}
+    if row[2]:
+        for line in row[2].split("\n"):
+            uid, _, words = line.partition(" ")
+            keywords[int(uid)] = tuple(words.split())
+    return tuple(mb), uids, flags, keywords
+
+
+def search_envelope(
+    conn: sqlite3.Connection, mailbox_id: int, keys: Sequence[tuple[str, str]]
+) -> list[list[int]]:
+    out: list[list[int]] = []
+    for field, needle in keys:
+        if field not in SEARCH_FIELDS:
+            raise ValueError(f"not an envelope search field: {field!r}")
+        column = field + "_text"
+        folded = needle.casefold()
+        if folded:
+            sql = (f"SELECT uid FROM message_search WHERE mailbox_id=? AND instr({column}, ?) > 0 "
+                   "ORDER BY uid")
+            args: tuple[object, ...] = (mailbox_id, folded)
+        else:
+            sql = f"SELECT uid FROM message_search WHERE mailbox_id=? AND {column} IS NOT NULL ORDER BY uid"
+            args = (mailbox_id,)
+        out.append([r[0] for r in conn.execute(sql, args)])
+    return out

@@ -1,0 +1,125 @@
+"""What only the SQLite backend promises: \\Recent marks kept in memory and persisted in
+the background, and migration 3 (``message_search``) backfilling existing messages."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from postroom.deliver import summarize
+from postroom.store.api import Delivery
+from postroom.store.sqlite import open_store
+from postroom.store.sqlite.schema import MIGRATIONS, current_version
+
+MSG = b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.de>\r\nSubject: Hello\r\n\r\nhi\r\n"
+
+
+def test_recent_marks_are_claimed_in_memory_and_persisted(tmp_path: Path) -> None:
+    async def first() -> tuple[int, int]:
+        store = open_store(tmp_path, fsync=False)
+        try:
+            await store.add_domain("example.test")
+            u = await store.add_user("a@example.test", "h", None)
+            inbox = await store.get_mailbox(u.id, "INBOX")
+            for _ in range(3):
+                await store.append(inbox.id, MSG, b"S")
+            # Claiming never waits for the writer: with the writer thread held up, SELECT's
+            # snapshot (and a later claim) still complete.
+            gate = threading.Event()
+            store.engine.submit(lambda c: gate.wait(10))
+            try:
+                snap = await asyncio.wait_for(
+                    store.mailbox_snapshot(u.id, "INBOX", claim_recent=True), 5)
+                assert snap.recent_from == 1
+                assert await asyncio.wait_for(store.claim_recent(inbox.id, 4), 5) == 4
+            finally:
+                gate.set()
+            for _ in range(200):  # bounded wait for the background write
+                row = await store.engine.read(
+                    lambda c: c.execute("SELECT recent_uid FROM mailboxes WHERE id=?",
+                                        (inbox.id,)).fetchone())
+                if row[0] == 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert row[0] == 4
+            await store.append(inbox.id, MSG, b"S")
+            assert await store.claim_recent(inbox.id, 5) == 4  # from memory, no read
+            return u.id, inbox.id
+        finally:
+            await store.close()  # flushes the marks not written yet
+
+    user_id, inbox_id = asyncio.run(first())
+
+    async def second() -> None:
+        store = open_store(tmp_path, fsync=False)
+        try:
+            snap = await store.mailbox_snapshot(user_id, "INBOX", claim_recent=True)
+            assert (snap.recent_from, snap.uidnext) == (5, 5)
+            assert (await store.mailbox_status(inbox_id)).recent == 0
+        finally:
+            await store.close()
+
+    asyncio.run(second())
+
+
+def test_migration_3_backfills_search_texts(tmp_path: Path) -> None:
+    """A database written by the version before ``message_search`` existed."""
+    path = tmp_path / "postroom.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for step in MIGRATIONS[:2]:
+        assert isinstance(step, str)
+        for statement in step.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES('schema_version', '2')")
+    conn.execute("INSERT INTO domains VALUES(1, 'example.test', 0)")
+    conn.execute("INSERT INTO users(id, domain_id, address, password_hash, created) "
+                 "VALUES(1, 1, 'a@example.test', 'h', 0)")
+    conn.execute("INSERT INTO mailboxes(id, user_id, name, uidvalidity, uidnext) "
+                 "VALUES(1, 1, 'INBOX', 1, 4), (2, 1, 'Archive', 2, 2)")
+    other = b"From: Bob <bob@example.org>\r\nSubject: Lunch\r\n\r\nx\r\n"
+    conn.execute("INSERT INTO blobs VALUES(1, ?, 2, ?, ?)", (len(MSG), summarize(MSG), MSG))
+    conn.execute("INSERT INTO blobs VALUES(2, ?, 1, ?, ?)", (len(other), b"[99]", other))
+    conn.execute("INSERT INTO blobs VALUES(3, ?, 1, ?, ?)", (len(other), b"", other))
+    for mailbox_id, uid, blob_id in ((1, 1, 1), (1, 2, 2), (1, 3, 3), (2, 1, 1)):
+        conn.execute("INSERT INTO messages(mailbox_id, uid, blob_id, size, internaldate, modseq) "
+                     "VALUES(?, ?, ?, 10, 0, 1)", (mailbox_id, uid, blob_id))
+    conn.close()
+
+    async def check() -> None:
+        store = open_store(tmp_path, fsync=False)
+        try:
+            assert await store.engine.read(current_version) == len(MIGRATIONS)
+            assert await store.search_envelope(1, [("from", "jürgen"), ("from", "BOB"),
+                                                   ("subject", "lunch")]) == [[1], [2, 3], [2, 3]]
+            assert await store.search_envelope(2, [("subject", "hello")]) == [[1]]
+            # and new deliveries get their row as before
+            d = await store.deliver(Delivery(data=other, summary=summarize(other), user_ids=(1,)))
+            assert await store.search_envelope(1, [("from", "bob")]) == [[2, 3, d.placed[0][1]]]
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+def test_header_only_reads_stop_at_the_body(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = open_store(tmp_path, fsync=False)
+        try:
+            await store.add_domain("example.test")
+            u = await store.add_user("a@example.test", "h", None)
+            inbox = await store.get_mailbox(u.id, "INBOX")
+            big = b"Subject: big\r\n\r\n" + b"y" * 100_000 + b"\r\n"
+            await store.append(inbox.id, big, summarize(big))
+            await store.append(inbox.id, big, b"[99]")  # unknown format: read it all
+            a, b = await store.read_messages(inbox.id, [1, 2], data=True, header_only=True)
+            assert a.data == b"Subject: big\r\n\r\n"
+            assert b.data == big
+        finally:
+            await store.close()
+
+    asyncio.run(main())
