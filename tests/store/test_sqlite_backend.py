@@ -123,3 +123,64 @@ def test_header_only_reads_stop_at_the_body(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_snapshot_cache_is_never_stale(tmp_path: Path) -> None:
+    """Every kind of change to a mailbox's messages must miss the snapshot cache: after
+    each one, the cached snapshot equals a fresh scan (cache emptied)."""
+    from postroom.store.api import FlagChange
+
+    async def main() -> None:
+        store = open_store(tmp_path, fsync=False)
+        try:
+            await store.add_domain("example.test")
+            u = await store.add_user("a@example.test", "h", None)
+            inbox = await store.get_mailbox(u.id, "INBOX")
+            archive = await store.get_mailbox(u.id, "Archive")
+            for _ in range(100):  # above MIN_MESSAGES, so the snapshot is cached
+                await store.deliver(Delivery(data=MSG, summary=summarize(MSG), user_ids=(u.id,)))
+
+            async def check(name: str = "INBOX") -> None:
+                cached = await store.mailbox_snapshot(u.id, name)
+                again = await store.mailbox_snapshot(u.id, name)
+                store.snapshots = type(store.snapshots)()  # a fresh, empty cache
+                fresh = await store.mailbox_snapshot(u.id, name)
+                for snap in (cached, again):
+                    assert snap is not None and fresh is not None
+                    assert (snap.id, snap.uidnext, snap.highestmodseq) == \
+                        (fresh.id, fresh.uidnext, fresh.highestmodseq)
+                    assert list(snap.uids) == list(fresh.uids)
+                    assert snap.flags == fresh.flags and snap.keywords == fresh.keywords
+
+            await check()
+            assert store.snapshots.hits >= 0 and len(store.snapshots) == 1
+            hits = store.snapshots.hits
+            await store.mailbox_snapshot(u.id, "INBOX")
+            assert store.snapshots.hits == hits + 1  # unchanged mailbox: served from the cache
+            # Callers get their own UID array: changing it leaves the cache intact.
+            mine = await store.mailbox_snapshot(u.id, "INBOX")
+            mine.uids.append(99999)
+            await check()
+
+            await store.store_flags(inbox.id, [3, 4], FlagChange("add", 1))
+            await check()
+            await store.store_flags(inbox.id, [5], FlagChange("add", 0, ("$Label1",)))
+            await check()
+            await store.append(inbox.id, MSG, summarize(MSG))
+            await check()
+            await store.expunge(inbox.id, [1, 2])
+            await check()
+            await store.copy_messages(inbox.id, [6, 7], archive.id)
+            await check()
+            await store.move_messages(inbox.id, [8, 9], archive.id)
+            await check()
+            await check("Archive")
+            await store.deliver(Delivery(data=MSG, summary=summarize(MSG), user_ids=(u.id,)))
+            await check()
+            await store.rename_mailbox(u.id, "INBOX", "Old")
+            await check()
+            await check("Old")
+        finally:
+            await store.close()
+
+    asyncio.run(main())

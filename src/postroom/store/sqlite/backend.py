@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from array import array
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ from postroom.store.changes import LocalChangeHub
 from postroom.store.sqlite import accounts, mail, queue
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.schema import migrate
+from postroom.store.sqlite.snapshots import SnapshotCache
 
 DB_NAME = "postroom.sqlite3"
 
@@ -72,6 +74,7 @@ class SQLiteStore:
         self._recent: dict[int, tuple[int, int]] = {}
         self._recent_dirty: dict[int, tuple[int, int]] = {}
         self._recent_lock = threading.Lock()
+        self.snapshots = SnapshotCache()
 
     @classmethod
     def open(cls, data_dir: Path, *, fsync: bool = True) -> SQLiteStore:
@@ -204,10 +207,11 @@ class SQLiteStore:
     async def mailbox_snapshot(
         self, user_id: int, name: str, *, claim_recent: bool = False
     ) -> MailboxSnapshot | None:
-        found = await self.engine.read(lambda c: mail.snapshot_rows(c, user_id, name))
+        found = await self.engine.read(lambda c: mail.snapshot_rows(c, user_id, name, self.snapshots))
         if found is None:
             return None
         (mailbox_id, owner, real_name, validity, uidnext, modseq, stored), uids, flags, kws = found
+        uids, kws = array("I", uids), dict(kws)  # the cache keeps the originals
         recent_from = uidnext
         if claim_recent:
             recent_from = self._claim(mailbox_id, validity, stored, uidnext)

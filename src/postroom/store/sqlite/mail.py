@@ -11,6 +11,7 @@ import sqlite3
 import time
 from array import array
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from postroom.message import search_texts_of
 from postroom.message.model import header_block_end
@@ -24,6 +25,9 @@ from postroom.store.api import (
     NotFound,
     StoreResult,
 )
+
+if TYPE_CHECKING:
+    from postroom.store.sqlite.snapshots import SnapshotCache
 
 _META_COLS = "id, uid, flags, keywords, modseq, size, internaldate, blob_id"
 # SQLite's default limit on bound parameters is large in 3.40 (32766); stay well below.
@@ -414,13 +418,16 @@ _UNSHIFT = bytes.maketrans(_FLAG_CHARS, bytes(range(64)))
 
 
 def snapshot_rows(
-    conn: sqlite3.Connection, user_id: int, name: str
+    conn: sqlite3.Connection, user_id: int, name: str, cache: SnapshotCache | None = None
 ) -> tuple[tuple[int, int, str, int, int, int, int], array[int], bytes, dict[int, tuple[str, ...]]] | None:
     """The mailbox row and its message columns for ``Store.mailbox_snapshot``.
 
     One indexed scan of the mailbox's rows; the aggregation happens in SQLite, so the
     reader thread holds the GIL only to split three strings (about 0.2 ms for 2,000
-    messages, against several ms for a list of MessageMeta).
+    messages, against several ms for a list of MessageMeta). With ``cache``, an unchanged
+    mailbox skips the scan (see :mod:`.snapshots`); callers copy the UID array before
+    changing it. Runs inside the engine's read transaction, so the mailbox row (the cache
+    key) and the columns come from one snapshot of the database.
     """
     mb = conn.execute(
         "SELECT id, user_id, name, uidvalidity, uidnext, highestmodseq, recent_uid "
@@ -429,6 +436,9 @@ def snapshot_rows(
     ).fetchone()
     if mb is None:
         return None
+    key = (mb[0], mb[3], mb[4], mb[5])
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return tuple(mb), *hit
     row = conn.execute(
         "SELECT group_concat(uid), group_concat(char(48 + (flags & 63)), ''), "
         "group_concat(CASE WHEN keywords != '' THEN uid || ' ' || keywords END, char(10)) "
@@ -452,6 +462,8 @@ def snapshot_rows(
         for line in row[2].split("\n"):
             uid, _, words = line.partition(" ")
             keywords[int(uid)] = tuple(words.split())
+    if cache is not None:
+        cache.put(key, (uids, flags, keywords))
     return tuple(mb), uids, flags, keywords
 
 
