@@ -29,7 +29,9 @@ new jobs wait for the probe's verdict (a probe that succeeds serves them all).
 (``queue_record(..., final=False)``, started before the session moves on), so a crash loses
 nothing that the remote accepted except in one unavoidable window: between the remote's
 250 and the commit of that record (a few milliseconds: one group-committed write) a crash
-makes us deliver the message again after the restart (a duplicate, never a loss).
+makes us deliver the message again after the restart (a duplicate, never a loss). For a
+process crash (SIGKILL, OOM) that window is cut to microseconds by the delivered journal
+(``queue.journal``): one unsynced append right after the reply, replayed at the next start.
 Permanent failures are recorded only after their DSN is durable (a crash in between sends
 the DSN twice rather than never). The message task then makes one final record: the retry
 time for recipients still pending (``model.after_attempt``: the configured
@@ -74,6 +76,7 @@ from postroom.proto.smtp.client import (
 from postroom.proto.smtp.grammar import xtext_encode
 from postroom.queue.bounce import recipient_status, send_dsn, wanted
 from postroom.queue.dsn import Action, DsnKind
+from postroom.queue.journal import DeliveredJournal
 from postroom.queue.model import (
     Admission,
     Bounce,
@@ -253,10 +256,12 @@ class QueueWorker:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.journal = DeliveredJournal(settings.data_dir / "delivered.journal")
 
     # --- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._replay_journal()
         released = await self.store.queue_release_leases(self.services.node)
         if released:
             logs.event(log, "queue_leases_released", count=released, node=self.services.node)
@@ -287,6 +292,22 @@ class QueueWorker:
             await asyncio.wait(self._side_tasks, timeout=10)
         with contextlib.suppress(Exception):
             await self.store.queue_release_leases(self.services.node)
+        self.journal.close()
+
+    async def _replay_journal(self) -> None:
+        """Record what the previous run noted as delivered but may not have recorded (see
+        ``queue.journal``), before any message is leased again."""
+        entries = await asyncio.to_thread(self.journal.open)
+        try:
+            for entry in entries:
+                await self.store.queue_record(entry.qid, entry.outcomes, None, None, final=False)
+        except Exception:
+            # Keep the journal (replaying is idempotent): the next start tries again.
+            log.exception("replaying the delivered journal failed")
+            return
+        if entries:
+            logs.event(log, "queue_journal_replayed", transactions=len(entries))
+        self.journal.clear()
 
     def wake(self) -> None:
         self._wake.set()
@@ -617,24 +638,30 @@ class QueueWorker:
             self._resolve(job, outcomes)
             return
         # Record the delivered recipients now, without holding up the session: this write is
-        # the only thing between the remote's 250 and "never delivered twice".
+        # the only thing between the remote's 250 and "never delivered twice". The journal
+        # line covers a process crash until it commits (see queue.journal).
+        self.journal.note(msg.qid, self._delivered_records(outcomes))
         task = asyncio.create_task(self._record_delivered(job, outcomes))
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
 
+    @staticmethod
+    def _delivered_records(outcomes: list[_Outcome]) -> list[RecipientOutcome]:
+        return [RecipientOutcome(o.rcpt.id, "delivered", o.status, o.diagnostic, o.remote_mta)
+                for o in outcomes if o.state == "delivered"]
+
     async def _record_delivered(self, job: _Job, outcomes: list[_Outcome]) -> None:
-        done = [o for o in outcomes if o.state == "delivered"]
         try:
             await self.store.queue_record(
-                job.msg.qid,
-                [RecipientOutcome(o.rcpt.id, "delivered", o.status, o.diagnostic, o.remote_mta) for o in done],
-                None, None, final=False,
+                job.msg.qid, self._delivered_records(outcomes), None, None, final=False,
             )
-            for o in done:
-                o.recorded = True
+            for o in outcomes:
+                if o.state == "delivered":
+                    o.recorded = True
         except Exception:
             log.exception("recording the delivery of %s failed", job.msg.qid)
         finally:
+            self.journal.settled()
             self._resolve(job, outcomes)
 
     def _outcomes(self, session: SmtpOut, job: _Job, result: TransactionResult) -> list[_Outcome]:
