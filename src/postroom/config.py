@@ -227,7 +227,8 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
-    greeting_delay: float = 0.0
+    greeting_delay: float = 1.0
+    greeting_pass_time: float = 86400.0
     require_tls_for_auth: bool = True
     line_length: int = 4096
 
@@ -316,6 +317,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
     },
     "smtp": {
         "greeting_delay": parse_duration,
+        "greeting_pass_time": parse_duration,
         "require_tls_for_auth": _boolean,
         "line_length": _int_range(512, 65536),
     },

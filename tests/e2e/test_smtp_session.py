@@ -174,19 +174,24 @@ def test_connection_caps_per_ip_and_total(tmp_path: Path) -> None:
 
 def test_early_talker_refused_on_mx_only(tmp_path: Path) -> None:
     with servers(tmp_path) as pool:
-        srv = pool.make(extra='[smtp]\ngreeting_delay = "1s"\n')
-        # Polite client: waits for the greeting, which comes after the delay.
-        t = time.monotonic()
-        with RawSmtp(srv.ports["mx"]) as c:
-            assert c.greeting is not None and c.greeting.code == 220
-            assert time.monotonic() - t >= 0.95
-            c.ehlo()
+        srv = pool.make(extra='[smtp]\ngreeting_delay = "1s"\n')  # the default pass time
         # Early talker: sends EHLO at once.
         with RawSmtp(srv.ports["mx"], greeting=False) as c:
             c.send(b"EHLO spambot.example\r\n")
             r = c.reply(timeout=5)
             assert r.status == "554 5.7.1", r
             assert c.is_closed()
+        # Polite client: waits for the greeting, which comes after the delay.
+        t = time.monotonic()
+        with RawSmtp(srv.ports["mx"]) as c:
+            assert c.greeting is not None and c.greeting.code == 220
+            assert time.monotonic() - t >= 0.95
+            c.ehlo()
+        # Having passed, the address is greeted at once (postscreen-like pass cache).
+        t = time.monotonic()
+        with RawSmtp(srv.ports["mx"]) as c:
+            assert c.greeting is not None and c.greeting.code == 220
+            assert time.monotonic() - t < 0.8
         # Submission has no greeting delay: clients there are ours.
         t = time.monotonic()
         with RawSmtp(srv.ports["submission"]) as c:
@@ -194,6 +199,20 @@ def test_early_talker_refused_on_mx_only(tmp_path: Path) -> None:
             assert time.monotonic() - t < 0.8
         srv.stop()
         assert "event=early_talker" in srv.logs()
+
+
+def test_early_talker_check_without_pass_cache(tmp_path: Path) -> None:
+    with servers(tmp_path) as pool:
+        srv = pool.make(extra='[smtp]\ngreeting_delay = "500ms"\ngreeting_pass_time = "0s"\n')
+        for _ in range(2):  # every connection waits, a polite one just as the first
+            t = time.monotonic()
+            with RawSmtp(srv.ports["mx"]) as c:
+                assert c.greeting is not None and c.greeting.code == 220
+                assert time.monotonic() - t >= 0.45
+        with RawSmtp(srv.ports["mx"], greeting=False) as c:
+            c.send(b"EHLO spambot.example\r\n")
+            assert c.reply(timeout=5).status == "554 5.7.1"
+        srv.stop()
 
 
 def test_sigterm_finishes_running_transaction(tmp_path: Path) -> None:

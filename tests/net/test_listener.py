@@ -106,3 +106,4 @@ def test_limits_and_graceful_shutdown() -> None:
             pass
 
     asyncio.run(main())
+

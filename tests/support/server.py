@@ -50,6 +50,10 @@ class Server:
         # ``extra`` holds TOML tables only; the fast auth delay keeps tests quick unless
         # the test brings its own [limits].
         limits = "" if "[limits]" in extra else '[limits]\nauth_delay = "10ms"\n'
+        # Likewise no early-talker wait (on by default: 1 s per new client address) unless
+        # the test brings its own [smtp]; Postfix in the benchmarks has none either.
+        if "[smtp]" not in extra:
+            limits += '[smtp]\ngreeting_delay = "0s"\n'
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
             f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'

@@ -17,8 +17,10 @@ between reads, and ``limits.smtp_data_timeout`` for a whole message (all its rea
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
+from collections import OrderedDict
 
 from postroom import deliver, logs
 from postroom.auth.directory import Resolution
@@ -60,10 +62,44 @@ TOO_MANY_AUTH = Reply(421, "4.7.0", "Too many authentication failures")
 _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
+PASS_CACHE_SIZE = 100_000  # client addresses remembered as polite (greeting_pass_time)
+
+
+def _pass_key(ip: str) -> str:
+    """The unit a pass covers: the address (IPv4), or its /64 (IPv6: one host's range)."""
+    if ":" not in ip:
+        return ip
+    try:
+        return str(ipaddress.IPv6Network((ip.split("%")[0], 64), strict=False).network_address)
+    except ValueError:
+        return ip
+
+
 class SmtpHandler:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._configs: dict[tuple[str, bool, bool], ServerConfig] = {}
+        # Early-talker check passes (postscreen-like): client -> time it passed.
+        self._passed: OrderedDict[str, float] = OrderedDict()
+
+    def greeting_wait(self, ip: str) -> float:
+        """How long to wait before greeting ``ip`` on the MX role (0: greet at once)."""
+        smtp = self.services.settings.smtp
+        if smtp.greeting_delay <= 0:
+            return 0.0
+        passed = self._passed.get(_pass_key(ip))
+        if passed is not None and time.monotonic() - passed < smtp.greeting_pass_time:
+            return 0.0
+        return smtp.greeting_delay
+
+    def passed(self, ip: str) -> None:
+        if self.services.settings.smtp.greeting_pass_time <= 0:
+            return
+        key = _pass_key(ip)
+        self._passed[key] = time.monotonic()
+        self._passed.move_to_end(key)
+        while len(self._passed) > PASS_CACHE_SIZE:
+            self._passed.popitem(last=False)
 
     def config(self, role: str, tls_active: bool) -> ServerConfig:
         """The core's configuration for a role, built once (it is frozen and validated)."""
@@ -110,12 +146,14 @@ class SmtpSession:
     # ---------------------------------------------------------------------------------
     async def run(self) -> None:
         settings = self.services.settings
-        if not self.submission and settings.smtp.greeting_delay > 0:
-            await asyncio.sleep(settings.smtp.greeting_delay)
+        wait = 0.0 if self.submission else self.handler.greeting_wait(self.conn.peer_ip)
+        if wait:
+            await asyncio.sleep(wait)
             if self.conn.pending():
                 logs.event(log, "early_talker", session=self.id, client=self.conn.peer_ip)
                 await self.conn.send(EARLY_TALKER.to_bytes())
                 return
+            self.handler.passed(self.conn.peer_ip)
         self.core.send_greeting()
         idle = settings.limits.smtp_idle_timeout
         while True:
