@@ -97,3 +97,19 @@ def test_hand_built_summary_round_trip() -> None:
     summary = MessageSummary(root=part, size=20, sent_date=(-5, -90), base_subject="\u00e9",
                              message_id="", references=("a", ""))
     assert MessageSummary.from_bytes(summary.to_bytes()) == summary
+
+
+def test_header_summary_reads_only_the_head() -> None:
+    from postroom.message import scan
+    from postroom.message.model import header_block_end, header_summary
+
+    data = b"Subject: s\r\nX-A: 1\r\n\r\n--body--\r\n"
+    full = scan(data)
+    raw = full.to_bytes()
+    head = header_summary(raw)
+    assert head is not None and head.size == full.size == len(data)
+    r, f = head.root, full.root
+    assert (r.header_start, r.header_end, r.body_start) == (f.header_start, f.header_end, f.body_start)
+    assert header_block_end(raw) == f.body_start
+    assert header_summary(b"[999,1,[0,0,0,") is None  # another format version
+    assert header_summary(b"junk") is None

@@ -251,6 +251,20 @@ def header_block_end(raw: bytes) -> int | None:
         return None
     return int(m.group(5))
 
+def header_summary(raw: bytes) -> MessageSummary | None:
+    """A summary that describes only the top-level header block (its offsets, read from the
+    head of the stored bytes without decoding them), for FETCH of RFC822.HEADER and
+    BODY[HEADER...]: decoding the whole MIME tree costs ten times more and those sections
+    use nothing else. None when ``raw`` is not in this version's format."""
+    m = _HEAD.match(raw)
+    if m is None or int(m.group(1)) != MessageSummary.VERSION:
+        return None
+    size = int(m.group(2))
+    return MessageSummary(
+        root=Part(int(m.group(3)), int(m.group(4)), int(m.group(5)), size), size=size
+    )
+
+
 # --- positional JSON encoding ----------------------------------------------------------
 # Each row lists its fields in a fixed order; trailing fields equal to their default are
 # dropped on writing and restored on reading. The first fields of a row are mandatory.

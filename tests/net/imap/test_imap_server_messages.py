@@ -160,6 +160,41 @@ def test_fetch_attributes(server: Server, user: str, connect) -> None:
     assert m.fetch("1", "FULL")[0] == "OK"
 
 
+def test_header_sections_of_a_big_multipart_message(server: Server, user: str, connect) -> None:
+    """Top-level header sections are served from the header block alone (the body is not
+    read, the MIME tree not decoded); mixed with ENVELOPE or a part, the full path is used.
+    Both must give the octets of the stored message."""
+    inner = b"From: inner@example.org\r\nSubject: Inner\r\n\r\ninner body\r\n"
+    message = (
+        b"From: Big <big@example.org>\r\nTo: bob@example.test\r\nSubject: Big one\r\n"
+        b"X-Folded: first\r\n second\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\npreamble\r\n--b1\r\n'
+        b"Content-Type: text/plain\r\n\r\n" + b"x" * 100 + b"\r\n" * 2000 + b"--b1\r\n"
+        b"Content-Type: message/rfc822\r\n\r\n" + inner + b"--b1--\r\n"
+    )
+    deliver(server, user, message)
+    stored = server.messages(user)[0]
+    head = stored[: stored.index(b"\r\n\r\n") + 4]
+    m = connect(user)
+    m.select("INBOX")
+    _, data = m.fetch("1", "(RFC822.HEADER BODY.PEEK[HEADER] BODY.PEEK[HEADER.FIELDS (X-Folded SUBJECT)] "
+                           "BODY.PEEK[HEADER.FIELDS.NOT (Received Return-Path)])")
+    items = dict(_literal_items(data))
+    assert items[b"RFC822.HEADER"] == head and items[b"BODY[HEADER]"] == head
+    assert items[b"BODY[HEADER.FIELDS (X-Folded SUBJECT)]"] == \
+        b"Subject: Big one\r\nX-Folded: first\r\n second\r\n\r\n"
+    not_fields = items[b"BODY[HEADER.FIELDS.NOT (Received Return-Path)]"]
+    assert b"Received:" not in not_fields and not_fields.endswith(b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n')
+    # The same sections next to attributes that need the whole tree.
+    _, data = m.fetch("1", "(ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[2.HEADER])")
+    items = dict(_literal_items(data))
+    assert items[b"BODY[HEADER.FIELDS (SUBJECT)]"] == b"Subject: Big one\r\n\r\n"
+    assert items[b"BODY[2.HEADER]"] == b"From: inner@example.org\r\nSubject: Inner\r\n\r\n"
+    envelope = data[0][0] if isinstance(data[0], tuple) else data[0]
+    assert b'"Big one" (("Big" NIL "big" "example.org"))' in envelope
+
+
 def _literal_items(data: list) -> list[tuple[bytes, bytes]]:
     """(item name, literal) pairs from imaplib FETCH data with several literals."""
     out = []

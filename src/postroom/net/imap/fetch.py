@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from postroom.deliver import summarize
 from postroom.message import MessageSummary, SummaryError
+from postroom.message.model import header_summary
 from postroom.proto.imap import responses, wire
 from postroom.proto.imap.bodystructure import body_bytes, bodystructure_bytes, envelope_bytes
 from postroom.proto.imap.commands import Fetch
@@ -89,11 +90,16 @@ async def load_summaries(s: ImapSession, metas: Sequence[MessageMeta],
 
 async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
                           datas: dict[int, bytes] | None = None, *,
-                          partial: bool = False) -> dict[int, MessageSummary]:
+                          partial: bool = False, head_only: bool = False) -> dict[int, MessageSummary]:
     """Parse stored summaries; an unreadable one is re-scanned from the message, read
-    again in full when ``datas`` holds only header blocks (``partial``)."""
+    again in full when ``datas`` holds only header blocks (``partial``). ``head_only``: every
+    attribute that uses the summary is a top-level header section (``_header_only``), so
+    only the header offsets are decoded (``header_summary``)."""
     out: dict[int, MessageSummary] = {}
     for blob_id, value in raw.items():
+        if head_only and (head := header_summary(value)) is not None:
+            out[blob_id] = head  # header sections only (see fetch): no MIME tree needed
+            continue
         try:
             out[blob_id] = MessageSummary.from_bytes(value)
         except SummaryError:
@@ -146,6 +152,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     need_data = any(a.kind in _NEEDS_DATA for a in atts)
     need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
     header_only = need_data and all(_header_only(a) for a in atts if a.kind in _NEEDS_DATA)
+    head_only = header_only and all(_header_only(a) for a in atts if a.kind in _NEEDS_SUMMARY)
     # Few messages (the usual UID FETCH of one message, or headers of a page of them):
     # metadata, summaries and bytes in one read. Otherwise the metadata first, then the
     # bytes chunk by chunk, sized by the metadata, so memory stays bounded.
@@ -187,7 +194,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             if need_summary:
                 raw = {m.blob_id: c.summary for m in part
                        if (c := pre[m.uid]).summary is not None}
-                summaries = await parse_summaries(s, raw, datas, partial=header_only)
+                summaries = await parse_summaries(s, raw, datas, partial=header_only,
+                                                  head_only=head_only)
         else:
             if need_data:
                 datas = await store.read_blobs([m.blob_id for m in part])
