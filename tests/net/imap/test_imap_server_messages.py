@@ -186,6 +186,11 @@ def test_header_sections_of_a_big_multipart_message(server: Server, user: str, c
     not_fields = items[b"BODY[HEADER.FIELDS.NOT (Received Return-Path)]"]
     assert b"Received:" not in not_fields and not_fields.endswith(b"MIME-Version: 1.0\r\n"
         b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n')
+    _, data = m.fetch("1", "(BODY.PEEK[TEXT]<0.20> BODY.PEEK[HEADER.FIELDS (TO)] RFC822.TEXT)")
+    items = dict(_literal_items(data))
+    assert items[b"BODY[TEXT]<0>"] == stored[len(head):len(head) + 20]
+    assert items[b"RFC822.TEXT"] == stored[len(head):]
+    assert items[b"BODY[HEADER.FIELDS (TO)]"] == b"To: bob@example.test\r\n\r\n"
     # The same sections next to attributes that need the whole tree.
     _, data = m.fetch("1", "(ENVELOPE BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[2.HEADER])")
     items = dict(_literal_items(data))

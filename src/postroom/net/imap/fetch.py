@@ -82,10 +82,11 @@ async def load_metas(s: ImapSession, view: SelectedMailbox, uids: Sequence[int])
 
 
 async def load_summaries(s: ImapSession, metas: Sequence[MessageMeta],
-                         datas: dict[int, bytes] | None = None) -> dict[int, MessageSummary]:
+                         datas: dict[int, bytes] | None = None, *,
+                         head_only: bool = False) -> dict[int, MessageSummary]:
     """Parsed summaries by blob id; unreadable ones are re-scanned from the message."""
     raw = await s.store.read_summaries([m.blob_id for m in metas])
-    return await parse_summaries(s, raw, datas)
+    return await parse_summaries(s, raw, datas, head_only=head_only)
 
 
 async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
@@ -93,8 +94,8 @@ async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
                           partial: bool = False, head_only: bool = False) -> dict[int, MessageSummary]:
     """Parse stored summaries; an unreadable one is re-scanned from the message, read
     again in full when ``datas`` holds only header blocks (``partial``). ``head_only``: every
-    attribute that uses the summary is a top-level header section (``_header_only``), so
-    only the header offsets are decoded (``header_summary``)."""
+    attribute that uses the summary is a top-level header or text section (``_top_level``),
+    so only the top-level offsets are decoded (``header_summary``)."""
     out: dict[int, MessageSummary] = {}
     for blob_id, value in raw.items():
         if head_only and (head := header_summary(value)) is not None:
@@ -152,7 +153,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     need_data = any(a.kind in _NEEDS_DATA for a in atts)
     need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
     header_only = need_data and all(_header_only(a) for a in atts if a.kind in _NEEDS_DATA)
-    head_only = header_only and all(_header_only(a) for a in atts if a.kind in _NEEDS_SUMMARY)
+    head_only = all(_top_level(a) for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
     # Few messages (the usual UID FETCH of one message, or headers of a page of them):
     # metadata, summaries and bytes in one read. Otherwise the metadata first, then the
     # bytes chunk by chunk, sized by the metadata, so memory stays bounded.
@@ -200,7 +201,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             if need_data:
                 datas = await store.read_blobs([m.blob_id for m in part])
             if need_summary:
-                summaries = await load_summaries(s, part, datas)
+                summaries = await load_summaries(s, part, datas, head_only=head_only)
         for k, m in enumerate(part, start):
             data = datas.get(m.blob_id)
             summary = summaries.get(m.blob_id)
@@ -248,6 +249,20 @@ def _header_only(att: FetchAtt) -> bool:
     section = att.section
     return att.kind == BODY_SECTION and section is not None and not section.part \
         and section.text in _HEADER_TEXTS
+
+
+_TOP_TEXTS = _HEADER_TEXTS | {"TEXT"}
+
+
+def _top_level(att: FetchAtt) -> bool:
+    """Does ``att`` use only the top-level entity's offsets (RFC822.HEADER, RFC822.TEXT,
+    BODY[HEADER], BODY[HEADER.FIELDS[.NOT] (...)], BODY[TEXT])? Then a summary holding just
+    those (``header_summary``) serves it, without decoding the MIME tree."""
+    if att.kind in (RFC822_HEADER, RFC822_TEXT):
+        return True
+    section = att.section
+    return att.kind == BODY_SECTION and section is not None and not section.part \
+        and section.text in _TOP_TEXTS
 
 
 def _whole(att: FetchAtt) -> bool:
