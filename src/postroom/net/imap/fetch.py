@@ -197,6 +197,21 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                        if (c := pre[m.uid]).summary is not None}
                 summaries = await parse_summaries(s, raw, datas, partial=header_only,
                                                   head_only=head_only)
+        elif header_only:
+            # Headers of many messages (a client's first sync of a big mailbox): read the
+            # header blocks only, never the bodies.
+            contents = await store.read_messages(
+                view.mailbox_id, [m.uid for m in part], summary=need_summary, data=True,
+                header_only=True,
+            )
+            raw = {}
+            for c in contents:
+                if c.data is not None:
+                    datas[c.meta.blob_id] = c.data
+                if c.summary is not None:
+                    raw[c.meta.blob_id] = c.summary
+            if need_summary:
+                summaries = await parse_summaries(s, raw, datas, partial=True, head_only=head_only)
         else:
             if need_data:
                 datas = await store.read_blobs([m.blob_id for m in part])
