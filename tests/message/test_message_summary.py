@@ -109,7 +109,9 @@ def test_header_summary_reads_only_the_head() -> None:
     head = header_summary(raw)
     assert head is not None and head.size == full.size == len(data)
     r, f = head.root, full.root
-    assert (r.header_start, r.header_end, r.body_start) == (f.header_start, f.header_end, f.body_start)
+    assert (r.header_start, r.header_end, r.body_start, r.body_end) == \
+        (f.header_start, f.header_end, f.body_start, f.body_end)
+    assert head.resized(f.body_start).size == f.body_start
     assert header_block_end(raw) == f.body_start
     assert header_summary(b"[999,1,[0,0,0,") is None  # another format version
     assert header_summary(b"junk") is None

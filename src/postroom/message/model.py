@@ -251,18 +251,39 @@ def header_block_end(raw: bytes) -> int | None:
         return None
     return int(m.group(5))
 
-def header_summary(raw: bytes) -> MessageSummary | None:
-    """A summary that describes only the top-level header block (its offsets, read from the
-    head of the stored bytes without decoding them), for FETCH of RFC822.HEADER and
-    BODY[HEADER...]: decoding the whole MIME tree costs ten times more and those sections
-    use nothing else. None when ``raw`` is not in this version's format."""
+class HeadSummary:
+    """The top-level offsets of a message and nothing else: enough for the sections that
+    address the top-level header or text (``proto.imap.sections.extract`` of RFC822.HEADER,
+    RFC822.TEXT, BODY[HEADER], BODY[HEADER.FIELDS...], BODY[TEXT]), which read only
+    ``size`` and ``root``'s four offsets. It stands in for a :class:`MessageSummary`
+    there (``root`` is itself) because building the real one, frozen dataclasses for the
+    whole MIME tree, costs ten times more than these sections need."""
+
+    __slots__ = ("size", "header_start", "header_end", "body_start", "body_end")
+
+    def __init__(self, size: int, header_start: int, header_end: int, body_start: int) -> None:
+        self.size = size
+        self.header_start = header_start
+        self.header_end = header_end
+        self.body_start = body_start
+        self.body_end = size
+
+    @property
+    def root(self) -> HeadSummary:
+        return self
+
+    def resized(self, size: int) -> HeadSummary:
+        """The same offsets over the first ``size`` octets (a header block read alone)."""
+        return HeadSummary(size, self.header_start, self.header_end, self.body_start)
+
+
+def header_summary(raw: bytes) -> HeadSummary | None:
+    """The top-level offsets from the head of stored summary bytes, without decoding them
+    (see :class:`HeadSummary`). None when ``raw`` is not in this version's format."""
     m = _HEAD.match(raw)
     if m is None or int(m.group(1)) != MessageSummary.VERSION:
         return None
-    size = int(m.group(2))
-    return MessageSummary(
-        root=Part(int(m.group(3)), int(m.group(4)), int(m.group(5)), size), size=size
-    )
+    return HeadSummary(int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(5)))
 
 
 # --- positional JSON encoding ----------------------------------------------------------

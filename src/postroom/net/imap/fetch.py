@@ -22,11 +22,11 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from postroom.deliver import summarize
 from postroom.message import MessageSummary, SummaryError
-from postroom.message.model import header_summary
+from postroom.message.model import HeadSummary, header_summary
 from postroom.proto.imap import responses, wire
 from postroom.proto.imap.bodystructure import body_bytes, bodystructure_bytes, envelope_bytes
 from postroom.proto.imap.commands import Fetch
@@ -99,7 +99,8 @@ async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
     out: dict[int, MessageSummary] = {}
     for blob_id, value in raw.items():
         if head_only and (head := header_summary(value)) is not None:
-            out[blob_id] = head  # header sections only (see fetch): no MIME tree needed
+            # Top-level sections only (see fetch): the offsets stand in for the summary.
+            out[blob_id] = cast(MessageSummary, head)
             continue
         try:
             out[blob_id] = MessageSummary.from_bytes(value)
@@ -382,7 +383,10 @@ class _Renderer:
             # Only the header block was read (_header_only): every offset these sections
             # use lies inside it, so describe the octets at hand.
             assert _header_only(att) and len(data) >= summary.root.body_start
-            summary = replace(summary, size=len(data))
+            if isinstance(summary, HeadSummary):
+                summary = cast(MessageSummary, summary.resized(len(data)))
+            else:
+                summary = replace(summary, size=len(data))
         if kind == RFC822_HEADER:
             return b"RFC822.HEADER " + wire.literal(extract(data, summary, _HEADER))
         if kind == RFC822_TEXT:
