@@ -126,6 +126,7 @@ def _fields_regex(names: frozenset[bytes]) -> re.Pattern[bytes]:
     return re.compile(rb"(?mi)^(?:" + alternatives + rb")[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?")
 
 
+@functools.lru_cache(maxsize=256)  # one FETCH asks the same fields of every message
 def _field_names(fields: tuple[str | bytes, ...]) -> frozenset[bytes]:
     return frozenset(
         (f.encode("utf-8") if isinstance(f, str) else f).lower() for f in fields if f
