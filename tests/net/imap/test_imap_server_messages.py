@@ -200,6 +200,37 @@ def test_header_sections_of_a_big_multipart_message(server: Server, user: str, c
     assert b'"Big one" (("Big" NIL "big" "example.org"))' in envelope
 
 
+def test_structure_is_the_same_from_the_shared_cache(server: Server, user: str, connect) -> None:
+    """ENVELOPE/BODYSTRUCTURE/BODY are rendered once and then served from a cache shared by
+    sessions: a second FETCH, from this or another session, rev1 or rev2, is identical to
+    the first, and mixing cached and new messages keeps every line right."""
+    inner = b"From: inner@example.org\r\nSubject: Inner\r\n\r\ninner body\r\n"
+    for i in range(3):
+        deliver(server, user, (
+            b"From: A <a@example.org>\r\nTo: bob@example.test\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= %d\r\n"
+            b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+            b"Content-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n--b\r\n"
+            b"Content-Type: message/rfc822\r\n\r\n" % i + inner + b"--b--\r\n"))
+    query = "(UID ENVELOPE BODYSTRUCTURE BODY)"
+    m = connect(user)
+    m.select("INBOX")
+    _, first_two = m.fetch("1:2", query)
+    _, all_three = m.fetch("1:3", query)  # 1:2 cached, 3 rendered now
+    _, again = m.fetch("1:3", query)
+    assert all_three[:2] == first_two and again == all_three
+    assert b"Subject" not in again[0] and b'"=?utf-8?q?Gr=C3=BC=C3=9Fe?= 0"' in again[0]
+    assert b'("message" "rfc822"' in again[2]
+    other = connect(user)
+    other.select("INBOX")
+    assert other.fetch("1:3", query)[1] == all_three
+    rev2 = connect(user)
+    rev2._simple_command("ENABLE", "IMAP4rev2")
+    rev2.select("INBOX")
+    _, v2 = rev2.fetch("1:3", "(UID ENVELOPE BODYSTRUCTURE)")
+    _, v2_again = rev2.fetch("1:3", "(UID ENVELOPE BODYSTRUCTURE)")
+    assert v2 == v2_again and all(b"ENVELOPE (" in line for line in v2)
+
+
 def _literal_items(data: list) -> list[tuple[bytes, bytes]]:
     """(item name, literal) pairs from imaplib FETCH data with several literals."""
     out = []

@@ -64,7 +64,8 @@ _NEEDS_SUMMARY = frozenset(
     {ENVELOPE, BODY, BODYSTRUCTURE, BODY_SECTION, BINARY, BINARY_SIZE, RFC822_HEADER, RFC822_TEXT}
 )
 _NEEDS_DATA = frozenset({BODY_SECTION, BINARY, BINARY_SIZE, RFC822, RFC822_HEADER, RFC822_TEXT})
-_FROM_VIEW = frozenset({FLAGS, UID})  # what the selected view answers by itself
+_FROM_VIEW = frozenset({FLAGS, UID})
+_STRUCTURE = frozenset({ENVELOPE, BODYSTRUCTURE, BODY})  # kept in the StructureCache  # what the selected view answers by itself
 _HEADER = SectionSpec(text="HEADER")
 _TEXT = SectionSpec(text="TEXT")
 TEXT_EXPUNGED = "Some of the requested messages no longer exist"
@@ -155,6 +156,11 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
     header_only = need_data and all(_header_only(a) for a in atts if a.kind in _NEEDS_DATA)
     head_only = all(_top_level(a) for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
+    # ENVELOPE/BODYSTRUCTURE/BODY only: what the shared cache holds needs no summary.
+    struct_kinds = {a.kind for a in atts if a.kind in _STRUCTURE}
+    cache = s.structures if need_summary and not need_data and all(
+        a.kind in _STRUCTURE for a in atts if a.kind in _NEEDS_SUMMARY) else None
+    validity, rev2 = view.uidvalidity, s.rev2
     # Few messages (the usual UID FETCH of one message, or headers of a page of them):
     # metadata, summaries and bytes in one read. Otherwise the metadata first, then the
     # bytes chunk by chunk, sized by the metadata, so memory stays bounded.
@@ -188,13 +194,27 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         part = metas[start:end]
         datas: dict[int, bytes] = {}
         summaries: dict[int, MessageSummary] = {}
+        frags: dict[int, dict[str, bytes]] = {}
+        if cache is not None:
+            # Taken now, before any await: other sessions may evict entries meanwhile.
+            for m in part:
+                found = {k: v for k in struct_kinds
+                         if (v := cache.get((validity, m.uid, k, rev2))) is not None}
+                if len(found) == len(struct_kinds):
+                    frags[m.uid] = found
+            if frags:
+                part_to_parse = [m for m in part if m.uid not in frags]
+            else:
+                part_to_parse = part
+        else:
+            part_to_parse = part
         if pre is not None:
             for m in part:
                 c = pre[m.uid]
                 if c.data is not None:
                     datas[m.blob_id] = c.data
             if need_summary:
-                raw = {m.blob_id: c.summary for m in part
+                raw = {m.blob_id: c.summary for m in part_to_parse
                        if (c := pre[m.uid]).summary is not None}
                 summaries = await parse_summaries(s, raw, datas, partial=header_only,
                                                   head_only=head_only)
@@ -216,15 +236,16 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         else:
             if need_data:
                 datas = await store.read_blobs([m.blob_id for m in part])
-            if need_summary:
-                summaries = await load_summaries(s, part, datas, head_only=head_only)
+            if need_summary and part_to_parse:
+                summaries = await load_summaries(s, part_to_parse, datas, head_only=head_only)
         for k, m in enumerate(part, start):
             data = datas.get(m.blob_id)
             summary = summaries.get(m.blob_id)
-            if (need_data and data is None) or (need_summary and summary is None):
+            known = frags.get(m.uid)
+            if (need_data and data is None) or (need_summary and summary is None and known is None):
                 missing = True
                 continue
-            s.write(renderer.render(seqs[k], m, summary, data))
+            s.write(renderer.render(seqs[k], m, summary, data, known))
         await s.maybe_flush()
     if missing:
         return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
@@ -303,7 +324,7 @@ class _Renderer:
     """Builds one ``* n FETCH (...)`` line per message for a fixed attribute list."""
 
     __slots__ = ("atts", "condstore", "flag_cache", "rev1", "rev2", "tag", "uid_first",
-                 "view", "seen_now", "want_flags", "want_modseq", "changed_since")
+                 "view", "seen_now", "want_flags", "want_modseq", "changed_since", "structures")
 
     def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: set[int]):
         kinds = {a.kind for a in cmd.attributes}
@@ -323,6 +344,7 @@ class _Renderer:
         self.want_modseq = MODSEQ not in kinds
         self.changed_since = cmd.changed_since is not None
         self.flag_cache: dict[tuple[int, tuple[str, ...], bool], bytes] = {}
+        self.structures = s.structures
 
     def flags(self, m: MessageMeta) -> bytes:
         recent = self.rev1 and bool(self.view.recent) and self.view.is_recent(m.uid)
@@ -334,8 +356,16 @@ class _Renderer:
             self.flag_cache[key] = cached
         return cached
 
+    def _structure(self, kind: str, summary: MessageSummary) -> bytes:
+        if kind == ENVELOPE:
+            return b"ENVELOPE " + envelope_bytes(summary)
+        if kind == BODYSTRUCTURE:
+            return b"BODYSTRUCTURE " + bodystructure_bytes(summary, True, rev2=self.rev2)
+        return b"BODY " + body_bytes(summary, rev2=self.rev2)
+
     def render(self, seq: int, m: MessageMeta, summary: MessageSummary | None,
-               data: bytes | None) -> bytes:
+               data: bytes | None, known: dict[str, bytes] | None = None) -> bytes:
+        """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind."""
         parts: list[bytes] = []
         add = parts.append
         if self.uid_first:
@@ -353,15 +383,13 @@ class _Renderer:
                 add(b"INTERNALDATE " + responses.internaldate(when))
             elif kind == MODSEQ:
                 add(b"MODSEQ (%d)" % m.modseq)
-            elif kind == ENVELOPE:
-                assert summary is not None
-                add(b"ENVELOPE " + envelope_bytes(summary))
-            elif kind == BODYSTRUCTURE:
-                assert summary is not None
-                add(b"BODYSTRUCTURE " + bodystructure_bytes(summary, True, rev2=self.rev2))
-            elif kind == BODY:
-                assert summary is not None
-                add(b"BODY " + body_bytes(summary, rev2=self.rev2))
+            elif kind in _STRUCTURE:
+                value = known.get(kind) if known is not None else None
+                if value is None:
+                    assert summary is not None
+                    value = self._structure(kind, summary)
+                    self.structures.put((self.view.uidvalidity, m.uid, kind, self.rev2), value)
+                add(value)
             else:
                 assert data is not None
                 add(self._content(att, summary, data))

@@ -39,6 +39,7 @@ from postroom.net.auth import AuthTracker
 from postroom.net.connection import Connection, Interrupted
 from postroom.net.imap.compress import Deflate, DeflateError
 from postroom.net.imap.light import LightCache
+from postroom.net.imap.structure_cache import StructureCache
 from postroom.net.imap.selected import SelectedMailbox
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Command, State
@@ -100,6 +101,7 @@ class ImapHandler:
         # (user id, mailbox name) -> mailbox id, from earlier SELECTs: lets SELECT listen
         # for changes before its one read (see select.py). A stale entry is detected.
         self.mailbox_ids: dict[tuple[int, str], int] = {}
+        self.structures = StructureCache()
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(responses.bye(reason, responses.UNAVAILABLE))
@@ -107,6 +109,7 @@ class ImapHandler:
     async def serve(self, conn: Connection, listener: Listener) -> None:
         session = ImapSession(self.services, conn, listener, self.handlers, self.lights)
         session.mailbox_ids = self.mailbox_ids
+        session.structures = self.structures
         await session.run()
 
 
@@ -115,7 +118,7 @@ class ImapSession:
         "services", "store", "conn", "listener", "handlers", "id", "auth", "rx", "user",
         "selected", "rev2", "condstore", "qresync", "utf8", "deflate", "idling",
         "_out", "_out_size", "_bad_streak", "closing", "commands", "client_id", "lights",
-        "mailbox_ids",
+        "mailbox_ids", "structures",
     )
 
     def __init__(
@@ -129,6 +132,7 @@ class ImapSession:
         self.services = services
         self.lights = lights if lights is not None else LightCache()
         self.mailbox_ids: dict[tuple[int, str], int] = {}
+        self.structures = StructureCache()  # replaced by the handler's shared one
         self.store = services.store
         self.conn = conn
         self.listener = listener

@@ -1,0 +1,60 @@
+"""A bounded, shared cache of rendered ENVELOPE / BODYSTRUCTURE / BODY responses.
+
+Why: rendering them means decoding the stored parse summary into its MIME tree and
+serialising it, about 40 µs per message, and clients ask for them again and again: every
+device's first sync, a re-sync after a client cache reset, Apple Mail and K-9 refetching
+structure when a message is opened. Dovecot keeps such fields in its per-mailbox cache file
+after the first request; this is the in-memory equivalent, shared by every session of the
+server (a second device syncing the same mailbox pays nothing).
+
+Keys are (UIDVALIDITY, UID, item, IMAP4rev2?): the store never reuses a UIDVALIDITY and a
+UID within it always names the same message, whose bytes never change, so an entry is never
+stale. Bounded by the octets held (least recently used dropped first). Not persisted: after
+a restart the first request renders again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+Key = tuple[int, int, str, bool]  # uidvalidity, uid, item name, rev2
+
+DEFAULT_BYTES = 32 * 1024 * 1024
+
+
+class StructureCache:
+    __slots__ = ("_entries", "_size", "capacity", "hits", "misses")
+
+    def __init__(self, capacity: int = DEFAULT_BYTES) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[Key, bytes] = OrderedDict()
+        self._size = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def has(self, key: Key) -> bool:
+        return key in self._entries
+
+    def get(self, key: Key) -> bytes | None:
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: Key, value: bytes) -> None:
+        if len(value) > self.capacity:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._size -= len(old)
+        self._entries[key] = value
+        self._size += len(value)
+        while self._size > self.capacity:
+            _, dropped = self._entries.popitem(last=False)
+            self._size -= len(dropped)
