@@ -223,6 +223,22 @@ def test_structure_is_the_same_from_the_shared_cache(server: Server, user: str, 
     other = connect(user)
     other.select("INBOX")
     assert other.fetch("1:3", query)[1] == all_three
+    # Header sections are cached by their exact request: a different partial range or
+    # field list is a different item.
+    q = "(BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[HEADER]<0.10> BODY.PEEK[HEADER]<0.20>)"
+    _, h1 = m.fetch("1:3", q)
+    _, h2 = other.fetch("1:3", q)
+    assert h1 == h2
+    items = _literal_items(h2[:4])
+    assert items[0][1] == b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= 0\r\n\r\n"
+    stored = server.messages(user)[0]
+    assert items[1] == (b"BODY[HEADER]<0>", stored[:10])
+    assert items[2] == (b"BODY[HEADER]<0>", stored[:20])
+    _, p1 = m.fetch("2", "(BODY.PEEK[HEADER]<0.12>)")
+    _, p2 = other.fetch("2", "(BODY.PEEK[HEADER]<0.14>)")
+    assert _literal_items(p1)[0][1] == stored[:12] and _literal_items(p2)[0][1] == stored[:14]
+    _, h3 = other.fetch("3", "(BODY.PEEK[HEADER.FIELDS (TO)])")
+    assert _literal_items(h3)[0][1] == b"To: bob@example.test\r\n\r\n"
     rev2 = connect(user)
     rev2._simple_command("ENABLE", "IMAP4rev2")
     rev2.select("INBOX")

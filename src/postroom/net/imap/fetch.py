@@ -65,7 +65,8 @@ _NEEDS_SUMMARY = frozenset(
 )
 _NEEDS_DATA = frozenset({BODY_SECTION, BINARY, BINARY_SIZE, RFC822, RFC822_HEADER, RFC822_TEXT})
 _FROM_VIEW = frozenset({FLAGS, UID})
-_STRUCTURE = frozenset({ENVELOPE, BODYSTRUCTURE, BODY})  # kept in the StructureCache  # what the selected view answers by itself
+_STRUCTURE = frozenset({ENVELOPE, BODYSTRUCTURE, BODY})
+MAX_CACHED_ITEM = 8 * 1024  # larger rendered items are not kept in the StructureCache  # what the selected view answers by itself
 _HEADER = SectionSpec(text="HEADER")
 _TEXT = SectionSpec(text="TEXT")
 TEXT_EXPUNGED = "Some of the requested messages no longer exist"
@@ -156,10 +157,12 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
     header_only = need_data and all(_header_only(a) for a in atts if a.kind in _NEEDS_DATA)
     head_only = all(_top_level(a) for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
-    # ENVELOPE/BODYSTRUCTURE/BODY only: what the shared cache holds needs no summary.
-    struct_kinds = {a.kind for a in atts if a.kind in _STRUCTURE}
-    cache = s.structures if need_summary and not need_data and all(
-        a.kind in _STRUCTURE for a in atts if a.kind in _NEEDS_SUMMARY) else None
+    # When every item that needs the message is one the shared cache keeps (ENVELOPE,
+    # BODYSTRUCTURE, BODY, top-level header sections), cached messages need no read at all.
+    heavy = [a for a in atts if a.kind in _NEEDS_SUMMARY or a.kind in _NEEDS_DATA]
+    cache_keys = {a: _cache_key(a) for a in heavy}
+    cache = s.structures if heavy and all(cache_keys.values()) else None
+    wanted = [k for k in cache_keys.values() if k]
     validity, rev2 = view.uidvalidity, s.rev2
     # Few messages (the usual UID FETCH of one message, or headers of a page of them):
     # metadata, summaries and bytes in one read. Otherwise the metadata first, then the
@@ -188,7 +191,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 view.update_flags(result.changed)
                 view.own_write(result.changed)
                 seen_now = set(changed)
-    renderer = _Renderer(s, view, cmd, seen_now)
+    renderer = _Renderer(s, view, cmd, seen_now, cache_keys if cache is not None else {})
     seqs = _seq_numbers(view, positions, metas)
     for start, end in chunks(metas, need_data):
         part = metas[start:end]
@@ -198,9 +201,9 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         if cache is not None:
             # Taken now, before any await: other sessions may evict entries meanwhile.
             for m in part:
-                found = {k: v for k in struct_kinds
+                found = {k: v for k in wanted
                          if (v := cache.get((validity, m.uid, k, rev2))) is not None}
-                if len(found) == len(struct_kinds):
+                if len(found) == len(wanted):
                     frags[m.uid] = found
             if frags:
                 part_to_parse = [m for m in part if m.uid not in frags]
@@ -222,9 +225,9 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             # Headers of many messages (a client's first sync of a big mailbox): read the
             # header blocks only, never the bodies.
             contents = await store.read_messages(
-                view.mailbox_id, [m.uid for m in part], summary=need_summary, data=True,
-                header_only=True,
-            )
+                view.mailbox_id, [m.uid for m in part_to_parse], summary=need_summary,
+                data=True, header_only=True,
+            ) if part_to_parse else []
             raw = {}
             for c in contents:
                 if c.data is not None:
@@ -234,15 +237,15 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             if need_summary:
                 summaries = await parse_summaries(s, raw, datas, partial=True, head_only=head_only)
         else:
-            if need_data:
-                datas = await store.read_blobs([m.blob_id for m in part])
+            if need_data and part_to_parse:
+                datas = await store.read_blobs([m.blob_id for m in part_to_parse])
             if need_summary and part_to_parse:
                 summaries = await load_summaries(s, part_to_parse, datas, head_only=head_only)
         for k, m in enumerate(part, start):
             data = datas.get(m.blob_id)
             summary = summaries.get(m.blob_id)
             known = frags.get(m.uid)
-            if (need_data and data is None) or (need_summary and summary is None and known is None):
+            if known is None and ((need_data and data is None) or (need_summary and summary is None)):
                 missing = True
                 continue
             s.write(renderer.render(seqs[k], m, summary, data, known))
@@ -291,6 +294,17 @@ def _header_only(att: FetchAtt) -> bool:
 _TOP_TEXTS = _HEADER_TEXTS | {"TEXT"}
 
 
+def _cache_key(att: FetchAtt) -> str | None:
+    """The StructureCache key of an item that depends on the message alone (ENVELOPE,
+    BODYSTRUCTURE, BODY and top-level header sections), or None. Header sections are keyed
+    by their exact request (field list and partial range), so equal requests share."""
+    if att.kind in _STRUCTURE:
+        return att.kind
+    if _header_only(att):
+        return f"{att.name.decode('latin-1')}|{att.partial}"
+    return None
+
+
 def _top_level(att: FetchAtt) -> bool:
     """Does ``att`` use only the top-level entity's offsets (RFC822.HEADER, RFC822.TEXT,
     BODY[HEADER], BODY[HEADER.FIELDS[.NOT] (...)], BODY[TEXT])? Then a summary holding just
@@ -324,9 +338,11 @@ class _Renderer:
     """Builds one ``* n FETCH (...)`` line per message for a fixed attribute list."""
 
     __slots__ = ("atts", "condstore", "flag_cache", "rev1", "rev2", "tag", "uid_first",
-                 "view", "seen_now", "want_flags", "want_modseq", "changed_since", "structures")
+                 "view", "seen_now", "want_flags", "want_modseq", "changed_since", "structures",
+                 "cache_keys")
 
-    def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: set[int]):
+    def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: set[int],
+                 cache_keys: dict[FetchAtt, str | None] | None = None):
         kinds = {a.kind for a in cmd.attributes}
         self.atts = cmd.attributes
         self.view = view
@@ -345,6 +361,7 @@ class _Renderer:
         self.changed_since = cmd.changed_since is not None
         self.flag_cache: dict[tuple[int, tuple[str, ...], bool], bytes] = {}
         self.structures = s.structures
+        self.cache_keys = cache_keys or {}  # empty: the cache is not used for this FETCH
 
     def flags(self, m: MessageMeta) -> bytes:
         recent = self.rev1 and bool(self.view.recent) and self.view.is_recent(m.uid)
@@ -355,6 +372,13 @@ class _Renderer:
             cached = b"FLAGS (" + " ".join(names).encode("utf-8") + b")"
             self.flag_cache[key] = cached
         return cached
+
+    def _item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> bytes:
+        if att.kind in _STRUCTURE:
+            assert summary is not None
+            return self._structure(att.kind, summary)
+        assert data is not None
+        return self._content(att, summary, data)
 
     def _structure(self, kind: str, summary: MessageSummary) -> bytes:
         if kind == ENVELOPE:
@@ -383,13 +407,16 @@ class _Renderer:
                 add(b"INTERNALDATE " + responses.internaldate(when))
             elif kind == MODSEQ:
                 add(b"MODSEQ (%d)" % m.modseq)
-            elif kind in _STRUCTURE:
-                value = known.get(kind) if known is not None else None
+            elif (key := self.cache_keys.get(att)) is not None:
+                value = known.get(key) if known is not None else None
                 if value is None:
-                    assert summary is not None
-                    value = self._structure(kind, summary)
-                    self.structures.put((self.view.uidvalidity, m.uid, kind, self.rev2), value)
+                    value = self._item(att, summary, data)
+                    if len(value) <= MAX_CACHED_ITEM:
+                        self.structures.put((self.view.uidvalidity, m.uid, key, self.rev2), value)
                 add(value)
+            elif kind in _STRUCTURE:
+                assert summary is not None
+                add(self._structure(kind, summary))
             else:
                 assert data is not None
                 add(self._content(att, summary, data))

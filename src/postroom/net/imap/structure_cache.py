@@ -1,13 +1,17 @@
-"""A bounded, shared cache of rendered ENVELOPE / BODYSTRUCTURE / BODY responses.
+"""A bounded, shared cache of rendered FETCH items that depend on the message alone:
+ENVELOPE, BODYSTRUCTURE, BODY and top-level header sections (RFC822.HEADER,
+BODY[HEADER], BODY[HEADER.FIELDS (...)]<partial>), each at most 8 KiB.
 
-Why: rendering them means decoding the stored parse summary into its MIME tree and
-serialising it, about 40 µs per message, and clients ask for them again and again: every
-device's first sync, a re-sync after a client cache reset, Apple Mail and K-9 refetching
+Why: rendering them means reading the message's header block or decoding the stored parse
+summary into its MIME tree, then serialising, 20-40 µs per message, and clients ask for
+the same items again and again: every device's first sync (each client asks its own fixed
+header list), a re-sync after a client cache reset, Apple Mail and K-9 refetching
 structure when a message is opened. Dovecot keeps such fields in its per-mailbox cache file
 after the first request; this is the in-memory equivalent, shared by every session of the
 server (a second device syncing the same mailbox pays nothing).
 
-Keys are (UIDVALIDITY, UID, item, IMAP4rev2?): the store never reuses a UIDVALIDITY and a
+Keys are (UIDVALIDITY, UID, item, IMAP4rev2?), the item being its exact request (field
+list and partial range included): the store never reuses a UIDVALIDITY and a
 UID within it always names the same message, whose bytes never change, so an entry is never
 stale. Bounded by the octets held (least recently used dropped first). Not persisted: after
 a restart the first request renders again.
