@@ -29,34 +29,26 @@ class Interrupted(Exception):
     """The server is shutting down: :meth:`Connection.read` was woken without data."""
 
 
-class Connection(asyncio.Protocol):
+class ByteStream(asyncio.Protocol):
+    """The byte pipe shared by the server's :class:`Connection` and the outbound client's
+    stream (``net/smtp_out.py``): received chunks, reading paused over ``HIGH_WATER``,
+    write backpressure, and one waiter woken by every protocol callback. Subclasses add
+    how they wait (timeouts, interruption) and how they start TLS."""
+
     __slots__ = (
         "_buffered",
         "_chunks",
         "_closed",
         "_drain_waiter",
         "_eof",
-        "_interrupted",
-        "_loop",
-        "_on_connect",
         "_paused",
         "_waiter",
         "_write_paused",
-        "local_port",
-        "peer_ip",
-        "peer_port",
-        "task",
-        "tls",
         "transport",
     )
 
-    def __init__(self, on_connect: Callable[[Connection], Coroutine[Any, Any, None]]) -> None:
-        self._on_connect = on_connect
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.peer_ip = ""
-        self.peer_port = 0
-        self.local_port = 0
-        self.tls: ssl.SSLObject | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._eof = False
@@ -65,24 +57,8 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[None] | None = None
-        self._interrupted = False
-        self._loop = asyncio.get_event_loop()
 
     # -- asyncio.Protocol callbacks ------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        # Implicit TLS (the server socket does the handshake): already encrypted.
-        self.tls = transport.get_extra_info("ssl_object")
-        peer: Any = transport.get_extra_info("peername")
-        if peer:
-            self.peer_ip, self.peer_port = peer[0], peer[1]
-            self.peer_ip = self.peer_ip.removeprefix("::ffff:")
-        sock: Any = transport.get_extra_info("sockname")
-        if sock:
-            self.local_port = sock[1]
-        self.task = self._loop.create_task(self._on_connect(self))
-
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
@@ -116,15 +92,83 @@ class Connection(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
+    # -- shared by both sides --------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _take(self) -> bytes:
+        """Everything received so far (the caller checked there is some); reading resumes."""
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def _drop_received(self) -> None:
+        """STARTTLS: nothing received before the handshake may be read after it."""
+        self._chunks.clear()
+        self._buffered = 0
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closed and data:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Connection(ByteStream):
+    """One client connection of a listener (see the module docstring)."""
+
+    __slots__ = (
+        "_interrupted",
+        "_loop",
+        "_on_connect",
+        "local_port",
+        "peer_ip",
+        "peer_port",
+        "task",
+        "tls",
+    )
+
+    def __init__(self, on_connect: Callable[[Connection], Coroutine[Any, Any, None]]) -> None:
+        super().__init__()
+        self._on_connect = on_connect
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.local_port = 0
+        self.tls: ssl.SSLObject | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._interrupted = False
+        self._loop = asyncio.get_event_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        # Implicit TLS (the server socket does the handshake): already encrypted.
+        self.tls = transport.get_extra_info("ssl_object")
+        peer: Any = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip, self.peer_port = peer[0], peer[1]
+            self.peer_ip = self.peer_ip.removeprefix("::ffff:")
+        sock: Any = transport.get_extra_info("sockname")
+        if sock:
+            self.local_port = sock[1]
+        self.task = self._loop.create_task(self._on_connect(self))
+
     # -- API for sessions ----------------------------------------------------------------
     def interrupt(self) -> None:
         """Wake a pending :meth:`read` with :class:`Interrupted` (once) for a shutdown."""
         self._interrupted = True
         self._wake()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def pending(self) -> bool:
         """Bytes have arrived that nobody has read (early talkers, pipelining checks)."""
@@ -148,21 +192,11 @@ class Connection(asyncio.Protocol):
                 if handle is not None:
                     handle.cancel()
         if self._chunks:
-            data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-            self._chunks.clear()
-            self._buffered = 0
-            if self._paused and self.transport is not None:
-                self._paused = False
-                self.transport.resume_reading()
-            return data
+            return self._take()
         if self._interrupted and not self._eof:
             self._interrupted = False
             raise Interrupted()
         return b""
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self._closed and data:
-            self.transport.write(data)
 
     async def drain(self) -> None:
         if self._write_paused and not self._closed:
@@ -179,8 +213,7 @@ class Connection(asyncio.Protocol):
     async def start_tls(self, context: ssl.SSLContext, timeout: float = 30.0) -> None:
         """Upgrade to TLS (server side). Bytes received before the upgrade are discarded."""
         assert self.transport is not None
-        self._chunks.clear()
-        self._buffered = 0
+        self._drop_received()
         # asyncio.timeout, not wait_for: wait_for runs start_tls in a new task, one loop
         # iteration later, and the client's ClientHello would land in our buffer meanwhile.
         async with asyncio.timeout(timeout):
@@ -189,14 +222,6 @@ class Connection(asyncio.Protocol):
             raise ConnectionClosed()
         self.transport = new  # type: ignore[assignment]
         self.tls = new.get_extra_info("ssl_object")
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

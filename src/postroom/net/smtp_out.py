@@ -35,12 +35,12 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from postroom.net.connection import ByteStream
 from postroom.proto.sasl import client_mechanism
 from postroom.proto.smtp.client import (
     CLOSED,
@@ -66,7 +66,6 @@ from postroom.queue.model import TransportError
 from postroom.queue.routing import Target
 from postroom.tls import describe
 
-HIGH_WATER = 256 * 1024
 QUIT_TIMEOUT = 5.0  # a polite QUIT is not worth waiting long for
 TLS_HANDSHAKE_TIMEOUT = 60.0
 
@@ -133,20 +132,9 @@ def _temporary_status(reply: Reply | None, default: str = "4.0.0") -> str:
 # --- the byte pipe ---------------------------------------------------------------------------
 
 
-class _Stream(asyncio.Protocol):
+class _Stream(ByteStream):
     """Client side of one TCP connection: awaitable reads with a timeout, bounded buffering,
-    write backpressure, STARTTLS. The only buffer is ``_chunks`` (dropped on STARTTLS)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._eof = False
-        self._paused = False
-        self._write_paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self.closed = False
+    write backpressure, STARTTLS (the byte pipe itself is ``net.connection.ByteStream``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -156,38 +144,6 @@ class _Stream(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-
-    def data_received(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self.closed = True
-        self._wake()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     async def read(self, timeout: float) -> bytes:
         """Received bytes (at least one), or b"" at end of stream; TimeoutError."""
@@ -199,22 +155,10 @@ class _Stream(asyncio.Protocol):
                     await self._waiter
             finally:
                 self._waiter = None
-        if not self._chunks:
-            return b""
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
-        return data
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        return self._take() if self._chunks else b""
 
     async def drain(self, timeout: float) -> None:
-        if self._write_paused and not self.closed:
+        if self._write_paused and not self._closed:
             self._drain_waiter = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(timeout):
@@ -225,8 +169,7 @@ class _Stream(asyncio.Protocol):
     async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> str:
         """Upgrade (client side); returns a description of the protocol and cipher."""
         assert self.transport is not None
-        self._chunks.clear()
-        self._buffered = 0
+        self._drop_received()
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(TLS_HANDSHAKE_TIMEOUT):
             new = await loop.start_tls(
@@ -236,14 +179,6 @@ class _Stream(asyncio.Protocol):
             raise ConnectionError("connection closed during the TLS handshake")
         self.transport = new
         return describe(new.get_extra_info("ssl_object"))
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
 
 # --- TLS contexts ------------------------------------------------------------------------------

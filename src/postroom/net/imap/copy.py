@@ -45,37 +45,34 @@ async def _destination(s: ImapSession, name: str, tag: str) -> tuple[int, int]:
 
 
 async def copy(s: ImapSession, cmd: Copy) -> bytes:
-    view = s.selected
-    assert view is not None
-    positions = view.positions(cmd.seqset, cmd.uid)
-    dst, validity = await _destination(s, cmd.mailbox, cmd.tag)
-    uids = view.uids_at(positions)
-    name = "UID COPY" if cmd.uid else "COPY"
-    if not uids:
-        return responses.ok(cmd.tag, f"{name} completed (no messages)")
-    pairs = await s.store.copy_messages(view.mailbox_id, uids, dst)
-    if not pairs:
-        return responses.no(cmd.tag, "The messages no longer exist", responses.EXPUNGEISSUED)
-    code = responses.code_copyuid(validity, [a for a, _ in pairs], [b for _, b in pairs])
-    return responses.ok(cmd.tag, f"{name} completed", code)
+    return await _transfer(s, cmd, move=False)
 
 
 async def move(s: ImapSession, cmd: Move) -> bytes:
+    return await _transfer(s, cmd, move=True)
+
+
+async def _transfer(s: ImapSession, cmd: Copy | Move, *, move: bool) -> bytes:
+    """COPY and MOVE: the same steps, except that MOVE needs a writable mailbox and reports
+    COPYUID untagged before the expunges (RFC 6851 4.3)."""
     view = s.selected
     assert view is not None
-    if view.readonly:
+    if move and view.readonly:
         raise ImapPeerError("The mailbox is read-only", status="NO", code=responses.READ_ONLY,
                             tag=cmd.tag)
     positions = view.positions(cmd.seqset, cmd.uid)
     dst, validity = await _destination(s, cmd.mailbox, cmd.tag)
     uids = view.uids_at(positions)
-    name = "UID MOVE" if cmd.uid else "MOVE"
+    name = ("UID " if cmd.uid else "") + ("MOVE" if move else "COPY")
     if not uids:
         return responses.ok(cmd.tag, f"{name} completed (no messages)")
-    pairs = await s.store.move_messages(view.mailbox_id, uids, dst)
+    transfer = s.store.move_messages if move else s.store.copy_messages
+    pairs = await transfer(view.mailbox_id, uids, dst)
     if not pairs:
         return responses.no(cmd.tag, "The messages no longer exist", responses.EXPUNGEISSUED)
     code = responses.code_copyuid(validity, [a for a, _ in pairs], [b for _, b in pairs])
+    if not move:
+        return responses.ok(cmd.tag, f"{name} completed", code)
     s.write(responses.untagged("OK", "Moved", code))  # RFC 6851 4.3: before the expunges
     for line in view.remove([a for a, _ in pairs], qresync=s.qresync):
         s.write(line)
