@@ -18,6 +18,7 @@ from postroom import logs
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet
+from postroom.net.offload import CpuPool
 from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
 
@@ -53,9 +54,10 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     store = open_store(settings.data_dir, fsync=settings.fsync)
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls)
+    cpu = CpuPool(settings.limits.cpu_workers)
     services = Services(
         settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
-        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
+        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir), cpu=cpu,
     )
     handlers = _handlers(services)
     workers: list[Any] = []
@@ -93,6 +95,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        cpu.close()
         await store.close()
         if started_ok:
             logs.event(log, "stopped")

@@ -223,6 +223,8 @@ class Limits:
     auth_delay: float = 1.0
     auth_cache_ttl: float = 300.0
     shutdown_grace: float = 10.0
+    command_time: float = 60.0
+    cpu_workers: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +316,8 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "auth_delay": parse_duration,
         "auth_cache_ttl": parse_duration,
         "shutdown_grace": parse_duration,
+        "command_time": parse_duration,
+        "cpu_workers": _int_range(0, 64),
     },
     "smtp": {
         "greeting_delay": parse_duration,

@@ -153,6 +153,60 @@ def summarize(data: bytes) -> bytes:
     return scan(data).to_bytes()
 
 
+# Above these, preparing a message costs more than a millisecond or two of Python (the
+# header walk is a loop per header line, the MIME scan one per part): worth a worker
+# process (see net/offload.py), which keeps the event loop free. Each test is one C scan.
+COSTLY_SIZE = 256 * 1024
+COSTLY_PARTS = 100  # lines starting with "--": a bound on the multipart delimiters
+COSTLY_HEADER_LINES = 1000
+
+
+def costly(data: bytes) -> bool:
+    """Is :func:`prepare_inbound` / :func:`prepare_append` of ``data`` worth offloading?"""
+    return (
+        len(data) > COSTLY_SIZE
+        or data.count(b"\n--") > COSTLY_PARTS
+        or data.count(b"\n", 0, header_end(data)) > COSTLY_HEADER_LINES
+    )
+
+
+def prepare_inbound(
+    data: bytes,
+    *,
+    prefix: bytes,
+    drop: tuple[bytes, ...],
+    submission: tuple[str, str] | None,
+    max_received: int,
+    with_summary: bool,
+) -> tuple[bytes, bytes] | None:
+    """The stored form of a message received over SMTP, and its parse summary.
+
+    None when ``data`` already carries ``max_received`` ``Received:`` fields (a mail
+    loop, RFC 5321 6.3). Otherwise: the ``drop`` fields removed, ``Message-ID:``/``Date:``
+    added for submission (``(hostname, queue id)``, RFC 6409 8), ``prefix`` (our trace
+    fields) in front, a final CRLF ensured; the summary only ``with_summary`` (local
+    recipients), else b"". A pure function of its arguments, so the SMTP shell can run it
+    in a worker process for big or complex messages (:func:`costly`).
+    """
+    if count_fields(data, b"received") >= max_received:
+        return None
+    data = drop_fields(data, drop)
+    if submission is not None:
+        data = submission_fixups(data, *submission)
+    stored = prefix + data
+    # The SMTP core refused bare CR/LF and NUL already (DATA and BDAT alike), so only a
+    # missing final CRLF (BDAT) can break the stored-message invariants.
+    if not stored.endswith(b"\r\n"):
+        stored += b"\r\n"
+    return stored, summarize(stored) if with_summary else b""
+
+
+def prepare_append(data: bytes) -> tuple[bytes, bytes]:
+    """IMAP APPEND: the stored form of ``data`` (:func:`normalize`) and its summary."""
+    data = normalize(data)
+    return data, summarize(data)
+
+
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
 
 

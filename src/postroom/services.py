@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from postroom.auth.directory import Directory
 from postroom.config import Settings
+from postroom.net.budget import check
 from postroom.net.listener import Shutdown
+from postroom.net.offload import CpuPool
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -22,9 +28,21 @@ class Services:
     secret: bytes = b""  # stable per data folder: SCRAM fake salts, id generation
     node: str = "local"
     counters: dict[str, int] = field(default_factory=dict)
+    # Worker processes for work that cannot be sliced (net/offload.py); None: run inline
+    # (unit tests that build Services by hand).
+    cpu: CpuPool | None = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker process under the current command's deadline
+        (:meth:`CpuPool.run`), or inline when no pool was wired."""
+        if self.cpu is None:
+            result = fn(*args)
+            check()
+            return result
+        return await self.cpu.run(fn, *args)
 
 
 def load_secret(data_dir: Path) -> bytes:

@@ -17,6 +17,11 @@ view's modseq, if the change listener marked the view dirty, and sends EXISTS, F
 when the command allows it (RFC 9051 7.5.1), EXPUNGE. In IDLE the listener also wakes the
 pending read (``Connection.interrupt``), so new mail reaches the client at once.
 
+Every command runs under a time budget (:mod:`postroom.net.budget`,
+``limits.command_time``): long loops in the handlers yield to other connections every few
+milliseconds, and a command past its budget ends with ``NO [LIMIT]``. Waiting for the
+client (reading, or writing to a slow reader) does not count against it.
+
 Timeouts (RFC 9051 5.4): an authenticated client is logged out after
 ``limits.imap_idle_timeout`` of silence (30 minutes by default, the RFC minimum); before
 login the limit is shorter (``PREAUTH_TIMEOUT``). IDLE is exempt: every
@@ -35,7 +40,9 @@ from typing import Any
 
 from postroom import deliver, logs
 from postroom.config import Listener
+from postroom.net import budget
 from postroom.net.auth import AuthTracker
+from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, Interrupted
 from postroom.net.imap.compress import Deflate, DeflateError
 from postroom.net.imap.light import LightCache
@@ -192,9 +199,11 @@ class ImapSession:
         self.conn.write(data)
         try:
             # A client that stops reading must not hold the session (and its output)
-            # forever: the same limit as for one that stops talking.
-            async with asyncio.timeout(self.settings.limits.imap_idle_timeout):
-                await self.conn.drain()
+            # forever: the same limit as for one that stops talking. Waiting for it is
+            # not the command's work: its budget is paused meanwhile.
+            with budget.paused():
+                async with asyncio.timeout(self.settings.limits.imap_idle_timeout):
+                    await self.conn.drain()
         except TimeoutError:
             self.conn.abort()
             self.closing = True
@@ -262,7 +271,8 @@ class ImapSession:
                 continue
             if event is NEED_DATA:
                 await self.flush()
-                data = await self._read()
+                with budget.paused():  # IDLE, AUTHENTICATE: waiting for the client
+                    data = await self._read()
                 if data:
                     rx.receive_data(data)
                 else:
@@ -317,10 +327,17 @@ class ImapSession:
         try:
             if handler is None:
                 raise ImapPeerError("Command not supported", status=NO, tag=cmd.tag)
-            if self.selected is not None and getattr(cmd, "uid", False):
-                await self.sync(expunge=True)
-            tagged = await handler(self, cmd)
+            with budget.scope(self.settings.limits.command_time):
+                if self.selected is not None and getattr(cmd, "uid", False):
+                    await self.sync(expunge=True)
+                tagged = await handler(self, cmd)
             self._bad_streak = 0
+        except BudgetExceeded as exc:
+            # RFC 5530 LIMIT: the command ran into the per-command time budget.
+            logs.event(log, "command_budget", logging.WARNING, session=self.id,
+                       command=cmd.name, limit=exc.limit)
+            tagged = responses.no(cmd.tag, "Command took too long, try a narrower one",
+                                  responses.LIMIT)
         except ImapPeerError as exc:
             if exc.tag is None:
                 exc.tag = cmd.tag
