@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from postroom import logs
+from postroom.net import budget
+from postroom.net.budget import BudgetExceeded
 from postroom.proto.sasl import (
     Failure,
     NeedCredentials,
@@ -58,8 +61,24 @@ class AuthTracker:
         return server_mechanism(name, nonce_source=urandom_nonce, secret=self.services.secret)
 
     async def verify_password(self, username: str, password: str) -> User | None:
-        async with _VERIFY_SLOTS:
-            return await self.services.directory.authenticate(username, password)
+        """The user when the password is right. Waiting for a verify slot counts against
+        the command's budget (a login flood ends in temporary failures, not an ever longer
+        queue); the verify itself does not: its cost is fixed and its concurrency bounded.
+        """
+        b = budget.current()
+        if b is not None and _VERIFY_SLOTS.locked():
+            try:
+                async with asyncio.timeout(b.remaining() if b.deadline < math.inf else None):
+                    await _VERIFY_SLOTS.acquire()
+            except TimeoutError:
+                raise BudgetExceeded(b.limit) from None
+        else:
+            await _VERIFY_SLOTS.acquire()
+        try:
+            with budget.paused():
+                return await self.services.directory.authenticate(username, password)
+        finally:
+            _VERIFY_SLOTS.release()
 
     async def resolve(self, step: object) -> object:
         """Resolve the I/O steps of a mechanism; return a Challenge, Success or Failure.

@@ -128,10 +128,10 @@ class Budget:
     async def tick(self) -> None:
         """Call once per item of a long loop: yields every SLICE, raises past the deadline."""
         now = self._clock()
-        if now < self._yield_at:
-            return
         if now >= self.deadline:
             raise BudgetExceeded(self.limit)
+        if now < self._yield_at:
+            return
         if self._slot is None:
             gate = _gate()
             if gate.locked():

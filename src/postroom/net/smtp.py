@@ -21,11 +21,14 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from functools import partial
 
 from postroom import deliver, logs
 from postroom.auth.directory import Resolution
 from postroom.config import Listener
+from postroom.net import budget
 from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, ConnectionClosed, Interrupted
 from postroom.proto.sasl import Challenge, Success
 from postroom.proto.smtp import replies as R
@@ -56,6 +59,9 @@ log = logging.getLogger("postroom.smtp")
 EARLY_TALKER = Reply(554, "5.7.1", "Protocol error: talking before the greeting")
 LOOP_DETECTED = Reply(554, "5.4.6", "Too many Received headers: mail loop?")
 STORE_FAILED = Reply(451, "4.3.0", "Temporary failure storing the message, try again later")
+# limits.command_time ran out while the message was being prepared (RFC 3463 4.3.0:
+# a temporary mail system problem; the client keeps the message and retries).
+PROCESSING_TIMEOUT = Reply(451, "4.3.0", "Message processing took too long, try again later")
 SOURCE_ROUTE = Reply(550, "5.7.1", "Source routes are not accepted")
 ROUTING_CHARS = Reply(550, "5.7.1", "Routing characters in the local part are not accepted")
 TOO_MANY_AUTH = Reply(421, "4.7.0", "Too many authentication failures")
@@ -244,11 +250,17 @@ class SmtpSession:
         return True
 
     async def _auth(self, event: AuthStart | AuthResponse) -> None:
-        if isinstance(event, AuthStart):
-            self._mechanism = event.mechanism
-            step = await self.auth.start(event.mechanism, event.initial_response)
-        else:
-            step = await self.auth.respond(event.data)
+        try:
+            with budget.scope(self.services.settings.limits.command_time):
+                if isinstance(event, AuthStart):
+                    self._mechanism = event.mechanism
+                    step = await self.auth.start(event.mechanism, event.initial_response)
+                else:
+                    step = await self.auth.respond(event.data)
+        except BudgetExceeded:
+            # Every password-check slot stayed busy (a login flood): RFC 4954 6 454.
+            self.core.auth_failure(R.AUTH_TEMP_FAIL)
+            return
         if isinstance(step, Challenge):
             self.core.auth_challenge(step.data)
         elif isinstance(step, Success) and self.auth.user is not None:
@@ -322,10 +334,6 @@ class SmtpSession:
         qid = deliver.new_id()
         sender_addr = event.sender.address
         sender = str(sender_addr) if sender_addr is not None else ""
-        if deliver.count_fields(data, b"received") >= settings.outbound.max_received_headers:
-            self.core.reject(LOOP_DETECTED)
-            self._log(event, qid, "554 5.4.6 loop", started)
-            return
         user_ids: dict[int, None] = {}
         external: dict[str, QueueRecipient] = {}
         rcpt_addrs = []
@@ -349,21 +357,24 @@ class SmtpSession:
         protocol = ("UTF8SMTP" if event.mail_params.smtputf8 else "ESMTP") if self.core.esmtp else "SMTP"
         if self.core.esmtp:
             protocol += ("S" if tls else "") + ("A" if self.auth.user else "")
-        data = deliver.drop_fields(data, deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()))
-        if self.submission:
-            data = deliver.submission_fixups(data, settings.hostname, qid)
-        received = deliver.received_header(
+        prefix = deliver.received_header(
             helo=self.helo, client_ip=self.conn.peer_ip, hostname=settings.hostname,
             protocol=protocol, qid=qid, tls=tls,
             recipient=rcpt_addrs[0] if len(rcpt_addrs) == 1 else None,
         )
-        stored = received + data
         if user_ids:
-            stored = deliver.return_path(sender) + stored
-        # The core refused bare CR/LF and NUL already (DATA and BDAT alike), so only a
-        # missing final CRLF (BDAT) can break the stored-message invariants.
-        if not stored.endswith(b"\r\n"):
-            stored += b"\r\n"
+            prefix = deliver.return_path(sender) + prefix
+        # Loop check, header fixes and the MIME parse (only the queue reads a queue-only
+        # message, and it never parses it): one pure function, run in a worker process
+        # when the message is big or complex so that the event loop stays free.
+        prepare = partial(
+            deliver.prepare_inbound,
+            prefix=prefix,
+            drop=deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()),
+            submission=(settings.hostname, qid) if self.submission else None,
+            max_received=settings.outbound.max_received_headers,
+            with_summary=bool(user_ids),
+        )
         queue = None
         if external:
             queue = NewQueueEntry(
@@ -372,17 +383,25 @@ class SmtpSession:
                 smtputf8=bool(event.mail_params.smtputf8),
                 body8bit=(event.mail_params.body or "").upper() == "8BITMIME" or event.mail_params.smtputf8,
             )
-        loop = asyncio.get_running_loop()
         try:
-            if not user_ids:
-                summary = b""  # only the queue reads it, and the queue never parses it
-            elif len(stored) > 256 * 1024:
-                summary = await loop.run_in_executor(None, deliver.summarize, stored)
-            else:
-                summary = deliver.summarize(stored)
+            with budget.scope(settings.limits.command_time):
+                if deliver.costly(data):
+                    prepared = await self.services.offload(prepare, data)
+                else:
+                    prepared = prepare(data)
+            if prepared is None:
+                self.core.reject(LOOP_DETECTED)
+                self._log(event, qid, "554 5.4.6 loop", started)
+                return
+            stored, summary = prepared
             await self.services.store.deliver(
                 Delivery(data=stored, summary=summary, user_ids=tuple(user_ids), queue=queue)
             )
+        except BudgetExceeded:
+            # Nothing was stored; the client keeps the message and tries again later.
+            self.core.reject(PROCESSING_TIMEOUT)
+            self._log(event, qid, "451 budget", started)
+            return
         except Exception:
             log.exception("delivery failed session=%s", self.id)
             self.core.reject(STORE_FAILED)

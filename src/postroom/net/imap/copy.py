@@ -7,7 +7,8 @@ not exist is ``NO [TRYCREATE]`` so clients know to CREATE it (RFC 9051 6.3.12).
 
 APPEND normalises line endings the way delivery does (``deliver.normalize``: CRLF
 throughout and a final CRLF, the invariant POP3 sizes rely on) and computes the parse
-summary once (``deliver.summarize``, on a worker thread for big messages). Every message
+summary once (``deliver.prepare_append``; in a worker process for big or many-part
+messages, see ``deliver.costly``, so the event loop stays free). Every message
 of a MULTIAPPEND is checked and prepared before the first one is stored, so a bad message
 in the middle does not leave half of them behind.
 
@@ -18,7 +19,6 @@ also reports expunges of other sessions that were pending.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from postroom import deliver
@@ -31,7 +31,6 @@ from postroom.store.api import FLAG_DELETED, MAX_KEYWORD_LENGTH, names_to_flags
 if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
 
-SUMMARIZE_IN_THREAD = 256 * 1024
 TEXT_TRYCREATE = "No such mailbox"
 
 
@@ -82,7 +81,6 @@ async def _transfer(s: ImapSession, cmd: Copy | Move, *, move: bool) -> bytes:
 async def append(s: ImapSession, cmd: Append) -> bytes:
     dst, _ = await _destination(s, cmd.mailbox, cmd.tag)
     limit = s.settings.limits.message_size
-    loop = asyncio.get_running_loop()
     prepared = []
     for message in cmd.messages:
         data = message.data
@@ -96,11 +94,11 @@ async def append(s: ImapSession, cmd: Append) -> bytes:
         when = None
         if message.internal_date is not None:
             when = int(message.internal_date.timestamp())
-        data = deliver.normalize(data)
-        if len(data) > SUMMARIZE_IN_THREAD:
-            summary = await loop.run_in_executor(None, deliver.summarize, data)
+        if deliver.costly(data):
+            # A big or many-part message: parsed in a worker process, not on the loop.
+            data, summary = await s.services.offload(deliver.prepare_append, data)
         else:
-            summary = deliver.summarize(data)
+            data, summary = deliver.prepare_append(data)
         prepared.append((data, summary, bits, keywords, when))
     validity = 0
     uids: list[int] = []

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, cast
 from postroom.deliver import summarize
 from postroom.message import MessageSummary, SummaryError
 from postroom.message.model import HeadSummary, header_summary
+from postroom.net import budget
+from postroom.net.imap import jobs
 from postroom.proto.imap import responses, wire
 from postroom.proto.imap.bodystructure import body_bytes, bodystructure_bytes, envelope_bytes
 from postroom.proto.imap.commands import Fetch
@@ -117,6 +119,17 @@ async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
     return out
 
 
+def _split_huge(raw: dict[int, bytes], head_only: bool) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """(summaries to parse here, huge ones): a summary of ``jobs.HUGE_SUMMARY`` octets (a
+    message with ~500 parts or more) takes milliseconds to decode and render, so its items
+    are rendered in a worker process. Top-level-only items never decode the tree."""
+    if head_only or not any(len(v) >= jobs.HUGE_SUMMARY for v in raw.values()):
+        return raw, {}
+    huge = {b: v for b, v in raw.items()
+            if len(v) >= jobs.HUGE_SUMMARY and header_summary(v) is not None}
+    return {b: v for b, v in raw.items() if b not in huge}, huge
+
+
 def chunks(metas: Sequence[MessageMeta], with_data: bool) -> list[tuple[int, int]]:
     """(start, end) slices: at most CHUNK_MESSAGES messages, ~CHUNK_BYTES when reading bytes."""
     out: list[tuple[int, int]] = []
@@ -160,6 +173,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     # When every item that needs the message is one the shared cache keeps (ENVELOPE,
     # BODYSTRUCTURE, BODY, top-level header sections), cached messages need no read at all.
     heavy = [a for a in atts if a.kind in _NEEDS_SUMMARY or a.kind in _NEEDS_DATA]
+    summary_atts = tuple(a for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
     cache_keys = {a: _cache_key(a) for a in heavy}
     cache = s.structures if heavy and all(cache_keys.values()) else None
     wanted = [k for k in cache_keys.values() if k]
@@ -197,6 +211,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         part = metas[start:end]
         datas: dict[int, bytes] = {}
         summaries: dict[int, MessageSummary] = {}
+        huge: dict[int, bytes] = {}  # raw summaries too big to parse on the event loop
         frags: dict[int, dict[str, bytes]] = {}
         if cache is not None:
             # Taken now, before any await: other sessions may evict entries meanwhile.
@@ -219,6 +234,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             if need_summary:
                 raw = {m.blob_id: c.summary for m in part_to_parse
                        if (c := pre[m.uid]).summary is not None}
+                raw, huge = _split_huge(raw, head_only)
                 summaries = await parse_summaries(s, raw, datas, partial=header_only,
                                                   head_only=head_only)
         elif header_only:
@@ -235,20 +251,34 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 if c.summary is not None:
                     raw[c.meta.blob_id] = c.summary
             if need_summary:
+                raw, huge = _split_huge(raw, head_only)
                 summaries = await parse_summaries(s, raw, datas, partial=True, head_only=head_only)
         else:
             if need_data and part_to_parse:
                 datas = await store.read_blobs([m.blob_id for m in part_to_parse])
             if need_summary and part_to_parse:
-                summaries = await load_summaries(s, part_to_parse, datas, head_only=head_only)
+                raw = await store.read_summaries([m.blob_id for m in part_to_parse])
+                raw, huge = _split_huge(raw, head_only)
+                summaries = await parse_summaries(s, raw, datas, head_only=head_only)
         for k, m in enumerate(part, start):
+            await budget.tick()  # yield to other sessions every few ms (net/budget.py)
             data = datas.get(m.blob_id)
             summary = summaries.get(m.blob_id)
             known = frags.get(m.uid)
-            if known is None and ((need_data and data is None) or (need_summary and summary is None)):
+            rendered = None
+            if known is None and m.blob_id in huge and (data is not None or not need_data):
+                # Thousands of MIME parts: parsed and rendered in a worker process.
+                items = await s.services.offload(
+                    jobs.render_items, summary_atts, huge[m.blob_id], data, s.rev2, cmd.tag)
+                if items is None:
+                    raise ImapPeerError("Unknown Content-Transfer-Encoding", status="NO",
+                                        code=responses.UNKNOWN_CTE, tag=cmd.tag)
+                rendered = dict(zip(summary_atts, items, strict=True))
+            if known is None and rendered is None and (
+                    (need_data and data is None) or (need_summary and summary is None)):
                 missing = True
                 continue
-            s.write(renderer.render(seqs[k], m, summary, data, known))
+            s.write(renderer.render(seqs[k], m, summary, data, known, rendered))
         await s.maybe_flush()
     if missing:
         return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
@@ -373,6 +403,17 @@ class _Renderer:
             self.flag_cache[key] = cached
         return cached
 
+    @classmethod
+    def for_items(cls, rev2: bool, tag: str) -> _Renderer:
+        """A renderer for :meth:`item` alone, which needs only these two (worker
+        processes render the items of messages with huge summaries: jobs.render_items)."""
+        r = cls.__new__(cls)
+        r.rev2, r.tag = rev2, tag
+        return r
+
+    def item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> bytes:
+        return self._item(att, summary, data)
+
     def _item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> bytes:
         if att.kind in _STRUCTURE:
             assert summary is not None
@@ -388,15 +429,19 @@ class _Renderer:
         return b"BODY " + body_bytes(summary, rev2=self.rev2)
 
     def render(self, seq: int, m: MessageMeta, summary: MessageSummary | None,
-               data: bytes | None, known: dict[str, bytes] | None = None) -> bytes:
-        """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind."""
+               data: bytes | None, known: dict[str, bytes] | None = None,
+               rendered: dict[FetchAtt, bytes] | None = None) -> bytes:
+        """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind;
+        ``rendered``: items a worker process rendered already (huge summaries)."""
         parts: list[bytes] = []
         add = parts.append
         if self.uid_first:
             add(b"UID %d" % m.uid)
         for att in self.atts:
             kind = att.kind
-            if kind == FLAGS:
+            if rendered is not None and att in rendered:
+                add(rendered[att])
+            elif kind == FLAGS:
                 add(self.flags(m))
             elif kind == UID:
                 add(b"UID %d" % m.uid)

@@ -1,0 +1,109 @@
+"""What IMAP runs in worker processes (:mod:`postroom.net.offload`): pure functions.
+
+Each takes and returns plain values (bytes, str, tuples): they cross a pipe, and trees of
+frozen dataclasses pickle slowly (a 10,000-part ``MessageSummary`` takes longer to pickle
+than to parse). The shell sends only work that would hold the event loop for long:
+
+* :func:`text_hits`: which SEARCH needles occur in one big message (header text, body
+  text, named header fields), for messages over ``BIG_MESSAGE`` octets or with a huge
+  summary (decoding a 50 MB text part is one long C call);
+* :func:`thread_rows`: THREAD over many messages or many references;
+* :func:`render_items`: FETCH items that need the MIME tree of a message with a huge
+  summary (BODYSTRUCTURE of 10,000 parts: about 0.3 s of Python).
+
+The same helpers serve the shell when it evaluates small messages itself, so both paths
+give the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from postroom.deliver import summarize
+from postroom.message import MessageSummary, SummaryError, text_parts
+from postroom.message.encoded import decode_words
+from postroom.message.headers import find_fields, unfold
+from postroom.net.imap.thread import Item, thread_response
+from postroom.proto.imap.fetch import FetchAtt
+from postroom.proto.imap.grammar import ImapPeerError
+
+# A message this big (or whose stored summary is HUGE_SUMMARY or more) is searched in a
+# worker process.
+BIG_MESSAGE = 1024 * 1024
+HUGE_SUMMARY = 64 * 1024
+
+# (header-text needles found, body-text needles found, (field, needle) pairs found)
+Hits = tuple[frozenset[str], frozenset[str], frozenset[tuple[str, str]]]
+ItemRow = tuple[int, int, int, str, bool, "str | None", tuple[str, ...], "str | None"]
+
+
+def parse_summary(raw: bytes, data: bytes | None) -> MessageSummary | None:
+    """The stored summary, re-scanned from ``data`` when unreadable (another version)."""
+    try:
+        return MessageSummary.from_bytes(raw)
+    except SummaryError:
+        return None if data is None else MessageSummary.from_bytes(summarize(data))
+
+
+def header_text(data: bytes, start: int, end: int) -> str:
+    """What SEARCH TEXT matches in the header: RFC 2047 words decoded, case-folded."""
+    return decode_words(data[start:end]).casefold()
+
+
+def body_text(data: bytes, summary: MessageSummary) -> str:
+    """What SEARCH BODY and TEXT match in the body: decoded text parts, case-folded."""
+    return "\n".join(text_parts(data, summary)).casefold()
+
+
+def field_matches(data: bytes, start: int, end: int, field: str, needle: str) -> bool:
+    """SEARCH HEADER ``field`` ``needle`` (case-folded) against ``data[start:end]``: a
+    decoded value contains it; an empty needle asks whether the field exists."""
+    found = find_fields(data, (field.encode("utf-8"),), start, end)
+    if not needle:
+        return next(found, None) is not None
+    return any(needle in decode_words(unfold(m.group(2))).casefold() for m in found)
+
+
+def text_hits(data: bytes, raw_summary: bytes, header_needles: tuple[str, ...],
+              body_needles: tuple[str, ...],
+              fields: tuple[tuple[str, str], ...]) -> Hits:
+    """Which needles (case-folded) occur in the message: see the module docstring."""
+    summary = parse_summary(raw_summary, data)
+    if summary is None:
+        return frozenset(), frozenset(), frozenset()
+    start, end = summary.root.header_start, summary.root.header_end
+    in_header: frozenset[str] = frozenset()
+    if header_needles:
+        text = header_text(data, start, end)
+        in_header = frozenset(n for n in header_needles if n in text)
+    in_body: frozenset[str] = frozenset()
+    if body_needles:
+        text = body_text(data, summary)
+        in_body = frozenset(n for n in body_needles if n in text)
+    matched = frozenset(pair for pair in fields if field_matches(data, start, end, *pair))
+    return in_header, in_body, matched
+
+
+def item_rows(items: Iterable[Item]) -> list[ItemRow]:
+    return [(i.number, i.seq, i.date, i.subject, i.reply, i.message_id, i.references,
+             i.in_reply_to) for i in items]
+
+
+def thread_rows(algorithm: str, rows: list[ItemRow]) -> bytes:
+    """The ``* THREAD`` response for :func:`item_rows` of the matching messages."""
+    return thread_response(algorithm, [Item(*row) for row in rows])
+
+
+def render_items(atts: tuple[FetchAtt, ...], raw_summary: bytes, data: bytes | None,
+                 rev2: bool, tag: str) -> tuple[bytes, ...] | None:
+    """The FETCH items ``atts`` that need the MIME tree, for a message whose stored summary
+    is huge; None when a part's transfer encoding is unknown (BINARY: the shell answers
+    ``NO [UNKNOWN-CTE]``). ``data`` may be the header block alone (header items only)."""
+    from postroom.net.imap.fetch import _Renderer  # (fetch imports this module)
+
+    summary = MessageSummary.from_bytes(raw_summary)
+    renderer = _Renderer.for_items(rev2, tag)
+    try:
+        return tuple(renderer.item(att, summary, data) for att in atts)
+    except ImapPeerError:
+        return None
