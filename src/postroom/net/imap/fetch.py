@@ -174,6 +174,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     # BODYSTRUCTURE, BODY, top-level header sections), cached messages need no read at all.
     heavy = [a for a in atts if a.kind in _NEEDS_SUMMARY or a.kind in _NEEDS_DATA]
     summary_atts = tuple(a for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
+    field_atts = any(a.section is not None and a.section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
+                     for a in summary_atts)
     cache_keys = {a: _cache_key(a) for a in heavy}
     cache = s.structures if heavy and all(cache_keys.values()) else None
     wanted = [k for k in cache_keys.values() if k]
@@ -212,6 +214,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         datas: dict[int, bytes] = {}
         summaries: dict[int, MessageSummary] = {}
         huge: dict[int, bytes] = {}  # raw summaries too big to parse on the event loop
+        raws: dict[int, bytes] = {}  # every raw summary read for this chunk
         frags: dict[int, dict[str, bytes]] = {}
         if cache is not None:
             # Taken now, before any await: other sessions may evict entries meanwhile.
@@ -234,6 +237,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             if need_summary:
                 raw = {m.blob_id: c.summary for m in part_to_parse
                        if (c := pre[m.uid]).summary is not None}
+                raws = raw
                 raw, huge = _split_huge(raw, head_only)
                 summaries = await parse_summaries(s, raw, datas, partial=header_only,
                                                   head_only=head_only)
@@ -251,6 +255,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 if c.summary is not None:
                     raw[c.meta.blob_id] = c.summary
             if need_summary:
+                raws = raw
                 raw, huge = _split_huge(raw, head_only)
                 summaries = await parse_summaries(s, raw, datas, partial=True, head_only=head_only)
         else:
@@ -258,6 +263,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 datas = await store.read_blobs([m.blob_id for m in part_to_parse])
             if need_summary and part_to_parse:
                 raw = await store.read_summaries([m.blob_id for m in part_to_parse])
+                raws = raw
                 raw, huge = _split_huge(raw, head_only)
                 summaries = await parse_summaries(s, raw, datas, head_only=head_only)
         for k, m in enumerate(part, start):
@@ -266,10 +272,18 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             summary = summaries.get(m.blob_id)
             known = frags.get(m.uid)
             rendered = None
+            offload = None
             if known is None and m.blob_id in huge and (data is not None or not need_data):
-                # Thousands of MIME parts: parsed and rendered in a worker process.
+                offload = huge[m.blob_id]  # thousands of MIME parts
+            elif (known is None and field_atts and summary is not None
+                    and summary.root.header_end - summary.root.header_start >= jobs.BIG_HEADER
+                    and (raw_summary := raws.get(m.blob_id)) is not None
+                    and header_summary(raw_summary) is not None):
+                offload = raw_summary  # HEADER.FIELDS over thousands of header fields
+            if offload is not None:
+                # Parsed and rendered in a worker process, not on the event loop.
                 items = await s.services.offload(
-                    jobs.render_items, summary_atts, huge[m.blob_id], data, s.rev2, cmd.tag)
+                    jobs.render_items, summary_atts, offload, data, s.rev2, cmd.tag)
                 if items is None:
                     raise ImapPeerError("Unknown Content-Transfer-Encoding", status="NO",
                                         code=responses.UNKNOWN_CTE, tag=cmd.tag)

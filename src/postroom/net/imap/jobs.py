@@ -17,8 +17,6 @@ give the same answers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from postroom.deliver import summarize
 from postroom.message import MessageSummary, SummaryError, text_parts
 from postroom.message.encoded import decode_words
@@ -31,10 +29,13 @@ from postroom.proto.imap.grammar import ImapPeerError
 # worker process.
 BIG_MESSAGE = 1024 * 1024
 HUGE_SUMMARY = 64 * 1024
+# A header block this big is searched (SEARCH HEADER/TEXT) and filtered (FETCH
+# HEADER.FIELDS) in a worker process: both walk it field by field in Python.
+BIG_HEADER = 64 * 1024
 
 # (header-text needles found, body-text needles found, (field, needle) pairs found)
 Hits = tuple[frozenset[str], frozenset[str], frozenset[tuple[str, str]]]
-ItemRow = tuple[int, int, int, str, bool, "str | None", tuple[str, ...], "str | None"]
+ItemRow = tuple[int, int, int, str, bool, "str | None", str, "str | None"]
 
 
 def parse_summary(raw: bytes, data: bytes | None) -> MessageSummary | None:
@@ -64,34 +65,59 @@ def field_matches(data: bytes, start: int, end: int, field: str, needle: str) ->
     return any(needle in decode_words(unfold(m.group(2))).casefold() for m in found)
 
 
-def text_hits(data: bytes, raw_summary: bytes, header_needles: tuple[str, ...],
-              body_needles: tuple[str, ...],
+def text_hits(data: bytes, raw_summary: bytes, header: tuple[int, int],
+              header_needles: tuple[str, ...], body_needles: tuple[str, ...],
               fields: tuple[tuple[str, str], ...]) -> Hits:
-    """Which needles (case-folded) occur in the message: see the module docstring."""
-    summary = parse_summary(raw_summary, data)
-    if summary is None:
-        return frozenset(), frozenset(), frozenset()
-    start, end = summary.root.header_start, summary.root.header_end
+    """Which needles (case-folded) occur in the message: see the module docstring.
+    ``header`` is the (start, end) of the top-level header block; the summary is only
+    parsed for body needles."""
+    start, end = header
     in_header: frozenset[str] = frozenset()
     if header_needles:
         text = header_text(data, start, end)
         in_header = frozenset(n for n in header_needles if n in text)
     in_body: frozenset[str] = frozenset()
     if body_needles:
-        text = body_text(data, summary)
-        in_body = frozenset(n for n in body_needles if n in text)
-    matched = frozenset(pair for pair in fields if field_matches(data, start, end, *pair))
-    return in_header, in_body, matched
+        summary = parse_summary(raw_summary, data)
+        if summary is not None:
+            text = body_text(data, summary)
+            in_body = frozenset(n for n in body_needles if n in text)
+    return in_header, in_body, fields_matching(data, start, end, fields)
 
 
-def item_rows(items: Iterable[Item]) -> list[ItemRow]:
-    return [(i.number, i.seq, i.date, i.subject, i.reply, i.message_id, i.references,
-             i.in_reply_to) for i in items]
+def fields_matching(data: bytes, start: int, end: int,
+                    pairs: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, str]]:
+    """The (field, needle) pairs of SEARCH HEADER keys that ``data[start:end]`` matches,
+    in one pass over the header whatever the number of keys (:func:`field_matches`)."""
+    if not pairs:
+        return frozenset()
+    by_name: dict[bytes, list[tuple[str, str]]] = {}
+    for field, needle in pairs:
+        by_name.setdefault(field.encode("utf-8").lower(), []).append((field, needle))
+    found: set[tuple[str, str]] = set()
+    for m in find_fields(data, tuple(by_name), start, end):
+        wanted = [p for p in by_name[m.group(1).lower()] if p not in found]
+        if not wanted:
+            continue
+        value = decode_words(unfold(m.group(2))).casefold()
+        found.update(p for p in wanted if p[1] in value)  # "" is in every value: exists
+    return frozenset(found)
+
+
+def item_row(i: Item) -> ItemRow:
+    """An :class:`Item` as a flat tuple; the references as one space-separated string
+    (message ids never contain whitespace, ``keys.msg_ids``). Pickling a list of tuples
+    of a few strings is fast; pickling hundreds of thousands of small strings is one long
+    C call that holds the GIL, and so the event loop, for as long as it runs."""
+    return (i.number, i.seq, i.date, i.subject, i.reply, i.message_id,
+            " ".join(i.references), i.in_reply_to)
 
 
 def thread_rows(algorithm: str, rows: list[ItemRow]) -> bytes:
-    """The ``* THREAD`` response for :func:`item_rows` of the matching messages."""
-    return thread_response(algorithm, [Item(*row) for row in rows])
+    """The ``* THREAD`` response for the :func:`item_row` of each matching message."""
+    items = [Item(n, seq, date, subject, reply, mid, tuple(refs.split()) if refs else (), irt)
+             for n, seq, date, subject, reply, mid, refs, irt in rows]
+    return thread_response(algorithm, items)
 
 
 def render_items(atts: tuple[FetchAtt, ...], raw_summary: bytes, data: bytes | None,

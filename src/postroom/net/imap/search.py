@@ -331,8 +331,9 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
 
     ``lights``: keep each match's light summary view (SORT and THREAD need them).
     The loop yields to other sessions every few milliseconds (``budget.tick``); a message
-    of ``jobs.BIG_MESSAGE`` octets or more, or with a huge summary, is searched in a worker
-    process (one decode of a 50 MB text part would hold the event loop for long).
+    of ``jobs.BIG_MESSAGE`` octets or more, with a huge summary or a ``jobs.BIG_HEADER``
+    header is searched in a worker process (one decode of a 50 MB text part, or a walk
+    over 100,000 header fields, would hold the event loop for long).
     """
     level = max(need(key), LIGHT if lights else META)
     matches = await envelope_matches(s, view, key)
@@ -381,10 +382,11 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
             c = Candidate(seq, m, views.get(m.uid), data, sums.get(m.blob_id))
             if level >= LIGHT and c.light is None or level >= HEADER and c.data is None:
                 continue  # expunged between the reads
-            if data is not None and (m.blob_id in big or c.light is not None and
-                                     c.light.header_end - c.light.header_start >= jobs.BIG_MESSAGE):
+            span = (c.light.header_start, c.light.header_end) if c.light is not None else None
+            if data is not None and span is not None and (
+                    m.blob_id in big or span[1] - span[0] >= jobs.BIG_HEADER):
                 c.hits = await s.services.offload(
-                    jobs.text_hits, data, raw.get(m.blob_id) or b"", *wanted)
+                    jobs.text_hits, data, raw.get(m.blob_id) or b"", span, *wanted)
             if predicate(c):
                 # keep no message bytes or MIME trees of matches around
                 c.data = c.summary = None
@@ -508,7 +510,11 @@ async def thread(s: ImapSession, cmd: Thread) -> bytes:
     if len(items) + links > THREAD_INLINE:
         # Threading is one pass that cannot yield: a big mailbox, or hostile References
         # fields with thousands of ids, goes to a worker process.
-        s.write(await s.services.offload(jobs.thread_rows, cmd.algorithm, jobs.item_rows(items)))
+        rows: list[jobs.ItemRow] = []
+        for item in items:
+            await budget.tick()
+            rows.append(jobs.item_row(item))
+        s.write(await s.services.offload(jobs.thread_rows, cmd.algorithm, rows))
     else:
         s.write(thread_response(cmd.algorithm, items))
     return responses.ok(cmd.tag, ("UID THREAD" if cmd.uid else "THREAD") + " completed")

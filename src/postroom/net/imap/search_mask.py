@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
 
 EnvelopeMatches = dict[tuple[str, str], list[int]]
+ENVELOPE_KEYS_PER_READ = 32
 
 # _BIT_TABLES[bit] maps a flags octet to 1 when ``bit`` is set in it, else to 0.
 _BIT_TABLES = {
@@ -89,7 +90,12 @@ async def envelope_matches(s: ImapSession, view: SelectedMailbox, key: SearchKey
     pairs = envelope_keys(key)
     if not pairs:
         return {}
-    found = await s.store.search_envelope(view.mailbox_id, pairs)
+    # A search program may hold thousands of such keys: a bounded number per store read,
+    # so that one command never keeps a reader thread for long and its budget is checked.
+    found: list[list[int]] = []
+    for i in range(0, len(pairs), ENVELOPE_KEYS_PER_READ):
+        await budget.tick()
+        found += await s.store.search_envelope(view.mailbox_id, pairs[i : i + ENVELOPE_KEYS_PER_READ])
     return dict(zip(pairs, found, strict=True))
 
 
