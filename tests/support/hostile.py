@@ -136,7 +136,8 @@ class Tally:
         setattr(self, status, getattr(self, status) + 1)
 
     def __str__(self) -> str:
-        return (f"{self.name}: {self.ok} ok, {self.limit} over budget, {self.refused} refused, "
+        name = self.name if len(self.name) <= 50 else self.name[:47] + "..."
+        return (f"{name}: {self.ok} ok, {self.limit} over budget, {self.refused} refused, "
                 f"{len(self.errors)} errors, slowest {self.slowest:.2f} s")
 
 
@@ -212,7 +213,9 @@ async def imap_literal_flood(port: int, user: str, password: str, size: int, unt
             chunk = b"x" * 65536
             sent = 0
             try:
-                while sent < size and time.monotonic() < until:
+                while sent < size:
+                    if time.monotonic() >= until:
+                        return  # mid-literal: just hang up (the finally closes)
                     client.writer.write(chunk)
                     await asyncio.wait_for(client.writer.drain(), timeout)
                     sent += len(chunk)

@@ -102,6 +102,7 @@ async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
     so only the top-level offsets are decoded (``header_summary``)."""
     out: dict[int, MessageSummary] = {}
     for blob_id, value in raw.items():
+        await budget.tick()  # a chunk may hold hundreds of summaries (net/budget.py)
         if head_only and (head := header_summary(value)) is not None:
             # Top-level sections only (see fetch): the offsets stand in for the summary.
             out[blob_id] = cast(MessageSummary, head)

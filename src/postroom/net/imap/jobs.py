@@ -9,7 +9,9 @@ than to parse). The shell sends only work that would hold the event loop for lon
   summary (decoding a 50 MB text part is one long C call);
 * :func:`thread_rows`: THREAD over many messages or many references;
 * :func:`render_items`: FETCH items that need the MIME tree of a message with a huge
-  summary (BODYSTRUCTURE of 10,000 parts: about 0.3 s of Python).
+  summary (BODYSTRUCTURE of 10,000 parts: about 0.3 s of Python), or HEADER.FIELDS of
+  a header with thousands of fields;
+* :func:`light_of`: the light view (SORT/THREAD/SEARCH keys) of a huge summary.
 
 The same helpers serve the shell when it evaluates small messages itself, so both paths
 give the same answers.
@@ -21,6 +23,7 @@ from postroom.deliver import summarize
 from postroom.message import MessageSummary, SummaryError, text_parts
 from postroom.message.encoded import decode_words
 from postroom.message.headers import find_fields, unfold
+from postroom.net.imap.light import Light, light
 from postroom.net.imap.thread import Item, thread_response
 from postroom.proto.imap.fetch import FetchAtt
 from postroom.proto.imap.grammar import ImapPeerError
@@ -102,6 +105,12 @@ def fields_matching(data: bytes, start: int, end: int,
         value = decode_words(unfold(m.group(2))).casefold()
         found.update(p for p in wanted if p[1] in value)  # "" is in every value: exists
     return frozenset(found)
+
+
+def light_of(raw_summary: bytes) -> Light | None:
+    """:func:`~postroom.net.imap.light.light` of a huge summary: its JSON holds the whole
+    MIME tree (a megabyte for 10,000 parts), decoded to read a few top-level fields."""
+    return light(raw_summary)
 
 
 def item_row(i: Item) -> ItemRow:

@@ -276,7 +276,7 @@ async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int]
         value = raw.get(m.blob_id)
         if value is None:
             continue  # expunged meanwhile
-        parsed = light(value)
+        parsed = await _light(s, value)
         if parsed is None:
             slow.append(m)
         else:
@@ -290,6 +290,13 @@ async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int]
                 out[m.uid] = parsed = Light.from_summary(summary)
                 cache.put(validity, m.uid, parsed)
     return out
+
+
+async def _light(s: ImapSession, raw: bytes) -> Light | None:
+    """:func:`light` of a stored summary; a huge one is decoded in a worker process."""
+    if len(raw) >= jobs.HUGE_SUMMARY:
+        return await s.services.offload(jobs.light_of, raw)
+    return light(raw)
 
 
 def needs_meta(key: SearchKey) -> bool:
@@ -361,7 +368,7 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
             for blob_id, value in raw.items():
                 if len(value) >= jobs.HUGE_SUMMARY \
                         or len(datas.get(blob_id, b"")) >= jobs.BIG_MESSAGE:
-                    quick = light(value)  # the top level only: no MIME tree on the loop
+                    quick = await _light(s, value)  # the top level only: no MIME tree here
                     if quick is not None:
                         big.add(blob_id)
                         views[blob_id] = quick
