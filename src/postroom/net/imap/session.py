@@ -65,6 +65,7 @@ from postroom.store.api import MailboxChange, NotFound, StoreError, User
 log = logging.getLogger("postroom.imap")
 
 FLUSH_AT = 256 * 1024
+COMPRESS_IN_THREAD = 256 * 1024
 PREAUTH_TIMEOUT = 180.0
 KEEPALIVE = 25 * 60.0
 MAX_BAD_STREAK = 20  # consecutive refused commands before we hang up on the client
@@ -195,7 +196,12 @@ class ImapSession:
         if transport is None or transport.is_closing():
             return  # aborted (see below) or closed by the peer: nobody to tell
         if self.deflate is not None:
-            data = self.deflate.compress(data)
+            if len(data) > COMPRESS_IN_THREAD:
+                # zlib releases the GIL: a big response (a 50 MB body) is compressed on
+                # a thread while the loop serves the others; order is kept (we await).
+                data = await asyncio.to_thread(self.deflate.compress, data)
+            else:
+                data = self.deflate.compress(data)
         self.conn.write(data)
         try:
             # A client that stops reading must not hold the session (and its output)
