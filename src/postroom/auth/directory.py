@@ -15,12 +15,15 @@ Aliases expand recursively (to users, other aliases and external addresses) up t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from postroom.address import AddressError, base_address, normalize_address
@@ -33,7 +36,9 @@ MAX_EXPANSION = 1000
 
 # Password verifications at once (each holds 32 MiB; net/auth.py admits as many).
 VERIFY_THREADS = 4
-VERIFY_NICE = 5
+# argon2 runs two lanes (threads) per verify, at this nice(2) increment: a login flood
+# takes CPU from idle time first, not from the event loop.
+VERIFY_NICE = 10
 
 
 def _lower_priority() -> None:
@@ -171,13 +176,18 @@ class Directory:
             if local is None:
                 external[target] = None
 
-    async def authenticate(self, username: str, password: str) -> User | None:
+    async def authenticate(
+        self, username: str, password: str,
+        slot: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    ) -> User | None:
         """The user when ``password`` is right; None otherwise.
 
         A failed attempt always costs one argon2 verify, also for unknown users (against a
         dummy hash), so its timing does not reveal whether the user exists. A successful
         one is remembered for a while (see :class:`AuthCache`): mail clients log in on
-        every connection, and argon2 is deliberately expensive.
+        every connection, and argon2 is deliberately expensive. ``slot``: entered around
+        the verify only (the shell bounds how many run at once; a remembered login never
+        waits for one, however many wrong passwords are being checked).
         """
         try:
             address = normalize_address(username)
@@ -188,9 +198,10 @@ class Directory:
         hashed = user.password_hash if usable and user is not None else None
         if hashed is not None and self.auth_cache.hit(hashed, password):
             return user
-        ok = await asyncio.get_running_loop().run_in_executor(
-            self._verifiers(), passwords.verify_password, hashed, password
-        )
+        async with slot() if slot is not None else contextlib.nullcontext():
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._verifiers(), passwords.verify_password, hashed, password
+            )
         if ok and usable and hashed is not None:
             self.auth_cache.remember(hashed, password)
         return user if ok and usable else None

@@ -63,6 +63,7 @@ __all__ = [
     "BudgetExceeded",
     "check",
     "current",
+    "heavy",
     "paused",
     "scope",
     "tick",
@@ -133,18 +134,33 @@ class Budget:
         if now < self._yield_at:
             return
         if self._slot is None:
-            gate = _gate()
-            if gate.locked():
-                try:
-                    async with asyncio.timeout(self.deadline - now):
-                        await gate.acquire()
-                except TimeoutError:
-                    raise BudgetExceeded(self.limit) from None
-            else:
-                await gate.acquire()  # free: returns at once
-            self._slot = gate
+            await self._acquire(now)
         await asyncio.sleep(0)
         self._yield_at = self._clock() + SLICE
+
+    async def heavy(self) -> None:
+        """Take a heavy slot now (if not held), before work that is known to be long:
+        the whole-mailbox reads of SEARCH, SORT and THREAD then also run two at a time,
+        not only their slices (they build Python objects on the store's threads, which
+        share the GIL with the loop)."""
+        if self._slot is None:
+            now = self._clock()
+            if now >= self.deadline:
+                raise BudgetExceeded(self.limit)
+            await self._acquire(now)
+            self._yield_at = self._clock() + SLICE
+
+    async def _acquire(self, now: float) -> None:
+        gate = _gate()
+        if gate.locked():
+            try:
+                async with asyncio.timeout(None if math.isinf(self.deadline) else self.deadline - now):
+                    await gate.acquire()
+            except TimeoutError:
+                raise BudgetExceeded(self.limit) from None
+        else:
+            await gate.acquire()  # free: returns at once
+        self._slot = gate
 
     def release(self) -> None:
         """Give back the heavy slot, if held (the next tick takes one again)."""
@@ -188,6 +204,13 @@ async def tick() -> None:
     budget = _CURRENT.get()
     if budget is not None:
         await budget.tick()
+
+
+async def heavy() -> None:
+    """:meth:`Budget.heavy` of the current budget; nothing outside a command."""
+    budget = _CURRENT.get()
+    if budget is not None:
+        await budget.heavy()
 
 
 def check() -> None:

@@ -167,6 +167,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         if gone:
             s.write(responses.vanished(gone, earlier=True))  # RFC 7162 3.2.6
     uids = view.uids_at(positions)
+    if len(uids) > CHUNK_MESSAGES:
+        await budget.heavy()  # many messages: a heavy command from the start (net/budget.py)
     need_data = any(a.kind in _NEEDS_DATA for a in atts)
     need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
     header_only = need_data and all(_header_only(a) for a in atts if a.kind in _NEEDS_DATA)

@@ -342,6 +342,7 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
     header is searched in a worker process (one decode of a 50 MB text part, or a walk
     over 100,000 header fields, would hold the event loop for long).
     """
+    await budget.heavy()  # whole-mailbox reads and a loop per message: two at a time
     level = max(need(key), LIGHT if lights else META)
     matches = await envelope_matches(s, view, key)
     predicate = Compiler(view, time.time(), matches).compile(key)
