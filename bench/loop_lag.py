@@ -141,6 +141,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--baseline", type=float, default=5.0)
     ap.add_argument("--slowloris", type=int, default=200)
+    ap.add_argument("--renice", type=int, default=None,
+                    help="set the nice value of the server and the probe (needs root; -10 "
+                         "approximates a dedicated machine on a shared one: say so with the "
+                         "figures)")
     ap.add_argument("--only", default="",
                     help="comma-separated words: run only the hostile clients whose name has one")
     args = ap.parse_args()
@@ -155,6 +159,12 @@ def main() -> None:
     print(f"attacker INBOX: {count} messages, {args.mailboxes} mailboxes "
           f"(prepared in {time.monotonic() - t:.0f} s)", flush=True)
     server.start()
+    if args.renice is not None:
+        assert server.proc is not None
+        for pid in (server.proc.pid, os.getpid()):  # the server and this probe
+            for task in os.listdir(f"/proc/{pid}/task"):  # every thread (Linux)
+                os.setpriority(os.PRIO_PROCESS, int(task), args.renice)
+        print(f"server and probe reniced to {args.renice}")
     load_before = os.getloadavg()
     probe = hostile.Probe(imap=server.ports["imap"], pop3=server.ports["pop3"],
                           smtp=server.ports["mx"], user=PROBE, password=PASSWORD)
