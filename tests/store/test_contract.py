@@ -572,7 +572,7 @@ def test_quota_usage_is_maintained_by_every_write(store_run: Any) -> None:
         await store.delete_mailbox(u.id, "Old")
         q = await store.get_quota(u.id)
         assert (q.storage_used, q.messages_used) == (3 * len(MSG), 3)
-        assert set((await store.list_quotas())) == {u.id, other.id}
+        assert set(await store.list_quotas()) == {u.id, other.id}
 
     store_run(body)
 
