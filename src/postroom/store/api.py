@@ -178,6 +178,7 @@ class MailboxStatus:
     uidnext: int
     uidvalidity: int
     highestmodseq: int
+    deleted_size: int = 0  # octets of the \\Deleted messages (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True, slots=True)

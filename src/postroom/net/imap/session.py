@@ -37,6 +37,7 @@ from postroom import deliver, logs
 from postroom.config import Listener
 from postroom.net.auth import AuthTracker
 from postroom.net.connection import Connection, Interrupted
+from postroom.net.imap import contexts
 from postroom.net.imap.compress import Deflate, DeflateError
 from postroom.net.imap.light import LightCache
 from postroom.net.imap.structure_cache import StructureCache
@@ -80,10 +81,12 @@ def no(tag: str, text: str, code: str | None = None) -> ImapPeerError:
 def _handlers() -> dict[type, Handler]:
     from postroom.net.imap import auth, basic, copy, fetch, idle, mailboxes, search, select
     from postroom.net.imap import store_cmd
+    from postroom.net.imap import acl, append, quota
 
     table: dict[type, Handler] = {}
-    for module in (auth, basic, copy, fetch, idle, mailboxes, search, select, store_cmd):
-        table.update(module.HANDLERS)
+    for module in (auth, basic, copy, fetch, idle, mailboxes, search, select, store_cmd,
+                   acl, append, quota):
+        table.update(module.HANDLERS)  # type: ignore[attr-defined]
     return table
 
 
@@ -300,6 +303,8 @@ class ImapSession:
             except Interrupted:
                 if self.idling and not self.services.shutdown.requested:
                     await self.sync(expunge=True)
+                    if self.selected is not None and self.selected.contexts:
+                        await contexts.refresh(self)
                     await self.flush()
                 continue
             if not raw:
@@ -340,6 +345,8 @@ class ImapSession:
             tagged = responses.no(cmd.tag, "Internal server error", responses.SERVERBUG)
         if self.selected is not None and not self.closing:
             await self.sync(expunge=cmd.name not in NO_EXPUNGE_DURING)
+            if self.selected is not None and self.selected.contexts:
+                await contexts.refresh(self)  # RFC 5267 ADDTO/REMOVEFROM
         if tagged is not None:
             self.write(tagged)
 

@@ -433,10 +433,12 @@ def mailbox_status(
         mark = max(mark, recent[1])
     r = conn.execute(
         "SELECT count(*), coalesce(sum((flags & 1) = 0), 0), coalesce(sum((flags & 8) != 0), 0), "
-        "coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0) FROM messages WHERE mailbox_id=?",
+        "coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0), "
+        "coalesce(sum(CASE WHEN flags & 8 THEN size ELSE 0 END), 0) "
+        "FROM messages WHERE mailbox_id=?",
         (mark, mailbox_id),
     ).fetchone()
     return MailboxStatus(
         messages=r[0], unseen=r[1], deleted=r[2], size=r[3], recent=r[4],
-        uidvalidity=mb[0], uidnext=mb[1], highestmodseq=mb[2],
+        uidvalidity=mb[0], uidnext=mb[1], highestmodseq=mb[2], deleted_size=r[5],
     )
