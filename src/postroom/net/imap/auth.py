@@ -62,6 +62,9 @@ EXTENSIONS = (
     "ESORT",  # RFC 5267 3 (contexts.py)
     "CONTEXT=SEARCH",  # RFC 5267 4
     "CONTEXT=SORT",
+    "METADATA",  # RFC 5464 (metadata.py)
+    "URLAUTH",  # RFC 4467 (urlauth.py; BURL on submission)
+    "NOTIFY",  # RFC 5465 (notify.py)
 )
 TEXT_AUTH_FAILED = "Authentication failed"
 TEXT_PRIVACY = "Use STARTTLS (or the IMAPS port) before sending a password"

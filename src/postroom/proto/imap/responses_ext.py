@@ -57,13 +57,20 @@ def _metadata_mailbox(name: str, utf8: bool) -> bytes:
     return b'""' if not name else mailbox_name(name, utf8=utf8)
 
 
-def metadata_values(mailbox: str, entries: Iterable[tuple[str, bytes]], *, utf8: bool = False) -> bytes:
+def metadata_values(
+    mailbox: str, entries: Iterable[tuple[str, bytes | None]], *, utf8: bool = False
+) -> bytes:
     """``* METADATA "INBOX" (/private/comment "text")`` (RFC 5464 4.4.1).
 
-    A value with NUL goes out as literal8 (``value = nstring / literal8``)."""
+    None is NIL; a value with NUL goes out as literal8 (``value = nstring / literal8``)."""
     parts = []
     for name, value in entries:
-        data = b"~{%d}\r\n" % len(value) + value if b"\x00" in value else wire.string(value)
+        if value is None:
+            data = b"NIL"
+        elif b"\x00" in value:
+            data = b"~{%d}\r\n" % len(value) + value
+        else:
+            data = wire.string(value)
         parts.append(wire.astring(name) + b" " + data)
     return b"* METADATA " + _metadata_mailbox(mailbox, utf8) + b" (" + b" ".join(parts) + b")" + CRLF
 
