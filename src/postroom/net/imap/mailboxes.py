@@ -121,8 +121,10 @@ async def rename(s: ImapSession, cmd: Rename) -> bytes:
     if access.is_shared(cmd.mailbox) or access.is_shared(cmd.new_name):
         # RFC 4314 4: "x" on the mailbox, "k" on the new parent; never across owners.
         ref = await access.require(s, cmd.mailbox, "x", cmd.tag)
+        if access.is_shared(cmd.mailbox) != access.is_shared(cmd.new_name):
+            raise _no(cmd.tag, "Cannot rename to another user's mailboxes", responses.CANNOT)
         target_owner, new = await _shared_target(s, cmd.new_name, cmd.tag)
-        if target_owner != ref.owner_id or not access.is_shared(cmd.new_name):
+        if target_owner != ref.owner_id:
             raise _no(cmd.tag, "Cannot rename to another user's mailboxes", responses.CANNOT)
         owner_id, old = ref.owner_id, ref.mailbox.name
     try:

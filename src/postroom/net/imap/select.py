@@ -161,7 +161,7 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
             if seq is not None:
                 w(view.fetch_flags(seq, m, rev1=s.rev1, condstore=True))
     code = responses.READ_ONLY if readonly else responses.READ_WRITE
-    return responses.ok(cmd.tag, ("EXAMINE" if readonly else "SELECT") + " completed", code)
+    return responses.ok(cmd.tag, ("EXAMINE" if cmd.readonly else "SELECT") + " completed", code)
 
 
 async def close(s: ImapSession, cmd: Close) -> bytes:

@@ -45,12 +45,12 @@ def listrights(
     """``* LISTRIGHTS "INBOX" "fred" "" l r s ...`` (RFC 4314 3.7)."""
     rest = b"".join(b" " + wire.astring(r) for r in optional)
     return (b"* LISTRIGHTS " + mailbox_name(mailbox, utf8=utf8) + b" " + wire.astring(identifier)
-            + b" " + wire.string(required) + rest + CRLF)
+            + b" " + wire.astring(required) + rest + CRLF)
 
 
 def myrights(mailbox: str, rights: str, *, utf8: bool = False) -> bytes:
     """``* MYRIGHTS "INBOX" "lrswi"`` (RFC 4314 3.8)."""
-    return b"* MYRIGHTS " + mailbox_name(mailbox, utf8=utf8) + b" " + wire.string(rights) + CRLF
+    return b"* MYRIGHTS " + mailbox_name(mailbox, utf8=utf8) + b" " + wire.astring(rights) + CRLF
 
 
 def _metadata_mailbox(name: str, utf8: bool) -> bytes:
