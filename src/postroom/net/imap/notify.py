@@ -215,6 +215,28 @@ async def notify(s: ImapSession, cmd: Notify) -> bytes:
     return responses.ok(cmd.tag, "NOTIFY completed")  # the session's sync is the implicit NOOP
 
 
+async def _retrack(s: ImapSession, n: Notifications) -> None:
+    """After the mailbox list changed: start (or stop) keeping the STATUS values and the
+    METADATA entries of the mailboxes the filters cover now."""
+    user = s.user
+    assert user is not None
+    for mailbox_id in list(n.status):
+        if mailbox_id not in n.names:
+            del n.status[mailbox_id]
+    for mailbox_id in list(n.entries):
+        if mailbox_id and mailbox_id not in n.names:
+            del n.entries[mailbox_id]
+    for mailbox_id, name in n.names.items():
+        events = n.events_for(name, user.id, n.owners[mailbox_id])
+        if events & MESSAGE_EVENTS and mailbox_id not in n.status:
+            n.status[mailbox_id] = await _status_values(s, mailbox_id)
+            if n.owners[mailbox_id] != user.id and mailbox_id not in n.shared:
+                s.store.changes.subscribe(mailbox_id, n.listener)  # type: ignore[arg-type]
+                n.shared.add(mailbox_id)
+        if "MailboxMetadataChange" in events and mailbox_id not in n.entries:
+            n.entries[mailbox_id] = await _entries(s, mailbox_id)
+
+
 async def absorb(s: ImapSession) -> None:
     """Take in the session's own changes without telling the client (RFC 5465 5)."""
     n = s.notify
@@ -226,6 +248,7 @@ async def absorb(s: ImapSession) -> None:
     if any(kind in (MAILBOXES, SUBSCRIPTIONS) for _, kind in dirty):
         n.names, n.owners = await _visible(s)
         n.subscriptions = set(await s.store.list_subscriptions(user.id))
+        await _retrack(s, n)
     for mailbox_id, kind in dirty:
         if kind == MESSAGES and mailbox_id in n.status:
             n.status[mailbox_id] = await _status_values(s, mailbox_id)
@@ -278,6 +301,7 @@ async def flush(s: ImapSession) -> None:
             for mailbox_id, old in sorted(old_names.items(), key=lambda x: x[1]):
                 if mailbox_id not in n.names and wants("MailboxName", old, old_owners[mailbox_id]):
                     w(responses.list_response(old, ("\\NonExistent",), utf8=utf8))
+        await _retrack(s, n)
         if SUBSCRIPTIONS in kinds:
             by_name = {v: k for k, v in n.names.items()}
             for name in sorted(n.subscriptions ^ old_subs):

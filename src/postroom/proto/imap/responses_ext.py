@@ -83,13 +83,13 @@ def metadata_names(mailbox: str, names: Iterable[str], *, utf8: bool = False) ->
 
 def genurlauth(urls: Iterable[str]) -> bytes:
     """``* GENURLAUTH "imap://..."`` (RFC 4467 7)."""
-    return b"* GENURLAUTH" + b"".join(b" " + wire.astring(u) for u in urls) + CRLF
+    return b"* GENURLAUTH" + b"".join(b" " + wire.string(u) for u in urls) + CRLF
 
 
 def urlfetch(items: Iterable[tuple[str, bytes]]) -> bytes:
     """``* URLFETCH url data`` where ``data`` is already serialized (nstring, or the
     RFC 5524 ``(BINARY ...)`` groups)."""
-    return b"* URLFETCH" + b"".join(b" " + wire.astring(u) + b" " + d for u, d in items) + CRLF
+    return b"* URLFETCH" + b"".join(b" " + wire.string(u) + b" " + d for u, d in items) + CRLF
 
 
 def partial_range(first: int, last: int) -> bytes:
