@@ -70,7 +70,7 @@ def test_update_contexts_follow_changes(server: Server, user: str, raw) -> None:
     _, done = c.until_tagged(tag.decode())
     assert rest(done) == b"BAD Tag reuse\r\n"
     # a sorted context: positions in sort order
-    untagged, done = c.cmd("SORT RETURN (UPDATE) (REVERSE ARRIVAL) UTF-8 UNSEEN")
+    untagged, done = c.cmd("SORT RETURN (UPDATE) (REVERSE SUBJECT) UTF-8 UNSEEN")
     sort_tag = done.split(b" ")[0]
     assert untagged == [b'* ESEARCH (TAG "%s")\r\n' % sort_tag]
     # another session's changes: a delivery (ADDTO after EXISTS) and an expunge
