@@ -8,7 +8,7 @@ import imaplib
 import itertools
 
 import pytest
-from imap_util import deliver, simple
+from imap_util import deliver, rest, simple
 
 from support.server import Server
 
@@ -24,9 +24,6 @@ def pair(server: Server) -> tuple[str, str]:
     server.add_user(other)
     return owner, other
 
-
-def rest(done: bytes) -> bytes:
-    return done.split(b" ", 1)[1]
 
 
 def q(name: str) -> bytes:

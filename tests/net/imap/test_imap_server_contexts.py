@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import time
 
-from imap_util import deliver, simple
+from imap_util import deliver, rest, simple
 
 from support.server import Server
 
-
-def rest(done: bytes) -> bytes:
-    return done.split(b" ", 1)[1]
 
 
 def fill(server: Server, user: str, subjects: list[str]) -> None:

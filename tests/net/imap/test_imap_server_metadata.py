@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import imaplib
 
+from imap_util import rest
+
 from support.server import Server
 
 for _name in ("GETMETADATA", "SETMETADATA"):
     imaplib.Commands.setdefault(_name, ("AUTH", "SELECTED"))
 
-
-def rest(done: bytes) -> bytes:
-    return done.split(b" ", 1)[1]
 
 
 def test_get_and_set_mailbox_and_server_entries(user: str, raw) -> None:

@@ -5,13 +5,10 @@ raw client here is the Python client that reads them (no command in progress).""
 
 from __future__ import annotations
 
-from imap_util import deliver, simple
+from imap_util import deliver, rest, simple
 
 from support.server import Server
 
-
-def rest(done: bytes) -> bytes:
-    return done.split(b" ", 1)[1]
 
 
 def unsolicited(c, n: int) -> list[bytes]:

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import re
 
-from imap_util import deliver, simple
+from imap_util import deliver, rest, simple
 
 from support.server import Server
 
 MSG = b"Subject: q\r\n\r\n" + b"x" * 1000 + b"\r\n"  # 1016 octets
 
-
-def rest(done: bytes) -> bytes:
-    """A tagged response without its tag."""
-    return done.split(b" ", 1)[1]
 
 
 def set_quota(server: Server, user: str, storage: int | None, messages: int | None = None) -> None:

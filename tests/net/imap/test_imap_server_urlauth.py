@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import re
 
+from imap_util import rest
+
 from support.server import Server
 
-
-def rest(done: bytes) -> bytes:
-    return done.split(b" ", 1)[1]
 
 
 def genurl(c, rump: str) -> str:
