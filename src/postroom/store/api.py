@@ -484,7 +484,7 @@ class Store(Protocol):
         flags: int = 0,
         keywords: Iterable[str] = (),
         internaldate: int | None = None,
-    ) -> tuple[int, int]: ...  # (uidvalidity, uid)
+    ) -> tuple[int, int]: ...  # (uidvalidity, uid); OverQuota when it does not fit
     async def list_messages(self, mailbox_id: int) -> list[MessageMeta]: ...
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]: ...
     async def read_messages(
