@@ -8,6 +8,7 @@ from pathlib import Path
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Shutdown
+from postroom.policy.dns import Resolver
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
 
@@ -20,6 +21,7 @@ class Services:
     tls: TlsContexts
     shutdown: Shutdown
     secret: bytes = b""  # stable per data folder: SCRAM fake salts, id generation
+    resolver: Resolver | None = None  # the one DNS resolver (queue and auth checks)
     node: str = "local"
     counters: dict[str, int] = field(default_factory=dict)
 

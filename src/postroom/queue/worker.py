@@ -223,7 +223,9 @@ class QueueWorker:
         settings = services.settings
         self.out = out = settings.outbound
         self.rng = rng if rng is not None else random.Random()
-        self.resolver = resolver if resolver is not None else make_resolver(out.resolver)
+        if resolver is None:
+            resolver = services.resolver if services.resolver is not None else make_resolver(out.resolver)
+        self.resolver = resolver
         self.router = Router(settings, self.resolver, rng=self.rng)
         schedule = out.retry_schedule
         self.policy = RetryPolicy(
