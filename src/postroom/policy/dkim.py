@@ -281,7 +281,7 @@ def public_record(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> str:
 # --- signing -----------------------------------------------------------------------------
 
 
-def _fold_tags(prefix: str, tags: Sequence[tuple[str, str]]) -> bytes:
+def fold_tags(prefix: str, tags: Sequence[tuple[str, str]]) -> bytes:
     """``Name: t=v; t=v`` folded near 78 columns; long values (b=, bh=, h=) are broken
     with FWS where the syntax allows it (base64 and colon-separated lists)."""
     lines: list[str] = []
@@ -357,6 +357,7 @@ def sign(
     names: Sequence[str] | None = None,
     field_name: str = "DKIM-Signature",
     extra: Sequence[tuple[str, str]] = (),
+    version: bool = True,
 ) -> bytes:
     """The ``DKIM-Signature`` field (with CRLF) to prepend to ``data`` (CRLF-normalized),
     ``relaxed/relaxed``, over-signed (see :data:`SIGNED_FIELDS`)."""
@@ -364,15 +365,15 @@ def sign(
     bh, _ = body_hash(body, "relaxed")
     h = list(names) if names is not None else signed_names(fields)
     algorithm = "ed25519-sha256" if key.algorithm == "ed25519" else "rsa-sha256"
-    tags: list[tuple[str, str]] = [("v", "1"), *extra, ("a", algorithm), ("c", "relaxed/relaxed"),
-                                   ("d", key.domain), ("s", key.selector)]
+    tags: list[tuple[str, str]] = [*([("v", "1")] if version else []), *extra, ("a", algorithm),
+                                   ("c", "relaxed/relaxed"), ("d", key.domain), ("s", key.selector)]
     if timestamp is not None:
         tags.append(("t", str(timestamp)))
     tags += [("h", ":".join(h)), ("bh", base64.b64encode(bh).decode()), ("b", "")]
-    unsigned = _fold_tags(f"{field_name}:", tags)
+    unsigned = fold_tags(f"{field_name}:", tags)
     signature = sign_digest(key, header_hash_input(fields, h, unsigned, "relaxed"))
     tags[-1] = ("b", base64.b64encode(signature).decode())
-    return _fold_tags(f"{field_name}:", tags)
+    return fold_tags(f"{field_name}:", tags)
 
 
 # --- verification ------------------------------------------------------------------------
@@ -440,17 +441,18 @@ def parse_signature(raw: bytes, *, now: int | None = None, arc: bool = False) ->
 def prepare(
     fields: Sequence[tuple[bytes, bytes]], body: bytes, index: int, *, now: int | None = None,
     body_cache: dict[tuple[str, int | None], tuple[bytes, int]] | None = None,
+    arc: bool = False,
 ) -> Signature:
     """Check the signature at ``fields[index]`` as far as possible without its key: syntax,
     expiry, body hash; compute the header hash input. Problems are recorded in ``error``."""
     raw = fields[index][1]
     sig = Signature(raw, "", "", "", "", "relaxed", (), b"", b"")
     try:
-        tags = parse_signature(raw, now=now)
+        tags = parse_signature(raw, now=now, arc=arc)
         sig.domain = tags["d"].lower().rstrip(".")
         sig.selector = tags["s"].lower()
         sig.algorithm = tags["a"].lower()
-        sig.identity = tags.get("i", "@" + sig.domain)
+        sig.identity = "@" + sig.domain if arc else tags.get("i", "@" + sig.domain)
         canon = tags.get("c", "simple/simple").lower()
         header_method, _, body_method = canon.partition("/")
         body_method = body_method or "simple"
