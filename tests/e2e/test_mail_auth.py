@@ -312,3 +312,76 @@ def test_bad_input_gets_clear_results_quickly(env: dict[str, Any]) -> None:
             assert expected in ar, (domain, ar)
     finally:
         dns.slow.clear()
+
+
+# --- postroom dns DOMAIN [--check] --------------------------------------------------------
+
+
+def test_dns_records_check_and_a_checking_receiver_accepts(env: dict[str, Any]) -> None:
+    import asyncio
+    import json
+
+    from postroom.config import AuthChecksSettings
+    from postroom.policy.dns import make_resolver
+    from postroom.policy.inbound import AuthChecker
+
+    srv, dns = env["srv"], env["dns"]
+    r = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1", "--json")
+    assert r.returncode == 0, r.stderr
+    records = json.loads(r.stdout)
+    kinds = {rec["kind"] for rec in records}
+    assert {"MX", "A", "SPF", "DKIM", "DMARC", "SRV", "PTR"} <= kinds, kinds
+    assert any(rec["value"] == "v=spf1 mx -all" for rec in records)
+    plain = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1")
+    assert "IN MX 10 mail.example.test." in plain.stdout and "_dmarc.example.test." in plain.stdout
+
+    check = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1", "--check", "--json")
+    assert check.returncode == 3  # nothing published yet
+    assert {v["status"] for v in json.loads(check.stdout) if v["kind"] == "MX"} == {"missing"}
+
+    # Publish what `postroom dns` printed, as a user pasting it into a zone would.
+    for rec in records:
+        if rec["rtype"] == "MX":
+            pref, host = rec["value"].split()
+            dns.set(rec["name"], "MX", [(int(pref), host)])
+        elif rec["rtype"] == "SRV":
+            dns.set(rec["name"], "SRV", [tuple(rec["value"].split())])
+        else:
+            dns.set(rec["name"], rec["rtype"], [rec["value"]])
+    check = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1", "--check", "--json")
+    verdicts = json.loads(check.stdout)
+    assert check.returncode == 0, [(v["kind"], v["status"], v["detail"]) for v in verdicts if v["status"] != "correct"]
+    assert {v["status"] for v in verdicts} == {"correct"}
+
+    dns.set(DOMAIN, "TXT", ["v=spf1 ip4:192.0.2.7 -all"])
+    check = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1", "--check")
+    assert check.returncode == 3 and "WRONG    SPF" in check.stdout, check.stdout
+    dns.set(DOMAIN, "TXT", ["v=spf1 mx -all"])
+
+    # All green: mail alice submits passes SPF, DKIM and DMARC at a receiver that checks.
+    _submit(srv, _msg(ALICE, BOB, "all green"), BOB)
+    sent = _body_of_local_copy(_last(srv, BOB))
+
+    async def receive() -> Any:
+        host, port = dns.address.split(":")
+        checker = AuthChecker(make_resolver((host, int(port))), AuthChecksSettings(), "mx.receiver.test")
+        return await checker.check(sent, ip="127.0.0.1", helo=HOST, mail_from=ALICE)
+
+    verdict = asyncio.run(receive())
+    assert verdict.spf.result == "pass" and verdict.dmarc.result == "pass", verdict.header
+    assert [d.result for d in verdict.dkim] == ["pass", "pass"], verdict.header
+    assert verdict.action == "accept"
+
+
+def test_dsn_is_signed(env: dict[str, Any]) -> None:
+    srv = env["srv"]
+    _submit(srv, _msg(ALICE, "nobody@remote.test", "will bounce"), "nobody@remote.test")
+    entries = [q for q in srv.queue() if any(r.address == "nobody@remote.test" for r in q.recipients)]
+    assert entries
+    r = _cli(srv, "queue", "bounce", entries[-1].qid)
+    assert r.returncode == 0, r.stderr
+    dsn = _last(srv, ALICE)
+    assert b"multipart/report" in dsn
+    fields, _ = dkim.split_message(dsn)
+    sigs = [dkim.parse_signature(raw) for n, raw in fields if n == b"dkim-signature"]
+    assert {s["d"] for s in sigs} == {DOMAIN} and len(sigs) == 2

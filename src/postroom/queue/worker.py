@@ -723,7 +723,8 @@ class QueueWorker:
                 )
                 for o in bounced
             ]
-            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now)
+            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now,
+                           signer=self.services.signer)
         if warn:
             delayed = [o for o in pending if wanted(msg, o.rcpt, DsnKind.DELAY)]
             if delayed:
@@ -734,7 +735,8 @@ class QueueWorker:
                     )
                     for o in delayed
                 ]
-                await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now)
+                await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now,
+                           signer=self.services.signer)
         relayed = [
             o for o in outcomes
             if o.state == "delivered" and o.relayed and wanted(msg, o.rcpt, DsnKind.SUCCESS)
@@ -747,7 +749,8 @@ class QueueWorker:
                 )
                 for o in relayed
             ]
-            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now)
+            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now,
+                           signer=self.services.signer)
         records = [
             RecipientOutcome(o.rcpt.id, state, o.status, o.diagnostic, o.remote_mta)
             for state, group in (
