@@ -245,7 +245,7 @@ def test_trusted_forwarder_arc_is_not_rejected(env: dict[str, Any]) -> None:
     srv, dns = env["srv"], env["dns"]
     Remote(dns, "strict.test", dmarc="v=DMARC1; p=reject", spf="v=spf1 -all")
     lst = dkim.generate_key("rsa")
-    dns.set(f"arc._domainkey.lists.trusted.test", "TXT", [dkim.public_record(lst)])
+    dns.set("arc._domainkey.lists.trusted.test", "TXT", [dkim.public_record(lst)])
     msg = _msg("boss@strict.test", BOB, "via list")
     pem = dkim.private_pem(lst)
     arc_headers = dkimpy.arc_sign(

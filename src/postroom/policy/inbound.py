@@ -27,7 +27,9 @@ import logging
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from postroom.config import AuthChecksSettings
 from postroom.policy import arc, dkim, dmarc, spf
@@ -37,6 +39,7 @@ from postroom.policy.dns import DnsError, NxDomain, Resolver
 from postroom.policy.offload import maybe_offload
 
 log = logging.getLogger("postroom.auth")
+T = TypeVar("T")
 
 KEY_CACHE_SIZE = 2048
 MAX_KEY_RECORDS = 4  # TXT records tried at one key name
@@ -94,28 +97,30 @@ class AuthChecker:
                 self._domains.add(item)
 
     # -- DNS with the message's deadline ------------------------------------------------
-    async def _dns(self, coro: object, deadline: float) -> object:
+    async def _dns(self, coro: Awaitable[T], deadline: float) -> T:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            if asyncio.iscoroutine(coro):
+                coro.close()
             raise TimeoutError
         async with asyncio.timeout(remaining):
-            return await coro  # type: ignore[misc]
+            return await coro
 
     async def _spf_answer(self, query: spf.Query, deadline: float) -> spf.Answer:
         r = self.resolver
         try:
             if query.rdtype == "TXT":
                 rows = await self._dns(r.txt(query.name), deadline)
-                return spf.Answer(tuple(b.decode("utf-8", "replace") for b in rows))  # type: ignore[attr-defined]
+                return spf.Answer(tuple(b.decode("utf-8", "replace") for b in rows))
             if query.rdtype == "A":
-                return spf.Answer(tuple(await self._dns(r.a(query.name), deadline)))  # type: ignore[call-overload]
+                return spf.Answer(tuple(await self._dns(r.a(query.name), deadline)))
             if query.rdtype == "AAAA":
-                return spf.Answer(tuple(await self._dns(r.aaaa(query.name), deadline)))  # type: ignore[call-overload]
+                return spf.Answer(tuple(await self._dns(r.aaaa(query.name), deadline)))
             if query.rdtype == "MX":
                 mxs = await self._dns(r.mx(query.name), deadline)
-                return spf.Answer(tuple(m.host for m in mxs))  # type: ignore[attr-defined]
+                return spf.Answer(tuple(m.host for m in mxs))
             if query.rdtype == "PTR":
-                return spf.Answer(tuple(await self._dns(r.ptr(query.name), deadline)))  # type: ignore[call-overload]
+                return spf.Answer(tuple(await self._dns(r.ptr(query.name), deadline)))
         except NxDomain:
             return spf.Answer(error="nxdomain")
         except (DnsError, TimeoutError):
@@ -140,7 +145,7 @@ class AuthChecker:
             return dkim.DkimError("permerror", "no key")
         except (DnsError, TimeoutError):
             return dkim.DkimError("temperror", "key lookup failed")
-        records = [b.decode("ascii", "replace") for b in rows][:MAX_KEY_RECORDS]  # type: ignore[attr-defined]
+        records = [b.decode("ascii", "replace") for b in rows][:MAX_KEY_RECORDS]
         if not records:
             return dkim.DkimError("permerror", "no key")
         error: dkim.DkimError = dkim.DkimError("permerror", "no usable key")
@@ -272,7 +277,7 @@ class AuthChecker:
             return None, None
         except (DnsError, TimeoutError):
             return None, f"DNS failure looking up _dmarc.{domain}"
-        return dmarc.select_record([b.decode("utf-8", "replace") for b in rows]), None  # type: ignore[attr-defined]
+        return dmarc.select_record([b.decode("utf-8", "replace") for b in rows]), None
 
     def _override(self, ip: str, arc_result: str, sealer: str) -> str:
         """Local policy (RFC 7489 7.2 "local_policy"/"trusted_forwarder" reasons)."""

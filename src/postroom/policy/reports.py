@@ -50,7 +50,7 @@ class DmarcRecorder:
         self.store = store
         self.clock = clock
         self._pending: dict[tuple[object, ...], DmarcRow] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Future[int] | None = None
 
     def add(self, verdict: Any, source_ip: str, mail_from: str) -> None:
         """Count one evaluation (``verdict``: a ``policy.inbound.AuthVerdict``)."""
