@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 import types
 from typing import Any
 
 from postroom.admin import auth_ops
-from postroom.admin.service import AdminError
 from postroom.config import parse_duration
 
 
 def _run(args: argparse.Namespace, fn: Any) -> Any:
-    """``fn(store, settings)`` with the configured store; AdminError -> CliError."""
-    from postroom.admin.cli import CliError, _load
-    from postroom.store.sqlite import open_store
+    """``fn(store, settings)`` with the configured store (the CLI's one way to open it)."""
+    from postroom.admin.cli import _with_service
 
-    settings = _load(args, files=False)
-    if not settings.data_dir.is_dir():
-        raise CliError(f"{settings.data_dir}: data folder missing (run `postroom init`)")
-
-    async def main() -> Any:
-        store = open_store(settings.data_dir, fsync=settings.fsync)
-        try:
-            return await fn(store, settings)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(main())
-    except AdminError as e:
-        raise CliError(str(e)) from None
+    return _with_service(args, lambda service: fn(service.store, service.settings))
 
 
 def _resolver(settings: Any) -> Any:
