@@ -333,8 +333,9 @@ class Delivery:
     queue: NewQueueEntry | None = None
     internaldate: int | None = None  # default: now
     flags: int = 0
-    # Skip the users of ``user_ids`` whom this message would take over quota (checked in
-    # the same transaction as the insert); they are listed in DeliveryResult.over_quota.
+    # Skip the users of ``user_ids`` (and the owners of ``mailbox_ids``) whom this message
+    # would take over quota, checked in the same transaction as the insert; their user ids
+    # are listed in DeliveryResult.over_quota.
     enforce_quota: bool = False
 
 
@@ -416,6 +417,43 @@ class SharedMailbox:
 
 
 ChangeListener = Callable[[MailboxChange], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A DKIM signing key (RFC 6376). It signs from ``active_from`` until ``retire_at``
+    (None: until retired); its DNS record should be published before ``active_from`` and
+    kept until some days after ``retire_at`` (see ``postroom dkim rotate``)."""
+
+    domain: str
+    selector: str
+    algorithm: str  # "ed25519" | "rsa"
+    private_key: str = field(repr=False)  # PKCS#8 PEM
+    public_record: str  # the TXT record value, "v=DKIM1; k=...; p=..."
+    created: int
+    active_from: int
+    retire_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcRow:
+    """DMARC results aggregated for a report (RFC 7489 7.2): one row per distinct outcome
+    per UTC day, with a message count."""
+
+    period: int  # start of the UTC day (epoch seconds)
+    policy_domain: str  # the domain whose record applied (the From: domain or its org domain)
+    header_from: str
+    source_ip: str
+    envelope_from: str
+    disposition: str  # none | quarantine | reject
+    dkim: str  # "pass" | "fail": DMARC-aligned DKIM
+    spf: str  # "pass" | "fail": DMARC-aligned SPF
+    dkim_results: str  # "domain/selector/result" joined by " " (auth_results of the report)
+    spf_result: str  # "domain/scope/result"
+    reason: str  # policy override reason ("" | "local_policy" | "trusted_forwarder" ...)
+    policy: str  # the published record's tags as they applied: "p=reject sp=... adkim=r ..."
+    rua: str  # the rua= value of the record
+    count: int = 1
 
 
 class ChangeHub(Protocol):
@@ -622,6 +660,17 @@ class Store(Protocol):
     async def queue_hold(self, qid: str, held: bool) -> bool: ...
     async def queue_flush(self, qid: str | None = None, domain: str | None = None) -> int: ...
     async def queue_next_due(self) -> int | None: ...
+
+    # -- mail authentication ------------------------------------------------------------
+    async def dkim_key_add(self, key: DkimKey) -> None: ...  # AlreadyExists for a known selector
+    async def dkim_keys(self, domain: str | None = None) -> list[DkimKey]: ...  # by domain, active_from
+    async def dkim_key_update(
+        self, domain: str, selector: str, *, active_from: int | None = None, retire_at: int | None = None
+    ) -> None: ...  # NotFound; only the given fields change
+    async def dkim_key_remove(self, domain: str, selector: str) -> None: ...  # NotFound
+    async def dmarc_add(self, rows: Sequence[DmarcRow]) -> None: ...  # counts add up per outcome
+    async def dmarc_pending(self, before: int) -> list[DmarcRow]: ...  # rows of periods < before
+    async def dmarc_delete(self, policy_domain: str, period: int) -> int: ...  # after a report
 
     # -- POP3 exclusive access ------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool: ...

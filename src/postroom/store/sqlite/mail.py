@@ -202,6 +202,9 @@ def deliver_checked(
         owner = conn.execute("SELECT user_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
         if owner is None:
             raise NotFound("no such mailbox")
+        if d.enforce_quota and not get_quota(conn, owner[0]).allows(size):
+            over.append(owner[0])
+            continue
         mailbox_ids.append((mailbox_id, owner[0]))
     refs = len(mailbox_ids) + (1 if d.queue is not None else 0)
     if refs == 0:

@@ -209,7 +209,42 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     # 3: envelope texts for SEARCH in SQL, indexes on blob references (see _message_search)
     _message_search,
-    # 4: quotas (RFC 9208). Limits are NULL (unlimited) until set; usage is kept up to date
+    # 4: mail authentication: DKIM signing keys (private keys live in the database, so its
+    # backups are as secret as the keys) and DMARC aggregate-report data.
+    """
+    CREATE TABLE dkim_keys (
+        id INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        private_key TEXT NOT NULL,
+        public_record TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        active_from INTEGER NOT NULL,
+        retire_at INTEGER,
+        UNIQUE (domain, selector)
+    );
+    CREATE TABLE dmarc_records (
+        id INTEGER PRIMARY KEY,
+        period INTEGER NOT NULL,
+        policy_domain TEXT NOT NULL,
+        header_from TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        disposition TEXT NOT NULL,
+        dkim TEXT NOT NULL,
+        spf TEXT NOT NULL,
+        dkim_results TEXT NOT NULL,
+        spf_result TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        rua TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        UNIQUE (period, policy_domain, header_from, source_ip, envelope_from, disposition,
+                dkim, spf, dkim_results, spf_result, reason)
+    );
+    """,
+    # 5: quotas (RFC 9208). Limits are NULL (unlimited) until set; usage is kept up to date
     # by every write that adds or removes a message row (mail.charge), so checking a
     # quota is one row read. The backfill below is the only SUM ever taken.
     """
@@ -223,7 +258,7 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         used_messages = (SELECT count(*) FROM messages m
                          JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = users.id)
     """,
-    # 5: access control lists (RFC 4314). One row per (mailbox, identifier); identifiers
+    # 6: access control lists (RFC 4314). One row per (mailbox, identifier); identifiers
     # are user addresses, "anyone" or "authenticated". Owners' rights are implicit.
     """
     CREATE TABLE acl (
@@ -234,7 +269,7 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     );
     CREATE INDEX acl_identifier ON acl(identifier)
     """,
-    # 6: METADATA entries (RFC 5464). owner is the user id for "/private/..." entries and 0
+    # 7: METADATA entries (RFC 5464). owner is the user id for "/private/..." entries and 0
     # for "/shared/..." ones; mailbox_id 0 holds the server's entries. Rows of a deleted
     # mailbox or user are removed explicitly (accounts.py).
     """
@@ -246,7 +281,7 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         PRIMARY KEY (mailbox_id, owner, name)
     )
     """,
-    # 7: URLAUTH keys (RFC 4467 7), one random secret per mailbox, created on first use.
+    # 8: URLAUTH keys (RFC 4467 7), one random secret per mailbox, created on first use.
     """
     CREATE TABLE urlauth_keys (
         mailbox_id INTEGER PRIMARY KEY REFERENCES mailboxes(id) ON DELETE CASCADE,
