@@ -657,6 +657,10 @@ def test_quota_limits_refuse_writes_atomically(store_run: Any) -> None:
         assert r.over_quota == (u.id,) and len(r.placed) == 1
         r = await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id,), enforce_quota=True))
         assert r.over_quota == (u.id,) and r.placed == []
+        junk = await store.get_mailbox(u.id, "Junk")  # explicit mailboxes count too
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", mailbox_ids=(junk.id,),
+                                         enforce_quota=True))
+        assert r.over_quota == (u.id,) and r.placed == []
         # without enforce_quota (e.g. bounces) it is stored anyway
         r = await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id,)))
         assert len(r.placed) == 1
