@@ -20,26 +20,18 @@ def test_costly_finds_what_would_hold_the_loop() -> None:
                           b"Content-Type: text/plain; " + b";" * 5000 + b"\r\n\r\nx\r\n--b--\r\n")
 
 
-def test_prepare_inbound_does_what_the_shell_did() -> None:
+def test_prepare_headers_does_what_the_shell_did() -> None:
     data = b"Return-Path: <evil@example.org>\r\nBcc: hidden@example.org\r\n" + SMALL
-    stored, summary = deliver.prepare_inbound(  # type: ignore[misc]
-        data, prefix=b"Received: by us\r\n", drop=deliver.DROP_ALWAYS + deliver.DROP_ON_SUBMISSION,
-        submission=("mail.example.test", "QID123"), max_received=5, with_summary=True,
+    fixed = deliver.prepare_headers(
+        data, drop=deliver.DROP_ALWAYS + deliver.DROP_ON_SUBMISSION,
+        submission=("mail.example.test", "QID123"), max_received=5,
     )
-    assert stored.startswith(b"Received: by us\r\nFrom: a@example.org\r\n")
-    assert b"Return-Path" not in stored and b"Bcc" not in stored
-    assert b"Message-ID: <QID123@mail.example.test>\r\n" in stored and b"\r\nDate: " in stored
-    assert summary == deliver.summarize(stored)
-    _, none = deliver.prepare_inbound(  # type: ignore[misc]
-        SMALL, prefix=b"", drop=(), submission=None, max_received=5, with_summary=False)
-    assert none == b""
+    assert fixed is not None and fixed.startswith(b"From: a@example.org\r\n")
+    assert b"Return-Path" not in fixed and b"Bcc" not in fixed
+    assert b"Message-ID: <QID123@mail.example.test>\r\n" in fixed and b"\r\nDate: " in fixed
+    assert deliver.prepare_headers(SMALL, drop=(), submission=None, max_received=5) == SMALL
     looping = b"Received: x\r\n" * 5 + SMALL
-    assert deliver.prepare_inbound(looping, prefix=b"", drop=(), submission=None,
-                                   max_received=5, with_summary=True) is None
-    unterminated = deliver.prepare_inbound(b"Subject: x\r\n\r\nno final line end", prefix=b"",
-                                           drop=(), submission=None, max_received=5,
-                                           with_summary=False)
-    assert unterminated is not None and unterminated[0].endswith(b"end\r\n")
+    assert deliver.prepare_headers(looping, drop=(), submission=None, max_received=5) is None
 
 
 def test_prepare_append_normalizes_and_summarizes() -> None:

@@ -71,6 +71,12 @@ def parse_size(value: object) -> int:
     raise ValueError("a size: bytes as an integer, or a string like \"50M\", \"512K\", \"1G\"")
 
 
+def _at_least(value: int, lo: int, what: str) -> int:
+    if value < lo:
+        raise ValueError(what)
+    return value
+
+
 def _int_range(lo: int, hi: int) -> Callable[[object], int]:
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -178,6 +184,30 @@ def _duration_list(value: object) -> tuple[float, ...]:
     return tuple(parse_duration(v) for v in value)
 
 
+def _forwarders(value: object) -> tuple[str, ...]:
+    """Networks ("192.0.2.0/24", "2001:db8::/32", an address) or domain names."""
+    allowed = "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]"
+    if not isinstance(value, list):
+        raise ValueError(allowed)
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(allowed)
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            if not _HOSTNAME_RE.match(item):
+                raise ValueError(allowed) from None
+            out.append(item.lower().rstrip("."))
+    return tuple(out)
+
+
+def _address(value: object) -> str:
+    if not isinstance(value, str) or value.count("@") != 1 or not _HOSTNAME_RE.match(value.split("@")[1]):
+        raise ValueError("an email address such as \"postmaster@example.org\"")
+    return value
+
+
 def _str_map(parse_value: Callable[[object], Any]) -> Callable[[object], dict[str, Any]]:
     def parse(value: object) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -223,6 +253,8 @@ class Limits:
     auth_delay: float = 1.0
     auth_cache_ttl: float = 300.0
     shutdown_grace: float = 10.0
+    metadata_size: int = 16 * 1024
+    metadata_entries: int = 200
     command_time: float = 60.0
     cpu_workers: int = 2
 
@@ -271,6 +303,31 @@ class OutboundSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSettings:
+    cache_entries: int = 10000
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSettings:
+    sign: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChecksSettings:
+    enabled: bool = True
+    enforce: bool = True
+    trusted_forwarders: tuple[str, ...] = ()
+    timeout: float = 20.0
+    max_signatures: int = 10
+    arc_seal: bool = True
+    reports: bool = True
+    report_from: str = ""
+    report_org: str = ""
+    report_interval: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
@@ -289,6 +346,9 @@ class Settings:
     imap: ImapSettings = ImapSettings()
     pop3: Pop3Settings = Pop3Settings()
     outbound: OutboundSettings = OutboundSettings()
+    dns: DnsSettings = DnsSettings()
+    dkim: DkimSettings = DkimSettings()
+    auth_checks: AuthChecksSettings = AuthChecksSettings()
     logging: LoggingSettings = LoggingSettings()
     fsync: bool = True
 
@@ -316,6 +376,9 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "auth_delay": parse_duration,
         "auth_cache_ttl": parse_duration,
         "shutdown_grace": parse_duration,
+        # RFC 5464 4.1: at least 1024 octets per value and 10 entries per mailbox.
+        "metadata_size": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),
+        "metadata_entries": _int_range(10, 100000),
         "command_time": parse_duration,
         "cpu_workers": _int_range(0, 64),
     },
@@ -350,6 +413,20 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "connection_cache_time": parse_duration,
         "queue_poll_interval": parse_duration,
     },
+    "dns": {"cache_entries": _int_range(0, 10_000_000), "timeout": parse_duration},
+    "dkim": {"sign": _boolean},
+    "auth_checks": {
+        "enabled": _boolean,
+        "enforce": _boolean,
+        "trusted_forwarders": _forwarders,
+        "timeout": parse_duration,
+        "max_signatures": _int_range(1, 100),
+        "arc_seal": _boolean,
+        "reports": _boolean,
+        "report_from": lambda v: "" if v == "" else _address(v),
+        "report_org": _string,
+        "report_interval": parse_duration,
+    },
     "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
@@ -359,6 +436,9 @@ _SECTION_CLASSES = {
     "imap": ImapSettings,
     "pop3": Pop3Settings,
     "outbound": OutboundSettings,
+    "dns": DnsSettings,
+    "dkim": DkimSettings,
+    "auth_checks": AuthChecksSettings,
     "logging": LoggingSettings,
 }
 

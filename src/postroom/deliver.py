@@ -14,7 +14,12 @@ import email.utils
 import re
 import time
 
+from typing import TYPE_CHECKING
+
 from postroom.message import scan
+
+if TYPE_CHECKING:
+    from postroom.store.api import Store
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -148,6 +153,21 @@ def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = 
     return data[:end] + add + data[end:]
 
 
+async def junk_mailboxes(store: Store, user_ids: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """DMARC ``p=quarantine`` (RFC 7489 6.3): the Junk mailbox of each user, and the users
+    that have none (they get the message in their INBOX, as before)."""
+    junk: list[int] = []
+    inbox: list[int] = []
+    for uid in user_ids:
+        boxes = await store.list_mailboxes(uid)
+        found = [m for m in boxes if m.special_use == "\\Junk"] or [m for m in boxes if m.name == "Junk"]
+        if found:
+            junk.append(found[0].id)
+        else:
+            inbox.append(uid)
+    return tuple(junk), tuple(inbox)
+
+
 def summarize(data: bytes) -> bytes:
     """The stored parse summary for ``data`` (MIME tree with offsets, envelope, sort keys)."""
     return scan(data).to_bytes()
@@ -168,7 +188,7 @@ _PART_SEPARATORS = (b";", b"<", b"(", b'"')  # (part headers; body text has comm
 
 
 def costly(data: bytes) -> bool:
-    """Is :func:`prepare_inbound` / :func:`prepare_append` of ``data`` worth offloading?
+    """Is :func:`prepare_headers` / :func:`prepare_append` of ``data`` worth offloading?
 
     Inline the MIME scan costs about a millisecond for ordinary mail; these cheap counts
     (C scans, no parsing) find what could cost much more.
@@ -186,35 +206,26 @@ def costly(data: bytes) -> bool:
     return parts > 0 and sum(data.count(c, end) for c in _PART_SEPARATORS) > COSTLY_TOKENS
 
 
-def prepare_inbound(
+def prepare_headers(
     data: bytes,
     *,
-    prefix: bytes,
     drop: tuple[bytes, ...],
     submission: tuple[str, str] | None,
     max_received: int,
-    with_summary: bool,
-) -> tuple[bytes, bytes] | None:
-    """The stored form of a message received over SMTP, and its parse summary.
-
-    None when ``data`` already carries ``max_received`` ``Received:`` fields (a mail
-    loop, RFC 5321 6.3). Otherwise: the ``drop`` fields removed, ``Message-ID:``/``Date:``
-    added for submission (``(hostname, queue id)``, RFC 6409 8), ``prefix`` (our trace
-    fields) in front, a final CRLF ensured; the summary only ``with_summary`` (local
-    recipients), else b"". A pure function of its arguments, so the SMTP shell can run it
-    in a worker process for big or complex messages (:func:`costly`).
+) -> bytes | None:
+    """A message received over SMTP with its header fixed: None when it already carries
+    ``max_received`` ``Received:`` fields (a mail loop, RFC 5321 6.3); otherwise without
+    the ``drop`` fields and, for submission (``(hostname, queue id)``), with
+    ``Message-ID:``/``Date:`` added when missing (RFC 6409 8). Each step walks the header
+    line by line: a pure function, so the SMTP shell runs it in a worker process for big
+    or complex messages (:func:`costly`).
     """
     if count_fields(data, b"received") >= max_received:
         return None
     data = drop_fields(data, drop)
     if submission is not None:
         data = submission_fixups(data, *submission)
-    stored = prefix + data
-    # The SMTP core refused bare CR/LF and NUL already (DATA and BDAT alike), so only a
-    # missing final CRLF (BDAT) can break the stored-message invariants.
-    if not stored.endswith(b"\r\n"):
-        stored += b"\r\n"
-    return stored, summarize(stored) if with_summary else b""
+    return data
 
 
 def prepare_append(data: bytes) -> tuple[bytes, bytes]:

@@ -12,6 +12,7 @@ from postroom.config import Settings
 from postroom.net.budget import check
 from postroom.net.listener import Shutdown
 from postroom.net.offload import CpuPool
+from postroom.policy.dns import Resolver
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
 
@@ -26,6 +27,10 @@ class Services:
     tls: TlsContexts
     shutdown: Shutdown
     secret: bytes = b""  # stable per data folder: SCRAM fake salts, id generation
+    resolver: Resolver | None = None  # the one DNS resolver (queue and auth checks)
+    signer: Any = None  # policy.signing.Signer: DKIM signing and ARC sealing
+    auth_checker: Any = None  # policy.inbound.AuthChecker (None: no inbound checks)
+    dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
     node: str = "local"
     counters: dict[str, int] = field(default_factory=dict)
     # Worker processes for work that cannot be sliced (net/offload.py); None: run inline

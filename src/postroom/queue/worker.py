@@ -223,7 +223,9 @@ class QueueWorker:
         settings = services.settings
         self.out = out = settings.outbound
         self.rng = rng if rng is not None else random.Random()
-        self.resolver = resolver if resolver is not None else make_resolver(out.resolver)
+        if resolver is None:
+            resolver = services.resolver if services.resolver is not None else make_resolver(out.resolver)
+        self.resolver = resolver
         self.router = Router(settings, self.resolver, rng=self.rng)
         schedule = out.retry_schedule
         self.policy = RetryPolicy(
@@ -722,7 +724,7 @@ class QueueWorker:
                 for o in bounced
             ]
             await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now,
-                           offload=self.services.offload)
+                           signer=self.services.signer, offload=self.services.offload)
         if warn:
             delayed = [o for o in pending if wanted(msg, o.rcpt, DsnKind.DELAY)]
             if delayed:
@@ -734,7 +736,7 @@ class QueueWorker:
                     for o in delayed
                 ]
                 await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now,
-                           offload=self.services.offload)
+                           signer=self.services.signer, offload=self.services.offload)
         relayed = [
             o for o in outcomes
             if o.state == "delivered" and o.relayed and wanted(msg, o.rcpt, DsnKind.SUCCESS)
@@ -748,7 +750,7 @@ class QueueWorker:
                 for o in relayed
             ]
             await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now,
-                           offload=self.services.offload)
+                           signer=self.services.signer, offload=self.services.offload)
         records = [
             RecipientOutcome(o.rcpt.id, state, o.status, o.diagnostic, o.remote_mta)
             for state, group in (
