@@ -315,21 +315,14 @@ def needs_meta(key: SearchKey) -> bool:
 def _needles(key: SearchKey, out: tuple[set[str], set[str], set[tuple[str, str]]]) -> None:
     """Collect what :func:`jobs.text_hits` must look for: (header-text needles, body-text
     needles, (field, needle) pairs), all case-folded."""
-    if isinstance(key, TextKey):
-        needle = key.value.casefold()
-        out[1].add(needle)
-        if key.where != "BODY":
-            out[0].add(needle)
-    elif isinstance(key, HeaderKey) and not is_envelope_key(key):
-        out[2].add((key.field, key.value.casefold()))
-    elif isinstance(key, Not):
-        _needles(key.key, out)
-    elif isinstance(key, Or):
-        _needles(key.left, out)
-        _needles(key.right, out)
-    elif isinstance(key, And):
-        for k in key.keys:
-            _needles(k, out)
+    for k in search_mask.leaf_keys(key):
+        if isinstance(k, TextKey):
+            needle = k.value.casefold()
+            out[1].add(needle)
+            if k.where != "BODY":
+                out[0].add(needle)
+        elif isinstance(k, HeaderKey) and not is_envelope_key(k):
+            out[2].add((k.field, k.value.casefold()))
 
 
 async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
