@@ -131,7 +131,7 @@ def test_noop_answers_while_every_hostile_input_runs(evil_server: tuple[Server, 
     for cmd in hostile.IMAP_HEAVY:
         assert tallies[cmd].ok >= 1, str(tallies[cmd])  # answered in full, within the budget
     assert tallies["append"].ok >= 1 and tallies["smtp"].ok >= 1
-    assert tallies["literal"].refused >= 1 and tallies["logins"].refused >= 3
+    assert tallies["literal"].refused >= 1 and tallies["logins"].refused >= 1
     assert tallies[hostile.IMAP_HEAVY[0]].slowest < 30.0  # the LIST: 90 s before
     for name in ("imap", "pop3", "smtp"):
         n, p50, p99, worst = probe.summary(name)

@@ -158,11 +158,12 @@ async def _imap(port: int, user: str, password: str, timeout: float) -> ImapClie
 async def imap_commands(port: int, user: str, password: str, commands: tuple[str, ...],
                         until: float, tally: Tally, *, timeout: float = 120.0,
                         once: bool = False) -> None:
-    """Run ``commands`` in turn (after SELECT INBOX) until ``until`` (``once``: one round)."""
+    """Run ``commands`` in turn (after SELECT INBOX) until ``until``; ``once``: one round,
+    whenever the login got through (a login flood may hold it up)."""
     client = await _imap(port, user, password, timeout)
     try:
         await client.command("SELECT INBOX")
-        while time.monotonic() < until:
+        while once or time.monotonic() < until:
             for command in commands:
                 started = time.monotonic()
                 try:
@@ -171,7 +172,7 @@ async def imap_commands(port: int, user: str, password: str, commands: tuple[str
                     tally.errors.append(f"{command[:40]}: {e!r}")
                     return
                 tally.note(started, _imap_status(resp.status, resp.text))
-                if time.monotonic() >= until:
+                if not once and time.monotonic() >= until:
                     break
             if once:
                 break
@@ -182,10 +183,11 @@ async def imap_commands(port: int, user: str, password: str, commands: tuple[str
 async def imap_append(port: int, user: str, password: str, mailbox: str, message: bytes,
                       until: float, tally: Tally, *, timeout: float = 120.0,
                       once: bool = False) -> None:
-    """APPEND ``message`` again and again (a literal of its size each time)."""
+    """APPEND ``message`` again and again (a literal of its size each time); ``once``:
+    one APPEND, whenever the login got through."""
     client = await _imap(port, user, password, timeout)
     try:
-        while time.monotonic() < until:
+        while once or time.monotonic() < until:
             started = time.monotonic()
             try:
                 await client.command_literal(b"APPEND " + mailbox.encode(), message)
@@ -204,8 +206,11 @@ async def imap_append(port: int, user: str, password: str, mailbox: str, message
 async def imap_literal_flood(port: int, user: str, password: str, size: int, until: float,
                              tally: Tally, *, timeout: float = 60.0) -> None:
     """Non-synchronising literals above the APPEND limit (LITERAL+, RFC 7888): the server
-    must read and throw them away (or hang up) without buffering them."""
-    while time.monotonic() < until:
+    must read and throw them away (or hang up) without buffering them. At least one
+    literal is sent whole, however late the login got through."""
+    attempts = 0
+    while attempts == 0 or time.monotonic() < until:
+        attempts += 1
         client = await _imap(port, user, password, timeout)
         try:
             started = time.monotonic()
@@ -214,7 +219,7 @@ async def imap_literal_flood(port: int, user: str, password: str, size: int, unt
             sent = 0
             try:
                 while sent < size:
-                    if time.monotonic() >= until:
+                    if attempts > 1 and time.monotonic() >= until:
                         return  # mid-literal: just hang up (the finally closes)
                     client.writer.write(chunk)
                     await asyncio.wait_for(client.writer.drain(), timeout)
@@ -272,7 +277,7 @@ async def smtp_send(port: int, rcpt: str, message: bytes, until: float, tally: T
             await _smtp_reply(reader)
             writer.write(b"EHLO hostile.example.org\r\n")
             await _smtp_reply(reader)
-        while time.monotonic() < until:
+        while once or time.monotonic() < until:
             started = time.monotonic()
             async with asyncio.timeout(timeout):
                 writer.write(b"MAIL FROM:<hostile@example.org>\r\n")
