@@ -186,6 +186,7 @@ def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                  extra='[limits]\nauth_delay = "10ms"\ncommand_time = "1ms"\n' + PLAIN)
     srv.add_user("big@example.test")
     srv.add_user("small@example.test")
+    srv.add_user("idle@example.test")
     store_in_order(srv, "big@example.test",
                    [b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i) for i in range(3000)])
     srv.start()
@@ -210,6 +211,35 @@ def test_imap_command_over_budget_gets_no_limit(tight_server: Server) -> None:
         assert m.noop()[0] == "OK"  # the session goes on
         typ, data = m.fetch("1:*", "(FLAGS)")  # answered from the view: never over budget
         assert typ == "OK" and len(data) == 3000
+    finally:
+        m.logout()
+
+
+def test_idle_is_not_cut_by_the_budget(tight_server: Server) -> None:
+    """Waiting for the client does not count: an IDLE far longer than 1 ms still gets its
+    updates and ends with OK."""
+    m = imaplib.IMAP4("127.0.0.1", tight_server.ports["imap"], timeout=30)
+    try:
+        m.login("idle@example.test", PASSWORD)
+        m.select("INBOX")
+        tag = m._new_tag().decode()  # type: ignore[attr-defined]
+        m.send(f"{tag} IDLE\r\n".encode())
+        assert m.readline().startswith(b"+")
+        time.sleep(0.3)
+        sock, f = _smtp(tight_server.ports["mx"])  # a delivery wakes the IDLE
+        _reply(f)
+        sock.sendall(b"EHLO c.example.org\r\nMAIL FROM:<a@example.org>\r\n"
+                     b"RCPT TO:<idle@example.test>\r\nDATA\r\n")
+        for _ in range(4):
+            _reply(f)
+        sock.sendall(b"Subject: during idle\r\n\r\nx\r\n.\r\n")
+        assert _reply(f).startswith(b"250")
+        sock.close()
+        assert re.match(rb"\* \d+ EXISTS", m.readline())
+        m.send(b"DONE\r\n")
+        while not (line := m.readline()).startswith(tag.encode()):
+            pass
+        assert line.startswith(tag.encode() + b" OK"), line
     finally:
         m.logout()
 

@@ -153,3 +153,26 @@ def test_scope_sets_the_current_budget() -> None:
         assert budget.current() is None
 
     asyncio.run(main())
+
+
+def test_work_done_while_paused_is_never_cut_and_takes_no_slot() -> None:
+    """Updates pushed while a command waits for its client (IDLE, NOTIFY) run inside the
+    pause: past the command's deadline they still run, and they never take a heavy slot
+    that the waiting command would then keep."""
+    clock = Clock()
+
+    async def main() -> None:
+        b = Budget(1.0, clock)
+        with b.paused():
+            clock.now += 100.0
+            clock.now += SLICE
+            await b.tick()  # no BudgetExceeded, and only a yield
+            await b.heavy()
+            b.check()
+            assert b._slot is None and b.remaining() == float("inf") and b.due == float("inf")
+            with b.paused():  # nested: counted once
+                clock.now += 10.0
+        assert b.deadline == pytest.approx(1000.0 + 1.0 + 100.0 + SLICE + 10.0)
+        b.check()
+
+    asyncio.run(main())

@@ -52,7 +52,7 @@ async def _verify_slot() -> AsyncIterator[None]:
     b = budget.current()
     if b is not None and _VERIFY_SLOTS.locked():
         try:
-            async with asyncio.timeout(b.remaining() if b.deadline < math.inf else None):
+            async with asyncio.timeout(b.remaining() if b.due < math.inf else None):
                 await _VERIFY_SLOTS.acquire()
         except TimeoutError:
             raise BudgetExceeded(b.limit) from None

@@ -104,7 +104,7 @@ class Budget:
     ``limit`` is in seconds; 0 means no deadline (slices still apply).
     """
 
-    __slots__ = ("_clock", "_slot", "_yield_at", "deadline", "limit")
+    __slots__ = ("_clock", "_paused", "_slot", "_yield_at", "deadline", "limit")
 
     def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
         now = clock()
@@ -113,22 +113,37 @@ class Budget:
         self._clock = clock
         self._yield_at = now + SLICE
         self._slot: asyncio.Semaphore | None = None
+        self._paused = 0
+
+    @property
+    def due(self) -> float:
+        """The deadline that applies now: none (``math.inf``) while paused."""
+        return math.inf if self._paused else self.deadline
 
     def remaining(self) -> float:
         """Seconds left before the deadline (``math.inf`` without one), never negative."""
-        return max(0.0, self.deadline - self._clock())
+        return max(0.0, self.due - self._clock())
 
     def expired(self) -> bool:
-        return self._clock() >= self.deadline
+        return self._clock() >= self.due
 
     def check(self) -> None:
         """Raise :class:`BudgetExceeded` when past the deadline (for synchronous code)."""
-        if self._clock() >= self.deadline:
+        if not self._paused and self._clock() >= self.deadline:
             raise BudgetExceeded(self.limit)
 
     async def tick(self) -> None:
-        """Call once per item of a long loop: yields every SLICE, raises past the deadline."""
+        """Call once per item of a long loop: yields every SLICE, raises past the deadline.
+
+        While :meth:`paused` (work done on the side while the command waits for its
+        client, e.g. updates pushed during IDLE) it only yields: no deadline, no slot.
+        """
         now = self._clock()
+        if self._paused:
+            if now >= self._yield_at:
+                await asyncio.sleep(0)
+                self._yield_at = self._clock() + SLICE
+            return
         if now >= self.deadline:
             raise BudgetExceeded(self.limit)
         if now < self._yield_at:
@@ -143,7 +158,7 @@ class Budget:
         the whole-mailbox reads of SEARCH, SORT and THREAD then also run two at a time,
         not only their slices (they build Python objects on the store's threads, which
         share the GIL with the loop)."""
-        if self._slot is None:
+        if self._slot is None and not self._paused:
             now = self._clock()
             if now >= self.deadline:
                 raise BudgetExceeded(self.limit)
@@ -171,14 +186,18 @@ class Budget:
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """Time spent inside does not count, and the heavy slot is free meanwhile."""
+        """Time spent inside does not count, and the heavy slot is free meanwhile (and is
+        not taken again inside: see :meth:`tick`)."""
         self.release()
         started = self._clock()
+        self._paused += 1
         try:
             yield
         finally:
+            self._paused -= 1
             now = self._clock()
-            self.deadline += now - started
+            if not self._paused:  # the outermost pause: nested ones are inside it
+                self.deadline += now - started
             self._yield_at = now + SLICE
 
 

@@ -197,7 +197,7 @@ class CpuPool:
         deadline, limit = math.inf, 0.0
         if budget is not None:
             budget.release()
-            deadline, limit = budget.deadline, budget.limit
+            deadline, limit = budget.due, budget.limit
         self.jobs += 1
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._threads, self._dispatch, fn, args, deadline, limit)
