@@ -54,8 +54,9 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls)
     services = Services(
-        settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
-        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
+        settings=settings, store=store,
+        directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
+        tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
     )
     handlers = _handlers(services)
     workers: list[Any] = []

@@ -208,6 +208,8 @@ def cmd_user(args: argparse.Namespace) -> int:
     elif args.action == "remove":
         _with_service(args, lambda s: s.user_remove(args.address))
         print(json.dumps({"removed": args.address}) if args.json else f"removed user {args.address}")
+    elif args.action == "sendas":
+        return _user_sendas(args)
     else:
         users = _with_service(args, lambda s: s.user_list(args.domain))
         _emit(
@@ -215,6 +217,27 @@ def cmd_user(args: argparse.Namespace) -> int:
             [{"address": u.address, "domain": u.domain, "created": u.created} for u in users],
             [(u.address, _ts(u.created)) for u in users],
             ("USER", "CREATED"),
+        )
+    return 0
+
+
+def _user_sendas(args: argparse.Namespace) -> int:
+    """``postroom user sendas add|remove USER ADDRESS|@DOMAIN`` and ``list [USER]``."""
+    if args.sendas_action == "add":
+        g = _with_service(args, lambda s: s.sendas_add(args.user, args.address))
+        print(json.dumps({"user": g.user, "address": g.address}) if args.json
+              else f"{g.user} may now send as {g.address}")
+    elif args.sendas_action == "remove":
+        _with_service(args, lambda s: s.sendas_remove(args.user, args.address))
+        print(json.dumps({"removed": {"user": args.user, "address": args.address}}) if args.json
+              else f"{args.user} may no longer send as {args.address}")
+    else:
+        grants = _with_service(args, lambda s: s.sendas_list(args.user))
+        _emit(
+            args,
+            [{"user": g.user, "address": g.address} for g in grants],
+            [(g.user, g.address) for g in grants],
+            ("USER", "MAY SEND AS"),
         )
     return 0
 
@@ -308,6 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("address")
     a = usub.add_parser("list", parents=[common], help="list users")
     a.add_argument("--domain", default=None)
+    a = usub.add_parser(
+        "sendas", parents=[common],
+        help="grant a user the right to submit mail as another address or a whole @domain",
+    )
+    ssub = a.add_subparsers(dest="sendas_action", required=True, metavar="ACTION")
+    for action, text in (("add", "USER ADDRESS|@DOMAIN: allow"), ("remove", "USER ADDRESS|@DOMAIN: revoke")):
+        g = ssub.add_parser(action, parents=[common], help=text)
+        g.add_argument("user")
+        g.add_argument("address")
+    g = ssub.add_parser("list", parents=[common], help="[USER]: list grants")
+    g.add_argument("user", nargs="?", default=None)
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", parents=[common], help="manage aliases (forwarding addresses)")

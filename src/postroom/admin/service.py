@@ -18,7 +18,16 @@ from postroom.address import (
 )
 from postroom.auth import passwords
 from postroom.config import Settings
-from postroom.store.api import Alias, Domain, NotFound, QueuedMessage, Store, StoreError, User
+from postroom.store.api import (
+    Alias,
+    Domain,
+    NotFound,
+    QueuedMessage,
+    SendAsGrant,
+    Store,
+    StoreError,
+    User,
+)
 
 
 class AdminError(Exception):
@@ -45,6 +54,14 @@ def _hash(password: str) -> Credentials:
 def _address(value: str) -> str:
     try:
         return normalize_address(value)
+    except AddressError as e:
+        raise AdminError(str(e)) from None
+
+
+def _grant_address(value: str) -> str:
+    """A send-as grant: an address or ``@domain`` (every address of the domain)."""
+    try:
+        return normalize_alias_source(value)
     except AddressError as e:
         raise AdminError(str(e)) from None
 
@@ -102,6 +119,18 @@ class AdminService:
             raise AdminError(f"no user {addr}")
         creds = await asyncio.get_running_loop().run_in_executor(None, _hash, password)
         await self._call(self.store.set_password(addr, creds.password_hash, creds.scram))
+
+    # -- "may send as" grants --------------------------------------------------------------
+    # Submission refuses an envelope sender or From: address the login does not own (its
+    # own, +tag forms, aliases that reach it); a grant adds one address or a whole @domain.
+    async def sendas_add(self, user: str, address: str) -> SendAsGrant:
+        return await self._call(self.store.add_sendas(_address(user), _grant_address(address)))
+
+    async def sendas_remove(self, user: str, address: str) -> None:
+        await self._call(self.store.remove_sendas(_address(user), _grant_address(address)))
+
+    async def sendas_list(self, user: str | None = None) -> list[SendAsGrant]:
+        return await self.store.list_sendas(_address(user) if user else None)
 
     # -- aliases -------------------------------------------------------------------------
     async def alias_add(self, source: str, targets: list[str]) -> list[Alias]:

@@ -209,6 +209,14 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     # 3: envelope texts for SEARCH in SQL, indexes on blob references (see _message_search)
     _message_search,
+    # 4: "may send as" grants (postroom user sendas): an address or "@domain" per row
+    """
+    CREATE TABLE sendas (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        PRIMARY KEY (user_id, address)
+    );
+    """,
 ]
 
 
