@@ -18,6 +18,7 @@ from postroom import logs
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet
+from postroom.policy.disk import FreeSpaceGuard
 from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
 
@@ -57,6 +58,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
         tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
+        free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
     )
     handlers = _handlers(services)
     workers: list[Any] = []

@@ -8,6 +8,7 @@ from pathlib import Path
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Shutdown
+from postroom.policy.disk import FreeSpaceGuard
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
 
@@ -22,6 +23,8 @@ class Services:
     secret: bytes = b""  # stable per data folder: SCRAM fake salts, id generation
     node: str = "local"
     counters: dict[str, int] = field(default_factory=dict)
+    # Room for new mail in the data folder (limits.min_free_space); threshold 0: no guard.
+    free_space: FreeSpaceGuard = field(default_factory=lambda: FreeSpaceGuard(Path("."), 0))
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

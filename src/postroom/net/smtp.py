@@ -274,6 +274,11 @@ class SmtpSession:
     async def _mail(self, event: MailFrom) -> None:
         self.resolutions.clear()
         self.rcpt_results = []
+        if not self.services.free_space.has_room(event.params.size or 0):
+            # The data folder's disk is nearly full (policy/disk.py): come back later.
+            # RFC 1870 6.1: 452 also when the declared SIZE does not fit for now.
+            self.core.reject(R.INSUFFICIENT_STORAGE)
+            return
         sender = event.path.address
         if self.submission:
             user = self.auth.user
@@ -336,6 +341,10 @@ class SmtpSession:
         if deliver.count_fields(data, b"received") >= settings.outbound.max_received_headers:
             self.core.reject(LOOP_DETECTED)
             self._log(event, qid, "554 5.4.6 loop", started)
+            return
+        if not self.services.free_space.has_room(len(data)):
+            self.core.reject(R.INSUFFICIENT_STORAGE)
+            self._log(event, qid, "452 4.3.1 disk space", started)
             return
         if self.submission and self.auth.user is not None:
             refusal = await from_header_refusal(data, self.auth.user, self.services.directory)

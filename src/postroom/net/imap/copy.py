@@ -83,6 +83,13 @@ async def append(s: ImapSession, cmd: Append) -> bytes:
     dst, _ = await _destination(s, cmd.mailbox, cmd.tag)
     limit = s.settings.limits.message_size
     loop = asyncio.get_running_loop()
+    if not s.services.free_space.has_room(sum(len(m.data) for m in cmd.messages)):
+        # The data folder's disk is nearly full (policy/disk.py): new mail waits, while
+        # reading, flag changes and deletions (which free space) keep working.
+        raise ImapPeerError(
+            "Not enough disk space on the server, try again later",
+            status="NO", code=responses.OVERQUOTA, tag=cmd.tag,
+        )
     prepared = []
     for message in cmd.messages:
         data = message.data
