@@ -3,33 +3,17 @@ silent clients are cut, and other protocols on the port are dropped (issue 9).""
 
 from __future__ import annotations
 
-import select
 import socket
 import time
 from pathlib import Path
 
+from support.slow import trickle
 from pop3_e2e import deliver, message, new_user, poplib_login, raw, running
 
 FAST = (
     '[limits]\npop3_idle_timeout = "2s"\nlogin_timeout = "2s"\nmin_data_rate = 1000\n'
     'auth_delay = "10ms"\n'
 )
-
-
-def _answered_within(sock: socket.socket, send: bytes, every: float, limit: float) -> float | None:
-    """Send ``send`` a byte every ``every`` s; when the server answered or closed (s)."""
-    t = time.monotonic()
-    for i in range(len(send)):
-        if time.monotonic() - t > limit:
-            return None
-        try:
-            sock.sendall(send[i : i + 1])
-        except OSError:
-            return time.monotonic() - t
-        readable, _, _ = select.select([sock], [], [], every)
-        if readable:
-            return time.monotonic() - t
-    return None
 
 
 def test_reconnect_after_a_silent_drop_is_not_locked_out(tmp_path: Path) -> None:
@@ -69,7 +53,7 @@ def test_trickled_command_and_slow_login_are_cut(tmp_path: Path) -> None:
         user = new_user(server)
         # After login: one byte every 0.4 s is never 2 s idle, but the line takes longer.
         c = raw(server, "pop3s", user)
-        answered = _answered_within(c.sock, b"NOOP" + b" " * 100 + b"\r\n", 0.4, 12)
+        answered = trickle(c.sock, b"NOOP" + b" " * 100 + b"\r\n", 0.4, 12)
         assert answered is not None and 1.8 <= answered < 5, answered
         assert c.line() == b"-ERR disconnected: command not received in time"
         assert c.is_closed()

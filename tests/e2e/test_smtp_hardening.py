@@ -6,11 +6,11 @@ Each test sends the bytes that broke an earlier version (issue 9) to a running s
 
 from __future__ import annotations
 
-import select
 import time
 from pathlib import Path
 
 import pytest
+from support.slow import trickle
 from support.smtp_e2e import (
     ALICE,
     BOB,
@@ -28,21 +28,11 @@ SENDER = "sender@remote.example"
 FAST = '[limits]\nsmtp_idle_timeout = "2s"\nmin_data_rate = 1000\nauth_delay = "10ms"\n'
 
 
-def _trickle(c: RawSmtp, data: bytes, every: float, limit: float) -> float | None:
-    """Send ``data`` one byte every ``every`` seconds; the time the server answered or
-    closed, or None if it still listened after ``limit`` seconds."""
-    t = time.monotonic()
-    for i in range(len(data)):
-        if time.monotonic() - t > limit:
-            return None
-        try:
-            c.send(data[i : i + 1])
-        except OSError:
-            return time.monotonic() - t
-        readable, _, _ = select.select([c.sock], [], [], every)
-        if readable:
-            return time.monotonic() - t
-    return None
+def _envelope(c: RawSmtp) -> None:
+    """EHLO, MAIL from a remote sender, RCPT to a local user."""
+    c.ehlo()
+    c.expect(f"MAIL FROM:<{SENDER}>", "250 2.1.0")
+    c.expect(f"RCPT TO:<{ALICE}>", "250 2.1.5")
 
 
 def test_trickled_command_line_is_cut_like_an_idle_client(tmp_path: Path) -> None:
@@ -51,7 +41,7 @@ def test_trickled_command_line_is_cut_like_an_idle_client(tmp_path: Path) -> Non
         srv = pool.make(extra=FAST)
         with RawSmtp(srv.ports["mx"]) as c:
             c.ehlo()
-            answered = _trickle(c, b"NOOP " + b"x" * 200 + b"\r\n", 0.4, 12)
+            answered = trickle(c.sock, b"NOOP " + b"x" * 200 + b"\r\n", 0.4, 12)
             assert answered is not None and 1.8 <= answered < 5, answered
             assert c.reply().status == "421 4.4.2"
             assert c.is_closed()
@@ -66,21 +56,17 @@ def test_data_must_progress_at_the_minimum_rate(tmp_path: Path) -> None:
     with servers(tmp_path) as pool:
         srv = pool.make(extra=FAST)
         with RawSmtp(srv.ports["mx"]) as c:
-            c.ehlo()
-            c.expect(f"MAIL FROM:<{SENDER}>", "250 2.1.0")
-            c.expect(f"RCPT TO:<{ALICE}>", "250 2.1.5")
+            _envelope(c)
             c.expect("DATA", "354")
             # ~3 octets/s against a 1000 octets/s minimum: cut after the 2 s of slack.
-            answered = _trickle(c, b"Subject: slow\r\n\r\n" + b"x" * 200, 0.3, 12)
+            answered = trickle(c.sock, b"Subject: slow\r\n\r\n" + b"x" * 200, 0.3, 12)
             assert answered is not None and 1.8 <= answered < 5, answered
             assert c.reply().status == "421 4.4.2"
         # Above the rate, a message may take longer than the idle timeout in total.
         body = b"".join(b"%06d " % i + b"y" * 90 + b"\r\n" for i in range(60))  # 5.8 KB
         data = message("steady", body) + b".\r\n"
         with RawSmtp(srv.ports["mx"]) as c:
-            c.ehlo()
-            c.expect(f"MAIL FROM:<{SENDER}>", "250 2.1.0")
-            c.expect(f"RCPT TO:<{ALICE}>", "250 2.1.5")
+            _envelope(c)
             c.expect("DATA", "354")
             t = time.monotonic()
             for i in range(0, len(data), 1500):  # 1500 octets every 0.8 s: ~1900/s
@@ -95,11 +81,9 @@ def test_bdat_chunks_count_like_data(tmp_path: Path) -> None:
     with servers(tmp_path) as pool:
         srv = pool.make(extra=FAST)
         with RawSmtp(srv.ports["mx"]) as c:
-            c.ehlo()
-            c.expect(f"MAIL FROM:<{SENDER}>", "250 2.1.0")
-            c.expect(f"RCPT TO:<{ALICE}>", "250 2.1.5")
+            _envelope(c)
             c.send(b"BDAT 300 LAST\r\n")
-            answered = _trickle(c, b"z" * 300, 0.3, 12)
+            answered = trickle(c.sock, b"z" * 300, 0.3, 12)
             assert answered is not None and answered < 5, answered
             assert c.reply().status == "421 4.4.2"
         assert srv.messages(ALICE) == []
@@ -134,9 +118,7 @@ def test_bdat_chunk_over_the_limit_refused_at_once(tmp_path: Path, size: str) ->
     with servers(tmp_path) as pool:
         srv = pool.make(extra=extra)
         with RawSmtp(srv.ports["mx"]) as c:
-            c.ehlo()
-            c.expect(f"MAIL FROM:<{SENDER}>", "250 2.1.0")
-            c.expect(f"RCPT TO:<{ALICE}>", "250 2.1.5")
+            _envelope(c)
             t = time.monotonic()
             # Not a single octet of the chunk is sent: the answer must not wait for it.
             r = c.cmd(f"BDAT {size} LAST")

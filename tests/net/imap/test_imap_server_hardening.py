@@ -3,12 +3,11 @@ the port, 8-bit and path-like mailbox names, logged-in sessions per user and add
 
 from __future__ import annotations
 
-import select
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
+from support.slow import trickle
 from imap_raw import RawImap
 from support.server import PASSWORD, Server
 
@@ -37,25 +36,10 @@ def _raw(srv: Server, user: str | None = None) -> RawImap:
     return c
 
 
-def _trickle(sock: socket.socket, data: bytes, every: float, limit: float) -> float | None:
-    t = time.monotonic()
-    for i in range(len(data)):
-        if time.monotonic() - t > limit:
-            return None
-        try:
-            sock.sendall(data[i : i + 1])
-        except OSError:
-            return time.monotonic() - t
-        readable, _, _ = select.select([sock], [], [], every)
-        if readable:
-            return time.monotonic() - t
-    return None
-
-
 # --- slow clients ---------------------------------------------------------------------------
 def test_trickled_command_is_cut(fast: Server) -> None:
     c = _raw(fast, "slow@example.test")
-    answered = _trickle(c.sock, b"t1 NOOP" + b" " * 100 + b"\r\n", 0.4, 12)
+    answered = trickle(c.sock, b"t1 NOOP" + b" " * 100 + b"\r\n", 0.4, 12)
     assert answered is not None and 1.8 <= answered < 5, answered
     assert c.line() == b"* BYE Disconnected: command not received in time\r\n"
     assert c.closed()
@@ -70,7 +54,7 @@ def test_trickled_command_is_cut(fast: Server) -> None:
 def test_append_literal_below_the_minimum_rate_is_cut(fast: Server) -> None:
     c = _raw(fast, "slow@example.test")
     c.send(b"t1 APPEND INBOX {400+}\r\n")
-    answered = _trickle(c.sock, b"Subject: slow\r\n\r\n" + b"x" * 380, 0.3, 12)
+    answered = trickle(c.sock, b"Subject: slow\r\n\r\n" + b"x" * 380, 0.3, 12)
     assert answered is not None and answered < 5, answered
     assert c.line().startswith(b"* BYE Disconnected")
     # At a steady rate above the minimum, a literal may take longer than the idle timeout.
