@@ -372,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("qid", nargs="?")
     a.add_argument("--domain", default=None)
     s.set_defaults(func=cmd_queue)
+
+    from postroom.admin.auth_cli import add_parsers
+
+    add_parsers(sub, common)
     return p
 
 
