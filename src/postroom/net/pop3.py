@@ -218,14 +218,16 @@ class Pop3Session:
                         record.done()  # an answer ends the command line it answers
                     now = time.monotonic()
                     timeout = record.read_timeout(now)
-                    if self.drop is None:
-                        timeout = min(timeout, login_by - now)
+                    # Which deadline a timeout means is decided now: timers may fire early.
+                    login_bound = self.drop is None and login_by - now <= timeout
+                    if login_bound:
+                        timeout = login_by - now
                     try:
                         if timeout <= 0:
                             raise TimeoutError()
                         data = await self.conn.read(timeout)
                     except TimeoutError:
-                        if self.drop is None and time.monotonic() >= login_by:
+                        if login_bound:
                             text = b"-ERR disconnected: no login within the time allowed\r\n"
                         elif self.core.buffered:
                             text = b"-ERR disconnected: command not received in time\r\n"

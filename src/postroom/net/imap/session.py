@@ -307,17 +307,20 @@ class ImapSession:
                 self.write(responses.bye("Server shutting down", responses.UNAVAILABLE))
                 raise Closing()
             now = time.monotonic()
+            login_bound = False
             if self.idling:
                 self._record.done()
                 timeout = min(KEEPALIVE, self.settings.limits.imap_idle_timeout)
             else:
                 # The command being read must be whole by its deadline (net/deadline.py);
                 # before login, the login deadline counts from the connection's start.
+                # Which one a timeout means is decided here: timers may fire a bit early.
                 timeout = self._record.read_timeout(now)
-                if self.user is None:
-                    timeout = min(timeout, self._login_by - now)
+                login_bound = self.user is None and self._login_by - now <= timeout
+                if login_bound:
+                    timeout = self._login_by - now
                 if timeout <= 0:
-                    self._timed_out()
+                    self._timed_out(login_bound)
             try:
                 raw = await self.conn.read(timeout)
             except TimeoutError:
@@ -325,7 +328,7 @@ class ImapSession:
                     self.write(responses.untagged("OK", "Still here"))
                     await self.flush()
                     continue
-                self._timed_out()
+                self._timed_out(login_bound)
             except Interrupted:
                 if self.idling and not self.services.shutdown.requested:
                     await self.sync(expunge=True)
@@ -340,9 +343,9 @@ class ImapSession:
             if data:
                 return data
 
-    def _timed_out(self) -> NoReturn:
+    def _timed_out(self, login: bool) -> NoReturn:
         """Say why the session ends (login deadline, slow command, idle) and end it."""
-        if self.user is None and time.monotonic() >= self._login_by:
+        if login:
             text = "Disconnected: no login within the time allowed"
         elif self.rx.buffered_size:
             text = "Disconnected: command not received in time"
