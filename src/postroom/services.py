@@ -9,6 +9,7 @@ from typing import Any
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Shutdown
+from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import Resolver
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
@@ -28,6 +29,8 @@ class Services:
     dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
     node: str = "local"
     counters: dict[str, int] = field(default_factory=dict)
+    # Room for new mail in the data folder (limits.min_free_space); threshold 0: no guard.
+    free_space: FreeSpaceGuard = field(default_factory=lambda: FreeSpaceGuard(Path("."), 0))
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

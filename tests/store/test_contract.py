@@ -105,6 +105,40 @@ def test_aliases_and_lookup(store_run: Any) -> None:
     store_run(body)
 
 
+def test_sendas_grants(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        await _user(store)
+        await _user(store, "bob@example.test")
+        g = await store.add_sendas("alice@example.test", "news@example.test")
+        assert (g.user, g.address) == ("alice@example.test", "news@example.test")
+        await store.add_sendas("alice@example.test", "@lists.example")  # any domain
+        await store.add_sendas("bob@example.test", "news@example.test")
+        with pytest.raises(AlreadyExists):
+            await store.add_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.add_sendas("nobody@example.test", "news@example.test")
+        grants = [(x.user, x.address) for x in await store.list_sendas()]
+        assert grants == [
+            ("alice@example.test", "@lists.example"),
+            ("alice@example.test", "news@example.test"),
+            ("bob@example.test", "news@example.test"),
+        ]
+        assert [x.address for x in await store.list_sendas("bob@example.test")] == ["news@example.test"]
+        assert await store.list_sendas("nobody@example.test") == []
+        await store.remove_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.remove_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.remove_sendas("nobody@example.test", "news@example.test")
+        # Grants go with their user (and do not pass to a new user of the same name).
+        await store.remove_user("bob@example.test")
+        await _user(store, "bob@example.test")
+        assert await store.list_sendas("bob@example.test") == []
+        assert [x.address for x in await store.list_sendas()] == ["@lists.example"]
+
+    store_run(body)
+
+
 def test_deliver_shares_one_blob(store_run: Any) -> None:
     async def body(store: Any) -> None:
         users = [await _user(store, f"u{i}@example.test") for i in range(50)]

@@ -117,6 +117,15 @@ class Alias:
 
 
 @dataclass(frozen=True, slots=True)
+class SendAsGrant:
+    """User ``user`` may submit mail as ``address`` (an address, or ``@domain`` for any
+    address of that domain), beyond what they own (``postroom user sendas``)."""
+
+    user: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class AddressLookup:
     """What one read tells about an address: its domain, a user, alias targets."""
 
@@ -493,6 +502,13 @@ class Store(Protocol):
     async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
     async def alias_targets(self, source: str) -> list[str]: ...
     async def lookup_address(self, address: str) -> AddressLookup: ...
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant: ...
+    # NotFound when there is no such user; AlreadyExists when granted already. ``address``
+    # is a normalised address or "@domain" (any domain: a user may send for a domain we
+    # do not host, e.g. a mailing-list domain).
+    async def remove_sendas(self, user: str, address: str) -> None: ...  # NotFound
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]: ...
+    # Sorted by user, then address; grants disappear with their user.
 
     # -- mailboxes ---------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...

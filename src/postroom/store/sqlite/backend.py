@@ -47,6 +47,7 @@ from postroom.store.api import (
     QueuedMessage,
     RecipientOutcome,
     SharedMailbox,
+    SendAsGrant,
     StoreResult,
     User,
 )
@@ -173,6 +174,15 @@ class SQLiteStore:
 
     async def lookup_address(self, address: str) -> AddressLookup:
         return await self.engine.read(lambda c: accounts.lookup_address(c, address))
+
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant:
+        return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))
+
+    async def remove_sendas(self, user: str, address: str) -> None:
+        await self.engine.write(lambda c: accounts.remove_sendas(c, user, address))
+
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
+        return await self.engine.read(lambda c: accounts.list_sendas(c, user))
 
     # -- mailboxes -----------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:

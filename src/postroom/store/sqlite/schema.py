@@ -288,6 +288,14 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         secret BLOB NOT NULL
     )
     """,
+    # 9: "may send as" grants (postroom user sendas): an address or "@domain" per row
+    """
+    CREATE TABLE sendas (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        PRIMARY KEY (user_id, address)
+    );
+    """,
 ]
 
 
