@@ -17,7 +17,8 @@ work off the event loop belong to ``policy.inbound`` and ``policy.signing``.
 Why our own code rather than dkimpy: dkimpy's RSA is pure Python (about 30 ms per 2048-bit
 signature on the development machine against well under 1 ms with ``cryptography``) and its
 DNS lookups block unless replaced; the canonicalization and tag syntax are small and are
-checked against dkimpy and OpenDKIM in the test suite (``tests/policy/test_dkim_interop.py``).
+checked against dkimpy and OpenDKIM in the test suite (``tests/e2e/test_mail_auth.py``,
+``tests/e2e/test_opendkim_milter.py``).
 
 Decisions:
 * ``rsa-sha1`` signatures are not accepted (RFC 8301 3.1: verifiers MUST NOT); RSA keys under
