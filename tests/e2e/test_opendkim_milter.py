@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +31,7 @@ from postroom.policy import dkim
 from support.dns_server import DnsServer, free_port_on
 from support.opendkim import OpenDkim
 from support.opendkim import available as opendkim_missing
+from support.mail_auth import dns_txt_lookup
 from support.outbound import wait
 from support.postfix import Postfix
 from support.postfix import available as postfix_missing
@@ -44,13 +43,6 @@ ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 SIGNER = "signer.test"
 PF_MX = "127.0.0.6"
-
-
-def _cli(srv: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "postroom", "-c", str(srv.config), *args],
-        capture_output=True, text=True, timeout=120,
-    )
 
 
 def _fields(data: bytes, name: bytes) -> list[str]:
@@ -80,10 +72,10 @@ def env() -> Iterator[dict[str, Any]]:
         srv.add_user(ALICE)
         srv.add_user(BOB)
         for alg, sel in (("ed25519", "ed1"), ("rsa", "rsa1")):
-            r = _cli(srv, "dkim", "generate", DOMAIN, "--algorithm", alg, "--selector", sel)
+            r = srv.cli("dkim", "generate", DOMAIN, "--algorithm", alg, "--selector", sel)
             assert r.returncode == 0, r.stderr
         ours = {f"{k['selector']}._domainkey.{DOMAIN}": k["dns_txt"]
-                for k in json.loads(_cli(srv, "dkim", "list", "--json").stdout)}
+                for k in json.loads(srv.cli("dkim", "list", "--json").stdout)}
         srv.start()
         started.append(srv)
 
@@ -174,11 +166,7 @@ def test_opendkim_signed_mail_verifies_in_postroom(env: dict[str, Any]) -> None:
     plain = b"".join(raw for n, raw in fields
                      if n not in (b"return-path", b"authentication-results")
                      and not (n == b"received" and b"(postroom)" in raw)) + b"\r\n" + body
-    dns: DnsServer = env["dns"]
-
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-        return dns.records.get((name.decode().rstrip(".").lower(), "TXT"), [""])[0].encode()
-
+    dnsfunc = dns_txt_lookup(env["dns"])
     for idx in range(2):
         assert dkimpy.DKIM(plain).verify(idx=idx, dnsfunc=dnsfunc), f"dkimpy rejects signature {idx}"
 
