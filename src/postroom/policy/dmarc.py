@@ -44,11 +44,14 @@ class DmarcRecord:
     rua: tuple[str, ...] = ()  # mailto: URIs (size limits stripped)
     raw_rua: str = ""
     ruf: tuple[str, ...] = ()
+    fo: str = "0"  # failure reporting options (RFC 7489 6.3), echoed in aggregate reports
 
     def tags(self) -> str:
+        """The policy as it applied, space-separated, for the aggregate report's
+        ``policy_published`` (``policy.reports``)."""
         return (
             f"p={self.policy} sp={self.subdomain_policy} adkim={self.adkim} aspf={self.aspf} "
-            f"pct={self.pct}"
+            f"pct={self.pct} fo={self.fo}"
         )
 
 
@@ -87,18 +90,51 @@ def parse_record(text: str) -> DmarcRecord:
         policy=policy, subdomain_policy=sp,
         adkim=adkim if adkim in ("r", "s") else "r", aspf=aspf if aspf in ("r", "s") else "r",
         pct=min(100, max(0, pct)), rua=rua, raw_rua=tags.get("rua", ""), ruf=ruf,
+        fo=_fo(tags.get("fo", "0")),
     )
+
+
+def _fo(value: str) -> str:
+    """RFC 7489 6.3 ``fo=``: colon-separated options among 0, 1, d, s; anything else is
+    ignored (the default "0")."""
+    options = [o.strip().lower() for o in value.split(":")]
+    return value.strip().lower().replace(" ", "") if options and all(o in ("0", "1", "d", "s") for o in options) else "0"
 
 
 def _uri(value: str) -> str:
     """A mailto: URI without its size limit (RFC 7489 6.2 ``!10m``); others are dropped."""
+    parsed = parse_uri(value)
+    return "mailto:" + parsed[0] if parsed else ""
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_uri(value: str) -> tuple[str, int | None] | None:
+    """A ``mailto:`` report URI (RFC 7489 6.2) as (address, size limit in bytes or None);
+    None for other schemes and malformed addresses. ``!10m`` means 10 * 2**20 bytes."""
     value = value.strip()
     if not value.lower().startswith("mailto:"):
-        return ""
-    address = value[7:].split("!", 1)[0].strip()
-    if "@" not in address or any(c in address for c in " <>,;\r\n"):
-        return ""
-    return "mailto:" + address
+        return None
+    address, _, size = value[7:].partition("!")
+    address = address.strip()
+    if "@" not in address or any(c in address for c in " <>,;\r\n!"):
+        return None
+    limit: int | None = None
+    size = size.strip().lower()
+    if size:
+        digits, unit = (size[:-1], size[-1]) if size[-1] in "kmgt" else (size, "")
+        if not digits.isdigit() or len(digits) > 15:
+            return None  # RFC 7489 6.2: an unparseable URI is ignored
+        limit = int(digits) * _UNITS[unit]
+    return address, limit
+
+
+def report_addresses(rua: str) -> list[tuple[str, int | None]]:
+    """The usable ``mailto:`` addresses of a ``rua=`` value with their size limits (at most
+    MAX_RUA; other URI schemes are ignored)."""
+    found = [p for p in (parse_uri(u) for u in rua.split(",")) if p]
+    return found[:MAX_RUA]
 
 
 def select_record(texts: Sequence[str]) -> DmarcRecord | None:
