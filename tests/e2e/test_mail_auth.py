@@ -196,6 +196,18 @@ def test_dmarc_reject_is_refused_at_end_of_data(env: dict[str, Any]) -> None:
     assert len(srv.messages(BOB)) == before
 
 
+def test_np_rejects_forged_nonexistent_subdomains(env: dict[str, Any]) -> None:
+    """RFC 9091: the organization says sp=none for its real subdomains but np=reject for
+    names that do not exist; forged mail from such a name is refused, from a real one not."""
+    srv, dns = env["srv"], env["dns"]
+    Remote(dns, "org.test", dmarc="v=DMARC1; p=none; sp=none; np=reject", spf="v=spf1 -all")
+    dns.set("shop.org.test", "A", ["192.0.2.80"])
+    code, text = _mx(srv, "x@invented.org.test", BOB, _msg("x@invented.org.test", BOB, "np forged"))
+    assert code == 550 and b"5.7.1" in text, (code, text)
+    assert _mx(srv, "x@shop.org.test", BOB, _msg("x@shop.org.test", BOB, "np real"))[0] == 250
+    assert "dmarc=fail" in _ar(_last(srv, BOB))
+
+
 def test_dmarc_quarantine_goes_to_junk(env: dict[str, Any]) -> None:
     srv, dns = env["srv"], env["dns"]
     Remote(dns, "shop.test", dmarc="v=DMARC1; p=quarantine", spf="v=spf1 ip4:192.0.2.1 -all")

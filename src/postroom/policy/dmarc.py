@@ -45,6 +45,7 @@ class DmarcRecord:
     raw_rua: str = ""
     ruf: tuple[str, ...] = ()
     fo: str = "0"  # failure reporting options (RFC 7489 6.3), echoed in aggregate reports
+    np: str | None = None  # RFC 9091: policy for non-existent subdomains (None: not given)
 
     def tags(self) -> str:
         """The policy as it applied, space-separated, for the aggregate report's
@@ -80,6 +81,7 @@ def parse_record(text: str) -> DmarcRecord:
     sp = tags.get("sp", policy).lower()
     if sp not in _POLICIES:
         sp = policy
+    np = tags.get("np", "").lower()
     adkim = tags.get("adkim", "r").lower()
     aspf = tags.get("aspf", "r").lower()
     try:
@@ -90,7 +92,7 @@ def parse_record(text: str) -> DmarcRecord:
         policy=policy, subdomain_policy=sp,
         adkim=adkim if adkim in ("r", "s") else "r", aspf=aspf if aspf in ("r", "s") else "r",
         pct=min(100, max(0, pct)), rua=rua, raw_rua=tags.get("rua", ""), ruf=ruf,
-        fo=_fo(tags.get("fo", "0")),
+        fo=_fo(tags.get("fo", "0")), np=np if np in _POLICIES else None,
     )
 
 
@@ -202,9 +204,13 @@ def evaluate(
     spf_domain: str,
     dkim: Sequence[DkimOutcome],
     sample: int = 0,
+    nonexistent: bool = False,
 ) -> DmarcResult:
     """RFC 7489 6.6.2: identifier alignment and the policy to apply. ``sample``: a number
-    in [0, 100) drawn by the caller for ``pct=`` (policy applies when sample < pct)."""
+    in [0, 100) drawn by the caller for ``pct=`` (policy applies when sample < pct).
+    ``nonexistent``: the From domain is a subdomain that does not exist in DNS, so the
+    record's ``np=`` applies when it has one (RFC 9091 4); the caller only needs to find
+    that out when a failure would use ``np=`` (:func:`wants_existence`)."""
     if record is None:
         return DmarcResult("none", from_domain, reason="no DMARC record")
     dkim_ok = any(
@@ -212,7 +218,12 @@ def evaluate(
         for d in dkim
     )
     spf_ok = spf_result == "pass" and bool(spf_domain) and aligned(spf_domain, from_domain, record.aspf)
-    policy = record.policy if from_domain == policy_domain else record.subdomain_policy
+    if from_domain == policy_domain:
+        policy = record.policy
+    elif nonexistent and record.np is not None:
+        policy = record.np
+    else:
+        policy = record.subdomain_policy
     if dkim_ok or spf_ok:
         return DmarcResult(
             "pass", from_domain, policy_domain, record, policy, "none", dkim_ok, spf_ok,
@@ -225,6 +236,14 @@ def evaluate(
         "fail", from_domain, policy_domain, record, policy, applied, False, False,
         reason="no aligned DKIM signature or SPF pass",
     )
+
+
+def wants_existence(result: DmarcResult) -> bool:
+    """Whether the policy of this failure depends on the From domain existing (RFC 9091:
+    a subdomain's record with ``np=`` different from ``sp=``)."""
+    rec = result.record
+    return (result.result == "fail" and rec is not None and rec.np is not None
+            and rec.np != rec.subdomain_policy and result.domain != result.policy_domain)
 
 
 def verify_external_destination(policy_domain: str, rua: str) -> str | None:
