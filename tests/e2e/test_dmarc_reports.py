@@ -33,7 +33,7 @@ from postroom.policy.reports import DAY
 from support.capture import Behaviour, Capture, Received
 from support.dmarc_report import check_feedback, report_parts
 from support.dns_server import DnsServer
-from support.mail_auth import Remote, dns_txt_lookup
+from support.mail_auth import Remote, dns_txt_lookup, generate_keys
 from support.outbound import wait
 from support.server import Server, faketime
 
@@ -78,13 +78,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         dns.set(f"mx.{domain}", "A", [address])
     srv = Server(root, roles=("mx",), hostname=HOST, extra=_config(dns, capture, "1h"))
     srv.add_user(BOB)
-    keys = {}
-    for alg, sel in (("ed25519", "ed1"), ("rsa", "rsa1")):
-        r = srv.cli("dkim", "generate", DOMAIN, "--algorithm", alg, "--selector", sel)
-        assert r.returncode == 0, r.stderr
-    for k in json.loads(srv.cli("dkim", "list", "--json").stdout):
-        keys[f"{k['selector']}._domainkey.{DOMAIN}"] = k["dns_txt"]
-        dns.set(f"{k['selector']}._domainkey.{DOMAIN}", "TXT", [k["dns_txt"]])
+    generate_keys(srv, DOMAIN, dns)
     try:
         yield {"srv": srv, "dns": dns, "capture": capture, "root": root}
     finally:

@@ -28,7 +28,7 @@ import pytest
 
 from postroom.policy import dkim
 from support.dns_server import DnsServer
-from support.mail_auth import Remote, dns_txt_lookup
+from support.mail_auth import Remote, dns_txt_lookup, generate_keys
 from support.server import PASSWORD, Server
 
 DOMAIN = "example.test"
@@ -60,15 +60,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     srv.add_user(ALICE)
     srv.add_user(BOB)
     srv.admin(lambda admin, store: admin.alias_add(f"fwd@{DOMAIN}", ["someone@remote.test"]))
-    for alg in ("ed25519", "rsa"):
-        r = srv.cli("dkim", "generate", DOMAIN, "--algorithm", alg, "--selector", f"{alg[:3]}1")
-        assert r.returncode == 0, r.stderr
-    keys = {
-        f"{k['selector']}._domainkey.{DOMAIN}": k["dns_txt"]
-        for k in __import__("json").loads(srv.cli("dkim", "list", "--json").stdout)
-    }
-    for name, txt in keys.items():
-        dns.set(name, "TXT", [txt])
+    keys = generate_keys(srv, DOMAIN, dns)
     srv.start()
     try:
         yield {"srv": srv, "dns": dns, "keys": keys, "root": root}

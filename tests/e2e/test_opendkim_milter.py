@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import smtplib
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from postroom.policy import dkim
 from support.dns_server import DnsServer, free_port_on
 from support.opendkim import OpenDkim
 from support.opendkim import available as opendkim_missing
-from support.mail_auth import dns_txt_lookup
+from support.mail_auth import dns_txt_lookup, generate_keys
 from support.outbound import wait
 from support.postfix import Postfix
 from support.postfix import available as postfix_missing
@@ -71,11 +70,7 @@ def env() -> Iterator[dict[str, Any]]:
         )
         srv.add_user(ALICE)
         srv.add_user(BOB)
-        for alg, sel in (("ed25519", "ed1"), ("rsa", "rsa1")):
-            r = srv.cli("dkim", "generate", DOMAIN, "--algorithm", alg, "--selector", sel)
-            assert r.returncode == 0, r.stderr
-        ours = {f"{k['selector']}._domainkey.{DOMAIN}": k["dns_txt"]
-                for k in json.loads(srv.cli("dkim", "list", "--json").stdout)}
+        ours = generate_keys(srv, DOMAIN)
         srv.start()
         started.append(srv)
 

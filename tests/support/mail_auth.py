@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 
 from postroom.policy import dkim
 from support.dns_server import DnsServer
+from support.server import Server
 
 
 class Remote:
@@ -51,3 +52,22 @@ def dns_txt_lookup(dns: DnsServer, extra: dict[str, str] | None = None) -> Calla
         return (found[0] if isinstance(found, list) and found else "").encode()
 
     return dnsfunc
+
+
+def generate_keys(srv: Server, domain: str, dns: DnsServer | None = None) -> dict[str, str]:
+    """``postroom dkim generate`` an Ed25519 (selector ``ed1``) and an RSA key (``rsa1``)
+    for ``domain``; returns {key name: TXT record} from ``dkim list``, published in ``dns``
+    when given."""
+    import json
+
+    for alg, selector in (("ed25519", "ed1"), ("rsa", "rsa1")):
+        r = srv.cli("dkim", "generate", domain, "--algorithm", alg, "--selector", selector)
+        assert r.returncode == 0, r.stderr
+    listed = srv.cli("dkim", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    keys = {f"{k['selector']}._domainkey.{k['domain']}": k["dns_txt"]
+            for k in json.loads(listed.stdout) if k["domain"] == domain}
+    if dns is not None:
+        for name, txt in keys.items():
+            dns.set(name, "TXT", [txt])
+    return keys
