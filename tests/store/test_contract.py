@@ -621,6 +621,33 @@ def test_dmarc_rows_aggregate(store_run: Any) -> None:
     store_run(body)
 
 
+def test_dmarc_delete_queues_the_report_once(store_run: Any) -> None:
+    """The report is queued in the transaction that deletes its rows, and only if there
+    were rows: a second sender of the same day queues nothing."""
+    from postroom.store.api import Delivery, DmarcRow, NewQueueEntry, QueueRecipient
+
+    def report(qid: str) -> Delivery:
+        return Delivery(data=b"Subject: report\r\n\r\nx\r\n", summary=b"", queue=NewQueueEntry(
+            qid=qid, sender="postmaster@example.net",
+            recipients=(QueueRecipient("dmarc@example.org", notify="NEVER"),),
+        ))
+
+    async def body(store: Any) -> None:
+        row = DmarcRow(86400, "example.org", "example.org", "192.0.2.1", "example.org", "none",
+                       "pass", "fail", "", "example.org/mfrom/pass", "", "p=none",
+                       "mailto:dmarc@example.org")
+        await store.dmarc_add([row, DmarcRow(**{**_fields(row), "source_ip": "192.0.2.2"})])
+        assert await store.dmarc_delete("example.org", 86400, report=report("Q1")) == 2
+        assert await store.dmarc_delete("example.org", 86400, report=report("Q2")) == 0
+        queued = await store.queue_list()
+        assert [q.qid for q in queued] == ["Q1"]
+        assert [r.notify for r in queued[0].recipients] == ["NEVER"]
+        assert await store.read_blob(queued[0].blob_id) == b"Subject: report\r\n\r\nx\r\n"
+        assert await store.dmarc_pending(10**9) == []
+
+    store_run(body)
+
+
 def _fields(row: Any) -> dict[str, Any]:
     import dataclasses
 

@@ -686,7 +686,13 @@ class Store(Protocol):
     async def dkim_key_remove(self, domain: str, selector: str) -> None: ...  # NotFound
     async def dmarc_add(self, rows: Sequence[DmarcRow]) -> None: ...  # counts add up per outcome
     async def dmarc_pending(self, before: int) -> list[DmarcRow]: ...  # rows of periods < before
-    async def dmarc_delete(self, policy_domain: str, period: int) -> int: ...  # after a report
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int: ...
+    # Deletes the rows of one report and returns how many there were. With ``report``, the
+    # report is delivered (queued) in the same transaction, and only when rows were deleted:
+    # a crash never loses or repeats a day's report, and two senders racing (the server's
+    # daily run and ``postroom dmarc send-reports``) send it once.
 
     # -- POP3 exclusive access ------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool: ...

@@ -529,8 +529,23 @@ class SQLiteStore:
     async def dmarc_pending(self, before: int) -> list[api.DmarcRow]:
         return await self.engine.read(lambda c: authdata.dmarc_pending(c, before))
 
-    async def dmarc_delete(self, policy_domain: str, period: int) -> int:
-        return await self.engine.write(lambda c: authdata.dmarc_delete(c, policy_domain, period))
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int:
+        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
+            deleted = authdata.dmarc_delete(c, policy_domain, period)  # type: ignore[arg-type]
+            if report is None or not deleted:
+                return deleted, [], None
+            blob_id, placed = mail.deliver(c, report)  # type: ignore[arg-type]
+            qid = queue.add(c, blob_id, report.queue) if report.queue is not None else None  # type: ignore[arg-type]
+            return deleted, placed, qid
+
+        deleted, placed, qid = await self.engine.write(job)
+        for mailbox_id, user_id, _uid in placed:
+            self._publish(mailbox_id, user_id, 0)
+        if qid is not None:
+            self.changes.publish_queue()
+        return deleted
 
     # -- POP3 --------------------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool:
