@@ -322,6 +322,24 @@ class RecipientOutcome:
     remote_mta: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ImportedMessage:
+    """One message copied in from another system (``postroom import``).
+
+    ``key`` names the message in its origin (an IMAP ``UIDVALIDITY:UID``, a Maildir file's
+    unique name, an mbox message's hash): the store remembers it per (user, origin) in the
+    same transaction as the message, so an interrupted import resumes without copying a
+    message twice (see :meth:`Store.import_messages`).
+    """
+
+    key: str
+    data: bytes = field(repr=False)  # already normalised: CRLF, final CRLF
+    summary: bytes = field(repr=False)
+    flags: int = 0
+    keywords: tuple[str, ...] = ()
+    internaldate: int | None = None  # default: now
+
+
 ChangeListener = Callable[[MailboxChange], None]
 
 
@@ -437,6 +455,18 @@ class Store(Protocol):
     # envelope field, RFC 2047 words decoded (postroom.message.envelope_search_texts),
     # contains ``needle`` ignoring case (str.casefold). An empty needle matches every
     # message that has the field. Backends store the folded texts at delivery/APPEND.
+
+    # -- migration ---------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]: ...
+    # Append ``messages`` to the mailbox in order, and remember each (origin, key) for the
+    # mailbox's owner, all in one transaction (durable on return). A message whose key is
+    # already remembered for that user and origin is not stored again: its entry in the
+    # returned list is 0, the others are the new UIDs. ``origin`` is an opaque string
+    # chosen by the importer (e.g. "imap://user@host:993/INBOX").
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]: ...
+    # The keys remembered for ``user_id`` and ``origin`` (empty when none).
 
     # -- the outbound queue ------------------------------------------------------------
     async def queue_due(

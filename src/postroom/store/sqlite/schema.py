@@ -209,6 +209,17 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     # 3: envelope texts for SEARCH in SQL, indexes on blob references (see _message_search)
     _message_search,
+    # 4: what ``postroom import`` already copied, per user and origin (a source folder):
+    # written in the transaction that stores the message, so an interrupted import
+    # resumes without duplicates. Rows go with the user.
+    """
+    CREATE TABLE imported (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        origin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (user_id, origin, key)
+    ) WITHOUT ROWID
+    """,
 ]
 
 
