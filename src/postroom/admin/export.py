@@ -186,7 +186,8 @@ async def export_mailbox(
         await _write_batch(store, folder, batch, report, progress)
     keywords = "".join(f"{KEYWORD_LETTERS.index(c)} {k}\n" for k, c in letters.items())
     header = f"3 V{mailbox.uidvalidity} N{mailbox.uidnext}\n"
-    await asyncio.to_thread(_replace, folder.path / KEYWORDS_FILE, keywords.encode())
+    if keywords or (folder.path / KEYWORDS_FILE).exists():
+        await asyncio.to_thread(_replace, folder.path / KEYWORDS_FILE, keywords.encode())
     await asyncio.to_thread(_replace, folder.path / UIDLIST_FILE, (header + "".join(uidlist)).encode())
     await asyncio.to_thread(_sync_dir, folder.cur)
 

@@ -9,8 +9,8 @@ every message's bytes (``BODY.PEEK[]``: reading never sets \\Seen on the source)
 its flags and keywords (\\Recent is session state and dropped), and INTERNALDATE.
 Folders are opened with EXAMINE (read-only): the source is never changed.
 
-Resuming: a message's key is ``UIDVALIDITY:UID`` in the origin
-``imap://LOGIN@HOST:PORT/FOLDER``. A second run lists the UIDs (FETCH UID by sequence
+Resuming: a message's key is ``UIDVALIDITY:UID`` in the origin ``imap://LOGIN@HOST/FOLDER``
+(without the port: 993 and STARTTLS on 143 reach the same mailboxes). A second run lists the UIDs (FETCH UID by sequence
 number windows, which keeps every response line short) and fetches only those not
 recorded. If the folder's UIDVALIDITY changed since the last run, the server renumbered
 it and its messages cannot be matched with what was copied: the folder is left out with
@@ -227,7 +227,7 @@ class ImapFolder:
         self.name = name
         self.levels = levels
         self.special_use = special_use
-        self.origin = f"{source.description}/{name}"
+        self.origin = f"imap://{source.options.login}@{source.options.host}/{name}"
         self._todo: list[_Meta] = []
         self._validity = 0
 
