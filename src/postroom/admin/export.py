@@ -2,9 +2,10 @@
 
 Layout (Dovecot's default ``maildir:~/Maildir``): INBOX is the root folder (``cur/``,
 ``new/``, ``tmp/``), every other mailbox a directory ``.Level1.Level2`` directly inside it,
-levels in modified UTF-7 with "." and "%" escaped (``admin/maildir.py``). A mailbox name
-is therefore always exactly one directory entry inside the destination, whatever it holds
-("..", "/", "~" or control characters): nothing is ever written outside the destination.
+levels in modified UTF-7 with "." escaped as Dovecot's listescape plugin does
+(``admin/maildir.py``). A mailbox name is therefore always exactly one directory entry
+inside the destination, whatever it holds ("..", "/", "~" or control characters):
+nothing is ever written outside the destination.
 Directories that are symbolic links are refused, and message files are created with
 ``O_EXCL | O_NOFOLLOW``, so a link planted in the destination cannot redirect a write.
 
@@ -33,6 +34,7 @@ from postroom.admin.maildir import (
     KEYWORD_LETTERS,
     KEYWORDS_FILE,
     UIDLIST_FILE,
+    UnsafeName,
     folder_dirname,
     format_info,
     split_name,
@@ -259,14 +261,15 @@ async def export_user(
         mb = found.get(name)
         if mb is None:
             raise AdminError(f"{user.address} has no mailbox {name!r}")
-        dirname = folder_dirname(name)
-        entry = MailboxExport(mailbox=name, directory=dirname or ".")
+        entry = MailboxExport(mailbox=name, directory=None)
         report.mailboxes.append(entry)
         try:
+            dirname = folder_dirname(name)
+            entry.directory = dirname or "."
             path = destination if dirname is None else safe_dir(destination, dirname)
             folder = await asyncio.to_thread(_Folder, path, host)
             await export_mailbox(store, mb, folder, entry, progress)
-        except (UnsafeDestination, OSError) as e:
+        except (UnsafeDestination, UnsafeName, OSError) as e:
             entry.error = getattr(e, "strerror", None) or str(e)
             progress.note(f"{name}: {entry.error}: mailbox not exported")
             continue

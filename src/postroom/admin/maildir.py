@@ -1,12 +1,12 @@
-"""Maildir on disk: reading it for ``postroom import``, the naming rules for ``export``.
+r"""Maildir on disk: reading it for ``postroom import``, the naming rules for ``export``.
 
 A Maildir folder is a directory with ``cur/``, ``new/`` and ``tmp/``; each message is one
 file. Its name is ``UNIQUE:2,INFO``, where INFO holds the flags as letters (Maildir spec,
 cr.yp.to/proto/maildir.html; Dovecot's wiki "MailboxFormat/Maildir"):
 
-* upper-case system flags, kept sorted: ``D`` \\Draft, ``F`` \\Flagged, ``P`` passed
+* upper-case system flags, kept sorted: ``D`` \Draft, ``F`` \Flagged, ``P`` passed
   (forwarded: we map it to the ``$Forwarded`` keyword, RFC 5788), ``R`` replied
-  (\\Answered), ``S`` \\Seen, ``T`` trashed (\\Deleted);
+  (\Answered), ``S`` \Seen, ``T`` trashed (\Deleted);
 * lower-case letters ``a``-``z`` are keywords, numbered by the folder's
   ``dovecot-keywords`` file (``0 $Label1`` names letter ``a``).
 
@@ -21,9 +21,10 @@ Two folder layouts are found, also mixed: Maildir++ (the root is INBOX; ``.Sent`
 used by Dovecot, Courier and postroom's export) and one directory per level (Dovecot's
 ``LAYOUT=fs``, mbsync's ``SubFolders Verbatim``). Symbolic links are not followed.
 
-In Maildir++ a level cannot hold "." (the level separator); postroom's export writes a
-"." inside a level as ``%2E`` and "%" as ``%25`` (like Dovecot's
-``mailbox_list_storage_escape_char = %``), and the reader decodes exactly those two.
+In Maildir++ a level cannot hold "." (the level separator). postroom writes and reads the
+escapes of Dovecot's listescape plugin (with its default escape character): a "." inside
+a level is ``\2e``, a backslash ``\5c``, a "/" ``\2f`` and a leading "~" ``\7e``; so
+Dovecot with ``mail_plugins = listescape`` and the separator "/" shows the same names.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ KEYWORDS_FILE = "dovecot-keywords"
 UIDLIST_FILE = "dovecot-uidlist"
 MAX_DEPTH = 32  # folder levels followed in the one-directory-per-level layout
 _INFO_SEPARATORS = (":2,", ";2,", "!2,")  # ":" normally; ";" or "!" where ":" is not allowed
-_ESCAPES = {"%2E": ".", "%2e": ".", "%25": "%"}
-_ESCAPE_RE = re.compile(r"%2[Ee5]")
+_ESCAPE_RE = re.compile(r"\\([0-9A-Fa-f]{2})")
 
 
 def is_maildir(path: Path) -> bool:
@@ -128,7 +128,7 @@ def read_uid_order(folder: Path) -> dict[str, int]:
 # -- folder names ----------------------------------------------------------------------
 def decode_level(raw: str) -> str:
     """A Maildir++ level as stored on disk (escaped, modified UTF-7) -> the level's name."""
-    text = _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group()], raw)
+    text = _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), raw)
     try:
         return decode_utf7(text.encode("utf-8", "surrogateescape"))
     except MailboxNameError:
@@ -136,20 +136,34 @@ def decode_level(raw: str) -> str:
 
 
 def encode_level(level: str) -> str:
-    """A level's name -> its Maildir++ spelling: modified UTF-7, then "%" and "." escaped.
+    """A level's name -> its Maildir++ spelling: modified UTF-7, then listescape's escapes.
 
     The result never contains "/" (modified base64 uses ","), NUL or "." and is never
     empty for a non-empty name, so ``"." + levels joined with "."`` is always one
     directory entry directly inside the export's root.
     """
-    return encode_utf7(level).decode("ascii").replace("%", "%25").replace(".", "%2E")
+    text = encode_utf7(level).decode("ascii").replace("\\", "\\5c").replace(".", "\\2e")
+    text = text.replace("/", "\\2f")
+    return "\\7e" + text[1:] if text.startswith("~") else text
+
+
+class UnsafeName(ValueError):
+    pass
 
 
 def folder_dirname(name: str) -> str | None:
-    """The Maildir++ directory of a postroom mailbox name (None for INBOX: the root)."""
+    """The Maildir++ directory of a postroom mailbox name (None for INBOX: the root).
+
+    A name with an empty level ("a//b", "/x": IMAP CREATE refuses them, older data may
+    hold them) has no Maildir++ spelling, and joining it would give "." or ".." for the
+    worst names: it is refused.
+    """
     if name == "INBOX":
         return None
-    return "." + ".".join(encode_level(level) for level in name.split("/"))
+    levels = name.split("/")
+    if not all(levels):
+        raise UnsafeName(f"mailbox name {name!r} has an empty level (rename it first)")
+    return "." + ".".join(encode_level(level) for level in levels)
 
 
 def find_folders(root: Path) -> list[tuple[tuple[str, ...], Path]]:
