@@ -37,6 +37,7 @@ from postroom.admin.maildir import (
     UnsafeName,
     folder_dirname,
     format_info,
+    read_keywords,
     split_name,
 )
 from postroom.admin.progress import Progress
@@ -150,11 +151,15 @@ async def export_mailbox(
 ) -> None:
     messages = await store.list_messages(mailbox.id)
     progress.phase(mailbox.name, len(messages))
-    letters: dict[str, str] = {}
+    # Letters already given (by an earlier export, or Dovecot) keep their meaning.
+    known = await asyncio.to_thread(read_keywords, folder.path)
+    letters = {name: letter for letter, name in sorted(known.items())}
     for meta in messages:
         for keyword in meta.keywords:
-            if keyword not in letters and len(letters) < len(KEYWORD_LETTERS):
-                letters[keyword] = KEYWORD_LETTERS[len(letters)]
+            if keyword not in letters:
+                free = [c for c in KEYWORD_LETTERS if c not in letters.values()]
+                if free:
+                    letters[keyword] = free[0]
     todo: list[tuple[MessageMeta, str, str]] = []
     uidlist: list[str] = []
     for meta in messages:
@@ -186,7 +191,8 @@ async def export_mailbox(
             batch, octets = [], 0
     if batch:
         await _write_batch(store, folder, batch, report, progress)
-    keywords = "".join(f"{KEYWORD_LETTERS.index(c)} {k}\n" for k, c in letters.items())
+    keywords = "".join(f"{KEYWORD_LETTERS.index(c)} {k}\n"
+                       for k, c in sorted(letters.items(), key=lambda kc: kc[1]))
     header = f"3 V{mailbox.uidvalidity} N{mailbox.uidnext}\n"
     if keywords or (folder.path / KEYWORDS_FILE).exists():
         await asyncio.to_thread(_replace, folder.path / KEYWORDS_FILE, keywords.encode())
