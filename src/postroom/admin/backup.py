@@ -363,7 +363,8 @@ def _restore_sync(settings: Settings, source: Path, force: bool, progress: Progr
     if data_dir.exists():
         lock = datadir.lock_exclusive(data_dir)
     try:
-        if data_dir.exists() and any(p.name != datadir.LOCK_NAME for p in data_dir.iterdir()) and not force:
+        empty = not data_dir.exists() or all(p.name == datadir.LOCK_NAME for p in data_dir.iterdir())
+        if not empty and not force:
             raise AdminError(f"{data_dir} is not empty: --force replaces it (the current one "
                              "is kept next to it)")
         owner = _owner(settings, data_dir)
@@ -393,7 +394,10 @@ def _restore_sync(settings: Settings, source: Path, force: bool, progress: Progr
         for dirpath, _dirs, _files in os.walk(staging):
             fsync_path(Path(dirpath))
         replaced = None
-        if data_dir.exists():
+        if data_dir.exists() and empty:
+            (data_dir / datadir.LOCK_NAME).unlink(missing_ok=True)
+            data_dir.rmdir()
+        elif data_dir.exists():
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
             replaced = data_dir.with_name(f"{data_dir.name}.replaced-{stamp}")
             os.rename(data_dir, replaced)
