@@ -155,3 +155,9 @@ def test_import_mbox(server: Server, tmp_path: Path) -> None:
     assert state(server)[("Archive", "2001")][0][2] == b"Subject: old\r\n\r\nold\r\n"
     assert "--mailbox names the target of one mbox file" in fails(
         server.config, "import", "mbox", ALICE, str(mail), "--mailbox", "X")
+    # A file that is not an mbox is reported and left out; the others are still copied.
+    (tmp_path / "notes.txt").write_bytes(b"Subject: not mbox\n\nx\n")
+    r = postroom(server.config, "import", "mbox", ALICE, str(tmp_path / "notes.txt"), str(single),
+                 "--json", "--quiet")
+    assert r.returncode == 1 and "1 folder(s) not copied completely" in r.stderr
+    assert "no such file or folder" in fails(server.config, "import", "mbox", ALICE, str(tmp_path / "nope"))

@@ -229,6 +229,7 @@ class Importer:
             self.progress.note(f"{shown}: {entry.error}")
             return
         entry.mailbox = name
+        self.progress.phase(f"{shown}: listing", None)
         done = await self.store.imported_keys(self.user.id, folder.origin)
         try:
             todo = await folder.pending(done)

@@ -36,7 +36,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postroom.admin.importer import ImportFailed, SourceFolder, SourceMessage
+from postroom.admin.importer import FolderSkipped, ImportFailed, SourceFolder, SourceMessage
+from postroom.admin.service import AdminError
 from postroom.proto.imap.utf7 import MailboxNameError, decode_utf7, encode_utf7
 from postroom.store.api import (
     FLAG_ANSWERED,
@@ -226,7 +227,7 @@ class MaildirFolder:
             try:
                 entries = list(os.scandir(self.path / sub))
             except OSError as e:
-                raise ImportFailed(f"{self.path / sub}: {e.strerror}") from None
+                raise FolderSkipped(f"{self.path / sub}: {e.strerror}") from None
             for entry in entries:
                 if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
                     continue
@@ -285,10 +286,10 @@ class MaildirSource:
 
     async def folders(self) -> list[SourceFolder]:
         if not self.root.is_dir():
-            raise ImportFailed(f"{self.root}: not a folder")
+            raise AdminError(f"{self.root}: not a folder")
         found = await asyncio.to_thread(find_folders, self.root)
         if not found:
-            raise ImportFailed(f"{self.root}: no Maildir here (no cur/ and new/ folders)")
+            raise AdminError(f"{self.root}: no Maildir here (no cur/ and new/ folders)")
         return [MaildirFolder(levels, path, self.max_size) for levels, path in found]
 
     async def close(self) -> None:

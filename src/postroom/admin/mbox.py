@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from postroom.admin.importer import ImportFailed, SourceFolder, SourceMessage
+from postroom.admin.importer import FolderSkipped, ImportFailed, SourceFolder, SourceMessage
+from postroom.admin.service import AdminError
 from postroom.store.api import FLAG_ANSWERED, FLAG_DELETED, FLAG_DRAFT, FLAG_FLAGGED, FLAG_SEEN
 
 READ_CHUNK = 1024 * 1024  # a longer line is read in pieces
@@ -231,7 +232,9 @@ class MboxFolder:
         try:
             entries = await asyncio.to_thread(index_mbox, self.path)
         except OSError as e:
-            raise ImportFailed(f"{self.path}: {e.strerror}") from None
+            raise FolderSkipped(f"{self.path}: {e.strerror}") from None
+        except ImportFailed as e:
+            raise FolderSkipped(str(e)) from None
         self._todo = [e for e in entries if e.key not in done]
         return len(self._todo)
 
@@ -322,7 +325,7 @@ class MboxSource:
             if path.is_dir():
                 found = await asyncio.to_thread(find_mbox_files, path)
                 if not found:
-                    raise ImportFailed(f"{path}: no mbox files in this folder")
+                    raise AdminError(f"{path}: no mbox files in this folder")
                 out += [MboxFolder(_inbox(levels), p, self.max_size) for levels, p in found]
             elif path.is_file():
                 if self.mailbox is not None:
@@ -331,7 +334,7 @@ class MboxSource:
                     levels = _inbox((_level(path.name, (".mbox", ".mbx")),))
                 out.append(MboxFolder(levels, path, self.max_size))
             else:
-                raise ImportFailed(f"{path}: no such file or folder")
+                raise AdminError(f"{path}: no such file or folder")
         return out
 
     async def close(self) -> None:
