@@ -24,33 +24,28 @@ class DataDirBusy(Exception):
     """Another process holds the lock in a conflicting mode."""
 
 
-def _open(data_dir: Path) -> int:
-    return os.open(data_dir / LOCK_NAME, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+def _lock(data_dir: Path, operation: int, busy: str) -> int:
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirBusy(busy) from None
+    return fd
 
 
 def lock_shared(data_dir: Path) -> int:
     """Hold the shared lock; returns the descriptor to close when done."""
-    fd = _open(data_dir)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirBusy(f"{data_dir} is being restored (postroom restore runs)") from None
-    return fd
+    return _lock(data_dir, fcntl.LOCK_SH, f"{data_dir} is being restored (postroom restore runs)")
 
 
 def lock_exclusive(data_dir: Path) -> int:
     """Hold the lock alone, or raise :class:`DataDirBusy` at once."""
-    fd = _open(data_dir)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirBusy(
-            f"{data_dir} is in use (a running `postroom serve`, or an import, export or "
-            "backup): stop it first"
-        ) from None
-    return fd
+    return _lock(
+        data_dir, fcntl.LOCK_EX,
+        f"{data_dir} is in use (a running `postroom serve`, or an import, export or backup): "
+        "stop it first",
+    )
 
 
 def unlock(fd: int) -> None:

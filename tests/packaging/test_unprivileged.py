@@ -31,12 +31,12 @@ import ssl
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.dovecot import scratch_root
 from support.imap_state import account_state
 
 from postroom.tls import write_self_signed
@@ -98,13 +98,8 @@ def service_user(worker_id: str) -> Iterator[pwd.struct_passwd]:
 
 @pytest.fixture
 def root(service_user: pwd.struct_passwd) -> Iterator[Path]:
-    """A folder outside pytest's private temp (0700): the service user must reach it."""
-    base = Path(tempfile.mkdtemp(prefix="postroom-unpriv-"))
-    os.chmod(base, 0o711)
-    try:
+    with scratch_root("postroom-unpriv-") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def free_low_ports(n: int) -> list[int]:

@@ -35,14 +35,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def scratch_root() -> Iterator[Path]:
-    """A private folder for Dovecot outside pytest's base temp folder.
+def scratch_root(prefix: str = "postroom-dovecot-") -> Iterator[Path]:
+    """A folder outside pytest's base temp folder that other users can traverse.
 
-    Dovecot's mail processes run as nobody and must traverse every parent folder; pytest
-    keeps ``/tmp/pytest-of-USER`` at mode 0700 and resets it whenever a pytest session
-    starts (another run on the same machine), which would lock Dovecot out midway.
+    Dovecot's mail processes run as nobody (and the unprivileged-server tests as their own
+    user): they must traverse every parent folder; pytest keeps ``/tmp/pytest-of-USER`` at
+    mode 0700 and resets it whenever a pytest session starts (another run on the same
+    machine), which would lock them out midway.
     """
-    root = Path(tempfile.mkdtemp(prefix="postroom-dovecot-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(root, 0o711)
     try:
         yield root

@@ -56,6 +56,7 @@ from postroom.admin.progress import Progress
 from postroom.admin.service import AdminError
 from postroom.config import Settings
 from postroom.store.sqlite.backend import DB_NAME
+from postroom.store.sqlite.engine import fsync_dir  # any path: a file or a folder
 from postroom.store.sqlite.schema import MIGRATIONS
 
 MANIFEST = "MANIFEST.json"
@@ -100,14 +101,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(COPY_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def copy_file(src: Path, dst: Path) -> str:
@@ -198,7 +191,7 @@ def _copy_database(db: Path, target: Path, progress: Progress) -> tuple[int, dic
         dst.close()
     finally:
         src.close()
-    fsync_path(target)
+    fsync_dir(target)
     size = os.path.getsize(target)
     progress.set(size // MIB, size)
     progress.finish(f"database: {size // MIB} MiB copied and checked")
@@ -272,12 +265,12 @@ def _backup_sync(settings: Settings, destination: Path, progress: Progress) -> B
     }
     tmp = partial / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    fsync_path(tmp)
+    fsync_dir(tmp)
     os.replace(tmp, partial / MANIFEST)
     for dirpath, _dirs, _files in os.walk(partial):
-        fsync_path(Path(dirpath))
+        fsync_dir(Path(dirpath))
     os.rename(partial, destination)
-    fsync_path(destination.parent)
+    fsync_dir(destination.parent)
     return BackupReport(
         destination=str(destination), database_octets=size,
         files=[e["path"] for e in entries], external=[e["original"] for e in external],
@@ -392,7 +385,7 @@ def _restore_sync(settings: Settings, source: Path, force: bool, progress: Progr
                     os.chown(os.path.join(dirpath, name) if name else dirpath, *owner,
                              follow_symlinks=False)
         for dirpath, _dirs, _files in os.walk(staging):
-            fsync_path(Path(dirpath))
+            fsync_dir(Path(dirpath))
         replaced = None
         if data_dir.exists() and empty:
             (data_dir / datadir.LOCK_NAME).unlink(missing_ok=True)
@@ -402,7 +395,7 @@ def _restore_sync(settings: Settings, source: Path, force: bool, progress: Progr
             replaced = data_dir.with_name(f"{data_dir.name}.replaced-{stamp}")
             os.rename(data_dir, replaced)
         os.rename(staging, data_dir)
-        fsync_path(data_dir.parent)
+        fsync_dir(data_dir.parent)
         progress.finish(f"restore: {len(items)} files into {data_dir}")
     finally:
         if lock is not None:

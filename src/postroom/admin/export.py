@@ -43,6 +43,7 @@ from postroom.admin.maildir import (
 from postroom.admin.progress import Progress
 from postroom.admin.service import AdminError, _address
 from postroom.store.api import Mailbox, MessageMeta, Store, User
+from postroom.store.sqlite.engine import fsync_dir
 
 READ_MESSAGES = 100
 READ_OCTETS = 8 * 1024 * 1024
@@ -197,7 +198,7 @@ async def export_mailbox(
     if keywords or (folder.path / KEYWORDS_FILE).exists():
         await asyncio.to_thread(_replace, folder.path / KEYWORDS_FILE, keywords.encode())
     await asyncio.to_thread(_replace, folder.path / UIDLIST_FILE, (header + "".join(uidlist)).encode())
-    await asyncio.to_thread(_sync_dir, folder.cur)
+    await asyncio.to_thread(fsync_dir, folder.cur)
 
 
 async def _write_batch(
@@ -229,14 +230,6 @@ def _replace(path: Path, data: bytes) -> None:
         pass
     _write_new(tmp, data, int(time.time()))
     os.replace(tmp, path)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def export_user(

@@ -27,10 +27,12 @@ common happens here, once:
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 from postroom import deliver
 from postroom.admin.progress import Progress
@@ -96,6 +98,23 @@ class SourceFolder(Protocol):
     def messages(self) -> AsyncIterator[SourceMessage]:
         """The pending messages, in the source's order (``pending`` was called first)."""
         ...
+
+
+@dataclass
+class FileFolder:
+    """A source folder on this machine (a Maildir folder, an mbox file): its origin is the
+    scheme and the real path, so a run through a symbolic link or another relative path
+    resumes the same import."""
+
+    scheme: ClassVar[str] = "file"
+    levels: tuple[str, ...]
+    path: Path
+    max_size: int  # a message over it is reported, not read
+    special_use: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}:{os.path.realpath(self.path)}"
 
 
 class Source(Protocol):

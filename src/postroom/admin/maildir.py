@@ -35,8 +35,15 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from postroom.admin.importer import FolderSkipped, ImportFailed, SourceFolder, SourceMessage
+from postroom.admin.importer import (
+    FileFolder,
+    FolderSkipped,
+    ImportFailed,
+    SourceFolder,
+    SourceMessage,
+)
 from postroom.admin.service import AdminError
 from postroom.proto.imap.utf7 import MailboxNameError, decode_utf7, encode_utf7
 from postroom.store.api import (
@@ -210,16 +217,9 @@ class _File:
 
 
 @dataclass
-class MaildirFolder:
-    levels: tuple[str, ...]
-    path: Path
-    max_size: int
-    special_use: str | None = None
+class MaildirFolder(FileFolder):
+    scheme: ClassVar[str] = "maildir"
     _todo: list[_File] = field(default_factory=list)
-
-    @property
-    def origin(self) -> str:
-        return f"maildir:{os.path.realpath(self.path)}"
 
     def _scan(self) -> list[_File]:
         files: dict[str, _File] = {}

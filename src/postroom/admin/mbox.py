@@ -38,9 +38,15 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
-from postroom.admin.importer import FolderSkipped, ImportFailed, SourceFolder, SourceMessage
+from postroom.admin.importer import (
+    FileFolder,
+    FolderSkipped,
+    ImportFailed,
+    SourceFolder,
+    SourceMessage,
+)
 from postroom.admin.service import AdminError
 from postroom.store.api import FLAG_ANSWERED, FLAG_DELETED, FLAG_DRAFT, FLAG_FLAGGED, FLAG_SEEN
 
@@ -217,16 +223,9 @@ def _date_header(value: bytes) -> int | None:
 
 
 @dataclass
-class MboxFolder:
-    levels: tuple[str, ...]
-    path: Path
-    max_size: int
-    special_use: str | None = None
+class MboxFolder(FileFolder):
+    scheme: ClassVar[str] = "mbox"
     _todo: list[Entry] = field(default_factory=list)
-
-    @property
-    def origin(self) -> str:
-        return f"mbox:{os.path.realpath(self.path)}"
 
     async def pending(self, done: set[str]) -> int:
         try:
