@@ -117,6 +117,19 @@ class FileFolder:
         return f"{self.scheme}:{os.path.realpath(self.path)}"
 
 
+MAX_DEPTH = 32  # folder levels followed when walking a source on disk
+
+
+def list_dir(directory: Path, depth: int) -> list[os.DirEntry[str]]:
+    """Entries of ``directory`` by name; none past ``MAX_DEPTH`` or when unreadable."""
+    if depth > MAX_DEPTH:
+        return []
+    try:
+        return sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return []
+
+
 class Source(Protocol):
     description: str
 

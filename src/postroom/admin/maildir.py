@@ -43,6 +43,7 @@ from postroom.admin.importer import (
     ImportFailed,
     SourceFolder,
     SourceMessage,
+    list_dir,
 )
 from postroom.admin.service import AdminError
 from postroom.proto.imap.utf7 import MailboxNameError, decode_utf7, encode_utf7
@@ -64,7 +65,6 @@ PASSED_KEYWORD = "$Forwarded"
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 KEYWORDS_FILE = "dovecot-keywords"
 UIDLIST_FILE = "dovecot-uidlist"
-MAX_DEPTH = 32  # folder levels followed in the one-directory-per-level layout
 _INFO_SEPARATORS = (":2,", ";2,", "!2,")  # ":" normally; ";" or "!" where ":" is not allowed
 _ESCAPE_RE = re.compile(r"\\([0-9A-Fa-f]{2})")
 
@@ -181,13 +181,7 @@ def find_folders(root: Path) -> list[tuple[tuple[str, ...], Path]]:
         found.append((("INBOX",), root))
 
     def walk(directory: Path, prefix: tuple[str, ...], depth: int) -> None:
-        if depth > MAX_DEPTH:
-            return
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
+        for entry in list_dir(directory, depth):
             if not entry.is_dir(follow_symlinks=False) or entry.name in ("cur", "new", "tmp"):
                 continue
             path = Path(entry.path)

@@ -33,7 +33,6 @@ import asyncio
 import datetime
 import email.utils
 import hashlib
-import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -46,12 +45,12 @@ from postroom.admin.importer import (
     ImportFailed,
     SourceFolder,
     SourceMessage,
+    list_dir,
 )
 from postroom.admin.service import AdminError
 from postroom.store.api import FLAG_ANSWERED, FLAG_DELETED, FLAG_DRAFT, FLAG_FLAGGED, FLAG_SEEN
 
 READ_CHUNK = 1024 * 1024  # a longer line is read in pieces
-MAX_DEPTH = 32
 STATUS_FLAGS = {"R": FLAG_SEEN}
 X_STATUS_FLAGS = {"A": FLAG_ANSWERED, "F": FLAG_FLAGGED, "T": FLAG_DRAFT, "D": FLAG_DELETED}
 DROP_HEADERS = (b"status", b"x-status", b"x-keywords", b"x-uid", b"x-imap", b"x-imapbase",
@@ -284,13 +283,7 @@ def find_mbox_files(root: Path) -> list[tuple[tuple[str, ...], Path]]:
     found: list[tuple[tuple[str, ...], Path]] = []
 
     def walk(directory: Path, prefix: tuple[str, ...], depth: int) -> None:
-        if depth > MAX_DEPTH:
-            return
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
+        for entry in list_dir(directory, depth):
             if entry.name.startswith("."):
                 continue
             path = Path(entry.path)
