@@ -19,6 +19,7 @@ from postroom import datadir, logs, privileges
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet
+from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
 
@@ -45,6 +46,24 @@ def _handlers(services: Services) -> dict[str, Handler]:
         pop3 = Pop3Handler(services)
         handlers.update(pop3=pop3, pop3s=pop3)
     return handlers
+
+
+def _auth_services(services: Services) -> None:
+    """DKIM signing (always built: it is idle without keys), inbound checks and the DMARC
+    report recorder (only when an mx listener exists and the settings ask for them)."""
+    from postroom.policy.signing import Signer
+
+    settings = services.settings
+    services.signer = Signer(services.store, enabled=settings.dkim.sign)
+    has_mx = any(lst.role == "mx" for lst in settings.listeners)
+    if has_mx and settings.auth_checks.enabled and services.resolver is not None:
+        from postroom.policy.inbound import AuthChecker
+
+        services.auth_checker = AuthChecker(services.resolver, settings.auth_checks, settings.hostname)
+        if settings.auth_checks.reports:
+            from postroom.policy.reports import DmarcRecorder
+
+            services.dmarc_reports = DmarcRecorder(services.store)
 
 
 async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
@@ -89,16 +108,28 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     services = Services(
         settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
         shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
+        resolver=make_resolver(
+            settings.outbound.resolver, timeout=settings.dns.timeout,
+            cache_entries=settings.dns.cache_entries,
+        ),
     )
+    _auth_services(services)
+    handlers = _handlers(services)
     workers: list[Any] = []
+    side_tasks: list[asyncio.Task[None]] = []
     started_ok = False
     try:
-        await listeners.attach(_handlers(services))
+        await listeners.attach(handlers)
         from postroom.queue.worker import QueueWorker
 
         worker = QueueWorker(services)
         workers.append(worker)
         await worker.start()
+        if services.dmarc_reports is not None:
+            from postroom.policy.reports import report_loop
+
+            side_tasks.append(asyncio.create_task(services.dmarc_reports.run(), name="dmarc-recorder"))
+            side_tasks.append(asyncio.create_task(report_loop(services), name="dmarc-reports"))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -113,6 +144,10 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await listeners.close(settings.limits.shutdown_grace)
         for worker in workers:
             await worker.stop()
+        for task in side_tasks:
+            task.cancel()
+        if side_tasks:
+            await asyncio.wait(side_tasks, timeout=10)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -191,6 +191,7 @@ def _copy_database(db: Path, target: Path, progress: Progress) -> tuple[int, dic
         dst.close()
     finally:
         src.close()
+    os.chmod(target, 0o600)  # password hashes, DKIM private keys: as secret as the server
     fsync_dir(target)
     size = os.path.getsize(target)
     progress.set(size // MIB, size)

@@ -353,9 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--domain", default=None)
     s.set_defaults(func=cmd_queue)
 
-    from postroom.admin.data_cli import add_parsers
+    from postroom.admin.auth_cli import add_parsers
 
-    add_parsers(sub, common, _data_command)
+    add_parsers(sub, common)
+
+    from postroom.admin.data_cli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub, common, _data_command)
     return p
 
 
