@@ -161,3 +161,20 @@ def test_import_mbox(server: Server, tmp_path: Path) -> None:
                  "--json", "--quiet")
     assert r.returncode == 1 and "1 folder(s) not copied completely" in r.stderr
     assert "no such file or folder" in fails(server.config, "import", "mbox", ALICE, str(tmp_path / "nope"))
+
+
+def test_import_respects_quota_and_resumes_after_raise(server: Server, tmp_path: Path) -> None:
+    root = tmp_path / "md"
+    for i in range(5):
+        put(root, "cur", f"{i}.M{i}.h:2,S", msg(f"m{i}"), 1_000_000_000 + i)
+    r = postroom(server.config, "user", "quota", ALICE, "none", "--messages", "3")
+    assert r.returncode == 0, r.stderr
+    err = fails(server.config, "import", "maildir", ALICE, str(root))
+    assert "over quota" in err and "postroom user quota" in err
+    # Nothing of the refused batch was stored (a batch is all or nothing).
+    assert state(server).get(("INBOX",), []) == []
+    r = postroom(server.config, "user", "quota", ALICE, "none", "--messages", "none")
+    assert r.returncode == 0, r.stderr
+    done = ok_json(server.config, "import", "maildir", ALICE, str(root))
+    assert done["copied"] == 5 and done["ok"]
+    assert [m[2] for m in state(server)[("INBOX",)]] == [crlf(msg(f"m{i}")) for i in range(5)]

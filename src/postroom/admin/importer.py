@@ -13,7 +13,8 @@ common happens here, once:
 * **Messages** are stored as IMAP APPEND stores them: line endings normalised to CRLF
   (``deliver.normalize``), parse summary computed once. Nothing is added or removed.
   Messages over ``limits.message_size`` and keywords that are not IMAP atoms are left out
-  and reported.
+  and reported. The user's quota applies as for APPEND: a batch that does not fit stops
+  the import (nothing of it is stored), and a run after the quota is raised resumes.
 * **Resuming.** Every message has a key in its origin (one origin per source folder). The
   store records the key in the same transaction as the message
   (:meth:`Store.import_messages`), and a run first asks which keys are recorded, so an
@@ -43,6 +44,8 @@ from postroom.store.api import (
     AlreadyExists,
     ImportedMessage,
     Mailbox,
+    NewMessage,
+    OverQuota,
     Store,
     User,
 )
@@ -278,7 +281,13 @@ class Importer:
         writing: asyncio.Task[None] | None = None
 
         async def write(items: list[ImportedMessage], size: int) -> None:
-            uids = await self.store.import_messages(mailbox.id, folder.origin, items)
+            try:
+                uids = await self.store.import_messages(mailbox.id, folder.origin, items)
+            except OverQuota:
+                raise ImportFailed(
+                    f"{self.user.address} is over quota in {name}: raise it "
+                    f"(`postroom user quota`) and run the import again"
+                ) from None
             added = sum(1 for u in uids if u)
             entry.copied += added
             entry.already += len(uids) - added
@@ -291,7 +300,7 @@ class Importer:
                     self.progress.advance(1)
                     continue
                 batch.append(item)
-                octets += len(item.data)
+                octets += len(item.message.data)
                 if len(batch) >= BATCH_MESSAGES or octets >= BATCH_OCTETS:
                     if writing is not None:
                         await writing  # at most one batch commits while the next is read
@@ -331,8 +340,8 @@ class Importer:
         if dropped:
             self.progress.note(f"{folder}: message {msg.key}: {dropped} keyword(s) that are "
                                "not IMAP atoms left out")
-        return ImportedMessage(key=msg.key, data=data, summary=summary, flags=msg.flags,
-                               keywords=keywords, internaldate=msg.internaldate)
+        return ImportedMessage(msg.key, NewMessage(data, summary, msg.flags, keywords,
+                                                   msg.internaldate))
 
 
 async def import_into(

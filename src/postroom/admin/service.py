@@ -18,7 +18,16 @@ from postroom.address import (
 )
 from postroom.auth import passwords
 from postroom.config import Settings
-from postroom.store.api import Alias, Domain, NotFound, QueuedMessage, Store, StoreError, User
+from postroom.store.api import (
+    Alias,
+    Domain,
+    NotFound,
+    QueuedMessage,
+    Quota,
+    Store,
+    StoreError,
+    User,
+)
 
 
 class AdminError(Exception):
@@ -102,6 +111,31 @@ class AdminService:
             raise AdminError(f"no user {addr}")
         creds = await asyncio.get_running_loop().run_in_executor(None, _hash, password)
         await self._call(self.store.set_password(addr, creds.password_hash, creds.scram))
+
+    async def user_quota_set(
+        self, address: str, storage: int | None, messages: int | None = None, *,
+        keep_messages: bool = False,
+    ) -> Quota:
+        """Set a user's quota (``None``: unlimited; ``keep_messages``: leave the message
+        limit as it is). Usage is kept by the store."""
+        if storage is not None and storage < 0 or messages is not None and messages < 0:
+            raise AdminError("a quota cannot be negative")
+        if keep_messages:
+            messages = (await self.user_quota(address)).messages_limit
+        return await self._call(self.store.set_quota(_address(address), storage, messages))
+
+    async def user_quota(self, address: str) -> Quota:
+        user = await self.store.get_user(_address(address))
+        if user is None:
+            raise AdminError(f"no user {_address(address)}")
+        return await self.store.get_quota(user.id)
+
+    async def user_list_quotas(self, domain: str | None = None) -> list[tuple[User, Quota]]:
+        """Every user with their quota and usage, for ``user list`` and the admin UI."""
+        users = await self.user_list(domain)
+        quotas = await self.store.list_quotas()
+        empty = Quota(0, 0, None, 0, None)
+        return [(u, quotas.get(u.id, empty)) for u in users]
 
     # -- aliases -------------------------------------------------------------------------
     async def alias_add(self, source: str, targets: list[str]) -> list[Alias]:
