@@ -29,10 +29,10 @@ def _wait_for_child(self, childpid):  # type: ignore[no-untyped-def]
     _, status = os.waitpid(childpid, 0)
     if os.WIFSIGNALED(status):
         raise getmailOperationError(
-            "child pid %d killed by signal %d" % (childpid, os.WTERMSIG(status))
+            f"child pid {childpid} killed by signal {os.WTERMSIG(status)}"
         )
     if not os.WIFEXITED(status):
-        raise getmailOperationError("child pid %d failed to exit" % childpid)
+        raise getmailOperationError(f"child pid {childpid} failed to exit")
     return os.WEXITSTATUS(status)
 
 
