@@ -24,7 +24,7 @@ def test_prepare_headers_does_what_the_shell_did() -> None:
     data = b"Return-Path: <evil@example.org>\r\nBcc: hidden@example.org\r\n" + SMALL
     fixed = deliver.prepare_headers(
         data, drop=deliver.DROP_ALWAYS + deliver.DROP_ON_SUBMISSION,
-        submission=("mail.example.test", "QID123"), max_received=5,
+        submission=("mail.example.test", "QID123", "a@example.org"), max_received=5,
     )
     assert fixed is not None and fixed.startswith(b"From: a@example.org\r\n")
     assert b"Return-Path" not in fixed and b"Bcc" not in fixed

@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
-from postroom import logs
+from postroom import datadir, logs, privileges
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet
 from postroom.net.offload import CpuPool
+from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
@@ -67,20 +69,56 @@ def _auth_services(services: Services) -> None:
 
 
 async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
+    """Bind, drop root if configured (``server.user``), then open the store and serve.
+
+    The order matters for ``server.user``: ports below 1024 need root (or
+    CAP_NET_BIND_SERVICE), and everything that creates files (the store, the server
+    secret, the queue journal) must run as the final user so that it owns them.
+    """
     from postroom.store.sqlite import open_store
 
     loop = asyncio.get_running_loop()
-    store = open_store(settings.data_dir, fsync=settings.fsync)
+    try:
+        lock = datadir.lock_shared(settings.data_dir)
+    except datadir.DataDirBusy as e:
+        print(f"postroom: error: {e}", file=sys.stderr)
+        return 1
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls)
+    for lst in settings.listeners:
+        try:
+            bound = await listeners.start(lst)
+        except OSError as e:
+            print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+        for host, port in bound:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"listening {lst.role} {shown}:{port}", flush=True)
+    if settings.server.user:
+        try:
+            if privileges.drop(settings.server.user, settings.server.group):
+                logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
+        except (privileges.PrivilegeError, OSError) as e:
+            print(f"postroom: error: server.user: {e}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+    if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
+        logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
+                   effect="certificate reloads (SIGHUP) will fail")
+    store = open_store(settings.data_dir, fsync=settings.fsync)
+    # Worker processes start on first use, so as the final user (after the privilege drop).
     cpu = CpuPool(settings.limits.cpu_workers)
     services = Services(
-        settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
-        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir), cpu=cpu,
+        settings=settings, store=store,
+        directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
+        tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
         resolver=make_resolver(
             settings.outbound.resolver, timeout=settings.dns.timeout,
             cache_entries=settings.dns.cache_entries,
         ),
+        free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
+        cpu=cpu,
     )
     _auth_services(services)
     handlers = _handlers(services)
@@ -88,15 +126,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     side_tasks: list[asyncio.Task[None]] = []
     started_ok = False
     try:
-        for lst in settings.listeners:
-            try:
-                bound = await listeners.start(lst, handlers[lst.role])
-            except OSError as e:
-                print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
-                return 1
-            for host, port in bound:
-                shown = f"[{host}]" if ":" in host else host
-                print(f"listening {lst.role} {shown}:{port}", flush=True)
+        await listeners.attach(handlers)
         from postroom.queue.worker import QueueWorker
 
         worker = QueueWorker(services)
@@ -131,6 +161,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
             loop.remove_signal_handler(sig)
         cpu.close()
         await store.close()
+        datadir.unlock(lock)
         if started_ok:
             logs.event(log, "stopped")
 

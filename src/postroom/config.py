@@ -118,6 +118,15 @@ def _hostname(value: object) -> str:
     return value.rstrip(".").lower()
 
 
+_ACCOUNT_RE = re.compile(r"^(|[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?)$")
+
+
+def _account_name(value: object) -> str:
+    if not isinstance(value, str) or not _ACCOUNT_RE.match(value):
+        raise ValueError("a user or group name such as \"postroom\" (or \"\" for none)")
+    return value
+
+
 def parse_hostport(value: object, default_port: int | None = None) -> tuple[str, int]:
     """``"127.0.0.1:25"``, ``"[::1]:25"``, ``"mail.example.org:587"``, ``"*:25"`` (all IPv4+IPv6)."""
     allowed = "\"HOST:PORT\" such as \"0.0.0.0:25\", \"[::]:25\" or \"[::1]:2525\""
@@ -159,6 +168,29 @@ def parse_hostport(value: object, default_port: int | None = None) -> tuple[str,
     if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
         raise ValueError(allowed + " with a port from 0 to 65535")
     return host, int(port_s)
+
+
+def _auto_or_size(value: object) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError("\"auto\" or a size: bytes as an integer, or a string like \"200M\"") from None
+
+
+def _optional_address(value: object) -> str:
+    allowed = "an address such as \"admin@example.org\", or \"\" for the first user"
+    if not isinstance(value, str):
+        raise ValueError(allowed)
+    if value == "":
+        return ""
+    from postroom.address import AddressError, normalize_address
+
+    try:
+        return normalize_address(value)
+    except AddressError:
+        raise ValueError(allowed) from None
 
 
 def _resolver_address(value: object) -> tuple[str, int] | None:
@@ -249,6 +281,10 @@ class Limits:
     smtp_data_timeout: float = 600.0
     imap_idle_timeout: float = 1800.0
     pop3_idle_timeout: float = 600.0
+    login_timeout: float = 180.0
+    min_data_rate: int = 500
+    connections_per_user_ip: int = 10
+    min_free_space: int | None = None  # None: FREE_SPACE_FACTOR x message_size
     auth_failures: int = 3
     auth_delay: float = 1.0
     auth_cache_ttl: float = 300.0
@@ -258,6 +294,18 @@ class Limits:
     command_time: float = 60.0
     cpu_workers: int = 2
 
+    @property
+    def free_space_threshold(self) -> int:
+        """Free octets below which no new mail is accepted (see postroom.diskguard)."""
+        if self.min_free_space is not None:
+            return self.min_free_space
+        return FREE_SPACE_FACTOR * self.message_size
+
+
+# Default free-space guard: room for a few maximum-size messages plus their WAL copies
+# (Postfix insists on queue_minfree >= 1.5 x message_size_limit; we keep more margin).
+FREE_SPACE_FACTOR = 4
+
 
 @dataclass(frozen=True, slots=True)
 class SmtpSettings:
@@ -265,6 +313,7 @@ class SmtpSettings:
     greeting_pass_time: float = 86400.0
     require_tls_for_auth: bool = True
     line_length: int = 4096
+    postmaster: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +377,12 @@ class AuthChecksSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    user: str = ""  # switch to this account after binding the listeners (started as root)
+    group: str = ""  # its group; empty: the account's primary group
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
@@ -350,6 +405,7 @@ class Settings:
     dkim: DkimSettings = DkimSettings()
     auth_checks: AuthChecksSettings = AuthChecksSettings()
     logging: LoggingSettings = LoggingSettings()
+    server: ServerSettings = ServerSettings()
     fsync: bool = True
 
     @property
@@ -372,6 +428,10 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "smtp_data_timeout": parse_duration,
         "imap_idle_timeout": parse_duration,
         "pop3_idle_timeout": parse_duration,
+        "login_timeout": parse_duration,
+        "min_data_rate": parse_size,
+        "connections_per_user_ip": _int_range(1, 1000000),
+        "min_free_space": _auto_or_size,
         "auth_failures": _int_range(1, 1000),
         "auth_delay": parse_duration,
         "auth_cache_ttl": parse_duration,
@@ -387,6 +447,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "greeting_pass_time": parse_duration,
         "require_tls_for_auth": _boolean,
         "line_length": _int_range(512, 65536),
+        "postmaster": _optional_address,
     },
     "imap": {"allow_plaintext_auth": _boolean},
     "pop3": {"allow_plaintext_auth": _boolean},
@@ -428,6 +489,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "report_interval": parse_duration,
     },
     "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
+    "server": {"user": _account_name, "group": _account_name},
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
 _SECTION_CLASSES = {
@@ -440,6 +502,7 @@ _SECTION_CLASSES = {
     "dkim": DkimSettings,
     "auth_checks": AuthChecksSettings,
     "logging": LoggingSettings,
+    "server": ServerSettings,
 }
 
 
@@ -558,6 +621,8 @@ def _listener(path: Path, index: int, item: object) -> Listener:
 
 def check_files(settings: Settings) -> None:
     """Checks that need the file system: certificate files readable, data folder writable."""
+    import os
+
     for label, p in (("tls.cert", settings.tls_cert), ("tls.key", settings.tls_key)):
         if p is not None and not p.is_file():
             raise _fail(settings.path, label, f"file not found: {p}")
@@ -569,12 +634,19 @@ def check_files(settings: Settings) -> None:
             ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
         except (ssl.SSLError, OSError) as e:
             raise _fail(settings.path, "tls", f"cannot load certificate and key: {e}") from None
+    if settings.server.user:
+        from postroom.privileges import PrivilegeError, account, check_target
+
+        try:
+            account(settings.server.user, settings.server.group)
+            if os.geteuid() == 0:
+                check_target(settings.server.user, settings.server.group, settings.data_dir)
+        except PrivilegeError as e:
+            raise _fail(settings.path, "server.user", str(e)) from None
     d = settings.data_dir
     if d.exists() and not d.is_dir():
         raise _fail(settings.path, "data_dir", f"{d} exists and is not a folder")
     if not d.exists():
         raise _fail(settings.path, "data_dir", f"{d} does not exist (run `postroom init`)")
-    import os
-
     if not os.access(d, os.W_OK | os.X_OK):
         raise _fail(settings.path, "data_dir", f"{d} is not writable by this user")

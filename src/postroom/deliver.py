@@ -139,10 +139,16 @@ def strip_return_path(data: bytes) -> bytes:
     return data
 
 
-def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = None) -> bytes:
-    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out."""
+def submission_fixups(
+    data: bytes, hostname: str, qid: str, now: float | None = None, author: str = ""
+) -> bytes:
+    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out; and
+    ``From: <author>`` (the envelope sender or the login, already checked as owned) when
+    there is no From: at all, as Postfix's cleanup does, since RFC 5322 3.6 requires one."""
     add = b""
     fields = {n for n, _, _ in header_fields(data)}
+    if b"from" not in fields and author:
+        add += f"From: <{author}>\r\n".encode()
     if b"date" not in fields:
         add += fold("Date", email.utils.formatdate(now if now is not None else time.time(), localtime=True))
     if b"message-id" not in fields:
@@ -210,13 +216,14 @@ def prepare_headers(
     data: bytes,
     *,
     drop: tuple[bytes, ...],
-    submission: tuple[str, str] | None,
+    submission: tuple[str, str, str] | None,
     max_received: int,
 ) -> bytes | None:
     """A message received over SMTP with its header fixed: None when it already carries
     ``max_received`` ``Received:`` fields (a mail loop, RFC 5321 6.3); otherwise without
-    the ``drop`` fields and, for submission (``(hostname, queue id)``), with
-    ``Message-ID:``/``Date:`` added when missing (RFC 6409 8). Each step walks the header
+    the ``drop`` fields and, for submission (``(hostname, queue id, author)``), with
+    ``Message-ID:``/``Date:``/``From:`` added when missing (RFC 6409 8,
+    :func:`submission_fixups`). Each step walks the header
     line by line: a pure function, so the SMTP shell runs it in a worker process for big
     or complex messages (:func:`costly`).
     """
@@ -224,7 +231,8 @@ def prepare_headers(
         return None
     data = drop_fields(data, drop)
     if submission is not None:
-        data = submission_fixups(data, *submission)
+        hostname, qid, author = submission
+        data = submission_fixups(data, hostname, qid, author=author)
     return data
 
 

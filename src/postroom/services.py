@@ -12,6 +12,7 @@ from postroom.config import Settings
 from postroom.net.budget import check
 from postroom.net.listener import Shutdown
 from postroom.net.offload import CpuPool
+from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import Resolver
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
@@ -36,6 +37,8 @@ class Services:
     # Worker processes for work that cannot be sliced (net/offload.py); None: run inline
     # (unit tests that build Services by hand).
     cpu: CpuPool | None = None
+    # Room for new mail in the data folder (limits.min_free_space); threshold 0: no guard.
+    free_space: FreeSpaceGuard = field(default_factory=lambda: FreeSpaceGuard(Path("."), 0))
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

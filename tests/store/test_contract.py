@@ -105,6 +105,40 @@ def test_aliases_and_lookup(store_run: Any) -> None:
     store_run(body)
 
 
+def test_sendas_grants(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        await _user(store)
+        await _user(store, "bob@example.test")
+        g = await store.add_sendas("alice@example.test", "news@example.test")
+        assert (g.user, g.address) == ("alice@example.test", "news@example.test")
+        await store.add_sendas("alice@example.test", "@lists.example")  # any domain
+        await store.add_sendas("bob@example.test", "news@example.test")
+        with pytest.raises(AlreadyExists):
+            await store.add_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.add_sendas("nobody@example.test", "news@example.test")
+        grants = [(x.user, x.address) for x in await store.list_sendas()]
+        assert grants == [
+            ("alice@example.test", "@lists.example"),
+            ("alice@example.test", "news@example.test"),
+            ("bob@example.test", "news@example.test"),
+        ]
+        assert [x.address for x in await store.list_sendas("bob@example.test")] == ["news@example.test"]
+        assert await store.list_sendas("nobody@example.test") == []
+        await store.remove_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.remove_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.remove_sendas("nobody@example.test", "news@example.test")
+        # Grants go with their user (and do not pass to a new user of the same name).
+        await store.remove_user("bob@example.test")
+        await _user(store, "bob@example.test")
+        assert await store.list_sendas("bob@example.test") == []
+        assert [x.address for x in await store.list_sendas()] == ["@lists.example"]
+
+    store_run(body)
+
+
 def test_deliver_shares_one_blob(store_run: Any) -> None:
     async def body(store: Any) -> None:
         users = [await _user(store, f"u{i}@example.test") for i in range(50)]
@@ -587,6 +621,33 @@ def test_dmarc_rows_aggregate(store_run: Any) -> None:
     store_run(body)
 
 
+def test_dmarc_delete_queues_the_report_once(store_run: Any) -> None:
+    """The report is queued in the transaction that deletes its rows, and only if there
+    were rows: a second sender of the same day queues nothing."""
+    from postroom.store.api import Delivery, DmarcRow, NewQueueEntry, QueueRecipient
+
+    def report(qid: str) -> Delivery:
+        return Delivery(data=b"Subject: report\r\n\r\nx\r\n", summary=b"", queue=NewQueueEntry(
+            qid=qid, sender="postmaster@example.net",
+            recipients=(QueueRecipient("dmarc@example.org", notify="NEVER"),),
+        ))
+
+    async def body(store: Any) -> None:
+        row = DmarcRow(86400, "example.org", "example.org", "192.0.2.1", "example.org", "none",
+                       "pass", "fail", "", "example.org/mfrom/pass", "", "p=none",
+                       "mailto:dmarc@example.org")
+        await store.dmarc_add([row, DmarcRow(**{**_fields(row), "source_ip": "192.0.2.2"})])
+        assert await store.dmarc_delete("example.org", 86400, report=report("Q1")) == 2
+        assert await store.dmarc_delete("example.org", 86400, report=report("Q2")) == 0
+        queued = await store.queue_list()
+        assert [q.qid for q in queued] == ["Q1"]
+        assert [r.notify for r in queued[0].recipients] == ["NEVER"]
+        assert await store.read_blob(queued[0].blob_id) == b"Subject: report\r\n\r\nx\r\n"
+        assert await store.dmarc_pending(10**9) == []
+
+    store_run(body)
+
+
 def _fields(row: Any) -> dict[str, Any]:
     import dataclasses
 
@@ -842,5 +903,65 @@ def test_urlauth_keys(store_run: Any) -> None:
         await store.reset_urlauth_keys(alice.id)
         assert await store.urlauth_key(arch.id, create=False) is None
         assert await store.urlauth_key(inbox.id) != key
+
+
+def test_import_messages_remembers_keys(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from postroom.deliver import summarize
+        from postroom.store.api import ImportedMessage, NewMessage, OverQuota
+
+        u = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        seen: list[MailboxChange] = []
+        store.changes.subscribe(inbox.id, seen.append)
+        other = b"From: b@example.test\r\nSubject: two\r\n\r\nbye\r\n"
+
+        def item(key: str, data: bytes, **kw: Any) -> ImportedMessage:
+            return ImportedMessage(key, NewMessage(data, summarize(data), **kw))
+
+        first = [
+            item("7:1", MSG, flags=FLAG_SEEN | FLAG_FLAGGED, keywords=("$Label1", "$Label1", "x"),
+                 internaldate=1_000_000_000),
+            item("7:2", other),
+        ]
+        assert await store.import_messages(inbox.id, "imap://h/INBOX", first) == [1, 2]
+        assert seen and seen[-1].mailbox_id == inbox.id
+        msgs = await store.list_messages(inbox.id)
+        assert [(m.uid, m.flags, m.keywords) for m in msgs] == [
+            (1, FLAG_SEEN | FLAG_FLAGGED, ("$Label1", "x")), (2, 0, ())]
+        assert msgs[0].internaldate == 1_000_000_000 and msgs[1].internaldate > 1_600_000_000
+        assert (await store.read_blobs([msgs[1].blob_id]))[msgs[1].blob_id] == other
+        # Found by SEARCH like any APPENDed message.
+        assert await store.search_envelope(inbox.id, [("subject", "two")]) == [[2]]
+        assert await store.imported_keys(u.id, "imap://h/INBOX") == {"7:1", "7:2"}
+        assert await store.imported_keys(u.id, "imap://h/Sent") == set()
+        assert await store.imported_keys(bob.id, "imap://h/INBOX") == set()
+        # A second run skips what is remembered, even in another mailbox of the same user.
+        trash = await store.get_mailbox(u.id, "Trash")
+        again = await store.import_messages(trash.id, "imap://h/INBOX", [item("7:2", other), item("7:3", MSG)])
+        assert again == [0, 1]
+        assert len(await store.list_messages(trash.id)) == 1
+        assert len(await store.list_messages(inbox.id)) == 2
+        # Same key under another origin, or for another user, is a different message.
+        bob_inbox = await store.get_mailbox(bob.id, "INBOX")
+        assert await store.import_messages(bob_inbox.id, "imap://h/INBOX", [item("7:1", MSG)]) == [1]
+        assert await store.import_messages(inbox.id, "mbox:/x", [item("7:1", MSG)]) == [3]
+        assert await store.import_messages(inbox.id, "mbox:/x", []) == []
+        with pytest.raises(NotFound):
+            await store.import_messages(999_999, "mbox:/x", [item("k", MSG)])
+        # Imports count against the quota like APPEND: over it, nothing of the batch is
+        # stored and no key is remembered.
+        used = await store.get_quota(u.id)
+        assert used.messages_used == 4 and used.storage_used == 3 * len(MSG) + len(other)
+        await store.set_quota("alice@example.test", None, 5)
+        with pytest.raises(OverQuota):
+            await store.import_messages(inbox.id, "q", [item("a", MSG), item("b", MSG)])
+        assert await store.imported_keys(u.id, "q") == set()
+        assert await store.import_messages(inbox.id, "q", [item("a", MSG)]) == [4]
+        # The record goes with the user.
+        await store.remove_user("alice@example.test")
+        again_user = await _user(store)
+        assert await store.imported_keys(again_user.id, "imap://h/INBOX") == set()
 
     store_run(body)

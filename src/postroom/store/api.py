@@ -117,6 +117,15 @@ class Alias:
 
 
 @dataclass(frozen=True, slots=True)
+class SendAsGrant:
+    """User ``user`` may submit mail as ``address`` (an address, or ``@domain`` for any
+    address of that domain), beyond what they own (``postroom user sendas``)."""
+
+    user: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class AddressLookup:
     """What one read tells about an address: its domain, a user, alias targets."""
 
@@ -416,6 +425,20 @@ class SharedMailbox:
     rights: str  # union of the rights of every matching identifier, canonical order
 
 
+@dataclass(frozen=True, slots=True)
+class ImportedMessage:
+    """One message copied in from another system (``postroom import``).
+
+    ``key`` names the message in its origin (an IMAP ``UIDVALIDITY:UID``, a Maildir file's
+    unique name, an mbox message's hash): the store remembers it per (user, origin) in the
+    same transaction as the message, so an interrupted import resumes without copying a
+    message twice (see :meth:`Store.import_messages`).
+    """
+
+    key: str
+    message: NewMessage  # data already normalised: CRLF, final CRLF
+
+
 ChangeListener = Callable[[MailboxChange], None]
 
 
@@ -493,6 +516,13 @@ class Store(Protocol):
     async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
     async def alias_targets(self, source: str) -> list[str]: ...
     async def lookup_address(self, address: str) -> AddressLookup: ...
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant: ...
+    # NotFound when there is no such user; AlreadyExists when granted already. ``address``
+    # is a normalised address or "@domain" (any domain: a user may send for a domain we
+    # do not host, e.g. a mailing-list domain).
+    async def remove_sendas(self, user: str, address: str) -> None: ...  # NotFound
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]: ...
+    # Sorted by user, then address; grants disappear with their user.
 
     # -- mailboxes ---------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...
@@ -635,6 +665,19 @@ class Store(Protocol):
     async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None: ...
     # RESETKEY: forget the key of one mailbox, or of every mailbox of the user.
 
+    # -- migration ---------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]: ...
+    # Append ``messages`` to the mailbox in order, and remember each (origin, key) for the
+    # mailbox's owner, all in one transaction (durable on return). A message whose key is
+    # already remembered for that user and origin is not stored again: its entry in the
+    # returned list is 0, the others are the new UIDs. ``origin`` is an opaque string
+    # chosen by the importer (e.g. "imap://user@host/INBOX"). The owner's quota applies
+    # as for APPEND: OverQuota, and nothing of the batch is stored.
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]: ...
+    # The keys remembered for ``user_id`` and ``origin`` (empty when none).
+
     # -- the outbound queue ------------------------------------------------------------
     async def queue_due(
         self, now: int, limit: int, lease_seconds: int, owner: str
@@ -670,7 +713,13 @@ class Store(Protocol):
     async def dkim_key_remove(self, domain: str, selector: str) -> None: ...  # NotFound
     async def dmarc_add(self, rows: Sequence[DmarcRow]) -> None: ...  # counts add up per outcome
     async def dmarc_pending(self, before: int) -> list[DmarcRow]: ...  # rows of periods < before
-    async def dmarc_delete(self, policy_domain: str, period: int) -> int: ...  # after a report
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int: ...
+    # Deletes the rows of one report and returns how many there were. With ``report``, the
+    # report is delivered (queued) in the same transaction, and only when rows were deleted:
+    # a crash never loses or repeats a day's report, and two senders racing (the server's
+    # daily run and ``postroom dmarc send-reports``) send it once.
 
     # -- POP3 exclusive access ------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool: ...

@@ -35,6 +35,7 @@ from postroom.store.api import (
     DeliveryResult,
     Domain,
     FlagChange,
+    ImportedMessage,
     Mailbox,
     MailboxChange,
     MailboxSnapshot,
@@ -47,13 +48,14 @@ from postroom.store.api import (
     QueuedMessage,
     RecipientOutcome,
     SharedMailbox,
+    SendAsGrant,
     StoreResult,
     User,
 )
 from postroom.message import search_texts_of
 from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import LocalChangeHub
-from postroom.store.sqlite import accounts, authdata, mail, queue, sharing
+from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
@@ -173,6 +175,15 @@ class SQLiteStore:
 
     async def lookup_address(self, address: str) -> AddressLookup:
         return await self.engine.read(lambda c: accounts.lookup_address(c, address))
+
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant:
+        return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))
+
+    async def remove_sendas(self, user: str, address: str) -> None:
+        await self.engine.write(lambda c: accounts.remove_sendas(c, user, address))
+
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
+        return await self.engine.read(lambda c: accounts.list_sendas(c, user))
 
     # -- mailboxes -----------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
@@ -452,6 +463,24 @@ class SQLiteStore:
     async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None:
         await self.engine.write(lambda c: sharing.reset_urlauth_keys(c, user_id, mailbox_id))
 
+    # -- migration -------------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]:
+        if not messages:
+            return []
+        batch = list(messages)
+        texts = [search_texts_of(m.message.summary, m.message.data) for m in batch]
+        uids, user_id, modseq = await self.engine.write(
+            lambda c: imports.import_messages(c, mailbox_id, origin, batch, texts)
+        )
+        if any(uids):
+            self._publish(mailbox_id, user_id, modseq)
+        return uids
+
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]:
+        return await self.engine.read(lambda c: imports.imported_keys(c, user_id, origin))
+
     # -- queue ---------------------------------------------------------------------------
     async def queue_due(
         self, now: int, limit: int, lease_seconds: int, owner: str
@@ -521,8 +550,23 @@ class SQLiteStore:
     async def dmarc_pending(self, before: int) -> list[api.DmarcRow]:
         return await self.engine.read(lambda c: authdata.dmarc_pending(c, before))
 
-    async def dmarc_delete(self, policy_domain: str, period: int) -> int:
-        return await self.engine.write(lambda c: authdata.dmarc_delete(c, policy_domain, period))
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int:
+        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
+            deleted = authdata.dmarc_delete(c, policy_domain, period)  # type: ignore[arg-type]
+            if report is None or not deleted:
+                return deleted, [], None
+            blob_id, placed = mail.deliver(c, report)  # type: ignore[arg-type]
+            qid = queue.add(c, blob_id, report.queue) if report.queue is not None else None  # type: ignore[arg-type]
+            return deleted, placed, qid
+
+        deleted, placed, qid = await self.engine.write(job)
+        for mailbox_id, user_id, _uid in placed:
+            self._publish(mailbox_id, user_id, 0)
+        if qid is not None:
+            self.changes.publish_queue()
+        return deleted
 
     # -- POP3 --------------------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool:

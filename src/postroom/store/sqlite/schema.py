@@ -288,6 +288,25 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         secret BLOB NOT NULL
     )
     """,
+    # 9: "may send as" grants (postroom user sendas): an address or "@domain" per row
+    """
+    CREATE TABLE sendas (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        PRIMARY KEY (user_id, address)
+    );
+    """,
+    # 10: what ``postroom import`` already copied, per user and origin (a source folder):
+    # written in the transaction that stores the message, so an interrupted import
+    # resumes without duplicates. Rows go with the user.
+    """
+    CREATE TABLE imported (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        origin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (user_id, origin, key)
+    ) WITHOUT ROWID
+    """,
 ]
 
 
