@@ -17,6 +17,7 @@ from typing import Any
 
 from postroom import datadir, logs, privileges
 from postroom.auth.directory import Directory
+from postroom.auth.failures import MemoryLoginGuard
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet
 from postroom.net.offload import CpuPool
@@ -119,6 +120,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
         cpu=cpu,
+        login_guard=MemoryLoginGuard.from_limits(settings.limits),
     )
     _auth_services(services)
     handlers = _handlers(services)

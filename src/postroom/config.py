@@ -234,6 +234,22 @@ def _forwarders(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _networks(value: object) -> tuple[str, ...]:
+    """IP networks ("127.0.0.1", "10.0.0.0/8", "2001:db8::/32")."""
+    allowed = "a list of IP networks, such as [\"127.0.0.1\", \"10.0.0.0/8\"]"
+    if not isinstance(value, list):
+        raise ValueError(allowed)
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(allowed)
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(allowed) from None
+    return tuple(out)
+
+
 def _address(value: object) -> str:
     if not isinstance(value, str) or value.count("@") != 1 or not _HOSTNAME_RE.match(value.split("@")[1]):
         raise ValueError("an email address such as \"postmaster@example.org\"")
@@ -288,6 +304,11 @@ class Limits:
     auth_failures: int = 3
     auth_delay: float = 1.0
     auth_cache_ttl: float = 300.0
+    auth_ip_failures: int = 10
+    auth_ip_window: float = 600.0
+    auth_user_failures: int = 30
+    auth_user_window: float = 900.0
+    auth_exempt: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
     metadata_size: int = 16 * 1024
     metadata_entries: int = 200
@@ -435,6 +456,11 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "auth_failures": _int_range(1, 1000),
         "auth_delay": parse_duration,
         "auth_cache_ttl": parse_duration,
+        "auth_ip_failures": _int_range(0, 1000000),
+        "auth_ip_window": parse_duration,
+        "auth_user_failures": _int_range(0, 1000000),
+        "auth_user_window": parse_duration,
+        "auth_exempt": _networks,
         "shutdown_grace": parse_duration,
         # RFC 5464 4.1: at least 1024 octets per value and 10 entries per mailbox.
         "metadata_size": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),

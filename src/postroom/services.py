@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from postroom.auth.directory import Directory
+from postroom.auth.failures import LoginGuard
 from postroom.config import Settings
 from postroom.net.budget import check
 from postroom.net.listener import Shutdown
@@ -39,6 +40,9 @@ class Services:
     cpu: CpuPool | None = None
     # Room for new mail in the data folder (limits.min_free_space); threshold 0: no guard.
     free_space: FreeSpaceGuard = field(default_factory=lambda: FreeSpaceGuard(Path("."), 0))
+    # Failed logins per client address and per user across connections (auth/failures.py);
+    # None: only the per-connection rules (unit tests that build Services by hand).
+    login_guard: LoginGuard | None = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

@@ -33,6 +33,7 @@ class Server:
         extra: str = "",
         fsync: bool = False,
         hostname: str = "mail.example.test",
+        hosts: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.roles = roles
@@ -44,8 +45,11 @@ class Server:
         if not self.cert.exists():
             write_self_signed(self.cert, self.key, hostname)
         self.config = root / "postroom.toml"
+        # ``hosts``: a listening address other than 127.0.0.1 for some roles ("[::1]"), for
+        # tests that need clients from two addresses (the per-address login rules).
         listeners = "".join(
-            f'[[listener]]\naddress = "127.0.0.1:0"\nrole = "{r}"\n' for r in roles
+            f'[[listener]]\naddress = "{(hosts or {}).get(r, "127.0.0.1")}:0"\nrole = "{r}"\n'
+            for r in roles
         )
         # ``extra`` holds TOML tables only; the fast auth delay keeps tests quick unless
         # the test brings its own [limits].

@@ -41,7 +41,7 @@ from functools import partial
 from postroom import logs
 from postroom.config import Listener
 from postroom.net import budget
-from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net.auth import MECHANISMS, TEXT_REFUSED, AuthTracker, LoginRefused
 from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, Interrupted
 from postroom.net.deadline import RecordDeadline
@@ -206,6 +206,7 @@ class Pop3Session:
         self.drop: _Maildrop | None = None
         self._scram_user: User | None = None
         self._failures_seen = 0
+        self._refused = ""  # why the guard refused the last login (auth/failures.py)
 
     async def run(self) -> None:
         limits = self.services.settings.limits
@@ -264,7 +265,14 @@ class Pop3Session:
                 elif isinstance(event, PassRequest):
                     await self._budgeted_login(event.username, event.password, event.mechanism)
                 elif isinstance(event, CredentialsRequest):
-                    user = await self.services.directory.user_for_scram(event.username)
+                    try:
+                        await self.auth.admit_scram(event.username)
+                        user = await self.services.directory.user_for_scram(event.username)
+                    except LoginRefused as e:
+                        # No credentials: the exchange fails like an unknown user's
+                        # (the core's SCRAM answers -ERR [AUTH] at its end).
+                        self._refused = e.reason
+                        user = None
                     self._scram_user = user
                     creds = ScramCredentials.from_string(user.scram) if user and user.scram else None
                     self.core.credentials(creds)
@@ -290,7 +298,8 @@ class Pop3Session:
         if failures > self._failures_seen:
             # Every failed login waits before its answer (same policy as SMTP AUTH).
             self._failures_seen = failures
-            await self.auth.failed(None, "pop3")
+            await self.auth.failed(None, "pop3", self._refused)
+            self._refused = ""
         out = self.core.data_to_send()
         if out:
             await self.conn.send(out)
@@ -344,6 +353,11 @@ class Pop3Session:
                 await self._login(user, mechanism)
         except BudgetExceeded:
             self.core.login_failed(LoginError.SYS_TEMP, "Server busy, try again later")
+        except LoginRefused as e:
+            # Blocked address or locked user (auth/failures.py): the password was not
+            # checked. RFC 3206 SYS/TEMP: try later; counted (and delayed) as a failure.
+            self._refused = e.reason
+            self.core.login_failed(LoginError.SYS_TEMP, TEXT_REFUSED, counted=True)
 
     async def _login(self, user: User | None, mechanism: str) -> None:
         if user is None:

@@ -30,7 +30,7 @@ from postroom import deliver, imapurl, logs
 from postroom.auth.directory import Resolution
 from postroom.config import Listener
 from postroom.net import budget
-from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net.auth import MECHANISMS, AuthTracker, LoginRefused
 from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, ConnectionClosed, Interrupted
 from postroom.net.deadline import RecordDeadline
@@ -284,6 +284,14 @@ class SmtpSession:
         except BudgetExceeded:
             # Every password-check slot stayed busy (a login flood): RFC 4954 6 454.
             self.core.auth_failure(R.AUTH_TEMP_FAIL)
+            return
+        except LoginRefused as e:
+            # Blocked address or locked user (auth/failures.py): the password was not
+            # checked; 454 is temporary, counted and delayed like a failure.
+            must_close = await self.auth.failed(None, self._mechanism, e.reason)
+            self.core.auth_failure(R.AUTH_TEMP_FAIL)
+            if must_close:
+                self.core.close(TOO_MANY_AUTH)
             return
         if isinstance(step, Challenge):
             self.core.auth_challenge(step.data)
