@@ -139,7 +139,7 @@ def test_flooding_address_does_not_delay_other_addresses(flood_server: Server) -
     print(f"first logins from 127.0.0.1: median {base * 1000:.0f} ms before the flood, "
           f"{statistics.median(during) * 1000:.0f} ms (max {max(during) * 1000:.0f} ms) while "
           f"::1 floods; flood answers {answers}")
-    # The flood really ran: its guesses were checked, one at a time.
+    # The flood really ran: its guesses were checked.
     assert answers.get("[AUTH]", 0) >= 10, answers
     assert statistics.median(during) < 2 * base + 0.5, (before, during)
     assert max(during) < 2 * max(before) + BOUND, (before, during)

@@ -9,11 +9,12 @@ and a fail2ban jail, without a firewall):
 * **Per client address** (an IPv4 address, or the /64 of an IPv6 one: one host's range,
   as for the SMTP greeting pass). Failures within ``limits.auth_ip_window`` count. After
   :data:`FREE_FAILURES` of them (typos), every new attempt from that address first waits
-  ``auth_delay x 2^(n - FREE_FAILURES)`` seconds (at most :data:`MAX_PENALTY`), and the
-  shell lets one attempt per address run at a time (so 50 parallel connections wait in
-  line rather than 50 guesses at once). At ``limits.auth_ip_failures`` failures the
-  address is *blocked* for ``auth_ip_window``: its attempts are refused with a temporary
-  failure without looking at the password (so even a right guess learns nothing).
+  ``auth_delay x 2^(n - FREE_FAILURES)`` seconds (at most :data:`MAX_PENALTY`); the
+  argon2 slots are given out in turn per address (``net/auth.py``), so whatever one
+  address queues, another waits for about one verify. At ``limits.auth_ip_failures``
+  failures the address is *blocked* for ``auth_ip_window``: its attempts are refused
+  with a temporary failure without looking at the password (a right guess learns
+  nothing).
 * **Per user** (the name the client typed, normalized; unknown names too, so a lock
   reveals nothing about which users exist). At ``limits.auth_user_failures`` failures
   within ``limits.auth_user_window``, from whatever addresses, the user is *locked* for

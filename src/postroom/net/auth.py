@@ -23,11 +23,11 @@ import logging
 import math
 import os
 import weakref
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from typing import Any
 
 from postroom import logs
-from postroom.auth.failures import LoginGuard
+from postroom.auth.failures import LoginGuard, client_key
 from postroom.net import budget
 from postroom.net.budget import BudgetExceeded
 from postroom.proto.sasl import (
@@ -49,10 +49,8 @@ log = logging.getLogger("postroom.auth")
 MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 # argon2 holds 32 MiB and keeps two cores busy per verify: cap how many run at once so a
 # login flood can neither exhaust memory nor starve the event loop of CPU (one per core,
-# at most 4). Waiters are served first come, first served; since each client address has
-# at most one attempt past its turn (:data:`_TURNS`), that is one address at a time, in
-# turn: a flooding address delays another address's login by one verify at most.
-_VERIFY_SLOTS = budget.LoopSemaphore(max(1, min(4, os.cpu_count() or 1)))
+# at most 4). Waiters are served in turn per client address (:class:`FairSlots`).
+VERIFY_SLOTS = max(1, min(4, os.cpu_count() or 1))
 # What a client refused by the guard is told (with its protocol's temporary failure).
 TEXT_REFUSED = "Too many failed logins, try again later"
 
@@ -66,74 +64,94 @@ class LoginRefused(Exception):
         self.reason = reason  # "address" | "user"
 
 
-class KeyedTurns:
-    """One attempt at a time per key (a client address), FIFO, per event loop.
+class FairSlots:
+    """``size`` slots given out in turn per key (a client address), FIFO within a key.
 
-    Why: without it 50 parallel connections of one address put 50 guesses in the argon2
-    queue at once, ahead of everybody else, and all pass the penalty check before the
-    first failure is counted. With it an address's attempts are checked one after the
-    other, each after its penalty, and a block stops the ones still in line."""
+    Why: with one FIFO queue, 50 parallel guesses of one address sit in line ahead of
+    everybody else's login (the reported flood: new logins queued, then got a temporary
+    failure). Here a free slot goes to the next *address* that waits, round robin, so a
+    login from an address that is not flooding waits for about one verify, however many
+    guesses are queued. Work-conserving: an address alone may use every slot.
+    """
 
-    __slots__ = ("_by_loop",)
+    __slots__ = ("_free", "_queues")
 
-    def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, list[Any]]] = weakref.WeakKeyDictionary()
-
-    @contextlib.asynccontextmanager
-    async def turn(self, key: str) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        locks = self._by_loop.get(loop)
-        if locks is None:
-            locks = self._by_loop[loop] = {}
-        entry = locks.get(key)
-        if entry is None:
-            entry = locks[key] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        try:
-            await _wait_within_budget(entry[0])
-            try:
-                yield
-            finally:
-                entry[0].release()
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                locks.pop(key, None)
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._queues: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
 
     def waiting(self, key: str) -> int:
-        """Attempts of ``key`` holding or waiting for their turn (tests, logs)."""
+        return len(self._queues.get(key, ()))
+
+    async def acquire(self, key: str) -> None:
+        if self._free > 0 and not self._queues:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        queue.append(fut)
         try:
-            locks = self._by_loop.get(asyncio.get_running_loop()) or {}
-        except RuntimeError:
-            return 0
-        entry = locks.get(key)
-        return 0 if entry is None else int(entry[1])
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted just as we gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(fut)
+                if not queue and self._queues.get(key) is queue:
+                    del self._queues[key]
+            raise
+
+    def release(self) -> None:
+        while self._queues:
+            key, queue = next(iter(self._queues.items()))
+            fut = queue.popleft()
+            if queue:
+                self._queues.move_to_end(key)  # the other addresses come first
+            else:
+                del self._queues[key]
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
 
 
-_TURNS = KeyedTurns()
+class _LoopFairSlots:
+    """One :class:`FairSlots` per running event loop (see ``budget.LoopSemaphore``)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairSlots] = (
+            weakref.WeakKeyDictionary())
+
+    def get(self) -> FairSlots:
+        loop = asyncio.get_running_loop()
+        slots = self._by_loop.get(loop)
+        if slots is None:
+            slots = self._by_loop[loop] = FairSlots(self._size)
+        return slots
 
 
-async def _wait_within_budget(lock: asyncio.Lock | asyncio.Semaphore) -> None:
-    """Acquire ``lock``; the wait counts against the current command's budget (a login
-    flood ends in temporary failures, not an ever longer queue)."""
-    b = budget.current()
-    if b is not None and lock.locked() and b.due < math.inf:
-        try:
-            async with asyncio.timeout(b.remaining()):
-                await lock.acquire()
-        except TimeoutError:
-            raise BudgetExceeded(b.limit) from None
-    else:
-        await lock.acquire()
+_VERIFY_SLOTS = _LoopFairSlots(VERIFY_SLOTS)
 
 
 @contextlib.asynccontextmanager
-async def _verify_slot() -> AsyncIterator[None]:
-    """One of the argon2 slots, waited for within the command's budget; the verify itself
-    runs with the budget paused (see :meth:`AuthTracker.verify_password`)."""
+async def _verify_slot(key: str) -> AsyncIterator[None]:
+    """One of the argon2 slots, in turn with the other client addresses, waited for within
+    the command's budget (a login flood ends in temporary failures, not an ever longer
+    queue); the verify itself runs with the budget paused (a fixed, bounded cost)."""
     slots = _VERIFY_SLOTS.get()
-    await _wait_within_budget(slots)
+    b = budget.current()
+    if b is not None and b.due < math.inf:
+        try:
+            async with asyncio.timeout(b.remaining()):
+                await slots.acquire(key)
+        except TimeoutError:
+            raise BudgetExceeded(b.limit) from None
+    else:
+        await slots.acquire(key)
     try:
         with budget.paused():
             yield
@@ -155,6 +173,7 @@ class AuthTracker:
         self._mech: ServerMechanism | None = None
         self.guard: LoginGuard | None = services.login_guard
         self.key = self.guard.key_for(client_ip) if self.guard is not None else None
+        self.slot_key = client_key(client_ip)  # argon2 slots go round these
         self.attempted: str | None = None  # the user name of the attempt under way
 
     @property
@@ -179,33 +198,30 @@ class AuthTracker:
                 raise LoginRefused("address")
 
     @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
-        if self.key is None:
-            yield
-            return
-        async with _TURNS.turn(self.key):
-            yield
-
-    def _new_password_slot(self, username: str) -> contextlib.AbstractAsyncContextManager[None]:
+    async def _new_password_slot(self, username: str) -> AsyncIterator[None]:
         """The argon2 slot, for a password that is not remembered: refused while the user
-        is locked (a remembered login never gets here)."""
+        is locked (a remembered login never gets here), or when the address got blocked
+        while this attempt waited in line."""
         if self.guard is not None and self.guard.user_locked(username):
             raise LoginRefused("user")
-        return _verify_slot()
+        async with _verify_slot(self.slot_key):
+            if self.guard is not None and self.key is not None and \
+                    self.guard.admission(self.key) is None:
+                raise LoginRefused("address")
+            yield
 
     async def verify_password(self, username: str, password: str) -> User | None:
         """The user when the password is right. Raises :class:`LoginRefused` for a
         blocked address or (unless the password is remembered) a locked user.
 
-        Waiting for the address's turn and a verify slot counts against the command's
-        budget (a login flood ends in temporary failures, not an ever longer queue); the
-        penalty and the verify itself do not: their cost is fixed and bounded.
+        Waiting for a verify slot counts against the command's budget (a login flood
+        ends in temporary failures, not an ever longer queue); the address's penalty and
+        the verify itself do not: their cost is fixed and bounded.
         """
         self.attempted = username
-        async with self._turn():
-            await self._admit()
-            return await self.services.directory.authenticate(
-                username, password, lambda: self._new_password_slot(username))
+        await self._admit()
+        return await self.services.directory.authenticate(
+            username, password, lambda: self._new_password_slot(username))
 
     async def resolve(self, step: object) -> object:
         """Resolve the I/O steps of a mechanism; return a Challenge, Success or Failure.
