@@ -30,6 +30,9 @@ from postroom.store import api
 from postroom.store.api import (
     AddressLookup,
     Alias,
+    ApiToken,
+    AppPassword,
+    DeliveryLogEntry,
     Changes,
     Delivery,
     DeliveryResult,
@@ -43,13 +46,16 @@ from postroom.store.api import (
     MessageMeta,
     NotFound,
     QueuedMessage,
+    QueueStats,
     RecipientOutcome,
     StoreResult,
+    Usage,
     User,
+    WebSession,
 )
 from postroom.message import search_texts_of
 from postroom.store.changes import LocalChangeHub
-from postroom.store.sqlite import accounts, mail, queue
+from postroom.store.sqlite import accounts, mail, queue, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
@@ -167,6 +173,12 @@ class SQLiteStore:
 
     async def lookup_address(self, address: str) -> AddressLookup:
         return await self.engine.read(lambda c: accounts.lookup_address(c, address))
+
+    async def set_user_admin(self, address: str, admin: bool) -> None:
+        await self.engine.write(lambda c: accounts.set_user_admin(c, address, admin))
+
+    async def usage_by_user(self) -> dict[int, Usage]:
+        return await self.engine.read(web.usage_by_user)
 
     # -- mailboxes -----------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
@@ -403,6 +415,51 @@ class SQLiteStore:
 
     async def queue_next_due(self) -> int | None:
         return await self.engine.read(queue.next_due)
+
+    async def queue_stats(self) -> QueueStats:
+        return await self.engine.read(web.queue_stats)
+
+    # -- credentials of the HTTP service -------------------------------------------------
+    async def add_api_token(self, name: str, digest: str) -> ApiToken:
+        return await self.engine.write(lambda c: web.add_api_token(c, name, digest))
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return await self.engine.read(web.list_api_tokens)
+
+    async def remove_api_token(self, name: str) -> bool:
+        return await self.engine.write(lambda c: web.remove_api_token(c, name))
+
+    async def find_api_token(self, digest: str) -> ApiToken | None:
+        return await self.engine.read(lambda c: web.find_api_token(c, digest))
+
+    async def add_app_password(self, user_id: int, name: str, digest: str) -> AppPassword:
+        return await self.engine.write(lambda c: web.add_app_password(c, user_id, name, digest))
+
+    async def list_app_passwords(self, user_id: int) -> list[AppPassword]:
+        return await self.engine.read(lambda c: web.list_app_passwords(c, user_id))
+
+    async def remove_app_password(self, user_id: int, password_id: int) -> bool:
+        return await self.engine.write(lambda c: web.remove_app_password(c, user_id, password_id))
+
+    async def find_app_password(self, user_id: int, digest: str) -> AppPassword | None:
+        return await self.engine.read(lambda c: web.find_app_password(c, user_id, digest))
+
+    async def add_web_session(self, digest: str, user_id: int, expires: int) -> None:
+        await self.engine.write(lambda c: web.add_web_session(c, digest, user_id, expires))
+
+    async def get_web_session(self, digest: str) -> WebSession | None:
+        return await self.engine.read(lambda c: web.get_web_session(c, digest))
+
+    async def remove_web_sessions(
+        self, *, digest: str | None = None, user_id: int | None = None
+    ) -> int:
+        return await self.engine.write(lambda c: web.remove_web_sessions(c, digest, user_id))
+
+    async def append_delivery_log(self, entries: Sequence[DeliveryLogEntry], keep: int) -> None:
+        await self.engine.write(lambda c: web.append_delivery_log(c, entries, keep))
+
+    async def list_delivery_log(self, limit: int, before_id: int | None = None) -> list[DeliveryLogEntry]:
+        return await self.engine.read(lambda c: web.list_delivery_log(c, limit, before_id))
 
     # -- POP3 --------------------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool:
