@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s"})
+ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s", "https"})
+HTTP_ROLES = frozenset({"http", "https"})
+MTA_STS_MODES = ("enforce", "testing", "none")
 TLS_POLICIES = ("none", "may", "require", "verify")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -172,6 +174,29 @@ def _optional_hostport(value: object) -> tuple[str, int] | None:
     return parse_hostport(value, default_port=25)
 
 
+def _mx_patterns(value: object) -> tuple[str, ...]:
+    """MTA-STS ``mx`` patterns (RFC 8461 3.2): host names, optionally ``*.`` wildcards."""
+    allowed = "a list of MX host names, such as [\"mail.example.org\", \"*.example.net\"]"
+    if not isinstance(value, list):
+        raise ValueError(allowed)
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(allowed)
+        rest = item[2:] if item.startswith("*.") else item
+        if not _HOSTNAME_RE.match(rest) or "." not in rest.strip("."):
+            raise ValueError(allowed)
+        out.append(item.rstrip(".").lower())
+    return tuple(out)
+
+
+def _mta_sts_max_age(value: object) -> float:
+    seconds = parse_duration(value)
+    if not 0 <= seconds <= 31557600:  # RFC 8461 3.2: at most 31557600 (about a year)
+        raise ValueError("a duration up to one year (31557600 s), such as \"7d\"")
+    return seconds
+
+
 def _duration_list(value: object) -> tuple[float, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError("a non-empty list of durations, such as [\"1m\", \"5m\", \"15m\"]")
@@ -272,6 +297,20 @@ class OutboundSettings:
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
+    delivery_log: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    session_lifetime: float = 12 * 3600.0
+    request_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsSettings:
+    mode: str = "testing"
+    mx: tuple[str, ...] = ()  # empty: the server's own hostname
+    max_age: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +327,8 @@ class Settings:
     pop3: Pop3Settings = Pop3Settings()
     outbound: OutboundSettings = OutboundSettings()
     logging: LoggingSettings = LoggingSettings()
+    http: HttpSettings = HttpSettings()
+    mta_sts: MtaStsSettings = MtaStsSettings()
     fsync: bool = True
 
     @property
@@ -346,7 +387,16 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "connection_cache_time": parse_duration,
         "queue_poll_interval": parse_duration,
     },
-    "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
+    "logging": {
+        "level": _choice(*LOG_LEVELS),
+        "format": _choice(*LOG_FORMATS),
+        "delivery_log": _int_range(0, 10_000_000),
+    },
+    "http": {
+        "session_lifetime": parse_duration,
+        "request_size": parse_size,
+    },
+    "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
 _SECTION_CLASSES = {
@@ -356,6 +406,8 @@ _SECTION_CLASSES = {
     "pop3": Pop3Settings,
     "outbound": OutboundSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
+    "mta_sts": MtaStsSettings,
 }
 
 

@@ -148,6 +148,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         if report.get("user"):
             print(f"user {report['user']} password: {report['password']}")
             print("  (shown once: write it down or change it with `postroom user passwd`)")
+            print(f"  web admin: https://{report['hostname']}/admin/ (this user is an admin)")
     return 0
 
 
@@ -208,13 +209,19 @@ def cmd_user(args: argparse.Namespace) -> int:
     elif args.action == "remove":
         _with_service(args, lambda s: s.user_remove(args.address))
         print(json.dumps({"removed": args.address}) if args.json else f"removed user {args.address}")
+    elif args.action == "admin":
+        _with_service(args, lambda s: s.user_admin(args.address, not args.off))
+        verb = "may no longer" if args.off else "may now"
+        print(json.dumps({"user": args.address, "admin": not args.off}) if args.json
+              else f"{args.address} {verb} use the web admin")
     else:
         users = _with_service(args, lambda s: s.user_list(args.domain))
         _emit(
             args,
-            [{"address": u.address, "domain": u.domain, "created": u.created} for u in users],
-            [(u.address, _ts(u.created)) for u in users],
-            ("USER", "CREATED"),
+            [{"address": u.address, "domain": u.domain, "created": u.created, "admin": u.admin}
+             for u in users],
+            [(u.address, _ts(u.created), "admin" if u.admin else "") for u in users],
+            ("USER", "CREATED", "ROLE"),
         )
     return 0
 
@@ -250,6 +257,12 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return run_queue_command(args, _with_service, _emit, _ts, CliError)
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from postroom.admin.token_cli import run_token_command
+
+    return run_token_command(args, _with_service, _emit, _ts)
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -276,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--user", default=None, help="create this user (local part or address) with a generated password")
     s.add_argument(
         "--ports", choices=("auto", "standard", "unprivileged"), default="auto",
-        help="standard 25/587/465/143/993/110/995, or 2525/2587/2465/2143/2993/2110/2995 "
-        "(auto: standard when root)",
+        help="standard 25/587/465/143/993/110/995/80/443, or "
+        "2525/2587/2465/2143/2993/2110/2995/2080/2443 (auto: standard when root)",
     )
     s.add_argument("--bind", default="*", help="address to listen on (default: * = all, IPv4 and IPv6)")
     s.add_argument("--force", action="store_true", help="overwrite an existing config file")
@@ -308,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("address")
     a = usub.add_parser("list", parents=[common], help="list users")
     a.add_argument("--domain", default=None)
+    a = usub.add_parser("admin", parents=[common], help="let a user log in to the web admin")
+    a.add_argument("address")
+    a.add_argument("--off", action="store_true", help="take the right away again")
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", parents=[common], help="manage aliases (forwarding addresses)")
@@ -338,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("qid", nargs="?")
     a.add_argument("--domain", default=None)
     s.set_defaults(func=cmd_queue)
+
+    from postroom.admin.token_cli import add_parser as add_token_parser
+
+    add_token_parser(sub, common).set_defaults(func=cmd_token)
     return p
 
 

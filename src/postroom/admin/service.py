@@ -1,4 +1,4 @@
-"""Administrative operations, shared by the CLI (and later the HTTP API).
+"""Administrative operations, shared by the CLI and the HTTP API (``postroom.web``).
 
 Validation and normalisation of what people type happen here, once: the store below gets
 clean values, and the CLI above only parses arguments and prints results. Password hashing
@@ -18,7 +18,23 @@ from postroom.address import (
 )
 from postroom.auth import passwords
 from postroom.config import Settings
-from postroom.store.api import Alias, Domain, NotFound, QueuedMessage, Store, StoreError, User
+from postroom.store.api import (
+    Alias,
+    ApiToken,
+    AppPassword,
+    DeliveryLogEntry,
+    Domain,
+    NotFound,
+    QueuedMessage,
+    Store,
+    StoreError,
+    Usage,
+    User,
+)
+
+# Names people give tokens and app passwords: shown in listings, so short and printable.
+MAX_LABEL = 64
+TOKEN_PREFIX = "prt_"  # recognisable in logs and secret scanners
 
 
 class AdminError(Exception):
@@ -47,6 +63,13 @@ def _address(value: str) -> str:
         return normalize_address(value)
     except AddressError as e:
         raise AdminError(str(e)) from None
+
+
+def _label(value: str, what: str) -> str:
+    value = value.strip()
+    if not value or len(value) > MAX_LABEL or not value.isprintable():
+        raise AdminError(f"{what}: 1 to {MAX_LABEL} printable characters")
+    return value
 
 
 def _domain(value: str) -> str:
@@ -97,11 +120,76 @@ class AdminService:
         await self._call(self.store.remove_user(_address(address)))
 
     async def user_passwd(self, address: str, password: str) -> None:
+        """Set a new password; every web session of the user ends (app passwords stay:
+        they are per device and revoked one by one)."""
         addr = _address(address)
-        if await self.store.get_user(addr) is None:
+        user = await self.store.get_user(addr)
+        if user is None:
             raise AdminError(f"no user {addr}")
         creds = await asyncio.get_running_loop().run_in_executor(None, _hash, password)
         await self._call(self.store.set_password(addr, creds.password_hash, creds.scram))
+        await self.store.remove_web_sessions(user_id=user.id)
+
+    async def user_admin(self, address: str, admin: bool) -> None:
+        """Allow (or stop) ``address`` to use the web admin; takes effect on its next request."""
+        await self._call(self.store.set_user_admin(_address(address), admin))
+
+    async def user_usage(self) -> dict[int, Usage]:
+        return await self.store.usage_by_user()
+
+    async def user_get(self, address: str) -> User:
+        user = await self.store.get_user(_address(address))
+        if user is None:
+            raise AdminError(f"no user {_address(address)}")
+        return user
+
+    # -- app passwords (per-device passwords for IMAP/POP3/SMTP) -------------------------
+    async def app_password_add(self, user: User, name: str) -> tuple[AppPassword, str]:
+        """Create one; returns it with the password, which is shown once and not stored."""
+        from postroom.auth.passwords import app_password_digest, generate_app_password
+
+        secret = generate_app_password()
+        digest = app_password_digest(secret)
+        assert digest is not None
+        entry = await self._call(self.store.add_app_password(user.id, _label(name, "name"), digest))
+        return entry, secret
+
+    async def app_password_list(self, user: User) -> list[AppPassword]:
+        return await self.store.list_app_passwords(user.id)
+
+    async def app_password_remove(self, user: User, password_id: int) -> None:
+        if not await self.store.remove_app_password(user.id, password_id):
+            raise AdminError(f"no app password {password_id}")
+
+    # -- API tokens ----------------------------------------------------------------------
+    async def token_add(self, name: str) -> tuple[ApiToken, str]:
+        """Create an admin API token; returns it with the secret, shown once, stored as a
+        digest only."""
+        import secrets
+
+        from postroom.auth.passwords import secret_digest
+
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = await self._call(self.store.add_api_token(_label(name, "token name"), secret_digest(secret)))
+        return token, secret
+
+    async def token_list(self) -> list[ApiToken]:
+        return await self.store.list_api_tokens()
+
+    async def token_remove(self, name: str) -> None:
+        if not await self.store.remove_api_token(name):
+            raise AdminError(f"no token {name}")
+
+    async def token_check(self, secret: str) -> ApiToken | None:
+        from postroom.auth.passwords import secret_digest
+
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+            return None
+        return await self.store.find_api_token(secret_digest(secret))
+
+    # -- the recent delivery log -------------------------------------------------------------
+    async def delivery_log(self, limit: int = 100, before: int | None = None) -> list[DeliveryLogEntry]:
+        return await self.store.list_delivery_log(max(1, min(limit, 1000)), before)
 
     # -- aliases -------------------------------------------------------------------------
     async def alias_add(self, source: str, targets: list[str]) -> list[Alias]:

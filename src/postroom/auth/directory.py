@@ -146,13 +146,20 @@ class Directory:
             if local is None:
                 external[target] = None
 
-    async def authenticate(self, username: str, password: str) -> User | None:
+    async def authenticate(
+        self, username: str, password: str, *, app_passwords: bool = True
+    ) -> User | None:
         """The user when ``password`` is right; None otherwise.
 
         A failed attempt always costs one argon2 verify, also for unknown users (against a
         dummy hash), so its timing does not reveal whether the user exists. A successful
         one is remembered for a while (see :class:`AuthCache`): mail clients log in on
         every connection, and argon2 is deliberately expensive.
+
+        ``app_passwords``: also accept one of the user's app passwords (per-device
+        passwords for IMAP/POP3/SMTP; the web login passes False so that a device's
+        password can never change the account). They are generated secrets, looked up by
+        digest (see ``passwords.secret_digest``), so they need no argon2 and no cache.
         """
         try:
             address = normalize_address(username)
@@ -160,6 +167,10 @@ class Directory:
             address = None
         user = await self.store.get_user(address) if address else None
         usable = user is not None and not user.disabled
+        if usable and user is not None and app_passwords:
+            digest = passwords.app_password_digest(password)
+            if digest is not None and await self.store.find_app_password(user.id, digest):
+                return user
         hashed = user.password_hash if usable and user is not None else None
         if hashed is not None and self.auth_cache.hit(hashed, password):
             return user
