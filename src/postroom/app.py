@@ -15,8 +15,10 @@ import sys
 from typing import Any
 
 from postroom import logs
+from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
-from postroom.config import Settings
+from postroom.config import HTTP_ROLES, Settings
+from postroom.metrics import Metrics
 from postroom.net.listener import Handler, ListenerSet
 from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
@@ -50,23 +52,37 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     from postroom.store.sqlite import open_store
 
     loop = asyncio.get_running_loop()
-    store = open_store(settings.data_dir, fsync=settings.fsync)
+    metrics = Metrics()
+    store = open_store(settings.data_dir, fsync=settings.fsync, timing=metrics.store_op)
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
-    listeners = ListenerSet(settings.limits, tls)
+    listeners = ListenerSet(settings.limits, tls, metrics)
     services = Services(
         settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
-        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
+        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir), metrics=metrics,
+        delivery_log=DeliveryLog(settings.logging.delivery_log),
     )
     handlers = _handlers(services)
     workers: list[Any] = []
+    http = None
+    background: list[asyncio.Task[Any]] = []
     started_ok = False
     try:
+        if any(lst.role in HTTP_ROLES for lst in settings.listeners):
+            from postroom.web.server import REFUSAL, HttpService
+
+            http = HttpService(services)
+            await http.setup()
         for lst in settings.listeners:
             try:
-                bound = await listeners.start(lst, handlers[lst.role])
+                if lst.role in HTTP_ROLES:
+                    assert http is not None
+                    bound = await listeners.start_protocol(lst, http.protocol_factory, REFUSAL)
+                else:
+                    bound = await listeners.start(lst, handlers[lst.role])
             except OSError as e:
                 print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
                 return 1
+            services.bound.setdefault(lst.role, []).extend(bound)
             for host, port in bound:
                 shown = f"[{host}]" if ":" in host else host
                 print(f"listening {lst.role} {shown}:{port}", flush=True)
@@ -75,17 +91,23 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         worker = QueueWorker(services)
         workers.append(worker)
         await worker.start()
+        services.delivery_log.start(store)
+        background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
         logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
         started_ok = True
+        services.ready = True
         print("ready", flush=True)
         if started is not None:
             started.set_result(services)
         await stop.wait()
         logs.event(log, "stopping", connections=listeners.connection_count)
+        services.ready = False
+        if http is not None:
+            await http.close()
         await listeners.close(settings.limits.shutdown_grace)
         for worker in workers:
             await worker.stop()
@@ -93,6 +115,12 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if http is not None:
+            await http.close()
+        await services.delivery_log.stop()
         await store.close()
         if started_ok:
             logs.event(log, "stopped")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
 from postroom.config import Settings
+from postroom.metrics import Metrics
 from postroom.net.listener import Shutdown
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
@@ -21,10 +23,11 @@ class Services:
     shutdown: Shutdown
     secret: bytes = b""  # stable per data folder: SCRAM fake salts, id generation
     node: str = "local"
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
+    metrics: Metrics = field(default_factory=Metrics)
+    delivery_log: DeliveryLog = field(default_factory=DeliveryLog)
+    # Where each listener role actually listens, once bound (autoconfig answers with these).
+    bound: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    ready: bool = False  # every listener bound and the queue started (/readyz)
 
 
 def load_secret(data_dir: Path) -> bytes:

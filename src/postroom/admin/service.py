@@ -19,10 +19,12 @@ from postroom.address import (
 from postroom.auth import passwords
 from postroom.config import Settings
 from postroom.store.api import (
+    AlreadyExists,
     Alias,
     ApiToken,
     AppPassword,
     DeliveryLogEntry,
+    Conflict,
     Domain,
     NotFound,
     QueuedMessage,
@@ -38,7 +40,15 @@ TOKEN_PREFIX = "prt_"  # recognisable in logs and secret scanners
 
 
 class AdminError(Exception):
-    """A user-facing failure of an admin operation (one line)."""
+    """A user-facing failure of an admin operation (one line).
+
+    ``kind`` says what went wrong for callers that answer with a status (the HTTP API):
+    "invalid" (bad input), "not_found", "conflict" (exists already, still in use).
+    """
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,10 @@ class AdminService:
     async def _call(self, coro):  # type: ignore[no-untyped-def]
         try:
             return await coro
+        except NotFound as e:
+            raise AdminError(str(e), "not_found") from None
+        except (AlreadyExists, Conflict) as e:
+            raise AdminError(str(e), "conflict") from None
         except StoreError as e:
             raise AdminError(str(e)) from None
 
@@ -106,10 +120,10 @@ class AdminService:
         if await self.store.get_domain(addr.rpartition("@")[2]) is None:
             raise AdminError(
                 f"{addr.rpartition('@')[2]} is not a local domain "
-                f"(add it with `postroom domain add {addr.rpartition('@')[2]}`)"
+                f"(add it with `postroom domain add {addr.rpartition('@')[2]}`)", "not_found",
             )
         if await self.store.get_user(addr) is not None:
-            raise AdminError(f"user {addr} already exists")
+            raise AdminError(f"user {addr} already exists", "conflict")
         creds = await asyncio.get_running_loop().run_in_executor(None, _hash, password)
         return await self._call(self.store.add_user(addr, creds.password_hash, creds.scram))
 
@@ -125,7 +139,7 @@ class AdminService:
         addr = _address(address)
         user = await self.store.get_user(addr)
         if user is None:
-            raise AdminError(f"no user {addr}")
+            raise AdminError(f"no user {addr}", "not_found")
         creds = await asyncio.get_running_loop().run_in_executor(None, _hash, password)
         await self._call(self.store.set_password(addr, creds.password_hash, creds.scram))
         await self.store.remove_web_sessions(user_id=user.id)
@@ -140,7 +154,7 @@ class AdminService:
     async def user_get(self, address: str) -> User:
         user = await self.store.get_user(_address(address))
         if user is None:
-            raise AdminError(f"no user {_address(address)}")
+            raise AdminError(f"no user {_address(address)}", "not_found")
         return user
 
     # -- app passwords (per-device passwords for IMAP/POP3/SMTP) -------------------------
@@ -159,7 +173,7 @@ class AdminService:
 
     async def app_password_remove(self, user: User, password_id: int) -> None:
         if not await self.store.remove_app_password(user.id, password_id):
-            raise AdminError(f"no app password {password_id}")
+            raise AdminError(f"no app password {password_id}", "not_found")
 
     # -- API tokens ----------------------------------------------------------------------
     async def token_add(self, name: str) -> tuple[ApiToken, str]:
@@ -178,7 +192,7 @@ class AdminService:
 
     async def token_remove(self, name: str) -> None:
         if not await self.store.remove_api_token(name):
-            raise AdminError(f"no token {name}")
+            raise AdminError(f"no token {name}", "not_found")
 
     async def token_check(self, secret: str) -> ApiToken | None:
         from postroom.auth.passwords import secret_digest
@@ -223,26 +237,26 @@ class AdminService:
     async def queue_show(self, qid: str) -> tuple[QueuedMessage, bytes]:
         entry = await self.store.queue_get(qid)
         if entry is None:
-            raise AdminError(f"no queued message {qid}")
+            raise AdminError(f"no queued message {qid}", "not_found")
         try:
             data = await self.store.read_blob(entry.blob_id)
         except NotFound:
-            raise AdminError(f"no queued message {qid}") from None
+            raise AdminError(f"no queued message {qid}", "not_found") from None
         return entry, data
 
     async def queue_flush(self, qid: str | None = None, domain: str | None = None) -> int:
         n = await self.store.queue_flush(qid, _domain(domain) if domain else None)
         if qid is not None and n == 0:
-            raise AdminError(f"no queued message {qid} (or it is on hold)")
+            raise AdminError(f"no queued message {qid} (or it is on hold)", "not_found")
         return n
 
     async def queue_delete(self, qid: str) -> None:
         if not await self.store.queue_delete(qid):
-            raise AdminError(f"no queued message {qid}")
+            raise AdminError(f"no queued message {qid}", "not_found")
 
     async def queue_hold(self, qid: str, held: bool) -> None:
         if not await self.store.queue_hold(qid, held):
-            raise AdminError(f"no queued message {qid}")
+            raise AdminError(f"no queued message {qid}", "not_found")
 
     async def queue_bounce(self, qid: str) -> int:
         """Fail every pending recipient now, with a DSN to the sender (``postroom queue
@@ -255,5 +269,5 @@ class AdminService:
         hostname = self.settings.hostname if self.settings is not None else socket.getfqdn()
         n = await self._call(bounce_entry(self.store, Directory(self.store), hostname, qid))
         if n is None:
-            raise AdminError(f"no queued message {qid}")
+            raise AdminError(f"no queued message {qid}", "not_found")
         return int(n)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from postroom import logs
 from postroom.proto.sasl import (
@@ -36,6 +37,7 @@ MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 # argon2 holds 32 MiB per verify: cap how many run at once so a login flood cannot
 # exhaust memory.
 _VERIFY_SLOTS = asyncio.Semaphore(4)
+VERIFY_SLOTS = _VERIFY_SLOTS  # shared with the web login (postroom.web.session)
 
 
 class AuthTracker:
@@ -59,7 +61,10 @@ class AuthTracker:
 
     async def verify_password(self, username: str, password: str) -> User | None:
         async with _VERIFY_SLOTS:
-            return await self.services.directory.authenticate(username, password)
+            started = time.perf_counter()
+            user = await self.services.directory.authenticate(username, password)
+            self.services.metrics.login(self.protocol, user is not None, time.perf_counter() - started)
+            return user
 
     async def resolve(self, step: object) -> object:
         """Resolve the I/O steps of a mechanism; return a Challenge, Success or Failure.

@@ -6,6 +6,11 @@ A protocol plugs in with a :class:`Handler`: ``serve(conn)`` runs one session, a
 handshake here, with the *current* certificate (see ``postroom.tls``), before the session
 starts.
 
+Protocols that bring their own asyncio protocol (the HTTP service: aiohttp's request
+handler) bind with :meth:`ListenerSet.start_protocol`: the same TLS context, the same
+per-IP and total limits (counted together with the mail sessions), through a thin
+:class:`_Limited` wrapper; their own server closes their connections at shutdown.
+
 Shutdown: :meth:`ListenerSet.close` stops accepting, sets :attr:`Shutdown.requested` (which
 sessions check between transactions), waits up to the grace period for sessions to end,
 then cancels the rest.
@@ -16,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from postroom import logs
 from postroom.config import Limits, Listener
+from postroom.metrics import Metrics
 from postroom.net.connection import Connection
 from postroom.tls import TlsContexts
 
@@ -43,9 +50,10 @@ class Shutdown:
 
 
 class ListenerSet:
-    def __init__(self, limits: Limits, tls: TlsContexts) -> None:
+    def __init__(self, limits: Limits, tls: TlsContexts, metrics: Metrics | None = None) -> None:
         self.limits = limits
         self.tls = tls
+        self.metrics = metrics if metrics is not None else Metrics()
         self.shutdown = Shutdown()
         self._servers: list[asyncio.AbstractServer] = []
         self._per_ip: dict[str, int] = {}
@@ -58,14 +66,53 @@ class ListenerSet:
 
     async def start(self, listener: Listener, handler: Handler) -> list[tuple[str, int]]:
         """Bind ``listener``; return the (address, port) pairs actually bound."""
-        loop = asyncio.get_running_loop()
 
         async def on_connect(conn: Connection) -> None:
             await self._run(conn, listener, handler)
 
+        return await self._bind(listener, lambda: Connection(on_connect))
+
+    async def start_protocol(
+        self, listener: Listener, factory: Callable[[], asyncio.Protocol], refusal: bytes = b""
+    ) -> list[tuple[str, int]]:
+        """Bind ``listener`` for a protocol that is not a :class:`Handler` (HTTP): each
+        connection gets ``factory()`` behind the connection limits. ``refusal`` is written
+        to a connection over the limits before it is closed."""
+        return await self._bind(listener, lambda: _Limited(self, listener.role, factory, refusal))
+
+    def _admit(self, role: str, ip: str) -> str | None:
+        """Count a new connection of ``ip``; return why it is refused, or None."""
+        over = None
+        if self.shutdown.requested:
+            over = "shutting down"
+        elif self._total >= self.limits.connections_total:
+            over = "too many connections"
+        elif self._per_ip.get(ip, 0) >= self.limits.connections_per_ip:
+            over = "too many connections from your address"
+        self._total += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self.metrics.connection_opened(role)
+        if over is not None:
+            self.metrics.connection_refused(role, over)
+            logs.event(log, "connection_refused", logging.INFO, role=role, client=ip, reason=over)
+        return over
+
+    def _release(self, role: str, ip: str) -> None:
+        self.metrics.connection_closed(role)
+        self._total -= 1
+        n = self._per_ip[ip] - 1
+        if n:
+            self._per_ip[ip] = n
+        else:
+            del self._per_ip[ip]
+
+    async def _bind(
+        self, listener: Listener, factory: Callable[[], asyncio.BaseProtocol]
+    ) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
         host: str | None = None if listener.host == "*" else listener.host
         server = await loop.create_server(
-            lambda: Connection(on_connect),
+            factory,
             host=host,
             port=listener.port,
             reuse_address=True,
@@ -89,18 +136,9 @@ class ListenerSet:
         assert task is not None
         self._sessions[task] = conn
         ip = conn.peer_ip
-        over = None
-        if self.shutdown.requested:
-            over = "shutting down"
-        elif self._total >= self.limits.connections_total:
-            over = "too many connections"
-        elif self._per_ip.get(ip, 0) >= self.limits.connections_per_ip:
-            over = "too many connections from your address"
-        self._total += 1
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        over = self._admit(listener.role, ip)
         try:
             if over is not None:
-                logs.event(log, "connection_refused", logging.INFO, role=listener.role, client=ip, reason=over)
                 await handler.refuse(conn, listener, over)
                 return
             await handler.serve(conn, listener)
@@ -112,12 +150,7 @@ class ListenerSet:
             log.exception("session crashed role=%s client=%s", listener.role, ip)
         finally:
             conn.close()
-            self._total -= 1
-            n = self._per_ip[ip] - 1
-            if n:
-                self._per_ip[ip] = n
-            else:
-                del self._per_ip[ip]
+            self._release(listener.role, ip)
             self._sessions.pop(task, None)
 
     async def close(self, grace: float) -> None:
@@ -133,3 +166,54 @@ class ListenerSet:
             if pending:
                 await asyncio.wait(pending, timeout=2)
 
+
+
+class _Limited(asyncio.Protocol):
+    """A foreign protocol (``start_protocol``) behind the connection limits.
+
+    Passes every callback through to the wrapped protocol, which is created only for an
+    admitted connection; a refused one gets ``refusal`` and is closed.
+    """
+
+    def __init__(
+        self, owner: ListenerSet, role: str, factory: Callable[[], asyncio.Protocol], refusal: bytes
+    ) -> None:
+        self.owner = owner
+        self.role = role
+        self.factory = factory
+        self.refusal = refusal
+        self.inner: asyncio.Protocol | None = None
+        self.ip: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer: Any = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if self.owner._admit(self.role, self.ip) is not None:
+            if self.refusal and isinstance(transport, asyncio.WriteTransport):
+                transport.write(self.refusal)
+            transport.close()
+            return
+        self.inner = self.factory()
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ip is not None:
+            self.owner._release(self.role, self.ip)
+            self.ip = None
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()

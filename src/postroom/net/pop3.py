@@ -173,6 +173,7 @@ class Pop3Session:
 
     async def run(self) -> None:
         timeout = self.services.settings.limits.pop3_idle_timeout
+        metrics = self.services.metrics
         started = time.monotonic()
         try:
             while True:
@@ -191,6 +192,7 @@ class Pop3Session:
                         return
                     self.core.receive_data(data)
                 elif isinstance(event, Retrieve):
+                    metrics.command("pop3", "retr" if event.top_lines is None else "top")
                     message = await self._message(event.index, seen=event.top_lines is None)
                     if message is None:
                         self.core.retrieve_failed()
@@ -200,9 +202,11 @@ class Pop3Session:
                         self.conn.write(self.core.retrieved(message, crlf=True))
                         await self.conn.drain()
                 elif isinstance(event, PassRequest):
+                    metrics.command("pop3", "pass" if event.mechanism == "USER" else "auth")
                     user = await self.auth.verify_password(event.username, event.password)
                     await self._login(user, event.mechanism)
                 elif isinstance(event, CredentialsRequest):
+                    metrics.command("pop3", "auth")
                     user = await self.services.directory.user_for_scram(event.username)
                     self._scram_user = user
                     creds = ScramCredentials.from_string(user.scram) if user and user.scram else None
@@ -210,12 +214,14 @@ class Pop3Session:
                 elif isinstance(event, Authenticated):
                     await self._login(self._scram_user, event.mechanism)
                 elif isinstance(event, StartTls):
+                    metrics.command("pop3", "stls")
                     await self._flush()
                     if self.services.tls.context is None:
                         return
                     await self.conn.start_tls(self.services.tls.context)
                     self.core.tls_started()
                 elif isinstance(event, Commit):
+                    metrics.command("pop3", "quit")
                     self.core.update_done(await self._commit(event.deleted))
                 elif isinstance(event, Closed):
                     await self._flush()

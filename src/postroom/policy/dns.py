@@ -32,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,10 +81,16 @@ class DnsPythonResolver:
     """
 
     def __init__(
-        self, server: tuple[str, int] | None = None, *, timeout: float = 10.0
+        self,
+        server: tuple[str, int] | None = None,
+        *,
+        timeout: float = 10.0,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
         import dns.asyncresolver
 
+        # observe(rdtype, result, seconds) after every query: the DNS latency metric.
+        self.observe = observe
         if server is None:
             try:
                 self._resolver = dns.asyncresolver.Resolver()
@@ -107,16 +114,24 @@ class DnsPythonResolver:
         import dns.resolver
 
         qname = name.rstrip(".") + "."
+        started = time.perf_counter()
+        result = "error"
         try:
             answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False)
+            result = "ok"
         except dns.resolver.NXDOMAIN:
+            result = "nxdomain"
             raise NxDomain(f"{name}: no such domain") from None
+        except dns.exception.Timeout:
+            result = "timeout"
+            raise DnsTemporary(f"{name} {rdtype}: timed out", timeout=True) from None
         except dns.resolver.NoNameservers as e:
             raise DnsTemporary(f"{name} {rdtype}: server failure ({_short(e)})") from None
-        except dns.exception.Timeout:
-            raise DnsTemporary(f"{name} {rdtype}: timed out", timeout=True) from None
         except (dns.exception.DNSException, OSError, ValueError) as e:  # YXDOMAIN, bad names
             raise DnsTemporary(f"{name} {rdtype}: {_short(e)}") from None
+        finally:
+            if self.observe is not None:
+                self.observe(rdtype, result, time.perf_counter() - started)
         return list(answer.rrset) if answer.rrset is not None else []
 
     async def mx(self, name: str) -> list[MxRecord]:
@@ -261,6 +276,12 @@ async def lookup_addresses(resolver: Resolver, host: str) -> list[str]:
     return out
 
 
-def make_resolver(server: tuple[str, int] | None, *, timeout: float = 10.0) -> Resolver:
-    """The production resolver for ``[outbound] resolver`` (None: the system's)."""
-    return DnsPythonResolver(server, timeout=timeout)
+def make_resolver(
+    server: tuple[str, int] | None,
+    *,
+    timeout: float = 10.0,
+    observe: Callable[[str, str, float], None] | None = None,
+) -> Resolver:
+    """The production resolver for ``[outbound] resolver`` (None: the system's).
+    ``observe(rdtype, result, seconds)`` is told the time of every query (metrics)."""
+    return DnsPythonResolver(server, timeout=timeout, observe=observe)

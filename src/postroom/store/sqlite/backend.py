@@ -23,7 +23,7 @@ import asyncio
 import os
 from array import array
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from postroom.store import api
@@ -472,10 +472,15 @@ class SQLiteStore:
         self._maildrop_locks.discard(user_id)
 
 
-def open_store(data_dir: Path, *, fsync: bool = True) -> SQLiteStore:
-    """Open (creating and migrating if needed) the embedded store in ``data_dir``."""
+def open_store(
+    data_dir: Path, *, fsync: bool = True, timing: Callable[[bool, float], None] | None = None
+) -> SQLiteStore:
+    """Open (creating and migrating if needed) the embedded store in ``data_dir``.
+    ``timing(write, seconds)`` is told the duration of every read and write (metrics)."""
     os.makedirs(data_dir, exist_ok=True)
-    return SQLiteStore.open(data_dir, fsync=fsync)
+    store = SQLiteStore.open(data_dir, fsync=fsync)
+    store.engine.timing = timing
+    return store
 
 
 _: type[api.Store] = SQLiteStore  # static check that the class satisfies the contract
