@@ -23,7 +23,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from postroom import logs
 from postroom.config import Limits, Listener
@@ -168,6 +168,9 @@ class ListenerSet:
 
 
 
+REFUSAL_LINGER = 2.0
+
+
 class _Limited(asyncio.Protocol):
     """A foreign protocol (``start_protocol``) behind the connection limits.
 
@@ -184,14 +187,22 @@ class _Limited(asyncio.Protocol):
         self.refusal = refusal
         self.inner: asyncio.Protocol | None = None
         self.ip: str | None = None
+        self.refused: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer: Any = transport.get_extra_info("peername")
         self.ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         if self.owner._admit(self.role, self.ip) is not None:
-            if self.refusal and isinstance(transport, asyncio.WriteTransport):
-                transport.write(self.refusal)
-            transport.close()
+            # Say why, then linger: closing at once while the client's request is still
+            # unread would reset the connection and lose the answer. What the client
+            # sends meanwhile is dropped; the connection closes at its EOF or in 2 s.
+            stream = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+            if self.refusal:
+                stream.write(self.refusal)
+            if stream.can_write_eof():
+                stream.write_eof()
+            self.refused = transport
+            asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.close)
             return
         self.inner = self.factory()
         self.inner.connection_made(transport)
@@ -208,6 +219,9 @@ class _Limited(asyncio.Protocol):
             self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self.refused is not None:
+            self.refused.close()
+            return None
         return self.inner.eof_received() if self.inner is not None else None
 
     def pause_writing(self) -> None:
