@@ -173,7 +173,7 @@ class Public:
         body = self._static.get(name)
         if body is None:
             try:
-                body = resources.files("postroom.web").joinpath("static", name).read_bytes()
+                body = resources.files("postroom.web").joinpath("static").joinpath(name).read_bytes()
             except (FileNotFoundError, IsADirectoryError):
                 raise web.HTTPNotFound() from None
             self._static[name] = body
