@@ -201,7 +201,7 @@ def test_queue_through_the_api(server: HttpServer) -> None:
     status, _, body = server.call("POST", f"/api/v1/queue/{qid}/retry")
     assert status == 200 and body == {"scheduled": 1}
     wait_for(lambda: (deferred() or {}).get("attempts", 0) >= 2)  # the server tried again at once
-    status, _, body = server.call("POST", "/api/v1/queue/retry", {"domain": "far-away.test"})
+    status, _, body = server.call("POST", "/api/v1/flush", {"domain": "far-away.test"})
     assert status == 200 and body["scheduled"] >= 1
     status, _, _ = server.call("DELETE", f"/api/v1/queue/{qid}")
     assert status == 204

@@ -8,6 +8,7 @@ clean values, and the CLI above only parses arguments and prints results. Passwo
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 from postroom.address import (
@@ -75,10 +76,12 @@ def _address(value: str) -> str:
         raise AdminError(str(e)) from None
 
 
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,64}$"  # the same rule in the OpenAPI document
+
+
 def _label(value: str, what: str) -> str:
-    value = value.strip()
-    if not value or len(value) > MAX_LABEL or not value.isprintable():
-        raise AdminError(f"{what}: 1 to {MAX_LABEL} printable characters")
+    if not re.match(LABEL_PATTERN, value) or not value.strip():
+        raise AdminError(f"{what}: 1 to {MAX_LABEL} characters, no control characters")
     return value
 
 

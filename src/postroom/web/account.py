@@ -14,7 +14,7 @@ from aiohttp import web
 from postroom.admin.service import AdminError
 from postroom.clients import client_endpoints
 from postroom.store.api import AppPassword
-from postroom.web.api import Ctx
+from postroom.web.api import LABEL, Ctx
 from postroom.web.autoconfig import MOBILECONFIG_TYPE, mobileconfig
 from postroom.web.openapi import BOOLEAN, INTEGER, Json, Param, Route, array, obj, ref, string
 from postroom.web.session import ApiError
@@ -152,7 +152,7 @@ ROUTES: list[Route] = [
           response=array(ref("AppPassword"))),
     Route("POST", "/api/v1/me/app-passwords", app_password_add,
           "Create an app password for one device (shown once)", "account", U, ok=201,
-          body=obj({"name": string(64, 1)}, ("name",)),
+          body=obj({"name": LABEL}, ("name",)),
           response=obj({"id": INTEGER, "name": string(64), "created": INTEGER,
                         "password": string(64)}, ("id", "name", "created", "password")),
           errors=(400, 409)),

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from postroom import __version__
 from postroom.admin.queue_cli import queue_entry_json
-from postroom.admin.service import AdminError, AdminService
+from postroom.admin.service import LABEL_PATTERN, AdminError, AdminService
 from postroom.services import Services
 from postroom.store.api import Alias, ApiToken, DeliveryLogEntry, Domain, Usage, User
 from postroom.web.openapi import (
@@ -52,6 +52,29 @@ class Ctx:
     def path(self, name: str) -> str:
         return self.request.match_info[name]
 
+    def path_address(self, name: str, *, alias: bool = False) -> str:
+        """A path segment naming an address (or an alias source): one that cannot be an
+        address names nothing, so it is 404 like any unknown one."""
+        from postroom.address import AddressError, normalize_address, normalize_alias_source
+
+        try:
+            return (normalize_alias_source if alias else normalize_address)(self.path(name))
+        except AddressError:
+            raise ApiError(404, f"no such {'alias' if alias else 'user'}") from None
+
+    def domain_filter(self) -> str | None | bool:
+        """The ``domain`` query filter: None (all), a domain, or False (no such domain
+        can exist: the listing is empty)."""
+        from postroom.address import AddressError, normalize_domain
+
+        raw = self.query("domain")
+        if not raw:
+            return None
+        try:
+            return normalize_domain(raw)
+        except AddressError:
+            return False
+
     def query(self, name: str) -> str | None:
         return self.request.query.get(name)
 
@@ -71,6 +94,7 @@ class Ctx:
 # -- JSON shapes ---------------------------------------------------------------------------
 
 ADDRESS = string(320, 1)
+LABEL = string(64, 1, pattern=LABEL_PATTERN)
 SCHEMAS: dict[str, Json] = {
     "Domain": obj({"name": string(253), "created": INTEGER, "users": INTEGER, "aliases": INTEGER},
                   ("name", "created", "users", "aliases")),
@@ -169,18 +193,27 @@ async def domain_add(ctx: Ctx) -> Json:
 
 
 async def domain_remove(ctx: Ctx) -> None:
-    await ctx.admin.domain_remove(ctx.path("name"))
+    from postroom.address import AddressError, normalize_domain
+
+    try:
+        name = normalize_domain(ctx.path("name"))
+    except AddressError:
+        raise ApiError(404, "no such domain") from None
+    await ctx.admin.domain_remove(name)
 
 
 async def users_list(ctx: Ctx) -> list[Json]:
     admin = ctx.admin
+    domain = ctx.domain_filter()
+    if domain is False:
+        return []
     usage = await admin.user_usage()
-    return [user_json(u, usage.get(u.id)) for u in await admin.user_list(ctx.query("domain"))]
+    return [user_json(u, usage.get(u.id)) for u in await admin.user_list(domain or None)]
 
 
 async def user_get(ctx: Ctx) -> Json:
     admin = ctx.admin
-    user = await admin.user_get(ctx.path("address"))
+    user = await admin.user_get(ctx.path_address("address"))
     return user_json(user, (await admin.user_usage()).get(user.id))
 
 
@@ -194,12 +227,12 @@ async def user_add(ctx: Ctx) -> Json:
 
 
 async def user_remove(ctx: Ctx) -> None:
-    await ctx.admin.user_remove(ctx.path("address"))
+    await ctx.admin.user_remove(ctx.path_address("address"))
 
 
 async def user_password(ctx: Ctx) -> Json:
     password, generated = _password_choice(ctx.body)
-    address = ctx.path("address")
+    address = ctx.path_address("address")
     await ctx.admin.user_passwd(address, password)
     out: Json = {"address": (await ctx.admin.user_get(address)).address}
     if generated:
@@ -209,13 +242,17 @@ async def user_password(ctx: Ctx) -> Json:
 
 async def user_admin(ctx: Ctx) -> Json:
     admin = ctx.admin
-    await admin.user_admin(ctx.path("address"), bool(ctx.body["admin"]))
-    user = await admin.user_get(ctx.path("address"))
+    address = ctx.path_address("address")
+    await admin.user_admin(address, bool(ctx.body["admin"]))
+    user = await admin.user_get(address)
     return user_json(user, (await admin.user_usage()).get(user.id))
 
 
 async def aliases_list(ctx: Ctx) -> list[Json]:
-    return [alias_json(a) for a in await ctx.admin.alias_list(ctx.query("domain"))]
+    domain = ctx.domain_filter()
+    if domain is False:
+        return []
+    return [alias_json(a) for a in await ctx.admin.alias_list(domain or None)]
 
 
 async def alias_add(ctx: Ctx) -> list[Json]:
@@ -223,7 +260,16 @@ async def alias_add(ctx: Ctx) -> list[Json]:
 
 
 async def alias_remove(ctx: Ctx) -> Json:
-    return {"removed": await ctx.admin.alias_remove(ctx.path("source"), ctx.query("target"))}
+    from postroom.address import AddressError, normalize_address
+
+    source = ctx.path_address("source", alias=True)
+    target = ctx.query("target")
+    if target:
+        try:
+            target = normalize_address(target)
+        except AddressError:
+            raise ApiError(404, "no such alias target") from None
+    return {"removed": await ctx.admin.alias_remove(source, target or None)}
 
 
 async def queue_list(ctx: Ctx) -> list[Json]:
@@ -242,7 +288,15 @@ async def queue_retry(ctx: Ctx) -> Json:
 
 
 async def queue_retry_all(ctx: Ctx) -> Json:
-    return {"scheduled": await ctx.admin.queue_flush(None, ctx.body.get("domain") or None)}
+    from postroom.address import AddressError, normalize_domain
+
+    domain = ctx.body.get("domain") or None
+    if domain is not None:
+        try:
+            domain = normalize_domain(domain)
+        except AddressError:
+            return {"scheduled": 0}  # no message can be queued for a name that is no domain
+    return {"scheduled": await ctx.admin.queue_flush(None, domain)}
 
 
 async def queue_hold(ctx: Ctx) -> Json:
@@ -330,7 +384,7 @@ ROUTES: list[Route] = [
           response=obj({"removed": INTEGER}, ("removed",))),
     Route("GET", "/api/v1/queue", queue_list, "List the outbound queue", "queue", A,
           response=array(ref("QueueEntry"))),
-    Route("POST", "/api/v1/queue/retry", queue_retry_all,
+    Route("POST", "/api/v1/flush", queue_retry_all,
           "Retry every queued message now (or those for one domain)", "queue", A,
           body=obj({"domain": string(253)}), response=obj({"scheduled": INTEGER}, ("scheduled",))),
     Route("GET", "/api/v1/queue/{id}", queue_show, "One queued message with its headers", "queue",
@@ -349,7 +403,7 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/tokens", tokens_list, "List API tokens (never their secrets)", "tokens", A,
           response=array(ref("Token"))),
     Route("POST", "/api/v1/tokens", token_add, "Create an API token (its secret is shown once)",
-          "tokens", A, ok=201, body=obj({"name": string(64, 1)}, ("name",)),
+          "tokens", A, ok=201, body=obj({"name": LABEL}, ("name",)),
           response=obj({"name": string(64), "created": INTEGER, "token": string(100)},
                        ("name", "created", "token")),
           errors=(400, 409)),
@@ -357,7 +411,7 @@ ROUTES: list[Route] = [
           ok=204, params=(Param("name", "path", string(64)),)),
     Route("GET", "/api/v1/log", delivery_log, "Recent deliveries, newest first", "log", A,
           params=(Param("limit", "query", INTEGER | {"minimum": 1, "maximum": 1000}),
-                  Param("before", "query", INTEGER | {"minimum": 0},
+                  Param("before", "query", INTEGER | {"minimum": 0, "maximum": 2**62},
                         description="page back: entries with a smaller id")),
           response=array(ref("LogEntry"))),
 ]

@@ -11,6 +11,7 @@ is answered 400 before any handler runs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +112,8 @@ def validate(schema: Json, value: Any, where: str = "body") -> None:
             raise Invalid(f"{where}: longer than {schema['maxLength']} characters")
         if len(value) < schema.get("minLength", 0):
             raise Invalid(f"{where}: shorter than {schema['minLength']} characters")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            raise Invalid(f"{where}: not allowed here (see the pattern in the API document)")
     elif kind == "integer":
         if not isinstance(value, int) or isinstance(value, bool):
             raise Invalid(f"{where}: expected an integer")

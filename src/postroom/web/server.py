@@ -48,6 +48,25 @@ REFUSAL = (
 KEEPALIVE = 30.0  # idle keep-alive connections are closed after this
 
 
+class _OneLine(logging.Filter):
+    """aiohttp reports a malformed request (it has already answered 400) as an error with
+    a traceback; that is the client's mistake, so it becomes one info line without one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = "event=http_bad_request error=%r"
+            record.args = (f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200],)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_PROTOCOL_LOG = logging.getLogger("postroom.http.protocol")
+_PROTOCOL_LOG.addFilter(_OneLine())
+
+
 def _group(path: str) -> str:
     """A small fixed set of labels for the request counter (never the raw path)."""
     if path.startswith("/api/"):
@@ -86,6 +105,7 @@ class HttpService:
         self.runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, keepalive_timeout=KEEPALIVE,
             max_line_size=8190, max_field_size=8190, max_headers=100, shutdown_timeout=5.0,
+            logger=_PROTOCOL_LOG,
         )
 
     async def setup(self) -> None:
@@ -161,6 +181,8 @@ class HttpService:
                 self._decorate(request, e)
                 raise
             response = error_response(e.status, e.reason)
+            if "Allow" in e.headers:  # 405: RFC 9110 15.5.6 requires the list
+                response.headers["Allow"] = e.headers["Allow"]
         except Exception:
             log.exception("http request failed method=%s path=%s", request.method, request.path)
             response = error_response(500, "internal error")

@@ -73,8 +73,10 @@ class Sessions:
         self._failures: dict[str, tuple[int, float]] = {}  # client ip -> (count, last)
 
     # -- who is asking ------------------------------------------------------------------
-    async def principal(self, request: web.Request) -> Principal | None:
-        header = request.headers.get("Authorization", "")
+    async def principal(self, request: web.Request, *, cookie_only: bool = False) -> Principal | None:
+        """The token of an Authorization header, else the session of the cookie.
+        ``cookie_only``: a user's own routes go by the session even when a token is sent."""
+        header = "" if cookie_only else request.headers.get("Authorization", "")
         if header:
             scheme, _, secret = header.partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():
@@ -101,7 +103,7 @@ class Sessions:
         """Enforce a route's ``auth`` ("admin", "user", "public"); CSRF for sessions."""
         if auth == "public":
             return None
-        principal = await self.principal(request)
+        principal = await self.principal(request, cookie_only=auth == "user")
         if principal is None:
             raise ApiError(401, "log in first")
         if auth == "user" and principal.user is None:

@@ -129,7 +129,7 @@
     });
     $("queue-refresh").addEventListener("click", () => loadQueue().catch((e) => say(e.message, true)));
     $("queue-retry-all").addEventListener("click", () => act("queue", "every message will be retried now",
-      () => api("POST", "/api/v1/queue/retry", {})));
+      () => api("POST", "/api/v1/flush", {})));
     $("log-refresh").addEventListener("click", () => loadLog().catch((e) => say(e.message, true)));
   }
 
