@@ -62,18 +62,18 @@ class Ctx:
         except AddressError:
             raise ApiError(404, f"no such {'alias' if alias else 'user'}") from None
 
-    def domain_filter(self) -> str | None | bool:
-        """The ``domain`` query filter: None (all), a domain, or False (no such domain
-        can exist: the listing is empty)."""
+    def domain_filter(self) -> tuple[bool, str | None]:
+        """The ``domain`` query filter: (possible, domain or None for all). A name that
+        cannot be a domain is not an error: nothing is in it (possible = False)."""
         from postroom.address import AddressError, normalize_domain
 
         raw = self.query("domain")
         if not raw:
-            return None
+            return True, None
         try:
-            return normalize_domain(raw)
+            return True, normalize_domain(raw)
         except AddressError:
-            return False
+            return False, None
 
     def query(self, name: str) -> str | None:
         return self.request.query.get(name)
@@ -204,11 +204,11 @@ async def domain_remove(ctx: Ctx) -> None:
 
 async def users_list(ctx: Ctx) -> list[Json]:
     admin = ctx.admin
-    domain = ctx.domain_filter()
-    if domain is False:
+    possible, domain = ctx.domain_filter()
+    if not possible:
         return []
     usage = await admin.user_usage()
-    return [user_json(u, usage.get(u.id)) for u in await admin.user_list(domain or None)]
+    return [user_json(u, usage.get(u.id)) for u in await admin.user_list(domain)]
 
 
 async def user_get(ctx: Ctx) -> Json:
@@ -249,10 +249,10 @@ async def user_admin(ctx: Ctx) -> Json:
 
 
 async def aliases_list(ctx: Ctx) -> list[Json]:
-    domain = ctx.domain_filter()
-    if domain is False:
+    possible, domain = ctx.domain_filter()
+    if not possible:
         return []
-    return [alias_json(a) for a in await ctx.admin.alias_list(domain or None)]
+    return [alias_json(a) for a in await ctx.admin.alias_list(domain)]
 
 
 async def alias_add(ctx: Ctx) -> list[Json]:
