@@ -1,0 +1,47 @@
+"""The route table: validation of bodies and the OpenAPI document built from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from postroom.web import account, api
+from postroom.web.openapi import Document, Invalid, array, obj, string, validate
+
+
+def test_validate_subset() -> None:
+    schema = obj({"name": string(5, 1), "n": {"type": "integer", "minimum": 1}, "ok": {"type": "boolean"},
+                  "tags": array(string(3), 2), "id": string(9, pattern=r"^[a-z]+$")}, ("name",))
+    validate(schema, {"name": "abc", "n": 2, "ok": True, "tags": ["x"], "id": "abc"})
+    bad = [
+        ([], "expected an object"), ({}, "name is required"), ({"name": ""}, "shorter"),
+        ({"name": "abcdef"}, "longer"), ({"name": "a", "x": 1}, "unknown key"),
+        ({"name": "a", "n": 0}, "less than"), ({"name": "a", "n": True}, "expected an integer"),
+        ({"name": "a", "ok": 1}, "true or false"), ({"name": "a", "tags": ["a", "b", "c"]}, "more than 2"),
+        ({"name": "a", "tags": [5]}, "body.tags[0]: expected a string"), ({"name": "a", "id": "A1"}, "pattern"),
+    ]
+    for value, message in bad:
+        with pytest.raises(Invalid) as e:
+            validate(schema, value)
+        assert message in str(e.value), (value, str(e.value))
+
+
+def test_document_covers_every_route() -> None:
+    doc = Document(routes=[*api.ROUTES, *account.ROUTES], schemas={**api.SCHEMAS, **account.SCHEMAS}).build()
+    ops = [(m, p) for p, item in doc["paths"].items() for m in item]
+    assert len(ops) == len(api.ROUTES) + len(account.ROUTES)
+    ids = [item[m]["operationId"] for p, item in doc["paths"].items() for m in item]
+    assert len(set(ids)) == len(ids)
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if "{" in path:
+                assert "404" in op["responses"], (method, path)
+            if op.get("security"):
+                assert {"401", "403"} <= set(op["responses"]), (method, path)
+            if "requestBody" in op:
+                assert {"400", "413"} <= set(op["responses"]), (method, path)
+    # Every $ref names a schema that exists.
+    import json
+    import re
+
+    refs = set(re.findall(r'"#/components/schemas/(\w+)"', json.dumps(doc)))
+    assert refs <= set(doc["components"]["schemas"])
