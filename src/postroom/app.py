@@ -20,6 +20,7 @@ from postroom.auth.directory import Directory
 from postroom.config import HTTP_ROLES, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import Handler, ListenerSet
+from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
 
@@ -48,6 +49,24 @@ def _handlers(services: Services) -> dict[str, Handler]:
     return handlers
 
 
+def _auth_services(services: Services) -> None:
+    """DKIM signing (always built: it is idle without keys), inbound checks and the DMARC
+    report recorder (only when an mx listener exists and the settings ask for them)."""
+    from postroom.policy.signing import Signer
+
+    settings = services.settings
+    services.signer = Signer(services.store, enabled=settings.dkim.sign)
+    has_mx = any(lst.role == "mx" for lst in settings.listeners)
+    if has_mx and settings.auth_checks.enabled and services.resolver is not None:
+        from postroom.policy.inbound import AuthChecker
+
+        services.auth_checker = AuthChecker(services.resolver, settings.auth_checks, settings.hostname)
+        if settings.auth_checks.reports:
+            from postroom.policy.reports import DmarcRecorder
+
+            services.dmarc_reports = DmarcRecorder(services.store)
+
+
 async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
     from postroom.store.sqlite import open_store
 
@@ -60,11 +79,17 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
         shutdown=listeners.shutdown, secret=load_secret(settings.data_dir), metrics=metrics,
         delivery_log=DeliveryLog(settings.logging.delivery_log),
+        resolver=make_resolver(
+            settings.outbound.resolver, timeout=settings.dns.timeout,
+            cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
+        ),
     )
+    _auth_services(services)
     handlers = _handlers(services)
     workers: list[Any] = []
     http = None
-    background: list[asyncio.Task[Any]] = []
+    background: list[asyncio.Task[Any]] = []  # ours: cancelled at any exit
+    side_tasks: list[asyncio.Task[None]] = []
     started_ok = False
     try:
         if any(lst.role in HTTP_ROLES for lst in settings.listeners):
@@ -93,6 +118,11 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await worker.start()
         services.delivery_log.start(store)
         background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
+        if services.dmarc_reports is not None:
+            from postroom.policy.reports import report_loop
+
+            side_tasks.append(asyncio.create_task(services.dmarc_reports.run(), name="dmarc-recorder"))
+            side_tasks.append(asyncio.create_task(report_loop(services), name="dmarc-reports"))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -111,6 +141,10 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await listeners.close(settings.limits.shutdown_grace)
         for worker in workers:
             await worker.stop()
+        for task in side_tasks:
+            task.cancel()
+        if side_tasks:
+            await asyncio.wait(side_tasks, timeout=10)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -203,6 +203,30 @@ def _duration_list(value: object) -> tuple[float, ...]:
     return tuple(parse_duration(v) for v in value)
 
 
+def _forwarders(value: object) -> tuple[str, ...]:
+    """Networks ("192.0.2.0/24", "2001:db8::/32", an address) or domain names."""
+    allowed = "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]"
+    if not isinstance(value, list):
+        raise ValueError(allowed)
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(allowed)
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            if not _HOSTNAME_RE.match(item):
+                raise ValueError(allowed) from None
+            out.append(item.lower().rstrip("."))
+    return tuple(out)
+
+
+def _address(value: object) -> str:
+    if not isinstance(value, str) or value.count("@") != 1 or not _HOSTNAME_RE.match(value.split("@")[1]):
+        raise ValueError("an email address such as \"postmaster@example.org\"")
+    return value
+
+
 def _str_map(parse_value: Callable[[object], Any]) -> Callable[[object], dict[str, Any]]:
     def parse(value: object) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -294,6 +318,31 @@ class OutboundSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSettings:
+    cache_entries: int = 10000
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSettings:
+    sign: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChecksSettings:
+    enabled: bool = True
+    enforce: bool = True
+    trusted_forwarders: tuple[str, ...] = ()
+    timeout: float = 20.0
+    max_signatures: int = 10
+    arc_seal: bool = True
+    reports: bool = True
+    report_from: str = ""
+    report_org: str = ""
+    report_interval: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
@@ -326,6 +375,9 @@ class Settings:
     imap: ImapSettings = ImapSettings()
     pop3: Pop3Settings = Pop3Settings()
     outbound: OutboundSettings = OutboundSettings()
+    dns: DnsSettings = DnsSettings()
+    dkim: DkimSettings = DkimSettings()
+    auth_checks: AuthChecksSettings = AuthChecksSettings()
     logging: LoggingSettings = LoggingSettings()
     http: HttpSettings = HttpSettings()
     mta_sts: MtaStsSettings = MtaStsSettings()
@@ -387,6 +439,20 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "connection_cache_time": parse_duration,
         "queue_poll_interval": parse_duration,
     },
+    "dns": {"cache_entries": _int_range(0, 10_000_000), "timeout": parse_duration},
+    "dkim": {"sign": _boolean},
+    "auth_checks": {
+        "enabled": _boolean,
+        "enforce": _boolean,
+        "trusted_forwarders": _forwarders,
+        "timeout": parse_duration,
+        "max_signatures": _int_range(1, 100),
+        "arc_seal": _boolean,
+        "reports": _boolean,
+        "report_from": lambda v: "" if v == "" else _address(v),
+        "report_org": _string,
+        "report_interval": parse_duration,
+    },
     "logging": {
         "level": _choice(*LOG_LEVELS),
         "format": _choice(*LOG_FORMATS),
@@ -405,6 +471,9 @@ _SECTION_CLASSES = {
     "imap": ImapSettings,
     "pop3": Pop3Settings,
     "outbound": OutboundSettings,
+    "dns": DnsSettings,
+    "dkim": DkimSettings,
+    "auth_checks": AuthChecksSettings,
     "logging": LoggingSettings,
     "http": HttpSettings,
     "mta_sts": MtaStsSettings,

@@ -14,7 +14,12 @@ import email.utils
 import re
 import time
 
+from typing import TYPE_CHECKING
+
 from postroom.message import scan
+
+if TYPE_CHECKING:
+    from postroom.store.api import Store
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -146,6 +151,21 @@ def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = 
         return data
     end = header_end(data)
     return data[:end] + add + data[end:]
+
+
+async def junk_mailboxes(store: Store, user_ids: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """DMARC ``p=quarantine`` (RFC 7489 6.3): the Junk mailbox of each user, and the users
+    that have none (they get the message in their INBOX, as before)."""
+    junk: list[int] = []
+    inbox: list[int] = []
+    for uid in user_ids:
+        boxes = await store.list_mailboxes(uid)
+        found = [m for m in boxes if m.special_use == "\\Junk"] or [m for m in boxes if m.name == "Junk"]
+        if found:
+            junk.append(found[0].id)
+        else:
+            inbox.append(uid)
+    return tuple(junk), tuple(inbox)
 
 
 def summarize(data: bytes) -> bytes:

@@ -166,7 +166,8 @@ class Metrics:
                                  "Time to check a password (IMAP/POP3/SMTP AUTH, web login)",
                                  ["protocol", "result"])
         yield self.auth_checks.family("postroom_auth_check_seconds",
-                                      "Time of message authentication checks (SPF, DKIM, DMARC)",
+                                      "Time of a message's authentication checks (SPF, DKIM, ARC, DMARC run "
+                                      "together: check=message)",
                                       ["check"])
         yield self.dns.family("postroom_dns_seconds", "DNS query time, per record type and result",
                               ["type", "result"])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import Shutdown
+from postroom.policy.dns import Resolver
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
 
@@ -22,6 +24,10 @@ class Services:
     tls: TlsContexts
     shutdown: Shutdown
     secret: bytes = b""  # stable per data folder: SCRAM fake salts, id generation
+    resolver: Resolver | None = None  # the one DNS resolver (queue and auth checks)
+    signer: Any = None  # policy.signing.Signer: DKIM signing and ARC sealing
+    auth_checker: Any = None  # policy.inbound.AuthChecker (None: no inbound checks)
+    dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
     node: str = "local"
     metrics: Metrics = field(default_factory=Metrics)
     delivery_log: DeliveryLog = field(default_factory=DeliveryLog)

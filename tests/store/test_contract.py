@@ -537,6 +537,30 @@ def test_read_messages(store_run: Any) -> None:
     store_run(body)
 
 
+def test_dkim_keys(store_run: Any) -> None:
+    from postroom.store.api import AlreadyExists, DkimKey, NotFound
+
+    async def body(store: Any) -> None:
+        k1 = DkimKey("example.org", "a1", "ed25519", "PEM1", "v=DKIM1; k=ed25519; p=AA", 100, 100)
+        k2 = DkimKey("example.org", "b2", "rsa", "PEM2", "v=DKIM1; k=rsa; p=BB", 200, 300)
+        k3 = DkimKey("other.org", "a1", "rsa", "PEM3", "v=DKIM1; k=rsa; p=CC", 50, 50)
+        for k in (k2, k1, k3):
+            await store.dkim_key_add(k)
+        with pytest.raises(AlreadyExists):
+            await store.dkim_key_add(k1)
+        assert await store.dkim_keys("example.org") == [k1, k2]
+        assert [k.domain for k in await store.dkim_keys()] == ["example.org", "example.org", "other.org"]
+        await store.dkim_key_update("example.org", "a1", retire_at=400)
+        await store.dkim_key_update("example.org", "b2", active_from=250)
+        got = await store.dkim_keys("example.org")
+        assert (got[0].retire_at, got[0].active_from, got[1].active_from) == (400, 100, 250)
+        assert got[1].retire_at is None and got[0].private_key == "PEM1"
+        await store.dkim_key_remove("example.org", "a1")
+        assert [k.selector for k in await store.dkim_keys("example.org")] == ["b2"]
+        with pytest.raises(NotFound):
+            await store.dkim_key_remove("example.org", "a1")
+        with pytest.raises(NotFound):
+            await store.dkim_key_update("example.org", "zz", retire_at=1)
 def test_user_admin_flag_and_usage(store_run: Any) -> None:
     async def body(store: Any) -> None:
         u = await _user(store)
@@ -597,6 +621,21 @@ def test_app_passwords(store_run: Any) -> None:
     store_run(body)
 
 
+def test_dmarc_rows_aggregate(store_run: Any) -> None:
+    from postroom.store.api import DmarcRow
+
+    async def body(store: Any) -> None:
+        row = DmarcRow(86400, "example.org", "example.org", "192.0.2.1", "example.org", "none",
+                       "pass", "fail", "example.org/s1/pass", "example.org/mfrom/softfail", "",
+                       "p=none", "mailto:r@example.org")
+        other_day = DmarcRow(**{**_fields(row), "period": 2 * 86400})
+        await store.dmarc_add([row, row])
+        await store.dmarc_add([row, other_day])
+        pending = await store.dmarc_pending(2 * 86400)
+        assert len(pending) == 1 and pending[0].count == 3 and pending[0].rua == "mailto:r@example.org"
+        assert len(await store.dmarc_pending(3 * 86400)) == 2
+        assert await store.dmarc_delete("example.org", 86400) == 1
+        assert [r.period for r in await store.dmarc_pending(10**9)] == [2 * 86400]
 def test_web_sessions(store_run: Any) -> None:
     async def body(store: Any) -> None:
         import time
@@ -618,6 +657,10 @@ def test_web_sessions(store_run: Any) -> None:
     store_run(body)
 
 
+def _fields(row: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
 def test_delivery_log_bounded(store_run: Any) -> None:
     async def body(store: Any) -> None:
         from postroom.store.api import DeliveryLogEntry

@@ -54,6 +54,10 @@ class Server:
         # the test brings its own [smtp]; Postfix in the benchmarks has none either.
         if "[smtp]" not in extra:
             limits += '[smtp]\ngreeting_delay = "0s"\n'
+        # Inbound SPF/DKIM/DMARC checks need DNS: off unless the test brings its own
+        # [auth_checks] (the tests in tests/e2e/test_mail_auth.py serve records locally).
+        if "[auth_checks]" not in extra:
+            limits += "[auth_checks]\nenabled = false\n"
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
             f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'

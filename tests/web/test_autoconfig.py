@@ -53,9 +53,9 @@ def test_autodiscover_request_parsing() -> None:
 def test_autodiscover_response_escapes_the_address() -> None:
     body = autoconfig.autodiscover_response('x"<&>@example.org', [IMAP, SUB])
     root = ET.fromstring(body)  # well-formed whatever the address holds
-    login = root.find(".//{%s}LoginName" % OUTLOOK)
+    login = root.find(f".//{{{OUTLOOK}}}LoginName")
     assert login is not None and login.text == 'x"<&>@example.org'
-    enc = [e.text for e in root.iter("{%s}Encryption" % OUTLOOK)]
+    enc = [e.text for e in root.iter(f"{{{OUTLOOK}}}Encryption")]
     assert enc == ["TLS", "TLS"]  # both STARTTLS
     error = ET.fromstring(autoconfig.autodiscover_error(600, "Invalid Request"))
     assert error.findtext(".//{http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006}ErrorCode") == "600"

@@ -355,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--domain", default=None)
     s.set_defaults(func=cmd_queue)
 
+    from postroom.admin.auth_cli import add_parsers
+
+    add_parsers(sub, common)
+
     from postroom.admin.token_cli import add_parser as add_token_parser
 
     add_token_parser(sub, common).set_defaults(func=cmd_token)

@@ -270,7 +270,10 @@ class AdminService:
         from postroom.queue.bounce import bounce_entry
 
         hostname = self.settings.hostname if self.settings is not None else socket.getfqdn()
-        n = await self._call(bounce_entry(self.store, Directory(self.store), hostname, qid))
+        from postroom.policy.signing import Signer
+
+        signer = Signer(self.store, enabled=self.settings.dkim.sign) if self.settings else None
+        n = await self._call(bounce_entry(self.store, Directory(self.store), hostname, qid, signer=signer))
         if n is None:
             raise AdminError(f"no queued message {qid}", "not_found")
         return int(n)

@@ -27,6 +27,9 @@ from postroom.auth.directory import Resolution
 from postroom.config import Listener
 from postroom.net.auth import MECHANISMS, AuthTracker
 from postroom.net.connection import Connection, ConnectionClosed, Interrupted
+from postroom.policy.authres import drop_forged, resinfo_text
+from postroom.policy.inbound import AuthVerdict
+from postroom.policy.signing import header_from_domain
 from postroom.proto.sasl import Challenge, Success
 from postroom.proto.smtp import replies as R
 from postroom.proto.smtp.events import (
@@ -59,6 +62,7 @@ STORE_FAILED = Reply(451, "4.3.0", "Temporary failure storing the message, try a
 SOURCE_ROUTE = Reply(550, "5.7.1", "Source routes are not accepted")
 ROUTING_CHARS = Reply(550, "5.7.1", "Routing characters in the local part are not accepted")
 TOO_MANY_AUTH = Reply(421, "4.7.0", "Too many authentication failures")
+DMARC_REJECT = Reply(550, "5.7.1", "Rejected by DMARC policy")  # RFC 7489 10.3
 _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
@@ -361,8 +365,17 @@ class SmtpSession:
         if self.core.esmtp:
             protocol += ("S" if tls else "") + ("A" if self.auth.user else "")
         data = deliver.drop_fields(data, deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()))
+        verdict: AuthVerdict | None = None
         if self.submission:
             data = deliver.submission_fixups(data, settings.hostname, qid)
+            data = await self._dkim_sign(data)
+        else:
+            checked = await self._auth_check(event, data, qid, started)
+            if checked is None:
+                return
+            data, verdict = checked
+            if verdict is not None and external:
+                data = await self._arc_seal(data, verdict, rcpt_addrs)
         received = deliver.received_header(
             helo=self.helo, client_ip=self.conn.peer_ip, hostname=settings.hostname,
             protocol=protocol, qid=qid, tls=tls,
@@ -383,16 +396,21 @@ class SmtpSession:
                 smtputf8=bool(event.mail_params.smtputf8),
                 body8bit=(event.mail_params.body or "").upper() == "8BITMIME" or event.mail_params.smtputf8,
             )
+        mailbox_ids: tuple[int, ...] = ()
+        if verdict is not None and verdict.action == "junk" and user_ids:
+            mailbox_ids, others = await deliver.junk_mailboxes(self.services.store, tuple(user_ids))
+            user_ids = dict.fromkeys(others)
         loop = asyncio.get_running_loop()
         try:
-            if not user_ids:
+            if not user_ids and not mailbox_ids:
                 summary = b""  # only the queue reads it, and the queue never parses it
             elif len(stored) > 256 * 1024:
                 summary = await loop.run_in_executor(None, deliver.summarize, stored)
             else:
                 summary = deliver.summarize(stored)
             await self.services.store.deliver(
-                Delivery(data=stored, summary=summary, user_ids=tuple(user_ids), queue=queue)
+                Delivery(data=stored, summary=summary, user_ids=tuple(user_ids),
+                         mailbox_ids=mailbox_ids, queue=queue)
             )
         except Exception:
             log.exception("delivery failed session=%s", self.id)
@@ -401,6 +419,62 @@ class SmtpSession:
             return
         self.core.accept(R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {qid}"))
         self._log(event, qid, "250", started, local=len(user_ids), remote=len(external))
+
+    # -- mail authentication (policy/): one call each, at end of data -------------------
+    async def _dkim_sign(self, data: bytes) -> bytes:
+        """Submission: DKIM-sign with the From: domain's keys (RFC 6376), once, before
+        the message is queued."""
+        signer = self.services.signer
+        if signer is None:
+            return data
+        return await signer.sign(data, header_from_domain(data)) + data
+
+    async def _auth_check(
+        self, event: MessageComplete, data: bytes, qid: str, started: float
+    ) -> tuple[bytes, AuthVerdict | None] | None:
+        """MX: drop forged Authentication-Results, run SPF/DKIM/DMARC/ARC and prepend our
+        Authentication-Results. None when the message was refused (DMARC p=reject)."""
+        hostname = self.services.settings.hostname
+        data, forged = drop_forged(data, hostname)
+        checker = self.services.auth_checker
+        if checker is None:
+            return data, None
+        sender = event.sender.address
+        verdict = await checker.check(
+            data, ip=self.conn.peer_ip, helo=self.helo, mail_from=str(sender) if sender else ""
+        )
+        self.services.metrics.auth_check("message", verdict.ms / 1000)
+        recorder = self.services.dmarc_reports
+        if recorder is not None:
+            recorder.add(verdict, self.conn.peer_ip, str(sender) if sender else "")
+        logs.event(
+            log, "auth", session=self.id, id=qid, spf=verdict.spf.result,
+            dkim=",".join(d.result for d in verdict.dkim) or "none", dmarc=verdict.dmarc.result,
+            arc=verdict.arc, action=verdict.action, override=verdict.override or None,
+            forged_ar=forged or None, ms=round(verdict.ms, 1),
+        )
+        if verdict.action == "reject":
+            domain = verdict.dmarc.domain
+            self.core.reject(DMARC_REJECT.with_text(
+                f"Rejected by the DMARC policy of {domain} (no aligned SPF or DKIM pass)"
+            ))
+            self._log(event, qid, "550 5.7.1 dmarc", started)
+            return None
+        return verdict.header + data, verdict
+
+    async def _arc_seal(self, data: bytes, verdict: AuthVerdict, rcpt_addrs: list[str]) -> bytes:
+        """MX mail that an alias forwards to external addresses: add our ARC set (RFC 8617)
+        so the final receiver can trust our results when forwarding broke SPF or DKIM."""
+        signer = self.services.signer
+        if signer is None or not self.services.settings.auth_checks.arc_seal:
+            return data
+        domains = [a.rpartition("@")[2] for a in rcpt_addrs if a in self.resolutions and self.resolutions[a].external]
+        if not domains:
+            return data
+        return await signer.seal(
+            data, domains[0], chain=verdict.arc, authserv_id=self.services.settings.hostname,
+            results=resinfo_text(verdict.results),
+        ) + data
 
     def _log(self, event: MessageComplete, qid: str, result: str, started: float, **extra: int) -> None:
         sender = event.sender.address

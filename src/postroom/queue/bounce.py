@@ -26,6 +26,7 @@ import datetime
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from postroom import deliver, logs
 from postroom.auth.directory import Directory
@@ -101,9 +102,11 @@ async def send_dsn(
     kind: DsnKind,
     *,
     now: float | None = None,
+    signer: Any = None,
 ) -> str | None:
     """Compose one DSN about ``msg`` and store it durably (local INBOX or the queue).
-    Returns a short description of where it went, or None when no DSN was sent."""
+    Returns a short description of where it went, or None when no DSN was sent.
+    ``signer`` (``policy.signing.Signer``) DKIM-signs it with the host name's domain keys."""
     if not recipients or not dsn_allowed(msg):
         return None
     now = time.time() if now is None else now
@@ -131,7 +134,11 @@ async def send_dsn(
         return None
     user_ids = resolution.user_ids if resolution.kind == "local" else ()
     external = resolution.external if resolution.kind == "local" else (sender,)
-    data = deliver.normalize(deliver.return_path("") + report if user_ids else report)
+    data = deliver.normalize(report)
+    if signer is not None:
+        data = await signer.sign(data, hostname) + data
+    if user_ids:
+        data = deliver.return_path("") + data
     queue = None
     if external:
         queue = NewQueueEntry(
@@ -166,6 +173,7 @@ async def bounce_entry(
     qid: str,
     *,
     diagnostic: str = ADMIN_BOUNCE_TEXT,
+    signer: Any = None,
 ) -> int | None:
     """Fail every pending recipient of ``qid`` now, with a DSN to the sender (when one may
     be sent), and remove the entry. Returns the number of recipients bounced, or None when
@@ -185,7 +193,8 @@ async def bounce_entry(
     ]
     if statuses:
         original = await store.read_blob(msg.blob_id)
-        await send_dsn(store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now)
+        await send_dsn(store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now,
+                       signer=signer)
     outcomes = [
         RecipientOutcome(r.id, "failed", ADMIN_BOUNCE_STATUS, diagnostic, None) for r in pending
     ]

@@ -223,10 +223,11 @@ class QueueWorker:
         settings = services.settings
         self.out = out = settings.outbound
         self.rng = rng if rng is not None else random.Random()
-        self.resolver = (
-            resolver if resolver is not None
-            else make_resolver(out.resolver, observe=services.metrics.dns_query)
-        )
+        if resolver is None:
+            resolver = services.resolver if services.resolver is not None else make_resolver(
+                out.resolver, observe=services.metrics.dns_query
+            )
+        self.resolver = resolver
         self.router = Router(settings, self.resolver, rng=self.rng)
         schedule = out.retry_schedule
         self.policy = RetryPolicy(
@@ -724,7 +725,8 @@ class QueueWorker:
                 )
                 for o in bounced
             ]
-            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now)
+            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now,
+                           signer=self.services.signer)
         if warn:
             delayed = [o for o in pending if wanted(msg, o.rcpt, DsnKind.DELAY)]
             if delayed:
@@ -735,7 +737,8 @@ class QueueWorker:
                     )
                     for o in delayed
                 ]
-                await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now)
+                await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now,
+                           signer=self.services.signer)
         relayed = [
             o for o in outcomes
             if o.state == "delivered" and o.relayed and wanted(msg, o.rcpt, DsnKind.SUCCESS)
@@ -748,7 +751,8 @@ class QueueWorker:
                 )
                 for o in relayed
             ]
-            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now)
+            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now,
+                           signer=self.services.signer)
         self._note_outcomes(msg, outcomes, expired)
         records = [
             RecipientOutcome(o.rcpt.id, state, o.status, o.diagnostic, o.remote_mta)

@@ -391,6 +391,43 @@ class Usage:
 ChangeListener = Callable[[MailboxChange], None]
 
 
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A DKIM signing key (RFC 6376). It signs from ``active_from`` until ``retire_at``
+    (None: until retired); its DNS record should be published before ``active_from`` and
+    kept until some days after ``retire_at`` (see ``postroom dkim rotate``)."""
+
+    domain: str
+    selector: str
+    algorithm: str  # "ed25519" | "rsa"
+    private_key: str = field(repr=False)  # PKCS#8 PEM
+    public_record: str  # the TXT record value, "v=DKIM1; k=...; p=..."
+    created: int
+    active_from: int
+    retire_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcRow:
+    """DMARC results aggregated for a report (RFC 7489 7.2): one row per distinct outcome
+    per UTC day, with a message count."""
+
+    period: int  # start of the UTC day (epoch seconds)
+    policy_domain: str  # the domain whose record applied (the From: domain or its org domain)
+    header_from: str
+    source_ip: str
+    envelope_from: str
+    disposition: str  # none | quarantine | reject
+    dkim: str  # "pass" | "fail": DMARC-aligned DKIM
+    spf: str  # "pass" | "fail": DMARC-aligned SPF
+    dkim_results: str  # "domain/selector/result" joined by " " (auth_results of the report)
+    spf_result: str  # "domain/scope/result"
+    reason: str  # policy override reason ("" | "local_policy" | "trusted_forwarder" ...)
+    policy: str  # the published record's tags as they applied: "p=reject sp=... adkim=r ..."
+    rua: str  # the rua= value of the record
+    count: int = 1
+
+
 class ChangeHub(Protocol):
     """Publish/subscribe of mailbox changes, and a wake-up for the queue runner."""
 
@@ -533,6 +570,16 @@ class Store(Protocol):
     async def queue_flush(self, qid: str | None = None, domain: str | None = None) -> int: ...
     async def queue_next_due(self) -> int | None: ...
 
+    # -- mail authentication ------------------------------------------------------------
+    async def dkim_key_add(self, key: DkimKey) -> None: ...  # AlreadyExists for a known selector
+    async def dkim_keys(self, domain: str | None = None) -> list[DkimKey]: ...  # by domain, active_from
+    async def dkim_key_update(
+        self, domain: str, selector: str, *, active_from: int | None = None, retire_at: int | None = None
+    ) -> None: ...  # NotFound; only the given fields change
+    async def dkim_key_remove(self, domain: str, selector: str) -> None: ...  # NotFound
+    async def dmarc_add(self, rows: Sequence[DmarcRow]) -> None: ...  # counts add up per outcome
+    async def dmarc_pending(self, before: int) -> list[DmarcRow]: ...  # rows of periods < before
+    async def dmarc_delete(self, policy_domain: str, period: int) -> int: ...  # after a report
     async def queue_stats(self) -> QueueStats: ...
 
     # -- credentials of the HTTP service (digests only; see ApiToken) ---------------------

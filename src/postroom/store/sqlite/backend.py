@@ -55,7 +55,7 @@ from postroom.store.api import (
 )
 from postroom.message import search_texts_of
 from postroom.store.changes import LocalChangeHub
-from postroom.store.sqlite import accounts, mail, queue, web
+from postroom.store.sqlite import accounts, authdata, mail, queue, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
@@ -416,6 +416,30 @@ class SQLiteStore:
     async def queue_next_due(self) -> int | None:
         return await self.engine.read(queue.next_due)
 
+    # -- mail authentication ------------------------------------------------------------
+    async def dkim_key_add(self, key: api.DkimKey) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_add(c, key))
+
+    async def dkim_keys(self, domain: str | None = None) -> list[api.DkimKey]:
+        return await self.engine.read(lambda c: authdata.dkim_keys(c, domain))
+
+    async def dkim_key_update(
+        self, domain: str, selector: str, *, active_from: int | None = None, retire_at: int | None = None
+    ) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_update(c, domain, selector, active_from, retire_at))
+
+    async def dkim_key_remove(self, domain: str, selector: str) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_remove(c, domain, selector))
+
+    async def dmarc_add(self, rows: Sequence[api.DmarcRow]) -> None:
+        rows = list(rows)
+        await self.engine.write(lambda c: authdata.dmarc_add(c, rows))
+
+    async def dmarc_pending(self, before: int) -> list[api.DmarcRow]:
+        return await self.engine.read(lambda c: authdata.dmarc_pending(c, before))
+
+    async def dmarc_delete(self, policy_domain: str, period: int) -> int:
+        return await self.engine.write(lambda c: authdata.dmarc_delete(c, policy_domain, period))
     async def queue_stats(self) -> QueueStats:
         return await self.engine.read(web.queue_stats)
 

@@ -209,7 +209,42 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     # 3: envelope texts for SEARCH in SQL, indexes on blob references (see _message_search)
     _message_search,
-    # 4: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
+    # 4: mail authentication: DKIM signing keys (private keys live in the database, so its
+    # backups are as secret as the keys) and DMARC aggregate-report data.
+    """
+    CREATE TABLE dkim_keys (
+        id INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        private_key TEXT NOT NULL,
+        public_record TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        active_from INTEGER NOT NULL,
+        retire_at INTEGER,
+        UNIQUE (domain, selector)
+    );
+    CREATE TABLE dmarc_records (
+        id INTEGER PRIMARY KEY,
+        period INTEGER NOT NULL,
+        policy_domain TEXT NOT NULL,
+        header_from TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        disposition TEXT NOT NULL,
+        dkim TEXT NOT NULL,
+        spf TEXT NOT NULL,
+        dkim_results TEXT NOT NULL,
+        spf_result TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        rua TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        UNIQUE (period, policy_domain, header_from, source_ip, envelope_from, disposition,
+                dkim, spf, dkim_results, spf_result, reason)
+    );
+    """,
+    # 5: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
     # sessions (secrets stored as SHA-256 digests), and the bounded recent delivery log.
     """
     ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
