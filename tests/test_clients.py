@@ -6,14 +6,7 @@ import re
 from pathlib import Path
 
 from postroom import config
-from postroom.clients import (
-    best,
-    client_dns_records,
-    client_endpoints,
-    mta_sts_id,
-    mta_sts_policy,
-    mta_sts_records,
-)
+from postroom.clients import best, client_endpoints, mta_sts_id, mta_sts_policy
 
 
 def settings(tmp_path: Path, roles: dict[str, int], extra: str = "") -> config.Settings:
@@ -48,25 +41,6 @@ def test_port_zero_reports_the_bound_port(tmp_path: Path) -> None:
     assert client_endpoints(s) == []  # not bound yet: nothing to tell
 
 
-def test_srv_records(tmp_path: Path) -> None:
-    records = {r.name: r for r in client_dns_records(settings(tmp_path, STANDARD), "example.org")}
-    assert records["_imaps._tcp.example.org."].value == "0 1 993 mail.example.org."
-    assert records["_imap._tcp.example.org."].value == "10 1 143 mail.example.org."
-    assert records["_submissions._tcp.example.org."].value == "0 1 465 mail.example.org."
-    assert records["_submission._tcp.example.org."].value == "10 1 587 mail.example.org."
-    pop3s = int(records["_pop3s._tcp.example.org."].value.split()[0])
-    assert pop3s > int(records["_imap._tcp.example.org."].value.split()[0])  # IMAP preferred
-    assert records["autoconfig.example.org."].type == "CNAME"
-    assert records["_autodiscover._tcp.example.org."].value == "0 1 443 mail.example.org."
-    line = records["_imaps._tcp.example.org."].zone_line()
-    assert line == "_imaps._tcp.example.org. 3600 IN SRV 0 1 993 mail.example.org."
-    # Not offered: "." says so (RFC 6186 4); no https: no autoconfig names.
-    records = {r.name: r for r in client_dns_records(settings(tmp_path, {"imaps": 993}), "example.org")}
-    assert records["_pop3._tcp.example.org."].value == "0 0 0 ."
-    assert records["_submission._tcp.example.org."].value == "0 0 0 ."
-    assert "autoconfig.example.org." not in records
-
-
 def test_mta_sts_policy_and_id(tmp_path: Path) -> None:
     s = settings(tmp_path, STANDARD)
     policy = mta_sts_policy(s)
@@ -76,6 +50,37 @@ def test_mta_sts_policy_and_id(tmp_path: Path) -> None:
     other = settings(tmp_path, STANDARD, '[mta_sts]\nmode = "enforce"\nmx = ["a.example.org", "*.b.example"]')
     assert "mode: enforce\r\nmx: a.example.org\r\nmx: *.b.example\r\n" in mta_sts_policy(other)
     assert mta_sts_id(other) != mta_sts_id(s)
-    txt, cname = mta_sts_records(s, "example.org")
-    assert txt.name == "_mta-sts.example.org." and txt.value == f'"v=STSv1; id={mta_sts_id(s)}"'
-    assert cname.name == "mta-sts.example.org." and cname.value == "mail.example.org."
+
+
+def test_dns_records_for_clients_and_mta_sts(tmp_path: Path) -> None:
+    """What `postroom dns` lists for clients and MTA-STS (policy.dnsrecords)."""
+    from postroom.policy.dnsrecords import judge, required
+
+    s = settings(tmp_path, STANDARD)
+    records = {r.name: r for r in required("example.org", s.hostname, [], s.listeners, ["192.0.2.1"],
+                                             rua="postmaster@example.org", mta_sts_id=mta_sts_id(s))}
+    assert records["_imaps._tcp.example.org"].value == "0 1 993 mail.example.org"
+    assert records["_imap._tcp.example.org"].value == "10 1 143 mail.example.org"
+    assert records["_submissions._tcp.example.org"].value == "0 1 465 mail.example.org"
+    assert records["_submission._tcp.example.org"].value == "10 1 587 mail.example.org"
+    pop3s = int(records["_pop3s._tcp.example.org"].value.split()[0])
+    assert pop3s > int(records["_imap._tcp.example.org"].value.split()[0])  # IMAP preferred
+    assert records["_autodiscover._tcp.example.org"].value == "0 1 443 mail.example.org"
+    sts = records["_mta-sts.example.org"]
+    assert sts.value == f"v=STSv1; id={mta_sts_id(s)}"
+    assert sts.zone_line() == f'_mta-sts.example.org. 3600 IN TXT "v=STSv1; id={mta_sts_id(s)}"'
+    cname = records["autoconfig.example.org"]
+    assert cname.zone_line() == "autoconfig.example.org. 3600 IN CNAME mail.example.org."
+    assert {"mta-sts.example.org", "autodiscover.example.org"} <= set(records)
+    # Judging what DNS serves.
+    assert judge(sts, [sts.value]).status == "correct"
+    assert judge(sts, ["v=STSv1; id=old"]).status == "wrong"
+    assert judge(sts, ["v=spf1 -all"]).status == "missing"
+    assert judge(cname, ["192.0.2.1"], addresses=["192.0.2.1"]).status == "correct"
+    assert judge(cname, ["198.51.100.9"], addresses=["192.0.2.1"]).status == "wrong"
+    assert judge(cname, [], addresses=["192.0.2.1"]).status == "missing"
+    # Without an https listener there is nothing to serve those names.
+    plain = settings(tmp_path, {"imaps": 993})
+    names = {r.name for r in required("example.org", plain.hostname, [], plain.listeners, [],
+                                      rua="postmaster@example.org", mta_sts_id=mta_sts_id(plain))}
+    assert "autoconfig.example.org" not in names and "_mta-sts.example.org" not in names

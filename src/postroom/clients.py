@@ -2,9 +2,10 @@
 
 One place answers "which host, port and security does a client use for IMAP, POP3 and
 SMTP submission?", from the configured listeners. Thunderbird autoconfig, Outlook
-autodiscover, the Apple profile (``postroom.web.autoconfig``) and the RFC 6186 SRV
-records (``client_dns_records``, listed by ``postroom dns``) all use it, so they can never
-disagree with each other or with what the server really listens on.
+autodiscover and the Apple profile (``postroom.web.autoconfig``) use it, so they can
+never disagree with each other or with what the server really listens on. The DNS
+records that point clients here (RFC 6186 SRV, ``autoconfig.``/``autodiscover.``, the
+MTA-STS names) are listed by ``postroom dns`` (``postroom.policy.dnsrecords``).
 
 Ports: a listener's configured port (the public one; behind NAT a port forward keeps it).
 Only a listener configured with port 0 (tests) reports the port actually bound.
@@ -63,58 +64,6 @@ def best(endpoints: Sequence[Endpoint], protocol: str) -> Endpoint | None:
     return next((e for e in endpoints if e.protocol == protocol), None)
 
 
-# -- DNS records (listed by `postroom dns`) ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DnsRecord:
-    name: str  # absolute, with the final dot
-    type: str  # "SRV", "CNAME", "TXT"
-    value: str  # in zone-file syntax
-    purpose: str
-
-    def zone_line(self) -> str:
-        return f"{self.name} 3600 IN {self.type} {self.value}"
-
-
-# RFC 6186 3 (+ RFC 8314 5.1 for _submissions): service label, role, priority. Lower
-# priority is preferred: implicit TLS before STARTTLS, IMAP before POP3 (RFC 6186 3.4).
-_SRV: tuple[tuple[str, str, int], ...] = (
-    ("_imaps._tcp", "imaps", 0),
-    ("_imap._tcp", "imap", 10),
-    ("_pop3s._tcp", "pop3s", 20),
-    ("_pop3._tcp", "pop3", 30),
-    ("_submissions._tcp", "submissions", 0),
-    ("_submission._tcp", "submission", 10),
-)
-
-
-def client_dns_records(settings: Settings, domain: str) -> list[DnsRecord]:
-    """The records that let clients set themselves up for ``domain``: RFC 6186/8314 SRV
-    records (a "." target says "not offered", RFC 6186 4), the ``autoconfig.`` and
-    ``autodiscover.`` names (Thunderbird, Outlook) and Outlook's ``_autodiscover`` SRV."""
-    host = settings.hostname.rstrip(".") + "."
-    roles = {lst.role: lst.port for lst in reversed(settings.listeners)}
-    out: list[DnsRecord] = []
-    for label, role, priority in _SRV:
-        port = roles.get(role)
-        if port:
-            value = f"{priority} 1 {port} {host}"
-            purpose = f"clients find {role} (RFC 6186)"
-        else:
-            value = "0 0 0 ."
-            purpose = f"{role} is not offered (RFC 6186 4)"
-        out.append(DnsRecord(f"{label}.{domain}.", "SRV", value, purpose))
-    https = roles.get("https")
-    if https:
-        out.append(DnsRecord(f"autoconfig.{domain}.", "CNAME", host, "Thunderbird autoconfig"))
-        out.append(DnsRecord(f"autodiscover.{domain}.", "CNAME", host, "Outlook autodiscover"))
-        out.append(
-            DnsRecord(f"_autodiscover._tcp.{domain}.", "SRV", f"0 1 {https} {host}", "Outlook autodiscover")
-        )
-    return out
-
-
 # -- MTA-STS (RFC 8461) ----------------------------------------------------------------------
 
 
@@ -133,14 +82,3 @@ def mta_sts_id(settings: Settings) -> str:
     """The policy id for the ``_mta-sts`` TXT record: derived from the policy text, so
     it changes exactly when the policy does (RFC 8461 3.1: 1-32 alphanumerics)."""
     return hashlib.sha256(mta_sts_policy(settings).encode()).hexdigest()[:20]
-
-
-def mta_sts_records(settings: Settings, domain: str) -> list[DnsRecord]:
-    """The records that publish the policy for ``domain`` (RFC 8461 3.1, 3.3)."""
-    host = settings.hostname.rstrip(".") + "."
-    return [
-        DnsRecord(f"_mta-sts.{domain}.", "TXT", f'"v=STSv1; id={mta_sts_id(settings)}"',
-                  "MTA-STS policy announcement (RFC 8461 3.1)"),
-        DnsRecord(f"mta-sts.{domain}.", "CNAME", host,
-                  "MTA-STS policy host: the certificate must cover this name (RFC 8461 3.3)"),
-    ]

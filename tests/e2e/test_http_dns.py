@@ -1,0 +1,62 @@
+"""``postroom dns DOMAIN`` with an https listener: the client auto-configuration and
+MTA-STS names are listed, and ``--check`` judges them against a real DNS server after
+they are published the way a person would paste them into a zone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from support.dns_server import DnsServer
+from support.http import HttpServer
+
+
+def _cli(srv: HttpServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "postroom", "-c", str(srv.config), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_dns_lists_and_checks_client_and_mta_sts_records(tmp_path: Path) -> None:
+    dns = DnsServer().start()
+    try:
+        srv = HttpServer(tmp_path, extra=f'[outbound]\nresolver = "{dns.address}"\n')
+        srv.setup_admin()
+        r = _cli(srv, "dns", "example.test", "--address", "127.0.0.1", "--json")
+        assert r.returncode == 0, r.stderr
+        records = json.loads(r.stdout)
+        by_name = {rec["name"]: rec for rec in records}
+        assert by_name["autoconfig.example.test"]["rtype"] == "CNAME"
+        assert by_name["autodiscover.example.test"]["value"] == "mail.example.test"
+        assert by_name["mta-sts.example.test"]["rtype"] == "CNAME"
+        assert by_name["_mta-sts.example.test"]["value"].startswith("v=STSv1; id=")
+        assert by_name["_autodiscover._tcp.example.test"]["rtype"] == "SRV"
+        assert by_name["_imaps._tcp.example.test"]["value"].startswith("0 1 ")
+        assert by_name["_imap._tcp.example.test"]["value"].startswith("10 1 ")
+
+        for rec in records:
+            if rec["rtype"] == "MX":
+                pref, host = rec["value"].split()
+                dns.set(rec["name"], "MX", [(int(pref), host)])
+            elif rec["rtype"] == "SRV":
+                dns.set(rec["name"], "SRV", [tuple(rec["value"].split())])
+            else:
+                dns.set(rec["name"], rec["rtype"], [rec["value"]])
+        check = _cli(srv, "dns", "example.test", "--address", "127.0.0.1", "--check", "--json")
+        verdicts = json.loads(check.stdout)
+        assert check.returncode == 0, [(v["name"], v["status"], v["detail"]) for v in verdicts if v["status"] != "correct"]
+
+        # A changed policy has a new id: the published announcement is now wrong.
+        with srv.config.open("a") as f:
+            f.write('\n[mta_sts]\nmode = "enforce"\n')
+        check = _cli(srv, "dns", "example.test", "--address", "127.0.0.1", "--check")
+        assert check.returncode == 3 and "WRONG    MTA-STS" in check.stdout, check.stdout
+        # An autoconfig name pointing elsewhere is wrong too.
+        dns.set("autoconfig.example.test", "CNAME", ["elsewhere.test"])
+        dns.set("elsewhere.test", "A", ["192.0.2.99"])
+        check = _cli(srv, "dns", "example.test", "--address", "127.0.0.1", "--check", "--json")
+        (auto,) = [v for v in json.loads(check.stdout) if v["name"] == "autoconfig.example.test"]
+        assert auto["status"] == "wrong"
+    finally:
+        dns.stop()
