@@ -122,6 +122,18 @@ def test_admin_manages_domains_users_aliases(server: HttpServer, page: Any, tmp_
     page.click("#domain-form button[type=submit]")
     page.wait_for_selector("#message.error:has-text('already exists')")
 
+    # DNS check status: nothing is published for ui.test in the test's DNS server, except
+    # its MX, which the check then finds correct.
+    assert server.dns is not None
+    server.dns.set("ui.test", "MX", [(10, "mail.example.test")])
+    row(page, "domains-table", "ui.test").locator("button", has_text="Check").click()
+    status = row(page, "domains-table", "ui.test").locator(".dns-status")
+    wait_for(lambda: "missing" in status.inner_text())
+    page.wait_for_selector("#dns-details", state="visible")
+    mx = row(page, "dns-table", "MX")
+    assert mx.locator("td").first.inner_text() == "correct"
+    assert row(page, "dns-table", "_dmarc.ui.test").locator("td").first.inner_text() == "missing"
+
     page.click("nav [data-tab=users]")
     page.fill("#user-address", "zoe@ui.test")
     page.click("#user-form button[type=submit]")

@@ -60,3 +60,56 @@ def test_dns_lists_and_checks_client_and_mta_sts_records(tmp_path: Path) -> None
         assert auto["status"] == "wrong"
     finally:
         dns.stop()
+
+
+def test_dkim_and_dns_through_the_api(tmp_path: Path) -> None:
+    srv = HttpServer(tmp_path)
+    assert srv.dns is not None
+    srv.setup_admin()
+    srv.start()
+    try:
+        status, _, key = srv.call("POST", "/api/v1/dkim", {"domain": "example.test"})
+        assert status == 201 and key["state"] == "active" and key["algorithm"] == "ed25519"
+        assert key["record"].startswith("v=DKIM1; k=ed25519; p=") and "private" not in json.dumps(key)
+        status, _, rsa = srv.call("POST", "/api/v1/dkim", {"domain": "example.test", "algorithm": "rsa",
+                                                          "selector": "legacy"})
+        assert status == 201 and rsa["selector"] == "legacy"
+        assert srv.call("POST", "/api/v1/dkim", {"domain": "example.test", "algorithm": "dsa"})[0] == 400
+        assert srv.call("POST", "/api/v1/dkim", {"domain": "elsewhere.test"})[0] == 404
+        _, _, keys = srv.call("GET", "/api/v1/dkim?domain=example.test")
+        assert {k["selector"] for k in keys} == {key["selector"], "legacy"}
+        # The CLI sees the same keys (one implementation).
+        listed = _cli(srv, "dkim", "list", "example.test")
+        assert key["selector"] in listed.stdout and "legacy" in listed.stdout
+
+        status, _, records = srv.call("GET", "/api/v1/domains/example.test/dns")
+        assert status == 200
+        dkim = {r["name"]: r["value"] for r in records if r["kind"] == "DKIM"}
+        assert dkim[f"{key['selector']}._domainkey.example.test"] == key["record"]
+        assert any(r["name"] == "_mta-sts.example.test" for r in records)
+        status, _, verdicts = srv.call("GET", "/api/v1/domains/example.test/dns/check")
+        assert status == 200 and {v["status"] for v in verdicts} == {"missing"}  # nothing published
+
+        dns = srv.dns
+        dns.set("mail.example.test", "A", ["127.0.0.1"])  # the server's address, found by name
+        status, _, records = srv.call("GET", "/api/v1/domains/example.test/dns")
+        for rec in records:
+            if rec["rtype"] == "MX":
+                pref, host = rec["value"].split()
+                dns.set(rec["name"], "MX", [(int(pref), host)])
+            elif rec["rtype"] == "SRV":
+                dns.set(rec["name"], "SRV", [tuple(rec["value"].split())])
+            elif rec["rtype"] != "A":
+                dns.set(rec["name"], rec["rtype"], [rec["value"]])
+        status, _, verdicts = srv.call("GET", "/api/v1/domains/example.test/dns/check")
+        assert [(v["name"], v["detail"]) for v in verdicts if v["status"] != "correct"] == []
+
+        status, _, new = srv.call("POST", "/api/v1/dkim/example.test/rotate", {"delay": 3600, "algorithm": "rsa"})
+        assert status == 201 and len(new) == 1 and new[0]["state"] == "pending"
+        _, _, keys = srv.call("GET", "/api/v1/dkim?domain=example.test")
+        assert {k["selector"]: k["retire_at"] is not None for k in keys}["legacy"] is True
+        assert srv.call("DELETE", "/api/v1/dkim/example.test/legacy")[0] == 204
+        assert srv.call("DELETE", "/api/v1/dkim/example.test/legacy")[0] == 404
+        assert srv.call("GET", "/api/v1/domains/nowhere.test/dns")[0] == 404
+    finally:
+        srv.stop()

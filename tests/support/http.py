@@ -16,6 +16,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from support.dns_server import DnsServer
 from support.server import PASSWORD, Server
 
 WEB_ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3s", "http", "https")
@@ -23,9 +24,26 @@ ADMIN = "admin@example.test"
 
 
 class HttpServer(Server):
+    """Unless the test brings its own ``resolver``, DNS goes to a local server of its own
+    (``self.dns``, no records: every name is NXDOMAIN until a test sets one), so that no
+    path of the HTTP service (DNS checks, the queue) ever asks a resolver elsewhere."""
+
     def __init__(self, root: Path, roles: tuple[str, ...] = WEB_ROLES, extra: str = "", **kw: Any) -> None:
+        self.dns: DnsServer | None = None
+        if "resolver" not in extra:
+            self.dns = DnsServer().start()
+            line = f'resolver = "{self.dns.address}"\n'
+            extra = extra.replace("[outbound]\n", "[outbound]\n" + line) if "[outbound]" in extra \
+                else extra + f"\n[outbound]\n{line}"
         super().__init__(root, roles=roles, extra=extra, **kw)
         self.token = ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        rc = super().stop(timeout)
+        if self.dns is not None:
+            self.dns.stop()
+            self.dns = None
+        return rc
 
     def setup_admin(self) -> None:
         async def fn(admin: Any, store: Any) -> str:

@@ -71,7 +71,7 @@ async def dkim_generate(
     try:
         await store.dkim_key_add(key)
     except AlreadyExists as e:
-        raise AdminError(str(e)) from None
+        raise AdminError(str(e), "conflict") from None
     return key
 
 
@@ -110,7 +110,7 @@ async def dkim_retire(store: Store, domain: str, selector: str) -> None:
     try:
         await store.dkim_key_remove(_domain(domain), selector.lower())
     except NotFound as e:
-        raise AdminError(str(e)) from None
+        raise AdminError(str(e), "not_found") from None
 
 
 # --- DNS records --------------------------------------------------------------------------

@@ -108,6 +108,8 @@ def validate(schema: Json, value: Any, where: str = "body") -> None:
     elif kind == "string":
         if not isinstance(value, str):
             raise Invalid(f"{where}: expected a string")
+        if "enum" in schema and value not in schema["enum"]:
+            raise Invalid(f"{where}: one of {', '.join(schema['enum'])}")
         if len(value) > schema.get("maxLength", len(value)):
             raise Invalid(f"{where}: longer than {schema['maxLength']} characters")
         if len(value) < schema.get("minLength", 0):
@@ -145,6 +147,7 @@ _STATUS_TEXT = {
     409: "Conflicts with existing data",
     413: "Request body too large",
     429: "Too many failed logins from this address: wait",
+    503: "Not available now (e.g. no DNS resolver)",
 }
 
 

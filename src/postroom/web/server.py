@@ -27,7 +27,7 @@ from aiohttp import web
 from postroom import logs
 from postroom.admin.service import AdminError
 from postroom.services import Services
-from postroom.web import account, api
+from postroom.web import account, api, mailauth
 from postroom.web.openapi import Document, Invalid, Route, validate
 from postroom.web.public import Public, openapi_response
 from postroom.web.session import UNSAFE, ApiError, Sessions
@@ -90,8 +90,8 @@ class HttpService:
         self.sessions = Sessions(services)
         self.public = Public(services, self.sessions)
         self.document = Document(
-            routes=[*api.ROUTES, *account.ROUTES],
-            schemas={**api.SCHEMAS, **account.SCHEMAS},
+            routes=[*api.ROUTES, *mailauth.ROUTES, *account.ROUTES],
+            schemas={**api.SCHEMAS, **mailauth.SCHEMAS, **account.SCHEMAS},
         )
         self.openapi = self.document.build()
         self.app = web.Application(

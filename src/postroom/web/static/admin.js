@@ -21,13 +21,39 @@
     return el("button", { type: "button", class: cls || "", onclick }, label);
   }
 
+  // The DNS check looks every record up (SRV, MX, SPF, DKIM, DMARC, MTA-STS ...): the
+  // summary goes in the domain's row, the records that need work in a table below.
+  async function checkDns(name, cell) {
+    cell.textContent = "checking…";
+    try {
+      const verdicts = await api("GET", `/api/v1/domains/${encodeURIComponent(name)}/dns/check`);
+      const count = (s) => verdicts.filter((v) => v.status === s).length;
+      const bad = verdicts.filter((v) => v.status !== "correct");
+      cell.textContent = bad.length ? `${count("missing")} missing, ${count("wrong")} wrong`
+        : `all ${verdicts.length} correct`;
+      cell.className = `dns-status ${bad.length ? "error" : "ok"}`;
+      $("dns-domain").textContent = name;
+      fill($("dns-table").tBodies[0], verdicts.map((v) => [
+        v.status, v.kind, v.name, v.rtype, v.value, v.found.join("; ") + (v.detail ? ` (${v.detail})` : ""),
+      ]));
+      $("dns-details").hidden = false;
+    } catch (e) {
+      cell.textContent = e.message;
+      cell.className = "dns-status error";
+    }
+  }
+
   async function loadDomains() {
     const domains = await api("GET", "/api/v1/domains");
-    fill($("domains-table").tBodies[0], domains.map((d) => [
-      d.name, d.users, d.aliases, when(d.created),
-      button("Remove", () => act("domains", `removed ${d.name}`,
-        () => api("DELETE", `/api/v1/domains/${encodeURIComponent(d.name)}`)), "danger"),
-    ]));
+    fill($("domains-table").tBodies[0], domains.map((d) => {
+      const status = el("span", { class: "dns-status" });
+      return [
+        d.name, d.users, d.aliases, when(d.created),
+        el("span", {}, button("Check", () => checkDns(d.name, status)), status),
+        button("Remove", () => act("domains", `removed ${d.name}`,
+          () => api("DELETE", `/api/v1/domains/${encodeURIComponent(d.name)}`)), "danger"),
+      ];
+    }));
   }
 
   async function loadUsers() {
