@@ -104,7 +104,7 @@ def test_dkim_and_dns_through_the_api(tmp_path: Path) -> None:
         status, _, verdicts = srv.call("GET", "/api/v1/domains/example.test/dns/check")
         assert [(v["name"], v["detail"]) for v in verdicts if v["status"] != "correct"] == []
 
-        status, _, new = srv.call("POST", "/api/v1/dkim/example.test/rotate", {"delay": 3600, "algorithm": "rsa"})
+        status, _, new = srv.call("POST", "/api/v1/domains/example.test/dkim-rotation", {"delay": 3600, "algorithm": "rsa"})
         assert status == 201 and len(new) == 1 and new[0]["state"] == "pending"
         _, _, keys = srv.call("GET", "/api/v1/dkim?domain=example.test")
         assert {k["selector"]: k["retire_at"] is not None for k in keys}["legacy"] is True

@@ -46,3 +46,24 @@ def test_document_covers_every_route() -> None:
 
     refs = set(re.findall(r'"#/components/schemas/(\w+)"', json.dumps(doc)))
     assert refs <= set(doc["components"]["schemas"])
+
+
+def test_no_two_paths_overlap() -> None:
+    """A literal segment where another path has a parameter (``/queue/retry`` next to
+    ``/queue/{id}``) makes one URL mean two operations (and ``Allow`` lists both)."""
+    paths = sorted({r.path for r in [*api.ROUTES, *mailauth.ROUTES, *account.ROUTES]})
+
+    def overlap(a: str, b: str) -> bool:
+        sa, sb = a.split("/"), b.split("/")
+        return len(sa) == len(sb) and all(
+            x == y or x.startswith("{") or y.startswith("{") for x, y in zip(sa, sb, strict=True)
+        )
+
+    clashes = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1:] if overlap(a, b)]
+    assert clashes == []
+
+
+def test_enum() -> None:
+    with pytest.raises(Invalid) as e:
+        validate({"type": "string", "enum": ["rsa", "ed25519"]}, "dsa")
+    assert "one of rsa, ed25519" in str(e.value)

@@ -85,7 +85,7 @@ async def dkim_generate(ctx: Ctx) -> Json:
 
 
 async def dkim_rotate(ctx: Ctx) -> list[Json]:
-    domain = await _hosted(ctx, ctx.path("domain"))
+    domain = await _hosted(ctx, ctx.path("name"))
     algorithm = ctx.body.get("algorithm")
     keys = await auth_ops.dkim_rotate(
         ctx.services.store, domain, delay=float(ctx.body.get("delay", auth_ops.DEFAULT_ROTATION_DELAY)),
@@ -130,9 +130,9 @@ ROUTES: list[Route] = [
           A, ok=201, body=obj({"domain": string(253, 1), "algorithm": ALGORITHM, "selector": string(63, 1)},
                               ("domain",)),
           response=ref("DkimKey"), errors=(400, 404, 409)),
-    Route("POST", "/api/v1/dkim/{domain}/rotate", dkim_rotate,
+    Route("POST", "/api/v1/domains/{name}/dkim-rotation", dkim_rotate,
           "Rotate: new keys that sign after the delay; the old ones stop then", "mail authentication", A,
-          ok=201, params=(_DOMAIN,),
+          ok=201, params=(_NAME,),
           body=obj({"delay": INTEGER | {"minimum": 0, "maximum": 90 * 86400}, "algorithm": ALGORITHM}),
           response=array(ref("DkimKey"))),
     Route("DELETE", "/api/v1/dkim/{domain}/{selector}", dkim_retire, "Delete an old DKIM key",
