@@ -19,23 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.http import ADMIN, HttpServer
+from support.http import ADMIN, HttpServer, closed_port
+from support.outbound import wait
 from support.server import PASSWORD
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
     # Outbound mail goes to a port nobody listens on, retried only hourly: it stays queued.
     extra = (
-        f'[outbound]\nsmarthost = "127.0.0.1:{_closed_port()}"\nretry_schedule = ["1h"]\n'
+        f'[outbound]\nsmarthost = "127.0.0.1:{closed_port()}"\nretry_schedule = ["1h"]\n'
         'queue_poll_interval = "300ms"\n'
     )
     srv = HttpServer(tmp_path_factory.mktemp("httpapi"), extra=extra)
@@ -52,16 +45,6 @@ def cli(server: HttpServer, *args: str) -> str:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
-
-
-def wait_for(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_requires_credentials(server: HttpServer) -> None:
@@ -182,7 +165,7 @@ def test_queue_through_the_api(server: HttpServer) -> None:
         _, _, entries = server.call("GET", "/api/v1/queue")
         return next((e for e in entries if e["attempts"] >= 1 and e["recipients"][0]["address"] == "someone@far-away.test"), None)
 
-    entry = wait_for(deferred)
+    entry = wait(deferred)
     qid = entry["id"]
     assert entry["sender"] == ADMIN and entry["held"] is False and entry["last_error"]
     # Same implementation as the CLI: same document.
@@ -200,7 +183,7 @@ def test_queue_through_the_api(server: HttpServer) -> None:
     assert body == {"id": qid, "held": False}
     status, _, body = server.call("POST", f"/api/v1/queue/{qid}/retry")
     assert status == 200 and body == {"scheduled": 1}
-    wait_for(lambda: (deferred() or {}).get("attempts", 0) >= 2)  # the server tried again at once
+    wait(lambda: (deferred() or {}).get("attempts", 0) >= 2)  # the server tried again at once
     status, _, body = server.call("POST", "/api/v1/flush", {"domain": "far-away.test"})
     assert status == 200 and body["scheduled"] >= 1
     status, _, _ = server.call("DELETE", f"/api/v1/queue/{qid}")
@@ -211,12 +194,12 @@ def test_queue_through_the_api(server: HttpServer) -> None:
         assert server.call("POST", f"/api/v1/queue/{qid}/{action}")[0] == 404
 
     submit(server, ADMIN, ["other@far-away.test"], "to bounce")
-    bounced = wait_for(lambda: next((e for e in server.call("GET", "/api/v1/queue")[2]
+    bounced = wait(lambda: next((e for e in server.call("GET", "/api/v1/queue")[2]
                                      if e["recipients"][0]["address"] == "other@far-away.test"), None))
     status, _, body = server.call("POST", f"/api/v1/queue/{bounced['id']}/bounce")
     assert status == 200 and body == {"bounced": 1}
     # The sender gets the bounce in their INBOX.
-    wait_for(lambda: any(b"to bounce" in m for m in server.messages(ADMIN)))
+    wait(lambda: any(b"to bounce" in m for m in server.messages(ADMIN)))
 
 
 def test_delivery_log_records_what_smtp_and_the_queue_did(server: HttpServer) -> None:
@@ -229,7 +212,7 @@ def test_delivery_log_records_what_smtp_and_the_queue_did(server: HttpServer) ->
         outs = [e for e in entries if e["direction"] == "out" and e["recipient"] == "nobody-home@far-away.test"]
         return (ins, outs) if ins and outs else None
 
-    ins, outs = wait_for(logged)
+    ins, outs = wait(logged)
     assert ins[0]["result"] == "accepted" and ins[0]["qid"]
     assert outs[0]["result"] == "deferred" and outs[0]["qid"] == ins[0]["qid"]
     # Paging back with before= gives strictly older entries.

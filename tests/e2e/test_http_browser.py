@@ -14,13 +14,13 @@ import imaplib
 import plistlib
 import smtplib
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.http import ADMIN, HttpServer
+from support.http import ADMIN, HttpServer, closed_port
+from support.outbound import wait
 from support.server import PASSWORD
 
 CHROMIUM = "/usr/bin/chromium"
@@ -28,19 +28,9 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background
         "--disable-dev-shm-usage", "--no-first-run", "--disable-sync"]
 
 
-def _closed_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
-    extra = (f'[outbound]\nsmarthost = "127.0.0.1:{_closed_port()}"\nretry_schedule = ["1h"]\n'
+    extra = (f'[outbound]\nsmarthost = "127.0.0.1:{closed_port()}"\nretry_schedule = ["1h"]\n'
              'queue_poll_interval = "300ms"\n')
     srv = HttpServer(tmp_path_factory.mktemp("browser"), extra=extra)
     srv.setup_admin()
@@ -96,16 +86,6 @@ def row(page: Any, table: str, text: str) -> Any:
     return page.locator(f"#{table} tbody tr", has_text=text)
 
 
-def wait_for(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 def test_admin_manages_domains_users_aliases(server: HttpServer, page: Any, tmp_path: Path) -> None:
     page.goto(url(server, "/admin/"))
     log_in(page, ADMIN, "not the password")
@@ -128,7 +108,7 @@ def test_admin_manages_domains_users_aliases(server: HttpServer, page: Any, tmp_
     server.dns.set("ui.test", "MX", [(10, "mail.example.test")])
     row(page, "domains-table", "ui.test").locator("button", has_text="Check").click()
     status = row(page, "domains-table", "ui.test").locator(".dns-status")
-    wait_for(lambda: "missing" in status.inner_text())
+    wait(lambda: "missing" in status.inner_text())
     page.wait_for_selector("#dns-details", state="visible")
     mx = row(page, "dns-table", "MX")
     assert mx.locator("td").first.inner_text() == "correct"
@@ -151,7 +131,7 @@ def test_admin_manages_domains_users_aliases(server: HttpServer, page: Any, tmp_
     page.click("nav [data-tab=domains]")
     page.click("nav [data-tab=users]")
     zoe = row(page, "users-table", "zoe@ui.test")
-    wait_for(lambda: zoe.locator("td").nth(1).inner_text() == "1")
+    wait(lambda: zoe.locator("td").nth(1).inner_text() == "1")
     assert "KiB" in zoe.locator("td").nth(2).inner_text()
     zoe.locator("button", has_text="Make admin").click()
     page.wait_for_selector("#message.ok:has-text('is now an admin')")
@@ -179,7 +159,7 @@ def test_admin_queue_and_delivery_log(server: HttpServer, page: Any) -> None:
         s.starttls(context=server.client_context())
         s.login(ADMIN, PASSWORD)
         s.sendmail(ADMIN, ["far@remote.test"], b"Subject: queued for the ui\r\n\r\nhi\r\n")
-    entry = wait_for(lambda: next((q for q in queue(server) if q.attempts >= 1), None))
+    entry = wait(lambda: next((q for q in queue(server) if q.attempts >= 1), None))
     page.goto(url(server, "/admin/"))
     log_in(page, ADMIN, PASSWORD)
     page.wait_for_selector("#admin-view", state="visible")
@@ -195,7 +175,7 @@ def test_admin_queue_and_delivery_log(server: HttpServer, page: Any) -> None:
     page.wait_for_selector(f"#message.ok:has-text('released {entry.qid}')")
     row(page, "queue-table", entry.qid).locator("button", has_text="Retry").click()
     page.wait_for_selector("#message.ok:has-text('will be retried now')")
-    wait_for(lambda: queue(server)[0].attempts >= 2)
+    wait(lambda: queue(server)[0].attempts >= 2)
     page.once("dialog", lambda d: d.accept())
     row(page, "queue-table", entry.qid).locator("button", has_text="Delete").click()
     page.wait_for_selector("#queue-table tbody tr.empty")

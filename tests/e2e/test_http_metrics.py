@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.dns_server import DnsServer
-from support.http import HttpServer
+from support.http import HttpServer, closed_port
 from support.server import PASSWORD
 
 USER = "metrics@example.test"
@@ -32,12 +32,7 @@ def dns() -> Iterator[DnsServer]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer) -> Iterator[HttpServer]:
-    import socket
-
-    closed = socket.socket()
-    closed.bind(("127.0.0.3", 0))
-    port = closed.getsockname()[1]
-    closed.close()
+    port = closed_port("127.0.0.3")
     # slow.test's MX is a loopback address (not one of the server's own, which would be a
     # mail loop) on a port nobody listens on: mail to it stays queued.
     dns.set("slow.test", "MX", [(10, "mx.slow.test")])

@@ -124,6 +124,15 @@ class HttpServer(Server):
             sock.close()
 
 
+def closed_port(address: str = "127.0.0.1") -> int:
+    """A port nobody listens on at ``address`` (bound once, then closed): a dead peer."""
+    s = socket.socket()
+    s.bind((address, 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
 def _content_length(head: bytes) -> int | None:
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
