@@ -174,20 +174,31 @@ def _optional_hostport(value: object) -> tuple[str, int] | None:
     return parse_hostport(value, default_port=25)
 
 
-def _mx_patterns(value: object) -> tuple[str, ...]:
-    """MTA-STS ``mx`` patterns (RFC 8461 3.2): host names, optionally ``*.`` wildcards."""
-    allowed = "a list of MX host names, such as [\"mail.example.org\", \"*.example.net\"]"
-    if not isinstance(value, list):
-        raise ValueError(allowed)
-    out = []
-    for item in value:
-        if not isinstance(item, str):
+def _string_list(parse_item: Callable[[str], str], allowed: str) -> Callable[[object], tuple[str, ...]]:
+    """A list of strings, each checked (and normalised) by ``parse_item``."""
+
+    def parse(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ValueError(allowed)
-        rest = item[2:] if item.startswith("*.") else item
-        if not _HOSTNAME_RE.match(rest) or "." not in rest.strip("."):
-            raise ValueError(allowed)
-        out.append(item.rstrip(".").lower())
-    return tuple(out)
+        try:
+            return tuple(parse_item(item) for item in value)
+        except ValueError:
+            raise ValueError(allowed) from None
+
+    return parse
+
+
+def _mx_pattern(item: str) -> str:
+    """An MTA-STS ``mx`` pattern (RFC 8461 3.2): a host name, optionally ``*.``-prefixed."""
+    rest = item[2:] if item.startswith("*.") else item
+    if not _HOSTNAME_RE.match(rest) or "." not in rest.strip("."):
+        raise ValueError(item)
+    return item.rstrip(".").lower()
+
+
+_mx_patterns = _string_list(
+    _mx_pattern, "a list of MX host names, such as [\"mail.example.org\", \"*.example.net\"]"
+)
 
 
 def _mta_sts_max_age(value: object) -> float:
@@ -203,22 +214,20 @@ def _duration_list(value: object) -> tuple[float, ...]:
     return tuple(parse_duration(v) for v in value)
 
 
-def _forwarders(value: object) -> tuple[str, ...]:
-    """Networks ("192.0.2.0/24", "2001:db8::/32", an address) or domain names."""
-    allowed = "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]"
-    if not isinstance(value, list):
-        raise ValueError(allowed)
-    out = []
-    for item in value:
-        if not isinstance(item, str):
-            raise ValueError(allowed)
-        try:
-            out.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            if not _HOSTNAME_RE.match(item):
-                raise ValueError(allowed) from None
-            out.append(item.lower().rstrip("."))
-    return tuple(out)
+def _forwarder(item: str) -> str:
+    """A network ("192.0.2.0/24", "2001:db8::/32", an address) or a domain name."""
+    try:
+        return str(ipaddress.ip_network(item, strict=False))
+    except ValueError:
+        if not _HOSTNAME_RE.match(item):
+            raise
+        return item.lower().rstrip(".")
+
+
+_forwarders = _string_list(
+    _forwarder,
+    "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]",
+)
 
 
 def _address(value: object) -> str:
