@@ -93,7 +93,7 @@ def test_admin_manages_domains_users_aliases(server: HttpServer, page: Any, tmp_
     log_in(page, ADMIN, PASSWORD)
     page.wait_for_selector("#admin-view", state="visible")
     assert page.inner_text("#who") == ADMIN
-    assert "mail.example.test" in page.inner_text("#server")
+    page.wait_for_selector("#server:has-text('mail.example.test')")  # from /api/v1/status
 
     page.fill("#domain-name", "ui.test")
     page.click("#domain-form button[type=submit]")
@@ -201,7 +201,7 @@ def test_account_page(server: HttpServer, page: Any, tmp_path: Path) -> None:
     page.goto(url(server, "/account/"))
     log_in(page, address, PASSWORD)
     page.wait_for_selector("#account-view", state="visible")
-    assert page.inner_text("#me-address") == address
+    page.wait_for_selector(f"#me-address:text-is('{address}')")  # filled in once /me answered
 
     page.fill("#apppw-name", "phone")
     page.click("#apppw-form button[type=submit]")

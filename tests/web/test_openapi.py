@@ -67,3 +67,4 @@ def test_enum() -> None:
     with pytest.raises(Invalid) as e:
         validate({"type": "string", "enum": ["rsa", "ed25519"]}, "dsa")
     assert "one of rsa, ed25519" in str(e.value)
+

@@ -29,7 +29,7 @@ from postroom.admin.service import AdminError
 from postroom.services import Services
 from postroom.web import account, api, mailauth
 from postroom.web.openapi import Document, Invalid, Route, validate
-from postroom.web.public import Public, openapi_response
+from postroom.web.public import Public, _loopback, openapi_response
 from postroom.web.session import UNSAFE, ApiError, Sessions
 
 log = logging.getLogger("postroom.http")
@@ -78,6 +78,18 @@ def _group(path: str) -> str:
     if path == "/.well-known/mta-sts.txt":
         return "mta-sts"
     return "pages"
+
+
+_PRIVATE = ("/api/", "/admin", "/account")
+
+
+def needs_tls(secure: bool, remote: str | None, path: str, has_credentials: bool) -> bool:
+    """Passwords, tokens and session cookies never cross the network in clear: over plain
+    HTTP, the API, the admin and account pages and any request carrying credentials are
+    only served to loopback clients (a reverse proxy on this host that terminated TLS)."""
+    if secure or _loopback(remote):
+        return False
+    return has_credentials or path.startswith(_PRIVATE)
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -171,6 +183,8 @@ class HttpService:
     ) -> web.StreamResponse:
         is_api = request.path.startswith("/api/")
         try:
+            if needs_tls(request.secure, request.remote, request.path, "Authorization" in request.headers):
+                raise self._to_https(request)
             response = await handler(request)
         except ApiError as e:
             response = error_response(e.status, e.message)
@@ -195,6 +209,17 @@ class HttpService:
                 by=f"{principal.kind}:{principal.name}" if principal else None,
             )
         return response
+
+    def _to_https(self, request: web.Request) -> Exception:
+        """The same page over HTTPS (pages), or 403 (API calls and credentials)."""
+        https = self.services.bound.get("https")
+        if request.method != "GET" or request.path.startswith("/api/") or not https:
+            return ApiError(403, "use HTTPS: credentials are not accepted over plain HTTP")
+        port = next((lst.port for lst in self.services.settings.listeners if lst.role == "https"), 443)
+        port = port or https[0][1]
+        host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+        where = host if port == 443 else f"{host}:{port}"
+        return web.HTTPFound(f"https://{where}{request.rel_url}")
 
     def _decorate(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
         self.services.metrics.http_request(_group(request.path), response.status)
