@@ -73,6 +73,12 @@ def parse_size(value: object) -> int:
     raise ValueError("a size: bytes as an integer, or a string like \"50M\", \"512K\", \"1G\"")
 
 
+def _at_least(value: int, lo: int, what: str) -> int:
+    if value < lo:
+        raise ValueError(what)
+    return value
+
+
 def _int_range(lo: int, hi: int) -> Callable[[object], int]:
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -281,6 +287,8 @@ class Limits:
     auth_delay: float = 1.0
     auth_cache_ttl: float = 300.0
     shutdown_grace: float = 10.0
+    metadata_size: int = 16 * 1024
+    metadata_entries: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +424,9 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "auth_delay": parse_duration,
         "auth_cache_ttl": parse_duration,
         "shutdown_grace": parse_duration,
+        # RFC 5464 4.1: at least 1024 octets per value and 10 entries per mailbox.
+        "metadata_size": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),
+        "metadata_entries": _int_range(10, 100000),
     },
     "smtp": {
         "greeting_delay": parse_duration,

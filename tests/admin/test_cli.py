@@ -160,6 +160,22 @@ def test_serve_port_in_use(tmp_path: Path) -> None:
         blocker.close()
 
 
+def test_user_quota_set_show_and_clear(inited: Path) -> None:
+    out = ok(inited, "user", "quota", "demo@example.test", "500M", "--messages", "1000")
+    assert out.strip() == "quota of demo@example.test: 0 / 500M, 0 / 1000 messages"
+    rows = json.loads(ok(inited, "user", "list", "--json"))
+    assert rows[0]["storage_limit"] == 500 * 1024 * 1024 and rows[0]["messages_limit"] == 1000
+    assert rows[0]["storage_used"] == 0 and rows[0]["messages_used"] == 0
+    table = ok(inited, "user", "list")
+    assert "QUOTA (used / limit)" in table and "0 / 500M, 0 / 1000 messages" in table
+    got = json.loads(ok(inited, "user", "quota", "demo@example.test", "none", "--json"))
+    assert got["storage_limit"] is None and got["messages_limit"] == 1000
+    ok(inited, "user", "quota", "demo@example.test", "2G", "--messages", "none")
+    assert "0 / 2G" in ok(inited, "user", "list")
+    assert "not a quota" in fails(inited, "user", "quota", "demo@example.test", "lots")
+    assert "no user" in fails(inited, "user", "quota", "nobody@example.test", "1M")
+
+
 def test_token_add_list_remove(inited: Path) -> None:
     out = json.loads(ok(inited, "token", "add", "monitoring", "--json"))
     assert out["name"] == "monitoring" and out["token"].startswith("prt_") and len(out["token"]) > 40

@@ -91,6 +91,15 @@ def test_domains_users_aliases_cycle(server: HttpServer) -> None:
     status, _, users = server.call("GET", "/api/v1/users?domain=cycle.test")
     assert status == 200 and [u["address"] for u in users] == ["bob@cycle.test"]
     assert users[0]["messages"] == 0 and users[0]["admin"] is False
+    assert users[0]["storage_limit"] is None and users[0]["messages_limit"] is None
+    status, _, u = server.call("PUT", "/api/v1/users/bob@cycle.test/quota", {"storage": 1000, "messages": 5})
+    assert status == 200 and (u["storage_limit"], u["messages_limit"]) == (1000, 5)
+    status, _, u = server.call("PUT", "/api/v1/users/bob@cycle.test/quota", {"storage": 2000})
+    assert (u["storage_limit"], u["messages_limit"]) == (2000, 5)  # messages kept, like the CLI
+    assert json.loads(cli(server, "user", "list", "--json", "--domain", "cycle.test"))[0]["storage_limit"] == 2000
+    assert server.call("PUT", "/api/v1/users/bob@cycle.test/quota", {"storage": -1})[0] == 400
+    status, _, u = server.call("PUT", "/api/v1/users/bob@cycle.test/quota", {"storage": None, "messages": None})
+    assert (u["storage_limit"], u["messages_limit"]) == (None, None)
     status, _, u = server.call("PUT", "/api/v1/users/bob@cycle.test/admin", {"admin": True})
     assert status == 200 and u["admin"] is True
     assert json.loads(cli(server, "user", "list", "--json", "--domain", "cycle.test"))[0]["admin"] is True

@@ -132,7 +132,13 @@ def test_admin_manages_domains_users_aliases(server: HttpServer, page: Any, tmp_
     page.click("nav [data-tab=users]")
     zoe = row(page, "users-table", "zoe@ui.test")
     wait(lambda: zoe.locator("td").nth(1).inner_text() == "1")
-    assert "KiB" in zoe.locator("td").nth(2).inner_text()
+    assert zoe.locator("td").nth(2).inner_text().endswith("KiB / unlimited")
+    page.once("dialog", lambda d: d.accept("2M"))
+    zoe.locator("button", has_text="Quota").click()
+    page.wait_for_selector("#message.ok:has-text('quota of zoe@ui.test set')")
+    zoe = row(page, "users-table", "zoe@ui.test")
+    assert zoe.locator("td").nth(2).inner_text().endswith("/ 2.0 MiB")
+    assert store(server, lambda a, s: a.user_quota("zoe@ui.test")).storage_limit == 2 * 1024 * 1024
     zoe.locator("button", has_text="Make admin").click()
     page.wait_for_selector("#message.ok:has-text('is now an admin')")
     assert store(server, lambda a, s: s.get_user("zoe@ui.test")).admin is True

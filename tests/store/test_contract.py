@@ -17,7 +17,10 @@ from postroom.store.api import (
     FlagChange,
     MailboxChange,
     NewQueueEntry,
+    NewMessage,
     NotFound,
+    TooMany,
+    OverQuota,
     QueueRecipient,
     RecipientOutcome,
     StoreError,
@@ -561,7 +564,7 @@ def test_dkim_keys(store_run: Any) -> None:
             await store.dkim_key_remove("example.org", "a1")
         with pytest.raises(NotFound):
             await store.dkim_key_update("example.org", "zz", retire_at=1)
-def test_user_admin_flag_and_usage(store_run: Any) -> None:
+def test_user_admin_flag(store_run: Any) -> None:
     async def body(store: Any) -> None:
         u = await _user(store)
         assert (await store.get_user(u.address)).admin is False
@@ -573,12 +576,6 @@ def test_user_admin_flag_and_usage(store_run: Any) -> None:
         assert (await store.get_user(u.address)).admin is False
         with pytest.raises(NotFound):
             await store.set_user_admin("nobody@example.test", True)
-        assert await store.usage_by_user() == {}
-        await store.deliver(Delivery(data=MSG, summary=b"", user_ids=(u.id,)))
-        inbox = await store.get_mailbox(u.id, "INBOX")
-        await store.append(inbox.id, MSG + MSG, b"")
-        usage = (await store.usage_by_user())[u.id]
-        assert (usage.messages, usage.octets) == (2, 3 * len(MSG))
 
     store_run(body)
 
@@ -661,6 +658,41 @@ def _fields(row: Any) -> dict[str, Any]:
     import dataclasses
 
     return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+
+
+# -- quota (RFC 9208) ---------------------------------------------------------------------
+
+
+def test_quota_usage_is_maintained_by_every_write(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        other = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        arch = await store.get_mailbox(u.id, "Archive")
+        bob_inbox = await store.get_mailbox(other.id, "INBOX")
+        q = await store.get_quota(u.id)
+        assert (q.storage_used, q.messages_used, q.storage_limit, q.messages_limit) == (0, 0, None, None)
+        await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id, other.id)))
+        await store.append(inbox.id, MSG, b"S")
+        await store.append_many(arch.id, [NewMessage(MSG, b"S"), NewMessage(MSG * 2, b"S")])
+        q = await store.get_quota(u.id)
+        assert (q.storage_used, q.messages_used) == (5 * len(MSG), 4)
+        await store.copy_messages(inbox.id, [1, 2], arch.id)
+        assert (await store.get_quota(u.id)).messages_used == 6
+        await store.move_messages(arch.id, [3], inbox.id)  # within one user: no change
+        assert (await store.get_quota(u.id)).storage_used == 7 * len(MSG)
+        await store.move_messages(inbox.id, [1], bob_inbox.id)  # to another user
+        assert (await store.get_quota(u.id)).storage_used == 6 * len(MSG)
+        assert (await store.get_quota(other.id)).messages_used == 2
+        await store.expunge(arch.id, [1, 2])
+        assert (await store.get_quota(u.id)).storage_used == 3 * len(MSG)
+        await store.create_mailbox(u.id, "Old")
+        old = await store.get_mailbox(u.id, "Old")
+        await store.copy_messages(inbox.id, [2], old.id)
+        await store.delete_mailbox(u.id, "Old")
+        q = await store.get_quota(u.id)
+        assert (q.storage_used, q.messages_used) == (3 * len(MSG), 3)
+        assert set(await store.list_quotas()) == {u.id, other.id}
 def test_delivery_log_bounded(store_run: Any) -> None:
     async def body(store: Any) -> None:
         from postroom.store.api import DeliveryLogEntry
@@ -682,6 +714,218 @@ def test_delivery_log_bounded(store_run: Any) -> None:
     store_run(body)
 
 
+def test_quota_limits_refuse_writes_atomically(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        other = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        q = await store.set_quota("alice@example.test", 3 * len(MSG), None)
+        assert q.storage_limit == 3 * len(MSG) and q.allows(3 * len(MSG)) and not q.allows(3 * len(MSG) + 1)
+        with pytest.raises(NotFound):
+            await store.set_quota("nobody@example.test", 1, None)
+        await store.append(inbox.id, MSG, b"S")
+        # MULTIAPPEND over quota stores nothing at all
+        with pytest.raises(OverQuota):
+            await store.append_many(inbox.id, [NewMessage(MSG, b"S")] * 3)
+        assert [m.uid for m in await store.list_messages(inbox.id)] == [1]
+        uv, uids = await store.append_many(inbox.id, [NewMessage(MSG, b"S", FLAG_SEEN, ("$a",))] * 2)
+        assert uids == [2, 3] and uv == inbox.uidvalidity
+        assert (await store.get_quota(u.id)).exceeded
+        with pytest.raises(OverQuota):
+            await store.append(inbox.id, MSG, b"S")
+        with pytest.raises(OverQuota):
+            await store.copy_messages(inbox.id, [1], (await store.get_mailbox(u.id, "Archive")).id)
+        # delivery with enforce_quota skips only the users who are full
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id, other.id),
+                                         enforce_quota=True))
+        assert r.over_quota == (u.id,) and len(r.placed) == 1
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id,), enforce_quota=True))
+        assert r.over_quota == (u.id,) and r.placed == []
+        junk = await store.get_mailbox(u.id, "Junk")  # explicit mailboxes count too
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", mailbox_ids=(junk.id,),
+                                         enforce_quota=True))
+        assert r.over_quota == (u.id,) and r.placed == []
+        # without enforce_quota (e.g. bounces) it is stored anyway
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id,)))
+        assert len(r.placed) == 1
+        await store.set_quota("alice@example.test", None, 4)
+        q = await store.get_quota(u.id)
+        assert q.storage_limit is None and q.messages_limit == 4 and q.exceeded
+
+    store_run(body)
+
+
+def test_append_many_flags_and_notification(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        seen: list[MailboxChange] = []
+        store.changes.subscribe(inbox.id, seen.append)
+        _, uids = await store.append_many(inbox.id, [
+            NewMessage(MSG, b"S", FLAG_SEEN, ("$x",), 1_000_000), NewMessage(MSG + b"x\r\n", b"S"),
+        ])
+        msgs = await store.list_messages(inbox.id)
+        assert [m.uid for m in msgs] == uids == [1, 2]
+        assert msgs[0].flags == FLAG_SEEN and msgs[0].keywords == ("$x",)
+        assert msgs[0].internaldate == 1_000_000 and msgs[1].size == len(MSG) + 3
+        assert len(seen) == 1
+        with pytest.raises(NotFound):
+            await store.append_many(99999, [NewMessage(MSG, b"S")])
+
+    store_run(body)
+
+
+def test_flag_change_mask_and_copy_mask(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        arch = await store.get_mailbox(u.id, "Archive")
+        await store.append(inbox.id, MSG, b"S", FLAG_SEEN | FLAG_DELETED, ["$k"])
+        # replace, but only \Seen may change: \Deleted and keywords stay
+        r = await store.store_flags(inbox.id, [1], FlagChange("replace", FLAG_FLAGGED, ("$j",),
+                                                             mask=FLAG_SEEN, keywords_allowed=False))
+        (m,) = r.changed
+        assert m.flags == FLAG_DELETED and m.keywords == ("$k",)
+        r = await store.store_flags(inbox.id, [1], FlagChange("add", FLAG_FLAGGED, mask=FLAG_SEEN))
+        assert r.changed == []
+        await store.copy_messages(inbox.id, [1], arch.id, flag_mask=FLAG_SEEN, keywords=False)
+        (c,) = await store.list_messages(arch.id)
+        assert c.flags == 0 and c.keywords == ()
+        await store.move_messages(inbox.id, [1], arch.id, flag_mask=FLAG_DELETED)
+        moved = [x for x in await store.list_messages(arch.id) if x.uid == 2][0]
+        assert moved.flags == FLAG_DELETED and moved.keywords == ("$k",)
+
+    store_run(body)
+
+
+# -- ACL (RFC 4314) ---------------------------------------------------------------------
+
+
+def test_acl_entries_and_shared_mailboxes(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        arch = await store.get_mailbox(alice.id, "Archive")
+        assert await store.get_acl(inbox.id) == []
+        await store.set_acl(inbox.id, "bob@example.test", "rl")
+        await store.set_acl(arch.id, "anyone", "lrs")
+        await store.set_acl(arch.id, "bob@example.test", "wtt")
+        assert await store.get_acl(inbox.id) == [("bob@example.test", "lr")]
+        assert await store.acl_rights(arch.id, ["bob@example.test", "anyone"]) == "lrswt"
+        assert await store.acl_rights(arch.id, []) == ""
+        shared = await store.shared_mailboxes(bob.id, ["bob@example.test", "anyone"])
+        assert [(x.owner, x.mailbox.name, x.rights) for x in shared] == [
+            ("alice@example.test", "Archive", "lrswt"), ("alice@example.test", "INBOX", "lr"),
+        ]
+        assert await store.shared_mailboxes(alice.id, ["alice@example.test", "anyone"]) == []
+        # a child inherits the parent's ACL; a rename keeps it; an empty right set removes
+        await store.create_mailbox(alice.id, "Archive/2024")
+        child = await store.get_mailbox(alice.id, "Archive/2024")
+        assert dict(await store.get_acl(child.id)) == {"anyone": "lrs", "bob@example.test": "wt"}
+        await store.rename_mailbox(alice.id, "Archive/2024", "Archive/Y2024")
+        assert len(await store.get_acl(child.id)) == 2
+        await store.set_acl(inbox.id, "bob@example.test", "")
+        assert await store.get_acl(inbox.id) == []
+        # deleting the mailbox or the user named in an entry removes the entries
+        await store.delete_mailbox(alice.id, "Archive/Y2024")
+        with pytest.raises(NotFound):
+            await store.get_acl(child.id)
+        with pytest.raises(NotFound):
+            await store.set_acl(child.id, "anyone", "l")
+        await store.remove_user("bob@example.test")
+        assert await store.get_acl(arch.id) == [("anyone", "lrs")]
+
+    store_run(body)
+
+
+# -- METADATA (RFC 5464) ---------------------------------------------------------------
+
+
+def test_metadata_private_shared_and_limits(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        await store.set_metadata(alice.id, inbox.id, [("/private/comment", b"mine"),
+                                                      ("/shared/comment", b"ours")], 10)
+        await store.set_metadata(bob.id, inbox.id, [("/private/comment", b"bob's")], 10)
+        assert await store.get_metadata(alice.id, inbox.id) == {
+            "/private/comment": b"mine", "/shared/comment": b"ours"}
+        assert await store.get_metadata(bob.id, inbox.id) == {
+            "/private/comment": b"bob's", "/shared/comment": b"ours"}
+        await store.set_metadata(alice.id, 0, [("/private/vendor/x/y", b"\x00bin")], 10)
+        assert await store.get_metadata(alice.id, 0) == {"/private/vendor/x/y": b"\x00bin"}
+        assert await store.get_metadata(bob.id, 0) == {}
+        # all or nothing: the third entry is over the limit of 3, none is stored
+        with pytest.raises(TooMany):
+            await store.set_metadata(alice.id, inbox.id, [("/private/a", b"1"), ("/private/b", b"2")], 3)
+        assert len(await store.get_metadata(alice.id, inbox.id)) == 2
+        # replacing and removing never count as new entries
+        await store.set_metadata(alice.id, inbox.id, [("/private/comment", b"new"),
+                                                      ("/shared/comment", None)], 1)
+        assert await store.get_metadata(alice.id, inbox.id) == {"/private/comment": b"new"}
+        with pytest.raises(NotFound):
+            await store.get_metadata(alice.id, 99999)
+        # entries follow a rename and go with the mailbox
+        await store.create_mailbox(alice.id, "Notes")
+        notes = await store.get_mailbox(alice.id, "Notes")
+        await store.set_metadata(alice.id, notes.id, [("/shared/comment", b"n")], 10)
+        await store.rename_mailbox(alice.id, "Notes", "Notes2")
+        assert await store.get_metadata(alice.id, notes.id) == {"/shared/comment": b"n"}
+        await store.delete_mailbox(alice.id, "Notes2")
+        await store.create_mailbox(alice.id, "Notes2")
+        again = await store.get_mailbox(alice.id, "Notes2")
+        assert await store.get_metadata(alice.id, again.id) == {}
+
+    store_run(body)
+
+
+def test_change_kinds_reach_account_listeners(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        account: list[MailboxChange] = []
+        mailbox: list[MailboxChange] = []
+        store.changes.subscribe_user(alice.id, account.append)
+        store.changes.subscribe(inbox.id, mailbox.append)
+        await store.create_mailbox(alice.id, "New")
+        await store.set_subscribed(alice.id, "New", True)
+        await store.set_metadata(alice.id, inbox.id, [("/private/comment", b"x")], 10)
+        await store.append(inbox.id, MSG, b"S")
+        await store.set_acl(inbox.id, "anyone", "l")
+        kinds = [c.kind for c in account]
+        assert kinds == ["mailboxes", "subscriptions", "metadata", "messages", "mailboxes"]
+        assert [c.kind for c in mailbox] == ["messages"]
+        store.changes.unsubscribe_user(alice.id, account.append)
+        await store.append(inbox.id, MSG, b"S")
+        assert len(account) == 5
+
+    store_run(body)
+
+
+# -- URLAUTH (RFC 4467) -------------------------------------------------------------------
+
+
+def test_urlauth_keys(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        arch = await store.get_mailbox(alice.id, "Archive")
+        assert await store.urlauth_key(inbox.id, create=False) is None
+        key = await store.urlauth_key(inbox.id)
+        assert len(key) >= 16 and await store.urlauth_key(inbox.id) == key
+        other = await store.urlauth_key(arch.id)
+        assert other != key
+        await store.reset_urlauth_keys(bob.id, inbox.id)  # not bob's mailbox: no effect
+        assert await store.urlauth_key(inbox.id, create=False) == key
+        await store.reset_urlauth_keys(alice.id, inbox.id)
+        assert await store.urlauth_key(inbox.id, create=False) is None
+        assert await store.urlauth_key(arch.id, create=False) == other
+        await store.reset_urlauth_keys(alice.id)
+        assert await store.urlauth_key(arch.id, create=False) is None
+        assert await store.urlauth_key(inbox.id) != key
 def test_queue_stats(store_run: Any) -> None:
     async def body(store: Any) -> None:
         stats = await store.queue_stats()

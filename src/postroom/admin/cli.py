@@ -214,16 +214,59 @@ def cmd_user(args: argparse.Namespace) -> int:
         verb = "may no longer" if args.off else "may now"
         print(json.dumps({"user": args.address, "admin": not args.off}) if args.json
               else f"{args.address} {verb} use the web admin")
+    elif args.action == "quota":
+        storage = _quota_value(args.size, config.parse_size)
+        messages = _quota_value(args.messages, int) if args.messages is not None else None
+        q = _with_service(args, lambda s: s.user_quota_set(
+            args.address, storage, messages, keep_messages=args.messages is None))
+        if args.json:
+            print(json.dumps({"user": args.address, **_quota_json(q)}))
+        else:
+            print(f"quota of {args.address}: {_quota_text(q)}")
     else:
-        users = _with_service(args, lambda s: s.user_list(args.domain))
+        rows = _with_service(args, lambda s: s.user_list_quotas(args.domain))
         _emit(
             args,
-            [{"address": u.address, "domain": u.domain, "created": u.created, "admin": u.admin}
-             for u in users],
-            [(u.address, _ts(u.created), "admin" if u.admin else "") for u in users],
-            ("USER", "CREATED", "ROLE"),
+            [{"address": u.address, "domain": u.domain, "created": u.created, "admin": u.admin,
+              **_quota_json(q)} for u, q in rows],
+            [(u.address, _ts(u.created), _quota_text(q), "admin" if u.admin else "") for u, q in rows],
+            ("USER", "CREATED", "QUOTA (used / limit)", "ROLE"),
         )
     return 0
+
+
+def _quota_value(text: str, parse: Callable[[str], int]) -> int | None:
+    """"none" (or "unlimited") clears a limit; otherwise a size ("512M") or a count."""
+    if text.lower() in ("none", "unlimited"):
+        return None
+    try:
+        value = parse(text)
+    except ValueError:
+        raise CliError(f"{text!r} is not a quota: use a size like 500M or 2G, or none") from None
+    if value < 0:
+        raise CliError("a quota cannot be negative")
+    return value
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}".replace(".0" + unit, unit)
+    return str(n)
+
+
+def _quota_text(q: Any) -> str:
+    storage = f"{_size(q.storage_used)} / {_size(q.storage_limit) if q.storage_limit is not None else '-'}"
+    if q.messages_limit is not None:
+        storage += f", {q.messages_used} / {q.messages_limit} messages"
+    return storage
+
+
+def _quota_json(q: Any) -> dict[str, Any]:
+    return {
+        "storage_used": q.storage_used, "storage_limit": q.storage_limit,
+        "messages_used": q.messages_used, "messages_limit": q.messages_limit,
+    }
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
@@ -319,11 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--generate", action="store_true", help="generate a strong password and print it")
     a = usub.add_parser("remove", parents=[common], help="remove a user and all their mail")
     a.add_argument("address")
-    a = usub.add_parser("list", parents=[common], help="list users")
+    a = usub.add_parser("list", parents=[common], help="list users with their quota and usage")
     a.add_argument("--domain", default=None)
     a = usub.add_parser("admin", parents=[common], help="let a user log in to the web admin")
     a.add_argument("address")
     a.add_argument("--off", action="store_true", help="take the right away again")
+    a = usub.add_parser(
+        "quota", parents=[common],
+        help="ADDRESS SIZE|none: storage quota (e.g. 500M, 2G); --messages N|none for a count",
+    )
+    a.add_argument("address")
+    a.add_argument("size", help='storage limit such as "500M", "2G", or "none"')
+    a.add_argument("--messages", default=None, help='limit on the number of messages, or "none"')
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", parents=[common], help="manage aliases (forwarding addresses)")

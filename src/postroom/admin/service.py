@@ -29,9 +29,9 @@ from postroom.store.api import (
     Domain,
     NotFound,
     QueuedMessage,
+    Quota,
     Store,
     StoreError,
-    Usage,
     User,
 )
 
@@ -151,9 +151,6 @@ class AdminService:
         """Allow (or stop) ``address`` to use the web admin; takes effect on its next request."""
         await self._call(self.store.set_user_admin(_address(address), admin))
 
-    async def user_usage(self) -> dict[int, Usage]:
-        return await self.store.usage_by_user()
-
     async def user_get(self, address: str) -> User:
         user = await self.store.get_user(_address(address))
         if user is None:
@@ -207,6 +204,31 @@ class AdminService:
     # -- the recent delivery log -------------------------------------------------------------
     async def delivery_log(self, limit: int = 100, before: int | None = None) -> list[DeliveryLogEntry]:
         return await self.store.list_delivery_log(max(1, min(limit, 1000)), before)
+
+    async def user_quota_set(
+        self, address: str, storage: int | None, messages: int | None = None, *,
+        keep_messages: bool = False,
+    ) -> Quota:
+        """Set a user's quota (``None``: unlimited; ``keep_messages``: leave the message
+        limit as it is). Usage is kept by the store."""
+        if storage is not None and storage < 0 or messages is not None and messages < 0:
+            raise AdminError("a quota cannot be negative")
+        if keep_messages:
+            messages = (await self.user_quota(address)).messages_limit
+        return await self._call(self.store.set_quota(_address(address), storage, messages))
+
+    async def user_quota(self, address: str) -> Quota:
+        user = await self.store.get_user(_address(address))
+        if user is None:
+            raise AdminError(f"no user {_address(address)}", "not_found")
+        return await self.store.get_quota(user.id)
+
+    async def user_list_quotas(self, domain: str | None = None) -> list[tuple[User, Quota]]:
+        """Every user with their quota and usage, for ``user list`` and the admin UI."""
+        users = await self.user_list(domain)
+        quotas = await self.store.list_quotas()
+        empty = Quota(0, 0, None, 0, None)
+        return [(u, quotas.get(u.id, empty)) for u in users]
 
     # -- aliases -------------------------------------------------------------------------
     async def alias_add(self, source: str, targets: list[str]) -> list[Alias]:

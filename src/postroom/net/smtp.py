@@ -22,11 +22,12 @@ import logging
 import time
 from collections import OrderedDict
 
-from postroom import deliver, logs
+from postroom import deliver, imapurl, logs
 from postroom.auth.directory import Resolution
 from postroom.config import Listener
 from postroom.net.auth import MECHANISMS, AuthTracker
 from postroom.net.connection import Connection, ConnectionClosed, Interrupted
+from postroom.proto.imap.url import UrlError, parse_url
 from postroom.policy.authres import drop_forged, resinfo_text
 from postroom.policy.inbound import AuthVerdict
 from postroom.policy.signing import header_from_domain
@@ -38,6 +39,7 @@ from postroom.proto.smtp.events import (
     AuthAborted,
     AuthResponse,
     AuthStart,
+    BurlFetch,
     Hello,
     MailFrom,
     MessageComplete,
@@ -62,6 +64,9 @@ STORE_FAILED = Reply(451, "4.3.0", "Temporary failure storing the message, try a
 SOURCE_ROUTE = Reply(550, "5.7.1", "Source routes are not accepted")
 ROUTING_CHARS = Reply(550, "5.7.1", "Routing characters in the local part are not accepted")
 TOO_MANY_AUTH = Reply(421, "4.7.0", "Too many authentication failures")
+# RFC 3463 5.2.2 mailbox full; RFC 5321 4.2.2: 552 exceeded storage allocation (quota).
+MAILBOX_FULL = R.MAILBOX_FULL.with_text("Mailbox full: the recipient's quota is exceeded")
+_NONE = Resolution("unknown")
 DMARC_REJECT = Reply(550, "5.7.1", "Rejected by DMARC policy")  # RFC 7489 10.3
 _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
@@ -122,6 +127,7 @@ class SmtpHandler:
                 auth_mechanisms=MECHANISMS if submission else (),
                 auth_requires_tls=settings.smtp.require_tls_for_auth,
                 mail_requires_auth=submission,
+                burl=submission,  # RFC 4468: messages saved over IMAP, by URLAUTH URL
             )
         return config
 
@@ -146,6 +152,7 @@ class SmtpSession:
         self.resolutions: dict[str, Resolution] = {}
         self.rcpt_results: list[str] = []  # "address:code" per RCPT, for the log line
         self.data_started = 0.0
+        self.mail_size: int | None = None  # MAIL FROM SIZE= (RFC 1870), for quota at RCPT
 
     # ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -201,6 +208,8 @@ class SmtpSession:
                 await self._rcpt(event)
             elif isinstance(event, MessageComplete):
                 await self._message(event)
+            elif isinstance(event, BurlFetch):
+                await self._burl(event)
             elif isinstance(event, MailFrom):
                 await self._mail(event)
             elif isinstance(event, Hello):
@@ -277,6 +286,7 @@ class SmtpSession:
         self.services.metrics.command("smtp", "mail")
         self.resolutions.clear()
         self.rcpt_results = []
+        self.mail_size = event.params.size
         sender = event.path.address
         if self.submission:
             user = self.auth.user
@@ -314,6 +324,8 @@ class SmtpSession:
         target = self._target(address)
         resolution = await self.services.directory.resolve(target)
         if resolution.kind == "local":
+            if await self._over_quota(resolution):
+                return MAILBOX_FULL
             self.resolutions[target] = resolution
             return None
         if resolution.kind == "unknown":
@@ -322,6 +334,35 @@ class SmtpSession:
             self.resolutions[target] = Resolution("local", (), (target,))
             return None
         return R.RELAY_DENIED
+
+    async def _burl(self, event: BurlFetch) -> None:
+        """BURL (RFC 4468): the octets of a URLAUTH URL of our own IMAP store, fetched as
+        the submission server for the authenticated user ("submit+user" URLs, and any
+        the user could URLFETCH). Anything else: 554 5.6.6, and the transaction ends."""
+        user = self.auth.user
+        try:
+            url = parse_url(event.url)
+            mailbox = await imapurl.authorized(
+                self.services.store, url, imapurl.Requester(user, submit=True))
+            data = await imapurl.read_part(self.services.store, mailbox, url)
+        except (UrlError, imapurl.BadUrl) as exc:
+            logs.event(log, "burl_failed", logging.INFO, session=self.id,
+                       user=user.address if user else None, reason=str(exc))
+            self.core.reject(R.BURL_FAILED)
+            return
+        self.core.burl_data(data)
+
+    async def _over_quota(self, resolution: Resolution) -> bool:
+        """Refuse at RCPT (552 5.2.2) when every local mailbox the recipient reaches is
+        full already, or cannot take the size declared with MAIL FROM SIZE= (RFC 1870)."""
+        if not resolution.user_ids or resolution.external:
+            return False
+        size = self.mail_size or 0
+        for user_id in resolution.user_ids:
+            q = await self.services.store.get_quota(user_id)
+            if not q.exceeded and (not size or q.allows(size)):
+                return False
+        return True
 
     def _target(self, address: Address) -> str:
         """The address to resolve: ``<Postmaster>`` means postmaster of our domain."""
@@ -408,17 +449,60 @@ class SmtpSession:
                 summary = await loop.run_in_executor(None, deliver.summarize, stored)
             else:
                 summary = deliver.summarize(stored)
-            await self.services.store.deliver(
-                Delivery(data=stored, summary=summary, user_ids=tuple(user_ids),
-                         mailbox_ids=mailbox_ids, queue=queue)
-            )
+            result = await self.services.store.deliver(Delivery(
+                data=stored, summary=summary, user_ids=tuple(user_ids),
+                mailbox_ids=mailbox_ids, queue=queue, enforce_quota=True,
+            ))
+            if result.over_quota:
+                if not result.placed and result.queued is None:
+                    # Nobody could take it: one 552 5.2.2 for the whole transaction.
+                    self.core.reject(MAILBOX_FULL)
+                    self._log(event, qid, "552 5.2.2 over quota", started)
+                    return
+                await self._bounce_over_quota(event, qid, stored, result.over_quota)
         except Exception:
             log.exception("delivery failed session=%s", self.id)
             self.core.reject(STORE_FAILED)
             self._log(event, qid, "451 store failed", started)
             return
         self.core.accept(R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {qid}"))
-        self._log(event, qid, "250", started, local=len(user_ids), remote=len(external))
+        self._log(event, qid, "250", started, local=len(user_ids) - len(result.over_quota),
+                  remote=len(external), over_quota=len(result.over_quota))
+
+    async def _bounce_over_quota(
+        self, event: MessageComplete, qid: str, stored: bytes, over: tuple[int, ...]
+    ) -> None:
+        """Some local recipients are over quota, others got the message: DATA has one
+        reply, so it is 250 and the full ones get a FAILURE DSN (5.2.2), made durable
+        before the 250 (docs/protocols.md)."""
+        from postroom.queue.bounce import bounce_local_failures
+
+        failed = []
+        for user_id in over:
+            user = await self.services.store.get_user_by_id(user_id)
+            if user is None:
+                continue
+            rcpt = None
+            for r in event.recipients:
+                a = r.path.address
+                if a is not None and user_id in self.resolutions.get(self._target(a), _NONE).user_ids:
+                    rcpt = r
+                    break
+            orcpt = notify = None
+            if rcpt is not None:
+                if rcpt.params.orcpt is not None:
+                    orcpt = f"{rcpt.params.orcpt.addr_type};{rcpt.params.orcpt.address}"
+                elif str(rcpt.path.address) != user.address:
+                    orcpt = f"rfc822;{rcpt.path.address}"
+                notify = ",".join(rcpt.params.notify) if rcpt.params.notify else None
+            failed.append((user.address, orcpt, notify))
+        sender = event.sender.address
+        await bounce_local_failures(
+            self.services.store, self.services.directory, self.services.settings.hostname,
+            qid=qid, sender=str(sender) if sender is not None else "", original=stored,
+            failed=failed, ret=event.mail_params.ret, envid=event.mail_params.envid,
+            smtputf8=bool(event.mail_params.smtputf8),
+        )
 
     # -- mail authentication (policy/): one call each, at end of data -------------------
     async def _dkim_sign(self, data: bytes) -> bytes:

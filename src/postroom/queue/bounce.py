@@ -200,3 +200,43 @@ async def bounce_entry(
     ]
     await store.queue_record(qid, outcomes, None, diagnostic)
     return len(pending)
+
+
+OVER_QUOTA_STATUS = "5.2.2"  # RFC 3463: mailbox full
+OVER_QUOTA_TEXT = "552 5.2.2 Mailbox full: the recipient's quota is exceeded"
+
+
+async def bounce_local_failures(
+    store: Store,
+    directory: Directory,
+    hostname: str,
+    *,
+    qid: str,
+    sender: str,
+    original: bytes,
+    failed: Sequence[tuple[str, str | None, str | None]],
+    ret: str | None,
+    envid: str | None,
+    smtputf8: bool,
+) -> str | None:
+    """A FAILURE DSN for local recipients refused after the message was accepted (quota:
+    the SMTP reply to DATA is one for all recipients, so those over quota are bounced).
+
+    ``failed`` holds (final recipient address, ORCPT "type;addr" or None, NOTIFY or None);
+    recipients whose NOTIFY excludes FAILURE get nothing (RFC 3461 4.1)."""
+    now = time.time()
+    pending = tuple(
+        QueuedRecipient(i, addr, orcpt, notify, "pending", None, None, None, int(now))
+        for i, (addr, orcpt, notify) in enumerate(failed)
+    )
+    msg = QueuedMessage(
+        qid=qid, blob_id=0, sender=sender, created=int(now), next_attempt=int(now), attempts=1,
+        last_error=None, held=False, ret=ret, envid=envid, smtputf8=smtputf8,
+        body8bit=False, kind="relay", delay_warned=False, size=len(original), recipients=pending,
+    )
+    statuses = [
+        recipient_status(r, Action.FAILED, status=OVER_QUOTA_STATUS, diagnostic=OVER_QUOTA_TEXT,
+                         remote_mta=None, last_attempt=now)
+        for r in pending if wanted(msg, r, DsnKind.FAILURE)
+    ]
+    return await send_dsn(store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now)

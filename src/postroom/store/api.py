@@ -79,6 +79,15 @@ class Conflict(StoreError):
     """The operation contradicts existing data (e.g. removing a domain that has users)."""
 
 
+class OverQuota(StoreError):
+    """The write would take the mailbox owner over their storage or message quota
+    (IMAP ``NO [OVERQUOTA]``, RFC 9208 4.3; SMTP ``552 5.2.2``)."""
+
+
+class TooMany(StoreError):
+    """A per-object limit on the number of entries would be exceeded (METADATA TOOMANY)."""
+
+
 # ---------------------------------------------------------------------------------------
 # Accounts
 
@@ -117,6 +126,34 @@ class AddressLookup:
     alias_targets: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A user's quota and usage (RFC 9208 STORAGE and MESSAGE resources).
+
+    Usage is kept up to date by every write that adds or removes a message (never
+    computed with a SUM on the hot path). ``None`` limits mean unlimited.
+    """
+
+    user_id: int
+    storage_used: int  # octets of every message in the user's mailboxes
+    storage_limit: int | None
+    messages_used: int
+    messages_limit: int | None
+
+    def allows(self, size: int, count: int = 1) -> bool:
+        """May ``count`` more messages of ``size`` octets in total be stored?"""
+        if self.storage_limit is not None and self.storage_used + size > self.storage_limit:
+            return False
+        return self.messages_limit is None or self.messages_used + count <= self.messages_limit
+
+    @property
+    def exceeded(self) -> bool:
+        """At or over a limit already: nothing more fits (SMTP refuses at RCPT)."""
+        return (self.storage_limit is not None and self.storage_used >= self.storage_limit) or (
+            self.messages_limit is not None and self.messages_used >= self.messages_limit
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # Mailboxes and messages
 
@@ -142,6 +179,7 @@ class MailboxStatus:
     uidnext: int
     uidvalidity: int
     highestmodseq: int
+    deleted_size: int = 0  # octets of the \\Deleted messages (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,13 +235,34 @@ class MessageContent:
     data: bytes | None = field(default=None, repr=False)
 
 
+ALL_FLAGS = FLAG_SEEN | FLAG_ANSWERED | FLAG_FLAGGED | FLAG_DELETED | FLAG_DRAFT
+
+
 @dataclass(frozen=True, slots=True)
 class FlagChange:
-    """How STORE changes flags: mode "add", "remove" or "replace"."""
+    """How STORE changes flags: mode "add", "remove" or "replace".
+
+    ``mask``: the system flags the change may touch at all (others keep their value,
+    whatever the mode); ``keywords_allowed``: False leaves keywords untouched. Both
+    express ACL rights (RFC 4314 4: \\Seen needs "s", \\Deleted "t", the rest "w").
+    """
 
     mode: str
     flags: int
     keywords: tuple[str, ...] = ()
+    mask: int = ALL_FLAGS
+    keywords_allowed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message of :meth:`Store.append_many` (MULTIAPPEND: all or none)."""
+
+    data: bytes = field(repr=False)
+    summary: bytes = field(repr=False)
+    flags: int = 0
+    keywords: tuple[str, ...] = ()
+    internaldate: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +282,14 @@ class Changes:
     vanished: list[int]  # UIDs expunged since the modseq
 
 
+# What a change notification is about (MailboxChange.kind). Mailbox listeners only hear
+# MESSAGES; account listeners (ChangeHub.subscribe_user) hear every kind for the owner.
+MESSAGES = "messages"  # messages added, flags changed, expunged (the mailbox's modseq)
+MAILBOXES = "mailboxes"  # a mailbox was created, deleted or renamed, or its ACL changed
+SUBSCRIPTIONS = "subscriptions"
+METADATA = "metadata"  # a METADATA entry of the mailbox (or the server: mailbox_id 0)
+
+
 @dataclass(frozen=True, slots=True)
 class MailboxChange:
     """Published after a commit that changed a mailbox; listeners re-read what they need."""
@@ -230,6 +297,7 @@ class MailboxChange:
     mailbox_id: int
     user_id: int
     modseq: int
+    kind: str = MESSAGES
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,6 +334,10 @@ class Delivery:
     queue: NewQueueEntry | None = None
     internaldate: int | None = None  # default: now
     flags: int = 0
+    # Skip the users of ``user_ids`` (and the owners of ``mailbox_ids``) whom this message
+    # would take over quota, checked in the same transaction as the insert; their user ids
+    # are listed in DeliveryResult.over_quota.
+    enforce_quota: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +345,7 @@ class DeliveryResult:
     blob_id: int
     placed: list[tuple[int, int]]  # (mailbox_id, uid)
     queued: str | None  # qid
+    over_quota: tuple[int, ...] = ()  # user ids skipped (enforce_quota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +397,24 @@ class RecipientOutcome:
 
 
 # ---------------------------------------------------------------------------------------
+# Sharing: ACL (RFC 4314) and METADATA (RFC 5464)
+
+# Every right postroom knows, in canonical order (RFC 4314 2.1; "c" and "d" are the
+# obsolete virtual rights of 2.1.1 and never stored). A mailbox's owner has all of them.
+ALL_RIGHTS = "lrswipkxtea"
+# The identifiers that match every logged-in user (RFC 4314 2: "anyone"; "authenticated"
+# as Dovecot and Cyrus also accept).
+ANYONE = "anyone"
+AUTHENTICATED = "authenticated"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedMailbox:
+    """Another user's mailbox that an ACL entry opens to the caller."""
+
+    mailbox: Mailbox
+    owner: str  # the owner's address
+    rights: str  # union of the rights of every matching identifier, canonical order
 # Credentials and activity of the HTTP service (postroom.web)
 #
 # Secrets (API tokens, app passwords, session ids) are random, generated by postroom, and
@@ -380,14 +471,6 @@ class QueueStats:
     oldest: int | None  # creation time of the oldest entry
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Stored messages and octets of one user, over all mailboxes."""
-
-    messages: int
-    octets: int
-
-
 ChangeListener = Callable[[MailboxChange], None]
 
 
@@ -435,6 +518,10 @@ class ChangeHub(Protocol):
     def unsubscribe(self, mailbox_id: int, listener: ChangeListener) -> None: ...
     def subscribe_queue(self, listener: Callable[[], None]) -> None: ...
     def unsubscribe_queue(self, listener: Callable[[], None]) -> None: ...
+    # Every change of every kind to the mailboxes (and subscriptions, METADATA) of one
+    # user: NOTIFY (RFC 5465) and unsolicited METADATA responses listen here.
+    def subscribe_user(self, user_id: int, listener: ChangeListener) -> None: ...
+    def unsubscribe_user(self, user_id: int, listener: ChangeListener) -> None: ...
 
 
 class Store(Protocol):
@@ -462,8 +549,6 @@ class Store(Protocol):
     async def alias_targets(self, source: str) -> list[str]: ...
     async def lookup_address(self, address: str) -> AddressLookup: ...
     async def set_user_admin(self, address: str, admin: bool) -> None: ...
-    async def usage_by_user(self) -> dict[int, Usage]: ...
-    # Users without messages are absent from the result.
 
     # -- mailboxes ---------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...
@@ -493,7 +578,7 @@ class Store(Protocol):
         flags: int = 0,
         keywords: Iterable[str] = (),
         internaldate: int | None = None,
-    ) -> tuple[int, int]: ...  # (uidvalidity, uid)
+    ) -> tuple[int, int]: ...  # (uidvalidity, uid); OverQuota when it does not fit
     async def list_messages(self, mailbox_id: int) -> list[MessageMeta]: ...
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]: ...
     async def read_messages(
@@ -522,11 +607,26 @@ class Store(Protocol):
     ) -> StoreResult: ...
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]: ...  # (src uid, dst uid)
     async def move_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]: ...
+    # The copies keep only the system flags in ``flag_mask`` and, with ``keywords``, the
+    # keywords (ACL rights on the destination, RFC 4314 4). OverQuota when the
+    # destination's owner would go over quota (a MOVE within one user never does).
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
     async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int: ...
@@ -535,6 +635,11 @@ class Store(Protocol):
     # the previous mark: the caller owns [returned value, upto). The claim need not be
     # durable: RFC 3501 lets \Recent be approximate, so after a crash a message may be
     # \Recent once more; backends may keep the mark in memory and persist it lazily.
+    async def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, enforce_quota: bool = True
+    ) -> tuple[int, list[int]]: ...
+    # MULTIAPPEND (RFC 3502 6.3.11): every message in one transaction, or none; returns
+    # (uidvalidity, uids in order). OverQuota when the owner's quota would be exceeded.
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
     ) -> list[list[int]]: ...
@@ -543,6 +648,48 @@ class Store(Protocol):
     # envelope field, RFC 2047 words decoded (postroom.message.envelope_search_texts),
     # contains ``needle`` ignoring case (str.casefold). An empty needle matches every
     # message that has the field. Backends store the folded texts at delivery/APPEND.
+
+    # -- quota (RFC 9208) ----------------------------------------------------------------
+    async def get_quota(self, user_id: int) -> Quota: ...
+    async def set_quota(
+        self, address: str, storage: int | None, messages: int | None
+    ) -> Quota: ...  # None: unlimited; NotFound for an unknown user
+    async def list_quotas(self) -> dict[int, Quota]: ...  # by user id
+
+    # -- ACL (RFC 4314) ------------------------------------------------------------------
+    async def get_acl(self, mailbox_id: int) -> list[tuple[str, str]]: ...
+    # (identifier, rights) in identifier order; the owner's implicit rights are not listed.
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> None: ...
+    # Replace the identifier's rights (canonical letters of ALL_RIGHTS); "" removes the
+    # entry. NotFound when the mailbox is gone.
+    async def shared_mailboxes(
+        self, user_id: int, identifiers: Sequence[str]
+    ) -> list[SharedMailbox]: ...
+    # Mailboxes of users other than ``user_id`` with a non-empty ACL entry for any of
+    # ``identifiers``, ordered by owner address and name.
+    async def acl_rights(self, mailbox_id: int, identifiers: Sequence[str]) -> str: ...
+
+    # -- METADATA (RFC 5464) --------------------------------------------------------------
+    async def get_metadata(self, user_id: int, mailbox_id: int) -> dict[str, bytes]: ...
+    # Every entry of a mailbox (``mailbox_id`` 0: the server) visible to ``user_id``: the
+    # "/shared/..." entries and that user's "/private/..." ones, by lower-case name.
+    async def set_metadata(
+        self,
+        user_id: int,
+        mailbox_id: int,
+        entries: Sequence[tuple[str, bytes | None]],
+        max_entries: int,
+    ) -> None: ...
+    # Set (None: remove) entries, all or none. Names are lower-case and start with
+    # "/private/" (kept per user) or "/shared/". TooMany when the mailbox would carry
+    # more than ``max_entries`` entries visible to the user.
+
+    # -- URLAUTH (RFC 4467) ---------------------------------------------------------------
+    async def urlauth_key(self, mailbox_id: int, *, create: bool = True) -> bytes | None: ...
+    # The mailbox's secret URLAUTH key, created (random, 32 octets) on first use; without
+    # ``create``, None when there is none (never generated, or reset since).
+    async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None: ...
+    # RESETKEY: forget the key of one mailbox, or of every mailbox of the user.
 
     # -- the outbound queue ------------------------------------------------------------
     async def queue_due(

@@ -16,7 +16,18 @@ from postroom.clients import client_endpoints
 from postroom.store.api import AppPassword
 from postroom.web.api import LABEL, Ctx
 from postroom.web.autoconfig import MOBILECONFIG_TYPE, mobileconfig
-from postroom.web.openapi import BOOLEAN, INTEGER, Json, Param, Route, array, obj, ref, string
+from postroom.web.openapi import (
+    BOOLEAN,
+    INTEGER,
+    NULLABLE_INTEGER,
+    Json,
+    Param,
+    Route,
+    array,
+    obj,
+    ref,
+    string,
+)
 from postroom.web.session import ApiError
 
 MIN_PASSWORD = 10  # a person's new password; admins setting one are not limited
@@ -28,8 +39,8 @@ SCHEMAS: dict[str, Json] = {
     ),
     "Me": obj(
         {"address": string(320), "admin": BOOLEAN, "created": INTEGER, "messages": INTEGER,
-         "octets": INTEGER},
-        ("address", "admin", "created", "messages", "octets"),
+         "octets": INTEGER, "storage_limit": NULLABLE_INTEGER, "messages_limit": NULLABLE_INTEGER},
+        ("address", "admin", "created", "messages", "octets", "storage_limit", "messages_limit"),
     ),
     "AppPassword": obj({"id": INTEGER, "name": string(64), "created": INTEGER},
                        ("id", "name", "created")),
@@ -70,10 +81,11 @@ async def session(ctx: Ctx) -> Json:
 async def me(ctx: Ctx) -> Json:
     assert ctx.principal is not None and ctx.principal.user is not None
     user = ctx.principal.user
-    usage = (await ctx.services.store.usage_by_user()).get(user.id)
+    q = await ctx.services.store.get_quota(user.id)
     return {
         "address": user.address, "admin": user.admin, "created": user.created,
-        "messages": usage.messages if usage else 0, "octets": usage.octets if usage else 0,
+        "messages": q.messages_used, "octets": q.storage_used,
+        "storage_limit": q.storage_limit, "messages_limit": q.messages_limit,
     }
 
 

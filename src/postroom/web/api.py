@@ -18,7 +18,7 @@ from postroom import __version__
 from postroom.admin.queue_cli import queue_entry_json
 from postroom.admin.service import LABEL_PATTERN, AdminError, AdminService
 from postroom.services import Services
-from postroom.store.api import Alias, ApiToken, DeliveryLogEntry, Domain, Usage, User
+from postroom.store.api import Alias, ApiToken, DeliveryLogEntry, Domain, Quota, User
 from postroom.web.openapi import (
     BOOLEAN,
     INTEGER,
@@ -100,8 +100,12 @@ SCHEMAS: dict[str, Json] = {
                   ("name", "created", "users", "aliases")),
     "User": obj(
         {"address": ADDRESS, "domain": string(253), "created": INTEGER, "admin": BOOLEAN,
-         "messages": INTEGER, "octets": INTEGER},
-        ("address", "domain", "created", "admin", "messages", "octets"),
+         "messages": INTEGER, "octets": INTEGER, "storage_limit": NULLABLE_INTEGER,
+         "messages_limit": NULLABLE_INTEGER, "password": string(1024)},
+        ("address", "domain", "created", "admin", "messages", "octets", "storage_limit",
+         "messages_limit"),
+        description="A user with their quota (RFC 9208): usage and limits (null: unlimited); "
+        "password only in the answer to a create with generate: true",
     ),
     "Credentials": obj({"address": ADDRESS, "password": string(1024)}, ("address",)),
     "Alias": obj({"source": ADDRESS, "target": ADDRESS}, ("source", "target")),
@@ -129,10 +133,11 @@ def domain_json(d: Domain, users: int = 0, aliases: int = 0) -> Json:
     return {"name": d.name, "created": d.created, "users": users, "aliases": aliases}
 
 
-def user_json(u: User, usage: Usage | None) -> Json:
+def user_json(u: User, q: Quota) -> Json:
     return {
         "address": u.address, "domain": u.domain, "created": u.created, "admin": u.admin,
-        "messages": usage.messages if usage else 0, "octets": usage.octets if usage else 0,
+        "messages": q.messages_used, "octets": q.storage_used,
+        "storage_limit": q.storage_limit, "messages_limit": q.messages_limit,
     }
 
 
@@ -207,20 +212,18 @@ async def users_list(ctx: Ctx) -> list[Json]:
     possible, domain = ctx.domain_filter()
     if not possible:
         return []
-    usage = await admin.user_usage()
-    return [user_json(u, usage.get(u.id)) for u in await admin.user_list(domain)]
+    return [user_json(u, q) for u, q in await admin.user_list_quotas(domain)]
 
 
 async def user_get(ctx: Ctx) -> Json:
-    admin = ctx.admin
-    user = await admin.user_get(ctx.path_address("address"))
-    return user_json(user, (await admin.user_usage()).get(user.id))
+    address = ctx.path_address("address")
+    return user_json(await ctx.admin.user_get(address), await ctx.admin.user_quota(address))
 
 
 async def user_add(ctx: Ctx) -> Json:
     password, generated = _password_choice(ctx.body)
     user = await ctx.admin.user_add(ctx.body["address"], password)
-    out = user_json(user, None)
+    out = user_json(user, await ctx.admin.user_quota(user.address))
     if generated:
         out["password"] = password
     return out
@@ -244,8 +247,17 @@ async def user_admin(ctx: Ctx) -> Json:
     admin = ctx.admin
     address = ctx.path_address("address")
     await admin.user_admin(address, bool(ctx.body["admin"]))
-    user = await admin.user_get(address)
-    return user_json(user, (await admin.user_usage()).get(user.id))
+    return user_json(await admin.user_get(address), await admin.user_quota(address))
+
+
+async def user_quota(ctx: Ctx) -> Json:
+    """Set the quota: ``storage`` octets and optionally ``messages`` (null: unlimited;
+    ``messages`` left out: kept as it is), like ``postroom user quota``."""
+    address = ctx.path_address("address")
+    admin = ctx.admin
+    await admin.user_quota_set(address, ctx.body["storage"], ctx.body.get("messages"),
+                               keep_messages="messages" not in ctx.body)
+    return user_json(await admin.user_get(address), await admin.user_quota(address))
 
 
 async def aliases_list(ctx: Ctx) -> list[Json]:
@@ -371,6 +383,12 @@ ROUTES: list[Route] = [
     Route("PUT", "/api/v1/users/{address}/admin", user_admin,
           "Allow or stop a user's use of the web admin", "users", A, params=(_ADDR,),
           body=obj({"admin": BOOLEAN}, ("admin",)), response=ref("User")),
+    Route("PUT", "/api/v1/users/{address}/quota", user_quota,
+          "Set a user's quota (RFC 9208 STORAGE in octets, MESSAGE count; null: unlimited)", "users", A,
+          params=(_ADDR,),
+          body=obj({"storage": NULLABLE_INTEGER | {"minimum": 0},
+                    "messages": NULLABLE_INTEGER | {"minimum": 0}}, ("storage",)),
+          response=ref("User")),
     Route("GET", "/api/v1/aliases", aliases_list, "List aliases", "aliases", A, params=(_DOMAIN_Q,),
           response=array(ref("Alias"))),
     Route("POST", "/api/v1/aliases", alias_add, "Add an alias (source may be @domain: catch-all)",

@@ -142,7 +142,8 @@ def test_list_status_and_status(server: Server, user: str, connect, raw) -> None
 
 def test_namespace(user: str, connect) -> None:
     m = connect(user)
-    assert m.namespace() == ("OK", [b'(("" "/")) NIL NIL'])
+    # personal, and the other users' namespace of shared mailboxes (access.py)
+    assert m.namespace() == ("OK", [b'(("" "/")) (("Shared/" "/")) NIL'])
 
 
 def test_international_names_utf7_and_utf8(user: str, raw) -> None:

@@ -64,7 +64,7 @@ def test_literal8_in_append() -> None:
 
 def test_literal8_refused_elsewhere_before_continuation() -> None:
     assert events(b"a LOGIN ~{3}\r\n", state=State.NOT_AUTHENTICATED) == [
-        Refused(b"a BAD literal8 is only allowed in APPEND\r\n"),
+        Refused(b"a BAD literal8 is only allowed in APPEND and SETMETADATA\r\n"),
         CLOSED,
     ]
 

@@ -37,6 +37,8 @@ from postroom import deliver, logs
 from postroom.config import Listener
 from postroom.net.auth import AuthTracker
 from postroom.net.connection import Connection, Interrupted
+from postroom.net.imap import contexts, notify
+from postroom.net.imap.notify import Notifications
 from postroom.net.imap.compress import Deflate, DeflateError
 from postroom.net.imap.light import LightCache
 from postroom.net.imap.structure_cache import StructureCache
@@ -80,10 +82,12 @@ def no(tag: str, text: str, code: str | None = None) -> ImapPeerError:
 def _handlers() -> dict[type, Handler]:
     from postroom.net.imap import auth, basic, copy, fetch, idle, mailboxes, search, select
     from postroom.net.imap import store_cmd
+    from postroom.net.imap import acl, append, metadata, notify, quota, urlauth
 
     table: dict[type, Handler] = {}
-    for module in (auth, basic, copy, fetch, idle, mailboxes, search, select, store_cmd):
-        table.update(module.HANDLERS)
+    for module in (auth, basic, copy, fetch, idle, mailboxes, search, select, store_cmd,
+                   acl, append, metadata, notify, quota, urlauth):
+        table.update(module.HANDLERS)  # type: ignore[attr-defined]
     return table
 
 
@@ -118,7 +122,7 @@ class ImapSession:
         "services", "store", "conn", "listener", "handlers", "id", "auth", "rx", "user",
         "selected", "rev2", "condstore", "qresync", "utf8", "deflate", "idling",
         "_out", "_out_size", "_bad_streak", "closing", "commands", "client_id", "lights",
-        "mailbox_ids", "structures",
+        "mailbox_ids", "structures", "notify",
     )
 
     def __init__(
@@ -154,6 +158,7 @@ class ImapSession:
         self.closing = False
         self.commands = 0
         self.client_id: str | None = None
+        self.notify: Notifications | None = None  # NOTIFY SET in force (RFC 5465)
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -231,6 +236,7 @@ class ImapSession:
         except DeflateError as exc:
             logs.event(log, "imap_compress_error", logging.INFO, session=self.id, error=str(exc))
         finally:
+            notify.stop(self)
             self.unselect()
             logs.event(
                 log, "imap_session", session=self.id, client=self.conn.peer_ip,
@@ -298,9 +304,14 @@ class ImapSession:
                 self.write(responses.bye("Autologout: idle for too long"))
                 raise Closing() from None
             except Interrupted:
-                if self.idling and not self.services.shutdown.requested:
-                    await self.sync(expunge=True)
-                    await self.flush()
+                if self.services.shutdown.requested:
+                    continue
+                if self.idling:
+                    await self.unsolicited(expunge=True)
+                elif self.notify is not None and self.rx.buffered_size == 0:
+                    # RFC 5465 3.1: with NOTIFY the client listens all the time; never in
+                    # the middle of a command it is still sending.
+                    await self.unsolicited(expunge=notify.expunges_now(self))
                 continue
             if not raw:
                 return b""
@@ -309,6 +320,16 @@ class ImapSession:
             data = self.deflate.decompress(raw)
             if data:
                 return data
+
+    async def unsolicited(self, *, expunge: bool) -> None:
+        """Updates between commands (IDLE, NOTIFY): the selected mailbox, contexts, the
+        NOTIFY events, written at once."""
+        await self.sync(expunge=expunge)
+        if self.selected is not None and self.selected.contexts:
+            await contexts.refresh(self)
+        if self.notify is not None:
+            await notify.flush(self)
+        await self.flush()
 
     async def execute(self, cmd: Command) -> None:
         self.commands += 1
@@ -339,8 +360,13 @@ class ImapSession:
         except Exception:
             log.exception("imap command failed session=%s command=%s", self.id, cmd.name)
             tagged = responses.no(cmd.tag, "Internal server error", responses.SERVERBUG)
+        own = self.notify is not None and cmd.name in notify.SELF_CAUSED
         if self.selected is not None and not self.closing:
-            await self.sync(expunge=cmd.name not in NO_EXPUNGE_DURING)
+            await self.sync(expunge=cmd.name not in NO_EXPUNGE_DURING, announce=not own)
+            if self.selected is not None and self.selected.contexts:
+                await contexts.refresh(self)  # RFC 5267 ADDTO/REMOVEFROM
+        if self.notify is not None and not self.closing:
+            await (notify.absorb(self) if own else notify.flush(self))
         if tagged is not None:
             self.write(tagged)
 
@@ -371,8 +397,11 @@ class ImapSession:
         if self.user is not None:
             self.rx.state = State.AUTHENTICATED
 
-    async def sync(self, *, expunge: bool) -> None:
-        """Send what changed in the selected mailbox since the view's modseq."""
+    async def sync(self, *, expunge: bool, announce: bool = True) -> None:
+        """Send what changed in the selected mailbox since the view's modseq.
+
+        ``announce``: new messages get the FETCH that NOTIFY's MessageNew asked for
+        (not for the session's own APPEND or COPY, RFC 5465 5.2)."""
         view = self.selected
         if view is None:
             return
@@ -394,11 +423,14 @@ class ImapSession:
         recent_from = None
         if self.rev1 and not view.readonly and any(m.uid > view.last_uid for m in changes.changed):
             recent_from = await self.store.claim_recent(view.mailbox_id, changes.uidnext)
+        first_new = view.last_uid + 1
         for line in view.apply(
             changes, expunge=expunge, rev1=self.rev1, condstore=self.condstore,
             qresync=self.qresync, recent_from=recent_from,
         ):
             self.write(line)
+        if announce and self.notify is not None and view.last_uid >= first_new:
+            await notify.fetch_new(self, first_new)
 
     # -- authentication ------------------------------------------------------------------
     async def login(self, user: User, mechanism: str) -> None:

@@ -40,7 +40,7 @@ Literals (RFC 9051 4.3, RFC 7888, RFC 3516):
   answer the same tagged error, so the stream stays in sync and the client gets a clean
   answer (RFC 7888 4 allows this or closing). A literal too large to be worth discarding
   (``Limits.max_discard``) gets ``* BYE [TOOBIG]`` and close instead.
-* ``~{n}`` (literal8) is accepted only in APPEND.
+* ``~{n}`` (literal8) is accepted only in APPEND and SETMETADATA.
 
 The whole command (line segments with their literal markers, plus the payloads) is
 collected first and parsed once, linearly; nothing is re-parsed after each literal. A
@@ -111,7 +111,9 @@ TEXT_LINE_TOO_LONG = "Command line too long"
 TEXT_LITERAL_TOO_BIG = "Literal too large"
 TEXT_COMMAND_TOO_BIG = "Command too large"
 TEXT_TOO_MANY_LITERALS = "Too many literals in one command"
-TEXT_LITERAL8 = "literal8 is only allowed in APPEND"
+TEXT_LITERAL8 = "literal8 is only allowed in APPEND and SETMETADATA"
+# Commands whose grammar has literal8 (RFC 3516 4.2 APPEND, RFC 5464 5 SETMETADATA values).
+LITERAL8_COMMANDS = frozenset({"APPEND", "SETMETADATA"})
 TEXT_EXPECTED_DONE = "Expected DONE"
 
 
@@ -249,7 +251,7 @@ def _literal_error(
     if count >= limits.max_literals:
         return ImapPeerError(TEXT_TOO_MANY_LITERALS, tag=tag, code=LIMIT)
     append = head.name == "APPEND"
-    if binary and not append:
+    if binary and head.name not in LITERAL8_COMMANDS:
         return ImapPeerError(TEXT_LITERAL8, tag=tag)
     # RFC 7889 / RFC 9051 7.1: APPEND over the limit is NO [TOOBIG]; others are BAD.
     status = NO if append else BAD

@@ -15,6 +15,8 @@ Two kinds of event (all frozen dataclasses):
   ``MailFrom``        ``accept()`` → 250 2.1.0 / ``reject(r)``
   ``RcptTo``          ``accept()`` → 250 2.1.5 / ``reject(r)`` (not counted as recipient)
   ``MessageComplete`` ``accept(r)`` → 250 2.0.0 (pass the queue id in ``r``) / ``reject(r)``
+  ``BurlFetch``       ``burl_data(b)`` → the octets join the message (250, or end of
+                      data with LAST) / ``reject(r)`` (e.g. 554 5.6.6): the transaction ends
   ==================  =========================================================
 
 * **Information** (no answer expected): ``Reset`` (RSET), ``MessageRefused`` (the core
@@ -48,6 +50,7 @@ __all__ = [
     "AuthAborted",
     "AuthResponse",
     "AuthStart",
+    "BurlFetch",
     "CloseReason",
     "Event",
     "Hello",
@@ -169,6 +172,15 @@ class MessageComplete:
 
 
 @dataclass(frozen=True, slots=True)
+class BurlFetch:
+    """BURL (RFC 4468 3): fetch ``url`` and append its octets to the message (as a BDAT
+    chunk would be); ``last``: it ends the message. Decision (``burl_data``/``reject``)."""
+
+    url: str
+    last: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRefused:
     """Information: the core refused the message itself with ``reply`` (already queued)."""
 
@@ -192,9 +204,12 @@ Event = (
     | MessageComplete
     | MessageRefused
     | Reset
+    | BurlFetch
 )
 
-DECISION_EVENTS = (Hello, StartTls, AuthStart, AuthResponse, MailFrom, RcptTo, MessageComplete)
+DECISION_EVENTS = (
+    Hello, StartTls, AuthStart, AuthResponse, MailFrom, RcptTo, MessageComplete, BurlFetch,
+)
 
 
 # RFC 5321 4.5.3.1.4 says 512 octets per command line; real clients exceed it (long
@@ -233,6 +248,7 @@ class ServerConfig:
     smtputf8: bool = True
     chunking: bool = True
     dsn: bool = True
+    burl: bool = False  # RFC 4468: the shell resolves URLs (submission with URLAUTH)
     forbidden_commands: frozenset[str] = DEFAULT_FORBIDDEN
 
     def __post_init__(self) -> None:
@@ -288,6 +304,9 @@ class ServerConfig:
             lines.append("STARTTLS")  # RFC 3207
         if self.auth_mechanisms and (self.tls_active or not self.auth_requires_tls):
             lines.append("AUTH " + " ".join(self.auth_mechanisms))  # RFC 4954 3
+        if self.burl and self.chunking:
+            # RFC 4468 3: no parameter: URLs of the IMAP server this one trusts (ours).
+            lines.append("BURL")
         return lines
 
 

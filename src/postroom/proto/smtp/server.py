@@ -91,6 +91,7 @@ from postroom.proto.smtp.events import (
     AuthAborted,
     AuthResponse,
     AuthStart,
+    BurlFetch,
     CloseReason,
     Event,
     Hello,
@@ -331,6 +332,12 @@ class ServerConnection:
         if not reply.is_error:
             raise SmtpUsageError("auth_failure needs a 4xx/5xx reply")
         self._resume(_Decision(_Kind.REJECT, reply))
+
+    def burl_data(self, data: bytes) -> None:
+        """Answer BurlFetch with the octets the URL named (RFC 4468): they are appended
+        to the message like a BDAT chunk, and with LAST the message is complete."""
+        self._check_pending("burl_data", (BurlFetch,))
+        self._resume(_Decision(_Kind.ACCEPT, data=bytes(data)))
 
     def starttls_done(self, config: ServerConfig | None = None) -> None:
         """The TLS handshake succeeded: reset to "no EHLO yet" (RFC 3207 4.2)."""
@@ -752,6 +759,42 @@ class ServerConnection:
         message = bytes(self._bdat)
         yield from self._end_of_message(message, len(message), chunked=True)
 
+    def _cmd_burl(self, arg: str) -> _Gen:
+        # RFC 4468 3: burl-cmd = "BURL" SP absolute-URI [SP end-marker] ; end-marker = "LAST"
+        if not self._config.burl or not self._config.chunking:
+            raise SmtpError(R.COMMAND_NOT_IMPLEMENTED)
+        parts = arg.split(" ")
+        if not parts[0] or len(parts) > 2 or (len(parts) == 2 and parts[1].upper() != "LAST"):
+            raise SmtpError(R.SYNTAX_BURL)
+        self._check_ready_for_data()
+        if self._bdat_failed is not None:
+            raise SmtpError(self._bdat_failed)
+        last = len(parts) == 2
+        decision = yield from self._decide(BurlFetch(parts[0], last))
+        if decision.kind is not _Kind.ACCEPT:
+            # The message cannot be completed as the client meant it: the transaction
+            # ends here (the client starts again after RSET-like reset).
+            self._reset_transaction()
+            self._send(_reply(decision))
+            return
+        data = decision.data
+        if self._bdat is None:
+            self._bdat = bytearray()
+        limit = self._config.max_message_size
+        if limit and self._bdat_size + len(data) > limit:
+            total = self._bdat_size + len(data)
+            self._reset_transaction()
+            self._send(R.SIZE_EXCEEDED)
+            yield MessageRefused(R.SIZE_EXCEEDED, total)
+            return
+        self._bdat += data
+        self._bdat_size += len(data)
+        if not last:
+            self._send(Reply(250, "2.0.0", f"{len(data)} octets appended"))
+            return
+        message = bytes(self._bdat)
+        yield from self._end_of_message(message, len(message), chunked=True)
+
     def _end_of_message(self, message: bytes | None, size: int, *, chunked: bool) -> _Gen:
         if message is None:
             refusal: Reply | None = R.SIZE_EXCEEDED  # RFC 1870 6.2
@@ -817,6 +860,7 @@ _COMPLEX: dict[str, Callable[[ServerConnection, str], _Gen]] = {
     "RCPT": ServerConnection._cmd_rcpt,
     "DATA": ServerConnection._cmd_data,
     "BDAT": ServerConnection._cmd_bdat,
+    "BURL": ServerConnection._cmd_burl,
     "RSET": ServerConnection._cmd_rset,
     "STARTTLS": ServerConnection._cmd_starttls,
     "AUTH": ServerConnection._cmd_auth,

@@ -244,7 +244,51 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
                 dkim, spf, dkim_results, spf_result, reason)
     );
     """,
-    # 5: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
+    # 5: quotas (RFC 9208). Limits are NULL (unlimited) until set; usage is kept up to date
+    # by every write that adds or removes a message row (mail.charge), so checking a
+    # quota is one row read. The backfill below is the only SUM ever taken.
+    """
+    ALTER TABLE users ADD COLUMN quota_storage INTEGER;
+    ALTER TABLE users ADD COLUMN quota_messages INTEGER;
+    ALTER TABLE users ADD COLUMN used_storage INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN used_messages INTEGER NOT NULL DEFAULT 0;
+    UPDATE users SET
+        used_storage = (SELECT coalesce(sum(m.size), 0) FROM messages m
+                        JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = users.id),
+        used_messages = (SELECT count(*) FROM messages m
+                         JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = users.id)
+    """,
+    # 6: access control lists (RFC 4314). One row per (mailbox, identifier); identifiers
+    # are user addresses, "anyone" or "authenticated". Owners' rights are implicit.
+    """
+    CREATE TABLE acl (
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        identifier TEXT NOT NULL,
+        rights TEXT NOT NULL,
+        PRIMARY KEY (mailbox_id, identifier)
+    );
+    CREATE INDEX acl_identifier ON acl(identifier)
+    """,
+    # 7: METADATA entries (RFC 5464). owner is the user id for "/private/..." entries and 0
+    # for "/shared/..." ones; mailbox_id 0 holds the server's entries. Rows of a deleted
+    # mailbox or user are removed explicitly (accounts.py).
+    """
+    CREATE TABLE metadata (
+        owner INTEGER NOT NULL,
+        mailbox_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (mailbox_id, owner, name)
+    )
+    """,
+    # 8: URLAUTH keys (RFC 4467 7), one random secret per mailbox, created on first use.
+    """
+    CREATE TABLE urlauth_keys (
+        mailbox_id INTEGER PRIMARY KEY REFERENCES mailboxes(id) ON DELETE CASCADE,
+        secret BLOB NOT NULL
+    )
+    """,
+    # 9: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
     # sessions (secrets stored as SHA-256 digests), and the bounded recent delivery log.
     """
     ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;

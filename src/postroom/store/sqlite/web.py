@@ -18,7 +18,6 @@ from postroom.store.api import (
     DeliveryLogEntry,
     NotFound,
     QueueStats,
-    Usage,
     WebSession,
 )
 
@@ -138,14 +137,6 @@ def list_delivery_log(conn: sqlite3.Connection, limit: int, before_id: int | Non
 
 
 # -- figures ---------------------------------------------------------------------------
-
-
-def usage_by_user(conn: sqlite3.Connection) -> dict[int, Usage]:
-    rows = conn.execute(
-        "SELECT mb.user_id, count(*), coalesce(sum(m.size), 0) FROM messages m "
-        "JOIN mailboxes mb ON mb.id = m.mailbox_id GROUP BY mb.user_id"
-    )
-    return {r[0]: Usage(messages=r[1], octets=r[2]) for r in rows}
 
 
 def queue_stats(conn: sqlite3.Connection) -> QueueStats:

@@ -9,7 +9,8 @@
     const me = await api("GET", "/api/v1/me");
     $("me-address").textContent = me.address;
     $("me-messages").textContent = me.messages;
-    $("me-usage").textContent = size(me.octets);
+    $("me-usage").textContent = me.storage_limit === null ? size(me.octets)
+      : `${size(me.octets)} of your ${size(me.storage_limit)} quota`;
     $("admin-link").hidden = !me.admin;
   }
 

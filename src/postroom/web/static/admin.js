@@ -56,11 +56,34 @@
     }));
   }
 
+  // "500M", "2G", "1048576" -> octets; "" or "none" -> null (unlimited).
+  function parseSize(text) {
+    const m = /^\s*(\d+)\s*([kmgt]?)i?b?\s*$/i.exec(text);
+    if (!m) {
+      if (/^\s*(none)?\s*$/i.test(text)) return null;
+      throw new Error(`${text}: a size such as 500M or 2G, or none`);
+    }
+    return Number(m[1]) * 1024 ** "_kmgt".indexOf((m[2] || "_").toLowerCase());
+  }
+
+  function quota(u) {
+    const limit = u.storage_limit === null ? "unlimited" : size(u.storage_limit);
+    return `${size(u.octets)} / ${limit}`;
+  }
+
   async function loadUsers() {
     const users = await api("GET", "/api/v1/users");
     fill($("users-table").tBodies[0], users.map((u) => [
-      u.address, u.messages, size(u.octets), u.admin ? "yes" : "no", when(u.created),
+      u.address, u.messages_limit === null ? u.messages : `${u.messages} / ${u.messages_limit}`,
+      quota(u), u.admin ? "yes" : "no", when(u.created),
       el("span", {},
+        button("Quota", () => {
+          const answer = prompt(`Storage quota of ${u.address} (e.g. 500M, 2G; empty: unlimited)`,
+            u.storage_limit === null ? "" : String(u.storage_limit));
+          if (answer === null) return;
+          act("users", `quota of ${u.address} set`, () => api("PUT",
+            `/api/v1/users/${encodeURIComponent(u.address)}/quota`, { storage: parseSize(answer) }));
+        }),
         button(u.admin ? "Revoke admin" : "Make admin", () => act("users",
           `${u.address} ${u.admin ? "is no longer" : "is now"} an admin`,
           () => api("PUT", `/api/v1/users/${encodeURIComponent(u.address)}/admin`, { admin: !u.admin }))),
