@@ -20,6 +20,7 @@ from postroom.auth.directory import Directory
 from postroom.config import HTTP_ROLES, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import Handler, ListenerSet
+from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
@@ -76,13 +77,15 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls, metrics)
     services = Services(
-        settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
-        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir), metrics=metrics,
+        settings=settings, store=store,
+        directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
+        tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir), metrics=metrics,
         delivery_log=DeliveryLog(settings.logging.delivery_log),
         resolver=make_resolver(
             settings.outbound.resolver, timeout=settings.dns.timeout,
             cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
         ),
+        free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
     )
     _auth_services(services)
     handlers = _handlers(services)

@@ -163,6 +163,29 @@ def parse_hostport(value: object, default_port: int | None = None) -> tuple[str,
     return host, int(port_s)
 
 
+def _auto_or_size(value: object) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError("\"auto\" or a size: bytes as an integer, or a string like \"200M\"") from None
+
+
+def _optional_address(value: object) -> str:
+    allowed = "an address such as \"admin@example.org\", or \"\" for the first user"
+    if not isinstance(value, str):
+        raise ValueError(allowed)
+    if value == "":
+        return ""
+    from postroom.address import AddressError, normalize_address
+
+    try:
+        return normalize_address(value)
+    except AddressError:
+        raise ValueError(allowed) from None
+
+
 def _resolver_address(value: object) -> tuple[str, int] | None:
     if value == "":
         return None
@@ -283,12 +306,28 @@ class Limits:
     smtp_data_timeout: float = 600.0
     imap_idle_timeout: float = 1800.0
     pop3_idle_timeout: float = 600.0
+    login_timeout: float = 180.0
+    min_data_rate: int = 500
+    connections_per_user_ip: int = 10
+    min_free_space: int | None = None  # None: FREE_SPACE_FACTOR x message_size
     auth_failures: int = 3
     auth_delay: float = 1.0
     auth_cache_ttl: float = 300.0
     shutdown_grace: float = 10.0
     metadata_size: int = 16 * 1024
     metadata_entries: int = 200
+
+    @property
+    def free_space_threshold(self) -> int:
+        """Free octets below which no new mail is accepted (see postroom.diskguard)."""
+        if self.min_free_space is not None:
+            return self.min_free_space
+        return FREE_SPACE_FACTOR * self.message_size
+
+
+# Default free-space guard: room for a few maximum-size messages plus their WAL copies
+# (Postfix insists on queue_minfree >= 1.5 x message_size_limit; we keep more margin).
+FREE_SPACE_FACTOR = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +336,7 @@ class SmtpSettings:
     greeting_pass_time: float = 86400.0
     require_tls_for_auth: bool = True
     line_length: int = 4096
+    postmaster: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +460,10 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "smtp_data_timeout": parse_duration,
         "imap_idle_timeout": parse_duration,
         "pop3_idle_timeout": parse_duration,
+        "login_timeout": parse_duration,
+        "min_data_rate": parse_size,
+        "connections_per_user_ip": _int_range(1, 1000000),
+        "min_free_space": _auto_or_size,
         "auth_failures": _int_range(1, 1000),
         "auth_delay": parse_duration,
         "auth_cache_ttl": parse_duration,
@@ -433,6 +477,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "greeting_pass_time": parse_duration,
         "require_tls_for_auth": _boolean,
         "line_length": _int_range(512, 65536),
+        "postmaster": _optional_address,
     },
     "imap": {"allow_plaintext_auth": _boolean},
     "pop3": {"allow_plaintext_auth": _boolean},

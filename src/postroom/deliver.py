@@ -139,10 +139,16 @@ def strip_return_path(data: bytes) -> bytes:
     return data
 
 
-def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = None) -> bytes:
-    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out."""
+def submission_fixups(
+    data: bytes, hostname: str, qid: str, now: float | None = None, author: str = ""
+) -> bytes:
+    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out; and
+    ``From: <author>`` (the envelope sender or the login, already checked as owned) when
+    there is no From: at all, as Postfix's cleanup does, since RFC 5322 3.6 requires one."""
     add = b""
     fields = {n for n, _, _ in header_fields(data)}
+    if b"from" not in fields and author:
+        add += f"From: <{author}>\r\n".encode()
     if b"date" not in fields:
         add += fold("Date", email.utils.formatdate(now if now is not None else time.time(), localtime=True))
     if b"message-id" not in fields:

@@ -11,6 +11,7 @@ from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import Shutdown
+from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import Resolver
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
@@ -29,6 +30,12 @@ class Services:
     auth_checker: Any = None  # policy.inbound.AuthChecker (None: no inbound checks)
     dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
     node: str = "local"
+    counters: dict[str, int] = field(default_factory=dict)
+    # Room for new mail in the data folder (limits.min_free_space); threshold 0: no guard.
+    free_space: FreeSpaceGuard = field(default_factory=lambda: FreeSpaceGuard(Path("."), 0))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
     metrics: Metrics = field(default_factory=Metrics)
     delivery_log: DeliveryLog = field(default_factory=DeliveryLog)
     # Where each listener role actually listens, once bound (autoconfig answers with these).

@@ -80,6 +80,31 @@ def test_domain_user_alias_cycle(inited: Path) -> None:
     assert "other.test" not in ok(inited, "domain", "list")
 
 
+def test_user_sendas_grants(inited: Path) -> None:
+    ok(inited, "user", "add", "ann@example.test", "--generate")
+    assert "may now send as news@example.test" in ok(inited, "user", "sendas", "add", "Ann@example.test", "News@Example.Test")
+    ok(inited, "user", "sendas", "add", "ann@example.test", "@Lists.Example")
+    ok(inited, "user", "sendas", "add", "demo@example.test", "news@example.test")
+    grants = json.loads(ok(inited, "user", "sendas", "list", "--json"))
+    assert grants == [
+        {"user": "ann@example.test", "address": "@lists.example"},
+        {"user": "ann@example.test", "address": "news@example.test"},
+        {"user": "demo@example.test", "address": "news@example.test"},
+    ]
+    table = ok(inited, "user", "sendas", "list", "demo@example.test")
+    assert table.splitlines()[0].split() == ["USER", "MAY", "SEND", "AS"]
+    assert "demo@example.test  news@example.test" in table
+    assert "already" in fails(inited, "user", "sendas", "add", "ann@example.test", "news@example.test")
+    assert "no user" in fails(inited, "user", "sendas", "add", "ghost@example.test", "news@example.test")
+    assert "invalid" in fails(inited, "user", "sendas", "add", "ann@example.test", "@bad_domain")
+    ok(inited, "user", "sendas", "remove", "ann@example.test", "news@example.test")
+    assert "no grant" in fails(inited, "user", "sendas", "remove", "ann@example.test", "news@example.test")
+    assert [g["address"] for g in json.loads(ok(inited, "user", "sendas", "list", "ann@example.test", "--json"))] == [
+        "@lists.example"
+    ]
+    fails(inited, "user", "sendas", "add", "ann@example.test", code=2)  # usage
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -14,12 +14,10 @@
 
 from __future__ import annotations
 
-import base64
 import shutil
 import smtplib
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +25,10 @@ from typing import Any
 
 import dkim as dkimpy
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from postroom.policy import dkim
 from support.dns_server import DnsServer
+from support.mail_auth import Remote, dns_txt_lookup, generate_keys
 from support.server import PASSWORD, Server
 
 DOMAIN = "example.test"
@@ -39,46 +37,12 @@ ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 
 
-def _cli(srv: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "postroom", "-c", str(srv.config), *args],
-        capture_output=True, text=True, timeout=120,
-    )
-
-
 def _msg(from_addr: str, to: str, subject: str, body: str = "Hello.\r\n", extra: str = "") -> bytes:
     return (
         f"From: <{from_addr}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
         f"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <{subject.replace(' ', '.')}@x>\r\n"
         f"{extra}\r\n{body}"
     ).encode()
-
-
-class Remote:
-    """A sending domain whose records live in the test DNS server, signing with dkimpy."""
-
-    def __init__(self, dns: DnsServer, domain: str, *, dmarc: str | None, spf: str | None) -> None:
-        self.domain = domain
-        self.rsa = dkim.generate_key("rsa")
-        self.ed = dkim.generate_key("ed25519")
-        dns.set(f"rsa._domainkey.{domain}", "TXT", [dkim.public_record(self.rsa)])
-        dns.set(f"ed._domainkey.{domain}", "TXT", [dkim.public_record(self.ed)])
-        if dmarc is not None:
-            dns.set(f"_dmarc.{domain}", "TXT", [dmarc])
-        if spf is not None:
-            dns.set(domain, "TXT", [spf])
-
-    def sign(self, msg: bytes, algorithm: str = "rsa") -> bytes:
-        if algorithm == "rsa":
-            pem = dkim.private_pem(self.rsa)
-            sig = dkimpy.sign(msg, b"rsa", self.domain.encode(), pem,
-                              canonicalize=(b"relaxed", b"simple"))
-        else:
-            raw = self.ed.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                        serialization.NoEncryption())
-            sig = dkimpy.sign(msg, b"ed", self.domain.encode(), base64.b64encode(raw),
-                              signature_algorithm=b"ed25519-sha256", canonicalize=(b"relaxed", b"relaxed"))
-        return sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + msg
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +60,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     srv.add_user(ALICE)
     srv.add_user(BOB)
     srv.admin(lambda admin, store: admin.alias_add(f"fwd@{DOMAIN}", ["someone@remote.test"]))
-    for alg in ("ed25519", "rsa"):
-        r = _cli(srv, "dkim", "generate", DOMAIN, "--algorithm", alg, "--selector", f"{alg[:3]}1")
-        assert r.returncode == 0, r.stderr
-    keys = {
-        f"{k['selector']}._domainkey.{DOMAIN}": k["dns_txt"]
-        for k in __import__("json").loads(_cli(srv, "dkim", "list", "--json").stdout)
-    }
-    for name, txt in keys.items():
-        dns.set(name, "TXT", [txt])
+    keys = generate_keys(srv, DOMAIN, dns)
     srv.start()
     try:
         yield {"srv": srv, "dns": dns, "keys": keys, "root": root}
@@ -232,6 +188,18 @@ def test_dmarc_reject_is_refused_at_end_of_data(env: dict[str, Any]) -> None:
     assert len(srv.messages(BOB)) == before
 
 
+def test_np_rejects_forged_nonexistent_subdomains(env: dict[str, Any]) -> None:
+    """RFC 9091: the organization says sp=none for its real subdomains but np=reject for
+    names that do not exist; forged mail from such a name is refused, from a real one not."""
+    srv, dns = env["srv"], env["dns"]
+    Remote(dns, "org.test", dmarc="v=DMARC1; p=none; sp=none; np=reject", spf="v=spf1 -all")
+    dns.set("shop.org.test", "A", ["192.0.2.80"])
+    code, text = _mx(srv, "x@invented.org.test", BOB, _msg("x@invented.org.test", BOB, "np forged"))
+    assert code == 550 and b"5.7.1" in text, (code, text)
+    assert _mx(srv, "x@shop.org.test", BOB, _msg("x@shop.org.test", BOB, "np real"))[0] == 250
+    assert "dmarc=fail" in _ar(_last(srv, BOB))
+
+
 def test_dmarc_quarantine_goes_to_junk(env: dict[str, Any]) -> None:
     srv, dns = env["srv"], env["dns"]
     Remote(dns, "shop.test", dmarc="v=DMARC1; p=quarantine", spf="v=spf1 ip4:192.0.2.1 -all")
@@ -270,13 +238,7 @@ def test_alias_forwarding_is_arc_sealed(env: dict[str, Any]) -> None:
     fields, body = dkim.split_message(blob)
     outgoing = b"".join(raw for n, raw in fields if n not in (b"received", b"return-path")) + b"\r\n" + body
 
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-        n = name.decode().rstrip(".")
-        if n in keys:
-            return keys[n].encode()
-        return dns.records.get((n, "TXT"), [""])[0].encode()
-
-    cv, _, reason = dkimpy.arc_verify(outgoing, dnsfunc=dnsfunc)
+    cv, _, reason = dkimpy.arc_verify(outgoing, dnsfunc=dns_txt_lookup(dns, keys))
     assert cv == b"pass", reason
 
 
@@ -326,28 +288,28 @@ def test_dns_records_check_and_a_checking_receiver_accepts(env: dict[str, Any]) 
     from postroom.policy.inbound import AuthChecker
 
     srv, dns = env["srv"], env["dns"]
-    r = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1", "--json")
+    r = srv.cli("dns", DOMAIN, "--address", "127.0.0.1", "--json")
     assert r.returncode == 0, r.stderr
     records = json.loads(r.stdout)
     kinds = {rec["kind"] for rec in records}
     assert {"MX", "A", "SPF", "DKIM", "DMARC", "SRV", "PTR"} <= kinds, kinds
     assert any(rec["value"] == "v=spf1 mx -all" for rec in records)
-    plain = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1")
+    plain = srv.cli("dns", DOMAIN, "--address", "127.0.0.1")
     assert "IN MX 10 mail.example.test." in plain.stdout and "_dmarc.example.test." in plain.stdout
 
-    check = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1", "--check", "--json")
+    check = srv.cli("dns", DOMAIN, "--address", "127.0.0.1", "--check", "--json")
     assert check.returncode == 3  # nothing published yet
     assert {v["status"] for v in json.loads(check.stdout) if v["kind"] == "MX"} == {"missing"}
 
     # Publish what `postroom dns` printed, as a user pasting it into a zone would.
     dns.publish(records)
-    check = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1", "--check", "--json")
+    check = srv.cli("dns", DOMAIN, "--address", "127.0.0.1", "--check", "--json")
     verdicts = json.loads(check.stdout)
     assert check.returncode == 0, [(v["kind"], v["status"], v["detail"]) for v in verdicts if v["status"] != "correct"]
     assert {v["status"] for v in verdicts} == {"correct"}
 
     dns.set(DOMAIN, "TXT", ["v=spf1 ip4:192.0.2.7 -all"])
-    check = _cli(srv, "dns", DOMAIN, "--address", "127.0.0.1", "--check")
+    check = srv.cli("dns", DOMAIN, "--address", "127.0.0.1", "--check")
     assert check.returncode == 3 and "WRONG    SPF" in check.stdout, check.stdout
     dns.set(DOMAIN, "TXT", ["v=spf1 mx -all"])
 
@@ -371,7 +333,7 @@ def test_dsn_is_signed(env: dict[str, Any]) -> None:
     _submit(srv, _msg(ALICE, "nobody@remote.test", "will bounce"), "nobody@remote.test")
     entries = [q for q in srv.queue() if any(r.address == "nobody@remote.test" for r in q.recipients)]
     assert entries
-    r = _cli(srv, "queue", "bounce", entries[-1].qid)
+    r = srv.cli("queue", "bounce", entries[-1].qid)
     assert r.returncode == 0, r.stderr
     dsn = _last(srv, ALICE)
     assert b"multipart/report" in dsn

@@ -4,6 +4,7 @@ the resolver cache."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,50 @@ def test_evaluate() -> None:
     missed = dmarc.evaluate("example.com", half, "example.com", spf_result="fail", spf_domain="", dkim=[],
                             sample=50)
     assert missed.applied == "quarantine"  # RFC 7489 6.6.4: reject downgraded outside pct
+
+
+def test_np_for_nonexistent_subdomains() -> None:
+    """RFC 9091: np= applies to a failing From domain that is a non-existent subdomain."""
+    rec = dmarc.parse_record("v=DMARC1; p=reject; sp=none; np=quarantine; fo=1")
+    assert (rec.np, rec.fo) == ("quarantine", "1")
+    assert dmarc.parse_record("v=DMARC1; p=none; np=bogus").np is None
+    assert dmarc.parse_record("v=DMARC1; p=none").np is None
+    kw: dict[str, Any] = {"spf_result": "fail", "spf_domain": "x.org", "dkim": []}
+    existing = dmarc.evaluate("a.example.com", rec, "example.com", **kw)
+    assert existing.applied == "none" and dmarc.wants_existence(existing)
+    missing = dmarc.evaluate("a.example.com", rec, "example.com", nonexistent=True, **kw)
+    assert missing.applied == "quarantine"
+    top = dmarc.evaluate("example.com", rec, "example.com", nonexistent=True, **kw)
+    assert top.applied == "reject" and not dmarc.wants_existence(top)
+    same = dmarc.parse_record("v=DMARC1; p=reject; sp=quarantine; np=quarantine")
+    assert not dmarc.wants_existence(dmarc.evaluate("a.example.com", same, "example.com", **kw))
+
+
+def test_np_through_the_checker() -> None:
+    """The checker asks A, AAAA and MX only for a failing subdomain whose np= matters."""
+    from postroom.config import AuthChecksSettings
+    from postroom.policy.dns import SERVFAIL, DictResolver
+    from postroom.policy.inbound import AuthChecker
+
+    resolver = DictResolver({
+        ("_dmarc.np.test", "TXT"): ["v=DMARC1; p=none; sp=none; np=reject"],
+        ("np.test", "TXT"): ["v=spf1 -all"],
+        ("real.np.test", "MX"): [(10, "mx.np.test")],
+        ("flaky.np.test", "A"): SERVFAIL,
+    })
+    checker = AuthChecker(resolver, AuthChecksSettings(), "mx.here.test")
+
+    def action(domain: str) -> str:
+        msg = f"From: <a@{domain}>\r\nSubject: x\r\n\r\nbody\r\n".encode()
+        verdict = asyncio.run(checker.check(msg, ip="192.0.2.1", helo="h.test", mail_from=f"a@{domain}"))
+        return verdict.action
+
+    assert action("ghost.np.test") == "reject"  # NXDOMAIN for A, AAAA, MX
+    assert action("real.np.test") == "accept"  # has an MX: sp=none
+    assert action("flaky.np.test") == "accept"  # DNS failure: treated as existing
+    resolver.queries.clear()
+    assert action("np.test") == "accept"  # the organizational domain itself: p=none
+    assert not [q for q in resolver.queries if q[1] in ("A", "AAAA", "MX")]
 
 
 def test_authentication_results_and_forgeries() -> None:

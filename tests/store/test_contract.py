@@ -105,6 +105,40 @@ def test_aliases_and_lookup(store_run: Any) -> None:
     store_run(body)
 
 
+def test_sendas_grants(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        await _user(store)
+        await _user(store, "bob@example.test")
+        g = await store.add_sendas("alice@example.test", "news@example.test")
+        assert (g.user, g.address) == ("alice@example.test", "news@example.test")
+        await store.add_sendas("alice@example.test", "@lists.example")  # any domain
+        await store.add_sendas("bob@example.test", "news@example.test")
+        with pytest.raises(AlreadyExists):
+            await store.add_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.add_sendas("nobody@example.test", "news@example.test")
+        grants = [(x.user, x.address) for x in await store.list_sendas()]
+        assert grants == [
+            ("alice@example.test", "@lists.example"),
+            ("alice@example.test", "news@example.test"),
+            ("bob@example.test", "news@example.test"),
+        ]
+        assert [x.address for x in await store.list_sendas("bob@example.test")] == ["news@example.test"]
+        assert await store.list_sendas("nobody@example.test") == []
+        await store.remove_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.remove_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.remove_sendas("nobody@example.test", "news@example.test")
+        # Grants go with their user (and do not pass to a new user of the same name).
+        await store.remove_user("bob@example.test")
+        await _user(store, "bob@example.test")
+        assert await store.list_sendas("bob@example.test") == []
+        assert [x.address for x in await store.list_sendas()] == ["@lists.example"]
+
+    store_run(body)
+
+
 def test_deliver_shares_one_blob(store_run: Any) -> None:
     async def body(store: Any) -> None:
         users = [await _user(store, f"u{i}@example.test") for i in range(50)]
@@ -650,6 +684,33 @@ def test_web_sessions(store_run: Any) -> None:
         assert await store.get_web_session("old") is None
         assert await store.remove_web_sessions(user_id=u.id) == 2
         assert await store.get_web_session("s2") is None
+
+    store_run(body)
+
+
+def test_dmarc_delete_queues_the_report_once(store_run: Any) -> None:
+    """The report is queued in the transaction that deletes its rows, and only if there
+    were rows: a second sender of the same day queues nothing."""
+    from postroom.store.api import Delivery, DmarcRow, NewQueueEntry, QueueRecipient
+
+    def report(qid: str) -> Delivery:
+        return Delivery(data=b"Subject: report\r\n\r\nx\r\n", summary=b"", queue=NewQueueEntry(
+            qid=qid, sender="postmaster@example.net",
+            recipients=(QueueRecipient("dmarc@example.org", notify="NEVER"),),
+        ))
+
+    async def body(store: Any) -> None:
+        row = DmarcRow(86400, "example.org", "example.org", "192.0.2.1", "example.org", "none",
+                       "pass", "fail", "", "example.org/mfrom/pass", "", "p=none",
+                       "mailto:dmarc@example.org")
+        await store.dmarc_add([row, DmarcRow(**{**_fields(row), "source_ip": "192.0.2.2"})])
+        assert await store.dmarc_delete("example.org", 86400, report=report("Q1")) == 2
+        assert await store.dmarc_delete("example.org", 86400, report=report("Q2")) == 0
+        queued = await store.queue_list()
+        assert [q.qid for q in queued] == ["Q1"]
+        assert [r.notify for r in queued[0].recipients] == ["NEVER"]
+        assert await store.read_blob(queued[0].blob_id) == b"Subject: report\r\n\r\nx\r\n"
+        assert await store.dmarc_pending(10**9) == []
 
     store_run(body)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import types
@@ -112,8 +113,17 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
         )
         return await auth_ops.dmarc_send_reports(services)
 
-    sent = _run(args, run)
-    print(json.dumps({"queued": sent}) if args.json else f"queued {len(sent)} report(s)")
+    outcomes = _run(args, run)
+    queued = [o.qid for o in outcomes if o.status == "queued"]
+    if args.json:
+        print(json.dumps({"queued": queued, "reports": [dataclasses.asdict(o) for o in outcomes]}))
+        return 0
+    for o in outcomes:
+        to = f" to {', '.join(o.recipients)} (queue id {o.qid})" if o.recipients else ""
+        print(f"{o.status:8} {o.domain} {o.day}: {o.rows} row(s){to}")
+        for why in o.refused:
+            print(f"         not sent to {why}")
+    print(f"queued {len(queued)} report(s)")
     return 0
 
 

@@ -200,7 +200,8 @@ async def dns_check(
     return out
 
 
-async def dmarc_send_reports(services: Any) -> list[str]:
+async def dmarc_send_reports(services: Any) -> list[Any]:
+    """The reports of finished days, queued now (``policy.reports.send_due`` outcomes)."""
     from postroom.policy.reports import send_due
 
     return await send_due(services)

@@ -223,6 +223,8 @@ def cmd_user(args: argparse.Namespace) -> int:
             print(json.dumps({"user": args.address, **_quota_json(q)}))
         else:
             print(f"quota of {args.address}: {_quota_text(q)}")
+    elif args.action == "sendas":
+        return _user_sendas(args)
     else:
         rows = _with_service(args, lambda s: s.user_list_quotas(args.domain))
         _emit(
@@ -267,6 +269,27 @@ def _quota_json(q: Any) -> dict[str, Any]:
         "storage_used": q.storage_used, "storage_limit": q.storage_limit,
         "messages_used": q.messages_used, "messages_limit": q.messages_limit,
     }
+
+
+def _user_sendas(args: argparse.Namespace) -> int:
+    """``postroom user sendas add|remove USER ADDRESS|@DOMAIN`` and ``list [USER]``."""
+    if args.sendas_action == "add":
+        g = _with_service(args, lambda s: s.sendas_add(args.user, args.address))
+        print(json.dumps({"user": g.user, "address": g.address}) if args.json
+              else f"{g.user} may now send as {g.address}")
+    elif args.sendas_action == "remove":
+        _with_service(args, lambda s: s.sendas_remove(args.user, args.address))
+        print(json.dumps({"removed": {"user": args.user, "address": args.address}}) if args.json
+              else f"{args.user} may no longer send as {args.address}")
+    else:
+        grants = _with_service(args, lambda s: s.sendas_list(args.user))
+        _emit(
+            args,
+            [{"user": g.user, "address": g.address} for g in grants],
+            [(g.user, g.address) for g in grants],
+            ("USER", "MAY SEND AS"),
+        )
+    return 0
 
 
 def cmd_alias(args: argparse.Namespace) -> int:
@@ -374,6 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("address")
     a.add_argument("size", help='storage limit such as "500M", "2G", or "none"')
     a.add_argument("--messages", default=None, help='limit on the number of messages, or "none"')
+    a = usub.add_parser(
+        "sendas", parents=[common],
+        help="grant a user the right to submit mail as another address or a whole @domain",
+    )
+    ssub = a.add_subparsers(dest="sendas_action", required=True, metavar="ACTION")
+    for action, text in (("add", "USER ADDRESS|@DOMAIN: allow"), ("remove", "USER ADDRESS|@DOMAIN: revoke")):
+        g = ssub.add_parser(action, parents=[common], help=text)
+        g.add_argument("user")
+        g.add_argument("address")
+    g = ssub.add_parser("list", parents=[common], help="[USER]: list grants")
+    g.add_argument("user", nargs="?", default=None)
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", parents=[common], help="manage aliases (forwarding addresses)")

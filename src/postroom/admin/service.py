@@ -30,6 +30,7 @@ from postroom.store.api import (
     NotFound,
     QueuedMessage,
     Quota,
+    SendAsGrant,
     Store,
     StoreError,
     User,
@@ -83,6 +84,14 @@ def _label(value: str, what: str) -> str:
     if not re.match(LABEL_PATTERN, value) or not value.strip():
         raise AdminError(f"{what}: 1 to {MAX_LABEL} characters, no control characters")
     return value
+
+
+def _grant_address(value: str) -> str:
+    """A send-as grant: an address or ``@domain`` (every address of the domain)."""
+    try:
+        return normalize_alias_source(value)
+    except AddressError as e:
+        raise AdminError(str(e)) from None
 
 
 def _domain(value: str) -> str:
@@ -229,6 +238,18 @@ class AdminService:
         quotas = await self.store.list_quotas()
         empty = Quota(0, 0, None, 0, None)
         return [(u, quotas.get(u.id, empty)) for u in users]
+
+    # -- "may send as" grants --------------------------------------------------------------
+    # Submission refuses an envelope sender or From: address the login does not own (its
+    # own, +tag forms, aliases that reach it); a grant adds one address or a whole @domain.
+    async def sendas_add(self, user: str, address: str) -> SendAsGrant:
+        return await self._call(self.store.add_sendas(_address(user), _grant_address(address)))
+
+    async def sendas_remove(self, user: str, address: str) -> None:
+        await self._call(self.store.remove_sendas(_address(user), _grant_address(address)))
+
+    async def sendas_list(self, user: str | None = None) -> list[SendAsGrant]:
+        return await self.store.list_sendas(_address(user) if user else None)
 
     # -- aliases -------------------------------------------------------------------------
     async def alias_add(self, source: str, targets: list[str]) -> list[Alias]:

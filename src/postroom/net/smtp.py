@@ -7,11 +7,14 @@ Policy lives here, protocol lives in the core:
   ``"user@other"@local``) are refused outright from unauthenticated clients, even for a
   local domain with a catch-all; trailing dots are a syntax error in the core.
 * submission/submissions: AUTH first (STARTTLS first on 587 unless configured), then the
-  envelope sender must be one of the user's addresses; any recipient is allowed.
+  envelope sender and the one header ``From:`` address must be the user's (own address,
+  alias, send-as grant: ``policy/sender.py``); any recipient is allowed.
 At end of data: one durable write (local INBOXes + queue), then 250 with the queue id.
 The core has already refused what must never be stored (bare CR/LF: 554 5.6.0 after the
-real end of data, so nothing can be smuggled; NUL; oversize). Timeouts: the idle timeout
-between reads, and ``limits.smtp_data_timeout`` for a whole message (all its reads).
+real end of data, so nothing can be smuggled; NUL; oversize). Timeouts: every command
+line, message and BDAT chunk must arrive whole within ``limits.smtp_idle_timeout`` of the
+previous reply, plus time for its size at ``limits.min_data_rate`` (``net/deadline.py``),
+and ``limits.smtp_data_timeout`` bounds a whole message (all its reads).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from postroom.auth.directory import Resolution
 from postroom.config import Listener
 from postroom.net.auth import MECHANISMS, AuthTracker
 from postroom.net.connection import Connection, ConnectionClosed, Interrupted
-from postroom.proto.imap.url import UrlError, parse_url
+from postroom.net.deadline import RecordDeadline
 from postroom.policy.authres import drop_forged, resinfo_text
 from postroom.policy.inbound import AuthVerdict
+from postroom.policy.sender import from_header_refusal
 from postroom.policy.signing import header_from_domain
+from postroom.proto.imap.url import UrlError, parse_url
 from postroom.proto.sasl import Challenge, Success
 from postroom.proto.smtp import replies as R
 from postroom.proto.smtp.events import (
@@ -166,31 +171,36 @@ class SmtpSession:
                 return
             self.handler.passed(self.conn.peer_ip)
         self.core.send_greeting()
-        idle = settings.limits.smtp_idle_timeout
+        limits = settings.limits
+        record = RecordDeadline(limits.smtp_idle_timeout, limits.min_data_rate)
         while True:
             event = self.core.next_event()
             if event is NEED_DATA:
                 out = self.core.data_to_send()
                 if out:
+                    record.done()  # a reply ends the record it answers
                     self.conn.write(out)
                     await self.conn.drain()
                 if self.services.shutdown.requested and self.core.state not in _IN_TRANSACTION:
                     self.core.close(R.SHUTTING_DOWN)
                     continue
-                timeout = idle
+                now = time.monotonic()
+                # Each command line, and each message (DATA) or BDAT chunk, must be
+                # complete within smtp_idle_timeout of the previous reply, plus one second
+                # per min_data_rate octets received (see net/deadline.py): a client that
+                # trickles a byte now and then is cut like an idle one.
+                timeout = record.read_timeout(now)
                 if self.core.state in (State.DATA, State.BDAT):
                     # limits.smtp_data_timeout bounds the whole message (every BDAT chunk
-                    # included), not each read: a client trickling a byte a second must
-                    # not hold the session forever (RFC 5321 4.5.3.2.6 asks for >= 10 min).
-                    now = time.monotonic()
+                    # included) on top of that.
                     if not self.data_started:
                         self.data_started = now
-                    timeout = min(idle, settings.limits.smtp_data_timeout - (now - self.data_started))
-                    if timeout <= 0:
-                        self.core.close(R.TIMEOUT)
-                        continue
+                    timeout = min(timeout, limits.smtp_data_timeout - (now - self.data_started))
                 else:
                     self.data_started = 0.0
+                if timeout <= 0:
+                    self.core.close(R.TIMEOUT)
+                    continue
                 try:
                     data = await self.conn.read(timeout)
                 except TimeoutError:
@@ -198,6 +208,7 @@ class SmtpSession:
                     continue
                 except Interrupted:
                     continue  # loop: shutdown check above decides
+                record.received(len(data))
                 self.core.receive_data(data)
             elif event is CLOSED:
                 out = self.core.data_to_send()
@@ -287,6 +298,11 @@ class SmtpSession:
         self.resolutions.clear()
         self.rcpt_results = []
         self.mail_size = event.params.size
+        if not self.services.free_space.has_room(event.params.size or 0):
+            # The data folder's disk is nearly full (policy/disk.py): come back later.
+            # RFC 1870 6.1: 452 also when the declared SIZE does not fit for now.
+            self.core.reject(R.INSUFFICIENT_STORAGE)
+            return
         sender = event.path.address
         if self.submission:
             user = self.auth.user
@@ -365,10 +381,10 @@ class SmtpSession:
         return True
 
     def _target(self, address: Address) -> str:
-        """The address to resolve: ``<Postmaster>`` means postmaster of our domain."""
+        """The address to resolve: ``<Postmaster>`` is the bare ``postmaster``, which the
+        directory routes to the configured postmaster (RFC 5321 4.1.1.3, 4.5.1)."""
         if address.is_postmaster and not address.domain:
-            hostname = self.services.settings.hostname
-            return f"postmaster@{hostname.partition('.')[2] or hostname}"
+            return "postmaster"
         return str(address)
 
     async def _message(self, event: MessageComplete) -> None:
@@ -382,6 +398,16 @@ class SmtpSession:
             self.core.reject(LOOP_DETECTED)
             self._log(event, qid, "554 5.4.6 loop", started)
             return
+        if not self.services.free_space.has_room(len(data)):
+            self.core.reject(R.INSUFFICIENT_STORAGE)
+            self._log(event, qid, "452 4.3.1 disk space", started)
+            return
+        if self.submission and self.auth.user is not None:
+            refusal = await from_header_refusal(data, self.auth.user, self.services.directory)
+            if refusal is not None:
+                self.core.reject(refusal)
+                self._log(event, qid, f"{refusal.code} {refusal.enhanced} from", started)
+                return
         user_ids: dict[int, None] = {}
         external: dict[str, QueueRecipient] = {}
         rcpt_addrs = []
@@ -408,7 +434,8 @@ class SmtpSession:
         data = deliver.drop_fields(data, deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()))
         verdict: AuthVerdict | None = None
         if self.submission:
-            data = deliver.submission_fixups(data, settings.hostname, qid)
+            author = sender or (self.auth.user.address if self.auth.user else "")
+            data = deliver.submission_fixups(data, settings.hostname, qid, author=author)
             data = await self._dkim_sign(data)
         else:
             checked = await self._auth_check(event, data, qid, started)

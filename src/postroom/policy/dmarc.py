@@ -44,11 +44,15 @@ class DmarcRecord:
     rua: tuple[str, ...] = ()  # mailto: URIs (size limits stripped)
     raw_rua: str = ""
     ruf: tuple[str, ...] = ()
+    fo: str = "0"  # failure reporting options (RFC 7489 6.3), echoed in aggregate reports
+    np: str | None = None  # RFC 9091: policy for non-existent subdomains (None: not given)
 
     def tags(self) -> str:
+        """The policy as it applied, space-separated, for the aggregate report's
+        ``policy_published`` (``policy.reports``)."""
         return (
             f"p={self.policy} sp={self.subdomain_policy} adkim={self.adkim} aspf={self.aspf} "
-            f"pct={self.pct}"
+            f"pct={self.pct} fo={self.fo}"
         )
 
 
@@ -77,6 +81,7 @@ def parse_record(text: str) -> DmarcRecord:
     sp = tags.get("sp", policy).lower()
     if sp not in _POLICIES:
         sp = policy
+    np = tags.get("np", "").lower()
     adkim = tags.get("adkim", "r").lower()
     aspf = tags.get("aspf", "r").lower()
     try:
@@ -87,18 +92,51 @@ def parse_record(text: str) -> DmarcRecord:
         policy=policy, subdomain_policy=sp,
         adkim=adkim if adkim in ("r", "s") else "r", aspf=aspf if aspf in ("r", "s") else "r",
         pct=min(100, max(0, pct)), rua=rua, raw_rua=tags.get("rua", ""), ruf=ruf,
+        fo=_fo(tags.get("fo", "0")), np=np if np in _POLICIES else None,
     )
+
+
+def _fo(value: str) -> str:
+    """RFC 7489 6.3 ``fo=``: colon-separated options among 0, 1, d, s; anything else is
+    ignored (the default "0")."""
+    options = [o.strip().lower() for o in value.split(":")]
+    return value.strip().lower().replace(" ", "") if options and all(o in ("0", "1", "d", "s") for o in options) else "0"
 
 
 def _uri(value: str) -> str:
     """A mailto: URI without its size limit (RFC 7489 6.2 ``!10m``); others are dropped."""
+    parsed = parse_uri(value)
+    return "mailto:" + parsed[0] if parsed else ""
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_uri(value: str) -> tuple[str, int | None] | None:
+    """A ``mailto:`` report URI (RFC 7489 6.2) as (address, size limit in bytes or None);
+    None for other schemes and malformed addresses. ``!10m`` means 10 * 2**20 bytes."""
     value = value.strip()
     if not value.lower().startswith("mailto:"):
-        return ""
-    address = value[7:].split("!", 1)[0].strip()
-    if "@" not in address or any(c in address for c in " <>,;\r\n"):
-        return ""
-    return "mailto:" + address
+        return None
+    address, _, size = value[7:].partition("!")
+    address = address.strip()
+    if "@" not in address or any(c in address for c in " <>,;\r\n!"):
+        return None
+    limit: int | None = None
+    size = size.strip().lower()
+    if size:
+        digits, unit = (size[:-1], size[-1]) if size[-1] in "kmgt" else (size, "")
+        if not digits.isdigit() or len(digits) > 15:
+            return None  # RFC 7489 6.2: an unparseable URI is ignored
+        limit = int(digits) * _UNITS[unit]
+    return address, limit
+
+
+def report_addresses(rua: str) -> list[tuple[str, int | None]]:
+    """The usable ``mailto:`` addresses of a ``rua=`` value with their size limits (at most
+    MAX_RUA; other URI schemes are ignored)."""
+    found = [p for p in (parse_uri(u) for u in rua.split(",")) if p]
+    return found[:MAX_RUA]
 
 
 def select_record(texts: Sequence[str]) -> DmarcRecord | None:
@@ -166,9 +204,13 @@ def evaluate(
     spf_domain: str,
     dkim: Sequence[DkimOutcome],
     sample: int = 0,
+    nonexistent: bool = False,
 ) -> DmarcResult:
     """RFC 7489 6.6.2: identifier alignment and the policy to apply. ``sample``: a number
-    in [0, 100) drawn by the caller for ``pct=`` (policy applies when sample < pct)."""
+    in [0, 100) drawn by the caller for ``pct=`` (policy applies when sample < pct).
+    ``nonexistent``: the From domain is a subdomain that does not exist in DNS, so the
+    record's ``np=`` applies when it has one (RFC 9091 4); the caller only needs to find
+    that out when a failure would use ``np=`` (:func:`wants_existence`)."""
     if record is None:
         return DmarcResult("none", from_domain, reason="no DMARC record")
     dkim_ok = any(
@@ -176,7 +218,12 @@ def evaluate(
         for d in dkim
     )
     spf_ok = spf_result == "pass" and bool(spf_domain) and aligned(spf_domain, from_domain, record.aspf)
-    policy = record.policy if from_domain == policy_domain else record.subdomain_policy
+    if from_domain == policy_domain:
+        policy = record.policy
+    elif nonexistent and record.np is not None:
+        policy = record.np
+    else:
+        policy = record.subdomain_policy
     if dkim_ok or spf_ok:
         return DmarcResult(
             "pass", from_domain, policy_domain, record, policy, "none", dkim_ok, spf_ok,
@@ -189,6 +236,14 @@ def evaluate(
         "fail", from_domain, policy_domain, record, policy, applied, False, False,
         reason="no aligned DKIM signature or SPF pass",
     )
+
+
+def wants_existence(result: DmarcResult) -> bool:
+    """Whether the policy of this failure depends on the From domain existing (RFC 9091:
+    a subdomain's record with ``np=`` different from ``sp=``)."""
+    rec = result.record
+    return (result.result == "fail" and rec is not None and rec.np is not None
+            and rec.np != rec.subdomain_policy and result.domain != result.policy_domain)
 
 
 def verify_external_destination(policy_domain: str, rua: str) -> str | None:

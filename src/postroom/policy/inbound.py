@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from postroom.config import AuthChecksSettings
 from postroom.policy import arc, dkim, dmarc, spf
@@ -265,10 +265,33 @@ class AuthChecker:
             record, error = await self._dmarc_record(org, deadline)
         if error is not None:
             return dmarc.DmarcResult("temperror", fdomain, reason=error)
-        return dmarc.evaluate(
+        sample = self.rng.randrange(100)
+        result = dmarc.evaluate(
             fdomain, record, policy_domain, spf_result=spf_result.result, spf_domain=spf_domain,
-            dkim=outcomes, sample=self.rng.randrange(100),
+            dkim=outcomes, sample=sample,
         )
+        if dmarc.wants_existence(result) and await self._nonexistent(fdomain, deadline):
+            result = dmarc.evaluate(
+                fdomain, record, policy_domain, spf_result=spf_result.result,
+                spf_domain=spf_domain, dkim=outcomes, sample=sample, nonexistent=True,
+            )
+        return result
+
+    async def _nonexistent(self, domain: str, deadline: float) -> bool:
+        """RFC 9091 2.1: a domain is non-existent when A, AAAA and MX all answer NXDOMAIN
+        or no data. A DNS failure counts as existing (the milder ``sp=`` applies)."""
+        r = self.resolver
+
+        async def empty(lookup: Awaitable[list[Any]]) -> bool:
+            try:
+                return not await self._dns(lookup, deadline)
+            except NxDomain:
+                return True
+            except (DnsError, TimeoutError):
+                return False
+
+        answers = await asyncio.gather(empty(r.a(domain)), empty(r.aaaa(domain)), empty(r.mx(domain)))
+        return all(answers)
 
     async def _dmarc_record(self, domain: str, deadline: float) -> tuple[dmarc.DmarcRecord | None, str | None]:
         try:

@@ -118,6 +118,15 @@ class Alias:
 
 
 @dataclass(frozen=True, slots=True)
+class SendAsGrant:
+    """User ``user`` may submit mail as ``address`` (an address, or ``@domain`` for any
+    address of that domain), beyond what they own (``postroom user sendas``)."""
+
+    user: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class AddressLookup:
     """What one read tells about an address: its domain, a user, alias targets."""
 
@@ -548,6 +557,13 @@ class Store(Protocol):
     async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
     async def alias_targets(self, source: str) -> list[str]: ...
     async def lookup_address(self, address: str) -> AddressLookup: ...
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant: ...
+    # NotFound when there is no such user; AlreadyExists when granted already. ``address``
+    # is a normalised address or "@domain" (any domain: a user may send for a domain we
+    # do not host, e.g. a mailing-list domain).
+    async def remove_sendas(self, user: str, address: str) -> None: ...  # NotFound
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]: ...
+    # Sorted by user, then address; grants disappear with their user.
     async def set_user_admin(self, address: str, admin: bool) -> None: ...
 
     # -- mailboxes ---------------------------------------------------------------------
@@ -726,7 +742,13 @@ class Store(Protocol):
     async def dkim_key_remove(self, domain: str, selector: str) -> None: ...  # NotFound
     async def dmarc_add(self, rows: Sequence[DmarcRow]) -> None: ...  # counts add up per outcome
     async def dmarc_pending(self, before: int) -> list[DmarcRow]: ...  # rows of periods < before
-    async def dmarc_delete(self, policy_domain: str, period: int) -> int: ...  # after a report
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int: ...
+    # Deletes the rows of one report and returns how many there were. With ``report``, the
+    # report is delivered (queued) in the same transaction, and only when rows were deleted:
+    # a crash never loses or repeats a day's report, and two senders racing (the server's
+    # daily run and ``postroom dmarc send-reports``) send it once.
     async def queue_stats(self) -> QueueStats: ...
 
     # -- credentials of the HTTP service (digests only; see ApiToken) ---------------------

@@ -84,6 +84,10 @@ async def _assemble(s: ImapSession, message: AppendMessage, tag: str, limit: int
 
 async def append(s: ImapSession, cmd: Append) -> bytes:
     ref = await access.require(s, cmd.mailbox, "i", cmd.tag, code=responses.TRYCREATE)
+    if not s.services.free_space.has_room(sum(len(m.data) for m in cmd.messages)):
+        # The data folder's disk is nearly full (policy/disk.py): new mail waits, while
+        # reading, flag changes and deletions (which free space) keep working.
+        raise _no(cmd.tag, "Not enough disk space on the server, try again later", responses.OVERQUOTA)
     mask, keywords_ok = access.flag_mask(ref.rights)
     limit = s.settings.limits.message_size
     loop = asyncio.get_running_loop()

@@ -115,6 +115,7 @@ TEXT_LITERAL8 = "literal8 is only allowed in APPEND and SETMETADATA"
 # Commands whose grammar has literal8 (RFC 3516 4.2 APPEND, RFC 5464 5 SETMETADATA values).
 LITERAL8_COMMANDS = frozenset({"APPEND", "SETMETADATA"})
 TEXT_EXPECTED_DONE = "Expected DONE"
+TEXT_NOT_IMAP = "This is an IMAP server, not an HTTP server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,11 @@ _Gen = Generator[Event | None, None, None]
 # A literal announcement at the very end of a line segment: "{" digits ["+"] "}" CRLF,
 # possibly preceded by "~" (literal8). Bare LF is tolerated like everywhere else.
 _MARKER = re.compile(rb"\{(\d+)(\+?)\}")
+# An HTTP request line ("GET / HTTP/1.1"): never an IMAP command, whose second word is a
+# command name, not a request target followed by an HTTP version (RFC 9112 3).
+_HTTP_REQUEST = re.compile(
+    rb"(?:GET|POST|HEAD|PUT|DELETE|OPTIONS|CONNECT|TRACE|PATCH) \S+ HTTP/[0-9](?:\.[0-9])?\r?\n"
+)
 _MAX_DIGITS = 20
 
 
@@ -380,6 +386,10 @@ class Receiver:
         line = yield from self._line(limits.max_line)
         if line == b"\r\n" or line == b"\n":
             return None  # empty lines between commands are ignored
+        if _HTTP_REQUEST.fullmatch(line):
+            # Another protocol entirely (ALPACA-style cross-protocol requests): answering
+            # each of its lines with BAD only helps the attack. One BYE, then close.
+            raise ImapPeerError(TEXT_NOT_IMAP, close=True)
         try:
             head = parse_head(line, self.state)
         except ImapPeerError as exc:

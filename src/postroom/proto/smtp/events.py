@@ -217,8 +217,12 @@ DECISION_EVENTS = (
 DEFAULT_MAX_LINE = 4096
 # RFC 4954 4: a server must accept SASL response lines of at least 12288 octets.
 DEFAULT_MAX_AUTH_LINE = 12288 + 2
-# Commands of other protocols (HTTP proxies, cross-protocol attacks): close at once.
-DEFAULT_FORBIDDEN = frozenset({"CONNECT", "GET", "POST", "HEAD", "PUT"})
+# Commands of other protocols (HTTP proxies, cross-protocol attacks such as ALPACA): close
+# at once, as Postfix does. Any line shaped like an HTTP request line ("VERB target
+# HTTP/1.1") or a header field ("Host: ...") is treated the same way (server.py).
+DEFAULT_FORBIDDEN = frozenset(
+    {"CONNECT", "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"}
+)
 
 _HOSTNAME_RE = re.compile(r"[\x21-\x7e]+")
 
@@ -329,5 +333,6 @@ class CloseReason(enum.Enum):
     EOF = "eof"  # the peer closed (mid-transaction included: nothing was accepted)
     TOO_MANY_ERRORS = "too_many_errors"
     PROTOCOL_ABUSE = "protocol_abuse"  # forbidden command (HTTP etc.)
+    CHUNK_TOO_BIG = "chunk_too_big"  # BDAT chunk over the size limit: not read (RFC 3030 2)
     GREETING = "greeting"  # greeted with 421
     SHELL = "shell"  # close() or a 421 reply from the shell

@@ -123,6 +123,16 @@ from postroom.proto.smtp.replies import Reply, SmtpError, SmtpUsageError
 __all__ = ["CloseReason", "ServerConfig", "ServerConnection", "State"]
 
 _DIGITS_RE = re.compile(r"[0-9]{1,20}")
+# Not SMTP at all: an HTTP request line, or a header field (an HTTP request's headers, or
+# message text sent without DATA). Postfix drops such clients too ("non-SMTP command").
+_HTTP_REQUEST_RE = re.compile(r"[A-Za-z]+ \S+ HTTP/[0-9](\.[0-9])?", re.ASCII)
+_HEADER_FIELD_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*:", re.ASCII)
+
+
+def _looks_foreign(text: str) -> bool:
+    """An unknown command line that is another protocol's (ALPACA class): close at once."""
+    verb = text.partition(" ")[0]
+    return bool(_HEADER_FIELD_RE.fullmatch(verb) or _HTTP_REQUEST_RE.fullmatch(text))
 
 
 class _Kind(enum.Enum):
@@ -465,7 +475,7 @@ class ServerConnection:
                 self._gate(verb)
                 yield from complex_(self, arg)
                 return
-            if verb in self._config.forbidden_commands:
+            if verb in self._config.forbidden_commands or _looks_foreign(text):
                 self._out += R.PROTOCOL_ABUSE.to_bytes()
                 self._finish(CloseReason.PROTOCOL_ABUSE)
                 return
@@ -714,10 +724,21 @@ class ServerConnection:
             raise SmtpError(R.BAD_CHUNK_SIZE)
         size = int(parts[0])
         last = len(parts) == 2
+        limit = self._config.max_message_size
+        if limit and size > limit:
+            # RFC 3030 2: the chunk's octets follow the command whatever we answer, and
+            # the only way to stay in step is to read them all. A chunk that alone is
+            # over the size limit is not worth reading (BDAT 99999999999999 would make us
+            # wait for 90 TB): refuse it at once and close, like any other peer error we
+            # cannot resynchronise after. A chunk within the limit that takes the message
+            # over it is drained below instead, and the session goes on.
+            self._out += R.CHUNK_TOO_BIG.to_bytes()
+            self._finish(CloseReason.CHUNK_TOO_BIG)
+            yield MessageRefused(R.CHUNK_TOO_BIG, self._bdat_size + size)
+            return
         try:
             self._check_ready_for_data()
             failure = self._bdat_failed
-            limit = self._config.max_message_size
             if failure is None and limit and self._bdat_size + size > limit:
                 failure = self._bdat_failed = R.SIZE_EXCEEDED
                 self._bdat = bytearray()  # drop what we had; keep "chunking" state

@@ -21,6 +21,7 @@ from postroom.store.api import (
     Mailbox,
     MailboxStatus,
     NotFound,
+    SendAsGrant,
     StoreError,
     User,
 )
@@ -278,6 +279,42 @@ def lookup_address(conn: sqlite3.Connection, address: str) -> AddressLookup:
         user=get_user(conn, address) if not address.startswith("@") else None,
         alias_targets=tuple(alias_targets(conn, address)),
     )
+
+
+# -- send-as grants --------------------------------------------------------------------
+
+
+def _user_id(conn: sqlite3.Connection, address: str) -> int:
+    row = conn.execute("SELECT id FROM users WHERE address=?", (address,)).fetchone()
+    if row is None:
+        raise NotFound(f"no user {address}")
+    return int(row[0])
+
+
+def add_sendas(conn: sqlite3.Connection, user: str, address: str) -> SendAsGrant:
+    user_id = _user_id(conn, user)
+    try:
+        conn.execute("INSERT INTO sendas(user_id, address) VALUES(?, ?)", (user_id, address))
+    except sqlite3.IntegrityError:
+        raise AlreadyExists(f"{user} may already send as {address}") from None
+    return SendAsGrant(user, address)
+
+
+def remove_sendas(conn: sqlite3.Connection, user: str, address: str) -> None:
+    cur = conn.execute(
+        "DELETE FROM sendas WHERE user_id=? AND address=?", (_user_id(conn, user), address)
+    )
+    if cur.rowcount == 0:
+        raise NotFound(f"{user} has no grant to send as {address}")
+
+
+def list_sendas(conn: sqlite3.Connection, user: str | None) -> list[SendAsGrant]:
+    sql = "SELECT u.address, s.address FROM sendas s JOIN users u ON u.id=s.user_id"
+    if user is None:
+        rows = conn.execute(sql + " ORDER BY u.address, s.address")
+    else:
+        rows = conn.execute(sql + " WHERE u.address=? ORDER BY s.address", (user,))
+    return [SendAsGrant(*r) for r in rows]
 
 
 # -- mailboxes -------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from postroom.store.api import (
     QueueStats,
     RecipientOutcome,
     SharedMailbox,
+    SendAsGrant,
     StoreResult,
     User,
     WebSession,
@@ -179,6 +180,14 @@ class SQLiteStore:
     async def lookup_address(self, address: str) -> AddressLookup:
         return await self.engine.read(lambda c: accounts.lookup_address(c, address))
 
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant:
+        return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))
+
+    async def remove_sendas(self, user: str, address: str) -> None:
+        await self.engine.write(lambda c: accounts.remove_sendas(c, user, address))
+
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
+        return await self.engine.read(lambda c: accounts.list_sendas(c, user))
     async def set_user_admin(self, address: str, admin: bool) -> None:
         await self.engine.write(lambda c: accounts.set_user_admin(c, address, admin))
 
@@ -527,8 +536,23 @@ class SQLiteStore:
     async def dmarc_pending(self, before: int) -> list[api.DmarcRow]:
         return await self.engine.read(lambda c: authdata.dmarc_pending(c, before))
 
-    async def dmarc_delete(self, policy_domain: str, period: int) -> int:
-        return await self.engine.write(lambda c: authdata.dmarc_delete(c, policy_domain, period))
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int:
+        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
+            deleted = authdata.dmarc_delete(c, policy_domain, period)  # type: ignore[arg-type]
+            if report is None or not deleted:
+                return deleted, [], None
+            blob_id, placed = mail.deliver(c, report)  # type: ignore[arg-type]
+            qid = queue.add(c, blob_id, report.queue) if report.queue is not None else None  # type: ignore[arg-type]
+            return deleted, placed, qid
+
+        deleted, placed, qid = await self.engine.write(job)
+        for mailbox_id, user_id, _uid in placed:
+            self._publish(mailbox_id, user_id, 0)
+        if qid is not None:
+            self.changes.publish_queue()
+        return deleted
     async def queue_stats(self) -> QueueStats:
         return await self.engine.read(web.queue_stats)
 

@@ -288,7 +288,15 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         secret BLOB NOT NULL
     )
     """,
-    # 9: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
+    # 9: "may send as" grants (postroom user sendas): an address or "@domain" per row
+    """
+    CREATE TABLE sendas (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        PRIMARY KEY (user_id, address)
+    );
+    """,
+    # 10: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
     # sessions (secrets stored as SHA-256 digests), and the bounded recent delivery log.
     """
     ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
