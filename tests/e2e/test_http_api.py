@@ -277,3 +277,24 @@ def test_limits_refuse_over_the_connection_limit(tmp_path: Path) -> None:
         assert raw.startswith(b"HTTP/1.1 200")
     finally:
         srv.stop()
+
+
+def test_send_as_grants_and_dmarc_reports(server: HttpServer) -> None:
+    status, _, g = server.call("POST", f"/api/v1/users/{ADMIN}/sendas", {"address": "@lists.example.test"})
+    assert status == 201 and g == {"user": ADMIN, "address": "@lists.example.test"}
+    assert server.call("POST", f"/api/v1/users/{ADMIN}/sendas", {"address": "@lists.example.test"})[0] == 409
+    status, _, grants = server.call("GET", f"/api/v1/users/{ADMIN}/sendas")
+    assert grants == [g]
+    assert "@lists.example.test" in cli(server, "user", "sendas", "list")
+    # The grant works: submission as an address of that domain is accepted.
+    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30) as s:
+        s.starttls(context=server.client_context())
+        s.login(ADMIN, PASSWORD)
+        s.sendmail("announce@lists.example.test", [ADMIN],
+                   b"From: announce@lists.example.test\r\nSubject: granted\r\n\r\nhi\r\n")
+    assert server.call("DELETE", f"/api/v1/users/{ADMIN}/sendas/@lists.example.test")[0] == 204
+    assert server.call("DELETE", f"/api/v1/users/{ADMIN}/sendas/@lists.example.test")[0] == 404
+    assert server.call("DELETE", f"/api/v1/users/{ADMIN}/sendas/not%20an%20address")[0] == 404
+    assert server.call("GET", "/api/v1/users/nobody@example.test/sendas")[2] == []
+    status, _, body = server.call("POST", "/api/v1/dmarc/send-reports")
+    assert status == 200 and body == {"reports": []}  # no checked mail: nothing to report

@@ -107,6 +107,7 @@ SCHEMAS: dict[str, Json] = {
         description="A user with their quota (RFC 9208): usage and limits (null: unlimited); "
         "password only in the answer to a create with generate: true",
     ),
+    "SendAs": obj({"user": ADDRESS, "address": ADDRESS}, ("user", "address")),
     "Credentials": obj({"address": ADDRESS, "password": string(1024)}, ("address",)),
     "Alias": obj({"source": ADDRESS, "target": ADDRESS}, ("source", "target")),
     "QueueEntry": {"type": "object"},  # see queue_entry_json: the CLI's --json shape
@@ -260,6 +261,27 @@ async def user_quota(ctx: Ctx) -> Json:
     return user_json(await admin.user_get(address), await admin.user_quota(address))
 
 
+async def sendas_list(ctx: Ctx) -> list[Json]:
+    grants = await ctx.admin.sendas_list(ctx.path_address("address"))
+    return [{"user": g.user, "address": g.address} for g in grants]
+
+
+async def sendas_add(ctx: Ctx) -> Json:
+    g = await ctx.admin.sendas_add(ctx.path_address("address"), ctx.body["address"])
+    return {"user": g.user, "address": g.address}
+
+
+async def sendas_remove(ctx: Ctx) -> None:
+    user = ctx.path_address("address")
+    grant = ctx.path("grant")
+    try:
+        await ctx.admin.sendas_remove(user, grant)
+    except AdminError as e:
+        if e.kind == "invalid":  # a grant that cannot exist: nothing to remove
+            raise ApiError(404, str(e)) from None
+        raise
+
+
 async def aliases_list(ctx: Ctx) -> list[Json]:
     possible, domain = ctx.domain_filter()
     if not possible:
@@ -389,6 +411,15 @@ ROUTES: list[Route] = [
           body=obj({"storage": NULLABLE_INTEGER | {"minimum": 0},
                     "messages": NULLABLE_INTEGER | {"minimum": 0}}, ("storage",)),
           response=ref("User")),
+    Route("GET", "/api/v1/users/{address}/sendas", sendas_list,
+          "Addresses the user may send as besides their own", "users", A, params=(_ADDR,),
+          response=array(ref("SendAs"))),
+    Route("POST", "/api/v1/users/{address}/sendas", sendas_add,
+          "Let the user send as an address or @domain", "users", A, ok=201, params=(_ADDR,),
+          body=obj({"address": ADDRESS}, ("address",)), response=ref("SendAs"), errors=(400, 404, 409)),
+    Route("DELETE", "/api/v1/users/{address}/sendas/{grant}", sendas_remove,
+          "Take a send-as grant away", "users", A, ok=204,
+          params=(_ADDR, Param("grant", "path", string(320)))),
     Route("GET", "/api/v1/aliases", aliases_list, "List aliases", "aliases", A, params=(_DOMAIN_Q,),
           response=array(ref("Alias"))),
     Route("POST", "/api/v1/aliases", alias_add, "Add an alias (source may be @domain: catch-all)",

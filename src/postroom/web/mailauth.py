@@ -119,6 +119,15 @@ async def dns_check(ctx: Ctx) -> list[Any]:
     return [v.to_json() for v in verdicts]
 
 
+async def dmarc_send_reports(ctx: Ctx) -> Json:
+    """Queue the DMARC aggregate reports of finished days now (``postroom dmarc
+    send-reports``); the server also does so on its own every day."""
+    import dataclasses
+
+    outcomes = await auth_ops.dmarc_send_reports(ctx.services)
+    return {"reports": [dataclasses.asdict(o) for o in outcomes]}
+
+
 A = "admin"
 _DOMAIN = Param("domain", "path", string(253))
 _NAME = Param("name", "path", string(253))
@@ -137,6 +146,9 @@ ROUTES: list[Route] = [
           response=array(ref("DkimKey"))),
     Route("DELETE", "/api/v1/dkim/{domain}/{selector}", dkim_retire, "Delete an old DKIM key",
           "mail authentication", A, ok=204, params=(_DOMAIN, Param("selector", "path", string(63)))),
+    Route("POST", "/api/v1/dmarc/send-reports", dmarc_send_reports,
+          "Queue the DMARC aggregate reports of finished days now", "mail authentication", A,
+          response=obj({"reports": array({"type": "object"})}, ("reports",))),
     Route("GET", "/api/v1/domains/{name}/dns", dns_records, "The DNS records the domain needs",
           "mail authentication", A, params=(_NAME,), response=array(ref("DnsRecord"))),
     Route("GET", "/api/v1/domains/{name}/dns/check", dns_check,
