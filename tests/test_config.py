@@ -155,3 +155,17 @@ def test_http_and_mta_sts_settings(tmp_path: Path) -> None:
     assert s.mta_sts.max_age == 86400 and s.http.session_lifetime == 3600
     d = _load(tmp_path, BASE)
     assert d.mta_sts.mode == "testing" and d.mta_sts.mx == () and d.logging.delivery_log == 10000
+
+
+def test_server_user(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE + "[server]\nuser = \"nobody\"\n")
+    assert s.server.user == "nobody" and s.server.group == ""
+    assert "server.user: got 'a b'" in _error(tmp_path, BASE + "[server]\nuser = \"a b\"\n")
+    assert "server.group: got 5" in _error(tmp_path, BASE + "[server]\ngroup = 5\n")
+    (tmp_path / "data").mkdir()
+    missing = _load(tmp_path, BASE + "[server]\nuser = \"no-such-user-x\"\n")
+    with pytest.raises(config.ConfigError, match="server.user: no such user 'no-such-user-x'"):
+        config.check_files(missing)
+    root = _load(tmp_path, BASE + "[server]\nuser = \"root\"\n")
+    with pytest.raises(config.ConfigError, match="is root"):
+        config.check_files(root)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
-from postroom import logs
+from postroom import datadir, logs, privileges
 from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
 from postroom.config import HTTP_ROLES, Settings
@@ -69,51 +70,78 @@ def _auth_services(services: Services) -> None:
 
 
 async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
+    """Bind, drop root if configured (``server.user``), then open the store and serve.
+
+    The order matters for ``server.user``: ports below 1024 need root (or
+    CAP_NET_BIND_SERVICE), and everything that creates files (the store, the server
+    secret, the queue journal) must run as the final user so that it owns them.
+    """
     from postroom.store.sqlite import open_store
 
     loop = asyncio.get_running_loop()
+    try:
+        lock = datadir.lock_shared(settings.data_dir)
+    except datadir.DataDirBusy as e:
+        print(f"postroom: error: {e}", file=sys.stderr)
+        return 1
     metrics = Metrics()
-    store = open_store(settings.data_dir, fsync=settings.fsync, timing=metrics.store_op)
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls, metrics)
+    bound_by_role: dict[str, list[tuple[str, int]]] = {}
+    for lst in settings.listeners:
+        try:
+            if lst.role in HTTP_ROLES:  # served by the HTTP service's protocol (attached below)
+                bound = await listeners.start_protocol(lst)
+            else:
+                bound = await listeners.start(lst)
+        except OSError as e:
+            print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+        bound_by_role.setdefault(lst.role, []).extend(bound)
+        for host, port in bound:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"listening {lst.role} {shown}:{port}", flush=True)
+    if settings.server.user:
+        try:
+            if privileges.drop(settings.server.user, settings.server.group):
+                logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
+        except (privileges.PrivilegeError, OSError) as e:
+            print(f"postroom: error: server.user: {e}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+    if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
+        logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
+                   effect="certificate reloads (SIGHUP) will fail")
+    store = open_store(settings.data_dir, fsync=settings.fsync, timing=metrics.store_op)
     services = Services(
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
-        tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir), metrics=metrics,
-        delivery_log=DeliveryLog(settings.logging.delivery_log),
+        tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
         resolver=make_resolver(
             settings.outbound.resolver, timeout=settings.dns.timeout,
             cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
+        metrics=metrics, delivery_log=DeliveryLog(settings.logging.delivery_log),
+        bound=bound_by_role,
     )
     _auth_services(services)
     handlers = _handlers(services)
     workers: list[Any] = []
-    http = None
-    background: list[asyncio.Task[Any]] = []  # ours: cancelled at any exit
     side_tasks: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[Any]] = []  # ours: cancelled at any exit
+    http = None
     started_ok = False
     try:
-        if any(lst.role in HTTP_ROLES for lst in settings.listeners):
+        protocols = {}
+        if bound_by_role.keys() & HTTP_ROLES:
             from postroom.web.server import REFUSAL, HttpService
 
             http = HttpService(services)
             await http.setup()
-        for lst in settings.listeners:
-            try:
-                if lst.role in HTTP_ROLES:
-                    assert http is not None
-                    bound = await listeners.start_protocol(lst, http.protocol_factory, REFUSAL)
-                else:
-                    bound = await listeners.start(lst, handlers[lst.role])
-            except OSError as e:
-                print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
-                return 1
-            services.bound.setdefault(lst.role, []).extend(bound)
-            for host, port in bound:
-                shown = f"[{host}]" if ":" in host else host
-                print(f"listening {lst.role} {shown}:{port}", flush=True)
+            protocols = {role: (http.protocol_factory, REFUSAL) for role in HTTP_ROLES}
+        await listeners.attach(handlers, protocols)
         from postroom.queue.worker import QueueWorker
 
         worker = QueueWorker(services)
@@ -159,6 +187,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
             await http.close()
         await services.delivery_log.stop()
         await store.close()
+        datadir.unlock(lock)
         if started_ok:
             logs.event(log, "stopped")
 

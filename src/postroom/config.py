@@ -120,6 +120,15 @@ def _hostname(value: object) -> str:
     return value.rstrip(".").lower()
 
 
+_ACCOUNT_RE = re.compile(r"^(|[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?)$")
+
+
+def _account_name(value: object) -> str:
+    if not isinstance(value, str) or not _ACCOUNT_RE.match(value):
+        raise ValueError("a user or group name such as \"postroom\" (or \"\" for none)")
+    return value
+
+
 def parse_hostport(value: object, default_port: int | None = None) -> tuple[str, int]:
     """``"127.0.0.1:25"``, ``"[::1]:25"``, ``"mail.example.org:587"``, ``"*:25"`` (all IPv4+IPv6)."""
     allowed = "\"HOST:PORT\" such as \"0.0.0.0:25\", \"[::]:25\" or \"[::1]:2525\""
@@ -400,6 +409,12 @@ class AuthChecksSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    user: str = ""  # switch to this account after binding the listeners (started as root)
+    group: str = ""  # its group; empty: the account's primary group
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
@@ -438,6 +453,7 @@ class Settings:
     logging: LoggingSettings = LoggingSettings()
     http: HttpSettings = HttpSettings()
     mta_sts: MtaStsSettings = MtaStsSettings()
+    server: ServerSettings = ServerSettings()
     fsync: bool = True
 
     @property
@@ -528,6 +544,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "request_size": parse_size,
     },
     "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
+    "server": {"user": _account_name, "group": _account_name},
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
 _SECTION_CLASSES = {
@@ -542,6 +559,7 @@ _SECTION_CLASSES = {
     "logging": LoggingSettings,
     "http": HttpSettings,
     "mta_sts": MtaStsSettings,
+    "server": ServerSettings,
 }
 
 
@@ -660,6 +678,8 @@ def _listener(path: Path, index: int, item: object) -> Listener:
 
 def check_files(settings: Settings) -> None:
     """Checks that need the file system: certificate files readable, data folder writable."""
+    import os
+
     for label, p in (("tls.cert", settings.tls_cert), ("tls.key", settings.tls_key)):
         if p is not None and not p.is_file():
             raise _fail(settings.path, label, f"file not found: {p}")
@@ -671,12 +691,19 @@ def check_files(settings: Settings) -> None:
             ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
         except (ssl.SSLError, OSError) as e:
             raise _fail(settings.path, "tls", f"cannot load certificate and key: {e}") from None
+    if settings.server.user:
+        from postroom.privileges import PrivilegeError, account, check_target
+
+        try:
+            account(settings.server.user, settings.server.group)
+            if os.geteuid() == 0:
+                check_target(settings.server.user, settings.server.group, settings.data_dir)
+        except PrivilegeError as e:
+            raise _fail(settings.path, "server.user", str(e)) from None
     d = settings.data_dir
     if d.exists() and not d.is_dir():
         raise _fail(settings.path, "data_dir", f"{d} exists and is not a folder")
     if not d.exists():
         raise _fail(settings.path, "data_dir", f"{d} does not exist (run `postroom init`)")
-    import os
-
     if not os.access(d, os.W_OK | os.X_OK):
         raise _fail(settings.path, "data_dir", f"{d} is not writable by this user")

@@ -255,3 +255,20 @@ def test_https_certificate_reloads_on_sighup(tmp_path: object) -> None:
             time.sleep(0.1)
     finally:
         srv.stop()
+
+
+def test_acme_http01_challenge_from_the_webroot(server: HttpServer) -> None:
+    """certbot --webroot -w DATA/acme-challenge writes the token file; the CA fetches it
+    over plain http on port 80 (RFC 8555 8.3) while postroom holds that port."""
+    folder = server.data / "acme-challenge" / ".well-known" / "acme-challenge"
+    folder.mkdir(parents=True, exist_ok=True)
+    token = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+    (folder / token).write_text(token + ".9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI")
+    request = (f"GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: mail.example.test\r\n"
+               "User-Agent: Mozilla/5.0 (compatible; Let's Encrypt validation server)\r\n"
+               "Accept: */*\r\nConnection: close\r\n\r\n").encode()
+    status, _, body = split_response(server.raw(request, plain=True))
+    assert status == 200 and body.decode() == (folder / token).read_text()
+    for missing in ("unknown-token", "..%2F..%2Fpostroom.sqlite3", "a.b"):
+        req = f"GET /.well-known/acme-challenge/{missing} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert split_response(server.raw(req.encode(), plain=True))[0] == 404

@@ -1003,4 +1003,64 @@ def test_queue_stats(store_run: Any) -> None:
         assert stats.messages == 2 and stats.oldest is not None
         assert stats.oldest == min(q.created for q in await store.queue_list())
 
+
+def test_import_messages_remembers_keys(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from postroom.deliver import summarize
+        from postroom.store.api import ImportedMessage, NewMessage, OverQuota
+
+        u = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        seen: list[MailboxChange] = []
+        store.changes.subscribe(inbox.id, seen.append)
+        other = b"From: b@example.test\r\nSubject: two\r\n\r\nbye\r\n"
+
+        def item(key: str, data: bytes, **kw: Any) -> ImportedMessage:
+            return ImportedMessage(key, NewMessage(data, summarize(data), **kw))
+
+        first = [
+            item("7:1", MSG, flags=FLAG_SEEN | FLAG_FLAGGED, keywords=("$Label1", "$Label1", "x"),
+                 internaldate=1_000_000_000),
+            item("7:2", other),
+        ]
+        assert await store.import_messages(inbox.id, "imap://h/INBOX", first) == [1, 2]
+        assert seen and seen[-1].mailbox_id == inbox.id
+        msgs = await store.list_messages(inbox.id)
+        assert [(m.uid, m.flags, m.keywords) for m in msgs] == [
+            (1, FLAG_SEEN | FLAG_FLAGGED, ("$Label1", "x")), (2, 0, ())]
+        assert msgs[0].internaldate == 1_000_000_000 and msgs[1].internaldate > 1_600_000_000
+        assert (await store.read_blobs([msgs[1].blob_id]))[msgs[1].blob_id] == other
+        # Found by SEARCH like any APPENDed message.
+        assert await store.search_envelope(inbox.id, [("subject", "two")]) == [[2]]
+        assert await store.imported_keys(u.id, "imap://h/INBOX") == {"7:1", "7:2"}
+        assert await store.imported_keys(u.id, "imap://h/Sent") == set()
+        assert await store.imported_keys(bob.id, "imap://h/INBOX") == set()
+        # A second run skips what is remembered, even in another mailbox of the same user.
+        trash = await store.get_mailbox(u.id, "Trash")
+        again = await store.import_messages(trash.id, "imap://h/INBOX", [item("7:2", other), item("7:3", MSG)])
+        assert again == [0, 1]
+        assert len(await store.list_messages(trash.id)) == 1
+        assert len(await store.list_messages(inbox.id)) == 2
+        # Same key under another origin, or for another user, is a different message.
+        bob_inbox = await store.get_mailbox(bob.id, "INBOX")
+        assert await store.import_messages(bob_inbox.id, "imap://h/INBOX", [item("7:1", MSG)]) == [1]
+        assert await store.import_messages(inbox.id, "mbox:/x", [item("7:1", MSG)]) == [3]
+        assert await store.import_messages(inbox.id, "mbox:/x", []) == []
+        with pytest.raises(NotFound):
+            await store.import_messages(999_999, "mbox:/x", [item("k", MSG)])
+        # Imports count against the quota like APPEND: over it, nothing of the batch is
+        # stored and no key is remembered.
+        used = await store.get_quota(u.id)
+        assert used.messages_used == 4 and used.storage_used == 3 * len(MSG) + len(other)
+        await store.set_quota("alice@example.test", None, 5)
+        with pytest.raises(OverQuota):
+            await store.import_messages(inbox.id, "q", [item("a", MSG), item("b", MSG)])
+        assert await store.imported_keys(u.id, "q") == set()
+        assert await store.import_messages(inbox.id, "q", [item("a", MSG)]) == [4]
+        # The record goes with the user.
+        await store.remove_user("alice@example.test")
+        again_user = await _user(store)
+        assert await store.imported_keys(again_user.id, "imap://h/INBOX") == set()
+
     store_run(body)

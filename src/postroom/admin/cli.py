@@ -323,6 +323,20 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return run_queue_command(args, _with_service, _emit, _ts, CliError)
 
 
+def _data_command(fn: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
+    """import/export/backup/restore live in admin/data_cli.py; errors become CliError."""
+
+    def run(args: argparse.Namespace) -> int:
+        from postroom.admin.data_cli import DataCliError
+
+        try:
+            return fn(args, _load)
+        except DataCliError as e:
+            raise CliError(str(e)) from None
+
+    return run
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from postroom.admin.token_cli import run_token_command
 
@@ -442,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     from postroom.admin.auth_cli import add_parsers
 
     add_parsers(sub, common)
+
+    from postroom.admin.data_cli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub, common, _data_command)
 
     from postroom.admin.token_cli import add_parser as add_token_parser
 

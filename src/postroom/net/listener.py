@@ -11,6 +11,11 @@ handler) bind with :meth:`ListenerSet.start_protocol`: the same TLS context, the
 per-IP and total limits (counted together with the mail sessions), through a thin
 :class:`_Limited` wrapper; their own server closes their connections at shutdown.
 
+Binding and serving are two steps: sockets bound without a handler (or protocol) listen
+(the kernel queues connections) but accept nothing until :meth:`ListenerSet.attach` names
+what serves each role: the wiring binds ports below 1024 first, then drops root, then
+builds what serves.
+
 Shutdown: :meth:`ListenerSet.close` stops accepting, sets :attr:`Shutdown.requested` (which
 sessions check between transactions), waits up to the grace period for sessions to end,
 then cancels the rest.
@@ -59,26 +64,52 @@ class ListenerSet:
         self._per_ip: dict[str, int] = {}
         self._total = 0
         self._sessions: dict[asyncio.Task[None], Connection] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._protocols: dict[str, tuple[Callable[[], asyncio.Protocol], bytes]] = {}
 
     @property
     def connection_count(self) -> int:
         return self._total
 
-    async def start(self, listener: Listener, handler: Handler) -> list[tuple[str, int]]:
-        """Bind ``listener``; return the (address, port) pairs actually bound."""
+    async def start(self, listener: Listener, handler: Handler | None = None) -> list[tuple[str, int]]:
+        """Bind ``listener``; return the (address, port) pairs actually bound. Without a
+        ``handler`` nothing is accepted until :meth:`attach` names one for the role."""
 
         async def on_connect(conn: Connection) -> None:
-            await self._run(conn, listener, handler)
+            await self._run(conn, listener, handler or self._handlers[listener.role])
 
-        return await self._bind(listener, lambda: Connection(on_connect))
+        return await self._bind(listener, lambda: Connection(on_connect), serving=handler is not None)
 
     async def start_protocol(
-        self, listener: Listener, factory: Callable[[], asyncio.Protocol], refusal: bytes = b""
+        self,
+        listener: Listener,
+        factory: Callable[[], asyncio.Protocol] | None = None,
+        refusal: bytes = b"",
     ) -> list[tuple[str, int]]:
         """Bind ``listener`` for a protocol that is not a :class:`Handler` (HTTP): each
         connection gets ``factory()`` behind the connection limits. ``refusal`` is written
-        to a connection over the limits before it is closed."""
-        return await self._bind(listener, lambda: _Limited(self, listener.role, factory, refusal))
+        to a connection over the limits before it is closed. Without a ``factory``,
+        :meth:`attach` gives it later."""
+        if factory is not None:
+            self._protocols[listener.role] = (factory, refusal)
+
+        def make() -> asyncio.Protocol:
+            made, text = self._protocols[listener.role]
+            return _Limited(self, listener.role, made, text)
+
+        return await self._bind(listener, make, serving=factory is not None)
+
+    async def attach(
+        self,
+        handlers: dict[str, Handler],
+        protocols: dict[str, tuple[Callable[[], asyncio.Protocol], bytes]] | None = None,
+    ) -> None:
+        """Start accepting on the sockets bound without a handler or protocol (by role)."""
+        self._handlers.update(handlers)
+        self._protocols.update(protocols or {})
+        for server in self._servers:
+            if not server.is_serving():
+                await server.start_serving()
 
     def _admit(self, role: str, ip: str) -> str | None:
         """Count a new connection of ``ip``; return why it is refused, or None."""
@@ -107,7 +138,7 @@ class ListenerSet:
             del self._per_ip[ip]
 
     async def _bind(
-        self, listener: Listener, factory: Callable[[], asyncio.BaseProtocol]
+        self, listener: Listener, factory: Callable[[], asyncio.BaseProtocol], *, serving: bool
     ) -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
         host: str | None = None if listener.host == "*" else listener.host
@@ -121,6 +152,7 @@ class ListenerSet:
             # the one context that SIGHUP reloads in place (see postroom.tls).
             ssl=self.tls.context if listener.implicit_tls else None,
             ssl_handshake_timeout=self.limits.smtp_idle_timeout if listener.implicit_tls else None,
+            start_serving=serving,
         )
         self._servers.append(server)
         bound = []

@@ -480,6 +480,20 @@ class QueueStats:
     oldest: int | None  # creation time of the oldest entry
 
 
+@dataclass(frozen=True, slots=True)
+class ImportedMessage:
+    """One message copied in from another system (``postroom import``).
+
+    ``key`` names the message in its origin (an IMAP ``UIDVALIDITY:UID``, a Maildir file's
+    unique name, an mbox message's hash): the store remembers it per (user, origin) in the
+    same transaction as the message, so an interrupted import resumes without copying a
+    message twice (see :meth:`Store.import_messages`).
+    """
+
+    key: str
+    message: NewMessage  # data already normalised: CRLF, final CRLF
+
+
 ChangeListener = Callable[[MailboxChange], None]
 
 
@@ -706,6 +720,19 @@ class Store(Protocol):
     # ``create``, None when there is none (never generated, or reset since).
     async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None: ...
     # RESETKEY: forget the key of one mailbox, or of every mailbox of the user.
+
+    # -- migration ---------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]: ...
+    # Append ``messages`` to the mailbox in order, and remember each (origin, key) for the
+    # mailbox's owner, all in one transaction (durable on return). A message whose key is
+    # already remembered for that user and origin is not stored again: its entry in the
+    # returned list is 0, the others are the new UIDs. ``origin`` is an opaque string
+    # chosen by the importer (e.g. "imap://user@host/INBOX"). The owner's quota applies
+    # as for APPEND: OverQuota, and nothing of the batch is stored.
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]: ...
+    # The keys remembered for ``user_id`` and ``origin`` (empty when none).
 
     # -- the outbound queue ------------------------------------------------------------
     async def queue_due(

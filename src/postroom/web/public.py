@@ -29,6 +29,7 @@ XML = "application/xml"
 _STATIC_NAME = re.compile(r"^[a-z0-9-]{1,40}\.(js|css|html)$")
 _STATIC_TYPES = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
 READY_TIMEOUT = 2.0
+_ACME_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
 class Public:
@@ -45,6 +46,7 @@ class Public:
             r.append(web.post(path, self.outlook))
         r += [
             web.get("/.well-known/mta-sts.txt", self.mta_sts),
+            web.get("/.well-known/acme-challenge/{token}", self.acme_challenge),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics),
@@ -110,6 +112,21 @@ class Public:
         # RFC 8461 3.3: media type text/plain; senders must not follow redirects, and
         # a cache may keep it for its max_age.
         return web.Response(text=mta_sts_policy(self.services.settings), content_type="text/plain")
+
+    # -- ACME HTTP-01 (RFC 8555 8.3) for an external client such as certbot --webroot ----------
+    async def acme_challenge(self, request: web.Request) -> web.Response:
+        """Serve ``DATA/acme-challenge/TOKEN``, the file ``certbot --webroot -w
+        DATA/acme-challenge`` writes: certificates can be renewed while postroom holds
+        port 80. Tokens are base64url (RFC 8555 8.3), so no path can be formed."""
+        token = request.match_info["token"]
+        if not _ACME_TOKEN.match(token):
+            raise web.HTTPNotFound()
+        path = self.services.settings.data_dir / "acme-challenge" / ".well-known" / "acme-challenge" / token
+        try:
+            body = path.read_bytes()[:4096]
+        except OSError:
+            raise web.HTTPNotFound() from None
+        return web.Response(body=body, content_type="application/octet-stream")
 
     # -- health and metrics -------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:

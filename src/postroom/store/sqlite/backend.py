@@ -38,6 +38,7 @@ from postroom.store.api import (
     DeliveryResult,
     Domain,
     FlagChange,
+    ImportedMessage,
     Mailbox,
     MailboxChange,
     MailboxSnapshot,
@@ -59,7 +60,7 @@ from postroom.store.api import (
 from postroom.message import search_texts_of
 from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import LocalChangeHub
-from postroom.store.sqlite import accounts, authdata, mail, queue, sharing, web
+from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
@@ -466,6 +467,24 @@ class SQLiteStore:
 
     async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None:
         await self.engine.write(lambda c: sharing.reset_urlauth_keys(c, user_id, mailbox_id))
+
+    # -- migration -------------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]:
+        if not messages:
+            return []
+        batch = list(messages)
+        texts = [search_texts_of(m.message.summary, m.message.data) for m in batch]
+        uids, user_id, modseq = await self.engine.write(
+            lambda c: imports.import_messages(c, mailbox_id, origin, batch, texts)
+        )
+        if any(uids):
+            self._publish(mailbox_id, user_id, modseq)
+        return uids
+
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]:
+        return await self.engine.read(lambda c: imports.imported_keys(c, user_id, origin))
 
     # -- queue ---------------------------------------------------------------------------
     async def queue_due(

@@ -296,7 +296,18 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         PRIMARY KEY (user_id, address)
     );
     """,
-    # 10: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
+    # 10: what ``postroom import`` already copied, per user and origin (a source folder):
+    # written in the transaction that stores the message, so an interrupted import
+    # resumes without duplicates. Rows go with the user.
+    """
+    CREATE TABLE imported (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        origin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (user_id, origin, key)
+    ) WITHOUT ROWID
+    """,
+    # 11: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
     # sessions (secrets stored as SHA-256 digests), and the bounded recent delivery log.
     """
     ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
