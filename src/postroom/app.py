@@ -21,6 +21,7 @@ from postroom.auth.directory import Directory
 from postroom.config import HTTP_ROLES, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import Handler, ListenerSet
+from postroom.net.offload import CpuPool
 from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
@@ -114,6 +115,8 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
                    effect="certificate reloads (SIGHUP) will fail")
     store = open_store(settings.data_dir, fsync=settings.fsync, timing=metrics.store_op)
+    # Worker processes start on first use, so as the final user (after the privilege drop).
+    cpu = CpuPool(settings.limits.cpu_workers)
     services = Services(
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
@@ -123,6 +126,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
             cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
+        cpu=cpu,
         metrics=metrics, delivery_log=DeliveryLog(settings.logging.delivery_log),
         bound=bound_by_role,
     )
@@ -186,6 +190,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         if http is not None:
             await http.close()
         await services.delivery_log.stop()
+        cpu.close()
         await store.close()
         datadir.unlock(lock)
         if started_ok:

@@ -146,12 +146,13 @@ class Sessions:
         limits = self.services.settings.limits
         if failures >= limits.auth_failures * 5:
             raise ApiError(429, "too many failed logins from your address; try again later")
-        from postroom.net.auth import VERIFY_SLOTS
+        from postroom.net.auth import verify_slot
 
-        async with VERIFY_SLOTS:
-            started = time.perf_counter()
-            user = await self.services.directory.authenticate(address, password, app_passwords=False)
-            self.services.metrics.login("web", user is not None, time.perf_counter() - started)
+        started = time.perf_counter()
+        user = await self.services.directory.authenticate(
+            address, password, verify_slot, app_passwords=False
+        )
+        self.services.metrics.login("web", user is not None, time.perf_counter() - started)
         if user is None:
             self._failed(ip)
             await asyncio.sleep(min(limits.auth_delay * 2 ** failures, 30.0))
