@@ -182,3 +182,22 @@ def test_app_password_digest_shape() -> None:
     assert passwords.app_password_digest("0" * 20) is None  # look-alike symbols are not ours
     pw = passwords.generate_app_password()
     assert passwords.app_password_digest(pw) == passwords.secret_digest(pw.replace("-", ""))
+
+
+def test_unusable_password_is_a_one_line_error(store_run: Any) -> None:
+    """SASLprep (RFC 4013) refuses unassigned code points and control characters; setting
+    such a password is refused with an explanation (found by schemathesis: it was a 500)."""
+    import pytest
+
+    from postroom.admin.service import AdminError, AdminService
+
+    async def body(store: Any) -> None:
+        await _setup(store)
+        admin = AdminService(store)
+        for bad in ("abc\U000b8ccadef", "tab\x07bell"):
+            with pytest.raises(AdminError) as e:
+                await admin.user_passwd("alice@example.test", bad)
+            assert "SASLprep" in str(e.value) and e.value.kind == "invalid"
+        await admin.user_passwd("alice@example.test", "fine päss wörd")
+
+    store_run(body)

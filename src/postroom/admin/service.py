@@ -64,10 +64,11 @@ def _hash(password: str) -> Credentials:
         raise AdminError("the password is empty")
     if len(password) > 1024:
         raise AdminError("the password is longer than 1024 characters")
-    return Credentials(
-        password_hash=passwords.hash_password(password),
-        scram=passwords.scram_credentials(password).to_string(),
-    )
+    try:
+        scram = passwords.scram_credentials(password).to_string()
+    except ValueError as e:  # SaslPrepError: RFC 4013 prohibits or leaves unassigned a character
+        raise AdminError(f"the password cannot be used: {e} (RFC 4013 SASLprep)") from None
+    return Credentials(password_hash=passwords.hash_password(password), scram=scram)
 
 
 def _address(value: str) -> str:
