@@ -16,9 +16,11 @@ import sys
 from typing import Any
 
 from postroom import datadir, logs, privileges
+from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
 from postroom.auth.failures import MemoryLoginGuard
-from postroom.config import Settings
+from postroom.config import HTTP_ROLES, Settings
+from postroom.metrics import Metrics
 from postroom.net.listener import Handler, ListenerSet
 from postroom.net.offload import CpuPool
 from postroom.policy.disk import FreeSpaceGuard
@@ -84,15 +86,21 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     except datadir.DataDirBusy as e:
         print(f"postroom: error: {e}", file=sys.stderr)
         return 1
+    metrics = Metrics()
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
-    listeners = ListenerSet(settings.limits, tls)
+    listeners = ListenerSet(settings.limits, tls, metrics)
+    bound_by_role: dict[str, list[tuple[str, int]]] = {}
     for lst in settings.listeners:
         try:
-            bound = await listeners.start(lst)
+            if lst.role in HTTP_ROLES:  # served by the HTTP service's protocol (attached below)
+                bound = await listeners.start_protocol(lst)
+            else:
+                bound = await listeners.start(lst)
         except OSError as e:
             print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
             datadir.unlock(lock)
             return 1
+        bound_by_role.setdefault(lst.role, []).extend(bound)
         for host, port in bound:
             shown = f"[{host}]" if ":" in host else host
             print(f"listening {lst.role} {shown}:{port}", flush=True)
@@ -107,7 +115,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
         logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
                    effect="certificate reloads (SIGHUP) will fail")
-    store = open_store(settings.data_dir, fsync=settings.fsync)
+    store = open_store(settings.data_dir, fsync=settings.fsync, timing=metrics.store_op)
     # Worker processes start on first use, so as the final user (after the privilege drop).
     cpu = CpuPool(settings.limits.cpu_workers)
     services = Services(
@@ -116,24 +124,37 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
         resolver=make_resolver(
             settings.outbound.resolver, timeout=settings.dns.timeout,
-            cache_entries=settings.dns.cache_entries,
+            cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
         cpu=cpu,
         login_guard=MemoryLoginGuard.from_limits(settings.limits),
+        metrics=metrics, delivery_log=DeliveryLog(settings.logging.delivery_log),
+        bound=bound_by_role,
     )
     _auth_services(services)
     handlers = _handlers(services)
     workers: list[Any] = []
     side_tasks: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[Any]] = []  # ours: cancelled at any exit
+    http = None
     started_ok = False
     try:
-        await listeners.attach(handlers)
+        protocols = {}
+        if bound_by_role.keys() & HTTP_ROLES:
+            from postroom.web.server import REFUSAL, HttpService
+
+            http = HttpService(services)
+            await http.setup()
+            protocols = {role: (http.protocol_factory, REFUSAL) for role in HTTP_ROLES}
+        await listeners.attach(handlers, protocols)
         from postroom.queue.worker import QueueWorker
 
         worker = QueueWorker(services)
         workers.append(worker)
         await worker.start()
+        services.delivery_log.start(store)
+        background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
         if services.dmarc_reports is not None:
             from postroom.policy.reports import report_loop
 
@@ -145,11 +166,15 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
         logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
         started_ok = True
+        services.ready = True
         print("ready", flush=True)
         if started is not None:
             started.set_result(services)
         await stop.wait()
         logs.event(log, "stopping", connections=listeners.connection_count)
+        services.ready = False
+        if http is not None:
+            await http.close()
         await listeners.close(settings.limits.shutdown_grace)
         for worker in workers:
             await worker.stop()
@@ -161,6 +186,12 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if http is not None:
+            await http.close()
+        await services.delivery_log.stop()
         cpu.close()
         await store.close()
         datadir.unlock(lock)

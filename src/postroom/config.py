@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s"})
+ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s", "https"})
+HTTP_ROLES = frozenset({"http", "https"})
+MTA_STS_MODES = ("enforce", "testing", "none")
 TLS_POLICIES = ("none", "may", "require", "verify")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -210,28 +212,60 @@ def _optional_hostport(value: object) -> tuple[str, int] | None:
     return parse_hostport(value, default_port=25)
 
 
+def _string_list(parse_item: Callable[[str], str], allowed: str) -> Callable[[object], tuple[str, ...]]:
+    """A list of strings, each checked (and normalised) by ``parse_item``."""
+
+    def parse(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(allowed)
+        try:
+            return tuple(parse_item(item) for item in value)
+        except ValueError:
+            raise ValueError(allowed) from None
+
+    return parse
+
+
+def _mx_pattern(item: str) -> str:
+    """An MTA-STS ``mx`` pattern (RFC 8461 3.2): a host name, optionally ``*.``-prefixed."""
+    rest = item[2:] if item.startswith("*.") else item
+    if not _HOSTNAME_RE.match(rest) or "." not in rest.strip("."):
+        raise ValueError(item)
+    return item.rstrip(".").lower()
+
+
+_mx_patterns = _string_list(
+    _mx_pattern, "a list of MX host names, such as [\"mail.example.org\", \"*.example.net\"]"
+)
+
+
+def _mta_sts_max_age(value: object) -> float:
+    seconds = parse_duration(value)
+    if not 0 <= seconds <= 31557600:  # RFC 8461 3.2: at most 31557600 (about a year)
+        raise ValueError("a duration up to one year (31557600 s), such as \"7d\"")
+    return seconds
+
+
 def _duration_list(value: object) -> tuple[float, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError("a non-empty list of durations, such as [\"1m\", \"5m\", \"15m\"]")
     return tuple(parse_duration(v) for v in value)
 
 
-def _forwarders(value: object) -> tuple[str, ...]:
-    """Networks ("192.0.2.0/24", "2001:db8::/32", an address) or domain names."""
-    allowed = "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]"
-    if not isinstance(value, list):
-        raise ValueError(allowed)
-    out = []
-    for item in value:
-        if not isinstance(item, str):
-            raise ValueError(allowed)
-        try:
-            out.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            if not _HOSTNAME_RE.match(item):
-                raise ValueError(allowed) from None
-            out.append(item.lower().rstrip("."))
-    return tuple(out)
+def _forwarder(item: str) -> str:
+    """A network ("192.0.2.0/24", "2001:db8::/32", an address) or a domain name."""
+    try:
+        return str(ipaddress.ip_network(item, strict=False))
+    except ValueError:
+        if not _HOSTNAME_RE.match(item):
+            raise
+        return item.lower().rstrip(".")
+
+
+_forwarders = _string_list(
+    _forwarder,
+    "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]",
+)
 
 
 def _networks(value: object) -> tuple[str, ...]:
@@ -407,6 +441,20 @@ class ServerSettings:
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
+    delivery_log: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    session_lifetime: float = 12 * 3600.0
+    request_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsSettings:
+    mode: str = "testing"
+    mx: tuple[str, ...] = ()  # empty: the server's own hostname
+    max_age: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +474,8 @@ class Settings:
     dkim: DkimSettings = DkimSettings()
     auth_checks: AuthChecksSettings = AuthChecksSettings()
     logging: LoggingSettings = LoggingSettings()
+    http: HttpSettings = HttpSettings()
+    mta_sts: MtaStsSettings = MtaStsSettings()
     server: ServerSettings = ServerSettings()
     fsync: bool = True
 
@@ -514,7 +564,16 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "report_org": _string,
         "report_interval": parse_duration,
     },
-    "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
+    "logging": {
+        "level": _choice(*LOG_LEVELS),
+        "format": _choice(*LOG_FORMATS),
+        "delivery_log": _int_range(0, 10_000_000),
+    },
+    "http": {
+        "session_lifetime": parse_duration,
+        "request_size": parse_size,
+    },
+    "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
     "server": {"user": _account_name, "group": _account_name},
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
@@ -528,6 +587,8 @@ _SECTION_CLASSES = {
     "dkim": DkimSettings,
     "auth_checks": AuthChecksSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
+    "mta_sts": MtaStsSettings,
     "server": ServerSettings,
 }
 

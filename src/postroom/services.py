@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
 from postroom.auth.failures import LoginGuard
 from postroom.config import Settings
+from postroom.metrics import Metrics
 from postroom.net.budget import check
 from postroom.net.listener import Shutdown
 from postroom.net.offload import CpuPool
@@ -46,6 +48,11 @@ class Services:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+    metrics: Metrics = field(default_factory=Metrics)
+    delivery_log: DeliveryLog = field(default_factory=DeliveryLog)
+    # Where each listener role actually listens, once bound (autoconfig answers with these).
+    bound: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    ready: bool = False  # every listener bound and the queue started (/readyz)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker process under the current command's deadline

@@ -24,6 +24,7 @@ import math
 import os
 import weakref
 from collections import OrderedDict, deque
+import time
 from collections.abc import AsyncIterator
 
 from postroom import logs
@@ -159,6 +160,9 @@ async def _verify_slot(key: str) -> AsyncIterator[None]:
         slots.release()
 
 
+verify_slot = _verify_slot  # shared with the web login (postroom.web.session), keyed by address
+
+
 class AuthTracker:
     """Per-connection authentication state: failures, delays, the logged-in user; the
     per-address and per-user rules of ``services.login_guard`` (auth/failures.py)."""
@@ -220,8 +224,11 @@ class AuthTracker:
         """
         self.attempted = username
         await self._admit()
-        return await self.services.directory.authenticate(
+        started = time.perf_counter()
+        user = await self.services.directory.authenticate(
             username, password, lambda: self._new_password_slot(username))
+        self.services.metrics.login(self.protocol, user is not None, time.perf_counter() - started)
+        return user
 
     async def resolve(self, step: object) -> object:
         """Resolve the I/O steps of a mechanism; return a Challenge, Success or Failure.

@@ -210,6 +210,7 @@ class Pop3Session:
 
     async def run(self) -> None:
         limits = self.services.settings.limits
+        metrics = self.services.metrics
         started = time.monotonic()
         record = RecordDeadline(limits.pop3_idle_timeout, limits.min_data_rate)
         login_by = started + limits.login_timeout
@@ -250,6 +251,7 @@ class Pop3Session:
                     continue
                 record.done()
                 if isinstance(event, Retrieve):
+                    metrics.command("pop3", "retr" if event.top_lines is None else "top")
                     try:
                         with budget.scope(self.services.settings.limits.command_time):
                             message = await self._message(event.index, seen=event.top_lines is None)
@@ -263,8 +265,10 @@ class Pop3Session:
                         self.conn.write(self.core.retrieved(message, crlf=True))
                         await self.conn.drain()
                 elif isinstance(event, PassRequest):
+                    metrics.command("pop3", "pass" if event.mechanism == "USER" else "auth")
                     await self._budgeted_login(event.username, event.password, event.mechanism)
                 elif isinstance(event, CredentialsRequest):
+                    metrics.command("pop3", "auth")
                     try:
                         await self.auth.admit_scram(event.username)
                         user = await self.services.directory.user_for_scram(event.username)
@@ -279,12 +283,14 @@ class Pop3Session:
                 elif isinstance(event, Authenticated):
                     await self._budgeted_login(None, None, event.mechanism)
                 elif isinstance(event, StartTls):
+                    metrics.command("pop3", "stls")
                     await self._flush()
                     if self.services.tls.context is None:
                         return
                     await self.conn.start_tls(self.services.tls.context)
                     self.core.tls_started()
                 elif isinstance(event, Commit):
+                    metrics.command("pop3", "quit")
                     self.core.update_done(await self._commit(event.deleted))
                 elif isinstance(event, Closed):
                     await self._flush()

@@ -230,18 +230,26 @@ class SmtpSession:
             elif isinstance(event, MailFrom):
                 await self._mail(event)
             elif isinstance(event, Hello):
+                self.services.metrics.command("smtp", "ehlo" if event.esmtp else "helo")
                 self.helo = event.hostname
                 self.resolutions.clear()
                 self.core.accept()
             elif isinstance(event, StartTls):
+                self.services.metrics.command("smtp", "starttls")
                 if not await self._starttls():
                     return
             elif isinstance(event, (AuthStart, AuthResponse)):
                 await self._auth(event)
             elif isinstance(event, MessageRefused):
+                reply = f"{event.reply.code} {event.reply.enhanced}"
                 logs.event(
                     log, "message_refused", session=self.id, client=self.conn.peer_ip,
-                    reply=f"{event.reply.code} {event.reply.enhanced}", size=event.size,
+                    reply=reply, size=event.size,
+                )
+                self.services.metrics.command("smtp", "data")
+                self.services.metrics.delivery("in", "refused")
+                self.services.delivery_log.record(
+                    "in", "", "", ",".join(self.rcpt_results), "refused", f"{reply} {event.reply.text}"
                 )
             elif isinstance(event, AuthAborted):
                 pass
@@ -277,6 +285,7 @@ class SmtpSession:
         try:
             with budget.scope(self.services.settings.limits.command_time):
                 if isinstance(event, AuthStart):
+                    self.services.metrics.command("smtp", "auth")
                     self._mechanism = event.mechanism
                     step = await self.auth.start(event.mechanism, event.initial_response)
                 else:
@@ -305,6 +314,7 @@ class SmtpSession:
                 self.core.close(TOO_MANY_AUTH)
 
     async def _mail(self, event: MailFrom) -> None:
+        self.services.metrics.command("smtp", "mail")
         self.resolutions.clear()
         self.rcpt_results = []
         self.mail_size = event.params.size
@@ -323,6 +333,7 @@ class SmtpSession:
         self.core.accept()
 
     async def _rcpt(self, event: RcptTo) -> None:
+        self.services.metrics.command("smtp", "rcpt")
         refusal = await self._rcpt_refusal(event)
         shown = str(event.path.address) if event.path.address is not None else event.path.raw
         if refusal is None:
@@ -585,6 +596,7 @@ class SmtpSession:
         verdict = await checker.check(
             data, ip=self.conn.peer_ip, helo=self.helo, mail_from=str(sender) if sender else ""
         )
+        self.services.metrics.auth_check("message", verdict.ms / 1000)
         recorder = self.services.dmarc_reports
         if recorder is not None:
             recorder.add(verdict, self.conn.peer_ip, str(sender) if sender else "")
@@ -619,6 +631,15 @@ class SmtpSession:
 
     def _log(self, event: MessageComplete, qid: str, result: str, started: float, **extra: int) -> None:
         sender = event.sender.address
+        accepted = result == "250"
+        services = self.services
+        services.metrics.command("smtp", "data")
+        services.metrics.delivery("in", "accepted" if accepted else "refused")
+        services.delivery_log.record(
+            "in", qid, str(sender) if sender else "<>",
+            ",".join(str(r.path.address) for r in event.recipients),
+            "accepted" if accepted else "refused", result,
+        )
         logs.event(
             log, "transaction", session=self.id, role=self.role, client=self.conn.peer_ip,
             helo=self.helo, tls=describe(self.conn.tls) or None,

@@ -393,6 +393,7 @@ class ImapSession:
 
     async def execute(self, cmd: Command) -> None:
         self.commands += 1
+        self.services.metrics.command("imap", cmd.name.lower())
         handler = self.handlers.get(type(cmd))
         tagged: bytes | None
         try:

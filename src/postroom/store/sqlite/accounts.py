@@ -26,7 +26,7 @@ from postroom.store.api import (
     User,
 )
 
-_USER_COLS = "u.id, u.address, d.name, u.created, u.password_hash, u.scram, u.disabled"
+_USER_COLS = "u.id, u.address, d.name, u.created, u.password_hash, u.scram, u.disabled, u.admin"
 _MAILBOX_COLS = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use"
 
 
@@ -39,6 +39,7 @@ def _user(row: tuple) -> User:  # type: ignore[type-arg]
         password_hash=row[4],
         scram=row[5],
         disabled=bool(row[6]),
+        admin=bool(row[7]),
     )
 
 
@@ -186,6 +187,12 @@ def set_password(conn: sqlite3.Connection, address: str, password_hash: str, scr
     cur = conn.execute(
         "UPDATE users SET password_hash=?, scram=? WHERE address=?", (password_hash, scram, address)
     )
+    if cur.rowcount == 0:
+        raise NotFound(f"no user {address}")
+
+
+def set_user_admin(conn: sqlite3.Connection, address: str, admin: bool) -> None:
+    cur = conn.execute("UPDATE users SET admin=? WHERE address=?", (int(admin), address))
     if cur.rowcount == 0:
         raise NotFound(f"no user {address}")
 

@@ -23,13 +23,16 @@ import asyncio
 import os
 from array import array
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from postroom.store import api
 from postroom.store.api import (
     AddressLookup,
     Alias,
+    ApiToken,
+    AppPassword,
+    DeliveryLogEntry,
     Changes,
     Delivery,
     DeliveryResult,
@@ -46,16 +49,18 @@ from postroom.store.api import (
     NotFound,
     Quota,
     QueuedMessage,
+    QueueStats,
     RecipientOutcome,
     SharedMailbox,
     SendAsGrant,
     StoreResult,
     User,
+    WebSession,
 )
 from postroom.message import search_texts_of
 from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import LocalChangeHub
-from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing
+from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
@@ -184,6 +189,8 @@ class SQLiteStore:
 
     async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
         return await self.engine.read(lambda c: accounts.list_sendas(c, user))
+    async def set_user_admin(self, address: str, admin: bool) -> None:
+        await self.engine.write(lambda c: accounts.set_user_admin(c, address, admin))
 
     # -- mailboxes -----------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
@@ -567,6 +574,50 @@ class SQLiteStore:
         if qid is not None:
             self.changes.publish_queue()
         return deleted
+    async def queue_stats(self) -> QueueStats:
+        return await self.engine.read(web.queue_stats)
+
+    # -- credentials of the HTTP service -------------------------------------------------
+    async def add_api_token(self, name: str, digest: str) -> ApiToken:
+        return await self.engine.write(lambda c: web.add_api_token(c, name, digest))
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return await self.engine.read(web.list_api_tokens)
+
+    async def remove_api_token(self, name: str) -> bool:
+        return await self.engine.write(lambda c: web.remove_api_token(c, name))
+
+    async def find_api_token(self, digest: str) -> ApiToken | None:
+        return await self.engine.read(lambda c: web.find_api_token(c, digest))
+
+    async def add_app_password(self, user_id: int, name: str, digest: str) -> AppPassword:
+        return await self.engine.write(lambda c: web.add_app_password(c, user_id, name, digest))
+
+    async def list_app_passwords(self, user_id: int) -> list[AppPassword]:
+        return await self.engine.read(lambda c: web.list_app_passwords(c, user_id))
+
+    async def remove_app_password(self, user_id: int, password_id: int) -> bool:
+        return await self.engine.write(lambda c: web.remove_app_password(c, user_id, password_id))
+
+    async def find_app_password(self, user_id: int, digest: str) -> AppPassword | None:
+        return await self.engine.read(lambda c: web.find_app_password(c, user_id, digest))
+
+    async def add_web_session(self, digest: str, user_id: int, expires: int) -> None:
+        await self.engine.write(lambda c: web.add_web_session(c, digest, user_id, expires))
+
+    async def get_web_session(self, digest: str) -> WebSession | None:
+        return await self.engine.read(lambda c: web.get_web_session(c, digest))
+
+    async def remove_web_sessions(
+        self, *, digest: str | None = None, user_id: int | None = None
+    ) -> int:
+        return await self.engine.write(lambda c: web.remove_web_sessions(c, digest, user_id))
+
+    async def append_delivery_log(self, entries: Sequence[DeliveryLogEntry], keep: int) -> None:
+        await self.engine.write(lambda c: web.append_delivery_log(c, entries, keep))
+
+    async def list_delivery_log(self, limit: int, before_id: int | None = None) -> list[DeliveryLogEntry]:
+        return await self.engine.read(lambda c: web.list_delivery_log(c, limit, before_id))
 
     # -- POP3 --------------------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool:
@@ -579,10 +630,15 @@ class SQLiteStore:
         self._maildrop_locks.discard(user_id)
 
 
-def open_store(data_dir: Path, *, fsync: bool = True) -> SQLiteStore:
-    """Open (creating and migrating if needed) the embedded store in ``data_dir``."""
+def open_store(
+    data_dir: Path, *, fsync: bool = True, timing: Callable[[bool, float], None] | None = None
+) -> SQLiteStore:
+    """Open (creating and migrating if needed) the embedded store in ``data_dir``.
+    ``timing(write, seconds)`` is told the duration of every read and write (metrics)."""
     os.makedirs(data_dir, exist_ok=True)
-    return SQLiteStore.open(data_dir, fsync=fsync)
+    store = SQLiteStore.open(data_dir, fsync=fsync)
+    store.engine.timing = timing
+    return store
 
 
 _: type[api.Store] = SQLiteStore  # static check that the class satisfies the contract

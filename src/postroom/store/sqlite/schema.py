@@ -307,6 +307,43 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         PRIMARY KEY (user_id, origin, key)
     ) WITHOUT ROWID
     """,
+    # 11: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
+    # sessions (secrets stored as SHA-256 digests), and the bounded recent delivery log.
+    """
+    ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        digest TEXT NOT NULL UNIQUE,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE app_passwords (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE INDEX app_passwords_user ON app_passwords(user_id, digest);
+    CREATE TABLE web_sessions (
+        digest TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created INTEGER NOT NULL,
+        expires INTEGER NOT NULL
+    );
+    CREATE INDEX web_sessions_user ON web_sessions(user_id);
+    CREATE INDEX web_sessions_expires ON web_sessions(expires);
+    CREATE TABLE delivery_log (
+        id INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        direction TEXT NOT NULL,
+        qid TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        result TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
 ]
 
 
