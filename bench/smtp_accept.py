@@ -44,7 +44,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.server import Server  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "bench"
+# ../shared/bench of the development workspace; from a git worktree it is further up.
+SHARED = next(
+    (p / "shared" / "bench" for p in ROOT.parents if (p / "shared" / "bench").is_dir()),
+    ROOT.parent / "shared" / "bench",
+)
 DOMAIN = "bench.test"
 RCPT = f"u1@{DOMAIN}"
 HZ = os.sysconf("SC_CLK_TCK")
