@@ -133,7 +133,7 @@ class SQLiteStore:
         return await self.engine.read(accounts.list_domains)
 
     async def get_domain(self, name: str) -> Domain | None:
-        return await self.engine.read(lambda c: accounts.get_domain(c, name))
+        return await self.engine.lookup(lambda c: accounts.get_domain(c, name))
 
     async def add_user(self, address: str, password_hash: str, scram: str | None) -> User:
         return await self.engine.write(lambda c: accounts.add_user(c, address, password_hash, scram))
@@ -145,10 +145,10 @@ class SQLiteStore:
         await self.engine.write(lambda c: accounts.set_password(c, address, password_hash, scram))
 
     async def get_user(self, address: str) -> User | None:
-        return await self.engine.read(lambda c: accounts.get_user(c, address))
+        return await self.engine.lookup(lambda c: accounts.get_user(c, address))
 
     async def get_user_by_id(self, user_id: int) -> User | None:
-        return await self.engine.read(lambda c: accounts.get_user_by_id(c, user_id))
+        return await self.engine.lookup(lambda c: accounts.get_user_by_id(c, user_id))
 
     async def list_users(self, domain: str | None = None) -> list[User]:
         return await self.engine.read(lambda c: accounts.list_users(c, domain))
@@ -163,20 +163,20 @@ class SQLiteStore:
         return await self.engine.read(lambda c: accounts.list_aliases(c, domain))
 
     async def alias_targets(self, source: str) -> list[str]:
-        return await self.engine.read(lambda c: accounts.alias_targets(c, source))
+        return await self.engine.lookup(lambda c: accounts.alias_targets(c, source))
 
     async def lookup_address(self, address: str) -> AddressLookup:
-        return await self.engine.read(lambda c: accounts.lookup_address(c, address))
+        return await self.engine.lookup(lambda c: accounts.lookup_address(c, address))
 
     # -- mailboxes -----------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
         return await self.engine.read(lambda c: accounts.list_mailboxes(c, user_id))
 
     async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None:
-        return await self.engine.read(lambda c: accounts.get_mailbox(c, user_id, name))
+        return await self.engine.lookup(lambda c: accounts.get_mailbox(c, user_id, name))
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
-        return await self.engine.read(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
+        return await self.engine.lookup(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
         return await self.engine.write(
