@@ -11,10 +11,13 @@ stored message obeys the same invariants, which POP3 and IMAP rely on:
 from __future__ import annotations
 
 import email.utils
+import functools
+import random
 import re
 import time
 
-from postroom.message import scan
+from postroom.message import envelope_search_texts, scan
+from postroom.message.search import SearchTexts
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -118,8 +121,14 @@ def received_header(
     parts.append(f"id {qid}")
     if recipient:
         parts.append(f"for <{recipient}>")
-    date = email.utils.formatdate(now if now is not None else time.time(), localtime=False)
-    return fold("Received", " ".join(parts) + "; " + date)
+    return fold("Received", " ".join(parts) + "; " + _utc_date(int(now if now is not None else time.time())))
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_date(second: int) -> str:
+    """RFC 5322 date of a second, in UTC; cached because every message of a second
+    shares it (formatting it was a visible share of the CPU per SMTP message)."""
+    return email.utils.formatdate(second, localtime=False)
 
 
 def return_path(sender: str) -> bytes:
@@ -153,6 +162,13 @@ def summarize(data: bytes) -> bytes:
     return scan(data).to_bytes()
 
 
+def summarize_for_store(data: bytes) -> tuple[bytes, SearchTexts]:
+    """The stored summary and the envelope search texts (``Delivery.search_texts``) from
+    one scan, so the store does not decode the summary again to derive them."""
+    parsed = scan(data)
+    return parsed.to_bytes(), envelope_search_texts(parsed)
+
+
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
 
 
@@ -162,16 +178,15 @@ def new_id() -> str:
     Milliseconds since the epoch in base 31 (no vowels: ids never spell words) followed by
     random characters, like Postfix's long queue ids.
     """
-    import os
-
     n = int(time.time() * 1000)
     out = []
     while n:
         n, r = divmod(n, 31)
         out.append(_ID_ALPHABET[r])
-    # One urandom call for the six random characters (secrets.choice costs one per
-    # character, a measurable share of CPU per message); the modulo bias is negligible.
-    rnd = int.from_bytes(os.urandom(8), "big")
+    # The ids need to be unique, not secret: the random module (seeded from the OS at
+    # start and re-seeded in a forked child, so every process draws its own sequence)
+    # costs no system call, unlike os.urandom. The modulo bias is negligible.
+    rnd = random.getrandbits(64)
     tail = []
     for _ in range(6):
         rnd, r = divmod(rnd, 31)

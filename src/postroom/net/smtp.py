@@ -374,14 +374,16 @@ class SmtpSession:
             )
         loop = asyncio.get_running_loop()
         try:
+            texts = None
             if not user_ids:
                 summary = b""  # only the queue reads it, and the queue never parses it
             elif len(stored) > 256 * 1024:
-                summary = await loop.run_in_executor(None, deliver.summarize, stored)
+                summary, texts = await loop.run_in_executor(None, deliver.summarize_for_store, stored)
             else:
-                summary = deliver.summarize(stored)
+                summary, texts = deliver.summarize_for_store(stored)
             await self.services.store.deliver(
-                Delivery(data=stored, summary=summary, user_ids=tuple(user_ids), queue=queue)
+                Delivery(data=stored, summary=summary, user_ids=tuple(user_ids), queue=queue,
+                         search_texts=texts)
             )
         except Exception:
             log.exception("delivery failed session=%s", self.id)

@@ -265,6 +265,11 @@ class Delivery:
     queue: NewQueueEntry | None = None
     internaldate: int | None = None  # default: now
     flags: int = 0
+    # The case-folded envelope texts SEARCH FROM/TO/CC/BCC/SUBJECT match (see
+    # :meth:`Store.search_envelope`), when the caller computed them from its own parse of
+    # ``data`` (``postroom.message.envelope_search_texts``); None: the backend derives
+    # them from ``summary``. Passing them keeps that decoding out of the write transaction.
+    search_texts: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
