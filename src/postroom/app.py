@@ -3,6 +3,10 @@
 Everything is built here and passed down explicitly; nothing else creates services.
 ``serve`` prints one ``listening ROLE ADDRESS:PORT`` line per bound socket (the real port
 when the config says port 0, which tests use) and then ``ready``.
+
+With ``server.workers`` above 1, ``serve`` runs the supervisor instead
+(``postroom.processes``): it binds the sockets and prints the same lines, and worker
+processes build their services with :func:`build_services` and :func:`handlers`.
 """
 
 from __future__ import annotations
@@ -17,14 +21,27 @@ from typing import Any
 from postroom import logs
 from postroom.auth.directory import Directory
 from postroom.config import Settings
-from postroom.net.listener import Handler, ListenerSet
+from postroom.net.listener import Handler, ListenerSet, Shutdown
+from postroom.peers import LocalPeers, Peers
 from postroom.services import Services, load_secret
+from postroom.store.api import Store
 from postroom.tls import TlsContexts
 
 log = logging.getLogger("postroom")
 
 
-def _handlers(services: Services) -> dict[str, Handler]:
+def build_services(
+    settings: Settings, store: Store, tls: TlsContexts, shutdown: Shutdown,
+    peers: Peers | None = None,
+) -> Services:
+    return Services(
+        settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl),
+        tls=tls, shutdown=shutdown, secret=load_secret(settings.data_dir),
+        peers=peers if peers is not None else LocalPeers(),
+    )
+
+
+def handlers(services: Services) -> dict[str, Handler]:
     """One handler per protocol family, built only for the roles the config uses."""
     roles = {lst.role for lst in services.settings.listeners}
     handlers: dict[str, Handler] = {}
@@ -53,19 +70,16 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     store = open_store(settings.data_dir, fsync=settings.fsync)
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls)
-    services = Services(
-        settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
-        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
-    )
-    handlers = _handlers(services)
+    services = build_services(settings, store, tls, listeners.shutdown)
+    by_role = handlers(services)
     workers: list[Any] = []
     started_ok = False
     try:
         for lst in settings.listeners:
             try:
-                bound = await listeners.start(lst, handlers[lst.role])
+                bound = await listeners.start(lst, by_role[lst.role])
             except OSError as e:
-                print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
+                print(f"postroom: error: cannot listen on {lst}: {bind_error(e)}", file=sys.stderr)
                 return 1
             for host, port in bound:
                 shown = f"[{host}]" if ":" in host else host
@@ -98,7 +112,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
             logs.event(log, "stopped")
 
 
-def _bind_error(e: OSError) -> str:
+def bind_error(e: OSError) -> str:
     if e.errno == errno.EADDRINUSE:
         return "address already in use (another server on that port?)"
     if e.errno == errno.EACCES:
@@ -108,8 +122,8 @@ def _bind_error(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def serve(settings: Settings) -> int:
-    logs.setup(settings.logging.level, settings.logging.format)
+def runner() -> asyncio.Runner:
+    """The event loop every postroom process runs (uvloop when installed)."""
     # The SQLite writer and reader threads need the GIL back after every sqlite3 call, and
     # each 250 waits for the writer. With the default 5 ms switch interval a busy event loop
     # makes them wait up to 5 ms each time; 1 ms gave 10-20% more SMTP messages/s at 20
@@ -118,8 +132,17 @@ def serve(settings: Settings) -> int:
     try:
         import uvloop
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        return runner.run(run(settings))
+        return asyncio.Runner()
+
+
+def serve(settings: Settings) -> int:
+    logs.setup(settings.logging.level, settings.logging.format)
+    workers = settings.server.worker_count()
+    with runner() as r:
+        if workers > 1:
+            from postroom.processes.supervisor import supervise
+
+            return r.run(supervise(settings, workers))
+        return r.run(run(settings))

@@ -155,6 +155,18 @@ def parse_hostport(value: object, default_port: int | None = None) -> tuple[str,
     return host, int(port_s)
 
 
+MAX_WORKERS = 256
+
+
+def _workers(value: object) -> int:
+    """``"auto"`` (0: one per CPU this process may run on) or a number of processes."""
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"\"auto\" or an integer from 1 to {MAX_WORKERS}")
+    return value
+
+
 def _resolver_address(value: object) -> tuple[str, int] | None:
     if value == "":
         return None
@@ -226,6 +238,23 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    workers: int = 0  # 0 = "auto"
+
+    def worker_count(self) -> int:
+        """How many serving processes to run: 1 means one process does everything."""
+        if self.workers:
+            return self.workers
+        import os
+
+        try:
+            cpus = len(os.sched_getaffinity(0))  # honours taskset and cgroup cpusets
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        return max(1, min(cpus, MAX_WORKERS))
+
+
+@dataclass(frozen=True, slots=True)
 class SmtpSettings:
     greeting_delay: float = 1.0
     greeting_pass_time: float = 86400.0
@@ -283,6 +312,7 @@ class Settings:
     tls_cert: Path | None
     tls_key: Path | None
     limits: Limits = Limits()
+    server: ServerSettings = ServerSettings()
     smtp: SmtpSettings = SmtpSettings()
     imap: ImapSettings = ImapSettings()
     pop3: Pop3Settings = Pop3Settings()
@@ -301,6 +331,7 @@ _Parser = Callable[[object], Any]
 _SCHEMA: dict[str, dict[str, _Parser]] = {
     "": {"hostname": _hostname, "data_dir": _string, "fsync": _boolean},
     "tls": {"cert": _string, "key": _string},
+    "server": {"workers": _workers},
     "limits": {
         "message_size": parse_size,
         "recipients": _int_range(1, 100000),
@@ -350,6 +381,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
 _SECTION_CLASSES = {
+    "server": ServerSettings,
     "limits": Limits,
     "smtp": SmtpSettings,
     "imap": ImapSettings,

@@ -8,6 +8,7 @@ from pathlib import Path
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Shutdown
+from postroom.peers import LocalPeers, Peers
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
 
@@ -21,6 +22,7 @@ class Services:
     shutdown: Shutdown
     secret: bytes = b""  # stable per data folder: SCRAM fake salts, id generation
     node: str = "local"
+    peers: Peers = field(default_factory=LocalPeers)  # the other serving processes
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:

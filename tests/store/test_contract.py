@@ -361,10 +361,10 @@ def test_concurrent_writers_and_reader(store_run: Any) -> None:
 
 def test_maildrop_lock(store_run: Any) -> None:
     async def body(store: Any) -> None:
-        assert store.try_lock_maildrop(7)
-        assert not store.try_lock_maildrop(7)
-        store.unlock_maildrop(7)
-        assert store.try_lock_maildrop(7)
+        assert await store.try_lock_maildrop(7)
+        assert not await store.try_lock_maildrop(7)
+        await store.unlock_maildrop(7)
+        assert await store.try_lock_maildrop(7)
 
     store_run(body)
 

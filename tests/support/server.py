@@ -2,6 +2,11 @@
 
 Ports are chosen by the kernel (the config says port 0) and read back from the server's
 ``listening ROLE HOST:PORT`` lines, so parallel test runs never collide.
+
+Worker processes: a server runs as one process (``[server] workers = 1``) unless the
+test asks for ``workers`` (tests/e2e/test_workers_*.py do), which keeps the suite quick;
+``POSTROOM_TEST_WORKERS=N`` makes N the default for every server of the run, to run the
+whole end-to-end suite on the multi-process model.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from postroom.store.sqlite import open_store
 from postroom.tls import write_self_signed
 
 ALL_ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+DEFAULT_WORKERS = int(os.environ.get("POSTROOM_TEST_WORKERS") or 1)
 PASSWORD = "correct horse battery"
 
 
@@ -33,6 +39,7 @@ class Server:
         extra: str = "",
         fsync: bool = False,
         hostname: str = "mail.example.test",
+        workers: int | None = None,
     ) -> None:
         self.root = root
         self.roles = roles
@@ -54,6 +61,8 @@ class Server:
         # the test brings its own [smtp]; Postfix in the benchmarks has none either.
         if "[smtp]" not in extra:
             limits += '[smtp]\ngreeting_delay = "0s"\n'
+        if "[server]" not in extra:
+            limits += f"[server]\nworkers = {workers or DEFAULT_WORKERS}\n"
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
             f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'

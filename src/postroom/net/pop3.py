@@ -238,12 +238,12 @@ class Pop3Session:
             self.core.login_failed(LoginError.AUTH)
             return
         store = self.services.store
-        if not store.try_lock_maildrop(user.id):
+        if not await store.try_lock_maildrop(user.id):
             self.core.login_failed(LoginError.IN_USE)
             return
         inbox = await store.get_mailbox(user.id, "INBOX")
         if inbox is None:
-            store.unlock_maildrop(user.id)
+            await store.unlock_maildrop(user.id)
             self.core.login_failed(LoginError.SYS_PERM, "no INBOX")
             return
         messages = await store.list_messages(inbox.id)
@@ -297,7 +297,7 @@ class Pop3Session:
         except NotFound:
             pass
         finally:
-            self.services.store.unlock_maildrop(drop.user.id)
+            await self.services.store.unlock_maildrop(drop.user.id)
             logs.event(
                 log, "pop3_session", session=self.id, client=self.conn.peer_ip,
                 user=drop.user.address, messages=len(drop.messages), duration=round(duration, 3),

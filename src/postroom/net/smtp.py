@@ -63,6 +63,7 @@ _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
 PASS_CACHE_SIZE = 100_000  # client addresses remembered as polite (greeting_pass_time)
+PASS_TOPIC = "smtp.greeting_pass"  # tells the other serving processes (postroom.peers)
 
 
 def _pass_key(ip: str) -> str:
@@ -79,8 +80,10 @@ class SmtpHandler:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._configs: dict[tuple[str, bool, bool], ServerConfig] = {}
-        # Early-talker check passes (postscreen-like): client -> time it passed.
+        # Early-talker check passes (postscreen-like): client -> time it passed. Shared
+        # with the other worker processes, so that a client waits once, not once per worker.
         self._passed: OrderedDict[str, float] = OrderedDict()
+        services.peers.subscribe(PASS_TOPIC, self._remember_pass)
 
     def greeting_wait(self, ip: str) -> float:
         """How long to wait before greeting ``ip`` on the MX role (0: greet at once)."""
@@ -96,6 +99,10 @@ class SmtpHandler:
         if self.services.settings.smtp.greeting_pass_time <= 0:
             return
         key = _pass_key(ip)
+        self._remember_pass(key)
+        self.services.peers.publish(PASS_TOPIC, key)
+
+    def _remember_pass(self, key: str) -> None:
         self._passed[key] = time.monotonic()
         self._passed.move_to_end(key)
         while len(self._passed) > PASS_CACHE_SIZE:

@@ -1,28 +1,59 @@
-"""In-process publish/subscribe of mailbox changes and queue wake-ups.
+"""Publish/subscribe of mailbox changes and queue wake-ups, in this process and beyond.
 
 Backends call :meth:`LocalChangeHub.publish` after a commit (never before: a listener that
 re-reads must see the change). Listeners are plain callables run on the event loop; they
 must be quick (typically they set an ``asyncio.Event``). Only the sessions subscribed to a
 mailbox are woken, so one delivery costs O(sessions of that mailbox), not O(all sessions).
+
+Several processes (or nodes) sharing one store: the hub is given a :class:`ChangeRelay`
+that carries what this process publishes to the others, and calls :meth:`receive` /
+:meth:`receive_queue` with what they publish. The relay is told which mailboxes this
+process watches (a first subscriber, a last unsubscriber), so a change only travels to
+the processes that have someone to wake. Implementations: ``postroom.processes.bus``
+(worker processes of one server, through the supervisor) and, for PostgreSQL nodes,
+LISTEN/NOTIFY (a channel per watched mailbox).
+
+One race every relay must close: a session subscribes, then reads the mailbox; a change
+committed by another process after that read but before the other side learnt of the
+watch would be lost. So a relay confirms a watch once it is in force, and the hub then
+wakes that mailbox's listeners once (:meth:`watch_confirmed`), which makes them read
+what changed since their own state: any change it would have missed is in that read.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from postroom.store.api import ChangeListener, MailboxChange
 
 log = logging.getLogger(__name__)
 
 
+class ChangeRelay(Protocol):
+    """Carries changes between the processes or nodes that share a store."""
+
+    def watch(self, mailbox_id: int) -> None: ...  # then confirm with hub.watch_confirmed
+    def unwatch(self, mailbox_id: int) -> None: ...
+    def watch_queue(self) -> None: ...  # this process runs the outbound queue
+    def send_change(self, change: MailboxChange) -> None: ...
+    def send_queue(self) -> None: ...
+
+
 class LocalChangeHub:
-    def __init__(self) -> None:
+    def __init__(self, relay: ChangeRelay | None = None) -> None:
         self._mailbox: dict[int, list[ChangeListener]] = {}
         self._queue: list[Callable[[], None]] = []
+        self.relay = relay
 
     def subscribe(self, mailbox_id: int, listener: ChangeListener) -> None:
-        self._mailbox.setdefault(mailbox_id, []).append(listener)
+        listeners = self._mailbox.get(mailbox_id)
+        if listeners is None:
+            listeners = self._mailbox[mailbox_id] = []
+            if self.relay is not None:
+                self.relay.watch(mailbox_id)
+        listeners.append(listener)
 
     def unsubscribe(self, mailbox_id: int, listener: ChangeListener) -> None:
         listeners = self._mailbox.get(mailbox_id)
@@ -34,8 +65,12 @@ class LocalChangeHub:
             return
         if not listeners:
             del self._mailbox[mailbox_id]
+            if self.relay is not None:
+                self.relay.unwatch(mailbox_id)
 
     def subscribe_queue(self, listener: Callable[[], None]) -> None:
+        if not self._queue and self.relay is not None:
+            self.relay.watch_queue()
         self._queue.append(listener)
 
     def unsubscribe_queue(self, listener: Callable[[], None]) -> None:
@@ -43,18 +78,38 @@ class LocalChangeHub:
             self._queue.remove(listener)
 
     def publish(self, change: MailboxChange) -> None:
+        """A commit of this process changed a mailbox: wake its listeners here and there."""
+        self.receive(change)
+        if self.relay is not None:
+            self.relay.send_change(change)
+
+    def publish_queue(self) -> None:
+        self.receive_queue()
+        if self.relay is not None:
+            self.relay.send_queue()
+
+    def receive(self, change: MailboxChange) -> None:
+        """Wake this process's listeners of the mailbox (a change made here or elsewhere)."""
         for listener in tuple(self._mailbox.get(change.mailbox_id, ())):
             try:
                 listener(change)
             except Exception:  # a broken listener must not stop the others
                 log.exception("mailbox change listener failed")
 
-    def publish_queue(self) -> None:
+    def receive_queue(self) -> None:
         for listener in tuple(self._queue):
             try:
                 listener()
             except Exception:
                 log.exception("queue listener failed")
 
+    def watch_confirmed(self, mailbox_id: int, user_id: int = 0) -> None:
+        """The relay's watch is in force: listeners re-read once (see the module docstring)."""
+        self.receive(MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=0))
+
     def listener_count(self, mailbox_id: int) -> int:
         return len(self._mailbox.get(mailbox_id, ()))
+
+    def may_have_listeners(self, mailbox_id: int) -> bool:
+        """Whether a change to the mailbox may wake anyone, here or in another process."""
+        return self.relay is not None or mailbox_id in self._mailbox

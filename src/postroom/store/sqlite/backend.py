@@ -7,14 +7,13 @@ fsync (measured in bench/store_deliver.py: see docs/architecture.md), and a cras
 the file and the row needs a recovery pass. Reading a 5 KB blob from SQLite is as fast as
 reading a small file.
 
-\\Recent marks (RFC 3501 2.3.2) live in memory. Every rev1 read-write SELECT claims
-\\Recent, and a durable write there would make each SELECT wait for a group-commit fsync.
-RFC 3501 lets \\Recent be approximate, so this process keeps the authoritative mark per
-mailbox in ``_recent`` (started from the ``recent_uid`` column, the higher of the two
-winning), claims in memory without waiting, and writes the mark back with a background
-write (:meth:`Engine.submit`) that joins the next group commit. After a crash a mark may
-lag, and some messages are \\Recent once more: the only consequence. Marks are checked
-against UIDVALIDITY, so a mailbox id reused after a deletion never inherits one.
+\\Recent marks (RFC 3501 2.3.2) live in memory, in one place (see ``recent.py``).
+
+Several processes may open one database at once (the worker processes of
+``server.workers``, the CLI): writes are serialised by the engine's cross-process lock,
+changes travel through the hub's relay (``changes.py``), \\Recent claims go to the one
+:class:`RecentMarks` the supervisor keeps, and POP3 maildrop locks are record locks the
+kernel drops with a dead process (``maildrop.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 from array import array
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -48,9 +46,11 @@ from postroom.store.api import (
     User,
 )
 from postroom.message import search_texts_of
-from postroom.store.changes import LocalChangeHub
+from postroom.store.changes import ChangeRelay, LocalChangeHub
 from postroom.store.sqlite import accounts, mail, queue
 from postroom.store.sqlite.engine import Engine, fsync_dir
+from postroom.store.sqlite.maildrop import MaildropLocks
+from postroom.store.sqlite.recent import RecentClaims, RecentMarks
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
 
@@ -60,20 +60,28 @@ DB_NAME = "postroom.sqlite3"
 class SQLiteStore:
     """Implements :class:`postroom.store.api.Store` on one SQLite file."""
 
-    def __init__(self, path: Path, *, fsync: bool = True, readers: int = 4) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = True,
+        readers: int = 4,
+        checkpoint: bool = True,
+        relay: ChangeRelay | None = None,
+        recent: RecentClaims | None = None,
+    ) -> None:
+        """``checkpoint``: this process runs the WAL checkpointer (one per database);
+        ``relay``: carries changes to the other processes that share the database;
+        ``recent``: where \\Recent is claimed, when not in this process's memory."""
         created = not path.exists()
-        self.engine = Engine(path, fsync=fsync, readers=readers)
+        self.engine = Engine(path, fsync=fsync, readers=readers, checkpoint=checkpoint)
         self.engine.run_sync(migrate)
         if created and fsync:
             fsync_dir(path.parent)  # the new database and WAL files' directory entries
-        self.changes = LocalChangeHub()
-        self._maildrop_locks: set[int] = set()
-        # \\Recent marks (see the module docstring): mailbox id -> (uidvalidity, mark),
-        # touched on the event loop only; _recent_dirty is what the background write
-        # persists next, shared with the writer thread under _recent_lock.
-        self._recent: dict[int, tuple[int, int]] = {}
-        self._recent_dirty: dict[int, tuple[int, int]] = {}
-        self._recent_lock = threading.Lock()
+        self.changes = LocalChangeHub(relay)
+        self.maildrops = MaildropLocks(Path(str(path) + ".maildrops"))
+        self.recent_marks = RecentMarks(self.engine)  # authoritative when ``recent`` is None
+        self.recent: RecentClaims = recent if recent is not None else self.recent_marks
         self.snapshots = SnapshotCache()
 
     @classmethod
@@ -81,42 +89,17 @@ class SQLiteStore:
         return cls(data_dir / DB_NAME, fsync=fsync)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.close_sync)
 
     def close_sync(self) -> None:
         self.engine.close()
+        self.maildrops.close()
 
     def _publish(self, mailbox_id: int, user_id: int, modseq: int) -> None:
         self.changes.publish(MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq))
 
-    # -- \\Recent ----------------------------------------------------------------------
-    def _claim(self, mailbox_id: int, uidvalidity: int, stored: int, upto: int) -> int:
-        """Claim [mark, upto) in memory; return the mark (the first UID claimed)."""
-        known = self._recent.get(mailbox_id)
-        mark = stored
-        if known is not None and known[0] == uidvalidity and known[1] > mark:
-            mark = known[1]
-        if upto > mark:
-            self._recent[mailbox_id] = (uidvalidity, upto)
-            self._persist_recent(mailbox_id, uidvalidity, upto)
-        else:
-            self._recent[mailbox_id] = (uidvalidity, mark)
-        return mark
-
-    def _persist_recent(self, mailbox_id: int, uidvalidity: int, mark: int) -> None:
-        with self._recent_lock:
-            queued = bool(self._recent_dirty)
-            self._recent_dirty[mailbox_id] = (uidvalidity, mark)
-        if not queued:  # one background write carries every mark claimed meanwhile
-            self.engine.submit(self._save_recent)
-
-    def _save_recent(self, conn: object) -> None:
-        with self._recent_lock:
-            marks, self._recent_dirty = self._recent_dirty, {}
-        mail.save_recent_marks(conn, [(m, v, r) for m, (v, r) in marks.items()])  # type: ignore[arg-type]
-
     async def _publish_mailbox(self, mailbox_id: int) -> None:
-        if not self.changes.listener_count(mailbox_id):
+        if not self.changes.may_have_listeners(mailbox_id):
             return  # nobody has it selected: skip the read
         mb = await self.get_mailbox_by_id(mailbox_id)
         if mb is not None:
@@ -185,7 +168,7 @@ class SQLiteStore:
 
     async def delete_mailbox(self, user_id: int, name: str) -> None:
         mailbox_id = await self.engine.write(lambda c: accounts.delete_mailbox(c, user_id, name))
-        self._recent.pop(mailbox_id, None)
+        self.recent.forget(mailbox_id)
         # Sessions that have it selected learn it is gone (their re-read finds nothing).
         self._publish(mailbox_id, user_id, 0)
 
@@ -201,7 +184,7 @@ class SQLiteStore:
         await self.engine.write(lambda c: accounts.set_subscribed(c, user_id, name, subscribed))
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
-        known = self._recent.get(mailbox_id)
+        known = await self.recent.known(mailbox_id)
         return await self.engine.read(lambda c: accounts.mailbox_status(c, mailbox_id, known))
 
     async def mailbox_snapshot(
@@ -214,7 +197,7 @@ class SQLiteStore:
         uids, kws = array("I", uids), dict(kws)  # the cache keeps the originals
         recent_from = uidnext
         if claim_recent:
-            recent_from = self._claim(mailbox_id, validity, stored, uidnext)
+            recent_from = await self.recent.claim(mailbox_id, validity, stored, uidnext)
         return MailboxSnapshot(
             id=mailbox_id, user_id=owner, name=real_name, uidvalidity=validity, uidnext=uidnext,
             highestmodseq=modseq, recent_from=recent_from, uids=uids, flags=flags, keywords=kws,
@@ -341,13 +324,16 @@ class SQLiteStore:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))
 
     async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int:
-        known = self._recent.get(mailbox_id)
-        if known is not None and upto is not None:
-            return self._claim(mailbox_id, known[0], known[1], upto)  # no I/O at all
+        if upto is not None:
+            known = await self.recent.known(mailbox_id)
+            if known is not None:  # no read: the mark in memory is at least the column's
+                return await self.recent.claim(mailbox_id, known[0], known[1], upto)
         validity, stored, uidnext = await self.engine.read(
             lambda c: mail.recent_mark(c, mailbox_id)
         )
-        return self._claim(mailbox_id, validity, stored, uidnext if upto is None else upto)
+        return await self.recent.claim(
+            mailbox_id, validity, stored, uidnext if upto is None else upto
+        )
 
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
@@ -405,14 +391,11 @@ class SQLiteStore:
         return await self.engine.read(queue.next_due)
 
     # -- POP3 --------------------------------------------------------------------------
-    def try_lock_maildrop(self, user_id: int) -> bool:
-        if user_id in self._maildrop_locks:
-            return False
-        self._maildrop_locks.add(user_id)
-        return True
+    async def try_lock_maildrop(self, user_id: int) -> bool:
+        return self.maildrops.try_lock(user_id)
 
-    def unlock_maildrop(self, user_id: int) -> None:
-        self._maildrop_locks.discard(user_id)
+    async def unlock_maildrop(self, user_id: int) -> None:
+        self.maildrops.unlock(user_id)
 
 
 def open_store(data_dir: Path, *, fsync: bool = True) -> SQLiteStore:

@@ -14,8 +14,16 @@ that crosses the threshold, so one unlucky batch of deliveries would also wait f
 to be copied into the database and the database fsynced. Here the writer never
 checkpoints (``wal_autocheckpoint=0``); a checkpointer thread copies PASSIVE-ly (never
 blocking the writer) shortly after commits, and only if the WAL still grows past
-``WAL_RESTART_FRAMES`` under sustained load does the writer force a RESTART between two
-batches, which bounds the WAL file.
+``WAL_RESTART_FRAMES`` under sustained load does it force a RESTART, holding the write
+lock between two batches, which bounds the WAL file.
+
+Several processes on one database (the worker processes of ``server.workers``, the CLI):
+every writer takes an ``flock`` on ``<database>.writelock`` around each batch, gathered
+once the lock is held, so group commit holds across processes: while one process
+fsyncs, the others' jobs queue up and each commits them together when its turn comes. In
+saturation that is the same number of fsyncs per second, each carrying as many jobs, as
+one writer would manage. Only one process runs the checkpointer (``checkpoint=True``,
+the supervisor); its PASSIVE checkpoints copy what every process committed.
 
 Callers see two coroutines: :meth:`Engine.write` and :meth:`Engine.read`, each taking a
 plain function of a ``sqlite3.Connection``.
@@ -45,6 +53,8 @@ MAX_BATCH = 512
 BUSY_TIMEOUT_MS = 30_000
 # Checkpoint at most this often (each checkpoint fsyncs the database file).
 CHECKPOINT_INTERVAL = 0.25
+# How often the checkpointer looks for commits made by other processes.
+CHECKPOINT_POLL = 1.0
 # A WAL this long (in pages of 4 KiB: ~400 MB) makes the writer checkpoint with RESTART.
 WAL_RESTART_FRAMES = 100_000
 
@@ -91,7 +101,9 @@ def _resolve(jobs: list[_Job]) -> None:
 class Engine:
     """Owns the writer thread and reader pool for one database file."""
 
-    def __init__(self, path: Path, *, fsync: bool = True, readers: int = 4) -> None:
+    def __init__(
+        self, path: Path, *, fsync: bool = True, readers: int = 4, checkpoint: bool = True
+    ) -> None:
         self.path = path
         self.fsync = fsync
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -102,10 +114,11 @@ class Engine:
         # batch (see _writer_loop); kept open for the life of the engine.
         self._lock_fd = os.open(str(path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._checkpoint_wanted = threading.Event()
-        self._restart_wanted = False
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
-        )
+        self._checkpointer: threading.Thread | None = None
+        if checkpoint:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+            )
         self._thread = threading.Thread(target=self._writer_loop, name="sqlite-writer", daemon=True)
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -115,7 +128,8 @@ class Engine:
         self.commits = 0  # observed by tests and the benchmark
         self.jobs = 0
         self._thread.start()
-        self._checkpointer.start()
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
     # ---------------------------------------------------------------------------------
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -233,12 +247,6 @@ class Engine:
                 return
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        if self._restart_wanted:
-            self._restart_wanted = False
-            try:
-                conn.execute("PRAGMA wal_checkpoint(RESTART)")
-            except sqlite3.Error as e:
-                log.warning("checkpoint failed: %s", e)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -265,7 +273,8 @@ class Engine:
                 job.error = e
         self.commits += 1
         self.jobs += len(batch)
-        self._checkpoint_wanted.set()
+        if self._checkpointer is not None:
+            self._checkpoint_wanted.set()
 
     @staticmethod
     def _post(batch: list[_Job]) -> None:
@@ -285,24 +294,40 @@ class Engine:
 
     def _checkpoint_loop(self) -> None:
         conn = connect(self.path, fsync=self.fsync)
+        lock_fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        seen = -1
         try:
             while True:
-                self._checkpoint_wanted.wait()
-                if not self._closed:
-                    time.sleep(CHECKPOINT_INTERVAL)  # let more commits join this checkpoint
-                self._checkpoint_wanted.clear()
+                # This process's commits wake the checkpointer; other processes' commits
+                # (worker processes, the CLI) are noticed by polling data_version.
+                if self._checkpoint_wanted.wait(CHECKPOINT_POLL):
+                    if not self._closed:
+                        time.sleep(CHECKPOINT_INTERVAL)  # let more commits join this checkpoint
+                    self._checkpoint_wanted.clear()
                 # close() sets _closed before it sets the event, so a close that happened
                 # during the sleep is seen here even though clear() ate its wake-up.
                 if self._closed:
                     return
                 try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if version == seen:  # nobody committed since the last checkpoint
+                        continue
+                    seen = version
                     _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames > WAL_RESTART_FRAMES:
+                        # Readers always pinned part of the WAL: copy it all and start the
+                        # WAL over, between two batches of any process's writer.
+                        # (Its own descriptor: flock on the writer's would not exclude
+                        # the writer thread, as both would share one open file.)
+                        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                        try:
+                            conn.execute("PRAGMA wal_checkpoint(RESTART)")
+                        finally:
+                            fcntl.flock(lock_fd, fcntl.LOCK_UN)
                 except sqlite3.Error as e:
                     log.warning("checkpoint failed: %s", e)
-                    continue
-                if frames > WAL_RESTART_FRAMES:
-                    self._restart_wanted = True
         finally:
+            os.close(lock_fd)
             conn.close()
 
     # ---------------------------------------------------------------------------------
@@ -312,8 +337,9 @@ class Engine:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        self._checkpoint_wanted.set()
-        self._checkpointer.join()
+        if self._checkpointer is not None:
+            self._checkpoint_wanted.set()
+            self._checkpointer.join()
         self._readers.shutdown(wait=True)
         with self._reader_lock:
             for c in self._reader_conns:
