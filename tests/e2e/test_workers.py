@@ -390,3 +390,23 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: Path
     srv.kill()
     wait_gone(pids, 30)
     assert srv.logs().count("event=worker_supervisor_gone") == 2
+
+
+def test_a_workers_delivery_wakes_the_supervisors_queue_runner(tmp_path: Path) -> None:
+    """Mail for a remote domain is queued by a worker and relayed by the supervisor: the
+    wake-up travels over the bus, so it leaves at once (the poll is a minute here)."""
+    from support.outbound import World
+
+    world = World(tmp_path, outbound='queue_poll_interval = "60s"\n').start(workers=2)
+    try:
+        assert world.server is not None
+        target = world.mx("remote.test")
+        time.sleep(1.5)  # the queue runner's first look at the empty queue is over
+        for i in range(3):
+            started = time.monotonic()
+            world.send([f"bob{i}@remote.test"], subject=f"relay {i}")
+            got = world.wait_arrived(target, count=i + 1, timeout=30)
+            assert time.monotonic() - started < 5.0
+            assert f"relay {i}".encode() in got[-1].data
+    finally:
+        world.stop()

@@ -338,6 +338,9 @@ class _Peer:
         self.watched: set[int] = set()
         self.watches_queue = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A worker that exits before it is ready may have nobody waiting (a restart):
+        # its exception is then retrieved here rather than reported as never retrieved.
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class Hub:

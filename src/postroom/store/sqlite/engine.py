@@ -344,10 +344,11 @@ class Engine:
         with self._reader_lock:
             for c in self._reader_conns:
                 c.close()
-        try:
-            self._writer_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass
+        if self._checkpointer is not None:  # the one process that checkpoints
+            try:
+                self._writer_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass
         self._writer_conn.close()
         os.close(self._lock_fd)
 
