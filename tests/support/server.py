@@ -39,7 +39,7 @@ class Server:
         extra: str = "",
         fsync: bool = False,
         hostname: str = "mail.example.test",
-        workers: int | None = None,
+        workers: int | str | None = None,  # a number or "auto"
     ) -> None:
         self.root = root
         self.roles = roles
@@ -62,7 +62,8 @@ class Server:
         if "[smtp]" not in extra:
             limits += '[smtp]\ngreeting_delay = "0s"\n'
         if "[server]" not in extra:
-            limits += f"[server]\nworkers = {workers or DEFAULT_WORKERS}\n"
+            n = workers or DEFAULT_WORKERS
+            limits += f"[server]\nworkers = {n if isinstance(n, int) else repr(n)}\n"
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
             f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'
