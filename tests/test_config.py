@@ -93,6 +93,8 @@ format = "json"
         ("[[listener]]\naddress = \"127.0.0.1:2465\"\nrole = \"submissions\"", "tls.cert", "required by the listener"),
         ("[tls]\ncert = \"c.pem\"", "tls", "both tls.cert and tls.key"),
         ("hostname = \"bad name\"", "hostname", "a DNS host name"),
+        ("[server]\nworkers = 0", "server.workers", "\"auto\" or an integer from 1 to 256"),
+        ("[server]\nworkers = \"many\"", "server.workers", "\"auto\" or an integer"),
     ],
 )
 def test_errors_name_key_and_allowed(tmp_path: Path, extra: str, key: str, allowed: str) -> None:
@@ -105,6 +107,18 @@ def test_errors_name_key_and_allowed(tmp_path: Path, extra: str, key: str, allow
     msg = _error(tmp_path, text)
     assert f": {key}:" in msg, msg
     assert allowed in msg, msg
+
+
+def test_server_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    assert _load(tmp_path, BASE + "[server]\nworkers = 3\n").server.worker_count() == 3
+    auto = _load(tmp_path, BASE).server
+    assert auto.workers == 0  # "auto", the default
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 5})
+    assert auto.worker_count() == 4  # the CPUs this process may run on, not all of them
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert _load(tmp_path, BASE + "[server]\nworkers = \"auto\"\n").server.worker_count() == 1
 
 
 def test_syntax_error_and_missing(tmp_path: Path) -> None:
