@@ -70,16 +70,22 @@ def header_fields(data: bytes) -> list[tuple[bytes, int, int]]:
     return fields
 
 
-def count_fields(data: bytes, name: bytes) -> int:
-    return sum(1 for n, _, _ in header_fields(data) if n == name)
+Fields = list[tuple[bytes, int, int]]  # what header_fields returns
+
+
+def count_fields(data: bytes, name: bytes, fields: Fields | None = None) -> int:
+    return sum(1 for n, _, _ in (header_fields(data) if fields is None else fields) if n == name)
 
 
 def has_field(data: bytes, name: bytes) -> bool:
     return any(n == name for n, _, _ in header_fields(data))
 
 
-def drop_fields(data: bytes, names: tuple[bytes, ...]) -> bytes:
-    fields = header_fields(data)
+def drop_fields(data: bytes, names: tuple[bytes, ...], fields: Fields | None = None) -> bytes:
+    """``data`` without the header fields called ``names`` (``fields``: ``header_fields(data)``
+    when the caller has it already)."""
+    if fields is None:
+        fields = header_fields(data)
     if not any(n in names for n, _, _ in fields):
         return data
     keep = [data[s:e] for n, s, e in fields if n not in names]

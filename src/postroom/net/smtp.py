@@ -329,7 +329,8 @@ class SmtpSession:
         qid = deliver.new_id()
         sender_addr = event.sender.address
         sender = str(sender_addr) if sender_addr is not None else ""
-        if deliver.count_fields(data, b"received") >= settings.outbound.max_received_headers:
+        fields = deliver.header_fields(data)  # parsed once for the loop check and the drops
+        if deliver.count_fields(data, b"received", fields) >= settings.outbound.max_received_headers:
             self.core.reject(LOOP_DETECTED)
             self._log(event, qid, "554 5.4.6 loop", started)
             return
@@ -356,7 +357,9 @@ class SmtpSession:
         protocol = ("UTF8SMTP" if event.mail_params.smtputf8 else "ESMTP") if self.core.esmtp else "SMTP"
         if self.core.esmtp:
             protocol += ("S" if tls else "") + ("A" if self.auth.user else "")
-        data = deliver.drop_fields(data, deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()))
+        data = deliver.drop_fields(
+            data, deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()), fields
+        )
         if self.submission:
             data = deliver.submission_fixups(data, settings.hostname, qid)
         received = deliver.received_header(
