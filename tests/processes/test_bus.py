@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 import pytest
 
 from postroom.processes.bus import MAX_FRAME, Hub, RemoteRecent, WorkerBus, encode, read_frame
 from postroom.store.api import MailboxChange
+from postroom.store import changes
 from postroom.store.changes import LocalChangeHub
 
 
@@ -70,22 +72,34 @@ def test_changes_reach_only_the_workers_that_watch_the_mailbox() -> None:
         assert w.hub.hub is not None
         w.hub.hub.subscribe_queue(lambda: got["sup"].append((0, 0)))
         await settle()
-        assert got["one"] == [(7, 0)]  # the confirmed watch: read once (store/changes.py)
+        assert got["one"] == []  # no change went by while the watch travelled
         two.publish(MailboxChange(7, 1, 5))
         two.publish(MailboxChange(8, 1, 6))  # nobody watches 8
         three.publish_queue()
         await settle()
-        assert got["one"] == [(7, 0), (7, 5)]
+        assert got["one"] == [(7, 5)]
         assert got["sup"] == [(0, 0)]  # the supervisor runs the queue
         # a worker's own change is not echoed back to it
         got["one"].clear()
         one.publish(MailboxChange(7, 1, 9))
         await settle()
         assert got["one"] == [(7, 9)]
-        # unwatch: no more forwarding
+        # the last listener leaves: the watch lingers (a re-SELECT needs no round trip)...
         one.unsubscribe(7, one._mailbox[7][0])
         await settle()
         two.publish(MailboxChange(7, 1, 10))
+        await settle()
+        assert w.hub.peers[1].watched == {7} and got["one"] == [(7, 9)]
+        one.subscribe(7, lambda c: got["one"].append((c.mailbox_id, c.modseq)))
+        two.publish(MailboxChange(7, 1, 12))
+        await settle()
+        assert got["one"] == [(7, 9), (7, 12)]
+        # ... until it has lingered long enough: then no more forwarding
+        changes.LINGER_SECONDS = 0.0
+        try:
+            one.unsubscribe(7, one._mailbox[7][0])
+        finally:
+            changes.LINGER_SECONDS = 30.0
         await settle()
         assert w.hub.peers[1].watched == set()
         # the supervisor's own change goes to watchers too
@@ -93,7 +107,28 @@ def test_changes_reach_only_the_workers_that_watch_the_mailbox() -> None:
         await settle()
         w.hub.hub.publish(MailboxChange(7, 1, 11))
         await settle()
-        assert got["two"] == [(7, 0), (7, 11)]
+        assert got["two"] == [(7, 11)]
+
+    run(body)
+
+
+def test_a_watch_that_a_change_overtook_makes_the_listeners_read_again() -> None:
+    """The race of store/changes.py: a session subscribed, read, and a change of another
+    worker reached the supervisor before the watch did. The supervisor sees that the change
+    is newer than the watch (one monotonic clock) and the listeners read again."""
+
+    async def body() -> None:
+        w = World()
+        await w.start(2)
+        one, two = (bus.hub for bus in w.buses)
+        assert one is not None and two is not None
+        got: list[tuple[int, int]] = []
+        two.publish(MailboxChange(9, 1, 3))  # relayed to nobody: nobody watches 9 yet
+        await settle()
+        one._mailbox[9] = [lambda c: got.append((c.mailbox_id, c.modseq))]
+        w.buses[0]._send(("watch", 9, time.monotonic() - 5), now=True)  # sent before that
+        await settle()
+        assert got == [(9, 0)]  # "something changed": read again
 
     run(body)
 
@@ -128,12 +163,19 @@ def test_calls_both_ways_and_recent_claims_answered_by_the_supervisor() -> None:
             await asyncio.sleep(0.01)  # a coroutine handler
             return marks.get(mailbox_id)
 
+        def claim_known(mailbox_id: int, upto: int) -> int | None:
+            known = marks.get(mailbox_id)
+            return None if known is None else claim(mailbox_id, known[0], known[1], upto)
+
         w.hub.handlers.update({"recent.claim": claim, "recent.known": slow_known,
+                               "recent.claim_known": claim_known,
                                "recent.forget": lambda m: marks.pop(m, None)})
         first, second = (RemoteRecent(bus) for bus in w.buses)
+        assert await first.claim_known(3, 5) is None  # no mark yet: read the column
         assert await first.claim(3, 100, 1, 5) == 1  # owns 1..4
         assert await second.claim(3, 100, 1, 5) == 5  # nothing left
         assert await second.known(3) == (100, 5)
+        assert await second.claim_known(3, 7) == 5  # owns 5..6, in one call
         first.forget(3)
         await settle()
         assert await first.known(3) is None
@@ -160,6 +202,7 @@ def test_a_closed_bus_is_seen_by_both_ends() -> None:
         # claims fall back to the caller's own reading of the column (RFC 3501 2.3.2)
         assert await remote.claim(3, 100, 4, 9) == 4
         assert await remote.known(3) is None
+        assert await remote.claim_known(3, 9) is None
         assert w.closed == [1] and 1 not in w.hub.peers
         w.buses[1].proto.close()  # a worker goes away
         for _ in range(100):

@@ -26,6 +26,7 @@ import logging
 import pickle
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -248,7 +249,7 @@ class WorkerBus:
             if hub is not None:
                 hub.receive_queue()
         elif kind == "watching":
-            if hub is not None:
+            if hub is not None and m[2]:  # a change went by meanwhile: read again
                 hub.watch_confirmed(m[1])
         elif kind == "note":
             for handler in tuple(self._notes.get(m[1], ())):
@@ -264,7 +265,10 @@ class WorkerBus:
     # ChangeRelay -----------------------------------------------------------------------
     def watch(self, mailbox_id: int) -> None:
         # At once, not batched: the session reads the mailbox next (see store/changes.py).
-        self._send(("watch", mailbox_id), now=True)
+        # The time (CLOCK_MONOTONIC, one clock for every process of the machine) lets the
+        # supervisor say whether a change to the mailbox went by since: only then do the
+        # listeners need to read again.
+        self._send(("watch", mailbox_id, time.monotonic()), now=True)
 
     def unwatch(self, mailbox_id: int) -> None:
         self._send(("unwatch", mailbox_id))
@@ -324,6 +328,13 @@ class RemoteRecent:
             return None
         return known
 
+    async def claim_known(self, mailbox_id: int, upto: int) -> int | None:
+        try:
+            mark: int | None = await self.bus.call("recent.claim_known", mailbox_id, upto)
+        except (ConnectionError, RuntimeError, TimeoutError):
+            return None  # the caller reads the column and claims with that
+        return mark
+
     def forget(self, mailbox_id: int) -> None:
         self.bus.cast("recent.forget", mailbox_id)
 
@@ -343,11 +354,18 @@ class _Peer:
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
+CHANGED_KEEP = 60.0  # seconds the supervisor remembers when a mailbox last changed
+CHANGED_MAX = 50_000  # ... for at most this many mailboxes before pruning old entries
+
+
 class Hub:
     """The supervisor's end of every worker's bus, and the relay of its own store."""
 
     def __init__(self) -> None:
         self.peers: dict[int, _Peer] = {}
+        # mailbox id -> when a change to it was last relayed (time.monotonic()), to tell a
+        # new watch whether it may have missed one (see WorkerBus.watch)
+        self._changed: dict[int, float] = {}
         self.hub: LocalChangeHub | None = None  # the supervisor's own store's hub
         self.handlers: dict[str, Handler] = {}
         self._notes: dict[str, list[NoteHandler]] = {}
@@ -382,6 +400,7 @@ class Hub:
     def _on_message(self, peer: _Peer, m: Message) -> None:
         kind = m[0]
         if kind == "change":
+            self._note_change(m[1])
             if self.hub is not None:
                 self.hub.receive(MailboxChange(mailbox_id=m[1], user_id=m[2], modseq=m[3]))
             for other in self.peers.values():
@@ -395,7 +414,7 @@ class Hub:
                     other.proto.send(m)
         elif kind == "watch":
             peer.watched.add(m[1])
-            peer.proto.send_now(("watching", m[1]))
+            peer.proto.send_now(("watching", m[1], self._changed.get(m[1], -1.0) >= m[2]))
         elif kind == "unwatch":
             peer.watched.discard(m[1])
         elif kind == "watch_queue":
@@ -420,6 +439,13 @@ class Hub:
         else:
             log.warning("unknown bus message %r from worker %d", kind, peer.index)
 
+    def _note_change(self, mailbox_id: int) -> None:
+        changed = self._changed
+        now = time.monotonic()
+        changed[mailbox_id] = now
+        if len(changed) > CHANGED_MAX:
+            self._changed = {k: t for k, t in changed.items() if now - t < CHANGED_KEEP}
+
     async def gather(self, name: str, *args: Any) -> dict[int, Any]:
         """Ask every ready worker; their answers by worker index (failures left out)."""
         peers = [p for p in self.peers.values() if p.ready.done() and not p.proto.closed]
@@ -442,6 +468,7 @@ class Hub:
         pass  # its own queue runner listens on its own hub
 
     def send_change(self, change: MailboxChange) -> None:
+        self._note_change(change.mailbox_id)
         m = ("change", change.mailbox_id, change.user_id, change.modseq)
         for peer in self.peers.values():
             if change.mailbox_id in peer.watched:

@@ -82,6 +82,7 @@ class Supervisor:
         marks = store.recent_marks
         self.hub.handlers.update({
             "recent.claim": marks.claim_now,
+            "recent.claim_known": marks.claim_known_now,
             "recent.known": marks.known_now,
             "recent.forget": marks.forget,
         })

@@ -15,14 +15,18 @@ LISTEN/NOTIFY (a channel per watched mailbox).
 
 One race every relay must close: a session subscribes, then reads the mailbox; a change
 committed by another process after that read but before the other side learnt of the
-watch would be lost. So a relay confirms a watch once it is in force, and the hub then
-wakes that mailbox's listeners once (:meth:`watch_confirmed`), which makes them read
-what changed since their own state: any change it would have missed is in that read.
+watch would be lost. So a relay confirms a watch once it is in force and, when a change
+to that mailbox may have gone by meanwhile (the process bus compares times; a LISTEN
+can simply assume so), the hub wakes that mailbox's listeners once
+(:meth:`watch_confirmed`), which makes them read what changed since their own state:
+any change it would have missed is in that read.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -41,17 +45,25 @@ class ChangeRelay(Protocol):
     def send_queue(self) -> None: ...
 
 
+# A mailbox's watch outlives its last listener this long (and at most this many such
+# watches are kept): clients re-SELECT the same mailboxes all the time, and a watch still
+# in force needs no round trip and no re-read when a listener comes back.
+LINGER_SECONDS = 30.0
+LINGER_MAX = 10_000
+
+
 class LocalChangeHub:
     def __init__(self, relay: ChangeRelay | None = None) -> None:
         self._mailbox: dict[int, list[ChangeListener]] = {}
         self._queue: list[Callable[[], None]] = []
         self.relay = relay
+        self._lingering: OrderedDict[int, float] = OrderedDict()  # watched, no listener
 
     def subscribe(self, mailbox_id: int, listener: ChangeListener) -> None:
         listeners = self._mailbox.get(mailbox_id)
         if listeners is None:
             listeners = self._mailbox[mailbox_id] = []
-            if self.relay is not None:
+            if self.relay is not None and self._lingering.pop(mailbox_id, None) is None:
                 self.relay.watch(mailbox_id)
         listeners.append(listener)
 
@@ -66,7 +78,21 @@ class LocalChangeHub:
         if not listeners:
             del self._mailbox[mailbox_id]
             if self.relay is not None:
-                self.relay.unwatch(mailbox_id)
+                self._linger(mailbox_id)
+
+    def _linger(self, mailbox_id: int) -> None:
+        """Keep the relay's watch a while; end the watches that lingered long enough."""
+        assert self.relay is not None
+        now = time.monotonic()
+        lingering = self._lingering
+        lingering[mailbox_id] = now
+        lingering.move_to_end(mailbox_id)
+        while lingering:
+            oldest, since = next(iter(lingering.items()))
+            if now - since < LINGER_SECONDS and len(lingering) <= LINGER_MAX:
+                break
+            del lingering[oldest]
+            self.relay.unwatch(oldest)
 
     def subscribe_queue(self, listener: Callable[[], None]) -> None:
         if not self._queue and self.relay is not None:

@@ -325,9 +325,9 @@ class SQLiteStore:
 
     async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int:
         if upto is not None:
-            known = await self.recent.known(mailbox_id)
-            if known is not None:  # no read: the mark in memory is at least the column's
-                return await self.recent.claim(mailbox_id, known[0], known[1], upto)
+            mark = await self.recent.claim_known(mailbox_id, upto)
+            if mark is not None:  # no read: the mark in memory is at least the column's
+                return mark
         validity, stored, uidnext = await self.engine.read(
             lambda c: mail.recent_mark(c, mailbox_id)
         )

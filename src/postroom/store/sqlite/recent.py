@@ -38,6 +38,11 @@ class RecentClaims(Protocol):
         """The mark in memory, if any (STATUS counts \\Recent from it)."""
         ...
 
+    async def claim_known(self, mailbox_id: int, upto: int) -> int | None:
+        """:meth:`claim` from the mark in memory, if there is one (one call, no read of
+        the column: a mark in memory is never below it); None: there is none."""
+        ...
+
     def forget(self, mailbox_id: int) -> None:
         """The mailbox was deleted."""
         ...
@@ -76,6 +81,15 @@ class RecentMarks:
 
     async def known(self, mailbox_id: int) -> Mark | None:
         return self._marks.get(mailbox_id)
+
+    def claim_known_now(self, mailbox_id: int, upto: int) -> int | None:
+        known = self._marks.get(mailbox_id)
+        if known is None:
+            return None
+        return self.claim_now(mailbox_id, known[0], known[1], upto)
+
+    async def claim_known(self, mailbox_id: int, upto: int) -> int | None:
+        return self.claim_known_now(mailbox_id, upto)
 
     def forget(self, mailbox_id: int) -> None:
         self._marks.pop(mailbox_id, None)
