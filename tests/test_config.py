@@ -149,3 +149,17 @@ def test_every_key_documented() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
     missing = [k for k in config.documented_keys() if f"`{k}`" not in doc]
     assert not missing, f"keys missing from docs/configuration.md: {missing}"
+
+
+def test_server_user(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE + "[server]\nuser = \"nobody\"\n")
+    assert s.server.user == "nobody" and s.server.group == ""
+    assert "server.user: got 'a b'" in _error(tmp_path, BASE + "[server]\nuser = \"a b\"\n")
+    assert "server.group: got 5" in _error(tmp_path, BASE + "[server]\ngroup = 5\n")
+    (tmp_path / "data").mkdir()
+    missing = _load(tmp_path, BASE + "[server]\nuser = \"no-such-user-x\"\n")
+    with pytest.raises(config.ConfigError, match="server.user: no such user 'no-such-user-x'"):
+        config.check_files(missing)
+    root = _load(tmp_path, BASE + "[server]\nuser = \"root\"\n")
+    with pytest.raises(config.ConfigError, match="is root"):
+        config.check_files(root)

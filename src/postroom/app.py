@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
-from postroom import logs
+from postroom import datadir, logs, privileges
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet, Shutdown
 from postroom.peers import LocalPeers, Peers
+from postroom.policy.disk import FreeSpaceGuard
+from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
@@ -34,11 +37,20 @@ def build_services(
     settings: Settings, store: Store, tls: TlsContexts, shutdown: Shutdown,
     peers: Peers | None = None,
 ) -> Services:
-    return Services(
-        settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl),
+    """What every handler receives; the same in one process and in each worker process."""
+    services = Services(
+        settings=settings, store=store,
+        directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
         tls=tls, shutdown=shutdown, secret=load_secret(settings.data_dir),
+        resolver=make_resolver(
+            settings.outbound.resolver, timeout=settings.dns.timeout,
+            cache_entries=settings.dns.cache_entries,
+        ),
+        free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
         peers=peers if peers is not None else LocalPeers(),
     )
+    _auth_services(services)
+    return services
 
 
 def handlers(services: Services) -> dict[str, Handler]:
@@ -63,32 +75,80 @@ def handlers(services: Services) -> dict[str, Handler]:
     return handlers
 
 
+def _auth_services(services: Services) -> None:
+    """DKIM signing (always built: it is idle without keys), inbound checks and the DMARC
+    report recorder (only when an mx listener exists and the settings ask for them)."""
+    from postroom.policy.signing import Signer
+
+    settings = services.settings
+    services.signer = Signer(services.store, enabled=settings.dkim.sign)
+    has_mx = any(lst.role == "mx" for lst in settings.listeners)
+    if has_mx and settings.auth_checks.enabled and services.resolver is not None:
+        from postroom.policy.inbound import AuthChecker
+
+        services.auth_checker = AuthChecker(services.resolver, settings.auth_checks, settings.hostname)
+        if settings.auth_checks.reports:
+            from postroom.policy.reports import DmarcRecorder
+
+            services.dmarc_reports = DmarcRecorder(services.store)
+
+
 async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
+    """Bind, drop root if configured (``server.user``), then open the store and serve.
+
+    The order matters for ``server.user``: ports below 1024 need root (or
+    CAP_NET_BIND_SERVICE), and everything that creates files (the store, the server
+    secret, the queue journal) must run as the final user so that it owns them.
+    """
     from postroom.store.sqlite import open_store
 
     loop = asyncio.get_running_loop()
-    store = open_store(settings.data_dir, fsync=settings.fsync)
+    try:
+        lock = datadir.lock_shared(settings.data_dir)
+    except datadir.DataDirBusy as e:
+        print(f"postroom: error: {e}", file=sys.stderr)
+        return 1
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls)
+    for lst in settings.listeners:
+        try:
+            bound = await listeners.start(lst)
+        except OSError as e:
+            print(f"postroom: error: cannot listen on {lst}: {bind_error(e)}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+        for host, port in bound:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"listening {lst.role} {shown}:{port}", flush=True)
+    if settings.server.user:
+        try:
+            if privileges.drop(settings.server.user, settings.server.group):
+                logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
+        except (privileges.PrivilegeError, OSError) as e:
+            print(f"postroom: error: server.user: {e}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+    if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
+        logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
+                   effect="certificate reloads (SIGHUP) will fail")
+    store = open_store(settings.data_dir, fsync=settings.fsync)
     services = build_services(settings, store, tls, listeners.shutdown)
     by_role = handlers(services)
     workers: list[Any] = []
+    side_tasks: list[asyncio.Task[None]] = []
     started_ok = False
     try:
-        for lst in settings.listeners:
-            try:
-                bound = await listeners.start(lst, by_role[lst.role])
-            except OSError as e:
-                print(f"postroom: error: cannot listen on {lst}: {bind_error(e)}", file=sys.stderr)
-                return 1
-            for host, port in bound:
-                shown = f"[{host}]" if ":" in host else host
-                print(f"listening {lst.role} {shown}:{port}", flush=True)
+        await listeners.attach(by_role)
         from postroom.queue.worker import QueueWorker
 
         worker = QueueWorker(services)
         workers.append(worker)
         await worker.start()
+        if services.dmarc_reports is not None:
+            from postroom.policy.reports import report_loop
+
+            side_tasks.append(asyncio.create_task(services.dmarc_reports.run(), name="dmarc-recorder"))
+            side_tasks.append(asyncio.create_task(report_loop(services), name="dmarc-reports"))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -103,11 +163,16 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await listeners.close(settings.limits.shutdown_grace)
         for worker in workers:
             await worker.stop()
+        for task in side_tasks:
+            task.cancel()
+        if side_tasks:
+            await asyncio.wait(side_tasks, timeout=10)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await store.close()
+        datadir.unlock(lock)
         if started_ok:
             logs.event(log, "stopped")
 

@@ -15,9 +15,13 @@ import functools
 import random
 import re
 import time
+from typing import TYPE_CHECKING
 
 from postroom.message import envelope_search_texts, scan
 from postroom.message.search import SearchTexts
+
+if TYPE_CHECKING:
+    from postroom.store.api import Store
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -149,10 +153,16 @@ def strip_return_path(data: bytes) -> bytes:
     return data
 
 
-def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = None) -> bytes:
-    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out."""
+def submission_fixups(
+    data: bytes, hostname: str, qid: str, now: float | None = None, author: str = ""
+) -> bytes:
+    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out; and
+    ``From: <author>`` (the envelope sender or the login, already checked as owned) when
+    there is no From: at all, as Postfix's cleanup does, since RFC 5322 3.6 requires one."""
     add = b""
     fields = {n for n, _, _ in header_fields(data)}
+    if b"from" not in fields and author:
+        add += f"From: <{author}>\r\n".encode()
     if b"date" not in fields:
         add += fold("Date", email.utils.formatdate(now if now is not None else time.time(), localtime=True))
     if b"message-id" not in fields:
@@ -161,6 +171,21 @@ def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = 
         return data
     end = header_end(data)
     return data[:end] + add + data[end:]
+
+
+async def junk_mailboxes(store: Store, user_ids: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """DMARC ``p=quarantine`` (RFC 7489 6.3): the Junk mailbox of each user, and the users
+    that have none (they get the message in their INBOX, as before)."""
+    junk: list[int] = []
+    inbox: list[int] = []
+    for uid in user_ids:
+        boxes = await store.list_mailboxes(uid)
+        found = [m for m in boxes if m.special_use == "\\Junk"] or [m for m in boxes if m.name == "Junk"]
+        if found:
+            junk.append(found[0].id)
+        else:
+            inbox.append(uid)
+    return tuple(junk), tuple(inbox)
 
 
 def summarize(data: bytes) -> bytes:

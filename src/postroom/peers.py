@@ -2,7 +2,8 @@
 
 Some state a protocol handler keeps in memory should be the same in every process that
 serves the same clients: today, the SMTP early-talker passes (a client that waited for
-the greeting once is greeted at once everywhere). A handler publishes such a note under
+the greeting once is greeted at once everywhere), and POP3 take-overs (a new login asks
+the process holding the user's maildrop to end its older session). A handler publishes such a note under
 a topic; every *other* process receives it and applies it to its own memory. Delivery is
 best effort and unordered across publishers: only for state where a lost or late note
 costs a little (one more greeting delay), never correctness.
@@ -23,6 +24,7 @@ NoteHandler = Callable[[str], None]
 class Peers(Protocol):
     def publish(self, topic: str, value: str) -> None: ...
     def subscribe(self, topic: str, handler: NoteHandler) -> None: ...
+    def has_others(self) -> bool: ...  # whether a note can reach anybody
 
 
 class LocalPeers:
@@ -33,3 +35,6 @@ class LocalPeers:
 
     def subscribe(self, topic: str, handler: NoteHandler) -> None:
         pass
+
+    def has_others(self) -> bool:
+        return False

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from postroom.auth.directory import Directory
 from postroom.config import Settings
-from postroom.net.listener import Shutdown
+from postroom.net.listener import OtherCounts, Shutdown
 from postroom.peers import LocalPeers, Peers
+from postroom.policy.disk import FreeSpaceGuard
+from postroom.policy.dns import Resolver
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
 
@@ -21,9 +24,17 @@ class Services:
     tls: TlsContexts
     shutdown: Shutdown
     secret: bytes = b""  # stable per data folder: SCRAM fake salts, id generation
+    resolver: Resolver | None = None  # the one DNS resolver (queue and auth checks)
+    signer: Any = None  # policy.signing.Signer: DKIM signing and ARC sealing
+    auth_checker: Any = None  # policy.inbound.AuthChecker (None: no inbound checks)
+    dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
     node: str = "local"
     peers: Peers = field(default_factory=LocalPeers)  # the other serving processes
+    # IMAP sessions per (user, address) in the other worker processes (None: one process)
+    user_ip_counts: OtherCounts | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    # Room for new mail in the data folder (limits.min_free_space); threshold 0: no guard.
+    free_space: FreeSpaceGuard = field(default_factory=lambda: FreeSpaceGuard(Path("."), 0))
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

@@ -256,8 +256,11 @@ def test_a_password_change_takes_effect_in_every_worker(server: Server, user: st
 # -- POP3 across workers ----------------------------------------------------------------------
 
 
-def test_pop3_maildrop_lock_holds_across_workers(server: Server, user: str) -> None:
+def test_pop3_login_takes_over_a_session_of_another_worker(server: Server, user: str) -> None:
+    """One POP3 session per maildrop whichever worker serves it: a new login ends the
+    older session in the other worker (its DELE marks dropped, as without QUIT)."""
     smtp_deliver(server, user, "p1")
+    smtp_deliver(server, user, "p2")
 
     def open_pop() -> poplib.POP3:
         return poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=10)
@@ -265,22 +268,15 @@ def test_pop3_maildrop_lock_holds_across_workers(server: Server, user: str) -> N
     a, b = on_two_workers(server, open_pop, lambda c: c.sock, lambda c: c.close())
     a.user(user)
     a.pass_(PASSWORD)
+    a.dele(1)
     b.user(user)
-    with pytest.raises(poplib.error_proto, match=r"IN-USE"):
-        b.pass_(PASSWORD)
-    a.quit()
-    c = None
-    for _ in range(100):  # the lock goes with the first session's end
-        c = open_pop()
-        c.user(user)
-        try:
-            c.pass_(PASSWORD)
-            break
-        except poplib.error_proto:
-            c.close()
-            time.sleep(0.05)
-    assert c is not None and c.stat()[0] == 1
-    c.quit()
+    b.pass_(PASSWORD)  # takes over: waits until the other worker ended a's session
+    assert b.stat()[0] == 2  # a's DELE was not applied
+    with pytest.raises((poplib.error_proto, OSError, EOFError)) as ended:
+        a.stat()
+    assert "IN-USE" in str(ended.value) or not isinstance(ended.value, poplib.error_proto)
+    b.quit()
+    assert 'event=pop3_takeover' in server.logs() and 'previous="another process"' in server.logs()
 
 
 # -- SMTP notes and limits ---------------------------------------------------------------------
@@ -348,6 +344,32 @@ def test_connection_limits_count_every_worker(tmp_path: Path) -> None:
         over.close()
         for c in many:
             c.close()
+    finally:
+        srv.stop()
+
+
+def test_imap_sessions_per_user_and_address_count_every_worker(tmp_path: Path) -> None:
+    srv = Server(tmp_path, roles=("imap",), workers=2,
+                 extra='[imap]\nallow_plaintext_auth = true\n[limits]\nauth_delay = "10ms"\n'
+                       "connections_per_user_ip = 2\n").start()
+    try:
+        srv.add_user(f"limit@{DOMAIN}")
+        a, b = on_two_workers(srv, lambda: RawImap(srv.ports["imap"]), lambda c: c.sock,
+                              lambda c: c.close())
+        a.login(f"limit@{DOMAIN}", PASSWORD)
+        b.login(f"limit@{DOMAIN}", PASSWORD)
+        c = RawImap(srv.ports["imap"])  # whichever worker: it holds one of the two
+        _, done = c.cmd(f'LOGIN "limit@{DOMAIN}" "{PASSWORD}"')
+        assert done.split()[1:3] == [b"NO", b"[LIMIT]"], done
+        a.close()  # one less: the next login anywhere works
+        for _ in range(100):
+            _, done = c.cmd(f'LOGIN "limit@{DOMAIN}" "{PASSWORD}"')
+            if done.split()[1] == b"OK":
+                break
+            time.sleep(0.05)
+        assert done.split()[1] == b"OK", done
+        for conn in (b, c):
+            conn.close()
     finally:
         srv.stop()
 

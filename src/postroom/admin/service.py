@@ -18,7 +18,17 @@ from postroom.address import (
 )
 from postroom.auth import passwords
 from postroom.config import Settings
-from postroom.store.api import Alias, Domain, NotFound, QueuedMessage, Store, StoreError, User
+from postroom.store.api import (
+    Alias,
+    Domain,
+    NotFound,
+    QueuedMessage,
+    Quota,
+    SendAsGrant,
+    Store,
+    StoreError,
+    User,
+)
 
 
 class AdminError(Exception):
@@ -45,6 +55,14 @@ def _hash(password: str) -> Credentials:
 def _address(value: str) -> str:
     try:
         return normalize_address(value)
+    except AddressError as e:
+        raise AdminError(str(e)) from None
+
+
+def _grant_address(value: str) -> str:
+    """A send-as grant: an address or ``@domain`` (every address of the domain)."""
+    try:
+        return normalize_alias_source(value)
     except AddressError as e:
         raise AdminError(str(e)) from None
 
@@ -102,6 +120,43 @@ class AdminService:
             raise AdminError(f"no user {addr}")
         creds = await asyncio.get_running_loop().run_in_executor(None, _hash, password)
         await self._call(self.store.set_password(addr, creds.password_hash, creds.scram))
+
+    async def user_quota_set(
+        self, address: str, storage: int | None, messages: int | None = None, *,
+        keep_messages: bool = False,
+    ) -> Quota:
+        """Set a user's quota (``None``: unlimited; ``keep_messages``: leave the message
+        limit as it is). Usage is kept by the store."""
+        if storage is not None and storage < 0 or messages is not None and messages < 0:
+            raise AdminError("a quota cannot be negative")
+        if keep_messages:
+            messages = (await self.user_quota(address)).messages_limit
+        return await self._call(self.store.set_quota(_address(address), storage, messages))
+
+    async def user_quota(self, address: str) -> Quota:
+        user = await self.store.get_user(_address(address))
+        if user is None:
+            raise AdminError(f"no user {_address(address)}")
+        return await self.store.get_quota(user.id)
+
+    async def user_list_quotas(self, domain: str | None = None) -> list[tuple[User, Quota]]:
+        """Every user with their quota and usage, for ``user list`` and the admin UI."""
+        users = await self.user_list(domain)
+        quotas = await self.store.list_quotas()
+        empty = Quota(0, 0, None, 0, None)
+        return [(u, quotas.get(u.id, empty)) for u in users]
+
+    # -- "may send as" grants --------------------------------------------------------------
+    # Submission refuses an envelope sender or From: address the login does not own (its
+    # own, +tag forms, aliases that reach it); a grant adds one address or a whole @domain.
+    async def sendas_add(self, user: str, address: str) -> SendAsGrant:
+        return await self._call(self.store.add_sendas(_address(user), _grant_address(address)))
+
+    async def sendas_remove(self, user: str, address: str) -> None:
+        await self._call(self.store.remove_sendas(_address(user), _grant_address(address)))
+
+    async def sendas_list(self, user: str | None = None) -> list[SendAsGrant]:
+        return await self.store.list_sendas(_address(user) if user else None)
 
     # -- aliases -------------------------------------------------------------------------
     async def alias_add(self, source: str, targets: list[str]) -> list[Alias]:
@@ -165,7 +220,10 @@ class AdminService:
         from postroom.queue.bounce import bounce_entry
 
         hostname = self.settings.hostname if self.settings is not None else socket.getfqdn()
-        n = await self._call(bounce_entry(self.store, Directory(self.store), hostname, qid))
+        from postroom.policy.signing import Signer
+
+        signer = Signer(self.store, enabled=self.settings.dkim.sign) if self.settings else None
+        n = await self._call(bounce_entry(self.store, Directory(self.store), hostname, qid, signer=signer))
         if n is None:
             raise AdminError(f"no queued message {qid}")
         return int(n)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from typing import TYPE_CHECKING
+
 from postroom import logs
 from postroom.proto.sasl import (
     Failure,
@@ -28,6 +30,9 @@ from postroom.proto.sasl import (
 )
 from postroom.services import Services
 from postroom.store.api import User
+
+if TYPE_CHECKING:
+    from postroom.net.listener import OtherCounts
 
 log = logging.getLogger("postroom.auth")
 
@@ -119,3 +124,39 @@ class AuthTracker:
             await asyncio.sleep(min(delay, 30.0))
         return self.exhausted
 
+
+class UserSessions:
+    """Logged-in sessions per (user, client address) of one protocol, bounded by
+    ``limits.connections_per_user_ip`` (Dovecot's ``mail_max_userip_connections``).
+
+    Why per address and not per user: a user legitimately has a phone, a laptop and a
+    webmail open at once, each from its own address; 30 sessions from one address are a
+    misconfigured or hostile client holding connection slots (and file descriptors).
+    """
+
+    def __init__(self, limit: int, others: OtherCounts | None = None) -> None:
+        self.limit = limit
+        self.others = others  # the other worker processes' sessions (server.workers)
+        self._count: dict[tuple[int, str], int] = {}
+
+    def enter(self, user_id: int, client_ip: str) -> bool:
+        """Count one more session; False (and nothing counted) when over the limit."""
+        key = (user_id, client_ip)
+        n = self._count.get(key, 0)
+        shared = f"{user_id}|{client_ip}"
+        if n + (self.others.others_from(shared) if self.others else 0) >= self.limit:
+            return False
+        self._count[key] = n + 1
+        if self.others is not None:
+            self.others.add(shared, 1)
+        return True
+
+    def leave(self, user_id: int, client_ip: str) -> None:
+        key = (user_id, client_ip)
+        n = self._count.get(key, 0) - 1
+        if n > 0:
+            self._count[key] = n
+        else:
+            self._count.pop(key, None)
+        if n >= 0 and self.others is not None:
+            self.others.add(f"{user_id}|{client_ip}", -1)

@@ -101,17 +101,23 @@ class ListenerSet:
         self._per_ip: dict[str, int] = {}
         self._total = 0
         self._sessions: dict[asyncio.Task[None], Connection] = {}
+        self._handlers: dict[str, Handler] = {}
 
     @property
     def connection_count(self) -> int:
         return self._total
 
-    async def start(self, listener: Listener, handler: Handler) -> list[tuple[str, int]]:
-        """Bind ``listener``; return the (address, port) pairs actually bound."""
+    async def start(self, listener: Listener, handler: Handler | None = None) -> list[tuple[str, int]]:
+        """Bind ``listener``; return the (address, port) pairs actually bound.
+
+        Without a ``handler`` the socket is bound (and listens: the kernel queues
+        connections) but nothing is accepted until :meth:`attach` names the handlers: the
+        wiring binds ports below 1024 first, then drops root, then builds what serves.
+        """
         loop = asyncio.get_running_loop()
 
         async def on_connect(conn: Connection) -> None:
-            await self._run(conn, listener, handler)
+            await self._run(conn, listener, handler or self._handlers[listener.role])
 
         host: str | None = None if listener.host == "*" else listener.host
         server = await loop.create_server(
@@ -124,6 +130,7 @@ class ListenerSet:
             # the one context that SIGHUP reloads in place (see postroom.tls).
             ssl=self.tls.context if listener.implicit_tls else None,
             ssl_handshake_timeout=self.limits.smtp_idle_timeout if listener.implicit_tls else None,
+            start_serving=handler is not None,
         )
         self._servers.append(server)
         bound = []
@@ -133,6 +140,13 @@ class ListenerSet:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return bound
+
+    async def attach(self, handlers: dict[str, Handler]) -> None:
+        """Start accepting on the sockets bound without a handler (by role)."""
+        self._handlers.update(handlers)
+        for server in self._servers:
+            if not server.is_serving():
+                await server.start_serving()
 
     async def adopt(
         self, listener: Listener, handler: Handler, socks: list[socket.socket]

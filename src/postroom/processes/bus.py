@@ -4,9 +4,11 @@ What travels on it (everything else, the data, goes through the shared SQLite st
 
 * mailbox changes and queue wake-ups published after a commit, so that an IMAP IDLE
   session in one worker wakes for a delivery made by another (``ChangeRelay``). A worker
-  tells the supervisor which mailboxes it watches; the supervisor forwards a change only
-  to the workers watching that mailbox (never back to its sender), and queue wake-ups to
-  itself (it runs the outbound queue);
+  tells the supervisor which mailboxes (IDLE, a selected mailbox) and which users (NOTIFY)
+  it watches; the supervisor forwards a change only to the workers watching it (never
+  back to its sender), and queue wake-ups to itself (it runs the outbound queue). It
+  keeps the changes of the last ``RECENT_KEEP`` seconds to replay to a new watch those
+  that went by while the watch travelled (see ``store/changes.py``);
 * \\Recent claims, answered by the supervisor's one :class:`RecentMarks` (``RemoteRecent``);
 * notes between handlers (``postroom.peers``), forwarded to every other worker;
 * calls the supervisor makes to every worker (``gather``: e.g. their counters, which a
@@ -27,11 +29,12 @@ import pickle
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from postroom.peers import NoteHandler
-from postroom.store.api import MailboxChange
+from postroom.store.api import MESSAGES, MailboxChange
 from postroom.store.changes import LocalChangeHub
 
 log = logging.getLogger(__name__)
@@ -244,12 +247,12 @@ class WorkerBus:
         hub = self.hub
         if kind == "change":
             if hub is not None:
-                hub.receive(MailboxChange(mailbox_id=m[1], user_id=m[2], modseq=m[3]))
+                hub.receive(MailboxChange(mailbox_id=m[1], user_id=m[2], modseq=m[3], kind=m[4]))
         elif kind == "queue":
             if hub is not None:
                 hub.receive_queue()
         elif kind == "watching":
-            if hub is not None and m[2]:  # a change went by meanwhile: read again
+            if hub is not None:  # too late to tell which changes went by: read again
                 hub.watch_confirmed(m[1])
         elif kind == "note":
             for handler in tuple(self._notes.get(m[1], ())):
@@ -265,19 +268,24 @@ class WorkerBus:
     # ChangeRelay -----------------------------------------------------------------------
     def watch(self, mailbox_id: int) -> None:
         # At once, not batched: the session reads the mailbox next (see store/changes.py).
-        # The time (CLOCK_MONOTONIC, one clock for every process of the machine) lets the
-        # supervisor say whether a change to the mailbox went by since: only then do the
-        # listeners need to read again.
+        # The time (CLOCK_MONOTONIC, one clock for every process of the machine) tells the
+        # supervisor which changes went by since, to replay them.
         self._send(("watch", mailbox_id, time.monotonic()), now=True)
 
     def unwatch(self, mailbox_id: int) -> None:
         self._send(("unwatch", mailbox_id))
 
+    def watch_user(self, user_id: int) -> None:
+        self._send(("watch_user", user_id, time.monotonic()), now=True)
+
+    def unwatch_user(self, user_id: int) -> None:
+        self._send(("unwatch_user", user_id))
+
     def watch_queue(self) -> None:
         self._send(("watch_queue",))
 
     def send_change(self, change: MailboxChange) -> None:
-        self._send(("change", change.mailbox_id, change.user_id, change.modseq))
+        self._send(("change", change.mailbox_id, change.user_id, change.modseq, change.kind))
 
     def send_queue(self) -> None:
         self._send(("queue",))
@@ -288,6 +296,9 @@ class WorkerBus:
 
     def subscribe(self, topic: str, handler: NoteHandler) -> None:
         self._notes.setdefault(topic, []).append(handler)
+
+    def has_others(self) -> bool:
+        return self.proto is not None and not self.proto.closed
 
     # calls to the supervisor ---------------------------------------------------------------
     async def call(self, name: str, *args: Any) -> Any:
@@ -346,7 +357,8 @@ class _Peer:
     def __init__(self, index: int, proto: FrameProtocol) -> None:
         self.index = index
         self.proto = proto
-        self.watched: set[int] = set()
+        self.watched: set[int] = set()  # mailbox ids
+        self.watched_users: set[int] = set()
         self.watches_queue = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # A worker that exits before it is ready may have nobody waiting (a restart):
@@ -354,8 +366,13 @@ class _Peer:
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
-CHANGED_KEEP = 60.0  # seconds the supervisor remembers when a mailbox last changed
-CHANGED_MAX = 50_000  # ... for at most this many mailboxes before pruning old entries
+RECENT_KEEP = 30.0  # seconds of changes the supervisor keeps to replay to a new watch
+RECENT_MAX = 100_000  # ... and at most this many
+
+
+def _wants(peer: _Peer, m: Message) -> bool:
+    """Does this worker watch what the change frame ``m`` is about?"""
+    return (m[4] == MESSAGES and m[1] in peer.watched) or m[2] in peer.watched_users
 
 
 class Hub:
@@ -363,9 +380,11 @@ class Hub:
 
     def __init__(self) -> None:
         self.peers: dict[int, _Peer] = {}
-        # mailbox id -> when a change to it was last relayed (time.monotonic()), to tell a
-        # new watch whether it may have missed one (see WorkerBus.watch)
-        self._changed: dict[int, float] = {}
+        # (time.monotonic(), origin worker or 0, change frame) of the last RECENT_KEEP
+        # seconds, to replay to a new watch (see WorkerBus.watch); what was dropped before
+        # ``_horizon`` cannot be replayed any more
+        self._recent: deque[tuple[float, int, Message]] = deque()
+        self._horizon = time.monotonic()
         self.hub: LocalChangeHub | None = None  # the supervisor's own store's hub
         self.handlers: dict[str, Handler] = {}
         self._notes: dict[str, list[NoteHandler]] = {}
@@ -400,11 +419,11 @@ class Hub:
     def _on_message(self, peer: _Peer, m: Message) -> None:
         kind = m[0]
         if kind == "change":
-            self._note_change(m[1])
+            self._keep(peer.index, m)
             if self.hub is not None:
-                self.hub.receive(MailboxChange(mailbox_id=m[1], user_id=m[2], modseq=m[3]))
+                self.hub.receive(MailboxChange(mailbox_id=m[1], user_id=m[2], modseq=m[3], kind=m[4]))
             for other in self.peers.values():
-                if other is not peer and m[1] in other.watched:
+                if other is not peer and _wants(other, m):
                     other.proto.send(m)
         elif kind == "queue":
             if self.hub is not None:
@@ -414,9 +433,14 @@ class Hub:
                     other.proto.send(m)
         elif kind == "watch":
             peer.watched.add(m[1])
-            peer.proto.send_now(("watching", m[1], self._changed.get(m[1], -1.0) >= m[2]))
+            self._replay(peer, m[2], lambda c: c[4] == MESSAGES and c[1] == m[1], m[1])
         elif kind == "unwatch":
             peer.watched.discard(m[1])
+        elif kind == "watch_user":
+            peer.watched_users.add(m[1])
+            self._replay(peer, m[2], lambda c: c[2] == m[1], None)
+        elif kind == "unwatch_user":
+            peer.watched_users.discard(m[1])
         elif kind == "watch_queue":
             peer.watches_queue = True
         elif kind == "note":
@@ -439,12 +463,31 @@ class Hub:
         else:
             log.warning("unknown bus message %r from worker %d", kind, peer.index)
 
-    def _note_change(self, mailbox_id: int) -> None:
-        changed = self._changed
+    def _keep(self, origin: int, m: Message) -> None:
         now = time.monotonic()
-        changed[mailbox_id] = now
-        if len(changed) > CHANGED_MAX:
-            self._changed = {k: t for k, t in changed.items() if now - t < CHANGED_KEEP}
+        recent = self._recent
+        recent.append((now, origin, m))
+        while recent and (now - recent[0][0] > RECENT_KEEP or len(recent) > RECENT_MAX):
+            self._horizon = recent.popleft()[0]
+
+    def _replay(
+        self, peer: _Peer, since: float, match: Callable[[Message], bool], mailbox_id: int | None
+    ) -> None:
+        """Send a new watch the changes it matches that went by since it was sent."""
+        if since < self._horizon:
+            if mailbox_id is not None:  # cannot tell any more: its listeners read again
+                peer.proto.send(("watching", mailbox_id))
+            else:
+                log.warning("a watch of worker %d arrived too late to replay changes", peer.index)
+            return
+        missed = []
+        for t, origin, m in reversed(self._recent):
+            if t < since:
+                break
+            if origin != peer.index and match(m):
+                missed.append(m)
+        for m in reversed(missed):
+            peer.proto.send(m)
 
     async def gather(self, name: str, *args: Any) -> dict[int, Any]:
         """Ask every ready worker; their answers by worker index (failures left out)."""
@@ -458,20 +501,25 @@ class Hub:
 
     # the supervisor's own store: its ChangeRelay ---------------------------------------------
     def watch(self, mailbox_id: int) -> None:
-        if self.hub is not None:  # nobody else to ask: in force at once
-            asyncio.get_running_loop().call_soon(self.hub.watch_confirmed, mailbox_id)
+        pass  # every worker's change reaches the supervisor's own hub anyway
 
     def unwatch(self, mailbox_id: int) -> None:
+        pass
+
+    def watch_user(self, user_id: int) -> None:
+        pass  # its own listeners hear its own changes; the workers' come through _on_message
+
+    def unwatch_user(self, user_id: int) -> None:
         pass
 
     def watch_queue(self) -> None:
         pass  # its own queue runner listens on its own hub
 
     def send_change(self, change: MailboxChange) -> None:
-        self._note_change(change.mailbox_id)
-        m = ("change", change.mailbox_id, change.user_id, change.modseq)
+        m = ("change", change.mailbox_id, change.user_id, change.modseq, change.kind)
+        self._keep(0, m)
         for peer in self.peers.values():
-            if change.mailbox_id in peer.watched:
+            if _wants(peer, m):
                 peer.proto.send(m)
 
     def send_queue(self) -> None:
@@ -486,3 +534,6 @@ class Hub:
 
     def subscribe(self, topic: str, handler: NoteHandler) -> None:
         self._notes.setdefault(topic, []).append(handler)
+
+    def has_others(self) -> bool:
+        return bool(self.peers)

@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-from postroom import app, logs
+from postroom import app, datadir, logs, privileges
 from postroom.config import Settings
 from postroom.net.listener import Shutdown, bind_sockets
 from postroom.processes.bus import Hub, encode
@@ -69,26 +69,26 @@ class Supervisor:
         self.hub = Hub()
         self.sockets: dict[int, list[socket.socket]] = {}
         self.workers = [WorkerProcess(i + 1) for i in range(count)]
-        self.counts = SharedCounts.create(count)
+        self.counts = SharedCounts.create(count)  # connections per address, in total
+        self.user_counts = SharedCounts.create(count)  # IMAP sessions per (user, address)
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- life cycle ----------------------------------------------------------------------
     async def run(self) -> int:
+        """As ``app.run``: lock the data folder, bind, drop root if configured
+        (``server.user``; the workers are started after, as that user), open the store,
+        then start the workers and the queue."""
         settings = self.settings
         loop = asyncio.get_running_loop()
-        store = SQLiteStore(settings.data_dir / DB_NAME, fsync=settings.fsync, relay=self.hub)
-        self.hub.hub = store.changes
-        marks = store.recent_marks
-        self.hub.handlers.update({
-            "recent.claim": marks.claim_now,
-            "recent.claim_known": marks.claim_known_now,
-            "recent.known": marks.known_now,
-            "recent.forget": marks.forget,
-        })
-        tls = TlsContexts(settings.tls_cert, settings.tls_key)
-        services = app.build_services(settings, store, tls, Shutdown(), peers=self.hub)
+        try:
+            lock = datadir.lock_shared(settings.data_dir)
+        except datadir.DataDirBusy as e:
+            print(f"postroom: error: {e}", file=sys.stderr)
+            return 1
+        store: SQLiteStore | None = None
         queue: QueueWorker | None = None
+        side_tasks: list[asyncio.Task[None]] = []
         started_ok = False
         try:
             for i, lst in enumerate(settings.listeners):
@@ -101,6 +101,27 @@ class Supervisor:
                     host, port = sock.getsockname()[:2]
                     shown = f"[{host}]" if ":" in host else host
                     print(f"listening {lst.role} {shown}:{port}", flush=True)
+            if settings.server.user:
+                try:
+                    if privileges.drop(settings.server.user, settings.server.group):
+                        logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
+                except (privileges.PrivilegeError, OSError) as e:
+                    print(f"postroom: error: server.user: {e}", file=sys.stderr)
+                    return 1
+            if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
+                logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
+                           effect="certificate reloads (SIGHUP) will fail")
+            store = SQLiteStore(settings.data_dir / DB_NAME, fsync=settings.fsync, relay=self.hub)
+            self.hub.hub = store.changes
+            marks = store.recent_marks
+            self.hub.handlers.update({
+                "recent.claim": marks.claim_now,
+                "recent.claim_known": marks.claim_known_now,
+                "recent.known": marks.known_now,
+                "recent.forget": marks.forget,
+            })
+            tls = TlsContexts(settings.tls_cert, settings.tls_key)
+            services = app.build_services(settings, store, tls, Shutdown(), peers=self.hub)
             for w in self.workers:
                 await self._spawn(w)
             try:
@@ -114,6 +135,12 @@ class Supervisor:
                 return 1
             queue = QueueWorker(services)
             await queue.start()
+            if services.dmarc_reports is not None:
+                # The workers record the DMARC results of their MX sessions; the reports
+                # go out once per server, from here.
+                from postroom.policy.reports import report_loop
+
+                side_tasks.append(asyncio.create_task(report_loop(services), name="dmarc-reports"))
             stop = asyncio.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
@@ -134,12 +161,19 @@ class Supervisor:
             await self._stop_workers()
             if queue is not None:
                 await queue.stop()
+            for task in side_tasks:
+                task.cancel()
+            if side_tasks:
+                await asyncio.wait(side_tasks, timeout=10)
             for socks in self.sockets.values():
                 for sock in socks:
                     sock.close()
-            await store.close()
-            self.counts.close()
-            os.close(self.counts.fd)
+            if store is not None:
+                await store.close()
+            for counts in (self.counts, self.user_counts):
+                counts.close()
+                os.close(counts.fd)
+            datadir.unlock(lock)
             if started_ok:
                 logs.event(log, "stopped")
 
@@ -154,7 +188,10 @@ class Supervisor:
     async def _spawn(self, w: WorkerProcess) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {i: [s.fileno() for s in socks] for i, socks in self.sockets.items()}
-        inherited = [theirs.fileno(), self.counts.fd, *(fd for group in fds.values() for fd in group)]
+        inherited = [
+            theirs.fileno(), self.counts.fd, self.user_counts.fd,
+            *(fd for group in fds.values() for fd in group),
+        ]
         try:
             w.proc = subprocess.Popen(
                 [sys.executable, "-m", "postroom.processes.worker", str(theirs.fileno())],
@@ -167,7 +204,7 @@ class Supervisor:
         # The start frame fits the socket buffer: written before the loop owns the socket.
         start = {
             "index": w.index, "workers": self.count, "settings": self.settings, "sockets": fds,
-            "counts": self.counts.fd,
+            "counts": self.counts.fd, "user_counts": self.user_counts.fd,
         }
         ours.sendall(encode(("start", start)))
         ours.setblocking(False)
@@ -185,6 +222,7 @@ class Supervisor:
         assert proc is not None
         code = await asyncio.get_running_loop().run_in_executor(None, proc.wait)
         self.counts.clear(w.index)  # its connections died with it
+        self.user_counts.clear(w.index)
         w.gone.set()
         if self.stopping:
             return

@@ -23,7 +23,7 @@ import socket
 import sys
 from typing import Any
 
-from postroom import app, logs
+from postroom import app, datadir, logs
 from postroom.config import Settings
 from postroom.net.listener import ListenerSet
 from postroom.processes.bus import RemoteRecent, WorkerBus, read_frame
@@ -36,9 +36,14 @@ log = logging.getLogger("postroom.worker")
 
 async def run(
     settings: Settings, index: int, workers: int, bus_sock: socket.socket,
-    sockets: dict[int, list[int]], counts_fd: int,
+    sockets: dict[int, list[int]], counts_fd: int, user_counts_fd: int,
 ) -> int:
     loop = asyncio.get_running_loop()
+    try:  # as long as a worker writes, `postroom restore` must not move the folder away
+        lock = datadir.lock_shared(settings.data_dir)
+    except datadir.DataDirBusy as e:
+        print(f"postroom: error: {e}", file=sys.stderr)
+        return 1
     bus = WorkerBus()
     await bus.connect(bus_sock)
     store = SQLiteStore(
@@ -48,11 +53,16 @@ async def run(
     bus.hub = store.changes
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     counts = SharedCounts(counts_fd, workers, index)
+    user_counts = SharedCounts(user_counts_fd, workers, index)
     listeners = ListenerSet(settings.limits, tls, counts)
     services = app.build_services(settings, store, tls, listeners.shutdown, peers=bus)
+    services.user_ip_counts = user_counts
     services.node = f"worker{index}"
     bus.handlers["counters"] = lambda: dict(services.counters)
     by_role = app.handlers(services)
+    side_tasks: list[asyncio.Task[None]] = []
+    if services.dmarc_reports is not None:  # records this worker's results (sent by the supervisor)
+        side_tasks.append(asyncio.create_task(services.dmarc_reports.run(), name="dmarc-recorder"))
     try:
         for lst_index, fds in sockets.items():
             lst = settings.listeners[lst_index]
@@ -62,19 +72,25 @@ async def run(
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
         bus.ready()
         logs.event(log, "worker_started", worker=index)
-        await asyncio.wait(
-            [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.closed.wait())],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.closed.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
         if bus.closed.is_set() and not stop.is_set():
             logs.event(log, "worker_supervisor_gone", logging.WARNING, worker=index)
         await listeners.close(settings.limits.shutdown_grace)
+        for task in side_tasks:
+            task.cancel()
+        if side_tasks:
+            await asyncio.wait(side_tasks, timeout=10)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await store.close()
         counts.close()
+        user_counts.close()
+        datadir.unlock(lock)
         logs.event(log, "worker_stopped", worker=index)
 
 
@@ -89,7 +105,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with app.runner() as r:
         return r.run(run(
-            settings, start["index"], start["workers"], bus_sock, start["sockets"], start["counts"]
+            settings, start["index"], start["workers"], bus_sock, start["sockets"],
+            start["counts"], start["user_counts"],
         ))
 
 

@@ -223,7 +223,9 @@ class QueueWorker:
         settings = services.settings
         self.out = out = settings.outbound
         self.rng = rng if rng is not None else random.Random()
-        self.resolver = resolver if resolver is not None else make_resolver(out.resolver)
+        if resolver is None:
+            resolver = services.resolver if services.resolver is not None else make_resolver(out.resolver)
+        self.resolver = resolver
         self.router = Router(settings, self.resolver, rng=self.rng)
         schedule = out.retry_schedule
         self.policy = RetryPolicy(
@@ -721,7 +723,8 @@ class QueueWorker:
                 )
                 for o in bounced
             ]
-            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now)
+            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now,
+                           signer=self.services.signer)
         if warn:
             delayed = [o for o in pending if wanted(msg, o.rcpt, DsnKind.DELAY)]
             if delayed:
@@ -732,7 +735,8 @@ class QueueWorker:
                     )
                     for o in delayed
                 ]
-                await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now)
+                await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now,
+                           signer=self.services.signer)
         relayed = [
             o for o in outcomes
             if o.state == "delivered" and o.relayed and wanted(msg, o.rcpt, DsnKind.SUCCESS)
@@ -745,7 +749,8 @@ class QueueWorker:
                 )
                 for o in relayed
             ]
-            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now)
+            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now,
+                           signer=self.services.signer)
         records = [
             RecipientOutcome(o.rcpt.id, state, o.status, o.diagnostic, o.remote_mta)
             for state, group in (

@@ -79,6 +79,15 @@ class Conflict(StoreError):
     """The operation contradicts existing data (e.g. removing a domain that has users)."""
 
 
+class OverQuota(StoreError):
+    """The write would take the mailbox owner over their storage or message quota
+    (IMAP ``NO [OVERQUOTA]``, RFC 9208 4.3; SMTP ``552 5.2.2``)."""
+
+
+class TooMany(StoreError):
+    """A per-object limit on the number of entries would be exceeded (METADATA TOOMANY)."""
+
+
 # ---------------------------------------------------------------------------------------
 # Accounts
 
@@ -108,12 +117,49 @@ class Alias:
 
 
 @dataclass(frozen=True, slots=True)
+class SendAsGrant:
+    """User ``user`` may submit mail as ``address`` (an address, or ``@domain`` for any
+    address of that domain), beyond what they own (``postroom user sendas``)."""
+
+    user: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class AddressLookup:
     """What one read tells about an address: its domain, a user, alias targets."""
 
     domain_is_local: bool
     user: User | None
     alias_targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A user's quota and usage (RFC 9208 STORAGE and MESSAGE resources).
+
+    Usage is kept up to date by every write that adds or removes a message (never
+    computed with a SUM on the hot path). ``None`` limits mean unlimited.
+    """
+
+    user_id: int
+    storage_used: int  # octets of every message in the user's mailboxes
+    storage_limit: int | None
+    messages_used: int
+    messages_limit: int | None
+
+    def allows(self, size: int, count: int = 1) -> bool:
+        """May ``count`` more messages of ``size`` octets in total be stored?"""
+        if self.storage_limit is not None and self.storage_used + size > self.storage_limit:
+            return False
+        return self.messages_limit is None or self.messages_used + count <= self.messages_limit
+
+    @property
+    def exceeded(self) -> bool:
+        """At or over a limit already: nothing more fits (SMTP refuses at RCPT)."""
+        return (self.storage_limit is not None and self.storage_used >= self.storage_limit) or (
+            self.messages_limit is not None and self.messages_used >= self.messages_limit
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,6 +187,7 @@ class MailboxStatus:
     uidnext: int
     uidvalidity: int
     highestmodseq: int
+    deleted_size: int = 0  # octets of the \\Deleted messages (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +243,34 @@ class MessageContent:
     data: bytes | None = field(default=None, repr=False)
 
 
+ALL_FLAGS = FLAG_SEEN | FLAG_ANSWERED | FLAG_FLAGGED | FLAG_DELETED | FLAG_DRAFT
+
+
 @dataclass(frozen=True, slots=True)
 class FlagChange:
-    """How STORE changes flags: mode "add", "remove" or "replace"."""
+    """How STORE changes flags: mode "add", "remove" or "replace".
+
+    ``mask``: the system flags the change may touch at all (others keep their value,
+    whatever the mode); ``keywords_allowed``: False leaves keywords untouched. Both
+    express ACL rights (RFC 4314 4: \\Seen needs "s", \\Deleted "t", the rest "w").
+    """
 
     mode: str
     flags: int
     keywords: tuple[str, ...] = ()
+    mask: int = ALL_FLAGS
+    keywords_allowed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message of :meth:`Store.append_many` (MULTIAPPEND: all or none)."""
+
+    data: bytes = field(repr=False)
+    summary: bytes = field(repr=False)
+    flags: int = 0
+    keywords: tuple[str, ...] = ()
+    internaldate: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +290,14 @@ class Changes:
     vanished: list[int]  # UIDs expunged since the modseq
 
 
+# What a change notification is about (MailboxChange.kind). Mailbox listeners only hear
+# MESSAGES; account listeners (ChangeHub.subscribe_user) hear every kind for the owner.
+MESSAGES = "messages"  # messages added, flags changed, expunged (the mailbox's modseq)
+MAILBOXES = "mailboxes"  # a mailbox was created, deleted or renamed, or its ACL changed
+SUBSCRIPTIONS = "subscriptions"
+METADATA = "metadata"  # a METADATA entry of the mailbox (or the server: mailbox_id 0)
+
+
 @dataclass(frozen=True, slots=True)
 class MailboxChange:
     """Published after a commit that changed a mailbox; listeners re-read what they need."""
@@ -229,6 +305,7 @@ class MailboxChange:
     mailbox_id: int
     user_id: int
     modseq: int
+    kind: str = MESSAGES
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,6 +342,10 @@ class Delivery:
     queue: NewQueueEntry | None = None
     internaldate: int | None = None  # default: now
     flags: int = 0
+    # Skip the users of ``user_ids`` (and the owners of ``mailbox_ids``) whom this message
+    # would take over quota, checked in the same transaction as the insert; their user ids
+    # are listed in DeliveryResult.over_quota.
+    enforce_quota: bool = False
     # The case-folded envelope texts SEARCH FROM/TO/CC/BCC/SUBJECT match (see
     # :meth:`Store.search_envelope`), when the caller computed them from its own parse of
     # ``data`` (``postroom.message.envelope_search_texts``); None: the backend derives
@@ -277,6 +358,7 @@ class DeliveryResult:
     blob_id: int
     placed: list[tuple[int, int]]  # (mailbox_id, uid)
     queued: str | None  # qid
+    over_quota: tuple[int, ...] = ()  # user ids skipped (enforce_quota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +409,79 @@ class RecipientOutcome:
     remote_mta: str | None = None
 
 
+# ---------------------------------------------------------------------------------------
+# Sharing: ACL (RFC 4314) and METADATA (RFC 5464)
+
+# Every right postroom knows, in canonical order (RFC 4314 2.1; "c" and "d" are the
+# obsolete virtual rights of 2.1.1 and never stored). A mailbox's owner has all of them.
+ALL_RIGHTS = "lrswipkxtea"
+# The identifiers that match every logged-in user (RFC 4314 2: "anyone"; "authenticated"
+# as Dovecot and Cyrus also accept).
+ANYONE = "anyone"
+AUTHENTICATED = "authenticated"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedMailbox:
+    """Another user's mailbox that an ACL entry opens to the caller."""
+
+    mailbox: Mailbox
+    owner: str  # the owner's address
+    rights: str  # union of the rights of every matching identifier, canonical order
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedMessage:
+    """One message copied in from another system (``postroom import``).
+
+    ``key`` names the message in its origin (an IMAP ``UIDVALIDITY:UID``, a Maildir file's
+    unique name, an mbox message's hash): the store remembers it per (user, origin) in the
+    same transaction as the message, so an interrupted import resumes without copying a
+    message twice (see :meth:`Store.import_messages`).
+    """
+
+    key: str
+    message: NewMessage  # data already normalised: CRLF, final CRLF
+
+
 ChangeListener = Callable[[MailboxChange], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A DKIM signing key (RFC 6376). It signs from ``active_from`` until ``retire_at``
+    (None: until retired); its DNS record should be published before ``active_from`` and
+    kept until some days after ``retire_at`` (see ``postroom dkim rotate``)."""
+
+    domain: str
+    selector: str
+    algorithm: str  # "ed25519" | "rsa"
+    private_key: str = field(repr=False)  # PKCS#8 PEM
+    public_record: str  # the TXT record value, "v=DKIM1; k=...; p=..."
+    created: int
+    active_from: int
+    retire_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcRow:
+    """DMARC results aggregated for a report (RFC 7489 7.2): one row per distinct outcome
+    per UTC day, with a message count."""
+
+    period: int  # start of the UTC day (epoch seconds)
+    policy_domain: str  # the domain whose record applied (the From: domain or its org domain)
+    header_from: str
+    source_ip: str
+    envelope_from: str
+    disposition: str  # none | quarantine | reject
+    dkim: str  # "pass" | "fail": DMARC-aligned DKIM
+    spf: str  # "pass" | "fail": DMARC-aligned SPF
+    dkim_results: str  # "domain/selector/result" joined by " " (auth_results of the report)
+    spf_result: str  # "domain/scope/result"
+    reason: str  # policy override reason ("" | "local_policy" | "trusted_forwarder" ...)
+    policy: str  # the published record's tags as they applied: "p=reject sp=... adkim=r ..."
+    rua: str  # the rua= value of the record
+    count: int = 1
 
 
 class ChangeHub(Protocol):
@@ -337,6 +491,10 @@ class ChangeHub(Protocol):
     def unsubscribe(self, mailbox_id: int, listener: ChangeListener) -> None: ...
     def subscribe_queue(self, listener: Callable[[], None]) -> None: ...
     def unsubscribe_queue(self, listener: Callable[[], None]) -> None: ...
+    # Every change of every kind to the mailboxes (and subscriptions, METADATA) of one
+    # user: NOTIFY (RFC 5465) and unsolicited METADATA responses listen here.
+    def subscribe_user(self, user_id: int, listener: ChangeListener) -> None: ...
+    def unsubscribe_user(self, user_id: int, listener: ChangeListener) -> None: ...
 
 
 class Store(Protocol):
@@ -363,6 +521,13 @@ class Store(Protocol):
     async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
     async def alias_targets(self, source: str) -> list[str]: ...
     async def lookup_address(self, address: str) -> AddressLookup: ...
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant: ...
+    # NotFound when there is no such user; AlreadyExists when granted already. ``address``
+    # is a normalised address or "@domain" (any domain: a user may send for a domain we
+    # do not host, e.g. a mailing-list domain).
+    async def remove_sendas(self, user: str, address: str) -> None: ...  # NotFound
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]: ...
+    # Sorted by user, then address; grants disappear with their user.
 
     # -- mailboxes ---------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...
@@ -392,7 +557,7 @@ class Store(Protocol):
         flags: int = 0,
         keywords: Iterable[str] = (),
         internaldate: int | None = None,
-    ) -> tuple[int, int]: ...  # (uidvalidity, uid)
+    ) -> tuple[int, int]: ...  # (uidvalidity, uid); OverQuota when it does not fit
     async def list_messages(self, mailbox_id: int) -> list[MessageMeta]: ...
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]: ...
     async def read_messages(
@@ -421,11 +586,26 @@ class Store(Protocol):
     ) -> StoreResult: ...
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]: ...  # (src uid, dst uid)
     async def move_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]: ...
+    # The copies keep only the system flags in ``flag_mask`` and, with ``keywords``, the
+    # keywords (ACL rights on the destination, RFC 4314 4). OverQuota when the
+    # destination's owner would go over quota (a MOVE within one user never does).
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
     async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int: ...
@@ -434,6 +614,11 @@ class Store(Protocol):
     # the previous mark: the caller owns [returned value, upto). The claim need not be
     # durable: RFC 3501 lets \Recent be approximate, so after a crash a message may be
     # \Recent once more; backends may keep the mark in memory and persist it lazily.
+    async def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, enforce_quota: bool = True
+    ) -> tuple[int, list[int]]: ...
+    # MULTIAPPEND (RFC 3502 6.3.11): every message in one transaction, or none; returns
+    # (uidvalidity, uids in order). OverQuota when the owner's quota would be exceeded.
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
     ) -> list[list[int]]: ...
@@ -442,6 +627,61 @@ class Store(Protocol):
     # envelope field, RFC 2047 words decoded (postroom.message.envelope_search_texts),
     # contains ``needle`` ignoring case (str.casefold). An empty needle matches every
     # message that has the field. Backends store the folded texts at delivery/APPEND.
+
+    # -- quota (RFC 9208) ----------------------------------------------------------------
+    async def get_quota(self, user_id: int) -> Quota: ...
+    async def set_quota(
+        self, address: str, storage: int | None, messages: int | None
+    ) -> Quota: ...  # None: unlimited; NotFound for an unknown user
+    async def list_quotas(self) -> dict[int, Quota]: ...  # by user id
+
+    # -- ACL (RFC 4314) ------------------------------------------------------------------
+    async def get_acl(self, mailbox_id: int) -> list[tuple[str, str]]: ...
+    # (identifier, rights) in identifier order; the owner's implicit rights are not listed.
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> None: ...
+    # Replace the identifier's rights (canonical letters of ALL_RIGHTS); "" removes the
+    # entry. NotFound when the mailbox is gone.
+    async def shared_mailboxes(
+        self, user_id: int, identifiers: Sequence[str]
+    ) -> list[SharedMailbox]: ...
+    # Mailboxes of users other than ``user_id`` with a non-empty ACL entry for any of
+    # ``identifiers``, ordered by owner address and name.
+    async def acl_rights(self, mailbox_id: int, identifiers: Sequence[str]) -> str: ...
+
+    # -- METADATA (RFC 5464) --------------------------------------------------------------
+    async def get_metadata(self, user_id: int, mailbox_id: int) -> dict[str, bytes]: ...
+    # Every entry of a mailbox (``mailbox_id`` 0: the server) visible to ``user_id``: the
+    # "/shared/..." entries and that user's "/private/..." ones, by lower-case name.
+    async def set_metadata(
+        self,
+        user_id: int,
+        mailbox_id: int,
+        entries: Sequence[tuple[str, bytes | None]],
+        max_entries: int,
+    ) -> None: ...
+    # Set (None: remove) entries, all or none. Names are lower-case and start with
+    # "/private/" (kept per user) or "/shared/". TooMany when the mailbox would carry
+    # more than ``max_entries`` entries visible to the user.
+
+    # -- URLAUTH (RFC 4467) ---------------------------------------------------------------
+    async def urlauth_key(self, mailbox_id: int, *, create: bool = True) -> bytes | None: ...
+    # The mailbox's secret URLAUTH key, created (random, 32 octets) on first use; without
+    # ``create``, None when there is none (never generated, or reset since).
+    async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None: ...
+    # RESETKEY: forget the key of one mailbox, or of every mailbox of the user.
+
+    # -- migration ---------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]: ...
+    # Append ``messages`` to the mailbox in order, and remember each (origin, key) for the
+    # mailbox's owner, all in one transaction (durable on return). A message whose key is
+    # already remembered for that user and origin is not stored again: its entry in the
+    # returned list is 0, the others are the new UIDs. ``origin`` is an opaque string
+    # chosen by the importer (e.g. "imap://user@host/INBOX"). The owner's quota applies
+    # as for APPEND: OverQuota, and nothing of the batch is stored.
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]: ...
+    # The keys remembered for ``user_id`` and ``origin`` (empty when none).
 
     # -- the outbound queue ------------------------------------------------------------
     async def queue_due(
@@ -468,6 +708,23 @@ class Store(Protocol):
     async def queue_hold(self, qid: str, held: bool) -> bool: ...
     async def queue_flush(self, qid: str | None = None, domain: str | None = None) -> int: ...
     async def queue_next_due(self) -> int | None: ...
+
+    # -- mail authentication ------------------------------------------------------------
+    async def dkim_key_add(self, key: DkimKey) -> None: ...  # AlreadyExists for a known selector
+    async def dkim_keys(self, domain: str | None = None) -> list[DkimKey]: ...  # by domain, active_from
+    async def dkim_key_update(
+        self, domain: str, selector: str, *, active_from: int | None = None, retire_at: int | None = None
+    ) -> None: ...  # NotFound; only the given fields change
+    async def dkim_key_remove(self, domain: str, selector: str) -> None: ...  # NotFound
+    async def dmarc_add(self, rows: Sequence[DmarcRow]) -> None: ...  # counts add up per outcome
+    async def dmarc_pending(self, before: int) -> list[DmarcRow]: ...  # rows of periods < before
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int: ...
+    # Deletes the rows of one report and returns how many there were. With ``report``, the
+    # report is delivered (queued) in the same transaction, and only when rows were deleted:
+    # a crash never loses or repeats a day's report, and two senders racing (the server's
+    # daily run and ``postroom dmarc send-reports``) send it once.
 
     # -- POP3 exclusive access ------------------------------------------------------------
     async def try_lock_maildrop(self, user_id: int) -> bool: ...

@@ -4,22 +4,24 @@ Backends call :meth:`LocalChangeHub.publish` after a commit (never before: a lis
 re-reads must see the change). Listeners are plain callables run on the event loop; they
 must be quick (typically they set an ``asyncio.Event``). Only the sessions subscribed to a
 mailbox are woken, so one delivery costs O(sessions of that mailbox), not O(all sessions).
+Mailbox listeners (a selected mailbox) hear only message changes; account listeners
+(NOTIFY, METADATA: :meth:`subscribe_user`) hear every kind of change of the user.
 
 Several processes (or nodes) sharing one store: the hub is given a :class:`ChangeRelay`
 that carries what this process publishes to the others, and calls :meth:`receive` /
-:meth:`receive_queue` with what they publish. The relay is told which mailboxes this
-process watches (a first subscriber, a last unsubscriber), so a change only travels to
-the processes that have someone to wake. Implementations: ``postroom.processes.bus``
-(worker processes of one server, through the supervisor) and, for PostgreSQL nodes,
-LISTEN/NOTIFY (a channel per watched mailbox).
+:meth:`receive_queue` with what they publish. The relay is told which mailboxes and which
+users this process watches (a first subscriber, a last unsubscriber), so a change only
+travels to the processes that have someone to wake. Implementations:
+``postroom.processes.bus`` (worker processes of one server, through the supervisor) and,
+for PostgreSQL nodes, LISTEN/NOTIFY (a channel per watched mailbox or user).
 
-One race every relay must close: a session subscribes, then reads the mailbox; a change
-committed by another process after that read but before the other side learnt of the
-watch would be lost. So a relay confirms a watch once it is in force and, when a change
-to that mailbox may have gone by meanwhile (the process bus compares times; a LISTEN
-can simply assume so), the hub wakes that mailbox's listeners once
-(:meth:`watch_confirmed`), which makes them read what changed since their own state:
-any change it would have missed is in that read.
+One race every relay must close: a session subscribes, then reads; a change committed
+by another process after that read but before the other side learnt of the watch would
+be lost. The process bus closes it by replaying, to a new watch, the changes that went by
+since the watch was sent (the supervisor keeps the last seconds of them); when it cannot
+tell (older than what it keeps), it confirms the watch as "maybe missed" and the hub wakes
+the mailbox's listeners once (:meth:`watch_confirmed`), which makes them read what
+changed since their own state. A LISTEN-based relay can do the latter after each LISTEN.
 """
 
 from __future__ import annotations
@@ -30,31 +32,33 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from postroom.store.api import ChangeListener, MailboxChange
+from postroom.store.api import MESSAGES, ChangeListener, MailboxChange
 
 log = logging.getLogger(__name__)
+
+# A mailbox's watch outlives its last listener this long (and at most this many such
+# watches are kept): clients re-SELECT the same mailboxes all the time, and a watch still
+# in force needs no round trip when a listener comes back.
+LINGER_SECONDS = 30.0
+LINGER_MAX = 10_000
 
 
 class ChangeRelay(Protocol):
     """Carries changes between the processes or nodes that share a store."""
 
-    def watch(self, mailbox_id: int) -> None: ...  # then confirm with hub.watch_confirmed
+    def watch(self, mailbox_id: int) -> None: ...
     def unwatch(self, mailbox_id: int) -> None: ...
+    def watch_user(self, user_id: int) -> None: ...
+    def unwatch_user(self, user_id: int) -> None: ...
     def watch_queue(self) -> None: ...  # this process runs the outbound queue
     def send_change(self, change: MailboxChange) -> None: ...
     def send_queue(self) -> None: ...
 
 
-# A mailbox's watch outlives its last listener this long (and at most this many such
-# watches are kept): clients re-SELECT the same mailboxes all the time, and a watch still
-# in force needs no round trip and no re-read when a listener comes back.
-LINGER_SECONDS = 30.0
-LINGER_MAX = 10_000
-
-
 class LocalChangeHub:
     def __init__(self, relay: ChangeRelay | None = None) -> None:
         self._mailbox: dict[int, list[ChangeListener]] = {}
+        self._user: dict[int, list[ChangeListener]] = {}
         self._queue: list[Callable[[], None]] = []
         self.relay = relay
         self._lingering: OrderedDict[int, float] = OrderedDict()  # watched, no listener
@@ -103,6 +107,24 @@ class LocalChangeHub:
         if listener in self._queue:
             self._queue.remove(listener)
 
+    def subscribe_user(self, user_id: int, listener: ChangeListener) -> None:
+        listeners = self._user.get(user_id)
+        if listeners is None:
+            listeners = self._user[user_id] = []
+            if self.relay is not None:
+                self.relay.watch_user(user_id)
+        listeners.append(listener)
+
+    def unsubscribe_user(self, user_id: int, listener: ChangeListener) -> None:
+        listeners = self._user.get(user_id)
+        if listeners is None or listener not in listeners:
+            return
+        listeners.remove(listener)
+        if not listeners:
+            del self._user[user_id]
+            if self.relay is not None:
+                self.relay.unwatch_user(user_id)
+
     def publish(self, change: MailboxChange) -> None:
         """A commit of this process changed a mailbox: wake its listeners here and there."""
         self.receive(change)
@@ -115,8 +137,13 @@ class LocalChangeHub:
             self.relay.send_queue()
 
     def receive(self, change: MailboxChange) -> None:
-        """Wake this process's listeners of the mailbox (a change made here or elsewhere)."""
-        for listener in tuple(self._mailbox.get(change.mailbox_id, ())):
+        """Wake this process's listeners (a change made here or in another process)."""
+        targets: tuple[ChangeListener, ...] = ()
+        if change.kind == MESSAGES:
+            targets = tuple(self._mailbox.get(change.mailbox_id, ()))
+        if self._user:
+            targets += tuple(self._user.get(change.user_id, ()))
+        for listener in targets:
             try:
                 listener(change)
             except Exception:  # a broken listener must not stop the others
@@ -130,12 +157,22 @@ class LocalChangeHub:
                 log.exception("queue listener failed")
 
     def watch_confirmed(self, mailbox_id: int, user_id: int = 0) -> None:
-        """The relay's watch is in force: listeners re-read once (see the module docstring)."""
-        self.receive(MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=0))
+        """A change to the mailbox may have gone by unseen (see the module docstring): its
+        listeners read again."""
+        for listener in tuple(self._mailbox.get(mailbox_id, ())):
+            try:
+                listener(MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=0))
+            except Exception:
+                log.exception("mailbox change listener failed")
 
     def listener_count(self, mailbox_id: int) -> int:
         return len(self._mailbox.get(mailbox_id, ()))
 
+    def user_listener_count(self) -> int:
+        return sum(len(v) for v in self._user.values())
+
     def may_have_listeners(self, mailbox_id: int) -> bool:
         """Whether a change to the mailbox may wake anyone, here or in another process."""
-        return self.relay is not None or mailbox_id in self._mailbox
+        return (
+            self.relay is not None or mailbox_id in self._mailbox or bool(self._user)
+        )

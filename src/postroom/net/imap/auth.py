@@ -50,9 +50,21 @@ EXTENSIONS = (
     "THREAD=ORDEREDSUBJECT",  # RFC 5256
     "THREAD=REFERENCES",  # RFC 5256
     "BINARY",  # RFC 3516
-    "MULTIAPPEND",  # RFC 3502
+    "MULTIAPPEND",  # RFC 3502 (atomic: append.py)
     "UTF8=ACCEPT",  # RFC 6855
     "STATUS=SIZE",  # RFC 8438
+    "CATENATE",  # RFC 4469
+    "QUOTA",  # RFC 9208 (no QUOTASET: quota.py)
+    "QUOTA=RES-STORAGE",
+    "QUOTA=RES-MESSAGE",
+    "ACL",  # RFC 4314
+    "RIGHTS=texk",
+    "ESORT",  # RFC 5267 3 (contexts.py)
+    "CONTEXT=SEARCH",  # RFC 5267 4
+    "CONTEXT=SORT",
+    "METADATA",  # RFC 5464 (metadata.py)
+    "URLAUTH",  # RFC 4467 (urlauth.py; BURL on submission)
+    "NOTIFY",  # RFC 5465 (notify.py)
 )
 TEXT_AUTH_FAILED = "Authentication failed"
 TEXT_PRIVACY = "Use STARTTLS (or the IMAPS port) before sending a password"

@@ -180,7 +180,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     if cmd.changed_since is not None:
         metas = [m for m in metas if m.modseq > cmd.changed_since]
     seen_now: set[int] = set()
-    if cmd.sets_seen and not view.readonly:
+    if cmd.sets_seen and not view.readonly and "s" in view.rights:  # RFC 4314 4
         unseen = [m.uid for m in metas if not m.flags & FLAG_SEEN]
         if unseen:
             result = await store.store_flags(view.mailbox_id, unseen, FlagChange("add", FLAG_SEEN))

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING
 from postroom.message import MessageSummary, text_parts
 from postroom.message.encoded import decode_words
 from postroom.message.headers import find_fields, unfold
-from postroom.net.imap import search_mask
+from postroom.net.imap import contexts, search_mask
 from postroom.net.imap.fetch import chunks, load_metas, load_summaries
 from postroom.net.imap.light import Light, light
 from postroom.net.imap.search_mask import EnvelopeMatches, envelope_matches, is_envelope_key
 from postroom.net.imap.thread import Item, is_reply_or_forward, thread_response
 from postroom.proto.imap import responses
-from postroom.proto.imap.commands import Search, Sort, Thread
+from postroom.proto.imap.commands import CancelUpdate, Search, Sort, Thread
 from postroom.proto.imap.grammar import RECENT
 from postroom.proto.imap.search import (
     AgeKey,
@@ -61,7 +61,7 @@ from postroom.proto.imap.search import (
     SizeKey,
     TextKey,
 )
-from postroom.proto.imap.sequence import RangeSet
+from postroom.proto.imap.sequence import RangeSet, compact
 from postroom.store.api import SYSTEM_FLAGS, MessageMeta
 
 if TYPE_CHECKING:
@@ -356,6 +356,8 @@ async def matching_positions(s: ImapSession, view: SelectedMailbox,
 async def search(s: ImapSession, cmd: Search) -> bytes:
     view = s.selected
     assert view is not None
+    if cmd.returns and "UPDATE" in cmd.returns:
+        contexts.check_tag(view, cmd.tag)
     modseq_used = uses_modseq(cmd.key)
     if modseq_used:
         s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
@@ -371,16 +373,20 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
     if returns is None:
         s.write(responses.search(numbers, modseq=highest))
         return responses.ok(cmd.tag, ("UID SEARCH" if cmd.uid else "SEARCH") + " completed")
-    options = returns - {"SAVE"} if returns != frozenset() else frozenset({"ALL"})
+    # RFC 5267 4: CONTEXT is a hint and UPDATE asks for notifications; neither returns data.
+    options = returns - _NO_DATA if returns != frozenset() else frozenset({"ALL"})
     if "SAVE" in returns:
-        # RFC 5182 2.4: with only MIN and/or MAX the saved result is those messages.
-        if options and options <= {"MIN", "MAX"} and uids:
-            picked = {uids[0], uids[-1]} if options == {"MIN", "MAX"} else \
-                {uids[0] if "MIN" in options else uids[-1]}
-            view.saved = RangeSet.from_numbers(picked)
-        else:
-            view.saved = RangeSet.from_numbers(uids)
-        if not options:
+        # RFC 5182 2.4: with only MIN and/or MAX the saved result is those messages;
+        # RFC 9394 3.2: with PARTIAL (and no COUNT), the partial result and MIN/MAX.
+        picked: set[int] | list[int] = uids
+        if options and uids and (options <= {"MIN", "MAX"} or
+                                 cmd.partial is not None and "COUNT" not in options):
+            picked = set(partial_items(uids, cmd.partial)) if cmd.partial is not None else set()
+            picked |= {uids[0]} if "MIN" in options else set()
+            picked |= {uids[-1]} if "MAX" in options else set()
+        view.saved = RangeSet.from_numbers(picked)
+        if not options and cmd.partial is None:
+            _context(s, view, cmd, None, uids)
             return responses.ok(cmd.tag, "SEARCH completed, result saved")
     s.write(responses.esearch(
         cmd.tag, uid=cmd.uid,
@@ -389,8 +395,44 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
         count=len(numbers) if "COUNT" in options else None,
         all_=RangeSet.from_numbers(numbers) if numbers and "ALL" in options else None,
         modseq=highest,
+        partial=_partial(numbers, cmd.partial, ordered=False),
     ))
+    _context(s, view, cmd, None, uids)
     return responses.ok(cmd.tag, ("UID SEARCH" if cmd.uid else "SEARCH") + " completed")
+
+
+_NO_DATA = frozenset({"SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
+
+
+def partial_items(numbers: Sequence[int], partial: tuple[int, int] | None) -> Sequence[int]:
+    """The members ``PARTIAL first:last`` selects (RFC 9394 3.1): 1-based positions in
+    the result, counted from the end when negative (-1 is the last)."""
+    if partial is None:
+        return numbers
+    first, last = partial
+    if first > 0:
+        return numbers[first - 1 : last]
+    n = len(numbers)
+    start, stop = max(n + last, 0), n + first + 1  # -1:-3 = the last three
+    return numbers[start:stop] if stop > 0 else []
+
+
+def _partial(numbers: Sequence[int], partial: tuple[int, int] | None, *,
+             ordered: bool) -> tuple[bytes, bytes | None] | None:
+    if partial is None:
+        return None
+    picked = partial_items(numbers, partial)
+    if not picked:
+        return b"%d:%d" % partial, None
+    # SEARCH results are a set (mailbox order); SORT keeps its order (RFC 5267 3.2).
+    text = compact(picked) if ordered else RangeSet.from_numbers(picked).to_bytes()
+    return b"%d:%d" % partial, text
+
+
+def _context(s: ImapSession, view: SelectedMailbox, cmd: Search | Sort,
+             criteria: tuple[tuple[str, bool], ...] | None, uids: list[int]) -> None:
+    if cmd.returns and "UPDATE" in cmd.returns:
+        contexts.register(s, view, cmd.tag, cmd.uid, cmd.key, criteria, uids)
 
 
 # -- SORT (RFC 5256 3, RFC 5957) -------------------------------------------------------
@@ -413,15 +455,39 @@ def _sort_key(name: str) -> Callable[[Candidate], object]:
     return lambda c: getattr(c.light, attribute) if c.light else ""
 
 
+def sort_candidates(found: list[Candidate], criteria: Sequence[tuple[str, bool]]) -> None:
+    # Ties keep sequence order (RFC 5256 3): stable sorts, least significant key first.
+    for name, reverse in reversed(criteria):
+        found.sort(key=_sort_key(name), reverse=reverse)  # type: ignore[arg-type]
+
+
 async def sort(s: ImapSession, cmd: Sort) -> bytes:
     view = s.selected
     assert view is not None
+    if cmd.returns and "UPDATE" in cmd.returns:
+        contexts.check_tag(view, cmd.tag)
     found = await evaluate(s, view, cmd.key, lights=True)
-    # Ties keep sequence order (RFC 5256 3): stable sorts, least significant key first.
-    for name, reverse in reversed(cmd.criteria):
-        found.sort(key=_sort_key(name), reverse=reverse)  # type: ignore[arg-type]
-    s.write(responses.sort([c.meta.uid if cmd.uid else c.seq for c in found]))
-    return responses.ok(cmd.tag, ("UID SORT" if cmd.uid else "SORT") + " completed")
+    sort_candidates(found, cmd.criteria)
+    numbers = [c.meta.uid if cmd.uid else c.seq for c in found]
+    done = responses.ok(cmd.tag, ("UID SORT" if cmd.uid else "SORT") + " completed")
+    if cmd.returns is None:
+        s.write(responses.sort(numbers))
+        return done
+    # ESORT (RFC 5267 3.1): ESEARCH data in sort order; MIN/MAX are the first and last.
+    options = cmd.returns - _NO_DATA if cmd.returns != frozenset() else frozenset({"ALL"})
+    uids = [c.meta.uid for c in found]
+    if "SAVE" in cmd.returns:
+        view.saved = RangeSet.from_numbers(uids)
+    s.write(responses.esearch(
+        cmd.tag, uid=cmd.uid,
+        minimum=numbers[0] if numbers and "MIN" in options else None,
+        maximum=numbers[-1] if numbers and "MAX" in options else None,
+        count=len(numbers) if "COUNT" in options else None,
+        all_=compact(numbers) if numbers and "ALL" in options else None,
+        partial=_partial(numbers, cmd.partial, ordered=True),
+    ))
+    _context(s, view, cmd, cmd.criteria, uids)
+    return done
 
 
 # -- THREAD (RFC 5256 4) ---------------------------------------------------------------
@@ -446,4 +512,11 @@ async def thread(s: ImapSession, cmd: Thread) -> bytes:
     return responses.ok(cmd.tag, ("UID THREAD" if cmd.uid else "THREAD") + " completed")
 
 
-HANDLERS = {Search: search, Sort: sort, Thread: thread}
+async def cancelupdate(s: ImapSession, cmd: CancelUpdate) -> bytes:
+    # RFC 5267 4.3.5: unknown tags are not an error.
+    assert s.selected is not None
+    contexts.cancel(s.selected, cmd.tags)
+    return responses.ok(cmd.tag, "CANCELUPDATE completed")
+
+
+HANDLERS = {Search: search, Sort: sort, Thread: thread, CancelUpdate: cancelupdate}

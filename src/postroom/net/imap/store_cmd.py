@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Store, StoreMode
 from postroom.proto.imap.grammar import ImapPeerError
-from postroom.store.api import MAX_KEYWORD_LENGTH, FlagChange, names_to_flags
+from postroom.net.imap.access import TEXT_NOPERM, flag_mask
+from postroom.store.api import ALL_FLAGS, MAX_KEYWORD_LENGTH, FlagChange, names_to_flags
 
 if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
@@ -39,16 +40,21 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
         raise ImapPeerError("Too many or too long keywords", status="NO", code=responses.LIMIT,
                             tag=cmd.tag)
     mode = _MODES[cmd.mode]
+    # RFC 4314 4: \Seen needs "s", \Deleted "t", other flags and keywords "w"; flags the
+    # user may not change stay as they are, and only a STORE that can change nothing fails.
+    mask, keywords_ok = flag_mask(view.rights)
+    touched = bits | (ALL_FLAGS if mode == "replace" else 0)
+    if not (touched & mask or keywords_ok and (keywords or mode == "replace")):
+        raise ImapPeerError(TEXT_NOPERM, status="NO", code=responses.NOPERM, tag=cmd.tag)
     uids = view.uids_at(positions)
     if not uids:
         return responses.ok(cmd.tag, "STORE completed (nothing to do)")
-    result = await s.store.store_flags(
-        view.mailbox_id, uids, FlagChange(mode, bits, keywords), cmd.unchanged_since
-    )
+    change = FlagChange(mode, bits, keywords, mask=mask, keywords_allowed=keywords_ok)
+    result = await s.store.store_flags(view.mailbox_id, uids, change, cmd.unchanged_since)
     view.note_reported(result.changed)
     view.update_flags(result.changed)
     view.own_write(result.changed)
-    fresh = [k for k in keywords if k not in view.keywords]
+    fresh = [k for k in keywords if k not in view.keywords] if keywords_ok else []
     if fresh and mode != "remove":
         view.keywords.update(fresh)
         s.write(view.flags_response())  # RFC 9051 7.3.5: the set of flags changed

@@ -448,8 +448,10 @@ def decode_base64(raw: bytes) -> bytes:
 
 def decode_pattern(raw: bytes, *, utf8: bool) -> str:
     """A LIST pattern: like a mailbox name, but may be empty and holds wildcards."""
+    if not utf8 and not raw.isascii():
+        raise ImapPeerError(utf7.TEXT_8BIT_NAME)  # as for names (utf7.decode_mailbox_name)
     try:
-        if utf8 or not raw.isascii():
+        if utf8:
             return raw.decode("utf-8")
         return utf7.decode_utf7(raw)
     except (UnicodeDecodeError, utf7.MailboxNameError):

@@ -80,7 +80,8 @@ _ACCEPTED_CODECS = frozenset(
     )
 )
 
-RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731, RFC 5182
+# RFC 4731, RFC 5182 (SAVE), RFC 5267 4 (CONTEXT, UPDATE; PARTIAL carries a range)
+RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE", "PARTIAL"})
 
 
 class SearchKey:
@@ -360,10 +361,43 @@ def parse_search_program(p: Parser, codec: str | None = None) -> SearchKey:
     return _SearchParser(p, codec).program()
 
 
-def parse_return_options(p: Parser) -> frozenset[str]:
-    """``"(" [search-return-opt *(SP search-return-opt)] ")"`` after RETURN SP (RFC 4731)."""
-    options = p.paren_list(lambda: p.keyword("a RETURN option"))
-    for option in options:
-        if option not in RETURN_OPTIONS:
+PartialRange = tuple[int, int]
+
+
+def parse_return_spec(p: Parser) -> tuple[frozenset[str], PartialRange | None]:
+    """Return options and the PARTIAL range, if any (RFC 4731, RFC 5267 4, RFC 9394 4).
+
+    ``partial-range = nz-number ":" nz-number / "-" nz-number ":" "-" nz-number``; the
+    range comes back ordered (``4:2`` is ``2:4``, ``-1:-5`` is ``-5:-1`` as written
+    ``-1:-5``: (first, last) with first the one nearer the end the count starts from).
+    PARTIAL and ALL exclude each other.
+    """
+    partial: PartialRange | None = None
+
+    def option() -> str:
+        nonlocal partial
+        word = p.keyword("a RETURN option")
+        if word not in RETURN_OPTIONS:
             raise ImapPeerError("Unknown SEARCH RETURN option", status=BAD)
-    return frozenset(options)
+        if word == "PARTIAL":
+            if partial is not None:
+                raise ImapPeerError("PARTIAL given twice", status=BAD)
+            p.sp()
+            partial = _partial_range(p)
+        return word
+
+    options = frozenset(p.paren_list(option))
+    if partial is not None and "ALL" in options:
+        raise ImapPeerError("PARTIAL and ALL cannot be combined", status=BAD)
+    return options, partial
+
+
+def _partial_range(p: Parser) -> PartialRange:
+    negative = p.try_char(b"-")
+    first = p.nz_number()
+    p.expect_char(b":", "':' in the PARTIAL range")
+    if negative:
+        p.expect_char(b"-", "'-' in the PARTIAL range")
+    last = p.nz_number()
+    low, high = min(first, last), max(first, last)
+    return (-low, -high) if negative else (low, high)

@@ -33,21 +33,27 @@ from postroom.store.api import (
     DeliveryResult,
     Domain,
     FlagChange,
+    ImportedMessage,
     Mailbox,
     MailboxChange,
     MailboxSnapshot,
     MailboxStatus,
     MessageContent,
     MessageMeta,
+    NewMessage,
     NotFound,
+    Quota,
     QueuedMessage,
     RecipientOutcome,
+    SharedMailbox,
+    SendAsGrant,
     StoreResult,
     User,
 )
 from postroom.message import search_texts_of
+from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import ChangeRelay, LocalChangeHub
-from postroom.store.sqlite import accounts, mail, queue
+from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.maildrop import MaildropLocks
 from postroom.store.sqlite.recent import RecentClaims, RecentMarks
@@ -95,12 +101,14 @@ class SQLiteStore:
         self.engine.close()
         self.maildrops.close()
 
-    def _publish(self, mailbox_id: int, user_id: int, modseq: int) -> None:
-        self.changes.publish(MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq))
+    def _publish(self, mailbox_id: int, user_id: int, modseq: int, kind: str = api.MESSAGES) -> None:
+        self.changes.publish(
+            MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq, kind=kind)
+        )
 
     async def _publish_mailbox(self, mailbox_id: int) -> None:
         if not self.changes.may_have_listeners(mailbox_id):
-            return  # nobody has it selected: skip the read
+            return  # nobody listens, here or in another process: skip the read
         mb = await self.get_mailbox_by_id(mailbox_id)
         if mb is not None:
             self._publish(mb.id, mb.user_id, mb.highestmodseq)
@@ -151,6 +159,15 @@ class SQLiteStore:
     async def lookup_address(self, address: str) -> AddressLookup:
         return await self.engine.lookup(lambda c: accounts.lookup_address(c, address))
 
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant:
+        return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))
+
+    async def remove_sendas(self, user: str, address: str) -> None:
+        await self.engine.write(lambda c: accounts.remove_sendas(c, user, address))
+
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
+        return await self.engine.read(lambda c: accounts.list_sendas(c, user))
+
     # -- mailboxes -----------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
         return await self.engine.read(lambda c: accounts.list_mailboxes(c, user_id))
@@ -162,26 +179,31 @@ class SQLiteStore:
         return await self.engine.lookup(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
-        return await self.engine.write(
+        created = await self.engine.write(
             lambda c: accounts.create_mailbox(c, user_id, name, special_use)
         )
+        self._publish(created.id, user_id, 0, MAILBOXES)
+        return created
 
     async def delete_mailbox(self, user_id: int, name: str) -> None:
         mailbox_id = await self.engine.write(lambda c: accounts.delete_mailbox(c, user_id, name))
         self.recent.forget(mailbox_id)
         # Sessions that have it selected learn it is gone (their re-read finds nothing).
         self._publish(mailbox_id, user_id, 0)
+        self._publish(mailbox_id, user_id, 0, MAILBOXES)
 
     async def rename_mailbox(self, user_id: int, old: str, new: str) -> None:
         touched = await self.engine.write(lambda c: accounts.rename_mailbox(c, user_id, old, new))
         for mailbox_id in touched:
             await self._publish_mailbox(mailbox_id)
+        self._publish(0, user_id, 0, MAILBOXES)
 
     async def list_subscriptions(self, user_id: int) -> list[str]:
         return await self.engine.read(lambda c: accounts.list_subscriptions(c, user_id))
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
         await self.engine.write(lambda c: accounts.set_subscribed(c, user_id, name, subscribed))
+        self._publish(0, user_id, 0, SUBSCRIPTIONS)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         known = await self.recent.known(mailbox_id)
@@ -205,20 +227,20 @@ class SQLiteStore:
 
     # -- messages ------------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
-        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
-            blob_id, placed = mail.deliver(c, delivery)  # type: ignore[arg-type]
+        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None, tuple[int, ...]]:
+            blob_id, placed, over = mail.deliver_checked(c, delivery)  # type: ignore[arg-type]
             qid = None
             if delivery.queue is not None:
                 qid = queue.add(c, blob_id, delivery.queue)  # type: ignore[arg-type]
-            return blob_id, placed, qid
+            return blob_id, placed, qid, over
 
-        blob_id, placed, qid = await self.engine.write(job)
+        blob_id, placed, qid, over = await self.engine.write(job)
         for mailbox_id, user_id, _uid in placed:
             self._publish(mailbox_id, user_id, 0)
         if qid is not None:
             self.changes.publish_queue()
         return DeliveryResult(
-            blob_id=blob_id, placed=[(m, u) for m, _, u in placed], queued=qid
+            blob_id=blob_id, placed=[(m, u) for m, _, u in placed], queued=qid, over_quota=over
         )
 
     async def append(
@@ -237,6 +259,19 @@ class SQLiteStore:
         )
         self._publish(mailbox_id, user_id, modseq)
         return validity, uid
+
+    async def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, enforce_quota: bool = True
+    ) -> tuple[int, list[int]]:
+        items = list(messages)
+        if not items:
+            raise ValueError("append_many needs at least one message")
+        texts = [search_texts_of(m.summary, m.data) for m in items]
+        validity, uids, user_id, modseq = await self.engine.write(
+            lambda c: mail.append_many(c, mailbox_id, items, texts, enforce_quota)
+        )
+        self._publish(mailbox_id, user_id, modseq)
+        return validity, uids
 
     async def list_messages(self, mailbox_id: int) -> list[MessageMeta]:
         return await self.engine.read(lambda c: mail.list_messages(c, mailbox_id))
@@ -295,10 +330,17 @@ class SQLiteStore:
         return gone
 
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]:
         pairs, (user_id, modseq) = await self.engine.write(
-            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, move=False),
+            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, False,
+                                          flag_mask, keywords),
                        mail.user_of(c, dst_mailbox_id))
         )
         if pairs:
@@ -306,10 +348,17 @@ class SQLiteStore:
         return pairs
 
     async def move_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]:
         pairs, dst, src = await self.engine.write(
-            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, move=True),
+            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, True,
+                                          flag_mask, keywords),
                        mail.user_of(c, dst_mailbox_id), mail.user_of(c, src_mailbox_id))
         )
         if pairs:
@@ -342,6 +391,79 @@ class SQLiteStore:
             return []
         wanted = list(keys)
         return await self.engine.read(lambda c: mail.search_envelope(c, mailbox_id, wanted))
+
+    # -- quota ---------------------------------------------------------------------------
+    async def get_quota(self, user_id: int) -> Quota:
+        return await self.engine.read(lambda c: mail.get_quota(c, user_id))
+
+    async def set_quota(self, address: str, storage: int | None, messages: int | None) -> Quota:
+        return await self.engine.write(lambda c: mail.set_quota(c, address, storage, messages))
+
+    async def list_quotas(self) -> dict[int, Quota]:
+        return await self.engine.read(mail.list_quotas)
+
+    # -- ACL -----------------------------------------------------------------------------
+    async def get_acl(self, mailbox_id: int) -> list[tuple[str, str]]:
+        return await self.engine.read(lambda c: sharing.get_acl(c, mailbox_id))
+
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> None:
+        owner = await self.engine.write(lambda c: sharing.set_acl(c, mailbox_id, identifier, rights))
+        self._publish(mailbox_id, owner, 0, MAILBOXES)
+
+    async def shared_mailboxes(
+        self, user_id: int, identifiers: Sequence[str]
+    ) -> list[SharedMailbox]:
+        wanted = list(identifiers)
+        return await self.engine.read(lambda c: sharing.shared_mailboxes(c, user_id, wanted))
+
+    async def acl_rights(self, mailbox_id: int, identifiers: Sequence[str]) -> str:
+        wanted = list(identifiers)
+        return await self.engine.read(lambda c: sharing.acl_rights(c, mailbox_id, wanted))
+
+    # -- METADATA ------------------------------------------------------------------------
+    async def get_metadata(self, user_id: int, mailbox_id: int) -> dict[str, bytes]:
+        return await self.engine.read(lambda c: sharing.get_metadata(c, user_id, mailbox_id))
+
+    async def set_metadata(
+        self,
+        user_id: int,
+        mailbox_id: int,
+        entries: Sequence[tuple[str, bytes | None]],
+        max_entries: int,
+    ) -> None:
+        items = list(entries)
+        owner = await self.engine.write(
+            lambda c: sharing.set_metadata(c, user_id, mailbox_id, items, max_entries)
+        )
+        self._publish(mailbox_id, owner, 0, METADATA)
+
+    # -- URLAUTH -------------------------------------------------------------------------
+    async def urlauth_key(self, mailbox_id: int, *, create: bool = True) -> bytes | None:
+        found = await self.engine.read(lambda c: sharing.find_urlauth_key(c, mailbox_id))
+        if found is not None or not create:
+            return found
+        return await self.engine.write(lambda c: sharing.urlauth_key(c, mailbox_id))
+
+    async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None:
+        await self.engine.write(lambda c: sharing.reset_urlauth_keys(c, user_id, mailbox_id))
+
+    # -- migration -------------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]:
+        if not messages:
+            return []
+        batch = list(messages)
+        texts = [search_texts_of(m.message.summary, m.message.data) for m in batch]
+        uids, user_id, modseq = await self.engine.write(
+            lambda c: imports.import_messages(c, mailbox_id, origin, batch, texts)
+        )
+        if any(uids):
+            self._publish(mailbox_id, user_id, modseq)
+        return uids
+
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]:
+        return await self.engine.read(lambda c: imports.imported_keys(c, user_id, origin))
 
     # -- queue ---------------------------------------------------------------------------
     async def queue_due(
@@ -389,6 +511,46 @@ class SQLiteStore:
 
     async def queue_next_due(self) -> int | None:
         return await self.engine.read(queue.next_due)
+
+    # -- mail authentication ------------------------------------------------------------
+    async def dkim_key_add(self, key: api.DkimKey) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_add(c, key))
+
+    async def dkim_keys(self, domain: str | None = None) -> list[api.DkimKey]:
+        return await self.engine.read(lambda c: authdata.dkim_keys(c, domain))
+
+    async def dkim_key_update(
+        self, domain: str, selector: str, *, active_from: int | None = None, retire_at: int | None = None
+    ) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_update(c, domain, selector, active_from, retire_at))
+
+    async def dkim_key_remove(self, domain: str, selector: str) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_remove(c, domain, selector))
+
+    async def dmarc_add(self, rows: Sequence[api.DmarcRow]) -> None:
+        rows = list(rows)
+        await self.engine.write(lambda c: authdata.dmarc_add(c, rows))
+
+    async def dmarc_pending(self, before: int) -> list[api.DmarcRow]:
+        return await self.engine.read(lambda c: authdata.dmarc_pending(c, before))
+
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int:
+        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
+            deleted = authdata.dmarc_delete(c, policy_domain, period)  # type: ignore[arg-type]
+            if report is None or not deleted:
+                return deleted, [], None
+            blob_id, placed = mail.deliver(c, report)  # type: ignore[arg-type]
+            qid = queue.add(c, blob_id, report.queue) if report.queue is not None else None  # type: ignore[arg-type]
+            return deleted, placed, qid
+
+        deleted, placed, qid = await self.engine.write(job)
+        for mailbox_id, user_id, _uid in placed:
+            self._publish(mailbox_id, user_id, 0)
+        if qid is not None:
+            self.changes.publish_queue()
+        return deleted
 
     # -- POP3 --------------------------------------------------------------------------
     async def try_lock_maildrop(self, user_id: int) -> bool:
