@@ -185,6 +185,18 @@ def test_idle_wakes_for_a_delivery_and_an_append_in_the_other_worker(server: Ser
     assert done.startswith(b"i OK")
 
 
+def test_notify_hears_changes_made_in_the_other_worker(server: Server, user: str) -> None:
+    """NOTIFY (RFC 5465) listens on the user's account channel: a new mailbox and new mail
+    made by a session of the other worker reach it."""
+    watcher, actor = two_imap(server, user)
+    watcher.ok("NOTIFY SET (personal (MessageNew MessageExpunge MailboxName))")
+    watcher.sock.settimeout(10)
+    actor.ok("CREATE Projects")
+    assert watcher.response() == b'* LIST (\\HasNoChildren) "/" "Projects"\r\n'
+    actor.ok(b"APPEND INBOX {13+}\r\nSubject: x\r\n\r\n")
+    assert watcher.response() == b'* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2)\r\n'
+
+
 def test_recent_goes_to_one_session_across_workers(server: Server, user: str) -> None:
     smtp_deliver(server, user, "r1")
     a, b = two_imap(server, user)

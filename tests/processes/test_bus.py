@@ -112,23 +112,45 @@ def test_changes_reach_only_the_workers_that_watch_the_mailbox() -> None:
     run(body)
 
 
-def test_a_watch_that_a_change_overtook_makes_the_listeners_read_again() -> None:
+def test_changes_that_overtook_a_watch_are_replayed_to_it() -> None:
     """The race of store/changes.py: a session subscribed, read, and a change of another
-    worker reached the supervisor before the watch did. The supervisor sees that the change
-    is newer than the watch (one monotonic clock) and the listeners read again."""
+    worker reached the supervisor before the watch did. The supervisor replays the changes
+    newer than the watch (one monotonic clock): to a mailbox watch the mailbox's message
+    changes, to a user watch (NOTIFY) every change of the user; when the watch is older
+    than what it keeps, the mailbox's listeners read again."""
 
     async def body() -> None:
         w = World()
         await w.start(2)
         one, two = (bus.hub for bus in w.buses)
         assert one is not None and two is not None
-        got: list[tuple[int, int]] = []
+        got: list[tuple[int, int, str]] = []
+        listener = lambda c: got.append((c.mailbox_id, c.modseq, c.kind))  # noqa: E731
+        sent = time.monotonic()  # the watches below were "sent" before these changes
         two.publish(MailboxChange(9, 1, 3))  # relayed to nobody: nobody watches 9 yet
+        two.publish(MailboxChange(8, 1, 4, kind="mailboxes"))  # user 1's mailbox list
+        two.publish(MailboxChange(7, 2, 5))  # another user's
         await settle()
-        one._mailbox[9] = [lambda c: got.append((c.mailbox_id, c.modseq))]
-        w.buses[0]._send(("watch", 9, time.monotonic() - 5), now=True)  # sent before that
+        one._mailbox[9] = [listener]
+        w.buses[0]._send(("watch", 9, sent), now=True)
         await settle()
-        assert got == [(9, 0)]  # "something changed": read again
+        assert got == [(9, 3, "messages")]
+        got.clear()
+        one._user[1] = [listener]
+        w.buses[0]._send(("watch_user", 1, sent), now=True)
+        await settle()
+        # (9, 3) reaches the mailbox listener and the user listener (the same here)
+        assert got == [(9, 3, "messages"), (9, 3, "messages"), (8, 4, "mailboxes")]
+        got.clear()
+        # a watch older than what the supervisor keeps: read again
+        w.buses[0]._send(("watch", 9, w.hub._horizon - 1), now=True)
+        await settle()
+        assert got == [(9, 0, "messages")]
+        # and a change made after the watches is forwarded as usual, once
+        got.clear()
+        two.publish(MailboxChange(9, 1, 6))
+        await settle()
+        assert got == [(9, 6, "messages"), (9, 6, "messages")]  # mailbox and user listener
 
     run(body)
 
