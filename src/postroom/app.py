@@ -21,7 +21,7 @@ from typing import Any
 
 from postroom import datadir, logs, privileges
 from postroom.auth.directory import Directory
-from postroom.config import Settings
+from postroom.config import Listener, Settings
 from postroom.net.listener import Handler, ListenerSet, Shutdown
 from postroom.peers import LocalPeers, Peers
 from postroom.policy.disk import FreeSpaceGuard
@@ -118,19 +118,10 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
             datadir.unlock(lock)
             return 1
         for host, port in bound:
-            shown = f"[{host}]" if ":" in host else host
-            print(f"listening {lst.role} {shown}:{port}", flush=True)
-    if settings.server.user:
-        try:
-            if privileges.drop(settings.server.user, settings.server.group):
-                logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
-        except (privileges.PrivilegeError, OSError) as e:
-            print(f"postroom: error: server.user: {e}", file=sys.stderr)
-            datadir.unlock(lock)
-            return 1
-    if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
-        logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
-                   effect="certificate reloads (SIGHUP) will fail")
+            announce(lst, host, port)
+    if not drop_privileges(settings):
+        datadir.unlock(lock)
+        return 1
     store = open_store(settings.data_dir, fsync=settings.fsync)
     services = build_services(settings, store, tls, listeners.shutdown)
     by_role = handlers(services)
@@ -163,10 +154,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await listeners.close(settings.limits.shutdown_grace)
         for worker in workers:
             await worker.stop()
-        for task in side_tasks:
-            task.cancel()
-        if side_tasks:
-            await asyncio.wait(side_tasks, timeout=10)
+        await stop_tasks(side_tasks)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -175,6 +163,36 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         datadir.unlock(lock)
         if started_ok:
             logs.event(log, "stopped")
+
+
+def announce(lst: Listener, host: str, port: int) -> None:
+    """The ``listening ROLE ADDRESS:PORT`` line (tests and scripts read the real port)."""
+    shown = f"[{host}]" if ":" in host else host
+    print(f"listening {lst.role} {shown}:{port}", flush=True)
+
+
+def drop_privileges(settings: Settings) -> bool:
+    """After binding: switch to ``server.user`` if configured; False (the error printed)
+    when that fails. Warns when the TLS key is no longer readable (reloads would fail)."""
+    if settings.server.user:
+        try:
+            if privileges.drop(settings.server.user, settings.server.group):
+                logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
+        except (privileges.PrivilegeError, OSError) as e:
+            print(f"postroom: error: server.user: {e}", file=sys.stderr)
+            return False
+    if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
+        logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
+                   effect="certificate reloads (SIGHUP) will fail")
+    return True
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and give them a moment to finish (a last flush)."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
 
 
 def bind_error(e: OSError) -> str:

@@ -33,6 +33,11 @@ class TextFormatter(logging.Formatter):
     _second = -1
     _stamp = ""
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        # A worker process (server.workers) ends each line with worker=N.
+        self.suffix = f" worker={worker}" if worker else ""
+
     def format(self, record: logging.LogRecord) -> str:
         second = int(record.created)
         if second != self._second:  # one strftime per second, not per line
@@ -43,13 +48,17 @@ class TextFormatter(logging.Formatter):
         parts.append(record.getMessage() if fields is None else f"event={_quote(record.getMessage())}")
         if fields:
             parts.extend(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
-        line = " ".join(parts)
+        line = " ".join(parts) + self.suffix
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": round(record.created, 3),
@@ -62,14 +71,17 @@ class JsonFormatter(logging.Formatter):
         else:
             doc["event"] = record.getMessage()
             doc.update({k: v for k, v in fields.items() if v is not None})
+        if self.worker:
+            doc["worker"] = self.worker
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
-def setup(level: str = "info", fmt: str = "text") -> None:
+def setup(level: str = "info", fmt: str = "text", worker: int | None = None) -> None:
+    """Log to stderr; ``worker``: the index of this worker process (``server.workers``)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else TextFormatter(worker))
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

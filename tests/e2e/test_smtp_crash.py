@@ -21,8 +21,8 @@ import random
 import time
 from pathlib import Path
 
-from support.crash_load import USERS, Shared, check, inventory, message, start_clients
-from support.smtp_e2e import RawSmtp, add_users_fast, servers
+from support.crash_load import USERS, check, inventory, message, start_load
+from support.smtp_e2e import RawSmtp, servers
 
 SLOW = bool(os.environ.get("POSTROOM_SLOW"))
 MESSAGES = 4000 if SLOW else 400
@@ -33,12 +33,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     rng = random.Random(20240101)
     deadline = time.monotonic() + DEADLINE_S
     with servers(tmp_path) as pool:
-        srv = pool.make(roles=("mx",), users=(), fsync=True, start=False, workers=1)
-        add_users_fast(srv, USERS)
-        srv.start()
-        shared = Shared(MESSAGES)
-        shared.port = srv.ports["mx"]
-        threads = start_clients(shared, deadline)
+        srv, shared, threads = start_load(pool, MESSAGES, deadline, workers=1)
         kills = 0
         acked_at_kill = []
         while time.monotonic() < deadline and any(t.is_alive() for t in threads):

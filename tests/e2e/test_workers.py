@@ -412,6 +412,8 @@ def test_sighup_reaches_every_worker_and_sigterm_stops_them_all(tmp_path: Path) 
     while srv.logs().count("event=tls_reloaded") < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.logs().count("event=tls_reloaded") == 3  # the supervisor and both workers
+    reloads = [line for line in srv.logs().splitlines() if "event=tls_reloaded" in line]
+    assert sorted(line.rsplit(" ", 1)[1] for line in reloads if "worker=" in line) == ["worker=1", "worker=2"]
     assert srv.stop() == 0
     wait_gone(pids, 10)
     assert not any(alive(p) for p in pids)

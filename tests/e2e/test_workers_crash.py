@@ -20,9 +20,9 @@ import random
 import time
 from pathlib import Path
 
-from support.crash_load import USERS, Shared, check, inventory, message, start_clients
+from support.crash_load import USERS, Shared, check, inventory, message, start_load
 from support.procs import children, kill, wait_children, wait_gone
-from support.smtp_e2e import RawSmtp, add_users_fast, servers
+from support.smtp_e2e import RawSmtp, servers
 
 SLOW = bool(os.environ.get("POSTROOM_SLOW"))
 MESSAGES = 3000 if SLOW else 400
@@ -47,12 +47,7 @@ def test_sigkill_of_workers_loses_nothing_acknowledged(tmp_path: Path) -> None:
     rng = random.Random(20261206)
     deadline = time.monotonic() + DEADLINE_S
     with servers(tmp_path) as pool:
-        srv = pool.make(roles=("mx",), users=(), fsync=True, start=False, workers=2, extra=EXTRA)
-        add_users_fast(srv, USERS)
-        srv.start()
-        shared = Shared(WORKER_KILL_MESSAGES)
-        shared.port = srv.ports["mx"]
-        threads = start_clients(shared, deadline)
+        srv, shared, threads = start_load(pool, WORKER_KILL_MESSAGES, deadline, workers=2, extra=EXTRA)
         kills = 0
         acked_at_kill: list[int] = []
         killed: list[int] = []
@@ -79,12 +74,7 @@ def test_sigkill_of_the_supervisor_loses_nothing_acknowledged(tmp_path: Path) ->
     rng = random.Random(20261207)
     deadline = time.monotonic() + DEADLINE_S
     with servers(tmp_path) as pool:
-        srv = pool.make(roles=("mx",), users=(), fsync=True, start=False, workers=2, extra=EXTRA)
-        add_users_fast(srv, USERS)
-        srv.start()
-        shared = Shared(MESSAGES)
-        shared.port = srv.ports["mx"]
-        threads = start_clients(shared, deadline)
+        srv, shared, threads = start_load(pool, MESSAGES, deadline, workers=2, extra=EXTRA)
         kills = 0
         acked_at_kill: list[int] = []
         while time.monotonic() < deadline and len(shared.done) < MESSAGES:

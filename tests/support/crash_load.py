@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from support.smtp_e2e import DOMAIN, RawSmtp
+from support.smtp_e2e import DOMAIN, RawSmtp, add_users_fast
 
 SESSIONS = 20
 USERS = [f"u{i:02d}@{DOMAIN}" for i in range(SESSIONS)]
@@ -110,6 +110,18 @@ def start_clients(shared: Shared, deadline: float) -> list[threading.Thread]:
     for t in threads:
         t.start()
     return threads
+
+
+def start_load(
+    pool: Any, messages: int, deadline: float, *, workers: int, extra: str = ""
+) -> tuple[Any, Shared, list[threading.Thread]]:
+    """An MX server (fsync on) with the users, and the client threads sending to it."""
+    srv = pool.make(roles=("mx",), users=(), fsync=True, start=False, workers=workers, extra=extra)
+    add_users_fast(srv, USERS)
+    srv.start()
+    shared = Shared(messages)
+    shared.port = srv.ports["mx"]
+    return srv, shared, start_clients(shared, deadline)
 
 
 def inventory(srv: Any) -> dict[str, dict[str, int]]:

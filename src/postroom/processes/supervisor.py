@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-from postroom import app, datadir, logs, privileges
+from postroom import app, datadir, logs
 from postroom.config import Settings
 from postroom.net.listener import Shutdown, bind_sockets
 from postroom.processes.bus import Hub, encode
@@ -98,19 +98,9 @@ class Supervisor:
                     print(f"postroom: error: cannot listen on {lst}: {app.bind_error(e)}", file=sys.stderr)
                     return 1
                 for sock in self.sockets[i]:
-                    host, port = sock.getsockname()[:2]
-                    shown = f"[{host}]" if ":" in host else host
-                    print(f"listening {lst.role} {shown}:{port}", flush=True)
-            if settings.server.user:
-                try:
-                    if privileges.drop(settings.server.user, settings.server.group):
-                        logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
-                except (privileges.PrivilegeError, OSError) as e:
-                    print(f"postroom: error: server.user: {e}", file=sys.stderr)
-                    return 1
-            if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
-                logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
-                           effect="certificate reloads (SIGHUP) will fail")
+                    app.announce(lst, *sock.getsockname()[:2])
+            if not app.drop_privileges(settings):
+                return 1
             store = SQLiteStore(settings.data_dir / DB_NAME, fsync=settings.fsync, relay=self.hub)
             self.hub.hub = store.changes
             marks = store.recent_marks
@@ -161,10 +151,7 @@ class Supervisor:
             await self._stop_workers()
             if queue is not None:
                 await queue.stop()
-            for task in side_tasks:
-                task.cancel()
-            if side_tasks:
-                await asyncio.wait(side_tasks, timeout=10)
+            await app.stop_tasks(side_tasks)
             for socks in self.sockets.values():
                 for sock in socks:
                     sock.close()

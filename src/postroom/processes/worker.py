@@ -71,18 +71,15 @@ async def run(
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
         bus.ready()
-        logs.event(log, "worker_started", worker=index)
+        logs.event(log, "worker_started")
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.closed.wait())]
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiter in pending:
             waiter.cancel()
         if bus.closed.is_set() and not stop.is_set():
-            logs.event(log, "worker_supervisor_gone", logging.WARNING, worker=index)
+            logs.event(log, "worker_supervisor_gone", logging.WARNING)
         await listeners.close(settings.limits.shutdown_grace)
-        for task in side_tasks:
-            task.cancel()
-        if side_tasks:
-            await asyncio.wait(side_tasks, timeout=10)
+        await app.stop_tasks(side_tasks)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -91,7 +88,7 @@ async def run(
         counts.close()
         user_counts.close()
         datadir.unlock(lock)
-        logs.event(log, "worker_stopped", worker=index)
+        logs.event(log, "worker_stopped")
 
 
 def main() -> int:
@@ -100,7 +97,7 @@ def main() -> int:
     start: dict[str, Any] = read_frame(bus_sock)[1]
     bus_sock.setblocking(False)
     settings: Settings = start["settings"]
-    logs.setup(settings.logging.level, settings.logging.format)
+    logs.setup(settings.logging.level, settings.logging.format, worker=start["index"])
     # A terminal's Ctrl-C reaches the whole process group; the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with app.runner() as r:
