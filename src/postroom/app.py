@@ -103,10 +103,8 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     from postroom.store.sqlite import open_store
 
     loop = asyncio.get_running_loop()
-    try:
-        lock = datadir.lock_shared(settings.data_dir)
-    except datadir.DataDirBusy as e:
-        print(f"postroom: error: {e}", file=sys.stderr)
+    lock = lock_data_dir(settings)
+    if lock is None:
         return 1
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls)
@@ -163,6 +161,16 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         datadir.unlock(lock)
         if started_ok:
             logs.event(log, "stopped")
+
+
+def lock_data_dir(settings: Settings) -> int | None:
+    """The data folder's shared lock (``postroom.datadir``), held by every serving process;
+    None (the error printed) while a restore holds it."""
+    try:
+        return datadir.lock_shared(settings.data_dir)
+    except datadir.DataDirBusy as e:
+        print(f"postroom: error: {e}", file=sys.stderr)
+        return None
 
 
 def announce(lst: Listener, host: str, port: int) -> None:

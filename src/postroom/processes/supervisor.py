@@ -81,10 +81,8 @@ class Supervisor:
         then start the workers and the queue."""
         settings = self.settings
         loop = asyncio.get_running_loop()
-        try:
-            lock = datadir.lock_shared(settings.data_dir)
-        except datadir.DataDirBusy as e:
-            print(f"postroom: error: {e}", file=sys.stderr)
+        lock = app.lock_data_dir(settings)
+        if lock is None:
             return 1
         store: SQLiteStore | None = None
         queue: QueueWorker | None = None

@@ -39,10 +39,8 @@ async def run(
     sockets: dict[int, list[int]], counts_fd: int, user_counts_fd: int,
 ) -> int:
     loop = asyncio.get_running_loop()
-    try:  # as long as a worker writes, `postroom restore` must not move the folder away
-        lock = datadir.lock_shared(settings.data_dir)
-    except datadir.DataDirBusy as e:
-        print(f"postroom: error: {e}", file=sys.stderr)
+    lock = app.lock_data_dir(settings)  # while it writes, a restore must not move the folder
+    if lock is None:
         return 1
     bus = WorkerBus()
     await bus.connect(bus_sock)
