@@ -22,6 +22,9 @@ given size to one local user, fsync on. For each mix and run it prints:
   postroom/Postfix of the medians and the median (and spread) of the per-run paired
   ratios; runs alternate which server goes first.
 
+postroom's inbound SPF/DKIM/DMARC checks are off (the test harness's default), as Postfix
+here runs without milters; bench/auth_checks.py measures them.
+
 Mixes: 5 KB (the headline), 1 KB and 100 KB, 20 sessions each. ``--count`` shortens the
 5 KB and 1 KB mixes (the 100 KB mix sends a tenth of it). ``--workers`` sets postroom's
 ``server.workers`` (default "auto": one worker per CPU). ``--cores N`` pins both servers
