@@ -119,6 +119,15 @@ def test_server_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert auto.worker_count() == 4  # the CPUs this process may run on, not all of them
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     assert _load(tmp_path, BASE + "[server]\nworkers = \"auto\"\n").server.worker_count() == 1
+    # a container's CPU quota (cgroup v2 cpu.max) caps it too, rounded up
+    cpu_max = tmp_path / "cpu.max"
+    for text, cpus in (("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000", 1), ("junk", None)):
+        cpu_max.write_text(text)
+        assert config.cgroup_cpu_quota(str(cpu_max)) == cpus
+    assert config.cgroup_cpu_quota(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(config, "cgroup_cpu_quota", lambda: 3)
+    assert auto.worker_count() == 3
 
 
 def test_syntax_error_and_missing(tmp_path: Path) -> None:

@@ -402,7 +402,30 @@ class ServerSettings:
             cpus = len(os.sched_getaffinity(0))  # honours taskset and cgroup cpusets
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
+        quota = cgroup_cpu_quota()  # a container limited to N CPUs (docker run --cpus)
+        if quota is not None:
+            cpus = min(cpus, quota)
         return max(1, min(cpus, MAX_WORKERS))
+
+
+def cgroup_cpu_quota(path: str | None = None) -> int | None:
+    """The CPUs the cgroup v2 quota of this process allows (``cpu.max``: a container's
+    ``--cpus``, systemd's ``CPUQuota=``), rounded up; None: no quota."""
+    if path is None:
+        try:  # "0::/system.slice/postroom.service"; in a container usually "0::/"
+            with open("/proc/self/cgroup") as f:
+                own = next((line[3:].strip() for line in f if line.startswith("0::")), "/")
+        except OSError:
+            own = "/"
+        path = "/sys/fs/cgroup" + own.rstrip("/") + "/cpu.max"
+    try:
+        with open(path) as f:
+            quota, _, period = f.read().strip().partition(" ")
+    except OSError:
+        return None
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 @dataclass(frozen=True, slots=True)
