@@ -166,6 +166,8 @@ class SQLiteStore:
         await self.engine.write(lambda c: accounts.remove_sendas(c, user, address))
 
     async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
+        if user is not None:  # a user's few grants, at MAIL FROM on submission
+            return await self.engine.lookup(lambda c: accounts.list_sendas(c, user))
         return await self.engine.read(lambda c: accounts.list_sendas(c, user))
 
     # -- mailboxes -----------------------------------------------------------------------
@@ -394,7 +396,7 @@ class SQLiteStore:
 
     # -- quota ---------------------------------------------------------------------------
     async def get_quota(self, user_id: int) -> Quota:
-        return await self.engine.read(lambda c: mail.get_quota(c, user_id))
+        return await self.engine.lookup(lambda c: mail.get_quota(c, user_id))  # at every RCPT
 
     async def set_quota(self, address: str, storage: int | None, messages: int | None) -> Quota:
         return await self.engine.write(lambda c: mail.set_quota(c, address, storage, messages))
