@@ -23,6 +23,7 @@ from postroom import datadir, logs, privileges
 from postroom.auth.directory import Directory
 from postroom.config import Listener, Settings
 from postroom.net.listener import Handler, ListenerSet, Shutdown
+from postroom.net.offload import CpuPool
 from postroom.peers import LocalPeers, Peers
 from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import make_resolver
@@ -37,7 +38,10 @@ def build_services(
     settings: Settings, store: Store, tls: TlsContexts, shutdown: Shutdown,
     peers: Peers | None = None,
 ) -> Services:
-    """What every handler receives; the same in one process and in each worker process."""
+    """What every handler receives; the same in one process and in each worker process.
+
+    Call it after the privilege drop: the CPU worker pool (``limits.cpu_workers``, per
+    serving process) starts its processes on first use, as the final user."""
     services = Services(
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
@@ -48,6 +52,7 @@ def build_services(
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
         peers=peers if peers is not None else LocalPeers(),
+        cpu=CpuPool(settings.limits.cpu_workers),
     )
     _auth_services(services)
     return services
@@ -157,6 +162,8 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if services.cpu is not None:
+            services.cpu.close()
         await store.close()
         datadir.unlock(lock)
         if started_ok:

@@ -85,6 +85,7 @@ class Supervisor:
         if lock is None:
             return 1
         store: SQLiteStore | None = None
+        services = None
         queue: QueueWorker | None = None
         side_tasks: list[asyncio.Task[None]] = []
         started_ok = False
@@ -153,6 +154,8 @@ class Supervisor:
             for socks in self.sockets.values():
                 for sock in socks:
                     sock.close()
+            if services is not None and services.cpu is not None:
+                services.cpu.close()
             if store is not None:
                 await store.close()
             for counts in (self.counts, self.user_counts):

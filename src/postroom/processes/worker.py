@@ -82,6 +82,8 @@ async def run(
     finally:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if services.cpu is not None:
+            services.cpu.close()
         await store.close()
         counts.close()
         user_counts.close()
