@@ -22,7 +22,7 @@ from typing import Any
 from postroom import datadir, logs, privileges
 from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
-from postroom.auth.failures import MemoryLoginGuard
+from postroom.auth.failures import MemoryLoginGuard, SharedLoginGuard
 from postroom.config import HTTP_ROLES, Listener, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import Handler, ListenerSet, Shutdown
@@ -50,6 +50,7 @@ def build_services(
     ``metrics``: the process's figures (its store timings are already wired by
     :func:`open_store`); ``bound``: where each role listens (auto-configuration answers)."""
     metrics = metrics if metrics is not None else Metrics()
+    peers = peers if peers is not None else LocalPeers()
     services = Services(
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
@@ -59,10 +60,10 @@ def build_services(
             cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
-        peers=peers if peers is not None else LocalPeers(),
+        peers=peers,
         cpu=CpuPool(settings.limits.cpu_workers),
-        # Failed logins are counted per serving process (docs/operations.md).
-        login_guard=MemoryLoginGuard.from_limits(settings.limits),
+        # Failed logins count in every serving process (docs/operations.md).
+        login_guard=SharedLoginGuard(MemoryLoginGuard.from_limits(settings.limits), peers),
         metrics=metrics, delivery_log=DeliveryLog(settings.logging.delivery_log),
         bound=bound if bound is not None else {},
     )
