@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import base64
 import smtplib
 from collections.abc import Iterator
 from typing import Any
@@ -104,3 +105,31 @@ def test_forged_authentication_results_are_removed(env: dict[str, Any]) -> None:
     assert len(ars) == 2, ars
     assert ars[0].startswith(f"Authentication-Results: {HOST}; spf=fail"), ars
     assert ars[1] == "Authentication-Results: other.test; spf=pass", ars
+
+
+def _arc_sets(count: int, body: bytes) -> str:
+    """``count`` well-formed ARC sets (cv=none then pass) whose seals name ``count``
+    different domains: nothing verifies, so every key asked for is a wasted query."""
+    bh = base64.b64encode(dkim.body_hash(body, "relaxed")[0]).decode()
+    out = []
+    for i in range(count, 0, -1):
+        cv = "none" if i == 1 else "pass"
+        out.append(f"ARC-Seal: i={i}; a=rsa-sha256; cv={cv}; d=victim{i}.test; s=s; b=AAAA")
+        out.append(f"ARC-Message-Signature: i={i}; a=rsa-sha256; c=relaxed/relaxed; d=victim{i}.test;"
+                   f" s=s; h=from:to:subject; bh={bh}; b=AAAA")
+        out.append(f"ARC-Authentication-Results: i={i}; hop{i}.test; spf=pass")
+    return "".join(line + "\r\n" for line in out)
+
+
+def test_arc_chain_of_50_sets_costs_few_key_lookups(env: dict[str, Any]) -> None:
+    """50 sets (the most RFC 8617 allows) naming 50 domains: the chain fails at the first
+    signature that does not verify, so the keys of the others are never asked for
+    (otherwise each message makes us send 51 queries to the named domains' servers)."""
+    srv, dns = env["srv"], env["dns"]
+    dns.set("arc.test", "TXT", ["v=spf1 -all"])
+    dns.queries.clear()
+    _mx(srv, "x@arc.test", _msg("x@arc.test", "arc chain", _arc_sets(50, b"Hello.\r\n")))
+    keys = [q for q in dns.queries if "._domainkey." in q[0]]
+    assert len(keys) <= 2, keys
+    (ar,) = _ar(srv)
+    assert "arc=fail" in ar, ar
