@@ -82,3 +82,33 @@ def test_urlfetch_response_is_bounded(server: Server, user: str, raw) -> None:
     assert re.fullmatch(rb"t\d+ NO \[LIMIT\] .*\r\n", done), done
     untagged, done = c.cmd(b'URLFETCH "%s" "%s"' % (url, url))  # two are fine
     assert b" OK " in done and len(b"".join(untagged)) > 2 * 600 * 1000
+
+
+def test_urls_cannot_reach_another_users_mail(server: Server, user: str, raw) -> None:
+    """CATENATE, URLFETCH and GENURLAUTH with URLs naming someone else's mailbox, written
+    every way a client can write them: all refused, nothing of the victim's is copied."""
+    victim = user.replace("@", "v@")
+    server.add_user(victim)
+    v = raw(victim)
+    assert b" OK " in _append(v, "INBOX", b"Subject: secret\r\n\r\nsecret body\r\n")
+    (line,) = v.ok(f'GENURLAUTH "imap://{victim}/INBOX/;uid=1;urlauth=user+{victim}" INTERNAL')
+    victims_url = re.fullmatch(rb'\* GENURLAUTH "(.+)"\r\n', line).group(1)  # type: ignore[union-attr]
+    c = raw(user)
+    local = victim.partition("@")[0]
+    for url in (f"imap://{victim}/INBOX/;UID=1", f"imap://{local}@example.test/INBOX/;UID=1",
+                f"imap://{victim.upper()}/INBOX/;UID=1", f"/Shared/{victim}/INBOX/;UID=1",
+                f"/Shared/{victim.upper()}/INBOX/;UID=1", "/../INBOX/;UID=1",
+                f"imap://{user}/Shared/{victim}/INBOX/;UID=1", victims_url.decode()):
+        _, done = c.cmd(f'APPEND INBOX CATENATE (URL "{url}")')
+        assert b" NO [BADURL " in done, (url, done)
+    # the victim's own URL for user+victim, and the same rump re-signed claims
+    untagged, done = c.cmd(b'URLFETCH "%s"' % victims_url)
+    assert b" OK " in done and untagged == [b'* URLFETCH "%s" NIL\r\n' % victims_url], untagged
+    forged = victims_url.replace(b"user+" + victim.encode(), b"user+" + user.encode())
+    untagged, done = c.cmd(b'URLFETCH "%s"' % forged)
+    assert untagged == [b'* URLFETCH "%s" NIL\r\n' % forged], untagged
+    _, done = c.cmd(f'GENURLAUTH "imap://{victim}/INBOX/;uid=1;urlauth=authuser" INTERNAL')
+    assert b" NO " in done, done
+    _, done = c.cmd(f'GENURLAUTH "imap://{user}/Shared/{victim}/INBOX/;uid=1;urlauth=authuser" INTERNAL')
+    assert b" NO " in done, done
+    assert _messages(c, "INBOX") == 0
