@@ -8,6 +8,7 @@ Short runs here; ``POSTROOM_SLOW=1`` runs many more examples (tests/conftest.py)
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -135,23 +136,32 @@ def _rich(query: spf.Query) -> st.SearchStrategy[spf.Answer]:
 MAX_SPF_QUERIES = 1 + spf.MAX_DNS_TERMS * (2 + spf.MAX_NAMES_PER_TERM) + (1 + spf.MAX_NAMES_PER_TERM) + 1
 
 
+def _evaluate(gen: spf.SpfGen, answer: Callable[[spf.Query], spf.Answer]) -> spf.SpfResult:
+    """Drive an SPF check to its result, answering each query; at most MAX_SPF_QUERIES."""
+    queries = 0
+    reply: spf.Answer | None = None
+    try:
+        while True:
+            query = gen.send(reply)  # type: ignore[arg-type]
+            queries += 1
+            assert queries <= MAX_SPF_QUERIES, f"SPF evaluation exceeded its query bound at {query}"
+            reply = answer(query)
+    except StopIteration as done:
+        result: spf.SpfResult = done.value
+    return result
+
+
 @FUZZ
 @given(st.data(), st.sampled_from(["192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", "bad"]),
        st.sampled_from(["a.test", "x@a.test", "", "@", "%{s}@a.test"]), st.booleans())
 def test_spf_any_records_end_in_a_result_within_the_query_bound(data: Any, ip: str, sender: str,
                                                                 mixed: bool) -> None:
-    gen = spf.check_host(ip, "a.test", sender, helo="h.test")
-    queries = 0
-    answer: spf.Answer | None = None
-    try:
-        while True:
-            query = gen.send(answer)  # type: ignore[arg-type]
-            queries += 1
-            assert queries <= MAX_SPF_QUERIES, "SPF evaluation exceeded its query bound"
-            assert query.rdtype in ("TXT", "A", "AAAA", "MX", "PTR"), query
-            answer = data.draw(st.one_of(ANSWERS, _rich(query)) if mixed else _rich(query))
-    except StopIteration as done:
-        result = done.value
+    def answer(query: spf.Query) -> spf.Answer:
+        assert query.rdtype in ("TXT", "A", "AAAA", "MX", "PTR"), query
+        drawn: spf.Answer = data.draw(st.one_of(ANSWERS, _rich(query)) if mixed else _rich(query))
+        return drawn
+
+    result = _evaluate(spf.check_host(ip, "a.test", sender, helo="h.test"), answer)
     assert isinstance(result, spf.SpfResult) and result.result in spf.RESULTS
     assert result.explanation is None or len(result.explanation) <= spf.MAX_EXPLANATION
 
@@ -172,17 +182,9 @@ def test_spf_macro_heavy_records_stay_within_the_query_bound(record: str, ip: st
     exists and nothing matches: the worst an attacker's zone can do to one check."""
     names = tuple(f"h{i}.a.test" for i in range(spf.MAX_NAMES_PER_TERM))
     fixed = {"PTR": names, "MX": names, "A": ("10.9.9.9",), "AAAA": ("2001:db8::9",), "TXT": (record,)}
-    gen = spf.check_host(ip, "a.test", "x@a.test", helo="h.test")
-    queries = 0
-    answer: spf.Answer | None = None
-    try:
-        while True:
-            query = gen.send(answer)  # type: ignore[arg-type]
-            queries += 1
-            assert queries <= MAX_SPF_QUERIES, f"{queries} queries for {record!r}"
-            answer = spf.Answer(fixed[query.rdtype])
-    except StopIteration as done:
-        assert done.value.result in spf.RESULTS
+    result = _evaluate(spf.check_host(ip, "a.test", "x@a.test", helo="h.test"),
+                       lambda query: spf.Answer(fixed[query.rdtype]))
+    assert result.result in spf.RESULTS
 
 
 # --- DMARC --------------------------------------------------------------------------------
