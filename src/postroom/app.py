@@ -86,6 +86,15 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         print(f"postroom: error: {e}", file=sys.stderr)
         return 1
     metrics = Metrics()
+    if settings.acme.enabled:
+        from postroom.acme.manager import prepare
+
+        try:
+            prepare(settings, _final_owner(settings))
+        except (OSError, privileges.PrivilegeError) as e:
+            print(f"postroom: error: tls.acme: {e}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls, metrics)
     bound_by_role: dict[str, list[tuple[str, int]]] = {}
@@ -153,6 +162,12 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await worker.start()
         services.delivery_log.start(store)
         background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
+        acme = None
+        if settings.acme.enabled:
+            from postroom.acme.manager import AcmeManager
+
+            acme = AcmeManager(services)
+            side_tasks.append(asyncio.create_task(acme.run(), name="acme"))
         if services.dmarc_reports is not None:
             from postroom.policy.reports import report_loop
 
@@ -161,7 +176,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, tls.reload)
+        loop.add_signal_handler(signal.SIGHUP, _on_hangup, tls, acme)
         logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
         started_ok = True
         services.ready = True
@@ -195,6 +210,21 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         datadir.unlock(lock)
         if started_ok:
             logs.event(log, "stopped")
+
+
+def _on_hangup(tls: TlsContexts, acme: Any) -> None:
+    """SIGHUP: reload the certificate files; with ACME, also look again at once whether a
+    certificate is due (new domains)."""
+    tls.reload()
+    if acme is not None:
+        acme.check_now()
+
+
+def _final_owner(settings: Settings) -> tuple[int, int] | None:
+    """(uid, gid) of ``server.user`` when running as root and dropping to it, else None."""
+    if not settings.server.user or os.geteuid() != 0:
+        return None
+    return privileges.account(settings.server.user, settings.server.group)
 
 
 def _bind_error(e: OSError) -> str:

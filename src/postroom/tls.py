@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+class ChallengeContexts(Protocol):
+    def context_for(self, server_name: str | None) -> ssl.SSLContext | None: ...
+
+
 class TlsContexts:
     """The current server context, or None when no certificate is configured."""
 
@@ -35,8 +40,22 @@ class TlsContexts:
         self.cert = cert
         self.key = key
         self.context: ssl.SSLContext | None = None
+        self._challenges: ChallengeContexts | None = None
         if cert is not None and key is not None:
             self.context = server_context(cert, key)
+
+    def serve_challenges(self, challenges: ChallengeContexts) -> None:
+        """Hand connections whose SNI name has a pending ACME TLS-ALPN-01 challenge to that
+        challenge's context (see postroom.acme.challenges); all others are untouched."""
+        self._challenges = challenges
+        if self.context is not None:
+            self.context.sni_callback = self._sni
+
+    def _sni(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        if self._challenges is not None:
+            other = self._challenges.context_for(server_name)
+            if other is not None:
+                sslobj.context = other
 
     @property
     def available(self) -> bool:

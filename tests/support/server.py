@@ -33,7 +33,12 @@ class Server:
         extra: str = "",
         fsync: bool = False,
         hostname: str = "mail.example.test",
+        fixed_ports: dict[str, int] | None = None,
+        tls: str | None = None,
     ) -> None:
+        """``fixed_ports``: roles that listen on a given port instead of a free one (a peer
+        must know it before we start); ``tls``: the body of [tls] instead of the test
+        certificate (e.g. ``acme = true``)."""
         self.root = root
         self.roles = roles
         self.hostname = hostname
@@ -44,8 +49,9 @@ class Server:
         if not self.cert.exists():
             write_self_signed(self.cert, self.key, hostname)
         self.config = root / "postroom.toml"
+        fixed = fixed_ports or {}
         listeners = "".join(
-            f'[[listener]]\naddress = "127.0.0.1:0"\nrole = "{r}"\n' for r in roles
+            f'[[listener]]\naddress = "127.0.0.1:{fixed.get(r, 0)}"\nrole = "{r}"\n' for r in roles
         )
         # ``extra`` holds TOML tables only; the fast auth delay keeps tests quick unless
         # the test brings its own [limits].
@@ -58,9 +64,10 @@ class Server:
         # [auth_checks] (the tests in tests/e2e/test_mail_auth.py serve records locally).
         if "[auth_checks]" not in extra:
             limits += "[auth_checks]\nenabled = false\n"
+        tls_body = tls if tls is not None else f'cert = "{self.cert}"\nkey = "{self.key}"'
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
-            f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'
+            f'[tls]\n{tls_body}\n{limits}{extra}\n{listeners}'
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}
