@@ -66,8 +66,8 @@ def _settings(tmp_path: Path, roles: list[str], tls: str = "") -> config.Setting
 def test_names_and_methods(tmp_path: Path) -> None:
     s = _settings(tmp_path, ["mx", "http", "https"])
     assert manager.wanted_names(s, ["example.org", "example.net"]) == [
-        "mail.example.test", "mta-sts.example.net", "autoconfig.example.net",
-        "mta-sts.example.org", "autoconfig.example.org"]
+        "mail.example.test", "mta-sts.example.net", "autoconfig.example.net", "autodiscover.example.net",
+        "mta-sts.example.org", "autoconfig.example.org", "autodiscover.example.org"]
     assert manager.methods(s) == ("http-01", "tls-alpn-01")
     # Without an https listener nobody serves those names: the host name only.
     s = _settings(tmp_path, ["mx", "imaps"])

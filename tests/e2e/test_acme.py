@@ -2,7 +2,7 @@
 
 What a user sees: ``tls.acme = true`` and a contact address, DNS pointing at the server,
 and after a moment the TLS listeners serve a certificate that chains to the CA's root for
-the host name and the hosted domains' mta-sts./autoconfig. names; it is renewed at 2/3 of
+the host name and the hosted domains' mta-sts./autoconfig./autodiscover. names; it is renewed at 2/3 of
 its lifetime, and a connection made before the renewal keeps working after it.
 """
 
@@ -24,6 +24,7 @@ from support.server import PASSWORD, Server
 
 HOST = "mail.example.test"
 ROLES = ("mx", "imaps", "http", "https")
+NAMES = (HOST, "mta-sts.example.test", "autoconfig.example.test", "autodiscover.example.test")
 
 
 def served_certificate(port: int, name: str, root: bytes | None = None) -> x509.Certificate:
@@ -55,7 +56,7 @@ def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-d
 def _acme_server(tmp_path: Path, challenge: str, validity: int = 0) -> tuple[Server, Pebble, DnsServer]:
     assert pebble_binary(), "apt-get install pebble"
     dns = DnsServer().start()
-    for name in (HOST, "mta-sts.example.test", "autoconfig.example.test"):
+    for name in NAMES:
         dns.set(name, "A", ["127.0.0.1"])
     http_port = free_port_on(["127.0.0.1"])
     https_port = free_port_on(["127.0.0.1"])
@@ -90,11 +91,10 @@ def test_certificate_issued_and_served(tmp_path: Path, challenge: str) -> None:
         root = pebble.root_pem()
         # Verified as a client would: chain to pebble's root, name checked, on every TLS role.
         for port in (https, srv.ports["imaps"]):
-            for name in (HOST, "mta-sts.example.test", "autoconfig.example.test"):
+            for name in NAMES:
                 assert served_certificate(port, name, root).serial_number == cert.serial_number
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert set(names.get_values_for_type(x509.DNSName)) == {
-            HOST, "mta-sts.example.test", "autoconfig.example.test"}
+        assert set(names.get_values_for_type(x509.DNSName)) == set(NAMES)
         # Stored in the data folder: account key (private) and the certificate pair.
         folder = srv.data / "acme"
         account = json.loads((folder / "account.json").read_text())
@@ -157,6 +157,25 @@ def test_renewal_keeps_running_connections(tmp_path: Path) -> None:
         assert typ == "OK"
         imap.logout()
         assert srv.logs().count("acme_certificate") >= 2
+    finally:
+        srv.stop()
+        pebble.stop()
+        dns.stop()
+
+
+def test_names_without_dns_do_not_hold_back_the_host_name(tmp_path: Path) -> None:
+    """A hosted domain whose mta-sts./autoconfig. names do not resolve yet: the CA refuses
+    them, the certificate is issued without them, and the refusal is logged."""
+    srv, pebble, dns = _acme_server(tmp_path, "tls-alpn-01")
+    srv.add_user("bob@example.org")  # no DNS records for *.example.org
+    try:
+        srv.start()
+        cert = wait_for(lambda: _issued(srv, srv.ports["https"]), 60, "a certificate without example.org")
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert set(names.get_values_for_type(x509.DNSName)) == set(NAMES)
+        assert "acme_names_dropped" in srv.logs() and "mta-sts.example.org" in srv.logs()
+        state = json.loads((srv.data / "acme" / "state.json").read_text())
+        assert set(state["dropped"]) == {"mta-sts.example.org", "autoconfig.example.org", "autodiscover.example.org"}
     finally:
         srv.stop()
         pebble.stop()

@@ -16,7 +16,7 @@ A certificate is ordered when:
 
 A failed order is retried with backoff (1 min, 5 min, 15 min, 1 h, 3 h, 6 h, then every
 12 h) while the old certificate keeps serving. If the CA refuses only some of the extra names
-(``mta-sts.``/``autoconfig.`` of a domain whose DNS does not point here yet) the order is
+(``mta-sts.``/``autoconfig.``/``autodiscover.`` of a domain whose DNS does not point here yet) the order is
 repeated at once without them, so the host name is never held back by a domain's DNS; those
 names are tried again a day later or at the next renewal.
 
@@ -73,11 +73,12 @@ def prepare(settings: Settings, owner: tuple[int, int] | None = None) -> None:
 
 def wanted_names(settings: Settings, domains: list[str]) -> list[str]:
     """The host name first, then (with an https listener, which serves them) the MTA-STS
-    policy host and the Thunderbird auto-configuration host of every hosted domain."""
+    policy host and the Thunderbird and Outlook auto-configuration hosts of every hosted
+    domain: the names ``postroom dns`` asks to point here."""
     names = [settings.hostname]
     if settings.acme.domain_names and any(lst.role == "https" for lst in settings.listeners):
         for domain in sorted(domains):
-            names += [f"mta-sts.{domain}", f"autoconfig.{domain}"]
+            names += [f"mta-sts.{domain}", f"autoconfig.{domain}", f"autodiscover.{domain}"]
     return list(dict.fromkeys(n.lower() for n in names))
 
 
