@@ -143,7 +143,8 @@ def issue(
     key, uri = account_key(account_path)
     net = client.ClientNetwork(
         key, alg=jose.ES256, user_agent=USER_AGENT,
-        verify_ssl=str(ca_file) if ca_file is not None else True,
+        # requests takes a CA bundle path where ``acme`` types a bool.
+        verify_ssl=str(ca_file) if ca_file is not None else True,  # type: ignore[arg-type]
     )
     try:
         acme = client.ClientV2(client.ClientV2.get_directory(directory, net), net)
