@@ -389,6 +389,9 @@ class OutboundSettings:
     tls_ca_file: str = ""
     connection_cache_time: float = 2.0
     queue_poll_interval: float = 5.0
+    dane: bool = True
+    mta_sts: bool = True
+    mta_sts_port: int = 443
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +558,9 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "tls_ca_file": _string,
         "connection_cache_time": parse_duration,
         "queue_poll_interval": parse_duration,
+        "dane": _boolean,
+        "mta_sts": _boolean,
+        "mta_sts_port": _int_range(1, 65535),
     },
     "dns": {"cache_entries": _int_range(0, 10_000_000), "timeout": parse_duration},
     "dkim": {"sign": _boolean},
