@@ -108,6 +108,14 @@ def _chains_to(
     from cryptography.x509 import verification
 
     builder = verification.PolicyBuilder().store(verification.Store([anchor]))
+    if hasattr(builder, "extension_policies"):  # cryptography >= 45
+        # DANE-TA anchors are often private CAs: check the chain, the dates and the name,
+        # not the CA/Browser Forum's profile of the leaf's extensions (RFC 7672 3.1.2).
+        policy = verification.ExtensionPolicy
+        ee = policy.permit_all().require_present(
+            x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
+        )
+        builder = builder.extension_policies(ca_policy=policy.webpki_defaults_ca(), ee_policy=ee)
     if now is not None:
         builder = builder.time(now)
     try:
