@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import hostile
+from support import SLOW, hostile
 from support.mailgen import mailbox
 from support.server import PASSWORD, Server
 
-from conftest import SLOW
+
 from postroom import deliver
 from postroom.message import scan
 from postroom.net.imap.light import Light

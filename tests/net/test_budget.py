@@ -176,3 +176,26 @@ def test_work_done_while_paused_is_never_cut_and_takes_no_slot() -> None:
         b.check()
 
     asyncio.run(main())
+
+
+def test_loop_semaphore_is_one_per_event_loop() -> None:
+    """A module-level asyncio.Semaphore binds to the first loop that waits on it; the
+    argon2 slots and heavy-command gate must keep working in a second loop (tests run
+    many, and a contended wait in the second one used to raise RuntimeError)."""
+    sem = budget.LoopSemaphore(1)
+
+    async def contend() -> int:
+        s = sem.get()
+        order: list[int] = []
+
+        async def hold(n: int) -> None:
+            async with s:
+                order.append(n)
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(hold(1), hold(2))
+        assert sem.get() is s
+        return len(order)
+
+    assert asyncio.run(contend()) == 2
+    assert asyncio.run(contend()) == 2

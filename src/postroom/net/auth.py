@@ -43,7 +43,7 @@ MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 # argon2 holds 32 MiB and keeps two cores busy per verify: cap how many run at once so a
 # login flood can neither exhaust memory nor starve the event loop of CPU (one per core,
 # at most 4).
-_VERIFY_SLOTS = asyncio.Semaphore(max(1, min(4, os.cpu_count() or 1)))
+_VERIFY_SLOTS = budget.LoopSemaphore(max(1, min(4, os.cpu_count() or 1)))
 
 
 @contextlib.asynccontextmanager
@@ -51,19 +51,20 @@ async def _verify_slot() -> AsyncIterator[None]:
     """One of the argon2 slots, waited for within the command's budget; the verify itself
     runs with the budget paused (see :meth:`AuthTracker.verify_password`)."""
     b = budget.current()
-    if b is not None and _VERIFY_SLOTS.locked():
+    slots = _VERIFY_SLOTS.get()
+    if b is not None and slots.locked():
         try:
             async with asyncio.timeout(b.remaining() if b.due < math.inf else None):
-                await _VERIFY_SLOTS.acquire()
+                await slots.acquire()
         except TimeoutError:
             raise BudgetExceeded(b.limit) from None
     else:
-        await _VERIFY_SLOTS.acquire()
+        await slots.acquire()
     try:
         with budget.paused():
             yield
     finally:
-        _VERIFY_SLOTS.release()
+        slots.release()
 
 
 verify_slot = _verify_slot  # shared with the web login (postroom.web.session)

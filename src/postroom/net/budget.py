@@ -77,9 +77,30 @@ SLICE = 0.005
 HEAVY_SLOTS = 2
 
 _CURRENT: ContextVar[Budget | None] = ContextVar("postroom_budget", default=None)
-_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+
+
+class LoopSemaphore:
+    """A semaphore per running event loop. ``asyncio.Semaphore`` binds itself to the first
+    loop that waits on it, so a module-level one breaks as soon as a second loop (a test,
+    a restarted runner) contends for it; this keeps one per loop, dropped with the loop."""
+
+    __slots__ = ("_size", "_by_loop")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        sem = self._by_loop.get(loop)
+        if sem is None:
+            sem = self._by_loop[loop] = asyncio.Semaphore(self._size)
+        return sem
+
+
+_GATES = LoopSemaphore(HEAVY_SLOTS)
 
 
 class BudgetExceeded(Exception):
@@ -91,11 +112,7 @@ class BudgetExceeded(Exception):
 
 
 def _gate() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    gate = _GATES.get(loop)
-    if gate is None:
-        gate = _GATES[loop] = asyncio.Semaphore(HEAVY_SLOTS)
-    return gate
+    return _GATES.get()
 
 
 class Budget:
