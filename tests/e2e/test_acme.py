@@ -12,13 +12,13 @@ import imaplib
 import json
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from support.dns_server import DnsServer, free_port_on
+from support.outbound import wait
 from support.pebble import Pebble, pebble_binary
 from support.server import PASSWORD, Server
 
@@ -41,16 +41,6 @@ def served_certificate(port: int, name: str, root: bytes | None = None) -> x509.
             der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
-
-
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _acme_server(tmp_path: Path, challenge: str, validity: int = 0) -> tuple[Server, Pebble, DnsServer]:
@@ -87,7 +77,7 @@ def test_certificate_issued_and_served(tmp_path: Path, challenge: str) -> None:
     try:
         srv.start()
         https = srv.ports["https"]
-        cert = wait_for(lambda: _issued(srv, https), 60, f"a certificate from pebble ({challenge})")
+        cert = wait(lambda: _issued(srv, https), 60)
         root = pebble.root_pem()
         # Verified as a client would: chain to pebble's root, name checked, on every TLS role.
         for port in (https, srv.ports["imaps"]):
@@ -139,7 +129,7 @@ def test_renewal_keeps_running_connections(tmp_path: Path) -> None:
     try:
         srv.start()
         port = srv.ports["imaps"]
-        first = wait_for(lambda: _issued(srv, port), 60, "the first certificate")
+        first = wait(lambda: _issued(srv, port), 60)
         root = pebble.root_pem()
         ctx = ssl.create_default_context(cadata=root.decode())
         imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=_sni(ctx, HOST))
@@ -147,7 +137,7 @@ def test_renewal_keeps_running_connections(tmp_path: Path) -> None:
         imap.select("INBOX")
         old = imap.sock.getpeercert(binary_form=True)
         assert x509.load_der_x509_certificate(old).serial_number == first.serial_number
-        second = wait_for(lambda: _issued(srv, port, first.serial_number), 40, "the renewed certificate")
+        second = wait(lambda: _issued(srv, port, first.serial_number), 40)
         assert second.not_valid_after_utc > first.not_valid_after_utc
         assert served_certificate(port, HOST, root).serial_number == second.serial_number
         # The session from before the reload is still there and still answers.
@@ -170,7 +160,7 @@ def test_names_without_dns_do_not_hold_back_the_host_name(tmp_path: Path) -> Non
     srv.add_user("bob@example.org")  # no DNS records for *.example.org
     try:
         srv.start()
-        cert = wait_for(lambda: _issued(srv, srv.ports["https"]), 60, "a certificate without example.org")
+        cert = wait(lambda: _issued(srv, srv.ports["https"]), 60)
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert set(names.get_values_for_type(x509.DNSName)) == set(NAMES)
         assert "acme_names_dropped" in srv.logs() and "mta-sts.example.org" in srv.logs()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import trustme
 
+from support import reap
 from support.dns_server import DnsServer, free_port_on
 
 
@@ -99,11 +100,7 @@ class Pebble:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            reap(self.proc)
             self.proc = None
 
     def logs(self) -> str:
