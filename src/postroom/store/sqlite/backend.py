@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -58,7 +59,7 @@ from postroom.store.api import (
 from postroom.message import search_texts_of
 from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import ChangeRelay, LocalChangeHub
-from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, web
+from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, tlsdata, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.maildrop import MaildropLocks
 from postroom.store.sqlite.recent import RecentClaims, RecentMarks
@@ -549,8 +550,18 @@ class SQLiteStore:
     async def dmarc_delete(
         self, policy_domain: str, period: int, *, report: Delivery | None = None
     ) -> int:
+        return await self._delete_and_report(
+            lambda c: authdata.dmarc_delete(c, policy_domain, period), report
+        )
+
+    async def _delete_and_report(
+        self, delete: Callable[[sqlite3.Connection], int], report: Delivery | None
+    ) -> int:
+        """Delete a report's rows and, when there were some, deliver ``report`` in the
+        same transaction (DMARC and TLS-RPT reports: sent once, never lost)."""
+
         def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
-            deleted = authdata.dmarc_delete(c, policy_domain, period)  # type: ignore[arg-type]
+            deleted = delete(c)  # type: ignore[arg-type]
             if report is None or not deleted:
                 return deleted, [], None
             blob_id, placed = mail.deliver(c, report)  # type: ignore[arg-type]
@@ -563,6 +574,26 @@ class SQLiteStore:
         if qid is not None:
             self.changes.publish_queue()
         return deleted
+
+    async def tlsrpt_add(self, rows: Sequence[api.TlsResultRow]) -> None:
+        rows = list(rows)
+        await self.engine.write(lambda c: tlsdata.tlsrpt_add(c, rows))
+
+    async def tlsrpt_pending(self, before: int) -> list[api.TlsResultRow]:
+        return await self.engine.read(lambda c: tlsdata.tlsrpt_pending(c, before))
+
+    async def tlsrpt_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int:
+        return await self._delete_and_report(
+            lambda c: tlsdata.tlsrpt_delete(c, policy_domain, period), report
+        )
+
+    async def tls_report_add(self, report: api.TlsReport) -> int | None:
+        return await self.engine.write(lambda c: tlsdata.tls_report_add(c, report))
+
+    async def tls_reports(self, *, limit: int = 100, domain: str | None = None) -> list[api.TlsReport]:
+        return await self.engine.read(lambda c: tlsdata.tls_reports(c, limit, domain))
 
     async def queue_stats(self) -> QueueStats:
         return await self.engine.read(web.queue_stats)

@@ -344,6 +344,42 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         detail TEXT NOT NULL
     );
     """,
+    # 12: TLS-RPT (RFC 8460): outbound TLS results by day, recipient domain and policy,
+    # until reported (policy_key: a digest of type, string and mx patterns, so that the
+    # key stays short however long a policy is); and the reports we received.
+    """
+    CREATE TABLE tlsrpt_results (
+        id INTEGER PRIMARY KEY,
+        period INTEGER NOT NULL,
+        policy_domain TEXT NOT NULL,
+        policy_key TEXT NOT NULL,
+        policy_type TEXT NOT NULL,
+        policy_string TEXT NOT NULL,
+        mx_host TEXT NOT NULL,
+        result_type TEXT NOT NULL,
+        sending_ip TEXT NOT NULL,
+        receiving_mx TEXT NOT NULL,
+        receiving_ip TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        UNIQUE (period, policy_domain, policy_key, result_type, sending_ip, receiving_mx,
+                receiving_ip, detail)
+    );
+    CREATE TABLE tls_reports (
+        id INTEGER PRIMARY KEY,
+        received INTEGER NOT NULL,
+        organization TEXT NOT NULL,
+        report_id TEXT NOT NULL,
+        start_time INTEGER NOT NULL,
+        end_time INTEGER NOT NULL,
+        domains TEXT NOT NULL,
+        successful INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        document TEXT NOT NULL,
+        UNIQUE (organization, report_id)
+    );
+    CREATE INDEX tls_reports_received ON tls_reports(received);
+    """,
 ]
 
 
