@@ -262,11 +262,11 @@ def _count(obj: dict[str, Any], key: str) -> int:
 def _time(text: str, key: str) -> int:
     try:
         when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        return int(when.timestamp())
+    except (ValueError, OverflowError):
         raise ReportError(f"{key}: not an RFC 3339 date-time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return int(when.timestamp())
 
 
 def parse_report(data: bytes) -> ParsedReport:
@@ -298,6 +298,8 @@ def parse_report(data: bytes) -> ParsedReport:
             raise ReportError("policies[]: policy and summary objects are required")
         pol, summ = p["policy"], p["summary"]
         ptype = _str(pol, "policy-type")
+        if ptype not in POLICY_TYPES:
+            raise ReportError(f"policy-type: {ptype[:40]!r} is not one of RFC 8460 4.4's")
         domain = _str(pol, "policy-domain").lower()
         ok, bad = _count(summ, "total-successful-session-count"), _count(summ, "total-failure-session-count")
         successful, failed = successful + ok, failed + bad
