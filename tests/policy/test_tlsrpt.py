@@ -234,3 +234,22 @@ def test_send_due_mail_once_no_record_and_deferral(tmp_path: Path, monkeypatch: 
             await store.close()
 
     asyncio.run(run())
+
+
+def test_dns_record_and_its_check() -> None:
+    from postroom.policy.dnsrecords import judge, required
+
+    records = required("example.test", "mail.example.test", [], [], [], rua="postmaster@example.test",
+                       tlsrpt_rua="tls-reports@example.test")
+    [rec] = [r for r in records if r.kind == "TLSRPT"]
+    assert (rec.name, rec.rtype, rec.value) == (
+        "_smtp._tls.example.test", "TXT", "v=TLSRPTv1; rua=mailto:tls-reports@example.test")
+    assert tlsrpt.parse_record([rec.value.encode()]) == ("mailto:tls-reports@example.test",)
+    assert judge(rec, [rec.value]).status == "correct"
+    # another collector besides ours is fine; ours missing, or two records, is not
+    assert judge(rec, ["v=TLSRPTv1; rua=https://r.test/x,mailto:TLS-Reports@example.test"]).status == "correct"
+    assert judge(rec, ["v=TLSRPTv1; rua=mailto:else@example.test"]).status == "wrong"
+    assert judge(rec, [rec.value, rec.value]).status == "wrong"
+    assert judge(rec, ["v=spf1 -all"]).status == "missing"
+    assert not [r for r in required("example.test", "mail.example.test", [], [], [], rua="p@example.test")
+                if r.kind == "TLSRPT"]
