@@ -7,6 +7,8 @@ and delivers through its queue to capture MX servers:
 * ``notls.test``: no STARTTLS offered: delivered in plaintext, ``starttls-not-supported``;
 * ``sts.test``: an MTA-STS ``enforce`` policy (fetched from a local HTTPS server), but the
   MX's certificate names another host: ``certificate-host-mismatch``, not delivered;
+* ``badsts.test``: announces an MTA-STS policy whose host's certificate is not valid for
+  it: ``sts-webpki-invalid``; without a policy, delivered with opportunistic TLS;
 * ``quiet.test``: TLS works, but the domain publishes no ``_smtp._tls`` record.
 
 Then, at the real time, ``postroom tlsrpt send-reports`` sends the reports: DKIM-signed
@@ -49,7 +51,7 @@ from support.tlsrpt import check_report, google_report, report_mail
 DOMAIN = "example.test"
 HOST = f"mail.{DOMAIN}"
 MX = {"good.test": "127.0.0.221", "notls.test": "127.0.0.222", "sts.test": "127.0.0.223",
-      "quiet.test": "127.0.0.224", "reports.test": "127.0.0.225"}
+      "quiet.test": "127.0.0.224", "reports.test": "127.0.0.225", "badsts.test": "127.0.0.226"}
 PAST = faketime("-2d")
 
 
@@ -89,7 +91,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     mx_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("mx.tls.test").configure_cert(mx_ctx)  # not mx.sts.test: the mismatch
     capture = Capture(tuple(MX.values()), tls=mx_ctx, default=Behaviour(starttls=False))
-    for domain in ("good.test", "sts.test", "quiet.test"):
+    for domain in ("good.test", "sts.test", "quiet.test", "badsts.test"):
         capture.behaviours[MX[domain]] = Behaviour()
     capture.start()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -102,13 +104,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for domain, address in MX.items():
         dns.set(domain, "MX", [(10, f"mx.{domain}")])
         dns.set(f"mx.{domain}", "A", [address])
-    for name in ("reports.test", "mta-sts.sts.test"):
+    for name in ("reports.test", "mta-sts.sts.test", "mta-sts.badsts.test"):
         dns.set(name, "A", ["127.0.0.1"])
     dns.set("_smtp._tls.good.test", "TXT",
             [f"v=TLSRPTv1; rua=mailto:tls@reports.test,https://reports.test:{https_port}/tlsrpt"])
     dns.set("_smtp._tls.notls.test", "TXT", ["v=TLSRPTv1; rua=mailto:tls@reports.test"])
     dns.set("_smtp._tls.sts.test", "TXT", ["v=TLSRPTv1;rua=mailto:tls@reports.test"])
     dns.set("_mta-sts.sts.test", "TXT", ["v=STSv1; id=20261207;"])
+    dns.set("_mta-sts.badsts.test", "TXT", ["v=STSv1; id=20261207;"])  # not on the certificate
+    dns.set("_smtp._tls.badsts.test", "TXT", ["v=TLSRPTv1; rua=mailto:tls@reports.test"])
     extra = (
         f'[outbound]\nresolver = "{dns.address}"\nport = {capture.port}\ntls_ca_file = "{ca_file}"\n'
         f'mta_sts_port = {https_port}\nqueue_poll_interval = "1s"\nretry_schedule = ["2s"]\n'
@@ -167,17 +171,18 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
     srv, dns, capture = env["srv"], env["dns"], env["capture"]
     srv.start(env=PAST)
     try:
-        _submit(srv, ["a@good.test", "b@notls.test", "c@sts.test", "d@quiet.test"])
+        _submit(srv, ["a@good.test", "b@notls.test", "c@sts.test", "d@quiet.test", "e@badsts.test"])
         assert wait(lambda: _arrived(capture, MX["good.test"]), 30)[0].tls
         assert not wait(lambda: _arrived(capture, MX["notls.test"]), 30)[0].tls
         assert wait(lambda: _arrived(capture, MX["quiet.test"]), 30)[0].tls
+        assert wait(lambda: _arrived(capture, MX["badsts.test"]), 30)[0].tls
         reason = wait(lambda: _pending_reason(srv, "c@sts.test"), 30)
         assert "certificate" in reason.lower() or "hostname" in reason.lower(), reason
     finally:
         assert srv.stop() == 0  # the recorder flushes its counts at shutdown
     assert _arrived(capture, MX["sts.test"]) == []
     pending = srv.admin(lambda admin, store: store.tlsrpt_pending(10**11))
-    assert {r.policy_domain for r in pending} == {"good.test", "notls.test", "sts.test", "quiet.test"}
+    assert {r.policy_domain for r in pending} == {"good.test", "notls.test", "sts.test", "quiet.test", "badsts.test"}
     [period] = {r.period for r in pending}
     assert time.time() - 3 * 86400 < period < time.time() - 86400
 
@@ -187,15 +192,16 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
         assert first.returncode == 0, first.stderr
         outcomes = {o["domain"]: o for o in json.loads(first.stdout)["reports"]}
         assert {d: o["status"] for d, o in outcomes.items()} == {
-            "good.test": "sent", "notls.test": "sent", "sts.test": "sent", "quiet.test": "dropped"}
+            "good.test": "sent", "notls.test": "sent", "sts.test": "sent", "quiet.test": "dropped",
+            "badsts.test": "sent"}
         assert outcomes["good.test"]["posted"] == [f"https://reports.test:{env['port']}/tlsrpt"]
         assert outcomes["notls.test"]["recipients"] == ["tls@reports.test"]
         again = srv.cli("tlsrpt", "send-reports", "--json")
         assert [o for o in json.loads(again.stdout)["reports"] if o["status"] != "deferred"] == []
-        mails = wait(lambda: (lambda m: m if len(m) >= 3 else None)(_arrived(capture, MX["reports.test"])), 30)
+        mails = wait(lambda: (lambda m: m if len(m) >= 4 else None)(_arrived(capture, MX["reports.test"])), 30)
     finally:
         srv.stop()
-    assert len(_arrived(capture, MX["reports.test"])) == 3
+    assert len(_arrived(capture, MX["reports.test"])) == 4
     assert "Traceback" not in srv.logs(), srv.logs()
     reports = {}
     for m in mails:
@@ -203,7 +209,7 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
         assert dkimpy.DKIM(m.data).verify(dnsfunc=dns_txt_lookup(dns)), "report's DKIM signature fails"
         report = _report(m)
         reports[report["policies"][0]["policy"]["policy-domain"]] = report
-    assert set(reports) == {"good.test", "notls.test", "sts.test"}
+    assert set(reports) == {"good.test", "notls.test", "sts.test", "badsts.test"}
     for report in reports.values():
         assert report["organization-name"] == "Example Mail"
         assert report["contact-info"] == f"postmaster@{DOMAIN}"
@@ -226,6 +232,12 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
     assert {d["result-type"] for d in details} == {"certificate-host-mismatch"}
     assert {(d["receiving-mx-hostname"], d["receiving-ip"]) for d in details} == {("mx.sts.test", MX["sts.test"])}
     assert sts["summary"]["total-failure-session-count"] >= 1
+
+    by_type = {p["policy"]["policy-type"]: p for p in reports["badsts.test"]["policies"]}
+    assert by_type["no-policy-found"]["summary"] == {"total-successful-session-count": 1,
+                                                     "total-failure-session-count": 0}
+    assert by_type["sts"]["policy"] == {"policy-type": "sts", "policy-domain": "badsts.test"}
+    assert [d["result-type"] for d in by_type["sts"]["failure-details"]] == ["sts-webpki-invalid"]
 
     [(path, headers, body)] = _Handler.posts
     assert path == "/tlsrpt" and headers["content-type"] == "application/tlsrpt+gzip"
