@@ -44,7 +44,7 @@ from support.capture import Behaviour, Capture, Received
 from support.dns_server import DnsServer
 from support.http import ADMIN, HttpServer
 from support.mail_auth import dns_txt_lookup, generate_keys
-from support.outbound import wait
+from support.outbound import pending_reason, wait
 from support.server import PASSWORD, faketime
 from support.tlsrpt import check_report, google_report, report_mail
 
@@ -132,25 +132,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         dns.stop()
 
 
-def _arrived(capture: Capture, address: str) -> list[Received]:
-    with capture.lock:
-        return [m for m in capture.messages if m.address == address]
-
-
 def _submit(srv: HttpServer, recipients: list[str]) -> None:
     msg = f"From: <{ADMIN}>\r\nTo: {', '.join(recipients)}\r\nSubject: hello\r\n\r\nHello.\r\n"
     with smtplib.SMTP("127.0.0.1", srv.ports["submission"], timeout=30) as s:
         s.starttls(context=srv.client_context())
         s.login(ADMIN, PASSWORD)
         assert s.sendmail(ADMIN, recipients, msg) == {}
-
-
-def _pending_reason(srv: HttpServer, address: str) -> str | None:
-    for q in srv.queue():
-        for r in q.pending:
-            if r.address == address and r.diagnostic:
-                return str(r.diagnostic)
-    return None
 
 
 def _report(received: Received) -> dict[str, Any]:
@@ -172,15 +159,15 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
     srv.start(env=PAST)
     try:
         _submit(srv, ["a@good.test", "b@notls.test", "c@sts.test", "d@quiet.test", "e@badsts.test"])
-        assert wait(lambda: _arrived(capture, MX["good.test"]), 30)[0].tls
-        assert not wait(lambda: _arrived(capture, MX["notls.test"]), 30)[0].tls
-        assert wait(lambda: _arrived(capture, MX["quiet.test"]), 30)[0].tls
-        assert wait(lambda: _arrived(capture, MX["badsts.test"]), 30)[0].tls
-        reason = wait(lambda: _pending_reason(srv, "c@sts.test"), 30)
+        assert wait(lambda: capture.arrived(MX["good.test"]), 30)[0].tls
+        assert not wait(lambda: capture.arrived(MX["notls.test"]), 30)[0].tls
+        assert wait(lambda: capture.arrived(MX["quiet.test"]), 30)[0].tls
+        assert wait(lambda: capture.arrived(MX["badsts.test"]), 30)[0].tls
+        reason = wait(lambda: pending_reason(srv, "c@sts.test"), 30)
         assert "certificate" in reason.lower() or "hostname" in reason.lower(), reason
     finally:
         assert srv.stop() == 0  # the recorder flushes its counts at shutdown
-    assert _arrived(capture, MX["sts.test"]) == []
+    assert capture.arrived(MX["sts.test"]) == []
     pending = srv.admin(lambda admin, store: store.tlsrpt_pending(10**11))
     assert {r.policy_domain for r in pending} == {"good.test", "notls.test", "sts.test", "quiet.test", "badsts.test"}
     [period] = {r.period for r in pending}
@@ -198,10 +185,10 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
         assert outcomes["notls.test"]["recipients"] == ["tls@reports.test"]
         again = srv.cli("tlsrpt", "send-reports", "--json")
         assert [o for o in json.loads(again.stdout)["reports"] if o["status"] != "deferred"] == []
-        mails = wait(lambda: (lambda m: m if len(m) >= 4 else None)(_arrived(capture, MX["reports.test"])), 30)
+        mails = wait(lambda: (lambda m: m if len(m) >= 4 else None)(capture.arrived(MX["reports.test"])), 30)
     finally:
         srv.stop()
-    assert len(_arrived(capture, MX["reports.test"])) == 4
+    assert len(capture.arrived(MX["reports.test"])) == 4
     assert "Traceback" not in srv.logs(), srv.logs()
     reports = {}
     for m in mails:

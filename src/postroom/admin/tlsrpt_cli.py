@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
 from typing import Any
 
 from postroom.admin import auth_ops
-from postroom.admin.auth_cli import _resolver, _run
+from postroom.admin.auth_cli import _run, report_services
 
 
 def cmd_tlsrpt(args: argparse.Namespace) -> int:
@@ -27,16 +26,7 @@ def cmd_tlsrpt(args: argparse.Namespace) -> int:
         _emit(args, reports, rows, ("received", "from", "domains", "day", "ok", "failed", "failures"))
         return 0
 
-    async def run(store: Any, settings: Any) -> Any:
-        from postroom.policy.signing import Signer
-
-        services = types.SimpleNamespace(
-            settings=settings, store=store, resolver=_resolver(settings),
-            signer=Signer(store, enabled=settings.dkim.sign),
-        )
-        return await auth_ops.tlsrpt_send_reports(services)
-
-    outcomes = _run(args, run)
+    outcomes = _run(args, lambda st, settings: auth_ops.tlsrpt_send_reports(report_services(st, settings)))
     if args.json:
         print(json.dumps({"reports": [dataclasses.asdict(o) for o in outcomes]}))
         return 0

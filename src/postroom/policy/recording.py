@@ -66,3 +66,16 @@ class BatchRecorder(Generic[Row]):
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.flush())
+
+
+async def run_daily(send: Callable[[], Awaitable[Any]], interval: float, log: logging.Logger, what: str) -> None:
+    """Call ``send()`` once per ``interval``, the first time a minute after start (at
+    most), until cancelled: the report loops of DMARC and TLS-RPT. A restart sends nothing
+    twice, since a report leaves with its rows deleted."""
+    await asyncio.sleep(min(60.0, interval))
+    while True:
+        try:
+            await send()
+        except Exception:
+            log.exception("%s report run failed", what)
+        await asyncio.sleep(interval)

@@ -22,7 +22,6 @@ Theory of operation
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import email.utils
 import gzip
@@ -36,7 +35,7 @@ from xml.sax.saxutils import escape
 from postroom import deliver, logs
 from postroom.policy import dmarc
 from postroom.policy.dns import DnsError, DnsTemporary, Resolver
-from postroom.policy.recording import DAY, FLUSH_SECONDS, BatchRecorder, day_start
+from postroom.policy.recording import DAY, FLUSH_SECONDS, BatchRecorder, day_start, run_daily
 from postroom.store.api import Delivery, DmarcRow, NewQueueEntry, QueueRecipient, Store
 
 log = logging.getLogger("postroom.dmarc")
@@ -304,13 +303,5 @@ def _day(period: int) -> str:
 
 
 async def report_loop(services: Any) -> None:
-    """Send due reports once per ``report_interval``, the first run a minute after start
-    (at most): a restart sends nothing twice, since a report leaves with its rows deleted."""
-    interval = services.settings.auth_checks.report_interval
-    await asyncio.sleep(min(60.0, interval))
-    while True:
-        try:
-            await send_due(services)
-        except Exception:
-            log.exception("DMARC report run failed")
-        await asyncio.sleep(interval)
+    """Send due reports once per ``auth_checks.report_interval`` (``recording.run_daily``)."""
+    await run_daily(lambda: send_due(services), services.settings.auth_checks.report_interval, log, "DMARC")

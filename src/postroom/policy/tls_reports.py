@@ -35,7 +35,7 @@ from typing import Any
 from postroom import deliver, logs
 from postroom.policy import tlsrpt
 from postroom.policy.dns import DnsError, DnsTemporary, Resolver
-from postroom.policy.recording import DAY, FLUSH_SECONDS, BatchRecorder, day_start
+from postroom.policy.recording import DAY, FLUSH_SECONDS, BatchRecorder, day_start, run_daily
 from postroom.store.api import Delivery, NewQueueEntry, QueueRecipient, Store, TlsReport, TlsResultRow
 
 log = logging.getLogger("postroom.tlsrpt")
@@ -240,16 +240,8 @@ def _ca_file(services: Any) -> str | None:
 
 
 async def report_loop(services: Any) -> None:
-    """Send due reports once per ``report_interval``, the first run a minute after start
-    (at most): a restart sends nothing twice, since a report leaves with its rows deleted."""
-    interval = services.settings.tls_reports.report_interval
-    await asyncio.sleep(min(60.0, interval))
-    while True:
-        try:
-            await send_due(services)
-        except Exception:
-            log.exception("TLS-RPT report run failed")
-        await asyncio.sleep(interval)
+    """Send due reports once per ``tls_reports.report_interval`` (``recording.run_daily``)."""
+    await run_daily(lambda: send_due(services), services.settings.tls_reports.report_interval, log, "TLS-RPT")
 
 
 # --- receiving ------------------------------------------------------------------------
