@@ -253,3 +253,24 @@ def test_dns_record_and_its_check() -> None:
     assert judge(rec, ["v=spf1 -all"]).status == "missing"
     assert not [r for r in required("example.test", "mail.example.test", [], [], [], rua="p@example.test")
                 if r.kind == "TLSRPT"]
+
+
+def test_inbox_parses_a_bounded_number_at_once(tmp_path: Path) -> None:
+    """take() parses in the background; beyond MAX_PARSING at once, messages stay plain."""
+
+    async def run() -> None:
+        store = open_store(tmp_path / "data", fsync=False)
+        try:
+            inbox = TlsReportInbox(store, "postmaster", clock=lambda: DAY1)
+            n = tls_reports.MAX_PARSING + 3
+            for i in range(n):
+                inbox.take(report_mail(google_report("example.test", f"r{i}"), to="postmaster@example.test",
+                                       domain="example.test"), f"q{i}")
+            inbox.take(b"Subject: not a report\r\n\r\nhi\r\n", "plain")  # not even looked at
+            assert len(inbox._tasks) == tls_reports.MAX_PARSING
+            await asyncio.gather(*inbox._tasks)
+            assert len(await store.tls_reports()) == tls_reports.MAX_PARSING
+        finally:
+            await store.close()
+
+    asyncio.run(run())

@@ -45,6 +45,7 @@ MAX_REPORT_AGE = 7 * DAY
 HTTPS_TIMEOUT = 60.0
 HTTPS_ATTEMPTS = 3
 HTTPS_BACKOFF = 2.0  # seconds before the second try, doubled for the third
+MAX_PARSING = 8  # reports parsed at once; more arriving meanwhile stay plain messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +269,9 @@ class TlsReportInbox:
         end = message.find(b"\r\n\r\n", 0, 65536)
         head = message[: end if end >= 0 else 65536]
         if not tlsrpt.looks_like_report(head):
+            return
+        if len(self._tasks) >= MAX_PARSING:  # a flood: the message is stored, it is enough
+            logs.event(log, "tlsrpt_report_skipped", logging.WARNING, id=qid, reason="too many at once")
             return
         task = asyncio.create_task(self.store_report(message, qid))
         self._tasks.add(task)
