@@ -9,6 +9,8 @@ and delivers through its queue to capture MX servers:
   MX's certificate names another host: ``certificate-host-mismatch``, not delivered;
 * ``badsts.test``: announces an MTA-STS policy whose host's certificate is not valid for
   it: ``sts-webpki-invalid``; without a policy, delivered with opportunistic TLS;
+* ``dane.test``: a DNSSEC-validated TLSA record that matches nothing the MX sends:
+  ``validation-failure`` under the ``tlsa`` policy, not delivered;
 * ``quiet.test``: TLS works, but the domain publishes no ``_smtp._tls`` record.
 
 Then, at the real time, ``postroom tlsrpt send-reports`` sends the reports: DKIM-signed
@@ -51,7 +53,8 @@ from support.tlsrpt import check_report, google_report, report_mail
 DOMAIN = "example.test"
 HOST = f"mail.{DOMAIN}"
 MX = {"good.test": "127.0.0.221", "notls.test": "127.0.0.222", "sts.test": "127.0.0.223",
-      "quiet.test": "127.0.0.224", "reports.test": "127.0.0.225", "badsts.test": "127.0.0.226"}
+      "quiet.test": "127.0.0.224", "reports.test": "127.0.0.225", "badsts.test": "127.0.0.226",
+      "dane.test": "127.0.0.227"}
 PAST = faketime("-2d")
 
 
@@ -91,7 +94,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     mx_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("mx.tls.test").configure_cert(mx_ctx)  # not mx.sts.test: the mismatch
     capture = Capture(tuple(MX.values()), tls=mx_ctx, default=Behaviour(starttls=False))
-    for domain in ("good.test", "sts.test", "quiet.test", "badsts.test"):
+    for domain in ("good.test", "sts.test", "quiet.test", "badsts.test", "dane.test"):
         capture.behaviours[MX[domain]] = Behaviour()
     capture.start()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -113,6 +116,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     dns.set("_mta-sts.sts.test", "TXT", ["v=STSv1; id=20261207;"])
     dns.set("_mta-sts.badsts.test", "TXT", ["v=STSv1; id=20261207;"])  # not on the certificate
     dns.set("_smtp._tls.badsts.test", "TXT", ["v=TLSRPTv1; rua=mailto:tls@reports.test"])
+    tlsa = f"_{capture.port}._tcp.mx.dane.test"
+    dns.set(tlsa, "TLSA", [["3", "1", "1", "00" * 32]])
+    dns.secure |= {"dane.test", tlsa}  # the validating resolver's AD bit
+    dns.set("_smtp._tls.dane.test", "TXT", ["v=TLSRPTv1; rua=mailto:tls@reports.test"])
     extra = (
         f'[outbound]\nresolver = "{dns.address}"\nport = {capture.port}\ntls_ca_file = "{ca_file}"\n'
         f'mta_sts_port = {https_port}\nqueue_poll_interval = "1s"\nretry_schedule = ["2s"]\n'
@@ -158,18 +165,21 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
     srv, dns, capture = env["srv"], env["dns"], env["capture"]
     srv.start(env=PAST)
     try:
-        _submit(srv, ["a@good.test", "b@notls.test", "c@sts.test", "d@quiet.test", "e@badsts.test"])
+        _submit(srv, ["a@good.test", "b@notls.test", "c@sts.test", "d@quiet.test", "e@badsts.test",
+                      "f@dane.test"])
         assert wait(lambda: capture.arrived(MX["good.test"]), 30)[0].tls
         assert not wait(lambda: capture.arrived(MX["notls.test"]), 30)[0].tls
         assert wait(lambda: capture.arrived(MX["quiet.test"]), 30)[0].tls
         assert wait(lambda: capture.arrived(MX["badsts.test"]), 30)[0].tls
         reason = wait(lambda: pending_reason(srv, "c@sts.test"), 30)
         assert "certificate" in reason.lower() or "hostname" in reason.lower(), reason
+        assert "DANE" in wait(lambda: pending_reason(srv, "f@dane.test"), 30)
     finally:
         assert srv.stop() == 0  # the recorder flushes its counts at shutdown
-    assert capture.arrived(MX["sts.test"]) == []
+    assert capture.arrived(MX["sts.test"]) == [] and capture.arrived(MX["dane.test"]) == []
     pending = srv.admin(lambda admin, store: store.tlsrpt_pending(10**11))
-    assert {r.policy_domain for r in pending} == {"good.test", "notls.test", "sts.test", "quiet.test", "badsts.test"}
+    assert {r.policy_domain for r in pending} == {"good.test", "notls.test", "sts.test", "quiet.test", "badsts.test",
+                                                  "dane.test"}
     [period] = {r.period for r in pending}
     assert time.time() - 3 * 86400 < period < time.time() - 86400
 
@@ -180,15 +190,15 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
         outcomes = {o["domain"]: o for o in json.loads(first.stdout)["reports"]}
         assert {d: o["status"] for d, o in outcomes.items()} == {
             "good.test": "sent", "notls.test": "sent", "sts.test": "sent", "quiet.test": "dropped",
-            "badsts.test": "sent"}
+            "badsts.test": "sent", "dane.test": "sent"}
         assert outcomes["good.test"]["posted"] == [f"https://reports.test:{env['port']}/tlsrpt"]
         assert outcomes["notls.test"]["recipients"] == ["tls@reports.test"]
         again = srv.cli("tlsrpt", "send-reports", "--json")
         assert [o for o in json.loads(again.stdout)["reports"] if o["status"] != "deferred"] == []
-        mails = wait(lambda: (lambda m: m if len(m) >= 4 else None)(capture.arrived(MX["reports.test"])), 30)
+        mails = wait(lambda: (lambda m: m if len(m) >= 5 else None)(capture.arrived(MX["reports.test"])), 30)
     finally:
         srv.stop()
-    assert len(capture.arrived(MX["reports.test"])) == 4
+    assert len(capture.arrived(MX["reports.test"])) == 5
     assert "Traceback" not in srv.logs(), srv.logs()
     reports = {}
     for m in mails:
@@ -196,7 +206,7 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
         assert dkimpy.DKIM(m.data).verify(dnsfunc=dns_txt_lookup(dns)), "report's DKIM signature fails"
         report = _report(m)
         reports[report["policies"][0]["policy"]["policy-domain"]] = report
-    assert set(reports) == {"good.test", "notls.test", "sts.test", "badsts.test"}
+    assert set(reports) == {"good.test", "notls.test", "sts.test", "badsts.test", "dane.test"}
     for report in reports.values():
         assert report["organization-name"] == "Example Mail"
         assert report["contact-info"] == f"postmaster@{DOMAIN}"
@@ -225,6 +235,14 @@ def test_reports_recorded_in_the_past_sent_by_mail_and_https(env: dict[str, Any]
                                                      "total-failure-session-count": 0}
     assert by_type["sts"]["policy"] == {"policy-type": "sts", "policy-domain": "badsts.test"}
     assert [d["result-type"] for d in by_type["sts"]["failure-details"]] == ["sts-webpki-invalid"]
+
+    [dane] = reports["dane.test"]["policies"]
+    assert dane["policy"] == {"policy-type": "tlsa", "policy-domain": "dane.test",
+                              "policy-string": ["3 1 1 " + "00" * 32], "mx-host": ["mx.dane.test"]}
+    assert dane["summary"]["total-successful-session-count"] == 0
+    assert {(d["result-type"], d["receiving-mx-hostname"]) for d in dane["failure-details"]} == {
+        ("validation-failure", "mx.dane.test")}
+    assert "TLSA" in dane["failure-details"][0]["additional-information"]
 
     [(path, headers, body)] = _Handler.posts
     assert path == "/tlsrpt" and headers["content-type"] == "application/tlsrpt+gzip"
