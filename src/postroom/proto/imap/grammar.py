@@ -324,7 +324,10 @@ class Parser:
         try:
             return utf7.decode_mailbox_name(raw, utf8=self.utf8)
         except utf7.MailboxNameError as exc:
-            raise self.error(str(exc)) from None
+            # The command is well-formed (any astring is a mailbox in the grammar); there
+            # just is no mailbox by that name: NO, not BAD (imaptest "atoms"). CREATE and
+            # RENAME turn the code into CANNOT (commands.mailboxes.new_mailbox).
+            raise ImapPeerError(str(exc), status=NO, code="NONEXISTENT") from None
 
     def list_mailbox(self) -> str:
         # list-mailbox = 1*list-char / string
@@ -447,10 +450,15 @@ def decode_base64(raw: bytes) -> bytes:
 
 
 def decode_pattern(raw: bytes, *, utf8: bool) -> str:
-    """A LIST pattern: like a mailbox name, but may be empty and holds wildcards."""
+    """A LIST pattern: like a mailbox name, but may be empty and holds wildcards.
+
+    A pattern that is not valid modified UTF-7 (or UTF-8) is still a well-formed
+    list-mailbox: it is taken literally, octet by octet, so LIST answers OK with whatever
+    matches it (usually nothing) instead of BAD, as Dovecot does (imaptest "atoms").
+    """
     try:
         if utf8 or not raw.isascii():
             return raw.decode("utf-8")
         return utf7.decode_utf7(raw)
     except (UnicodeDecodeError, utf7.MailboxNameError):
-        raise ImapPeerError("Invalid mailbox pattern encoding") from None
+        return raw.decode("latin-1")
