@@ -205,6 +205,23 @@ def test_references_loops_and_duplicates_are_safe() -> None:
     assert out.startswith(b"* THREAD ") and out.count(b"1") == 1 and b"3" in out
 
 
+def test_references_loop_breaks_the_earlier_parent() -> None:
+    """RFC 5256 4 step 1.B: the current parent link is broken before the new one is tried;
+    when the new one would make a loop, the message is left a root (imaptest "thread")."""
+    items = [
+        item(1, "", "a@b", date=3),
+        item(2, "", "b@b", ("a@b", "c@b"), date=1),  # chain a -> c, then c -> 2
+        item(3, "", "c@b", ("b@b",), date=2),  # parent b would be a loop; a is dropped
+    ]
+    assert thread_response("REFERENCES", items) == b"* THREAD (3 2)(1)\r\n"
+    rest = [item(1, "", "b@b", ("a@b", "c@b"), date=1), item(2, "", "c@b", ("b@b",), date=2)]
+    assert thread_response("REFERENCES", rest) == b"* THREAD (2 1)\r\n"
+    # 1.A keeps an existing link: r stays under p although 4 names q before it
+    kept = [item(1, "", "p@x", date=1), item(2, "", "q@x", date=2),
+            item(3, "", "r@x", ("p@x",), date=3), item(4, "", "s@x", ("q@x", "r@x"), date=4)]
+    assert thread_response("REFERENCES", kept) == b"* THREAD (1 3 4)(2)\r\n"
+
+
 def test_references_merges_same_subject_roots() -> None:
     items = [item(1, "topic", "1@x"), item(2, "topic", "2@x", reply=True)]
     assert thread_response("REFERENCES", items) == b"* THREAD (1 2)\r\n"
