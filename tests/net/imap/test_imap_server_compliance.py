@@ -282,8 +282,10 @@ def test_examine_reports_recent_without_claiming_it(server: Server, user: str, r
 def test_sort_cc_and_displayto_use_the_group_name(server: Server, user: str, raw) -> None:
     c = raw(user)
     c.ok("CREATE cc")
-    for cc in (b"user2@domain2.org (foo bar)", b"user2: blah@domain1.org;", b"user1@domain1.org"):
-        _append(c, "cc", b"From: x@y.org\r\nCc: " + cc + b"\r\n\r\nbody\r\n")
+    for hour, cc in enumerate((b"user2@domain2.org (foo bar)", b"user2: blah@domain1.org;",
+                               b"user1@domain1.org")):
+        _append(c, "cc", b"From: x@y.org\r\nCc: " + cc + b"\r\n\r\nbody\r\n",
+                extra=f' "22-Feb-2008 0{hour}:06:23 +0000"')
     c.ok("SELECT cc")
     assert c.ok("SORT (CC) US-ASCII ALL") == [b"* SORT 3 1 2\r\n"]
     assert c.ok("SORT (REVERSE CC) US-ASCII ALL") == [b"* SORT 1 2 3\r\n"]
