@@ -228,7 +228,8 @@ def test_recursivematch_childinfo_only_for_parents_of_unlisted_children(
     assert c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" a/b') == [
         b'* LIST (\\HasChildren) "/" "a/b" ("CHILDINFO" ("SUBSCRIBED"))\r\n'
     ]
-    assert c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" %') == [
+    top = c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" %')  # INBOX etc. are subscribed too
+    assert [line for line in top if b'"/" "a' in line] == [
         b'* LIST (\\HasChildren) "/" "a" ("CHILDINFO" ("SUBSCRIBED"))\r\n'
     ]
     # a/d is subscribed itself and has a subscribed child: both facts are reported
@@ -236,8 +237,8 @@ def test_recursivematch_childinfo_only_for_parents_of_unlisted_children(
         b'* LIST (\\HasChildren) "/" "a/b" ("CHILDINFO" ("SUBSCRIBED"))\r\n',
         b'* LIST (\\HasChildren \\Subscribed) "/" "a/d" ("CHILDINFO" ("SUBSCRIBED"))\r\n',
     ]
+    # "*" reaches every subscribed name itself: no stand-ins
     assert c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" a/*') == [
-        b'* LIST (\\HasChildren) "/" "a/b" ("CHILDINFO" ("SUBSCRIBED"))\r\n',
         b'* LIST (\\HasNoChildren \\Subscribed) "/" "a/b/c"\r\n',
         b'* LIST (\\HasChildren \\Subscribed) "/" "a/d" ("CHILDINFO" ("SUBSCRIBED"))\r\n',
         b'* LIST (\\HasNoChildren \\Subscribed) "/" "a/d/e"\r\n',
@@ -298,7 +299,7 @@ def test_sort_cc_and_displayto_use_the_group_name(server: Server, user: str, raw
     c.ok("SELECT to")
     assert c.ok("SORT (DISPLAYTO) US-ASCII ALL") == [b"* SORT 6 2 3 8 4 1 5 7\r\n"]
     assert c.ok("SORT (REVERSE DISPLAYTO) US-ASCII ALL") == [b"* SORT 7 5 1 4 8 3 2 6\r\n"]
-    assert c.ok("SORT (TO) US-ASCII ALL") == [b"* SORT 6 8 1 2 3 4 5 7\r\n"]
+    assert c.ok("SORT (TO) US-ASCII ALL") == [b"* SORT 1 6 2 3 4 8 5 7\r\n"]
 
 
 # -- 8. THREAD REFERENCES with a loop (RFC 5256 4, steps 1.A and 1.B) ---------------------------

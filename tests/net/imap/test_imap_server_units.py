@@ -157,6 +157,11 @@ def test_list_entries_attributes() -> None:
     }
     rec = list_entries(boxes, ["a/b"], ["%"], select=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
     assert [(e.name, e.childinfo) for e in rec] == [("a", ("SUBSCRIBED",))]
+    # RFC 5258 3.5: a parent stands in only for a subscribed child the patterns miss
+    both = list_entries(boxes, ["a/b"], ["a", "a/b"], select=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
+    assert [(e.name, e.childinfo) for e in both] == [("a/b", ())]
+    star = list_entries(boxes, ["a/b"], ["*"], select=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
+    assert [(e.name, e.childinfo) for e in star] == [("a/b", ())]
     special = list_entries(boxes, [], ["*"], select=frozenset({"SPECIAL-USE"}))
     assert [e.name for e in special] == ["Sent"]
 
