@@ -161,8 +161,10 @@ class MailboxSnapshot:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    # The first UID that is \Recent for the caller (RFC 3501 2.3.2): the caller owns
-    # [recent_from, uidnext). Equal to ``uidnext`` when nothing was claimed.
+    # The first UID that is \Recent for the caller (RFC 3501 2.3.2): [recent_from,
+    # uidnext). With ``claim_recent`` the caller now owns them (equal to ``uidnext`` when
+    # nothing was left to claim); without, they are the ones nobody has claimed yet, which
+    # a read-only session reports as \Recent without taking them from others.
     recent_from: int
     uids: array[int] = field(repr=False)
     flags: bytes = field(repr=False)
@@ -375,7 +377,8 @@ class Store(Protocol):
         self, user_id: int, name: str, *, claim_recent: bool = False
     ) -> MailboxSnapshot | None: ...
     # One read (None: no such mailbox). ``claim_recent``: also claim \Recent for every
-    # message not claimed before, as :meth:`claim_recent` does (``recent_from``).
+    # message not claimed before, as :meth:`claim_recent` does (``recent_from``);
+    # otherwise ``recent_from`` is the current mark and nothing is claimed.
 
     # -- messages ----------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult: ...
@@ -423,12 +426,16 @@ class Store(Protocol):
     ) -> list[tuple[int, int]]: ...
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
-    async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int: ...
+    async def claim_recent(
+        self, mailbox_id: int, upto: int | None = None, *, claim: bool = True
+    ) -> int: ...
     # \Recent (RFC 3501 2.3.2): the first session to see a message gets it. Claims every
     # UID below ``upto`` (default: the mailbox's UIDNEXT) not claimed before and returns
     # the previous mark: the caller owns [returned value, upto). The claim need not be
     # durable: RFC 3501 lets \Recent be approximate, so after a crash a message may be
     # \Recent once more; backends may keep the mark in memory and persist it lazily.
+    # ``claim=False`` (a read-only session, EXAMINE) only returns the mark: the UIDs from
+    # it up are \Recent for that session too, and stay so for the next one.
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
     ) -> list[list[int]]: ...

@@ -391,8 +391,11 @@ class ImapSession:
             self.closing = True
             raise Closing() from None
         recent_from = None
-        if self.rev1 and not view.readonly and any(m.uid > view.last_uid for m in changes.changed):
-            recent_from = await self.store.claim_recent(view.mailbox_id, changes.uidnext)
+        if self.rev1 and any(m.uid > view.last_uid for m in changes.changed):
+            # Read-only (EXAMINE) views see unclaimed messages as \Recent without claiming.
+            recent_from = await self.store.claim_recent(
+                view.mailbox_id, changes.uidnext, claim=not view.readonly
+            )
         for line in view.apply(
             changes, expunge=expunge, rev1=self.rev1, condstore=self.condstore,
             qresync=self.qresync, recent_from=recent_from,

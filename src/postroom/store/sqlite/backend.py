@@ -90,12 +90,16 @@ class SQLiteStore:
         self.changes.publish(MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq))
 
     # -- \\Recent ----------------------------------------------------------------------
+    def _mark(self, mailbox_id: int, uidvalidity: int, stored: int) -> int:
+        """The first UID nobody has claimed: the stored mark or the one in memory."""
+        known = self._recent.get(mailbox_id)
+        if known is not None and known[0] == uidvalidity and known[1] > stored:
+            return known[1]
+        return stored
+
     def _claim(self, mailbox_id: int, uidvalidity: int, stored: int, upto: int) -> int:
         """Claim [mark, upto) in memory; return the mark (the first UID claimed)."""
-        known = self._recent.get(mailbox_id)
-        mark = stored
-        if known is not None and known[0] == uidvalidity and known[1] > mark:
-            mark = known[1]
+        mark = self._mark(mailbox_id, uidvalidity, stored)
         if upto > mark:
             self._recent[mailbox_id] = (uidvalidity, upto)
             self._persist_recent(mailbox_id, uidvalidity, upto)
@@ -212,9 +216,10 @@ class SQLiteStore:
             return None
         (mailbox_id, owner, real_name, validity, uidnext, modseq, stored), uids, flags, kws = found
         uids, kws = array("I", uids), dict(kws)  # the cache keeps the originals
-        recent_from = uidnext
         if claim_recent:
             recent_from = self._claim(mailbox_id, validity, stored, uidnext)
+        else:
+            recent_from = min(self._mark(mailbox_id, validity, stored), uidnext)
         return MailboxSnapshot(
             id=mailbox_id, user_id=owner, name=real_name, uidvalidity=validity, uidnext=uidnext,
             highestmodseq=modseq, recent_from=recent_from, uids=uids, flags=flags, keywords=kws,
@@ -340,14 +345,21 @@ class SQLiteStore:
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))
 
-    async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int:
+    async def claim_recent(
+        self, mailbox_id: int, upto: int | None = None, *, claim: bool = True
+    ) -> int:
         known = self._recent.get(mailbox_id)
         if known is not None and upto is not None:
+            if not claim:
+                return min(known[1], upto)
             return self._claim(mailbox_id, known[0], known[1], upto)  # no I/O at all
         validity, stored, uidnext = await self.engine.read(
             lambda c: mail.recent_mark(c, mailbox_id)
         )
-        return self._claim(mailbox_id, validity, stored, uidnext if upto is None else upto)
+        end = uidnext if upto is None else upto
+        if not claim:
+            return min(self._mark(mailbox_id, validity, stored), end)
+        return self._claim(mailbox_id, validity, stored, end)
 
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
