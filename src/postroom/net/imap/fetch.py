@@ -140,7 +140,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     positions = view.positions(cmd.seqset, cmd.uid)
     atts = cmd.attributes
     if cmd.changed_since is not None or any(a.kind == MODSEQ for a in atts):
-        s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
+        s.enable_condstore()  # RFC 7162 3.1: the first CONDSTORE command enables it
     if cmd.vanished:
         if not s.qresync:
             raise ImapPeerError("VANISHED needs QRESYNC enabled", tag=cmd.tag)

@@ -168,7 +168,7 @@ async def _status_line(s: ImapSession, mb: Mailbox, items: tuple[str, ...]) -> b
         "APPENDLIMIT": s.settings.limits.message_size,  # RFC 7889
     }
     if "HIGHESTMODSEQ" in items:
-        s.condstore = True  # RFC 7162 3.1: STATUS (HIGHESTMODSEQ) enables CONDSTORE
+        s.enable_condstore()  # RFC 7162 3.1: STATUS (HIGHESTMODSEQ) enables CONDSTORE
     return responses.status(mb.name, [(item, values[item]) for item in items], utf8=s.utf8)
 
 

@@ -358,7 +358,7 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
     assert view is not None
     modseq_used = uses_modseq(cmd.key)
     if modseq_used:
-        s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
+        s.enable_condstore()  # RFC 7162 3.1: the first CONDSTORE command enables it
     if not cmd.uid:
         await s.sync(expunge=False)  # current flags (UID SEARCH was synced before)
     positions, highest = await matching_positions(s, view, cmd.key)
@@ -372,6 +372,14 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
         s.write(responses.search(numbers, modseq=highest))
         return responses.ok(cmd.tag, ("UID SEARCH" if cmd.uid else "SEARCH") + " completed")
     options = returns - {"SAVE"} if returns != frozenset() else frozenset({"ALL"})
+    if highest is not None and uids and options and options <= {"MIN", "MAX"}:
+        # RFC 7162 3.1.5 with RFC 4731: with only MIN and/or MAX, MODSEQ is the highest
+        # mod-sequence of the messages returned, not of every match.
+        picked = {uids[0] if "MIN" in options else uids[-1],
+                  uids[-1] if "MAX" in options else uids[0]}
+        metas = await s.store.get_messages(view.mailbox_id, sorted(picked))
+        if metas:
+            highest = max(m.modseq for m in metas)
     if "SAVE" in returns:
         # RFC 5182 2.4: with only MIN and/or MAX the saved result is those messages.
         if options and options <= {"MIN", "MAX"} and uids:

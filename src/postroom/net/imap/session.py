@@ -344,6 +344,18 @@ class ImapSession:
             self.write(tagged)
 
     # -- the selected mailbox ----------------------------------------------------------
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (FETCH MODSEQ/CHANGEDSINCE, SEARCH MODSEQ, STORE
+        UNCHANGEDSINCE, STATUS HIGHESTMODSEQ) ran: RFC 7162 3.1 turns CONDSTORE on, and
+        when that happens with a mailbox selected the client learns its HIGHESTMODSEQ
+        at once (the view's, which the updates that follow start from)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        view = self.selected
+        if view is not None:
+            self.write(responses.untagged("OK", "Highest", responses.code_highestmodseq(view.modseq)))
+
     def select(self, view: SelectedMailbox) -> None:
         """Make ``view`` the selected mailbox and listen for changes to it."""
         self.unselect()

@@ -33,7 +33,7 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
                             tag=cmd.tag)
     positions = view.positions(cmd.seqset, cmd.uid)
     if cmd.unchanged_since is not None:
-        s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
+        s.enable_condstore()  # RFC 7162 3.1: the first CONDSTORE command enables it
     bits, keywords = names_to_flags(cmd.flags)
     if len(keywords) > MAX_KEYWORDS_PER_STORE or any(len(k) > MAX_KEYWORD_LENGTH for k in keywords):
         raise ImapPeerError("Too many or too long keywords", status="NO", code=responses.LIMIT,
