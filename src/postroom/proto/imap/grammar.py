@@ -452,13 +452,17 @@ def decode_base64(raw: bytes) -> bytes:
 def decode_pattern(raw: bytes, *, utf8: bool) -> str:
     """A LIST pattern: like a mailbox name, but may be empty and holds wildcards.
 
-    A pattern that is not valid modified UTF-7 (or UTF-8) is still a well-formed
-    list-mailbox: it is taken literally, octet by octet, so LIST answers OK with whatever
-    matches it (usually nothing) instead of BAD, as Dovecot does (imaptest "atoms").
+    An ASCII pattern that is not valid modified UTF-7 is still a well-formed list-mailbox:
+    it is taken literally, so LIST answers OK with whatever matches it (usually nothing)
+    instead of BAD, as Dovecot does (imaptest "atoms"). Octets that are not UTF-8 are not
+    a string at all: BAD.
     """
     try:
         if utf8 or not raw.isascii():
             return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImapPeerError("Invalid mailbox pattern encoding") from None
+    try:
         return utf7.decode_utf7(raw)
-    except (UnicodeDecodeError, utf7.MailboxNameError):
-        return raw.decode("latin-1")
+    except utf7.MailboxNameError:
+        return raw.decode("ascii")
