@@ -116,6 +116,15 @@ def test_new_keyword_announces_flags() -> None:
     assert out[1] == b"* 1 FETCH (UID 1 FLAGS ($Forwarded))\r\n"
 
 
+def test_announce_names_keywords_the_client_has_not_seen() -> None:
+    v = view([1, 2])
+    v.keywords = {"$Known"}
+    assert v.announce([meta(1, 11, keywords=("$Known",)), meta(2, 11)]) is None
+    line = v.announce([meta(1, 12, keywords=("$Known", "$New"))])
+    assert line == b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Known $New)\r\n"
+    assert v.announce([meta(1, 12, keywords=("$New",))]) is None  # said once
+
+
 def test_remove_reports_descending_sequence_numbers() -> None:
     v = view([10, 20, 30, 40])
     assert v.remove([20, 40], qresync=False) == [b"* 4 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"]

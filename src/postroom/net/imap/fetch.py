@@ -191,6 +191,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 view.update_flags(result.changed)
                 view.own_write(result.changed)
                 seen_now = set(changed)
+    if (flags_line := view.announce(metas)) is not None:
+        s.write(flags_line)  # a keyword new to the client: * FLAGS before the FETCH shows it
     renderer = _Renderer(s, view, cmd, seen_now, cache_keys if cache is not None else {})
     seqs = _seq_numbers(view, positions, metas)
     for start, end in chunks(metas, need_data):

@@ -140,6 +140,8 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
             vanished = [u for u in vanished if u in known]
         if vanished:
             w(responses.vanished(compact(vanished), earlier=True))
+        if (line := view.announce(changes.changed)) is not None:
+            w(line)  # keywords set after the snapshot: FLAGS before the FETCH shows them
         for m in changes.changed:
             seq = view.seq_of(m.uid) if m.uid <= last else None
             if seq is not None:

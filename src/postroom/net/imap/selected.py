@@ -171,6 +171,22 @@ class SelectedMailbox:
     def flags_response(self) -> bytes:
         return responses.flags(SYSTEM_FLAG_NAMES + tuple(sorted(self.keywords)))
 
+    def announce(self, metas: Iterable[MessageMeta | Known]) -> bytes | None:
+        """The ``* FLAGS`` response to send *before* any FETCH that shows these messages'
+        flags, when one of their keywords is new to the client (RFC 9051 7.3.5, RFC 3501
+        7.2.6); None when the client knows them all.
+
+        Messages read from the store (STORE results, FETCH of more than flags, QRESYNC)
+        can carry keywords another session set a moment ago, which the view has not
+        heard of yet: the client must see them in FLAGS first.
+        """
+        known = self.keywords
+        fresh = {k for m in metas if m.keywords for k in m.keywords if k not in known}
+        if not fresh:
+            return None
+        known |= fresh
+        return self.flags_response()
+
     # -- sequence sets -----------------------------------------------------------------
     def positions(self, seqset: SequenceSet, uid: bool) -> list[int]:
         """0-based indexes into :attr:`uids` of the messages ``seqset`` names.
@@ -272,18 +288,14 @@ class SelectedMailbox:
             out.extend(self.remove(tuple(self.pending), qresync=qresync))
         new: list[MessageMeta] = []
         updates: list[MessageMeta] = []
-        fresh_keywords: set[str] = set()
         for m in changes.changed:
-            if m.keywords:
-                fresh_keywords.update(k for k in m.keywords if k not in self.keywords)
             if m.uid > last:
                 new.append(m)
             elif self.reported.get(m.uid) != m.modseq and m.uid not in self.pending:
                 updates.append(m)
         self.update_flags(m for m in changes.changed if m.uid <= last)
-        if fresh_keywords:
-            self.keywords |= fresh_keywords
-            out.append(self.flags_response())
+        if (line := self.announce(changes.changed)) is not None:
+            out.append(line)
         if new:
             if recent_from is not None and rev1:
                 self.recent.append((recent_from, new[-1].uid))

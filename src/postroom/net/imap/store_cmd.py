@@ -48,10 +48,17 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
     view.note_reported(result.changed)
     view.update_flags(result.changed)
     view.own_write(result.changed)
-    fresh = [k for k in keywords if k not in view.keywords]
-    if fresh and mode != "remove":
-        view.keywords.update(fresh)
-        s.write(view.flags_response())  # RFC 9051 7.3.5: the set of flags changed
+    # RFC 9051 7.3.5: the set of flags changed, and the client hears it before any FETCH
+    # shows a new keyword: its own, and any another session set on these messages since
+    # this session last heard of them (the store's answer carries those too).
+    fresh = mode != "remove" and not view.keywords.issuperset(keywords)
+    if fresh:
+        view.keywords.update(keywords)
+    line = view.announce(result.changed + result.unchanged)
+    if line is None and fresh:
+        line = view.flags_response()
+    if line is not None:
+        s.write(line)
     changed = {m.uid for m in result.changed}
     condstore = s.condstore
     for m in sorted(result.changed + result.unchanged, key=lambda m: m.uid):
