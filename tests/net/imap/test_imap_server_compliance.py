@@ -66,7 +66,7 @@ def test_append_literal8_with_nul_is_reencoded_and_binary_fetch_returns_it(
         b"* 1 FETCH (BINARY.SIZE[1] 7 BINARY[1] ~{7}\r\n" + BINARY_CONTENT + b")\r\n"
     ]
     structure = c.ok("FETCH 1 (BODYSTRUCTURE)")[0]
-    assert b'("APPLICATION" "OCTET-STREAM" NIL NIL NIL "BASE64" 14 ' in structure
+    assert b'("application" "octet-stream" NIL NIL NIL "base64" 14 ' in structure
 
 
 def test_append_binary_part_inside_multipart_keeps_the_rest(server: Server, user: str, raw) -> None:

@@ -6,10 +6,12 @@ VANISHED) responses of the moved messages, as RFC 6851 4.3 asks. A destination t
 not exist is ``NO [TRYCREATE]`` so clients know to CREATE it (RFC 9051 6.3.12).
 
 APPEND normalises line endings the way delivery does (``deliver.normalize``: CRLF
-throughout and a final CRLF, the invariant POP3 sizes rely on) and computes the parse
-summary once (``deliver.summarize``, on a worker thread for big messages). Every message
-of a MULTIAPPEND is checked and prepared before the first one is stored, so a bad message
-in the middle does not leave half of them behind.
+throughout and a final CRLF, the invariant POP3 sizes rely on), after re-encoding as base64
+the parts of a literal8 (or NUL-carrying) message that are not text (RFC 3516 4.4,
+:mod:`postroom.message.binary`), and computes the parse summary once
+(``deliver.summarize``, on a worker thread for big messages). Every message of a
+MULTIAPPEND is checked and prepared before the first one is stored, so a bad message in
+the middle does not leave half of them behind.
 
 EXPUNGE (and UID EXPUNGE, RFC 4315 2.1) removes the \\Deleted messages the client knows
 about (found in the view's flags, confirmed by one read of just those), reports them, and
@@ -22,6 +24,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from postroom import deliver
+from postroom.message.binary import encode_binary_parts
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Append, Copy, Expunge, Move
 from postroom.proto.imap.grammar import ImapPeerError
@@ -96,6 +99,13 @@ async def append(s: ImapSession, cmd: Append) -> bytes:
         when = None
         if message.internal_date is not None:
             when = int(message.internal_date.timestamp())
+        if message.binary or b"\x00" in data:
+            # RFC 3516 4.4: parts that cannot be stored as text become base64 (see
+            # message.binary); BINARY[] fetches give the client its octets back.
+            data = encode_binary_parts(data) or data
+            if len(data) > limit:
+                raise ImapPeerError("Message too large once its binary parts are encoded",
+                                    status="NO", code=responses.TOOBIG, tag=cmd.tag)
         data = deliver.normalize(data)
         if len(data) > SUMMARIZE_IN_THREAD:
             summary = await loop.run_in_executor(None, deliver.summarize, data)
