@@ -422,3 +422,54 @@ def test_flags_before_fetch_under_concurrent_keyword_changes(server: Server, use
         t.join(30)
     assert not errors, errors
     assert [v for t in trackers for v in t.violations] == []
+
+
+# -- found by imaptest's stress mode beyond the nine above ------------------------------------
+
+def test_condstore_fetch_responses_carry_uid(server: Server, user: str, raw) -> None:
+    """RFC 7162 3.1: once CONDSTORE is on, every untagged FETCH caused by STORE or by a
+    FETCH that sets \\Seen carries UID and MODSEQ (imaptest qresync: "FETCH didn't
+    return UID while QRESYNC was enabled")."""
+    c = raw(user)
+    for i in range(2):
+        _append(c, "INBOX", b"Subject: m%d\r\n\r\nbody\r\n" % i)
+    c.ok("ENABLE QRESYNC")
+    c.ok("SELECT INBOX")
+    line = c.ok("STORE 2 +FLAGS (\\Flagged)")[0]
+    assert re.fullmatch(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged \\Recent\) MODSEQ \(\d+\)\)\r\n",
+                        line)
+    line = c.ok("STORE 2 +FLAGS.SILENT (\\Answered)")[0]
+    assert re.fullmatch(rb"\* 2 FETCH \(UID 2 MODSEQ \(\d+\)\)\r\n", line)
+    line = c.ok("FETCH 1 (BODY[TEXT])")[0]
+    assert re.fullmatch(
+        rb"\* 1 FETCH \(UID 1 BODY\[TEXT\] \{6\}\r\nbody\r\n FLAGS \(\\Seen \\Recent\) "
+        rb"MODSEQ \(\d+\)\)\r\n",
+        line)
+    # a FETCH that changes nothing stays as asked
+    assert c.ok("FETCH 1 (FLAGS)") == [b"* 1 FETCH (FLAGS (\\Seen \\Recent))\r\n"]
+
+
+def test_store_names_every_keyword_and_refuses_expunged_messages(
+    server: Server, user: str, raw
+) -> None:
+    c = raw(user)
+    for i in range(3):
+        _append(c, "INBOX", b"Subject: m%d\r\n\r\nbody\r\n" % i)
+    a, b = raw(user), raw(user)
+    a.ok("SELECT INBOX")
+    b.ok("SELECT INBOX")
+    # STORE -FLAGS of a keyword nobody has still puts it in FLAGS (imaptest own_flags:
+    # "STORE didn't create keyword")
+    untagged = a.ok("STORE 1 -FLAGS ($Never)")
+    assert untagged[0].startswith(b"* FLAGS (") and b"$Never" in untagged[0]
+    # a message b expunged is still message 3 for a until a is told: STORE on it is
+    # NO [EXPUNGEISSUED], not an OK that silently did nothing (imaptest own_flags:
+    # "STORE didn't return FETCH FLAGS")
+    b.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
+    b.ok("EXPUNGE")
+    untagged, done = a.cmd("STORE 2:3 +FLAGS (\\Flagged)")
+    assert untagged == [b"* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\n"]
+    assert done.split(b" ", 3)[1:3] == [b"NO", b"[EXPUNGEISSUED]"]
+    assert a.ok("NOOP") == [b"* 3 EXPUNGE\r\n"]
+    # UID STORE ignores what is gone (RFC 9051 6.4.9)
+    assert a.ok("UID STORE 3 +FLAGS (\\Flagged)") == []

@@ -341,7 +341,7 @@ class _Renderer:
 
     __slots__ = ("atts", "condstore", "flag_cache", "rev1", "rev2", "tag", "uid_first",
                  "view", "seen_now", "want_flags", "want_modseq", "changed_since", "structures",
-                 "cache_keys")
+                 "cache_keys", "want_uid")
 
     def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: set[int],
                  cache_keys: dict[FetchAtt, str | None] | None = None):
@@ -355,6 +355,7 @@ class _Renderer:
         self.seen_now = seen_now
         # RFC 9051 6.4.8: UID FETCH responses always carry the UID.
         self.uid_first = cmd.uid and UID not in kinds
+        self.want_uid = UID not in kinds
         # \Seen set as a side effect is reported with the FLAGS item (RFC 9051 6.4.5).
         self.want_flags = FLAGS not in kinds
         # RFC 7162 3.1.4.1: CHANGEDSINCE implies MODSEQ in the response; under CONDSTORE
@@ -394,7 +395,9 @@ class _Renderer:
         """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind."""
         parts: list[bytes] = []
         add = parts.append
-        if self.uid_first:
+        seen_now = m.uid in self.seen_now
+        # RFC 7162 3.1: under CONDSTORE a FETCH that sets \Seen reports UID and MODSEQ.
+        if self.uid_first or (seen_now and self.condstore and self.want_uid):
             add(b"UID %d" % m.uid)
         for att in self.atts:
             kind = att.kind
@@ -422,7 +425,6 @@ class _Renderer:
             else:
                 assert data is not None
                 add(self._content(att, summary, data))
-        seen_now = m.uid in self.seen_now
         if seen_now and self.want_flags:
             add(self.flags(m))
         if self.want_modseq and (self.changed_since or (seen_now and self.condstore)):

@@ -50,8 +50,10 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
     view.own_write(result.changed)
     # RFC 9051 7.3.5: the set of flags changed, and the client hears it before any FETCH
     # shows a new keyword: its own, and any another session set on these messages since
-    # this session last heard of them (the store's answer carries those too).
-    fresh = mode != "remove" and not view.keywords.issuperset(keywords)
+    # this session last heard of them (the store's answer carries those too). A keyword
+    # named in the command joins the list whatever the mode, as in Dovecot (imaptest's
+    # own_flags checks that STORE created it).
+    fresh = not view.keywords.issuperset(keywords)
     if fresh:
         view.keywords.update(keywords)
     line = view.announce(result.changed + result.unchanged)
@@ -65,7 +67,9 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
         seq = view.seq_of(m.uid)
         if seq is None:
             continue
-        uid = b"UID %d " % m.uid if cmd.uid else b""
+        # RFC 7162 3.1: once CONDSTORE is on, every untagged FETCH a STORE causes carries
+        # UID and MODSEQ, not only those of UID STORE.
+        uid = b"UID %d " % m.uid if cmd.uid or condstore else b""
         modseq = b" MODSEQ (%d)" % m.modseq if condstore else b""
         if not cmd.silent:
             flags = " ".join(view.flag_names(m, s.rev1)).encode("utf-8")
@@ -78,6 +82,12 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
             failed = [seq for seq in (view.seq_of(u) for u in failed) if seq is not None]
         return responses.ok(cmd.tag, "Conditional STORE failed",
                             responses.code_modified(failed))
+    if not cmd.uid and len(result.changed) + len(result.unchanged) < len(uids):
+        # A message expunged by another session, not reported yet (it keeps its sequence
+        # number): as FETCH does, NO [EXPUNGEISSUED] (RFC 9051 7.1) rather than an OK that
+        # silently skipped it. UID STORE ignores UIDs that no longer exist (RFC 9051 6.4.9).
+        return responses.no(cmd.tag, "Some of the requested messages no longer exist",
+                            responses.EXPUNGEISSUED)
     return responses.ok(cmd.tag, ("UID STORE" if cmd.uid else "STORE") + " completed")
 
 
