@@ -449,7 +449,7 @@ def test_condstore_fetch_responses_carry_uid(server: Server, user: str, raw) -> 
     assert c.ok("FETCH 1 (FLAGS)") == [b"* 1 FETCH (FLAGS (\\Seen \\Recent))\r\n"]
 
 
-def test_store_names_every_keyword_and_refuses_expunged_messages(
+def test_store_names_every_keyword_and_treats_expunged_messages_as_ghosts(
     server: Server, user: str, raw
 ) -> None:
     c = raw(user)
@@ -462,14 +462,24 @@ def test_store_names_every_keyword_and_refuses_expunged_messages(
     # "STORE didn't create keyword")
     untagged = a.ok("STORE 1 -FLAGS ($Never)")
     assert untagged[0].startswith(b"* FLAGS (") and b"$Never" in untagged[0]
-    # a message b expunged is still message 3 for a until a is told: STORE on it is
-    # NO [EXPUNGEISSUED], not an OK that silently did nothing (imaptest own_flags:
-    # "STORE didn't return FETCH FLAGS")
+    # a message b expunged is still message 3 for a until a is told: STORE treats it as a
+    # ghost and reports its flags like any other's (imaptest own_flags: "STORE didn't
+    # return FETCH FLAGS"), then the EXPUNGE comes
     b.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
     b.ok("EXPUNGE")
-    untagged, done = a.cmd("STORE 2:3 +FLAGS (\\Flagged)")
-    assert untagged == [b"* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\n"]
-    assert done.split(b" ", 3)[1:3] == [b"NO", b"[EXPUNGEISSUED]"]
+    assert a.ok("STORE 2:3 +FLAGS (\\Flagged)") == [
+        b"* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\n", b"* 3 FETCH (FLAGS (\\Flagged \\Recent))\r\n"
+    ]
+    assert a.ok("FETCH 3 (FLAGS)") == [b"* 3 FETCH (FLAGS (\\Flagged \\Recent))\r\n"]
     assert a.ok("NOOP") == [b"* 3 EXPUNGE\r\n"]
     # UID STORE ignores what is gone (RFC 9051 6.4.9)
     assert a.ok("UID STORE 3 +FLAGS (\\Flagged)") == []
+    # under CONDSTORE the ghost's FETCH has UID and a MODSEQ too
+    d = raw(user)
+    d.ok("SELECT INBOX (CONDSTORE)")
+    b.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
+    b.ok("EXPUNGE")
+    untagged = d.ok("STORE 1:2 +FLAGS (\\Answered)")
+    assert re.fullmatch(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Answered\) MODSEQ \(\d+\)\)\r\n", untagged[0])
+    assert re.fullmatch(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Answered \\Flagged\) MODSEQ \(\d+\)\)\r\n",
+                        untagged[1])

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Store, StoreMode
 from postroom.proto.imap.grammar import ImapPeerError
-from postroom.store.api import MAX_KEYWORD_LENGTH, FlagChange, names_to_flags
+from postroom.net.imap.selected import Known
+from postroom.store.api import MAX_KEYWORD_LENGTH, FlagChange, StoreResult, names_to_flags
 
 if TYPE_CHECKING:
+    from postroom.net.imap.selected import SelectedMailbox
     from postroom.net.imap.session import ImapSession
 
 _MODES = {StoreMode.REPLACE: "replace", StoreMode.ADD: "add", StoreMode.REMOVE: "remove"}
@@ -83,12 +85,50 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
         return responses.ok(cmd.tag, "Conditional STORE failed",
                             responses.code_modified(failed))
     if not cmd.uid and len(result.changed) + len(result.unchanged) < len(uids):
-        # A message expunged by another session, not reported yet (it keeps its sequence
-        # number): as FETCH does, NO [EXPUNGEISSUED] (RFC 9051 7.1) rather than an OK that
-        # silently skipped it. UID STORE ignores UIDs that no longer exist (RFC 9051 6.4.9).
-        return responses.no(cmd.tag, "Some of the requested messages no longer exist",
-                            responses.EXPUNGEISSUED)
+        _ghosts(s, cmd, view, uids, result, mode, bits, keywords)
     return responses.ok(cmd.tag, ("UID STORE" if cmd.uid else "STORE") + " completed")
+
+
+def _ghosts(s: ImapSession, cmd: Store, view: SelectedMailbox, uids: list[int],
+            result: StoreResult, mode: str, bits: int, keywords: tuple[str, ...]) -> None:
+    """Messages another session expunged that this client has not been told about yet
+    keep their sequence numbers until it is (RFC 9051 7.5.1), so STORE treats them as
+    ghosts: the view's last known flags get the change and the client hears them, as
+    for any other message (RFC 2180 4.2.3; imaptest own_flags expects the FETCH). The
+    store has nothing left to change; under CONDSTORE the FETCH carries the highest
+    mod-sequence the session knows, as the message has none of its own any more. The
+    EXPUNGE follows at the next chance."""
+    done = {m.uid for m in result.changed} | {m.uid for m in result.unchanged}
+    modseq = max([view.modseq, *(m.modseq for m in result.changed)])
+    done.update(result.failed_uids)
+    for uid in uids:
+        if uid in done:
+            continue
+        seq = view.seq_of(uid)
+        if seq is None:
+            continue
+        old_bits, old_kw = view.flags[seq - 1], view.kw.get(uid, ())
+        if mode == "add":
+            new_bits, new_kw = old_bits | bits, tuple(sorted({*old_kw, *keywords}))
+        elif mode == "remove":
+            new_bits, new_kw = old_bits & ~bits, tuple(k for k in old_kw if k not in keywords)
+        else:
+            new_bits, new_kw = bits, tuple(sorted(set(keywords)))
+        view.flags[seq - 1] = new_bits & 0xFF
+        if new_kw:
+            view.kw[uid] = new_kw
+        else:
+            view.kw.pop(uid, None)
+        if s.condstore:
+            tail = b" MODSEQ (%d)" % modseq
+            head = b"UID %d " % uid
+        else:
+            tail = head = b""
+        if not cmd.silent:
+            flags = " ".join(view.flag_names(Known(uid, new_bits, new_kw), s.rev1)).encode("utf-8")
+            s.write(b"* %d FETCH (%sFLAGS (%s)%s)\r\n" % (seq, head, flags, tail))
+        elif s.condstore:
+            s.write(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, head, modseq))
 
 
 HANDLERS = {Store: store}
