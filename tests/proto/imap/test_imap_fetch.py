@@ -185,3 +185,21 @@ def test_sections_through_receiver(data: bytes, att: FetchAtt, name: bytes) -> N
         Fetch("a1", False, SequenceSet.parse("1:*"), (FetchAtt("UID"), att)),
         ConnectionClosed(),
     ]
+
+
+def test_repeated_attribute_lists_parse_alike_from_the_cache() -> None:
+    text = b"(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (From To)]<0.100>) (CHANGEDSINCE 5)"
+    first = Parser(text)
+    a1 = parse_fetch_atts(first)
+    second = Parser(b"xx" + text, pos=2)
+    a2 = parse_fetch_atts(second)
+    assert a1 == a2 and [a.name for a in a1] == [a.name for a in a2]
+    assert second.pos - 2 == first.pos and second.items == first.items > 0
+    # the item limit still applies to a remembered list
+    small = Parser(text, max_items=first.items - 1)
+    with pytest.raises(ImapPeerError):
+        parse_fetch_atts(small)
+    # errors are never remembered
+    for _ in range(2):
+        with pytest.raises(ImapPeerError):
+            atts(b"(UID BOGUS)")

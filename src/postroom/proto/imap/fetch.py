@@ -133,8 +133,40 @@ def any_sets_seen(atts: tuple[FetchAtt, ...]) -> bool:
     return any(a.sets_seen for a in atts)
 
 
+# Parsed attribute lists by the command text that follows the sequence set: a client
+# sends the same FETCH items over and over (one message at a time), and parsing them
+# costs more than the rest of the command. Bounded; only text without literals.
+_PARSED: dict[bytes, tuple[tuple[FetchAtt, ...], int, int]] = {}
+PARSE_CACHE_ENTRIES = 512
+PARSE_CACHE_KEY = 1024
+
+
 def parse_fetch_atts(p: Parser) -> tuple[FetchAtt, ...]:
-    """``"ALL" / "FULL" / "FAST" / fetch-att / "(" fetch-att *(SP fetch-att) ")"``."""
+    """``"ALL" / "FULL" / "FAST" / fetch-att / "(" fetch-att *(SP fetch-att) ")"``.
+
+    The result for the same remaining command text is always the same (the parse depends
+    on nothing else when there are no literals), so it is remembered (``_PARSED``): the
+    parser position and item count advance exactly as a real parse would.
+    """
+    start = p.pos
+    key = p.data[start:] if not p.literals and len(p.data) - start <= PARSE_CACHE_KEY else None
+    if key is not None:
+        hit = _PARSED.get(key)
+        if hit is not None:
+            atts, consumed, items = hit
+            p.count(items)
+            p.pos = start + consumed
+            return atts
+    items0 = p.items
+    atts = _parse_fetch_atts(p)
+    if key is not None:
+        if len(_PARSED) >= PARSE_CACHE_ENTRIES:
+            _PARSED.clear()
+        _PARSED[key] = (atts, p.pos - start, p.items - items0)
+    return atts
+
+
+def _parse_fetch_atts(p: Parser) -> tuple[FetchAtt, ...]:
     if p.peek() == 0x28:
         atts = p.paren_list(lambda: _fetch_att(p), allow_empty=False)
         return tuple(dict.fromkeys(atts))
