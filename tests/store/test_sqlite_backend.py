@@ -125,6 +125,43 @@ def test_header_only_reads_stop_at_the_body(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_small_reads_run_inline_and_big_bodies_still_arrive_whole(tmp_path: Path) -> None:
+    """read_messages of a few messages is a point read on the loop's thread, but never
+    reads more than INLINE_BYTES of a message there: bigger bodies come from a reader
+    thread, and the caller cannot tell the difference."""
+    from postroom.store.sqlite import backend
+
+    async def main() -> None:
+        store = open_store(tmp_path, fsync=False)
+        try:
+            await store.add_domain("example.test")
+            u = await store.add_user("a@example.test", "h", None)
+            inbox = await store.get_mailbox(u.id, "INBOX")
+            small = b"Subject: small\r\n\r\nx\r\n"
+            big = b"Subject: big\r\n\r\n" + b"y" * (backend.INLINE_BYTES + 10) + b"\r\n"
+            for data in (small, big, small):
+                await store.append(inbox.id, data, summarize(data))
+            threads: list[str] = []
+            real = store.engine._run_read
+
+            def spy(fn):  # type: ignore[no-untyped-def]
+                threads.append(threading.current_thread().name)
+                return real(fn)
+
+            store.engine._run_read = spy  # type: ignore[method-assign]
+            got = await store.read_messages(inbox.id, [1, 3], data=True, summary=True)
+            assert [c.data for c in got] == [small, small] and threads == []
+            got = await store.read_messages(inbox.id, [1, 2, 3, 9], data=True)
+            assert [c.meta.uid for c in got] == [1, 2, 3] and [c.data for c in got] == [small, big, small]
+            assert len(threads) == 1  # only the big body went to a reader thread
+            got = await store.read_messages(inbox.id, [1, 2, 3, 4, 5], data=True)
+            assert [c.data for c in got] == [small, big, small] and len(threads) == 2
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 def test_snapshot_cache_is_never_stale(tmp_path: Path) -> None:
     """Every kind of change to a mailbox's messages must miss the snapshot cache: after
     each one, the cached snapshot equals a fresh scan (cache emptied)."""

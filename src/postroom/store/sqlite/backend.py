@@ -55,6 +55,11 @@ from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
 
 DB_NAME = "postroom.sqlite3"
+# read_messages of at most this many messages runs on the caller's thread (a client
+# opening a message: a point read, Engine.lookup), reading at most INLINE_BYTES of each
+# message there; more, or bigger, goes to a reader thread.
+INLINE_MESSAGES = 4
+INLINE_BYTES = 128 * 1024
 
 
 class SQLiteStore:
@@ -275,9 +280,24 @@ class SQLiteStore:
         data: bool = False,
         header_only: bool = False,
     ) -> list[MessageContent]:
-        return await self.engine.read(
-            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only)
+        if len(uids) > INLINE_MESSAGES:
+            return await self.engine.read(
+                lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only)
+            )
+        # A few messages (a client opening one): a point read on this thread (see
+        # Engine.lookup), bytes only up to INLINE_BYTES per message; bigger ones are then
+        # read on a reader thread like any bulk read.
+        limit = INLINE_BYTES if data and not header_only else None
+        found = await self.engine.lookup(
+            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only, limit)
         )
+        big = [c.meta.uid for c in found if data and c.data is None]
+        if not big:
+            return found
+        rest = {c.meta.uid: c for c in await self.engine.read(
+            lambda c: mail.read_messages(c, mailbox_id, big, summary, data, header_only)
+        )}
+        return [rest.get(c.meta.uid, c) for c in found if c.data is not None or c.meta.uid in rest]
 
     async def read_blob(self, blob_id: int) -> bytes:
         found = await self.read_blobs([blob_id])

@@ -146,6 +146,38 @@ class Engine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, fn)
 
+    async def lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A point read by key (an address, a user id) on the calling thread.
+
+        Why: the per-RCPT and per-login lookups are a few indexed rows of small tables that
+        SQLite's page cache holds; they take 10-30 us, whereas a hop to a reader thread and
+        back costs several times that in futex wake-ups and GIL hand-offs (and, on a busy
+        virtual machine, far more: see docs/performance.md). The connection never waits
+        for a lock (``busy_timeout=0``): in the rare moments a WAL reader cannot start at
+        once (a checkpoint restarting the WAL, recovery after a crash), the read goes to a
+        reader thread like any other. Only for reads that touch a handful of rows.
+        """
+        if self._closed:
+            raise RuntimeError("store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "inline", None)
+        if conn is None:  # one per thread that calls (the event loop's)
+            conn = self._local.inline = connect(self.path, fsync=self.fsync, readonly=True)
+            conn.execute("PRAGMA busy_timeout=0")
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        try:
+            conn.execute("BEGIN")
+        except sqlite3.OperationalError:  # busy: let a reader thread wait for it
+            return await self.read(fn)
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+        finally:
+            conn.execute("COMMIT")
+        return await self.read(fn)
+
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:

@@ -200,19 +200,24 @@ def read_messages(
     summary: bool,
     data: bool,
     header_only: bool,
+    max_data: int | None = None,
 ) -> list[MessageContent]:
     """Metadata, summaries and bytes of messages in one read transaction (one thread hop).
 
     ``header_only``: the summary says where the body starts, and the blob is read through
     SQLite's incremental blob I/O up to there, so the overflow pages of a large body are
-    never touched.
+    never touched. ``max_data``: bytes of messages larger than this are not read (their
+    ``data`` is None; the size is in the metadata), so a read on the event loop's thread
+    stays small.
     """
     partial = data and header_only
     cols = "m." + _META_COLS.replace(", ", ", m.")
     if summary or partial:
         cols += ", b.summary"
     if data and not partial:
-        cols += ", b.data"
+        # SQLite knows a blob's size from the row header: a message over the limit costs
+        # no read of its overflow pages.
+        cols += ", b.data" if max_data is None else f", CASE WHEN m.size <= {int(max_data)} THEN b.data END"
     out: list[MessageContent] = []
     for part in chunks(sorted(set(uids))):
         marks = ",".join("?" * len(part))
@@ -229,7 +234,7 @@ def read_messages(
                 end = header_block_end(raw_summary)
                 with conn.blobopen("blobs", "data", meta.blob_id, readonly=True) as blob:
                     body = blob.read() if end is None else blob.read(min(end, len(blob)))
-            elif data:
+            elif data and r[-1] is not None:
                 body = bytes(r[-1])
             out.append(MessageContent(meta, raw_summary if summary else None, body))
     out.sort(key=lambda c: c.meta.uid)
