@@ -97,6 +97,11 @@ class ByteStream(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def write_blocked(self) -> bool:
+        """The transport's write buffer is over its limit: :meth:`drain` would wait."""
+        return self._write_paused and not self._closed
+
     def _take(self) -> bytes:
         """Everything received so far (the caller checked there is some); reading resumes."""
         chunks = self._chunks

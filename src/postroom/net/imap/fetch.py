@@ -46,6 +46,7 @@ from postroom.proto.imap.fetch import (
     RFC822_TEXT,
     UID,
     FetchAtt,
+    any_sets_seen,
 )
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.sections import SectionSpec, UnknownCTE, apply_partial, decode_part, extract
@@ -131,15 +132,56 @@ def chunks(metas: Sequence[MessageMeta], with_data: bool) -> list[tuple[int, int
     return out
 
 
+class _Plan:
+    """What a FETCH attribute list needs, worked out once per distinct list (clients send
+    the same few lists over and over): which reads, which cache keys."""
+
+    __slots__ = ("cache_keys", "cacheable", "from_view", "head_only", "header_only",
+                 "kinds", "modseq", "need_data", "need_summary", "sets_seen", "wanted")
+
+    def __init__(self, atts: tuple[FetchAtt, ...]) -> None:
+        self.kinds = frozenset(a.kind for a in atts)
+        self.from_view = self.kinds <= _FROM_VIEW
+        self.modseq = MODSEQ in self.kinds
+        self.sets_seen = any_sets_seen(atts)
+        self.need_data = any(a.kind in _NEEDS_DATA for a in atts)
+        self.need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
+        self.header_only = self.need_data and all(
+            _header_only(a) for a in atts if a.kind in _NEEDS_DATA)
+        self.head_only = all(
+            _top_level(a) for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
+        # When every item that needs the message is one the shared cache keeps (ENVELOPE,
+        # BODYSTRUCTURE, BODY, top-level header sections), cached messages need no read.
+        heavy = [a for a in atts if a.kind in _NEEDS_SUMMARY or a.kind in _NEEDS_DATA]
+        keys = {a: _cache_key(a) for a in heavy}
+        self.cacheable = bool(heavy) and all(keys.values())
+        self.cache_keys: dict[FetchAtt, str | None] = keys if self.cacheable else {}
+        self.wanted = [k for k in keys.values() if k]
+
+
+_PLANS: dict[tuple[FetchAtt, ...], _Plan] = {}
+MAX_PLANS = 256
+
+
+def _plan(atts: tuple[FetchAtt, ...]) -> _Plan:
+    plan = _PLANS.get(atts)
+    if plan is None:
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[atts] = _Plan(atts)
+    return plan
+
+
 async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     view = s.selected
     assert view is not None
-    if cmd.changed_since is None and all(a.kind in _FROM_VIEW for a in cmd.attributes):
+    atts = cmd.attributes
+    plan = _plan(atts)
+    if cmd.changed_since is None and plan.from_view:
         return await _fetch_from_view(s, view, cmd)
     store = s.store
     positions = view.positions(cmd.seqset, cmd.uid)
-    atts = cmd.attributes
-    if cmd.changed_since is not None or any(a.kind == MODSEQ for a in atts):
+    if cmd.changed_since is not None or plan.modseq:
         s.enable_condstore()  # RFC 7162 3.1: the first CONDSTORE command enables it
     if cmd.vanished:
         if not s.qresync:
@@ -153,16 +195,10 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         if gone:
             s.write(responses.vanished(gone, earlier=True))  # RFC 7162 3.2.6
     uids = view.uids_at(positions)
-    need_data = any(a.kind in _NEEDS_DATA for a in atts)
-    need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
-    header_only = need_data and all(_header_only(a) for a in atts if a.kind in _NEEDS_DATA)
-    head_only = all(_top_level(a) for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
-    # When every item that needs the message is one the shared cache keeps (ENVELOPE,
-    # BODYSTRUCTURE, BODY, top-level header sections), cached messages need no read at all.
-    heavy = [a for a in atts if a.kind in _NEEDS_SUMMARY or a.kind in _NEEDS_DATA]
-    cache_keys = {a: _cache_key(a) for a in heavy}
-    cache = s.structures if heavy and all(cache_keys.values()) else None
-    wanted = [k for k in cache_keys.values() if k]
+    need_data, need_summary = plan.need_data, plan.need_summary
+    header_only, head_only = plan.header_only, plan.head_only
+    cache = s.structures if plan.cacheable else None
+    wanted = plan.wanted
     validity, rev2 = view.uidvalidity, s.rev2
     # Few messages (the usual UID FETCH of one message, or headers of a page of them):
     # metadata, summaries and bytes in one read. Otherwise the metadata first, then the
@@ -180,7 +216,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     if cmd.changed_since is not None:
         metas = [m for m in metas if m.modseq > cmd.changed_since]
     seen_now: set[int] = set()
-    if cmd.sets_seen and not view.readonly:
+    if plan.sets_seen and not view.readonly:
         unseen = [m.uid for m in metas if not m.flags & FLAG_SEEN]
         if unseen:
             result = await store.store_flags(view.mailbox_id, unseen, FlagChange("add", FLAG_SEEN))
@@ -193,7 +229,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 seen_now = set(changed)
     if (flags_line := view.announce(metas)) is not None:
         s.write(flags_line)  # a keyword new to the client: * FLAGS before the FETCH shows it
-    renderer = _Renderer(s, view, cmd, seen_now, cache_keys if cache is not None else {})
+    renderer = _Renderer(s, view, cmd, seen_now, plan)
     seqs = _seq_numbers(view, positions, metas)
     for start, end in chunks(metas, need_data):
         part = metas[start:end]
@@ -266,7 +302,7 @@ async def _fetch_from_view(s: ImapSession, view: SelectedMailbox, cmd: Fetch) ->
     if not cmd.uid:
         await s.sync(expunge=False)  # UID commands were synced before they started
     positions = view.positions(cmd.seqset, cmd.uid)
-    renderer = _Renderer(s, view, cmd, set())
+    renderer = _Renderer(s, view, cmd, set(), _plan(cmd.attributes))
     write = s.write
     uids, flags, kw = view.uids, view.flags, view.kw
     probe = Known(0, 0, ())  # refilled for each message: no allocation per message
@@ -344,8 +380,8 @@ class _Renderer:
                  "cache_keys", "want_uid")
 
     def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: set[int],
-                 cache_keys: dict[FetchAtt, str | None] | None = None):
-        kinds = {a.kind for a in cmd.attributes}
+                 plan: _Plan):
+        kinds = plan.kinds
         self.atts = cmd.attributes
         self.view = view
         self.tag = cmd.tag
@@ -364,7 +400,7 @@ class _Renderer:
         self.changed_since = cmd.changed_since is not None
         self.flag_cache: dict[tuple[int, tuple[str, ...], bool], bytes] = {}
         self.structures = s.structures
-        self.cache_keys = cache_keys or {}  # empty: the cache is not used for this FETCH
+        self.cache_keys = plan.cache_keys  # empty: the cache is not used for this FETCH
 
     def flags(self, m: MessageMeta) -> bytes:
         recent = self.rev1 and bool(self.view.recent) and self.view.is_recent(m.uid)

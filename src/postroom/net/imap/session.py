@@ -190,6 +190,8 @@ class ImapSession:
         if self.deflate is not None:
             data = self.deflate.compress(data)
         self.conn.write(data)
+        if not self.conn.write_blocked:
+            return  # the usual case: no drain to wait for, no timer to set up
         try:
             # A client that stops reading must not hold the session (and its output)
             # forever: the same limit as for one that stops talking.
