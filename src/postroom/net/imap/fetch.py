@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
 
 CHUNK_MESSAGES = 256
+FEW_MESSAGES = 4  # at most this many: _fetch_few, one read (inline in the SQLite store)
 CHUNK_BYTES = 8 * 1024 * 1024
 FULL_LIST_AT = 512  # above this many targets one list_messages beats get_messages
 _NEEDS_SUMMARY = frozenset(
@@ -195,6 +196,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         if gone:
             s.write(responses.vanished(gone, earlier=True))  # RFC 7162 3.2.6
     uids = view.uids_at(positions)
+    if len(uids) <= FEW_MESSAGES and cmd.changed_since is None:
+        return await _fetch_few(s, view, cmd, plan, uids)
     need_data, need_summary = plan.need_data, plan.need_summary
     header_only, head_only = plan.header_only, plan.head_only
     cache = s.structures if plan.cacheable else None
@@ -215,20 +218,7 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     missing = len(metas) < len(uids)
     if cmd.changed_since is not None:
         metas = [m for m in metas if m.modseq > cmd.changed_since]
-    seen_now: set[int] = set()
-    if plan.sets_seen and not view.readonly:
-        unseen = [m.uid for m in metas if not m.flags & FLAG_SEEN]
-        if unseen:
-            result = await store.store_flags(view.mailbox_id, unseen, FlagChange("add", FLAG_SEEN))
-            if result.changed:
-                changed = {m.uid: m for m in result.changed}
-                metas = [changed.get(m.uid, m) for m in metas]
-                view.note_reported(result.changed)
-                view.update_flags(result.changed)
-                view.own_write(result.changed)
-                seen_now = set(changed)
-    if (flags_line := view.announce(metas)) is not None:
-        s.write(flags_line)  # a keyword new to the client: * FLAGS before the FETCH shows it
+    metas, seen_now = await _mark_seen(s, view, plan, metas)
     renderer = _Renderer(s, view, cmd, seen_now, plan)
     seqs = _seq_numbers(view, positions, metas)
     for start, end in chunks(metas, need_data):
@@ -288,6 +278,74 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 continue
             s.write(renderer.render(seqs[k], m, summary, data, known))
         await s.maybe_flush()
+    if missing:
+        return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
+    return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
+
+
+async def _mark_seen(s: ImapSession, view: SelectedMailbox, plan: _Plan,
+                     metas: list[MessageMeta]) -> tuple[list[MessageMeta], set[int]]:
+    """The implicit \\Seen of a body fetch, in one store write (see the module docstring),
+    and the ``* FLAGS`` any keyword new to the client needs before a FETCH shows it."""
+    seen_now: set[int] = set()
+    if plan.sets_seen and not view.readonly:
+        unseen = [m.uid for m in metas if not m.flags & FLAG_SEEN]
+        if unseen:
+            result = await s.store.store_flags(view.mailbox_id, unseen, FlagChange("add", FLAG_SEEN))
+            if result.changed:
+                changed = {m.uid: m for m in result.changed}
+                metas = [changed.get(m.uid, m) for m in metas]
+                view.note_reported(result.changed)
+                view.update_flags(result.changed)
+                view.own_write(result.changed)
+                seen_now = set(changed)
+    if (flags_line := view.announce(metas)) is not None:
+        s.write(flags_line)  # a keyword new to the client: * FLAGS before the FETCH shows it
+    return metas, seen_now
+
+
+async def _fetch_few(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _Plan,
+                     uids: list[int]) -> bytes:
+    """A few messages (a client opening one: the most frequent FETCH there is).
+
+    One store read, a point read on the loop's thread for small messages (see
+    ``Store.read_messages``); when the shared cache holds every item of every message,
+    only their metadata is read, never their summary or bytes.
+    """
+    cache = s.structures if plan.cacheable else None
+    frags: dict[int, dict[str, bytes]] = {}
+    if cache is not None:
+        validity, rev2, wanted = view.uidvalidity, s.rev2, plan.wanted
+        for uid in uids:
+            found = {k: v for k in wanted if (v := cache.get((validity, uid, k, rev2))) is not None}
+            if len(found) == len(wanted):
+                frags[uid] = found
+    need_data, need_summary = plan.need_data, plan.need_summary
+    everything_cached = len(frags) == len(uids)
+    contents = await s.store.read_messages(
+        view.mailbox_id, uids, summary=need_summary and not everything_cached,
+        data=need_data and not everything_cached, header_only=plan.header_only,
+    )
+    metas, seen_now = await _mark_seen(s, view, plan, [c.meta for c in contents])
+    missing = len(metas) < len(uids)
+    renderer = _Renderer(s, view, cmd, seen_now, plan)
+    summaries: dict[int, MessageSummary] = {}
+    if need_summary and not everything_cached:
+        datas = {c.meta.blob_id: c.data for c in contents if c.data is not None}
+        raw = {c.meta.blob_id: c.summary for c in contents
+               if c.summary is not None and c.meta.uid not in frags}
+        summaries = await parse_summaries(s, raw, datas, partial=plan.header_only,
+                                          head_only=plan.head_only)
+    seq_of = view.seq_of
+    for m, c in zip(metas, contents, strict=True):
+        known = frags.get(m.uid)
+        summary = summaries.get(m.blob_id)
+        seq = seq_of(m.uid)
+        if seq is None or (known is None and (
+                (need_data and c.data is None) or (need_summary and summary is None))):
+            missing = True
+            continue
+        s.write(renderer.render(seq, m, summary, c.data, known))
     if missing:
         return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
     return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")

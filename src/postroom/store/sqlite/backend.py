@@ -289,7 +289,8 @@ class SQLiteStore:
         # read on a reader thread like any bulk read.
         limit = INLINE_BYTES if data and not header_only else None
         found = await self.engine.lookup(
-            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only, limit)
+            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only, limit),
+            snapshot=data and header_only,  # otherwise one SELECT: its own transaction
         )
         big = [c.meta.uid for c in found if data and c.data is None]
         if not big:
