@@ -15,6 +15,7 @@ import re
 import time
 
 from postroom.message import scan
+from postroom.proto.imap.prerender import SEPARATOR, prerender
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -149,8 +150,11 @@ def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = 
 
 
 def summarize(data: bytes) -> bytes:
-    """The stored parse summary for ``data`` (MIME tree with offsets, envelope, sort keys)."""
-    return scan(data).to_bytes()
+    """The stored parse summary for ``data`` (MIME tree with offsets, envelope, sort keys),
+    followed by the IMAP ENVELOPE and BODYSTRUCTURE rendered from it now, while the tree
+    is at hand (``proto.imap.prerender``: a first sync then copies them)."""
+    summary = scan(data)
+    return summary.to_bytes() + SEPARATOR + prerender(summary)
 
 
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"

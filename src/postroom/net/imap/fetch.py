@@ -49,6 +49,7 @@ from postroom.proto.imap.fetch import (
     any_sets_seen,
 )
 from postroom.proto.imap.grammar import ImapPeerError
+from postroom.proto.imap.prerender import Prerendered, prerendered
 from postroom.proto.imap.sections import SectionSpec, UnknownCTE, apply_partial, decode_part, extract
 from postroom.store.api import FLAG_SEEN, FlagChange, MessageContent, MessageMeta
 
@@ -68,6 +69,7 @@ _NEEDS_SUMMARY = frozenset(
 _NEEDS_DATA = frozenset({BODY_SECTION, BINARY, BINARY_SIZE, RFC822, RFC822_HEADER, RFC822_TEXT})
 _FROM_VIEW = frozenset({FLAGS, UID})
 _STRUCTURE = frozenset({ENVELOPE, BODYSTRUCTURE, BODY})
+_PRERENDERED = frozenset({ENVELOPE, BODYSTRUCTURE})  # stored at delivery (prerender)
 MAX_CACHED_ITEM = 8 * 1024  # larger rendered items are not kept in the StructureCache  # what the selected view answers by itself
 _HEADER = SectionSpec(text="HEADER")
 _TEXT = SectionSpec(text="TEXT")
@@ -87,24 +89,32 @@ async def load_metas(s: ImapSession, view: SelectedMailbox, uids: Sequence[int])
 
 async def load_summaries(s: ImapSession, metas: Sequence[MessageMeta],
                          datas: dict[int, bytes] | None = None, *,
-                         head_only: bool = False) -> dict[int, MessageSummary]:
+                         head_only: bool = False, prerendered_ok: bool = False,
+                         ) -> dict[int, MessageSummary]:
     """Parsed summaries by blob id; unreadable ones are re-scanned from the message."""
     raw = await s.store.read_summaries([m.blob_id for m in metas])
-    return await parse_summaries(s, raw, datas, head_only=head_only)
+    return await parse_summaries(s, raw, datas, head_only=head_only,
+                                 prerendered_ok=prerendered_ok)
 
 
 async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
                           datas: dict[int, bytes] | None = None, *,
-                          partial: bool = False, head_only: bool = False) -> dict[int, MessageSummary]:
+                          partial: bool = False, head_only: bool = False,
+                          prerendered_ok: bool = False) -> dict[int, MessageSummary]:
     """Parse stored summaries; an unreadable one is re-scanned from the message, read
     again in full when ``datas`` holds only header blocks (``partial``). ``head_only``: every
     attribute that uses the summary is a top-level header or text section (``_top_level``),
-    so only the top-level offsets are decoded (``header_summary``)."""
+    so only the top-level offsets are decoded (``header_summary``). ``prerendered_ok``: every
+    attribute that uses the summary is ENVELOPE or BODYSTRUCTURE, so the items rendered at
+    delivery (``proto.imap.prerender``) stand in for the summary where they are stored."""
     out: dict[int, MessageSummary] = {}
     for blob_id, value in raw.items():
         if head_only and (head := header_summary(value)) is not None:
             # Top-level sections only (see fetch): the offsets stand in for the summary.
             out[blob_id] = cast(MessageSummary, head)
+            continue
+        if prerendered_ok and (items := prerendered(value)) is not None:
+            out[blob_id] = cast(MessageSummary, items)  # see _Renderer._structure
             continue
         try:
             out[blob_id] = MessageSummary.from_bytes(value)
@@ -138,7 +148,8 @@ class _Plan:
     the same few lists over and over): which reads, which cache keys."""
 
     __slots__ = ("cache_keys", "cacheable", "from_view", "head_only", "header_only",
-                 "kinds", "modseq", "need_data", "need_summary", "sets_seen", "wanted")
+                 "kinds", "modseq", "need_data", "need_summary", "prerendered_ok",
+                 "sets_seen", "wanted")
 
     def __init__(self, atts: tuple[FetchAtt, ...]) -> None:
         self.kinds = frozenset(a.kind for a in atts)
@@ -151,6 +162,8 @@ class _Plan:
             _header_only(a) for a in atts if a.kind in _NEEDS_DATA)
         self.head_only = all(
             _top_level(a) for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
+        self.prerendered_ok = all(
+            a.kind in _PRERENDERED for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
         # When every item that needs the message is one the shared cache keeps (ENVELOPE,
         # BODYSTRUCTURE, BODY, top-level header sections), cached messages need no read.
         heavy = [a for a in atts if a.kind in _NEEDS_SUMMARY or a.kind in _NEEDS_DATA]
@@ -248,7 +261,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 raw = {m.blob_id: c.summary for m in part_to_parse
                        if (c := pre[m.uid]).summary is not None}
                 summaries = await parse_summaries(s, raw, datas, partial=header_only,
-                                                  head_only=head_only)
+                                                  head_only=head_only,
+                                                  prerendered_ok=plan.prerendered_ok)
         elif header_only:
             # Headers of many messages (a client's first sync of a big mailbox): read the
             # header blocks only, never the bodies.
@@ -268,7 +282,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             if need_data and part_to_parse:
                 datas = await store.read_blobs([m.blob_id for m in part_to_parse])
             if need_summary and part_to_parse:
-                summaries = await load_summaries(s, part_to_parse, datas, head_only=head_only)
+                summaries = await load_summaries(s, part_to_parse, datas, head_only=head_only,
+                                                 prerendered_ok=plan.prerendered_ok)
         for k, m in enumerate(part, start):
             data = datas.get(m.blob_id)
             summary = summaries.get(m.blob_id)
@@ -335,7 +350,8 @@ async def _fetch_few(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _P
         raw = {c.meta.blob_id: c.summary for c in contents
                if c.summary is not None and c.meta.uid not in frags}
         summaries = await parse_summaries(s, raw, datas, partial=plan.header_only,
-                                          head_only=plan.head_only)
+                                          head_only=plan.head_only,
+                                          prerendered_ok=plan.prerendered_ok)
     seq_of = view.seq_of
     for m, c in zip(metas, contents, strict=True):
         known = frags.get(m.uid)
@@ -478,6 +494,12 @@ class _Renderer:
         return self._content(att, summary, data)
 
     def _structure(self, kind: str, summary: MessageSummary) -> bytes:
+        if type(summary) is Prerendered:  # stored at delivery (see parse_summaries)
+            items = cast(Prerendered, summary)
+            if kind == ENVELOPE:
+                return b"ENVELOPE " + items.envelope
+            assert kind == BODYSTRUCTURE
+            return b"BODYSTRUCTURE " + (items.bodystructure_rev2 if self.rev2 else items.bodystructure)
         if kind == ENVELOPE:
             return b"ENVELOPE " + envelope_bytes(summary)
         if kind == BODYSTRUCTURE:

@@ -60,6 +60,8 @@ DB_NAME = "postroom.sqlite3"
 # message there; more, or bigger, goes to a reader thread.
 INLINE_MESSAGES = 4
 INLINE_BYTES = 128 * 1024
+# A header-only read of a message up to this size reads the whole message in one SELECT.
+HEADER_INLINE_BYTES = 16 * 1024
 
 
 class SQLiteStore:
@@ -285,19 +287,27 @@ class SQLiteStore:
                 lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only)
             )
         # A few messages (a client opening one): a point read on this thread (see
-        # Engine.lookup), bytes only up to INLINE_BYTES per message; bigger ones are then
-        # read on a reader thread like any bulk read.
-        limit = INLINE_BYTES if data and not header_only else None
+        # Engine.lookup), one SELECT, bytes only up to a limit per message. For the header
+        # block of a small message the whole message is read in that same statement (it
+        # costs less than a transaction and incremental blob I/O); bigger ones are read
+        # again in a second step: their header block inline, their body on a reader thread.
+        limit = HEADER_INLINE_BYTES if header_only else INLINE_BYTES
         found = await self.engine.lookup(
-            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only, limit),
-            snapshot=data and header_only,  # otherwise one SELECT: its own transaction
+            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, False,
+                                         limit if data else None),
+            snapshot=False,
         )
         big = [c.meta.uid for c in found if data and c.data is None]
         if not big:
             return found
-        rest = {c.meta.uid: c for c in await self.engine.read(
-            lambda c: mail.read_messages(c, mailbox_id, big, summary, data, header_only)
-        )}
+        if header_only:
+            rest = {c.meta.uid: c for c in await self.engine.lookup(
+                lambda c: mail.read_messages(c, mailbox_id, big, summary, True, True)
+            )}
+        else:
+            rest = {c.meta.uid: c for c in await self.engine.read(
+                lambda c: mail.read_messages(c, mailbox_id, big, summary, True, False)
+            )}
         return [rest.get(c.meta.uid, c) for c in found if c.data is not None or c.meta.uid in rest]
 
     async def read_blob(self, blob_id: int) -> bytes:
