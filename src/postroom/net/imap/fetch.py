@@ -20,7 +20,7 @@ the client next runs a command that allows it.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Sequence, Set as AbstractSet
 from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
@@ -74,6 +74,7 @@ MAX_CACHED_ITEM = 8 * 1024  # larger rendered items are not kept in the Structur
 _HEADER = SectionSpec(text="HEADER")
 _TEXT = SectionSpec(text="TEXT")
 TEXT_EXPUNGED = "Some of the requested messages no longer exist"
+_NO_UIDS: frozenset[int] = frozenset()
 _UTC = datetime.UTC
 
 
@@ -341,7 +342,14 @@ async def _fetch_few(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _P
         view.mailbox_id, uids, summary=need_summary and not everything_cached,
         data=need_data and not everything_cached, header_only=plan.header_only,
     )
-    metas, seen_now = await _mark_seen(s, view, plan, [c.meta for c in contents])
+    metas = [c.meta for c in contents]
+    seen_now: AbstractSet[int]
+    if plan.sets_seen and not view.readonly:
+        metas, seen_now = await _mark_seen(s, view, plan, metas)
+    else:
+        seen_now = _NO_UIDS
+        if (flags_line := view.announce(metas)) is not None:
+            s.write(flags_line)  # a keyword new to the client: * FLAGS first
     missing = len(metas) < len(uids)
     renderer = _Renderer(s, view, cmd, seen_now, plan)
     summaries: dict[int, MessageSummary] = {}
@@ -453,7 +461,7 @@ class _Renderer:
                  "view", "seen_now", "want_flags", "want_modseq", "changed_since", "structures",
                  "cache_keys", "want_uid")
 
-    def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: set[int],
+    def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: AbstractSet[int],
                  plan: _Plan):
         kinds = plan.kinds
         self.atts = cmd.attributes

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 
 from postroom.proto.imap import responses
 from postroom.proto.imap.grammar import ImapPeerError
-from postroom.proto.imap.sequence import RangeSet, SequenceSet
+from postroom.proto.imap.sequence import STAR, RangeSet, SequenceSet
 from postroom.store.api import FLAG_NAMES, Changes, MessageMeta
 
 SYSTEM_FLAG_NAMES = tuple(name for _, name in FLAG_NAMES)
@@ -195,6 +195,16 @@ class SelectedMailbox:
         (RFC 9051 9 seq-number); UIDs that do not exist are simply not there.
         """
         uids = self.uids
+        ranges = seqset.ranges
+        if len(ranges) == 1 and not seqset.saved:
+            first, last = ranges[0]
+            if first == last and first != STAR:  # one number: a client opening a message
+                if uid:
+                    i = bisect_left(uids, first)
+                    return [i] if i < len(uids) and uids[i] == first else []
+                if first > len(uids):
+                    raise ImapPeerError(TEXT_BAD_SEQUENCE)
+                return [first - 1]
         if uid:
             saved = self.saved if seqset.saved else None
             return seqset.resolve(self.last_uid, saved or RangeSet()).positions(uids)
