@@ -417,3 +417,28 @@ def test_recent_belongs_to_one_session_and_survives_a_restart(tmp_path) -> None:
         assert b"* 0 RECENT\r\n" in e.ok("SELECT INBOX")
     finally:
         srv.stop()
+
+
+def test_fetch_answered_from_memory_is_current(server: Server, user: str, raw) -> None:
+    """A repeated FETCH of items the shared cache keeps (header, size, date) is answered
+    without a store read, with the same bytes, and with the flags the session knows now."""
+    for i in range(3):
+        deliver(server, user, simple(f"memory {i}"))
+    c = raw(user)
+    c.ok("SELECT INBOX")
+    q = "UID FETCH 2 (UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
+    first = c.ok(q)
+    assert c.ok(q) == first and first[0].startswith(b"* 2 FETCH (UID 2 FLAGS (\\Recent) ")
+    d = raw(user)
+    d.ok("SELECT INBOX")
+    d.ok("UID STORE 2 +FLAGS (\\Flagged $Memory)")
+    third = c.ok(q)
+    # the UID command first brings the view up to date (FLAGS, then the change) ...
+    assert third[0].startswith(b"* FLAGS (") and b"$Memory" in third[0]
+    assert third[1] == b"* 2 FETCH (UID 2 FLAGS (\\Flagged $Memory \\Recent))\r\n"
+    # ... and the answer from memory shows the current flags, the rest unchanged
+    assert third[2] == first[0].replace(b"FLAGS (\\Recent)", b"FLAGS (\\Flagged $Memory \\Recent)")
+    d.ok("STORE 2 -FLAGS ($Memory)")
+    fast = c.ok("FETCH 2 (FLAGS RFC822.SIZE)")
+    assert fast[-1].startswith(b"* 2 FETCH (FLAGS (\\Flagged \\Recent) RFC822.SIZE ")
+    assert c.ok("FETCH 2 (FLAGS RFC822.SIZE)") == [fast[-1]]

@@ -68,6 +68,8 @@ _NEEDS_SUMMARY = frozenset(
 )
 _NEEDS_DATA = frozenset({BODY_SECTION, BINARY, BINARY_SIZE, RFC822, RFC822_HEADER, RFC822_TEXT})
 _FROM_VIEW = frozenset({FLAGS, UID})
+# Never change for a UID: cached beside the rendered items (see _Plan.memory_keys).
+_STATIC = frozenset({RFC822_SIZE, INTERNALDATE})
 _STRUCTURE = frozenset({ENVELOPE, BODYSTRUCTURE, BODY})
 _PRERENDERED = frozenset({ENVELOPE, BODYSTRUCTURE})  # stored at delivery (prerender)
 MAX_CACHED_ITEM = 8 * 1024  # larger rendered items are not kept in the StructureCache  # what the selected view answers by itself
@@ -149,8 +151,8 @@ class _Plan:
     the same few lists over and over): which reads, which cache keys."""
 
     __slots__ = ("cache_keys", "cacheable", "from_view", "head_only", "header_only",
-                 "kinds", "modseq", "need_data", "need_summary", "prerendered_ok",
-                 "sets_seen", "wanted")
+                 "kinds", "memory_keys", "modseq", "need_data", "need_summary",
+                 "prerendered_ok", "sets_seen", "wanted")
 
     def __init__(self, atts: tuple[FetchAtt, ...]) -> None:
         self.kinds = frozenset(a.kind for a in atts)
@@ -172,6 +174,15 @@ class _Plan:
         self.cacheable = bool(heavy) and all(keys.values())
         self.cache_keys: dict[FetchAtt, str | None] = keys if self.cacheable else {}
         self.wanted = [k for k in keys.values() if k]
+        # Everything asked is either known to the view (UID, FLAGS) or kept in the shared
+        # cache (the items above, RFC822.SIZE, INTERNALDATE), and nothing needs the
+        # store's current state (no implicit \Seen, no MODSEQ): a few messages whose items
+        # are all cached need no read at all. None: not such a list.
+        static = sorted(self.kinds & _STATIC)
+        memory = not self.sets_seen and MODSEQ not in self.kinds and bool(static or heavy) \
+            and (self.cacheable or not heavy) \
+            and all(a.kind in _FROM_VIEW or a.kind in _STATIC or a in keys for a in atts)
+        self.memory_keys: list[str] | None = self.wanted + static if memory else None
 
 
 _PLANS: dict[tuple[FetchAtt, ...], _Plan] = {}
@@ -328,6 +339,11 @@ async def _fetch_few(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _P
     ``Store.read_messages``); when the shared cache holds every item of every message,
     only their metadata is read, never their summary or bytes.
     """
+    if plan.memory_keys is not None:
+        if not cmd.uid:
+            await s.sync(expunge=False)  # current flags (UID FETCH was synced before)
+        if (answer := _from_memory(s, view, cmd, plan, uids)) is not None:
+            return answer
     cache = s.structures if plan.cacheable else None
     frags: dict[int, dict[str, bytes]] = {}
     if cache is not None:
@@ -372,6 +388,36 @@ async def _fetch_few(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _P
         s.write(renderer.render(seq, m, summary, c.data, known))
     if missing:
         return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
+    return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
+
+
+def _from_memory(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _Plan,
+                 uids: list[int]) -> bytes | None:
+    """Answer from the view and the shared cache alone when every item of every message
+    is there (see ``_Plan.memory_keys``); None when something is missing. A message
+    another session expunged that the client has not heard of yet still has its items
+    cached: it is served like the view serves its flags (RFC 9051 7.5.1 lets it exist until
+    the client is told); one already reported gone is not in the view at all."""
+    cache = s.structures
+    keys = plan.memory_keys
+    assert keys is not None
+    validity, rev2 = view.uidvalidity, s.rev2
+    found: list[dict[str, bytes]] = []
+    for uid in uids:
+        items = {}
+        for k in keys:
+            value = cache.get((validity, uid, k, rev2))
+            if value is None:
+                return None
+            items[k] = value
+        found.append(items)
+    renderer = _Renderer(s, view, cmd, _NO_UIDS, plan)
+    seq_of, flags, kw = view.seq_of, view.flags, view.kw
+    for uid, items in zip(uids, found, strict=True):
+        seq = seq_of(uid)
+        assert seq is not None
+        probe = Known(uid, flags[seq - 1], kw.get(uid, ()) if kw else ())
+        s.write(renderer.render(seq, cast(MessageMeta, probe), None, None, items))
     return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
 
 
@@ -459,7 +505,7 @@ class _Renderer:
 
     __slots__ = ("atts", "condstore", "flag_cache", "rev1", "rev2", "tag", "uid_first",
                  "view", "seen_now", "want_flags", "want_modseq", "changed_since", "structures",
-                 "cache_keys", "want_uid")
+                 "cache_keys", "want_uid", "memory")
 
     def __init__(self, s: ImapSession, view: SelectedMailbox, cmd: Fetch, seen_now: AbstractSet[int],
                  plan: _Plan):
@@ -483,6 +529,7 @@ class _Renderer:
         self.flag_cache: dict[tuple[int, tuple[str, ...], bool], bytes] = {}
         self.structures = s.structures
         self.cache_keys = plan.cache_keys  # empty: the cache is not used for this FETCH
+        self.memory = plan.memory_keys is not None
 
     def flags(self, m: MessageMeta) -> bytes:
         recent = self.rev1 and bool(self.view.recent) and self.view.is_recent(m.uid)
@@ -529,11 +576,8 @@ class _Renderer:
                 add(self.flags(m))
             elif kind == UID:
                 add(b"UID %d" % m.uid)
-            elif kind == RFC822_SIZE:
-                add(b"RFC822.SIZE %d" % m.size)
-            elif kind == INTERNALDATE:
-                when = datetime.datetime.fromtimestamp(m.internaldate, _UTC)
-                add(b"INTERNALDATE " + responses.internaldate(when))
+            elif kind == RFC822_SIZE or kind == INTERNALDATE:
+                add(self._static(kind, m, known))
             elif kind == MODSEQ:
                 add(b"MODSEQ (%d)" % m.modseq)
             elif (key := self.cache_keys.get(att)) is not None:
@@ -554,6 +598,21 @@ class _Renderer:
         if self.want_modseq and (self.changed_since or (seen_now and self.condstore)):
             add(b"MODSEQ (%d)" % m.modseq)
         return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+    def _static(self, kind: str, m: MessageMeta, known: dict[str, bytes] | None) -> bytes:
+        """RFC822.SIZE or INTERNALDATE: from the cache when it had them (a FETCH answered
+        from memory), else from the metadata, then kept for next time when the attribute
+        list is one that can be answered from memory."""
+        if known is not None and (value := known.get(kind)) is not None:
+            return value
+        if kind == RFC822_SIZE:
+            value = b"RFC822.SIZE %d" % m.size
+        else:
+            when = datetime.datetime.fromtimestamp(m.internaldate, _UTC)
+            value = b"INTERNALDATE " + responses.internaldate(when)
+        if self.memory:
+            self.structures.put((self.view.uidvalidity, m.uid, kind, self.rev2), value)
+        return value
 
     def _content(self, att: FetchAtt, summary: MessageSummary | None, data: bytes) -> bytes:
         kind = att.kind

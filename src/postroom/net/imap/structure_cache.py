@@ -1,6 +1,8 @@
 """A bounded, shared cache of rendered FETCH items that depend on the message alone:
-ENVELOPE, BODYSTRUCTURE, BODY and top-level header sections (RFC822.HEADER,
-BODY[HEADER], BODY[HEADER.FIELDS (...)]<partial>), each at most 8 KiB.
+ENVELOPE, BODYSTRUCTURE, BODY, top-level header sections (RFC822.HEADER,
+BODY[HEADER], BODY[HEADER.FIELDS (...)]<partial>), RFC822.SIZE and INTERNALDATE, each at
+most 8 KiB. When a FETCH asks only for these and what the session's view knows (UID,
+FLAGS), it is answered from memory without a store read (net/imap/fetch.py).
 
 Why: rendering them means reading the message's header block or decoding the stored parse
 summary into its MIME tree, then serialising, 20-40 µs per message, and clients ask for
@@ -24,6 +26,9 @@ from collections import OrderedDict
 Key = tuple[int, int, str, bool]  # uidvalidity, uid, item name, rev2
 
 DEFAULT_BYTES = 32 * 1024 * 1024
+# Memory an entry costs beyond its value (key tuple, dict slot, bytes header), counted
+# against the capacity so that many small items (RFC822.SIZE) cannot outgrow it.
+ENTRY_OVERHEAD = 160
 
 
 class StructureCache:
@@ -52,13 +57,14 @@ class StructureCache:
         return found
 
     def put(self, key: Key, value: bytes) -> None:
-        if len(value) > self.capacity:
+        cost = len(value) + ENTRY_OVERHEAD
+        if cost > self.capacity:
             return
         old = self._entries.pop(key, None)
         if old is not None:
-            self._size -= len(old)
+            self._size -= len(old) + ENTRY_OVERHEAD
         self._entries[key] = value
-        self._size += len(value)
+        self._size += cost
         while self._size > self.capacity:
             _, dropped = self._entries.popitem(last=False)
-            self._size -= len(dropped)
+            self._size -= len(dropped) + ENTRY_OVERHEAD
