@@ -236,6 +236,7 @@ class SmtpSettings:
 @dataclass(frozen=True, slots=True)
 class ImapSettings:
     allow_plaintext_auth: bool = False
+    fetch_cache: int = 64 * 1024 * 1024  # octets of rendered FETCH items kept in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +322,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "require_tls_for_auth": _boolean,
         "line_length": _int_range(512, 65536),
     },
-    "imap": {"allow_plaintext_auth": _boolean},
+    "imap": {"allow_plaintext_auth": _boolean, "fetch_cache": parse_size},
     "pop3": {"allow_plaintext_auth": _boolean},
     "outbound": {
         "smarthost": _optional_hostport,

@@ -101,7 +101,7 @@ class ImapHandler:
         # (user id, mailbox name) -> mailbox id, from earlier SELECTs: lets SELECT listen
         # for changes before its one read (see select.py). A stale entry is detected.
         self.mailbox_ids: dict[tuple[int, str], int] = {}
-        self.structures = StructureCache()
+        self.structures = StructureCache(services.settings.imap.fetch_cache)
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(responses.bye(reason, responses.UNAVAILABLE))
