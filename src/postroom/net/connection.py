@@ -122,6 +122,11 @@ class ByteStream(asyncio.Protocol):
         if self.transport is not None and not self._closed and data:
             self.transport.write(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        """Several buffers in one go: uvloop hands them to one writev, without joining."""
+        if self.transport is not None and not self._closed:
+            self.transport.writelines(parts)
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, cast
 from postroom.deliver import summarize
 from postroom.message import MessageSummary, SummaryError
 from postroom.message.model import HeadSummary, header_summary
-from postroom.proto.imap import responses, wire
+from postroom.proto.imap import responses
 from postroom.proto.imap.bodystructure import body_bytes, bodystructure_bytes, envelope_bytes
 from postroom.proto.imap.commands import Fetch
 from postroom.proto.imap.fetch import (
@@ -541,7 +541,7 @@ class _Renderer:
             self.flag_cache[key] = cached
         return cached
 
-    def _item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> bytes:
+    def _item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> Item:
         if att.kind in _STRUCTURE:
             assert summary is not None
             return self._structure(att.kind, summary)
@@ -564,8 +564,9 @@ class _Renderer:
     def render(self, seq: int, m: MessageMeta, summary: MessageSummary | None,
                data: bytes | None, known: dict[str, bytes] | None = None) -> bytes:
         """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind."""
-        parts: list[bytes] = []
+        parts: list[Item] = []
         add = parts.append
+        big = False
         seen_now = m.uid in self.seen_now
         # RFC 7162 3.1: under CONDSTORE a FETCH that sets \Seen reports UID and MODSEQ.
         if self.uid_first or (seen_now and self.condstore and self.want_uid):
@@ -583,7 +584,7 @@ class _Renderer:
             elif (key := self.cache_keys.get(att)) is not None:
                 value = known.get(key) if known is not None else None
                 if value is None:
-                    value = self._item(att, summary, data)
+                    value = _flat(self._item(att, summary, data))
                     if len(value) <= MAX_CACHED_ITEM:
                         self.structures.put((self.view.uidvalidity, m.uid, key, self.rev2), value)
                 add(value)
@@ -592,12 +593,26 @@ class _Renderer:
                 add(self._structure(kind, summary))
             else:
                 assert data is not None
-                add(self._content(att, summary, data))
+                item = self._content(att, summary, data)
+                big = big or type(item) is tuple
+                add(item)
         if seen_now and self.want_flags:
             add(self.flags(m))
         if self.want_modseq and (self.changed_since or (seen_now and self.condstore)):
             add(b"MODSEQ (%d)" % m.modseq)
-        return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+        if not big:
+            return b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))  # type: ignore[arg-type]
+        # one copy of the big payloads, into the line itself
+        out = [b"* %d FETCH (" % seq]
+        for i, part in enumerate(parts):
+            if i:
+                out.append(b" ")
+            if type(part) is tuple:
+                out.extend(part)
+            else:
+                out.append(part)  # type: ignore[arg-type]
+        out.append(b")\r\n")
+        return b"".join(out)
 
     def _static(self, kind: str, m: MessageMeta, known: dict[str, bytes] | None) -> bytes:
         """RFC822.SIZE or INTERNALDATE: from the cache when it had them (a FETCH answered
@@ -614,12 +629,12 @@ class _Renderer:
             self.structures.put((self.view.uidvalidity, m.uid, kind, self.rev2), value)
         return value
 
-    def _content(self, att: FetchAtt, summary: MessageSummary | None, data: bytes) -> bytes:
+    def _content(self, att: FetchAtt, summary: MessageSummary | None, data: bytes) -> Item:
         kind = att.kind
         if kind == RFC822:
-            return b"RFC822 " + wire.literal(data)
+            return _literal(b"RFC822", data)
         if kind == BODY_SECTION and _whole(att):
-            return att.name + b" " + wire.literal(apply_partial(data, att.partial))
+            return _literal(att.name, apply_partial(data, att.partial))
         assert summary is not None
         if len(data) != summary.size:
             # Only the header block was read (_header_only): every offset these sections
@@ -630,14 +645,14 @@ class _Renderer:
             else:
                 summary = replace(summary, size=len(data))
         if kind == RFC822_HEADER:
-            return b"RFC822.HEADER " + wire.literal(extract(data, summary, _HEADER))
+            return _literal(b"RFC822.HEADER", extract(data, summary, _HEADER))
         if kind == RFC822_TEXT:
-            return b"RFC822.TEXT " + wire.literal(extract(data, summary, _TEXT))
+            return _literal(b"RFC822.TEXT", extract(data, summary, _TEXT))
         section = att.section
         assert section is not None
         if kind == BODY_SECTION:
             spec = SectionSpec(section.part, section.text, section.fields, att.partial)
-            return att.name + b" " + wire.literal(extract(data, summary, spec))
+            return _literal(att.name, extract(data, summary, spec))
         decoded = decode_part(data, summary, section.part)
         if isinstance(decoded, UnknownCTE):
             # RFC 3516 4.3: the server cannot decode this part.
@@ -648,7 +663,22 @@ class _Renderer:
         decoded = apply_partial(decoded, att.partial)
         if b"\x00" in decoded:
             return att.name + b" " + responses.literal8(decoded)  # RFC 3516 4.3
-        return att.name + b" " + wire.literal(decoded)
+        return _literal(att.name, decoded)
+
+
+# A FETCH item: its bytes, or (head, payload) for a big literal, which the response line
+# then joins once with everything else instead of copying the payload at every step.
+Item = bytes | tuple[bytes, bytes]
+BIG_LITERAL = 4096
+
+
+def _literal(name: bytes, value: bytes) -> Item:
+    head = name + b" {%d}\r\n" % len(value)
+    return (head, value) if len(value) >= BIG_LITERAL else head + value
+
+
+def _flat(item: Item) -> bytes:
+    return item if type(item) is bytes else b"".join(item)  # type: ignore[arg-type]
 
 
 HANDLERS = {Fetch: fetch}

@@ -179,17 +179,21 @@ class ImapSession:
         self._out_size += len(data)
 
     async def flush(self) -> None:
-        if not self._out:
+        out = self._out
+        if not out:
             return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
         self._out_size = 0
         transport = self.conn.transport
         if transport is None or transport.is_closing():
+            out.clear()
             return  # aborted (see below) or closed by the peer: nobody to tell
         if self.deflate is not None:
-            data = self.deflate.compress(data)
-        self.conn.write(data)
+            self.conn.write(self.deflate.compress(out[0] if len(out) == 1 else b"".join(out)))
+        elif len(out) == 1:
+            self.conn.write(out[0])
+        else:
+            self.conn.writelines(out)  # no joined copy of big FETCH responses
+        out.clear()
         if not self.conn.write_blocked:
             return  # the usual case: no drain to wait for, no timer to set up
         try:
