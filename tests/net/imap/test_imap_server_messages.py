@@ -442,3 +442,32 @@ def test_fetch_answered_from_memory_is_current(server: Server, user: str, raw) -
     fast = c.ok("FETCH 2 (FLAGS RFC822.SIZE)")
     assert fast[-1].startswith(b"* 2 FETCH (FLAGS (\\Flagged \\Recent) RFC822.SIZE ")
     assert c.ok("FETCH 2 (FLAGS RFC822.SIZE)") == [fast[-1]]
+
+
+def test_flags_and_uid_of_many_messages_from_the_view(server: Server, user: str, raw) -> None:
+    """FETCH of FLAGS and/or UID only (every client's resync) is built from the view with
+    one format per attribute order; each order, keywords and \\Recent come out right."""
+    for i in range(4):
+        deliver(server, user, simple(f"view {i}"))
+    a = raw(user)
+    a.ok("SELECT INBOX")  # claims \Recent for messages 1-4
+    a.ok("STORE 2 +FLAGS.SILENT (\\Seen $Work)")
+    deliver(server, user, simple("view 5"))
+    b = raw(user)
+    b.ok("SELECT INBOX")  # \Recent only for message 5 here
+    assert b.ok("FETCH 1:* (FLAGS)") == [
+        b"* 1 FETCH (FLAGS ())\r\n", b"* 2 FETCH (FLAGS (\\Seen $Work))\r\n",
+        b"* 3 FETCH (FLAGS ())\r\n", b"* 4 FETCH (FLAGS ())\r\n",
+        b"* 5 FETCH (FLAGS (\\Recent))\r\n",
+    ]
+    assert b.ok("FETCH 2:3 (UID FLAGS)") == [
+        b"* 2 FETCH (UID 2 FLAGS (\\Seen $Work))\r\n", b"* 3 FETCH (UID 3 FLAGS ())\r\n"]
+    assert b.ok("FETCH 2 (FLAGS UID)") == [b"* 2 FETCH (FLAGS (\\Seen $Work) UID 2)\r\n"]
+    assert b.ok("UID FETCH 4:* (FLAGS)") == [
+        b"* 4 FETCH (UID 4 FLAGS ())\r\n", b"* 5 FETCH (UID 5 FLAGS (\\Recent))\r\n"]
+    assert b.ok("FETCH 1,5 (UID)") == [b"* 1 FETCH (UID 1)\r\n", b"* 5 FETCH (UID 5)\r\n"]
+    assert b.ok("UID FETCH 1 (UID)") == [b"* 1 FETCH (UID 1)\r\n"]
+    c = raw(user)
+    c.ok("ENABLE IMAP4rev2")
+    c.ok("SELECT INBOX")
+    assert c.ok("FETCH 5 (FLAGS)") == [b"* 5 FETCH (FLAGS ())\r\n"]  # no \Recent in rev2

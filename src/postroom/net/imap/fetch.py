@@ -430,17 +430,53 @@ async def _fetch_from_view(s: ImapSession, view: SelectedMailbox, cmd: Fetch) ->
     if not cmd.uid:
         await s.sync(expunge=False)  # UID commands were synced before they started
     positions = view.positions(cmd.seqset, cmd.uid)
-    renderer = _Renderer(s, view, cmd, set(), _plan(cmd.attributes))
-    write = s.write
+    # The line, item by item, in the client's order (UID first for UID FETCH, RFC 9051
+    # 6.4.8): one format string, filled per message with the flag text of that message's
+    # flag set, worked out once per distinct set. This is every client's resync
+    # ("FETCH 1:* (FLAGS)"): about 3 times cheaper than the general renderer per message.
+    order = [a.kind for a in cmd.attributes]
+    if cmd.uid and UID not in order:
+        order.insert(0, UID)
+    fmt = b"* %d FETCH (" + b" ".join(
+        b"FLAGS (%s)" if k == FLAGS else b"UID %d" for k in order) + b")\r\n"
+    shape = (FLAGS in order, order.index(FLAGS) if FLAGS in order else 0, len(order))
+    lines: list[bytes] = []
+    add = lines.append
     uids, flags, kw = view.uids, view.flags, view.kw
-    probe = Known(0, 0, ())  # refilled for each message: no allocation per message
+    # \Recent by range (usually one, or none at all): no call per message.
+    ranges = view.recent if s.rev1 else []
+    lo, hi = ranges[0] if len(ranges) == 1 else (1, 0)
+    texts: dict[tuple[int, tuple[str, ...], bool], bytes] = {}
+    probe = Known(0, 0, ())
     for n, i in enumerate(positions, 1):
-        uid = probe.uid = uids[i]
-        probe.flags = flags[i]
-        probe.keywords = kw.get(uid, ()) if kw else ()
-        write(renderer.render(i + 1, probe, None, None))  # type: ignore[arg-type]
+        uid = uids[i]
+        if not shape[0]:  # UID only
+            line = fmt % ((i + 1,) + (uid,) * shape[2])
+        else:
+            keywords = kw.get(uid, ()) if kw else ()
+            is_recent = lo <= uid <= hi if len(ranges) < 2 else view.is_recent(uid)
+            key = (flags[i], keywords, is_recent)
+            text = texts.get(key)
+            if text is None:
+                probe.uid, probe.flags, probe.keywords = uid, flags[i], keywords
+                text = texts[key] = " ".join(view.flag_names(probe, s.rev1)).encode("utf-8")
+            if shape[2] == 1:
+                line = fmt % (i + 1, text)
+            elif shape == (True, 0, 2):
+                line = fmt % (i + 1, text, uid)
+            elif shape == (True, 1, 2):
+                line = fmt % (i + 1, uid, text)
+            else:
+                args: list[int | bytes] = [uid] * shape[2]
+                args[shape[1]] = text
+                line = fmt % (i + 1, *args)
+        add(line)
         if not n % 2048:
+            s.write(b"".join(lines))
+            lines.clear()
             await s.maybe_flush()
+    if lines:
+        s.write(b"".join(lines))
     return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
 
 
