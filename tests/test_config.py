@@ -93,6 +93,14 @@ format = "json"
         ("[[listener]]\naddress = \"127.0.0.1:2465\"\nrole = \"submissions\"", "tls.cert", "required by the listener"),
         ("[tls]\ncert = \"c.pem\"", "tls", "both tls.cert and tls.key"),
         ("hostname = \"bad name\"", "hostname", "a DNS host name"),
+        ("[[listener]]\naddress = \"127.0.0.1:2443\"\nrole = \"https\"", "tls.cert", "required by the listener"),
+        ("[mta_sts]\nmode = \"strict\"", "mta_sts.mode", "one of 'enforce'"),
+        ("[mta_sts]\nmx = \"mail.example.test\"", "mta_sts.mx", "a list of MX host names"),
+        ("[mta_sts]\nmx = [\"bad host\"]", "mta_sts.mx", "a list of MX host names"),
+        ("[mta_sts]\nmx = [\"*.\"]", "mta_sts.mx", "a list of MX host names"),
+        ("[mta_sts]\nmax_age = \"400d\"", "mta_sts.max_age", "up to one year"),
+        ("[http]\nsession_lifetime = \"forever\"", "http.session_lifetime", "a duration"),
+        ("[logging]\ndelivery_log = -1", "logging.delivery_log", "an integer from 0"),
     ],
 )
 def test_errors_name_key_and_allowed(tmp_path: Path, extra: str, key: str, allowed: str) -> None:
@@ -135,3 +143,29 @@ def test_every_key_documented() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
     missing = [k for k in config.documented_keys() if f"`{k}`" not in doc]
     assert not missing, f"keys missing from docs/configuration.md: {missing}"
+
+
+def test_http_and_mta_sts_settings(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE + '[[listener]]\naddress = "127.0.0.1:2080"\nrole = "http"\n'
+              '[mta_sts]\nmode = "enforce"\nmx = ["Mail.Example.Test", "*.example.net"]\nmax_age = "1d"\n'
+              '[http]\nsession_lifetime = "1h"\n')
+    assert [lst.role for lst in s.listeners] == ["mx", "http"]
+    assert not s.listeners[1].implicit_tls
+    assert s.mta_sts.mode == "enforce" and s.mta_sts.mx == ("mail.example.test", "*.example.net")
+    assert s.mta_sts.max_age == 86400 and s.http.session_lifetime == 3600
+    d = _load(tmp_path, BASE)
+    assert d.mta_sts.mode == "testing" and d.mta_sts.mx == () and d.logging.delivery_log == 10000
+
+
+def test_server_user(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE + "[server]\nuser = \"nobody\"\n")
+    assert s.server.user == "nobody" and s.server.group == ""
+    assert "server.user: got 'a b'" in _error(tmp_path, BASE + "[server]\nuser = \"a b\"\n")
+    assert "server.group: got 5" in _error(tmp_path, BASE + "[server]\ngroup = 5\n")
+    (tmp_path / "data").mkdir()
+    missing = _load(tmp_path, BASE + "[server]\nuser = \"no-such-user-x\"\n")
+    with pytest.raises(config.ConfigError, match="server.user: no such user 'no-such-user-x'"):
+        config.check_files(missing)
+    root = _load(tmp_path, BASE + "[server]\nuser = \"root\"\n")
+    with pytest.raises(config.ConfigError, match="is root"):
+        config.check_files(root)

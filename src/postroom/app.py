@@ -10,14 +10,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
-from postroom import logs
+from postroom import datadir, logs, privileges
+from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
-from postroom.config import Settings
+from postroom.auth.failures import MemoryLoginGuard
+from postroom.config import HTTP_ROLES, Settings
+from postroom.metrics import Metrics
 from postroom.net.listener import Handler, ListenerSet
+from postroom.net.offload import CpuPool
+from postroom.policy.disk import FreeSpaceGuard
+from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
 from postroom.tls import TlsContexts
 
@@ -46,54 +53,148 @@ def _handlers(services: Services) -> dict[str, Handler]:
     return handlers
 
 
+def _auth_services(services: Services) -> None:
+    """DKIM signing (always built: it is idle without keys), inbound checks and the DMARC
+    report recorder (only when an mx listener exists and the settings ask for them)."""
+    from postroom.policy.signing import Signer
+
+    settings = services.settings
+    services.signer = Signer(services.store, enabled=settings.dkim.sign)
+    has_mx = any(lst.role == "mx" for lst in settings.listeners)
+    if has_mx and settings.auth_checks.enabled and services.resolver is not None:
+        from postroom.policy.inbound import AuthChecker
+
+        services.auth_checker = AuthChecker(services.resolver, settings.auth_checks, settings.hostname)
+        if settings.auth_checks.reports:
+            from postroom.policy.reports import DmarcRecorder
+
+            services.dmarc_reports = DmarcRecorder(services.store)
+
+
 async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
+    """Bind, drop root if configured (``server.user``), then open the store and serve.
+
+    The order matters for ``server.user``: ports below 1024 need root (or
+    CAP_NET_BIND_SERVICE), and everything that creates files (the store, the server
+    secret, the queue journal) must run as the final user so that it owns them.
+    """
     from postroom.store.sqlite import open_store
 
     loop = asyncio.get_running_loop()
-    store = open_store(settings.data_dir, fsync=settings.fsync)
+    try:
+        lock = datadir.lock_shared(settings.data_dir)
+    except datadir.DataDirBusy as e:
+        print(f"postroom: error: {e}", file=sys.stderr)
+        return 1
+    metrics = Metrics()
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
-    listeners = ListenerSet(settings.limits, tls)
+    listeners = ListenerSet(settings.limits, tls, metrics)
+    bound_by_role: dict[str, list[tuple[str, int]]] = {}
+    for lst in settings.listeners:
+        try:
+            if lst.role in HTTP_ROLES:  # served by the HTTP service's protocol (attached below)
+                bound = await listeners.start_protocol(lst)
+            else:
+                bound = await listeners.start(lst)
+        except OSError as e:
+            print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+        bound_by_role.setdefault(lst.role, []).extend(bound)
+        for host, port in bound:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"listening {lst.role} {shown}:{port}", flush=True)
+    if settings.server.user:
+        try:
+            if privileges.drop(settings.server.user, settings.server.group):
+                logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
+        except (privileges.PrivilegeError, OSError) as e:
+            print(f"postroom: error: server.user: {e}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+    if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
+        logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
+                   effect="certificate reloads (SIGHUP) will fail")
+    store = open_store(settings.data_dir, fsync=settings.fsync, timing=metrics.store_op)
+    # Worker processes start on first use, so as the final user (after the privilege drop).
+    cpu = CpuPool(settings.limits.cpu_workers)
     services = Services(
-        settings=settings, store=store, directory=Directory(store, settings.limits.auth_cache_ttl), tls=tls,
-        shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
+        settings=settings, store=store,
+        directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
+        tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
+        resolver=make_resolver(
+            settings.outbound.resolver, timeout=settings.dns.timeout,
+            cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
+        ),
+        free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
+        cpu=cpu,
+        login_guard=MemoryLoginGuard.from_limits(settings.limits),
+        metrics=metrics, delivery_log=DeliveryLog(settings.logging.delivery_log),
+        bound=bound_by_role,
     )
+    _auth_services(services)
     handlers = _handlers(services)
     workers: list[Any] = []
+    side_tasks: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[Any]] = []  # ours: cancelled at any exit
+    http = None
     started_ok = False
     try:
-        for lst in settings.listeners:
-            try:
-                bound = await listeners.start(lst, handlers[lst.role])
-            except OSError as e:
-                print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
-                return 1
-            for host, port in bound:
-                shown = f"[{host}]" if ":" in host else host
-                print(f"listening {lst.role} {shown}:{port}", flush=True)
+        protocols = {}
+        if bound_by_role.keys() & HTTP_ROLES:
+            from postroom.web.server import REFUSAL, HttpService
+
+            http = HttpService(services)
+            await http.setup()
+            protocols = {role: (http.protocol_factory, REFUSAL) for role in HTTP_ROLES}
+        await listeners.attach(handlers, protocols)
         from postroom.queue.worker import QueueWorker
 
         worker = QueueWorker(services)
         workers.append(worker)
         await worker.start()
+        services.delivery_log.start(store)
+        background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
+        if services.dmarc_reports is not None:
+            from postroom.policy.reports import report_loop
+
+            side_tasks.append(asyncio.create_task(services.dmarc_reports.run(), name="dmarc-recorder"))
+            side_tasks.append(asyncio.create_task(report_loop(services), name="dmarc-reports"))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
         logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
         started_ok = True
+        services.ready = True
         print("ready", flush=True)
         if started is not None:
             started.set_result(services)
         await stop.wait()
         logs.event(log, "stopping", connections=listeners.connection_count)
+        services.ready = False
+        if http is not None:
+            await http.close()
         await listeners.close(settings.limits.shutdown_grace)
         for worker in workers:
             await worker.stop()
+        for task in side_tasks:
+            task.cancel()
+        if side_tasks:
+            await asyncio.wait(side_tasks, timeout=10)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if http is not None:
+            await http.close()
+        await services.delivery_log.stop()
+        cpu.close()
         await store.close()
+        datadir.unlock(lock)
         if started_ok:
             logs.event(log, "stopped")
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s"})
+ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s", "https"})
+HTTP_ROLES = frozenset({"http", "https"})
+MTA_STS_MODES = ("enforce", "testing", "none")
 TLS_POLICIES = ("none", "may", "require", "verify")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -71,6 +73,12 @@ def parse_size(value: object) -> int:
     raise ValueError("a size: bytes as an integer, or a string like \"50M\", \"512K\", \"1G\"")
 
 
+def _at_least(value: int, lo: int, what: str) -> int:
+    if value < lo:
+        raise ValueError(what)
+    return value
+
+
 def _int_range(lo: int, hi: int) -> Callable[[object], int]:
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -110,6 +118,15 @@ def _hostname(value: object) -> str:
     if not isinstance(value, str) or not _HOSTNAME_RE.match(value):
         raise ValueError("a DNS host name such as \"mail.example.org\"")
     return value.rstrip(".").lower()
+
+
+_ACCOUNT_RE = re.compile(r"^(|[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?)$")
+
+
+def _account_name(value: object) -> str:
+    if not isinstance(value, str) or not _ACCOUNT_RE.match(value):
+        raise ValueError("a user or group name such as \"postroom\" (or \"\" for none)")
+    return value
 
 
 def parse_hostport(value: object, default_port: int | None = None) -> tuple[str, int]:
@@ -155,6 +172,29 @@ def parse_hostport(value: object, default_port: int | None = None) -> tuple[str,
     return host, int(port_s)
 
 
+def _auto_or_size(value: object) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError("\"auto\" or a size: bytes as an integer, or a string like \"200M\"") from None
+
+
+def _optional_address(value: object) -> str:
+    allowed = "an address such as \"admin@example.org\", or \"\" for the first user"
+    if not isinstance(value, str):
+        raise ValueError(allowed)
+    if value == "":
+        return ""
+    from postroom.address import AddressError, normalize_address
+
+    try:
+        return normalize_address(value)
+    except AddressError:
+        raise ValueError(allowed) from None
+
+
 def _resolver_address(value: object) -> tuple[str, int] | None:
     if value == "":
         return None
@@ -172,10 +212,82 @@ def _optional_hostport(value: object) -> tuple[str, int] | None:
     return parse_hostport(value, default_port=25)
 
 
+def _string_list(parse_item: Callable[[str], str], allowed: str) -> Callable[[object], tuple[str, ...]]:
+    """A list of strings, each checked (and normalised) by ``parse_item``."""
+
+    def parse(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(allowed)
+        try:
+            return tuple(parse_item(item) for item in value)
+        except ValueError:
+            raise ValueError(allowed) from None
+
+    return parse
+
+
+def _mx_pattern(item: str) -> str:
+    """An MTA-STS ``mx`` pattern (RFC 8461 3.2): a host name, optionally ``*.``-prefixed."""
+    rest = item[2:] if item.startswith("*.") else item
+    if not _HOSTNAME_RE.match(rest) or "." not in rest.strip("."):
+        raise ValueError(item)
+    return item.rstrip(".").lower()
+
+
+_mx_patterns = _string_list(
+    _mx_pattern, "a list of MX host names, such as [\"mail.example.org\", \"*.example.net\"]"
+)
+
+
+def _mta_sts_max_age(value: object) -> float:
+    seconds = parse_duration(value)
+    if not 0 <= seconds <= 31557600:  # RFC 8461 3.2: at most 31557600 (about a year)
+        raise ValueError("a duration up to one year (31557600 s), such as \"7d\"")
+    return seconds
+
+
 def _duration_list(value: object) -> tuple[float, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError("a non-empty list of durations, such as [\"1m\", \"5m\", \"15m\"]")
     return tuple(parse_duration(v) for v in value)
+
+
+def _forwarder(item: str) -> str:
+    """A network ("192.0.2.0/24", "2001:db8::/32", an address) or a domain name."""
+    try:
+        return str(ipaddress.ip_network(item, strict=False))
+    except ValueError:
+        if not _HOSTNAME_RE.match(item):
+            raise
+        return item.lower().rstrip(".")
+
+
+_forwarders = _string_list(
+    _forwarder,
+    "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]",
+)
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    """IP networks ("127.0.0.1", "10.0.0.0/8", "2001:db8::/32")."""
+    allowed = "a list of IP networks, such as [\"127.0.0.1\", \"10.0.0.0/8\"]"
+    if not isinstance(value, list):
+        raise ValueError(allowed)
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(allowed)
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(allowed) from None
+    return tuple(out)
+
+
+def _address(value: object) -> str:
+    if not isinstance(value, str) or value.count("@") != 1 or not _HOSTNAME_RE.match(value.split("@")[1]):
+        raise ValueError("an email address such as \"postmaster@example.org\"")
+    return value
 
 
 def _str_map(parse_value: Callable[[object], Any]) -> Callable[[object], dict[str, Any]]:
@@ -219,10 +331,35 @@ class Limits:
     smtp_data_timeout: float = 600.0
     imap_idle_timeout: float = 1800.0
     pop3_idle_timeout: float = 600.0
+    login_timeout: float = 180.0
+    min_data_rate: int = 500
+    connections_per_user_ip: int = 10
+    min_free_space: int | None = None  # None: FREE_SPACE_FACTOR x message_size
     auth_failures: int = 3
     auth_delay: float = 1.0
     auth_cache_ttl: float = 300.0
+    auth_ip_failures: int = 10
+    auth_ip_window: float = 600.0
+    auth_user_failures: int = 30
+    auth_user_window: float = 900.0
+    auth_exempt: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
+    metadata_size: int = 16 * 1024
+    metadata_entries: int = 200
+    command_time: float = 60.0
+    cpu_workers: int = 2
+
+    @property
+    def free_space_threshold(self) -> int:
+        """Free octets below which no new mail is accepted (see postroom.diskguard)."""
+        if self.min_free_space is not None:
+            return self.min_free_space
+        return FREE_SPACE_FACTOR * self.message_size
+
+
+# Default free-space guard: room for a few maximum-size messages plus their WAL copies
+# (Postfix insists on queue_minfree >= 1.5 x message_size_limit; we keep more margin).
+FREE_SPACE_FACTOR = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +368,7 @@ class SmtpSettings:
     greeting_pass_time: float = 86400.0
     require_tls_for_auth: bool = True
     line_length: int = 4096
+    postmaster: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,9 +408,54 @@ class OutboundSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsSettings:
+    cache_entries: int = 10000
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class DkimSettings:
+    sign: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChecksSettings:
+    enabled: bool = True
+    enforce: bool = True
+    trusted_forwarders: tuple[str, ...] = ()
+    timeout: float = 20.0
+    max_signatures: int = 10
+    arc_seal: bool = True
+    reports: bool = True
+    report_from: str = ""
+    report_org: str = ""
+    report_interval: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    user: str = ""  # switch to this account after binding the listeners (started as root)
+    group: str = ""  # its group; empty: the account's primary group
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
+    delivery_log: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    session_lifetime: float = 12 * 3600.0
+    request_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsSettings:
+    mode: str = "testing"
+    mx: tuple[str, ...] = ()  # empty: the server's own hostname
+    max_age: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +471,13 @@ class Settings:
     imap: ImapSettings = ImapSettings()
     pop3: Pop3Settings = Pop3Settings()
     outbound: OutboundSettings = OutboundSettings()
+    dns: DnsSettings = DnsSettings()
+    dkim: DkimSettings = DkimSettings()
+    auth_checks: AuthChecksSettings = AuthChecksSettings()
     logging: LoggingSettings = LoggingSettings()
+    http: HttpSettings = HttpSettings()
+    mta_sts: MtaStsSettings = MtaStsSettings()
+    server: ServerSettings = ServerSettings()
     fsync: bool = True
 
     @property
@@ -311,16 +500,31 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "smtp_data_timeout": parse_duration,
         "imap_idle_timeout": parse_duration,
         "pop3_idle_timeout": parse_duration,
+        "login_timeout": parse_duration,
+        "min_data_rate": parse_size,
+        "connections_per_user_ip": _int_range(1, 1000000),
+        "min_free_space": _auto_or_size,
         "auth_failures": _int_range(1, 1000),
         "auth_delay": parse_duration,
         "auth_cache_ttl": parse_duration,
+        "auth_ip_failures": _int_range(0, 1000000),
+        "auth_ip_window": parse_duration,
+        "auth_user_failures": _int_range(0, 1000000),
+        "auth_user_window": parse_duration,
+        "auth_exempt": _networks,
         "shutdown_grace": parse_duration,
+        # RFC 5464 4.1: at least 1024 octets per value and 10 entries per mailbox.
+        "metadata_size": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),
+        "metadata_entries": _int_range(10, 100000),
+        "command_time": parse_duration,
+        "cpu_workers": _int_range(0, 64),
     },
     "smtp": {
         "greeting_delay": parse_duration,
         "greeting_pass_time": parse_duration,
         "require_tls_for_auth": _boolean,
         "line_length": _int_range(512, 65536),
+        "postmaster": _optional_address,
     },
     "imap": {"allow_plaintext_auth": _boolean, "fetch_cache": parse_size},
     "pop3": {"allow_plaintext_auth": _boolean},
@@ -347,7 +551,31 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "connection_cache_time": parse_duration,
         "queue_poll_interval": parse_duration,
     },
-    "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
+    "dns": {"cache_entries": _int_range(0, 10_000_000), "timeout": parse_duration},
+    "dkim": {"sign": _boolean},
+    "auth_checks": {
+        "enabled": _boolean,
+        "enforce": _boolean,
+        "trusted_forwarders": _forwarders,
+        "timeout": parse_duration,
+        "max_signatures": _int_range(1, 100),
+        "arc_seal": _boolean,
+        "reports": _boolean,
+        "report_from": lambda v: "" if v == "" else _address(v),
+        "report_org": _string,
+        "report_interval": parse_duration,
+    },
+    "logging": {
+        "level": _choice(*LOG_LEVELS),
+        "format": _choice(*LOG_FORMATS),
+        "delivery_log": _int_range(0, 10_000_000),
+    },
+    "http": {
+        "session_lifetime": parse_duration,
+        "request_size": parse_size,
+    },
+    "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
+    "server": {"user": _account_name, "group": _account_name},
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
 _SECTION_CLASSES = {
@@ -356,7 +584,13 @@ _SECTION_CLASSES = {
     "imap": ImapSettings,
     "pop3": Pop3Settings,
     "outbound": OutboundSettings,
+    "dns": DnsSettings,
+    "dkim": DkimSettings,
+    "auth_checks": AuthChecksSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
+    "mta_sts": MtaStsSettings,
+    "server": ServerSettings,
 }
 
 
@@ -475,6 +709,8 @@ def _listener(path: Path, index: int, item: object) -> Listener:
 
 def check_files(settings: Settings) -> None:
     """Checks that need the file system: certificate files readable, data folder writable."""
+    import os
+
     for label, p in (("tls.cert", settings.tls_cert), ("tls.key", settings.tls_key)):
         if p is not None and not p.is_file():
             raise _fail(settings.path, label, f"file not found: {p}")
@@ -486,12 +722,19 @@ def check_files(settings: Settings) -> None:
             ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
         except (ssl.SSLError, OSError) as e:
             raise _fail(settings.path, "tls", f"cannot load certificate and key: {e}") from None
+    if settings.server.user:
+        from postroom.privileges import PrivilegeError, account, check_target
+
+        try:
+            account(settings.server.user, settings.server.group)
+            if os.geteuid() == 0:
+                check_target(settings.server.user, settings.server.group, settings.data_dir)
+        except PrivilegeError as e:
+            raise _fail(settings.path, "server.user", str(e)) from None
     d = settings.data_dir
     if d.exists() and not d.is_dir():
         raise _fail(settings.path, "data_dir", f"{d} exists and is not a folder")
     if not d.exists():
         raise _fail(settings.path, "data_dir", f"{d} does not exist (run `postroom init`)")
-    import os
-
     if not os.access(d, os.W_OK | os.X_OK):
         raise _fail(settings.path, "data_dir", f"{d} is not writable by this user")

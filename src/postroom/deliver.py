@@ -14,8 +14,14 @@ import email.utils
 import re
 import time
 
+from typing import TYPE_CHECKING
+
 from postroom.message import scan
+from postroom.message.binary import encode_binary_parts
 from postroom.proto.imap.prerender import SEPARATOR, prerender
+
+if TYPE_CHECKING:
+    from postroom.store.api import Store
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -135,10 +141,16 @@ def strip_return_path(data: bytes) -> bytes:
     return data
 
 
-def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = None) -> bytes:
-    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out."""
+def submission_fixups(
+    data: bytes, hostname: str, qid: str, now: float | None = None, author: str = ""
+) -> bytes:
+    """RFC 6409 8.2/8.3: add Message-ID and Date when the client left them out; and
+    ``From: <author>`` (the envelope sender or the login, already checked as owned) when
+    there is no From: at all, as Postfix's cleanup does, since RFC 5322 3.6 requires one."""
     add = b""
     fields = {n for n, _, _ in header_fields(data)}
+    if b"from" not in fields and author:
+        add += f"From: <{author}>\r\n".encode()
     if b"date" not in fields:
         add += fold("Date", email.utils.formatdate(now if now is not None else time.time(), localtime=True))
     if b"message-id" not in fields:
@@ -149,12 +161,97 @@ def submission_fixups(data: bytes, hostname: str, qid: str, now: float | None = 
     return data[:end] + add + data[end:]
 
 
+async def junk_mailboxes(store: Store, user_ids: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """DMARC ``p=quarantine`` (RFC 7489 6.3): the Junk mailbox of each user, and the users
+    that have none (they get the message in their INBOX, as before)."""
+    junk: list[int] = []
+    inbox: list[int] = []
+    for uid in user_ids:
+        boxes = await store.list_mailboxes(uid)
+        found = [m for m in boxes if m.special_use == "\\Junk"] or [m for m in boxes if m.name == "Junk"]
+        if found:
+            junk.append(found[0].id)
+        else:
+            inbox.append(uid)
+    return tuple(junk), tuple(inbox)
+
+
 def summarize(data: bytes) -> bytes:
     """The stored parse summary for ``data`` (MIME tree with offsets, envelope, sort keys),
     followed by the IMAP ENVELOPE and BODYSTRUCTURE rendered from it now, while the tree
     is at hand (``proto.imap.prerender``: a first sync then copies them)."""
     summary = scan(data)
     return summary.to_bytes() + SEPARATOR + prerender(summary)
+
+
+# Above these, preparing a message costs more than a millisecond or two of Python (the
+# header walk is a loop per header line, the MIME scan one per part): worth a worker
+# process (see net/offload.py), which keeps the event loop free. Each test is one C scan.
+COSTLY_SIZE = 256 * 1024
+COSTLY_PARTS = 100  # lines starting with "--": a bound on the multipart delimiters
+COSTLY_HEADER_LINES = 1000
+# Address and parameter parsing costs a few microseconds per token, and a token can be
+# one octet (30,000 commas in a To: field took 0.3 s). Tokens are bounded by the
+# octets that separate them.
+COSTLY_TOKENS = 3000
+_HEADER_SEPARATORS = (b" ", b"\t", b",", b";", b"<", b"(", b'"')
+_PART_SEPARATORS = (b";", b"<", b"(", b'"')  # (part headers; body text has commas)
+
+
+def costly(data: bytes) -> bool:
+    """Is :func:`prepare_headers` / :func:`prepare_append` of ``data`` worth offloading?
+
+    Inline the MIME scan costs about a millisecond for ordinary mail; these cheap counts
+    (C scans, no parsing) find what could cost much more.
+    """
+    if len(data) > COSTLY_SIZE:
+        return True
+    parts = data.count(b"\n--")
+    if parts > COSTLY_PARTS:
+        return True
+    end = header_end(data)
+    if data.count(b"\n", 0, end) > COSTLY_HEADER_LINES:
+        return True
+    if sum(data.count(c, 0, end) for c in _HEADER_SEPARATORS) > COSTLY_TOKENS:
+        return True
+    return parts > 0 and sum(data.count(c, end) for c in _PART_SEPARATORS) > COSTLY_TOKENS
+
+
+def prepare_headers(
+    data: bytes,
+    *,
+    drop: tuple[bytes, ...],
+    submission: tuple[str, str, str] | None,
+    max_received: int,
+) -> bytes | None:
+    """A message received over SMTP with its header fixed: None when it already carries
+    ``max_received`` ``Received:`` fields (a mail loop, RFC 5321 6.3); otherwise without
+    the ``drop`` fields and, for submission (``(hostname, queue id, author)``), with
+    ``Message-ID:``/``Date:``/``From:`` added when missing (RFC 6409 8,
+    :func:`submission_fixups`). Each step walks the header
+    line by line: a pure function, so the SMTP shell runs it in a worker process for big
+    or complex messages (:func:`costly`).
+    """
+    if count_fields(data, b"received") >= max_received:
+        return None
+    data = drop_fields(data, drop)
+    if submission is not None:
+        hostname, qid, author = submission
+        data = submission_fixups(data, hostname, qid, author=author)
+    return data
+
+
+def prepare_append(data: bytes, binary: bool = False) -> tuple[bytes, bytes]:
+    """IMAP APPEND: the stored form of ``data`` (:func:`normalize`) and its summary.
+
+    ``binary`` (a literal8, or NUL in the data): parts that cannot be stored as text are
+    first re-encoded as base64 (RFC 3516 4.4, :mod:`postroom.message.binary`), so BINARY[]
+    fetches give the client its octets back.
+    """
+    if binary:
+        data = encode_binary_parts(data) or data
+    data = normalize(data)
+    return data, summarize(data)
 
 
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"

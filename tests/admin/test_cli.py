@@ -80,6 +80,31 @@ def test_domain_user_alias_cycle(inited: Path) -> None:
     assert "other.test" not in ok(inited, "domain", "list")
 
 
+def test_user_sendas_grants(inited: Path) -> None:
+    ok(inited, "user", "add", "ann@example.test", "--generate")
+    assert "may now send as news@example.test" in ok(inited, "user", "sendas", "add", "Ann@example.test", "News@Example.Test")
+    ok(inited, "user", "sendas", "add", "ann@example.test", "@Lists.Example")
+    ok(inited, "user", "sendas", "add", "demo@example.test", "news@example.test")
+    grants = json.loads(ok(inited, "user", "sendas", "list", "--json"))
+    assert grants == [
+        {"user": "ann@example.test", "address": "@lists.example"},
+        {"user": "ann@example.test", "address": "news@example.test"},
+        {"user": "demo@example.test", "address": "news@example.test"},
+    ]
+    table = ok(inited, "user", "sendas", "list", "demo@example.test")
+    assert table.splitlines()[0].split() == ["USER", "MAY", "SEND", "AS"]
+    assert "demo@example.test  news@example.test" in table
+    assert "already" in fails(inited, "user", "sendas", "add", "ann@example.test", "news@example.test")
+    assert "no user" in fails(inited, "user", "sendas", "add", "ghost@example.test", "news@example.test")
+    assert "invalid" in fails(inited, "user", "sendas", "add", "ann@example.test", "@bad_domain")
+    ok(inited, "user", "sendas", "remove", "ann@example.test", "news@example.test")
+    assert "no grant" in fails(inited, "user", "sendas", "remove", "ann@example.test", "news@example.test")
+    assert [g["address"] for g in json.loads(ok(inited, "user", "sendas", "list", "ann@example.test", "--json"))] == [
+        "@lists.example"
+    ]
+    fails(inited, "user", "sendas", "add", "ann@example.test", code=2)  # usage
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -158,3 +183,46 @@ def test_serve_port_in_use(tmp_path: Path) -> None:
         assert f"cannot listen on 127.0.0.1:{port} (mx): address already in use" in err
     finally:
         blocker.close()
+
+
+def test_user_quota_set_show_and_clear(inited: Path) -> None:
+    out = ok(inited, "user", "quota", "demo@example.test", "500M", "--messages", "1000")
+    assert out.strip() == "quota of demo@example.test: 0 / 500M, 0 / 1000 messages"
+    rows = json.loads(ok(inited, "user", "list", "--json"))
+    assert rows[0]["storage_limit"] == 500 * 1024 * 1024 and rows[0]["messages_limit"] == 1000
+    assert rows[0]["storage_used"] == 0 and rows[0]["messages_used"] == 0
+    table = ok(inited, "user", "list")
+    assert "QUOTA (used / limit)" in table and "0 / 500M, 0 / 1000 messages" in table
+    got = json.loads(ok(inited, "user", "quota", "demo@example.test", "none", "--json"))
+    assert got["storage_limit"] is None and got["messages_limit"] == 1000
+    ok(inited, "user", "quota", "demo@example.test", "2G", "--messages", "none")
+    assert "0 / 2G" in ok(inited, "user", "list")
+    assert "not a quota" in fails(inited, "user", "quota", "demo@example.test", "lots")
+    assert "no user" in fails(inited, "user", "quota", "nobody@example.test", "1M")
+
+
+def test_token_add_list_remove(inited: Path) -> None:
+    out = json.loads(ok(inited, "token", "add", "monitoring", "--json"))
+    assert out["name"] == "monitoring" and out["token"].startswith("prt_") and len(out["token"]) > 40
+    human = ok(inited, "token", "add", "backup")
+    assert "created token backup: prt_" in human
+    listed = json.loads(ok(inited, "token", "list", "--json"))
+    assert [t["name"] for t in listed] == ["backup", "monitoring"]
+    assert out["token"] not in ok(inited, "token", "list")  # secrets are never shown again
+    assert "already exists" in fails(inited, "token", "add", "backup")
+    ok(inited, "token", "remove", "monitoring")
+    assert "no token monitoring" in fails(inited, "token", "remove", "monitoring")
+    assert [t["name"] for t in json.loads(ok(inited, "token", "list", "--json"))] == ["backup"]
+    fails(inited, "token", "add", "x" * 65)
+
+
+def test_user_admin_flag(inited: Path) -> None:
+    # postroom init makes its user an admin; others are not until `user admin`.
+    ok(inited, "user", "add", "bob@example.test", "--generate")
+    users = {u["address"]: u["admin"] for u in json.loads(ok(inited, "user", "list", "--json"))}
+    assert users == {"demo@example.test": True, "bob@example.test": False}
+    assert "may now use the web admin" in ok(inited, "user", "admin", "bob@example.test")
+    ok(inited, "user", "admin", "demo@example.test", "--off")
+    users = {u["address"]: u["admin"] for u in json.loads(ok(inited, "user", "list", "--json"))}
+    assert users == {"demo@example.test": False, "bob@example.test": True}
+    assert "no user" in fails(inited, "user", "admin", "nobody@example.test")

@@ -55,6 +55,48 @@ def test_resolution(store_run: Any) -> None:
     store_run(body)
 
 
+def test_postmaster_of_every_domain(store_run: Any) -> None:
+    """RFC 5321 4.5.1: postmaster@ every hosted domain, and the bare postmaster, are
+    accepted without an alias: they go to the configured postmaster (default: the first
+    user created). An explicit alias or user wins; a catch-all comes after."""
+
+    async def body(store: Any) -> None:
+        u = await _setup(store)
+        d = Directory(store)
+        for address in ("postmaster@example.test", "PostMaster@Example.TEST", "postmaster",
+                        "POSTMASTER", "postmaster@other.test"):
+            r = await d.resolve(address)
+            assert r.kind == "local" and r.user_ids == (u["alice"].id,), address
+        assert (await d.resolve("postmaster@far.example")).kind == "remote"
+        d = Directory(store, postmaster="bob@example.test")
+        assert (await d.resolve("postmaster@example.test")).user_ids == (u["bob"].id,)
+        assert (await d.resolve("postmaster")).user_ids == (u["bob"].id,)
+        d = Directory(store, postmaster="admin@far.example")  # a postmaster elsewhere
+        r = await d.resolve("postmaster@example.test")
+        assert r.kind == "local" and r.external == ("admin@far.example",)
+        d = Directory(store, postmaster="postmaster@example.test")  # points at itself
+        assert (await d.resolve("postmaster@example.test")).kind == "unknown"
+        await store.add_alias("postmaster@example.test", ["carol@other.test"])
+        d = Directory(store)
+        assert (await d.resolve("postmaster@example.test")).user_ids == (u["carol"].id,)
+
+    store_run(body)
+
+
+async def _empty(store: Any) -> None:
+    await store.add_domain("example.test")
+
+
+def test_postmaster_without_any_user_is_unknown(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        await _empty(store)
+        d = Directory(store)
+        assert (await d.resolve("postmaster@example.test")).kind == "unknown"
+        assert (await d.resolve("postmaster")).kind == "unknown"
+
+    store_run(body)
+
+
 def test_authenticate_and_cache(store_run: Any) -> None:
     async def body(store: Any) -> None:
         u = await _setup(store)
@@ -96,5 +138,66 @@ def test_may_send_as(store_run: Any) -> None:
         assert not await d.may_send_as(alice, "bob@example.test")
         assert not await d.may_send_as(alice, "x@far.example")
         assert not await d.may_send_as(u["carol"], "random@other.test"), "catch-all does not count"
+        # Send-as grants: one address (and its +tag forms), or every address of a domain.
+        await store.add_sendas("alice@example.test", "bob@example.test")
+        await store.add_sendas("alice@example.test", "@lists.example")
+        assert await d.may_send_as(alice, "Bob@example.test")
+        assert await d.may_send_as(alice, "bob+x@example.test")
+        assert await d.may_send_as(alice, "anyone@lists.example")
+        assert not await d.may_send_as(alice, "anyone@sub.lists.example")
+        assert not await d.may_send_as(alice, "carol@other.test")
+        assert not await d.may_send_as(u["bob"], "anyone@lists.example"), "grants are per user"
+
+    store_run(body)
+
+
+def test_app_passwords_authenticate_until_revoked(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from postroom.admin.service import AdminService
+
+        u = await _setup(store)
+        d = Directory(store)
+        admin = AdminService(store)
+        entry, secret = await admin.app_password_add(u["alice"], "phone")
+        assert len(secret) == 23 and secret.count("-") == 3
+        assert (await d.authenticate("alice@example.test", secret)).id == u["alice"].id
+        # Typed without the dashes, or with spaces instead, it is the same password.
+        assert await d.authenticate("alice@example.test", secret.replace("-", "")) is not None
+        assert await d.authenticate("alice@example.test", secret.replace("-", " ")) is not None
+        # Only for its own user, and never for the web login.
+        assert await d.authenticate("bob@example.test", secret) is None
+        assert await d.authenticate("alice@example.test", secret, app_passwords=False) is None
+        assert (await d.authenticate("alice@example.test", "pw-alice", app_passwords=False)) is not None
+        # A near miss is a wrong password.
+        wrong = secret[:-1] + ("2" if secret[-1] != "2" else "3")
+        assert await d.authenticate("alice@example.test", wrong) is None
+        await admin.app_password_remove(u["alice"], entry.id)
+        assert await d.authenticate("alice@example.test", secret) is None
+
+    store_run(body)
+
+
+def test_app_password_digest_shape() -> None:
+    assert passwords.app_password_digest("short") is None
+    assert passwords.app_password_digest("0" * 20) is None  # look-alike symbols are not ours
+    pw = passwords.generate_app_password()
+    assert passwords.app_password_digest(pw) == passwords.secret_digest(pw.replace("-", ""))
+
+
+def test_unusable_password_is_a_one_line_error(store_run: Any) -> None:
+    """SASLprep (RFC 4013) refuses unassigned code points and control characters; setting
+    such a password is refused with an explanation (found by schemathesis: it was a 500)."""
+    import pytest
+
+    from postroom.admin.service import AdminError, AdminService
+
+    async def body(store: Any) -> None:
+        await _setup(store)
+        admin = AdminService(store)
+        for bad in ("abc\U000b8ccadef", "tab\x07bell"):
+            with pytest.raises(AdminError) as e:
+                await admin.user_passwd("alice@example.test", bad)
+            assert "SASLprep" in str(e.value) and e.value.kind == "invalid"
+        await admin.user_passwd("alice@example.test", "fine päss wörd")
 
     store_run(body)

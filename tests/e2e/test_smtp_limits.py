@@ -69,11 +69,17 @@ def test_size_limit_at_mail_data_and_bdat(tmp_path: Path) -> None:
             c.send(big + b".\r\n")
             assert c.reply().status == "552 5.3.4"
             _in_step(c)
-            # Over the limit in BDAT (declared chunk sizes): the chunks are drained.
+            # Over the limit in BDAT (declared chunk sizes), with chunks that each fit:
+            # the chunks are drained and the session goes on. (A single chunk over the
+            # limit closes the connection unread: test_smtp_hardening.py.)
             c.expect(f"MAIL FROM:<{SENDER}>", "250 2.1.0")
             c.expect(f"RCPT TO:<{ALICE}>", "250 2.1.5")
-            c.send(f"BDAT {len(big)} LAST\r\n".encode() + big)
-            assert c.reply().status == "552 5.3.4"
+            third = len(big) // 3 + 1
+            chunks = [big[:third], big[third : 2 * third], big[2 * third :]]
+            for i, (chunk, status) in enumerate(zip(chunks, ["250 2.0.0", "552 5.3.4", "552 5.3.4"], strict=True)):
+                last = " LAST" if i == 2 else ""
+                c.send(f"BDAT {len(chunk)}{last}\r\n".encode() + chunk)
+                assert c.reply().status == status
             _in_step(c)
             # The connection is still usable for a message that fits.
             assert c.mail(SENDER, [ALICE], ok).code == 250

@@ -294,9 +294,27 @@ def test_apop_not_supported() -> None:
 
 def test_transaction_commands_refused_before_login() -> None:
     script = b"STAT\r\nLIST\r\nRETR 1\r\nDELE 1\r\nNOOP\r\nRSET\r\nTOP 1 1\r\nUIDL\r\nQUIT\r\n"
-    events, out, _ = transcript(script)
+    config = Pop3Settings(max_bad_before_login=10)
+    events, out, _ = transcript(script, config=config)
     assert events == [Closed("quit")]
     assert out.count(b"-ERR command not valid in this state\r\n") == 8
+
+
+def test_few_bad_commands_before_login_close() -> None:
+    # Before login the limit is small (5): a scanner or another protocol's client.
+    events, out, _ = transcript(b"STAT\r\nHELO x\r\nBOGUS\r\nLIST\r\nFOO\r\nQUIT\r\n")
+    assert events == [Closed("too many bad commands")]
+    assert out.count(b"-ERR ") == 5 and out.endswith(b"-ERR too many errors, closing connection\r\n")
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/1.1", b"POST /x HTTP/1.0", b"OPTIONS * HTTP/1.1"])
+def test_http_request_closes_at_once(line: bytes) -> None:
+    events, out, _ = transcript(line + b"\r\nHost: x\r\nUser-Agent: y\r\n\r\n")
+    assert events == [Closed("not a POP3 client")]
+    assert out == GREETING + b"-ERR this is a POP3 server, not an HTTP server; closing connection\r\n"
+    # After login too.
+    events, out, _ = transcript(LOGIN + line + b"\r\nSTAT\r\n", config=PLAIN_OK)
+    assert events[-1] == Closed("not a POP3 client") and b"+OK 3" not in out
 
 
 # ------------------------------------------------------------------ CAPA
@@ -473,8 +491,8 @@ def test_line_limit_is_inclusive() -> None:
 
 
 def test_too_many_bad_commands_close() -> None:
-    events, out, _ = transcript(b"BOGUS\r\n" * 20)
-    assert events == [Closed("too many bad commands")]
+    events, out, _ = transcript(LOGIN + b"BOGUS\r\n" * 20, config=PLAIN_OK)
+    assert events[-1] == Closed("too many bad commands")
     assert out.count(b"-ERR unknown command\r\n") == 9
     assert out.endswith(b"-ERR too many errors, closing connection\r\n")
 

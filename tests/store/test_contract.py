@@ -17,7 +17,10 @@ from postroom.store.api import (
     FlagChange,
     MailboxChange,
     NewQueueEntry,
+    NewMessage,
     NotFound,
+    TooMany,
+    OverQuota,
     QueueRecipient,
     RecipientOutcome,
     StoreError,
@@ -98,6 +101,40 @@ def test_aliases_and_lookup(store_run: Any) -> None:
         assert len(await store.list_aliases("example.test")) == 2
         with pytest.raises(NotFound):
             await store.remove_alias("nope@example.test")
+
+    store_run(body)
+
+
+def test_sendas_grants(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        await _user(store)
+        await _user(store, "bob@example.test")
+        g = await store.add_sendas("alice@example.test", "news@example.test")
+        assert (g.user, g.address) == ("alice@example.test", "news@example.test")
+        await store.add_sendas("alice@example.test", "@lists.example")  # any domain
+        await store.add_sendas("bob@example.test", "news@example.test")
+        with pytest.raises(AlreadyExists):
+            await store.add_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.add_sendas("nobody@example.test", "news@example.test")
+        grants = [(x.user, x.address) for x in await store.list_sendas()]
+        assert grants == [
+            ("alice@example.test", "@lists.example"),
+            ("alice@example.test", "news@example.test"),
+            ("bob@example.test", "news@example.test"),
+        ]
+        assert [x.address for x in await store.list_sendas("bob@example.test")] == ["news@example.test"]
+        assert await store.list_sendas("nobody@example.test") == []
+        await store.remove_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.remove_sendas("alice@example.test", "news@example.test")
+        with pytest.raises(NotFound):
+            await store.remove_sendas("nobody@example.test", "news@example.test")
+        # Grants go with their user (and do not pass to a new user of the same name).
+        await store.remove_user("bob@example.test")
+        await _user(store, "bob@example.test")
+        assert await store.list_sendas("bob@example.test") == []
+        assert [x.address for x in await store.list_sendas()] == ["@lists.example"]
 
     store_run(body)
 
@@ -541,5 +578,497 @@ def test_read_messages(store_run: Any) -> None:
             assert c.summary is None
             assert len(c.data) >= end and full.startswith(c.data)
         assert await store.read_messages(inbox.id, []) == []
+
+    store_run(body)
+
+
+def test_dkim_keys(store_run: Any) -> None:
+    from postroom.store.api import AlreadyExists, DkimKey, NotFound
+
+    async def body(store: Any) -> None:
+        k1 = DkimKey("example.org", "a1", "ed25519", "PEM1", "v=DKIM1; k=ed25519; p=AA", 100, 100)
+        k2 = DkimKey("example.org", "b2", "rsa", "PEM2", "v=DKIM1; k=rsa; p=BB", 200, 300)
+        k3 = DkimKey("other.org", "a1", "rsa", "PEM3", "v=DKIM1; k=rsa; p=CC", 50, 50)
+        for k in (k2, k1, k3):
+            await store.dkim_key_add(k)
+        with pytest.raises(AlreadyExists):
+            await store.dkim_key_add(k1)
+        assert await store.dkim_keys("example.org") == [k1, k2]
+        assert [k.domain for k in await store.dkim_keys()] == ["example.org", "example.org", "other.org"]
+        await store.dkim_key_update("example.org", "a1", retire_at=400)
+        await store.dkim_key_update("example.org", "b2", active_from=250)
+        got = await store.dkim_keys("example.org")
+        assert (got[0].retire_at, got[0].active_from, got[1].active_from) == (400, 100, 250)
+        assert got[1].retire_at is None and got[0].private_key == "PEM1"
+        await store.dkim_key_remove("example.org", "a1")
+        assert [k.selector for k in await store.dkim_keys("example.org")] == ["b2"]
+        with pytest.raises(NotFound):
+            await store.dkim_key_remove("example.org", "a1")
+        with pytest.raises(NotFound):
+            await store.dkim_key_update("example.org", "zz", retire_at=1)
+def test_user_admin_flag(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        assert (await store.get_user(u.address)).admin is False
+        await store.set_user_admin(u.address, True)
+        assert (await store.get_user(u.address)).admin is True
+        assert (await store.get_user_by_id(u.id)).admin is True
+        assert [x.admin for x in await store.list_users()] == [True]
+        await store.set_user_admin(u.address, False)
+        assert (await store.get_user(u.address)).admin is False
+        with pytest.raises(NotFound):
+            await store.set_user_admin("nobody@example.test", True)
+
+    store_run(body)
+
+
+def test_api_tokens(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        t = await store.add_api_token("ci", "d1")
+        assert t.name == "ci" and t.created > 0
+        with pytest.raises(AlreadyExists):
+            await store.add_api_token("ci", "d2")
+        await store.add_api_token("backup", "d3")
+        assert [x.name for x in await store.list_api_tokens()] == ["backup", "ci"]
+        assert (await store.find_api_token("d1")).name == "ci"
+        assert await store.find_api_token("nope") is None
+        assert await store.remove_api_token("ci") is True
+        assert await store.remove_api_token("ci") is False
+        assert await store.find_api_token("d1") is None
+
+    store_run(body)
+
+
+def test_app_passwords(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        v = await _user(store, "bob@example.test")
+        p1 = await store.add_app_password(u.id, "phone", "a1")
+        p2 = await store.add_app_password(u.id, "laptop", "a2")
+        await store.add_app_password(v.id, "phone", "b1")
+        assert [p.name for p in await store.list_app_passwords(u.id)] == ["phone", "laptop"]
+        assert (await store.find_app_password(u.id, "a2")).id == p2.id
+        assert await store.find_app_password(u.id, "b1") is None  # another user's
+        assert await store.remove_app_password(v.id, p1.id) is False  # not bob's to revoke
+        assert await store.remove_app_password(u.id, p1.id) is True
+        assert await store.find_app_password(u.id, "a1") is None
+        with pytest.raises(NotFound):
+            await store.add_app_password(9999, "x", "c")
+        await store.remove_user(u.address)  # a removed user's passwords go with it
+        assert await store.list_app_passwords(u.id) == []
+
+    store_run(body)
+
+
+def test_dmarc_rows_aggregate(store_run: Any) -> None:
+    from postroom.store.api import DmarcRow
+
+    async def body(store: Any) -> None:
+        row = DmarcRow(86400, "example.org", "example.org", "192.0.2.1", "example.org", "none",
+                       "pass", "fail", "example.org/s1/pass", "example.org/mfrom/softfail", "",
+                       "p=none", "mailto:r@example.org")
+        other_day = DmarcRow(**{**_fields(row), "period": 2 * 86400})
+        await store.dmarc_add([row, row])
+        await store.dmarc_add([row, other_day])
+        pending = await store.dmarc_pending(2 * 86400)
+        assert len(pending) == 1 and pending[0].count == 3 and pending[0].rua == "mailto:r@example.org"
+        assert len(await store.dmarc_pending(3 * 86400)) == 2
+        assert await store.dmarc_delete("example.org", 86400) == 1
+        assert [r.period for r in await store.dmarc_pending(10**9)] == [2 * 86400]
+def test_web_sessions(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        import time
+
+        u = await _user(store)
+        now = int(time.time())
+        await store.add_web_session("s1", u.id, now + 3600)
+        await store.add_web_session("s2", u.id, now + 3600)
+        s = await store.get_web_session("s1")
+        assert s.user_id == u.id and s.expires == now + 3600
+        assert await store.remove_web_sessions(digest="s1") == 1
+        assert await store.get_web_session("s1") is None
+        await store.add_web_session("old", u.id, now - 1)
+        await store.add_web_session("s3", u.id, now + 60)  # adding forgets expired ones
+        assert await store.get_web_session("old") is None
+        assert await store.remove_web_sessions(user_id=u.id) == 2
+        assert await store.get_web_session("s2") is None
+
+    store_run(body)
+
+
+def test_dmarc_delete_queues_the_report_once(store_run: Any) -> None:
+    """The report is queued in the transaction that deletes its rows, and only if there
+    were rows: a second sender of the same day queues nothing."""
+    from postroom.store.api import Delivery, DmarcRow, NewQueueEntry, QueueRecipient
+
+    def report(qid: str) -> Delivery:
+        return Delivery(data=b"Subject: report\r\n\r\nx\r\n", summary=b"", queue=NewQueueEntry(
+            qid=qid, sender="postmaster@example.net",
+            recipients=(QueueRecipient("dmarc@example.org", notify="NEVER"),),
+        ))
+
+    async def body(store: Any) -> None:
+        row = DmarcRow(86400, "example.org", "example.org", "192.0.2.1", "example.org", "none",
+                       "pass", "fail", "", "example.org/mfrom/pass", "", "p=none",
+                       "mailto:dmarc@example.org")
+        await store.dmarc_add([row, DmarcRow(**{**_fields(row), "source_ip": "192.0.2.2"})])
+        assert await store.dmarc_delete("example.org", 86400, report=report("Q1")) == 2
+        assert await store.dmarc_delete("example.org", 86400, report=report("Q2")) == 0
+        queued = await store.queue_list()
+        assert [q.qid for q in queued] == ["Q1"]
+        assert [r.notify for r in queued[0].recipients] == ["NEVER"]
+        assert await store.read_blob(queued[0].blob_id) == b"Subject: report\r\n\r\nx\r\n"
+        assert await store.dmarc_pending(10**9) == []
+
+    store_run(body)
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+
+
+# -- quota (RFC 9208) ---------------------------------------------------------------------
+
+
+def test_quota_usage_is_maintained_by_every_write(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        other = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        arch = await store.get_mailbox(u.id, "Archive")
+        bob_inbox = await store.get_mailbox(other.id, "INBOX")
+        q = await store.get_quota(u.id)
+        assert (q.storage_used, q.messages_used, q.storage_limit, q.messages_limit) == (0, 0, None, None)
+        await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id, other.id)))
+        await store.append(inbox.id, MSG, b"S")
+        await store.append_many(arch.id, [NewMessage(MSG, b"S"), NewMessage(MSG * 2, b"S")])
+        q = await store.get_quota(u.id)
+        assert (q.storage_used, q.messages_used) == (5 * len(MSG), 4)
+        await store.copy_messages(inbox.id, [1, 2], arch.id)
+        assert (await store.get_quota(u.id)).messages_used == 6
+        await store.move_messages(arch.id, [3], inbox.id)  # within one user: no change
+        assert (await store.get_quota(u.id)).storage_used == 7 * len(MSG)
+        await store.move_messages(inbox.id, [1], bob_inbox.id)  # to another user
+        assert (await store.get_quota(u.id)).storage_used == 6 * len(MSG)
+        assert (await store.get_quota(other.id)).messages_used == 2
+        await store.expunge(arch.id, [1, 2])
+        assert (await store.get_quota(u.id)).storage_used == 3 * len(MSG)
+        await store.create_mailbox(u.id, "Old")
+        old = await store.get_mailbox(u.id, "Old")
+        await store.copy_messages(inbox.id, [2], old.id)
+        await store.delete_mailbox(u.id, "Old")
+        q = await store.get_quota(u.id)
+        assert (q.storage_used, q.messages_used) == (3 * len(MSG), 3)
+        assert set(await store.list_quotas()) == {u.id, other.id}
+def test_delivery_log_bounded(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from postroom.store.api import DeliveryLogEntry
+
+        def entry(i: int) -> DeliveryLogEntry:
+            return DeliveryLogEntry(
+                time=1000 + i, direction="in", qid=f"q{i}", sender="a@x.test",
+                recipient="b@y.test", result="accepted", detail="250",
+            )
+
+        await store.append_delivery_log([entry(i) for i in range(5)], keep=100)
+        await store.append_delivery_log([entry(i) for i in range(5, 12)], keep=8)
+        got = await store.list_delivery_log(100)
+        assert [e.qid for e in got] == [f"q{i}" for i in range(11, 3, -1)]
+        assert got[0].time == 1011 and got[0].detail == "250"
+        older = await store.list_delivery_log(3, before_id=got[2].id)
+        assert [e.qid for e in older] == ["q8", "q7", "q6"]
+
+    store_run(body)
+
+
+def test_quota_limits_refuse_writes_atomically(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        other = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        q = await store.set_quota("alice@example.test", 3 * len(MSG), None)
+        assert q.storage_limit == 3 * len(MSG) and q.allows(3 * len(MSG)) and not q.allows(3 * len(MSG) + 1)
+        with pytest.raises(NotFound):
+            await store.set_quota("nobody@example.test", 1, None)
+        await store.append(inbox.id, MSG, b"S")
+        # MULTIAPPEND over quota stores nothing at all
+        with pytest.raises(OverQuota):
+            await store.append_many(inbox.id, [NewMessage(MSG, b"S")] * 3)
+        assert [m.uid for m in await store.list_messages(inbox.id)] == [1]
+        uv, uids = await store.append_many(inbox.id, [NewMessage(MSG, b"S", FLAG_SEEN, ("$a",))] * 2)
+        assert uids == [2, 3] and uv == inbox.uidvalidity
+        assert (await store.get_quota(u.id)).exceeded
+        with pytest.raises(OverQuota):
+            await store.append(inbox.id, MSG, b"S")
+        with pytest.raises(OverQuota):
+            await store.copy_messages(inbox.id, [1], (await store.get_mailbox(u.id, "Archive")).id)
+        # delivery with enforce_quota skips only the users who are full
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id, other.id),
+                                         enforce_quota=True))
+        assert r.over_quota == (u.id,) and len(r.placed) == 1
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id,), enforce_quota=True))
+        assert r.over_quota == (u.id,) and r.placed == []
+        junk = await store.get_mailbox(u.id, "Junk")  # explicit mailboxes count too
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", mailbox_ids=(junk.id,),
+                                         enforce_quota=True))
+        assert r.over_quota == (u.id,) and r.placed == []
+        # without enforce_quota (e.g. bounces) it is stored anyway
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", user_ids=(u.id,)))
+        assert len(r.placed) == 1
+        await store.set_quota("alice@example.test", None, 4)
+        q = await store.get_quota(u.id)
+        assert q.storage_limit is None and q.messages_limit == 4 and q.exceeded
+
+    store_run(body)
+
+
+def test_append_many_flags_and_notification(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        seen: list[MailboxChange] = []
+        store.changes.subscribe(inbox.id, seen.append)
+        _, uids = await store.append_many(inbox.id, [
+            NewMessage(MSG, b"S", FLAG_SEEN, ("$x",), 1_000_000), NewMessage(MSG + b"x\r\n", b"S"),
+        ])
+        msgs = await store.list_messages(inbox.id)
+        assert [m.uid for m in msgs] == uids == [1, 2]
+        assert msgs[0].flags == FLAG_SEEN and msgs[0].keywords == ("$x",)
+        assert msgs[0].internaldate == 1_000_000 and msgs[1].size == len(MSG) + 3
+        assert len(seen) == 1
+        with pytest.raises(NotFound):
+            await store.append_many(99999, [NewMessage(MSG, b"S")])
+
+    store_run(body)
+
+
+def test_flag_change_mask_and_copy_mask(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        arch = await store.get_mailbox(u.id, "Archive")
+        await store.append(inbox.id, MSG, b"S", FLAG_SEEN | FLAG_DELETED, ["$k"])
+        # replace, but only \Seen may change: \Deleted and keywords stay
+        r = await store.store_flags(inbox.id, [1], FlagChange("replace", FLAG_FLAGGED, ("$j",),
+                                                             mask=FLAG_SEEN, keywords_allowed=False))
+        (m,) = r.changed
+        assert m.flags == FLAG_DELETED and m.keywords == ("$k",)
+        r = await store.store_flags(inbox.id, [1], FlagChange("add", FLAG_FLAGGED, mask=FLAG_SEEN))
+        assert r.changed == []
+        await store.copy_messages(inbox.id, [1], arch.id, flag_mask=FLAG_SEEN, keywords=False)
+        (c,) = await store.list_messages(arch.id)
+        assert c.flags == 0 and c.keywords == ()
+        await store.move_messages(inbox.id, [1], arch.id, flag_mask=FLAG_DELETED)
+        moved = [x for x in await store.list_messages(arch.id) if x.uid == 2][0]
+        assert moved.flags == FLAG_DELETED and moved.keywords == ("$k",)
+
+    store_run(body)
+
+
+# -- ACL (RFC 4314) ---------------------------------------------------------------------
+
+
+def test_acl_entries_and_shared_mailboxes(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        arch = await store.get_mailbox(alice.id, "Archive")
+        assert await store.get_acl(inbox.id) == []
+        await store.set_acl(inbox.id, "bob@example.test", "rl")
+        await store.set_acl(arch.id, "anyone", "lrs")
+        await store.set_acl(arch.id, "bob@example.test", "wtt")
+        assert await store.get_acl(inbox.id) == [("bob@example.test", "lr")]
+        assert await store.acl_rights(arch.id, ["bob@example.test", "anyone"]) == "lrswt"
+        assert await store.acl_rights(arch.id, []) == ""
+        shared = await store.shared_mailboxes(bob.id, ["bob@example.test", "anyone"])
+        assert [(x.owner, x.mailbox.name, x.rights) for x in shared] == [
+            ("alice@example.test", "Archive", "lrswt"), ("alice@example.test", "INBOX", "lr"),
+        ]
+        assert await store.shared_mailboxes(alice.id, ["alice@example.test", "anyone"]) == []
+        # a child inherits the parent's ACL; a rename keeps it; an empty right set removes
+        await store.create_mailbox(alice.id, "Archive/2024")
+        child = await store.get_mailbox(alice.id, "Archive/2024")
+        assert dict(await store.get_acl(child.id)) == {"anyone": "lrs", "bob@example.test": "wt"}
+        await store.rename_mailbox(alice.id, "Archive/2024", "Archive/Y2024")
+        assert len(await store.get_acl(child.id)) == 2
+        await store.set_acl(inbox.id, "bob@example.test", "")
+        assert await store.get_acl(inbox.id) == []
+        # deleting the mailbox or the user named in an entry removes the entries
+        await store.delete_mailbox(alice.id, "Archive/Y2024")
+        with pytest.raises(NotFound):
+            await store.get_acl(child.id)
+        with pytest.raises(NotFound):
+            await store.set_acl(child.id, "anyone", "l")
+        await store.remove_user("bob@example.test")
+        assert await store.get_acl(arch.id) == [("anyone", "lrs")]
+
+    store_run(body)
+
+
+# -- METADATA (RFC 5464) ---------------------------------------------------------------
+
+
+def test_metadata_private_shared_and_limits(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        await store.set_metadata(alice.id, inbox.id, [("/private/comment", b"mine"),
+                                                      ("/shared/comment", b"ours")], 10)
+        await store.set_metadata(bob.id, inbox.id, [("/private/comment", b"bob's")], 10)
+        assert await store.get_metadata(alice.id, inbox.id) == {
+            "/private/comment": b"mine", "/shared/comment": b"ours"}
+        assert await store.get_metadata(bob.id, inbox.id) == {
+            "/private/comment": b"bob's", "/shared/comment": b"ours"}
+        await store.set_metadata(alice.id, 0, [("/private/vendor/x/y", b"\x00bin")], 10)
+        assert await store.get_metadata(alice.id, 0) == {"/private/vendor/x/y": b"\x00bin"}
+        assert await store.get_metadata(bob.id, 0) == {}
+        # all or nothing: the third entry is over the limit of 3, none is stored
+        with pytest.raises(TooMany):
+            await store.set_metadata(alice.id, inbox.id, [("/private/a", b"1"), ("/private/b", b"2")], 3)
+        assert len(await store.get_metadata(alice.id, inbox.id)) == 2
+        # replacing and removing never count as new entries
+        await store.set_metadata(alice.id, inbox.id, [("/private/comment", b"new"),
+                                                      ("/shared/comment", None)], 1)
+        assert await store.get_metadata(alice.id, inbox.id) == {"/private/comment": b"new"}
+        with pytest.raises(NotFound):
+            await store.get_metadata(alice.id, 99999)
+        # entries follow a rename and go with the mailbox
+        await store.create_mailbox(alice.id, "Notes")
+        notes = await store.get_mailbox(alice.id, "Notes")
+        await store.set_metadata(alice.id, notes.id, [("/shared/comment", b"n")], 10)
+        await store.rename_mailbox(alice.id, "Notes", "Notes2")
+        assert await store.get_metadata(alice.id, notes.id) == {"/shared/comment": b"n"}
+        await store.delete_mailbox(alice.id, "Notes2")
+        await store.create_mailbox(alice.id, "Notes2")
+        again = await store.get_mailbox(alice.id, "Notes2")
+        assert await store.get_metadata(alice.id, again.id) == {}
+
+    store_run(body)
+
+
+def test_change_kinds_reach_account_listeners(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        account: list[MailboxChange] = []
+        mailbox: list[MailboxChange] = []
+        store.changes.subscribe_user(alice.id, account.append)
+        store.changes.subscribe(inbox.id, mailbox.append)
+        await store.create_mailbox(alice.id, "New")
+        await store.set_subscribed(alice.id, "New", True)
+        await store.set_metadata(alice.id, inbox.id, [("/private/comment", b"x")], 10)
+        await store.append(inbox.id, MSG, b"S")
+        await store.set_acl(inbox.id, "anyone", "l")
+        kinds = [c.kind for c in account]
+        assert kinds == ["mailboxes", "subscriptions", "metadata", "messages", "mailboxes"]
+        assert [c.kind for c in mailbox] == ["messages"]
+        store.changes.unsubscribe_user(alice.id, account.append)
+        await store.append(inbox.id, MSG, b"S")
+        assert len(account) == 5
+
+    store_run(body)
+
+
+# -- URLAUTH (RFC 4467) -------------------------------------------------------------------
+
+
+def test_urlauth_keys(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        arch = await store.get_mailbox(alice.id, "Archive")
+        assert await store.urlauth_key(inbox.id, create=False) is None
+        key = await store.urlauth_key(inbox.id)
+        assert len(key) >= 16 and await store.urlauth_key(inbox.id) == key
+        other = await store.urlauth_key(arch.id)
+        assert other != key
+        await store.reset_urlauth_keys(bob.id, inbox.id)  # not bob's mailbox: no effect
+        assert await store.urlauth_key(inbox.id, create=False) == key
+        await store.reset_urlauth_keys(alice.id, inbox.id)
+        assert await store.urlauth_key(inbox.id, create=False) is None
+        assert await store.urlauth_key(arch.id, create=False) == other
+        await store.reset_urlauth_keys(alice.id)
+        assert await store.urlauth_key(arch.id, create=False) is None
+        assert await store.urlauth_key(inbox.id) != key
+def test_queue_stats(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        stats = await store.queue_stats()
+        assert (stats.messages, stats.oldest) == (0, None)
+        for qid in ("Q1", "Q2"):
+            await store.deliver(
+                Delivery(
+                    data=MSG, summary=b"",
+                    queue=NewQueueEntry(qid=qid, sender="a@example.test",
+                                        recipients=(QueueRecipient("x@remote.test"),)),
+                )
+            )
+        stats = await store.queue_stats()
+        assert stats.messages == 2 and stats.oldest is not None
+        assert stats.oldest == min(q.created for q in await store.queue_list())
+
+
+def test_import_messages_remembers_keys(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from postroom.deliver import summarize
+        from postroom.store.api import ImportedMessage, NewMessage, OverQuota
+
+        u = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        seen: list[MailboxChange] = []
+        store.changes.subscribe(inbox.id, seen.append)
+        other = b"From: b@example.test\r\nSubject: two\r\n\r\nbye\r\n"
+
+        def item(key: str, data: bytes, **kw: Any) -> ImportedMessage:
+            return ImportedMessage(key, NewMessage(data, summarize(data), **kw))
+
+        first = [
+            item("7:1", MSG, flags=FLAG_SEEN | FLAG_FLAGGED, keywords=("$Label1", "$Label1", "x"),
+                 internaldate=1_000_000_000),
+            item("7:2", other),
+        ]
+        assert await store.import_messages(inbox.id, "imap://h/INBOX", first) == [1, 2]
+        assert seen and seen[-1].mailbox_id == inbox.id
+        msgs = await store.list_messages(inbox.id)
+        assert [(m.uid, m.flags, m.keywords) for m in msgs] == [
+            (1, FLAG_SEEN | FLAG_FLAGGED, ("$Label1", "x")), (2, 0, ())]
+        assert msgs[0].internaldate == 1_000_000_000 and msgs[1].internaldate > 1_600_000_000
+        assert (await store.read_blobs([msgs[1].blob_id]))[msgs[1].blob_id] == other
+        # Found by SEARCH like any APPENDed message.
+        assert await store.search_envelope(inbox.id, [("subject", "two")]) == [[2]]
+        assert await store.imported_keys(u.id, "imap://h/INBOX") == {"7:1", "7:2"}
+        assert await store.imported_keys(u.id, "imap://h/Sent") == set()
+        assert await store.imported_keys(bob.id, "imap://h/INBOX") == set()
+        # A second run skips what is remembered, even in another mailbox of the same user.
+        trash = await store.get_mailbox(u.id, "Trash")
+        again = await store.import_messages(trash.id, "imap://h/INBOX", [item("7:2", other), item("7:3", MSG)])
+        assert again == [0, 1]
+        assert len(await store.list_messages(trash.id)) == 1
+        assert len(await store.list_messages(inbox.id)) == 2
+        # Same key under another origin, or for another user, is a different message.
+        bob_inbox = await store.get_mailbox(bob.id, "INBOX")
+        assert await store.import_messages(bob_inbox.id, "imap://h/INBOX", [item("7:1", MSG)]) == [1]
+        assert await store.import_messages(inbox.id, "mbox:/x", [item("7:1", MSG)]) == [3]
+        assert await store.import_messages(inbox.id, "mbox:/x", []) == []
+        with pytest.raises(NotFound):
+            await store.import_messages(999_999, "mbox:/x", [item("k", MSG)])
+        # Imports count against the quota like APPEND: over it, nothing of the batch is
+        # stored and no key is remembered.
+        used = await store.get_quota(u.id)
+        assert used.messages_used == 4 and used.storage_used == 3 * len(MSG) + len(other)
+        await store.set_quota("alice@example.test", None, 5)
+        with pytest.raises(OverQuota):
+            await store.import_messages(inbox.id, "q", [item("a", MSG), item("b", MSG)])
+        assert await store.imported_keys(u.id, "q") == set()
+        assert await store.import_messages(inbox.id, "q", [item("a", MSG)]) == [4]
+        # The record goes with the user.
+        await store.remove_user("alice@example.test")
+        again_user = await _user(store)
+        assert await store.imported_keys(again_user.id, "imap://h/INBOX") == set()
 
     store_run(body)

@@ -2,7 +2,12 @@
 
 Records are a dict ``{(name, type): answers}`` that tests may change while it runs:
 MX answers are ``(preference, host)`` pairs ("." for a null MX), A/AAAA answers address
-strings, TXT answers strings. The values ``NXDOMAIN`` and ``SERVFAIL`` make that name (for
+strings, TXT answers strings (longer than 255 bytes: split into several strings, as zone
+files do) or lists of strings, PTR and CNAME answers host names, SRV answers
+``(priority, weight, port, target)``. ``ttl`` is the TTL of every answer (0 by default, so
+tests that change records mid-run see the change at once); ``negative_ttl`` adds an SOA to
+NXDOMAIN/NODATA answers with that minimum (RFC 2308), None for none. ``delay`` makes the
+server wait that many seconds before answering names in ``slow`` (a DNS timeout). The values ``NXDOMAIN`` and ``SERVFAIL`` make that name (for
 that type) fail so. A name with no entry at all is NXDOMAIN; a known name without the asked
 type is NODATA (NOERROR, no answer), as a real server does.
 """
@@ -14,7 +19,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSLabel, DNSRecord
+import time
+
+from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 NXDOMAIN = "NXDOMAIN"
@@ -43,6 +50,16 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
             self.owner.queries.append((name, qtype))
             value = self.owner.records.get((name, qtype))
             known = any(n == name for n, _ in self.owner.records)
+            slow = name in self.owner.slow
+            cname = self.owner.records.get((name, "CNAME"))
+        if slow:
+            time.sleep(self.owner.delay)
+        if value is None and cname and qtype != "CNAME":
+            reply.add_answer(RR(qname, QTYPE.CNAME, rdata=CNAME(DNSLabel(cname[0])), ttl=self.owner.ttl))
+            inner = DNSRecord.question(cname[0], qtype)
+            for rr in self.resolve(inner, handler).rr:
+                reply.add_answer(rr)
+            return reply
         if value is not None and not isinstance(value, (list, tuple)):
             value = str(value)  # the markers, also postroom.policy.dns's
         if value == SERVFAIL:
@@ -50,7 +67,10 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
             return reply
         if value == NXDOMAIN or (value is None and not known):
             reply.header.rcode = RCODE.NXDOMAIN
+            self._soa(reply)
             return reply
+        if not value:
+            self._soa(reply)
         for answer in value or ():
             if qtype == "MX":
                 pref, host = answer
@@ -60,17 +80,48 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
             elif qtype == "AAAA":
                 rdata = AAAA(answer)
             elif qtype == "TXT":
-                rdata = TXT(answer)
+                if isinstance(answer, (list, tuple)):
+                    chunks = [a.encode() if isinstance(a, str) else a for a in answer]
+                else:
+                    raw = answer.encode() if isinstance(answer, str) else answer
+                    chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
+                rdata = TXT(chunks)
+            elif qtype == "PTR":
+                rdata = PTR(DNSLabel(answer))
+            elif qtype == "CNAME":
+                rdata = CNAME(DNSLabel(answer))
+            elif qtype == "SRV":
+                priority, weight, port, target = answer
+                rdata = SRV(int(priority), int(weight), int(port), DNSLabel(target))
             else:
                 continue
-            reply.add_answer(RR(qname, getattr(QTYPE, qtype), rdata=rdata, ttl=60))
+            reply.add_answer(RR(qname, getattr(QTYPE, qtype), rdata=rdata, ttl=self.owner.ttl))
         return reply
+
+    def _soa(self, reply: DNSRecord) -> None:
+        if self.owner.negative_ttl is None:
+            return
+        minimum = self.owner.negative_ttl
+        reply.add_auth(RR(
+            "test.", QTYPE.SOA, ttl=minimum,
+            rdata=SOA("ns.test.", "hostmaster.test.", (1, 3600, 600, 86400, minimum)),
+        ))
 
 
 class DnsServer:
     """Start with :meth:`start`; ``address`` is ("127.0.0.1", port) for ``[outbound] resolver``."""
 
-    def __init__(self, records: Mapping[tuple[str, str], Any] | None = None) -> None:
+    def __init__(
+        self,
+        records: Mapping[tuple[str, str], Any] | None = None,
+        *,
+        ttl: int = 0,
+        negative_ttl: int | None = None,
+    ) -> None:
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.slow: set[str] = set()
+        self.delay = 0.0
         self.lock = threading.Lock()
         self.records: dict[tuple[str, str], Any] = {}
         self.queries: list[tuple[str, str]] = []
@@ -82,6 +133,20 @@ class DnsServer:
     def set(self, name: str, rdtype: str, value: Any) -> None:
         with self.lock:
             self.records[(_norm(name), rdtype.upper())] = value
+
+    def publish(self, records: list[dict[str, str]], *, skip: tuple[str, ...] = ()) -> None:
+        """Serve what ``postroom dns --json`` printed, as a person pasting it into a zone
+        would (``skip``: record types to leave out)."""
+        for rec in records:
+            if rec["rtype"] in skip:
+                continue
+            if rec["rtype"] == "MX":
+                pref, host = rec["value"].split()
+                self.set(rec["name"], "MX", [(int(pref), host)])
+            elif rec["rtype"] == "SRV":
+                self.set(rec["name"], "SRV", [tuple(rec["value"].split())])
+            else:
+                self.set(rec["name"], rec["rtype"], [rec["value"]])
 
     def remove(self, name: str, rdtype: str) -> None:
         with self.lock:

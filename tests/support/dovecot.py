@@ -13,6 +13,7 @@ memory benchmark).
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -20,7 +21,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -29,6 +32,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def scratch_root(prefix: str = "postroom-dovecot-") -> Iterator[Path]:
+    """A folder outside pytest's base temp folder that other users can traverse.
+
+    Dovecot's mail processes run as nobody (and the unprivileged-server tests as their own
+    user): they must traverse every parent folder; pytest keeps ``/tmp/pytest-of-USER`` at
+    mode 0700 and resets it whenever a pytest session starts (another run on the same
+    machine), which would lock them out midway.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o711)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def available() -> str | None:

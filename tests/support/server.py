@@ -33,6 +33,7 @@ class Server:
         extra: str = "",
         fsync: bool = False,
         hostname: str = "mail.example.test",
+        hosts: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.roles = roles
@@ -44,8 +45,11 @@ class Server:
         if not self.cert.exists():
             write_self_signed(self.cert, self.key, hostname)
         self.config = root / "postroom.toml"
+        # ``hosts``: a listening address other than 127.0.0.1 for some roles ("[::1]"), for
+        # tests that need clients from two addresses (the per-address login rules).
         listeners = "".join(
-            f'[[listener]]\naddress = "127.0.0.1:0"\nrole = "{r}"\n' for r in roles
+            f'[[listener]]\naddress = "{(hosts or {}).get(r, "127.0.0.1")}:0"\nrole = "{r}"\n'
+            for r in roles
         )
         # ``extra`` holds TOML tables only; the fast auth delay keeps tests quick unless
         # the test brings its own [limits].
@@ -54,6 +58,10 @@ class Server:
         # the test brings its own [smtp]; Postfix in the benchmarks has none either.
         if "[smtp]" not in extra:
             limits += '[smtp]\ngreeting_delay = "0s"\n'
+        # Inbound SPF/DKIM/DMARC checks need DNS: off unless the test brings its own
+        # [auth_checks] (the tests in tests/e2e/test_mail_auth.py serve records locally).
+        if "[auth_checks]" not in extra:
+            limits += "[auth_checks]\nenabled = false\n"
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
             f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'
@@ -98,9 +106,17 @@ class Server:
     def queue(self) -> list[Any]:
         return self.admin(lambda admin, store: store.queue_list())
 
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``postroom -c CONFIG ARGS...`` as a user would run it (works while serving)."""
+        return subprocess.run(
+            [sys.executable, "-m", "postroom", "-c", str(self.config), *args],
+            capture_output=True, text=True, timeout=120, env=dict(os.environ, **(env or {})),
+        )
+
     # -- process ---------------------------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> Server:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> Server:
+        """Run ``postroom serve``; ``env`` adds environment variables (e.g. :func:`faketime`)."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "postroom", "-c", str(self.config), "serve"],
@@ -147,3 +163,20 @@ class Server:
         ctx = ssl.create_default_context(cafile=str(self.cert))
         ctx.check_hostname = False
         return ctx
+
+
+def faketime(offset: str) -> dict[str, str]:
+    """Environment that runs a process with its wall clock moved by ``offset`` ("-2d",
+    "+90m"): libfaketime (Debian package ``faketime``, installed by scripts/run-tests).
+    Monotonic clocks stay real, so timeouts and asyncio behave (``time.sleep`` needs the
+    work-around in ``faketime_site/sitecustomize.py``). For tests of what happens on another
+    day (DMARC reports cover whole UTC days)."""
+    import glob
+
+    libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    if not libs:
+        raise RuntimeError("libfaketime is missing: install the Debian package faketime")
+    site = str(Path(__file__).with_name("faketime_site"))
+    path = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH", "")) if p)
+    return {"LD_PRELOAD": libs[0], "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "PYTHONPATH": path}

@@ -148,6 +148,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         if report.get("user"):
             print(f"user {report['user']} password: {report['password']}")
             print("  (shown once: write it down or change it with `postroom user passwd`)")
+            print(f"  web admin: https://{report['hostname']}/admin/ (this user is an admin)")
     return 0
 
 
@@ -208,13 +209,85 @@ def cmd_user(args: argparse.Namespace) -> int:
     elif args.action == "remove":
         _with_service(args, lambda s: s.user_remove(args.address))
         print(json.dumps({"removed": args.address}) if args.json else f"removed user {args.address}")
+    elif args.action == "admin":
+        _with_service(args, lambda s: s.user_admin(args.address, not args.off))
+        verb = "may no longer" if args.off else "may now"
+        print(json.dumps({"user": args.address, "admin": not args.off}) if args.json
+              else f"{args.address} {verb} use the web admin")
+    elif args.action == "quota":
+        storage = _quota_value(args.size, config.parse_size)
+        messages = _quota_value(args.messages, int) if args.messages is not None else None
+        q = _with_service(args, lambda s: s.user_quota_set(
+            args.address, storage, messages, keep_messages=args.messages is None))
+        if args.json:
+            print(json.dumps({"user": args.address, **_quota_json(q)}))
+        else:
+            print(f"quota of {args.address}: {_quota_text(q)}")
+    elif args.action == "sendas":
+        return _user_sendas(args)
     else:
-        users = _with_service(args, lambda s: s.user_list(args.domain))
+        rows = _with_service(args, lambda s: s.user_list_quotas(args.domain))
         _emit(
             args,
-            [{"address": u.address, "domain": u.domain, "created": u.created} for u in users],
-            [(u.address, _ts(u.created)) for u in users],
-            ("USER", "CREATED"),
+            [{"address": u.address, "domain": u.domain, "created": u.created, "admin": u.admin,
+              **_quota_json(q)} for u, q in rows],
+            [(u.address, _ts(u.created), _quota_text(q), "admin" if u.admin else "") for u, q in rows],
+            ("USER", "CREATED", "QUOTA (used / limit)", "ROLE"),
+        )
+    return 0
+
+
+def _quota_value(text: str, parse: Callable[[str], int]) -> int | None:
+    """"none" (or "unlimited") clears a limit; otherwise a size ("512M") or a count."""
+    if text.lower() in ("none", "unlimited"):
+        return None
+    try:
+        value = parse(text)
+    except ValueError:
+        raise CliError(f"{text!r} is not a quota: use a size like 500M or 2G, or none") from None
+    if value < 0:
+        raise CliError("a quota cannot be negative")
+    return value
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}".replace(".0" + unit, unit)
+    return str(n)
+
+
+def _quota_text(q: Any) -> str:
+    storage = f"{_size(q.storage_used)} / {_size(q.storage_limit) if q.storage_limit is not None else '-'}"
+    if q.messages_limit is not None:
+        storage += f", {q.messages_used} / {q.messages_limit} messages"
+    return storage
+
+
+def _quota_json(q: Any) -> dict[str, Any]:
+    return {
+        "storage_used": q.storage_used, "storage_limit": q.storage_limit,
+        "messages_used": q.messages_used, "messages_limit": q.messages_limit,
+    }
+
+
+def _user_sendas(args: argparse.Namespace) -> int:
+    """``postroom user sendas add|remove USER ADDRESS|@DOMAIN`` and ``list [USER]``."""
+    if args.sendas_action == "add":
+        g = _with_service(args, lambda s: s.sendas_add(args.user, args.address))
+        print(json.dumps({"user": g.user, "address": g.address}) if args.json
+              else f"{g.user} may now send as {g.address}")
+    elif args.sendas_action == "remove":
+        _with_service(args, lambda s: s.sendas_remove(args.user, args.address))
+        print(json.dumps({"removed": {"user": args.user, "address": args.address}}) if args.json
+              else f"{args.user} may no longer send as {args.address}")
+    else:
+        grants = _with_service(args, lambda s: s.sendas_list(args.user))
+        _emit(
+            args,
+            [{"user": g.user, "address": g.address} for g in grants],
+            [(g.user, g.address) for g in grants],
+            ("USER", "MAY SEND AS"),
         )
     return 0
 
@@ -250,6 +323,26 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return run_queue_command(args, _with_service, _emit, _ts, CliError)
 
 
+def _data_command(fn: Callable[[argparse.Namespace, Any], int]) -> Callable[[argparse.Namespace], int]:
+    """import/export/backup/restore live in admin/data_cli.py; errors become CliError."""
+
+    def run(args: argparse.Namespace) -> int:
+        from postroom.admin.data_cli import DataCliError
+
+        try:
+            return fn(args, _load)
+        except DataCliError as e:
+            raise CliError(str(e)) from None
+
+    return run
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from postroom.admin.token_cli import run_token_command
+
+    return run_token_command(args, _with_service, _emit, _ts)
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -276,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--user", default=None, help="create this user (local part or address) with a generated password")
     s.add_argument(
         "--ports", choices=("auto", "standard", "unprivileged"), default="auto",
-        help="standard 25/587/465/143/993/110/995, or 2525/2587/2465/2143/2993/2110/2995 "
-        "(auto: standard when root)",
+        help="standard 25/587/465/143/993/110/995/80/443, or "
+        "2525/2587/2465/2143/2993/2110/2995/2080/2443 (auto: standard when root)",
     )
     s.add_argument("--bind", default="*", help="address to listen on (default: * = all, IPv4 and IPv6)")
     s.add_argument("--force", action="store_true", help="overwrite an existing config file")
@@ -306,8 +399,29 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--generate", action="store_true", help="generate a strong password and print it")
     a = usub.add_parser("remove", parents=[common], help="remove a user and all their mail")
     a.add_argument("address")
-    a = usub.add_parser("list", parents=[common], help="list users")
+    a = usub.add_parser("list", parents=[common], help="list users with their quota and usage")
     a.add_argument("--domain", default=None)
+    a = usub.add_parser("admin", parents=[common], help="let a user log in to the web admin")
+    a.add_argument("address")
+    a.add_argument("--off", action="store_true", help="take the right away again")
+    a = usub.add_parser(
+        "quota", parents=[common],
+        help="ADDRESS SIZE|none: storage quota (e.g. 500M, 2G); --messages N|none for a count",
+    )
+    a.add_argument("address")
+    a.add_argument("size", help='storage limit such as "500M", "2G", or "none"')
+    a.add_argument("--messages", default=None, help='limit on the number of messages, or "none"')
+    a = usub.add_parser(
+        "sendas", parents=[common],
+        help="grant a user the right to submit mail as another address or a whole @domain",
+    )
+    ssub = a.add_subparsers(dest="sendas_action", required=True, metavar="ACTION")
+    for action, text in (("add", "USER ADDRESS|@DOMAIN: allow"), ("remove", "USER ADDRESS|@DOMAIN: revoke")):
+        g = ssub.add_parser(action, parents=[common], help=text)
+        g.add_argument("user")
+        g.add_argument("address")
+    g = ssub.add_parser("list", parents=[common], help="[USER]: list grants")
+    g.add_argument("user", nargs="?", default=None)
     s.set_defaults(func=cmd_user)
 
     s = sub.add_parser("alias", parents=[common], help="manage aliases (forwarding addresses)")
@@ -338,6 +452,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("qid", nargs="?")
     a.add_argument("--domain", default=None)
     s.set_defaults(func=cmd_queue)
+
+    from postroom.admin.auth_cli import add_parsers
+
+    add_parsers(sub, common)
+
+    from postroom.admin.data_cli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub, common, _data_command)
+
+    from postroom.admin.token_cli import add_parser as add_token_parser
+
+    add_token_parser(sub, common).set_defaults(func=cmd_token)
     return p
 
 

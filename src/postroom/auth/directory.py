@@ -7,18 +7,31 @@ the Store, so the CLI's changes are seen at once by the running server.
 Recipient resolution order for ``local+tag@domain`` (first match wins):
 1. an alias with exactly that source; 2. a user with exactly that address;
 3. the same two for the address without ``+tag`` (plus-addressing);
-4. the domain's catch-all alias ``@domain``.
+4. for ``postmaster@domain`` (any case) and the bare ``postmaster``: the configured
+   postmaster address (``smtp.postmaster``; by default the first user created, i.e. the
+   one ``postroom init`` made), because RFC 5321 4.5.1 says every domain MUST accept
+   mail to its postmaster, whether or not anybody thought of an alias;
+5. the domain's catch-all alias ``@domain``.
 Aliases expand recursively (to users, other aliases and external addresses) up to
 ``MAX_ALIAS_DEPTH`` levels; a loop or an unknown local target is skipped.
+
+Who may send as whom (submission, :meth:`Directory.may_send_as`): a user owns their own
+address and its ``+tag`` forms, every alias that reaches them (not catch-alls), and what an
+administrator granted with ``postroom user sendas add`` (an address or a whole ``@domain``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from postroom.address import AddressError, base_address, normalize_address
@@ -26,7 +39,23 @@ from postroom.auth import passwords
 from postroom.store.api import AddressLookup, Store, User
 
 MAX_ALIAS_DEPTH = 8
+POSTMASTER = "postmaster"
 MAX_EXPANSION = 1000
+
+
+# Password verifications at once (each holds 32 MiB; net/auth.py admits as many).
+VERIFY_THREADS = 4
+# argon2 runs two lanes (threads) per verify, at this nice(2) increment: a login flood
+# takes CPU from idle time first, not from the event loop.
+VERIFY_NICE = 10
+
+
+def _lower_priority() -> None:
+    try:  # Linux: a thread id is a process id for setpriority(2)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       min(19, os.getpriority(os.PRIO_PROCESS, 0) + VERIFY_NICE))
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +106,30 @@ class AuthCache:
 
 
 class Directory:
-    def __init__(self, store: Store, auth_cache_ttl: float = 300.0) -> None:
+    def __init__(self, store: Store, auth_cache_ttl: float = 300.0, postmaster: str = "") -> None:
         self.store = store
         self.auth_cache = AuthCache(auth_cache_ttl)
+        self._verify_threads: ThreadPoolExecutor | None = None
+        self.postmaster = postmaster  # "" = the first user created
+
+    def _verifiers(self) -> ThreadPoolExecutor:
+        """Threads for argon2 (C code that releases the GIL), at a lower scheduling
+        priority than the event loop's thread: a login flood then takes CPU from idle
+        time rather than from every other connection (issue 9)."""
+        if self._verify_threads is None:
+            self._verify_threads = ThreadPoolExecutor(
+                VERIFY_THREADS, thread_name_prefix="argon2", initializer=_lower_priority)
+        return self._verify_threads
 
     async def resolve(self, address: str) -> Resolution:
-        """Where mail for ``address`` goes. ``address`` may be un-normalised."""
+        """Where mail for ``address`` goes. ``address`` may be un-normalised; the bare
+        ``postmaster`` (RFC 5321 4.1.1.3 ``<Postmaster>``) is the configured postmaster."""
+        users: dict[int, None] = {}
+        external: dict[str, None] = {}
+        if address.lower() == POSTMASTER:
+            if not await self._postmaster(0, set(), users, external):
+                return UNKNOWN
+            return Resolution("local", tuple(users), tuple(external))
         try:
             addr = normalize_address(address)
         except AddressError:
@@ -91,8 +138,6 @@ class Directory:
             domain = address.rpartition("@")[2].lower().rstrip(".")
             info = await self.store.lookup_address("x@" + domain) if domain else None
             return UNKNOWN if info is not None and info.domain_is_local else REMOTE
-        users: dict[int, None] = {}
-        external: dict[str, None] = {}
         found = await self._expand(addr, 0, set(), users, external)
         if found is None:
             return REMOTE
@@ -127,11 +172,33 @@ class Directory:
             if info_c.user is not None and not info_c.user.disabled:
                 users[info_c.user.id] = None
                 return True
+        if addr.partition("@")[0] == POSTMASTER and await self._postmaster(depth, seen, users, external):
+            return True
         catch_all = await self.store.lookup_address("@" + addr.rpartition("@")[2])
         if catch_all.alias_targets:
             await self._targets(catch_all.alias_targets, depth, seen, users, external)
             return True
         return False
+
+    async def _postmaster(
+        self, depth: int, seen: set[str], users: dict[int, None], external: dict[str, None]
+    ) -> bool:
+        """Expand the configured postmaster (RFC 5321 4.5.1); False if there is none."""
+        target = self.postmaster
+        if not target:
+            # Default: the first user created (``postroom init --user`` makes it). Only
+            # mail to a postmaster without its own alias pays for this listing.
+            first = min(await self.store.list_users(), key=lambda u: u.id, default=None)
+            if first is None:
+                return False
+            target = first.address
+        if target in seen:
+            return False  # postmaster = "postmaster@..." with no user or alias behind it
+        found = await self._expand(target, depth + 1, seen, users, external)
+        if found is None:
+            external[target] = None  # a postmaster elsewhere: forwarded
+            return True
+        return found
 
     async def _targets(
         self,
@@ -146,13 +213,24 @@ class Directory:
             if local is None:
                 external[target] = None
 
-    async def authenticate(self, username: str, password: str) -> User | None:
+    async def authenticate(
+        self, username: str, password: str,
+        slot: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        *, app_passwords: bool = True,
+    ) -> User | None:
         """The user when ``password`` is right; None otherwise.
 
         A failed attempt always costs one argon2 verify, also for unknown users (against a
         dummy hash), so its timing does not reveal whether the user exists. A successful
         one is remembered for a while (see :class:`AuthCache`): mail clients log in on
-        every connection, and argon2 is deliberately expensive.
+        every connection, and argon2 is deliberately expensive. ``slot``: entered around
+        the verify only (the shell bounds how many run at once; a remembered login never
+        waits for one, however many wrong passwords are being checked).
+
+        ``app_passwords``: also accept one of the user's app passwords (per-device
+        passwords for IMAP/POP3/SMTP; the web login passes False so that a device's
+        password can never change the account). They are generated secrets, looked up by
+        digest (see ``passwords.secret_digest``), so they need no argon2 and no cache.
         """
         try:
             address = normalize_address(username)
@@ -160,12 +238,17 @@ class Directory:
             address = None
         user = await self.store.get_user(address) if address else None
         usable = user is not None and not user.disabled
+        if usable and user is not None and app_passwords:
+            digest = passwords.app_password_digest(password)
+            if digest is not None and await self.store.find_app_password(user.id, digest):
+                return user
         hashed = user.password_hash if usable and user is not None else None
         if hashed is not None and self.auth_cache.hit(hashed, password):
             return user
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, passwords.verify_password, hashed, password
-        )
+        async with slot() if slot is not None else contextlib.nullcontext():
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._verifiers(), passwords.verify_password, hashed, password
+            )
         if ok and usable and hashed is not None:
             self.auth_cache.remember(hashed, password)
         return user if ok and usable else None
@@ -181,11 +264,13 @@ class Directory:
         return user
 
     async def may_send_as(self, user: User, sender: str) -> bool:
-        """May ``user`` use ``sender`` as envelope sender (own address, +tag, or an alias of it)?
+        """May ``user`` use ``sender`` as envelope sender or ``From:`` address?
 
-        The null sender is allowed (MDNs and some auto-replies use it, RFC 8098 3.1).
-        Catch-all aliases do not count: being the target of ``@domain`` must not let a user
-        send as everybody in the domain.
+        Yes for the user's own address and its ``+tag`` forms, an alias that reaches the
+        user, and what a send-as grant allows (the address, or its ``@domain``). The null
+        sender is allowed (MDNs and some auto-replies use it, RFC 8098 3.1); callers that
+        check a ``From:`` field never pass it. Catch-all aliases do not count: being the
+        target of ``@domain`` must not let a user send as everybody in the domain.
         """
         if sender == "":
             return True
@@ -195,6 +280,11 @@ class Directory:
             return False
         if addr == user.address or base_address(addr) == user.address:
             return True
+        domain = "@" + addr.rpartition("@")[2]
+        base = base_address(addr)
+        for grant in await self.store.list_sendas(user.address):
+            if grant.address in (addr, base, domain):
+                return True
         for candidate in (addr, base_address(addr)):
             if candidate is None:
                 continue

@@ -1,7 +1,22 @@
 """The POP3 shell: drives ``proto.pop3`` over a connection, against the store.
 
-The maildrop is the user's INBOX, snapshotted at login and locked against a second POP3
-session (``-ERR [IN-USE]``). Sizes are the stored sizes: delivery and APPEND store
+The maildrop is the user's INBOX, snapshotted at login and locked for the session (RFC 1939
+exclusive access). A new login of the same user *takes over*: the older session is ended
+without entering the UPDATE state, so its DELE marks are dropped (as for any connection
+that ends without QUIT), and the new one locks and snapshots the maildrop. Why: a phone
+that changes networks loses its connection silently and reconnects at once; refusing it
+with ``-ERR [IN-USE]`` until the dead session times out (10 minutes) locks the user out,
+and the dead session can never send QUIT anyway. An older session that is already in its
+UPDATE state (QUIT received) finishes it first; the new snapshot then follows its
+deletions. Only when the older session does not end within ``TAKEOVER_GRACE`` +
+``TAKEOVER_WAIT`` seconds (or runs in another process) does the new login get
+``-ERR [IN-USE]``.
+
+Timeouts: before login a client has ``limits.login_timeout`` in total from connecting;
+after it, ``limits.pop3_idle_timeout`` of silence, and each command line must be whole
+within that time of the previous answer (``net/deadline.py``: trickling does not help).
+
+Sizes are the stored sizes: delivery and APPEND store
 messages with CRLF line endings and a final CRLF, which is exactly what RETR sends before
 byte-stuffing (RFC 1939 section 11), so LIST/STAT need no message reads (and the core
 is told it need not re-check line ends). The UIDL of a message is its store id, which
@@ -25,8 +40,11 @@ from functools import partial
 
 from postroom import logs
 from postroom.config import Listener
-from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net import budget
+from postroom.net.auth import MECHANISMS, TEXT_REFUSED, AuthTracker, LoginRefused
+from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, Interrupted
+from postroom.net.deadline import RecordDeadline
 from postroom.proto.pop3.events import (
     Authenticated,
     Closed,
@@ -49,6 +67,12 @@ log = logging.getLogger("postroom.pop3")
 # the next batch read in the background, a session holds at most twice READ_AHEAD_BYTES.
 READ_AHEAD_MESSAGES = 64
 READ_AHEAD_BYTES = 2 * 1024 * 1024
+# A new login asks the older session of the same user to end (an idle one does at once),
+# cuts its connection after TAKEOVER_GRACE seconds (a dead peer's output can block it),
+# and waits at most TAKEOVER_WAIT more (a QUIT being committed finishes first).
+TAKEOVER_GRACE = 1.0
+TAKEOVER_WAIT = 5.0
+TAKEN_OVER = b"-ERR [IN-USE] session ended: the same user logged in again\r\n"
 
 
 class _ReadAhead:
@@ -141,17 +165,29 @@ class _Maildrop:
 class Pop3Handler:
     def __init__(self, services: Services) -> None:
         self.services = services
+        # user id -> the session holding that user's maildrop lock (for take-over).
+        self.holders: dict[int, Pop3Session] = {}
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(b"-ERR [SYS/TEMP] " + reason.encode() + b"\r\n")
 
     async def serve(self, conn: Connection, listener: Listener) -> None:
-        await Pop3Session(self.services, conn, listener).run()
+        await Pop3Session(self.services, conn, listener, self.holders).run()
 
 
 class Pop3Session:
-    def __init__(self, services: Services, conn: Connection, listener: Listener) -> None:
+    def __init__(
+        self,
+        services: Services,
+        conn: Connection,
+        listener: Listener,
+        holders: dict[int, Pop3Session] | None = None,
+    ) -> None:
         self.services = services
+        self.holders = holders if holders is not None else {}
+        self.taken_over = False
+        self.released = asyncio.Event()
+        self._locked: int | None = None  # the user id whose maildrop lock we hold
         self.conn = conn
         self.listener = listener
         self.id = uuid.uuid4().hex[:12]
@@ -170,28 +206,57 @@ class Pop3Session:
         self.drop: _Maildrop | None = None
         self._scram_user: User | None = None
         self._failures_seen = 0
+        self._refused = ""  # why the guard refused the last login (auth/failures.py)
 
     async def run(self) -> None:
-        timeout = self.services.settings.limits.pop3_idle_timeout
+        limits = self.services.settings.limits
+        metrics = self.services.metrics
         started = time.monotonic()
+        record = RecordDeadline(limits.pop3_idle_timeout, limits.min_data_rate)
+        login_by = started + limits.login_timeout
         try:
             while True:
                 event = self.core.next_event()
                 if isinstance(event, NeedData):
-                    await self._flush()
+                    if await self._flush():
+                        record.done()  # an answer ends the command line it answers
+                    now = time.monotonic()
+                    timeout = record.read_timeout(now)
+                    # Which deadline a timeout means is decided now: timers may fire early.
+                    login_bound = self.drop is None and login_by - now <= timeout
+                    if login_bound:
+                        timeout = login_by - now
                     try:
+                        if timeout <= 0:
+                            raise TimeoutError()
                         data = await self.conn.read(timeout)
                     except TimeoutError:
-                        await self.conn.send(b"-ERR autologout: idle for too long\r\n")
+                        if login_bound:
+                            text = b"-ERR disconnected: no login within the time allowed\r\n"
+                        elif self.core.buffered:
+                            text = b"-ERR disconnected: command not received in time\r\n"
+                        else:
+                            text = b"-ERR autologout: idle for too long\r\n"
+                        await self.conn.send(text)
                         return
                     except Interrupted:
-                        # Server shutdown while idle: no UPDATE state, so nothing marked
-                        # with DELE is removed (RFC 1939 section 6); say why, then close.
-                        await self.conn.send(b"-ERR [SYS/TEMP] server shutting down\r\n")
+                        # Server shutdown or a take-over while idle: no UPDATE state, so
+                        # nothing marked with DELE is removed (RFC 1939 section 6); say
+                        # why (without waiting on a peer that may be gone), then close.
+                        shutdown = b"-ERR [SYS/TEMP] server shutting down\r\n"
+                        self.conn.write(TAKEN_OVER if self.taken_over else shutdown)
                         return
+                    record.received(len(data))
                     self.core.receive_data(data)
-                elif isinstance(event, Retrieve):
-                    message = await self._message(event.index, seen=event.top_lines is None)
+                    continue
+                record.done()
+                if isinstance(event, Retrieve):
+                    metrics.command("pop3", "retr" if event.top_lines is None else "top")
+                    try:
+                        with budget.scope(self.services.settings.limits.command_time):
+                            message = await self._message(event.index, seen=event.top_lines is None)
+                    except BudgetExceeded:
+                        message = None  # -ERR [SYS/TEMP], like a failed read
                     if message is None:
                         self.core.retrieve_failed()
                     else:
@@ -200,22 +265,32 @@ class Pop3Session:
                         self.conn.write(self.core.retrieved(message, crlf=True))
                         await self.conn.drain()
                 elif isinstance(event, PassRequest):
-                    user = await self.auth.verify_password(event.username, event.password)
-                    await self._login(user, event.mechanism)
+                    metrics.command("pop3", "pass" if event.mechanism == "USER" else "auth")
+                    await self._budgeted_login(event.username, event.password, event.mechanism)
                 elif isinstance(event, CredentialsRequest):
-                    user = await self.services.directory.user_for_scram(event.username)
+                    metrics.command("pop3", "auth")
+                    try:
+                        await self.auth.admit_scram(event.username)
+                        user = await self.services.directory.user_for_scram(event.username)
+                    except LoginRefused as e:
+                        # No credentials: the exchange fails like an unknown user's
+                        # (the core's SCRAM answers -ERR [AUTH] at its end).
+                        self._refused = e.reason
+                        user = None
                     self._scram_user = user
                     creds = ScramCredentials.from_string(user.scram) if user and user.scram else None
                     self.core.credentials(creds)
                 elif isinstance(event, Authenticated):
-                    await self._login(self._scram_user, event.mechanism)
+                    await self._budgeted_login(None, None, event.mechanism)
                 elif isinstance(event, StartTls):
+                    metrics.command("pop3", "stls")
                     await self._flush()
                     if self.services.tls.context is None:
                         return
                     await self.conn.start_tls(self.services.tls.context)
                     self.core.tls_started()
                 elif isinstance(event, Commit):
+                    metrics.command("pop3", "quit")
                     self.core.update_done(await self._commit(event.deleted))
                 elif isinstance(event, Closed):
                     await self._flush()
@@ -223,33 +298,100 @@ class Pop3Session:
         finally:
             await self._finish(time.monotonic() - started)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write what the core queued; True when there was something."""
         failures = self.core.login_failures
         if failures > self._failures_seen:
             # Every failed login waits before its answer (same policy as SMTP AUTH).
             self._failures_seen = failures
-            await self.auth.failed(None, "pop3")
+            await self.auth.failed(None, "pop3", self._refused)
+            self._refused = ""
         out = self.core.data_to_send()
         if out:
             await self.conn.send(out)
+        return bool(out)
+
+    async def _lock(self, user: User) -> bool:
+        """Lock ``user``'s maildrop, taking it over from an older session of theirs."""
+        store = self.services.store
+        if store.try_lock_maildrop(user.id):
+            return True
+        holder = self.holders.get(user.id)
+        if holder is None or holder is self:
+            return False  # held by another process: nothing we can end from here
+        await holder.take_over()
+        if not store.try_lock_maildrop(user.id):
+            return False
+        logs.event(
+            log, "pop3_takeover", session=self.id, client=self.conn.peer_ip,
+            user=user.address, previous=holder.id, previous_client=holder.conn.peer_ip,
+        )
+        return True
+
+    async def take_over(self) -> None:
+        """End this session for a new login of the same user, without UPDATE; wait
+        (bounded) until it has released the maildrop lock."""
+        self.taken_over = True
+        self.conn.interrupt()  # an idle session says why and ends at once
+        try:
+            await asyncio.wait_for(self.released.wait(), TAKEOVER_GRACE)
+        except TimeoutError:
+            # Stuck writing to a peer that is gone (or committing a QUIT, which cutting
+            # the connection does not stop): abort, which wakes any write, and wait.
+            self.conn.abort()
+            try:
+                await asyncio.wait_for(self.released.wait(), TAKEOVER_WAIT)
+            except TimeoutError:
+                pass
+
+    async def _budgeted_login(self, username: str | None, password: str | None,
+                              mechanism: str) -> None:
+        """USER/PASS or AUTH PLAIN/LOGIN (``password`` given) or SCRAM (already verified)
+        under the command budget: past it (a login flood keeps every verify slot busy, or
+        the maildrop is huge and the server loaded) ``-ERR [SYS/TEMP]`` (RFC 3206)."""
+        try:
+            with budget.scope(self.services.settings.limits.command_time):
+                if password is not None:
+                    assert username is not None
+                    user = await self.auth.verify_password(username, password)
+                else:
+                    user = self._scram_user
+                await self._login(user, mechanism)
+        except BudgetExceeded:
+            self.core.login_failed(LoginError.SYS_TEMP, "Server busy, try again later")
+        except LoginRefused as e:
+            # Blocked address or locked user (auth/failures.py): the password was not
+            # checked. RFC 3206 SYS/TEMP: try later; counted (and delayed) as a failure.
+            self._refused = e.reason
+            self.core.login_failed(LoginError.SYS_TEMP, TEXT_REFUSED, counted=True)
 
     async def _login(self, user: User | None, mechanism: str) -> None:
         if user is None:
             self.core.login_failed(LoginError.AUTH)
             return
         store = self.services.store
-        if not store.try_lock_maildrop(user.id):
+        if not await self._lock(user):
             self.core.login_failed(LoginError.IN_USE)
             return
+        self.holders[user.id] = self
+        self._locked = user.id
         inbox = await store.get_mailbox(user.id, "INBOX")
         if inbox is None:
-            store.unlock_maildrop(user.id)
+            self._unlock()
             self.core.login_failed(LoginError.SYS_PERM, "no INBOX")
             return
-        messages = await store.list_messages(inbox.id)
+        try:
+            messages = await store.list_messages(inbox.id)
+            maildrop: list[tuple[int, str]] = []
+            for m in messages:  # in slices: a maildrop may hold 100,000 messages
+                await budget.tick()
+                maildrop.append((m.size, f"{m.id:x}"))
+        except BaseException:
+            self._unlock()
+            raise
         self.drop = _Maildrop(user, inbox.id, messages, store)
         await self.auth.succeeded(user, mechanism)
-        self.core.login_ok([(m.size, f"{m.id:x}") for m in messages])
+        self.core.login_ok(maildrop)
 
     async def _message(self, index: int, seen: bool) -> bytes | None:
         """The stored bytes of a snapshot message; ``seen``: RETR (TOP is only a peek)."""
@@ -290,6 +432,7 @@ class Pop3Session:
     async def _finish(self, duration: float) -> None:
         drop = self.drop
         if drop is None:
+            self._unlock()
             return
         drop.reader.close()
         try:
@@ -297,8 +440,19 @@ class Pop3Session:
         except NotFound:
             pass
         finally:
-            self.services.store.unlock_maildrop(drop.user.id)
+            self._unlock()
             logs.event(
                 log, "pop3_session", session=self.id, client=self.conn.peer_ip,
                 user=drop.user.address, messages=len(drop.messages), duration=round(duration, 3),
+                taken_over=self.taken_over,
             )
+
+    def _unlock(self) -> None:
+        """Release the maildrop lock, if this session holds it, and tell a waiting login."""
+        user_id = self._locked
+        if user_id is not None:
+            self._locked = None
+            self.services.store.unlock_maildrop(user_id)
+            if self.holders.get(user_id) is self:
+                del self.holders[user_id]
+        self.released.set()

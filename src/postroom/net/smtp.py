@@ -7,11 +7,14 @@ Policy lives here, protocol lives in the core:
   ``"user@other"@local``) are refused outright from unauthenticated clients, even for a
   local domain with a catch-all; trailing dots are a syntax error in the core.
 * submission/submissions: AUTH first (STARTTLS first on 587 unless configured), then the
-  envelope sender must be one of the user's addresses; any recipient is allowed.
+  envelope sender and the one header ``From:`` address must be the user's (own address,
+  alias, send-as grant: ``policy/sender.py``); any recipient is allowed.
 At end of data: one durable write (local INBOXes + queue), then 250 with the queue id.
 The core has already refused what must never be stored (bare CR/LF: 554 5.6.0 after the
-real end of data, so nothing can be smuggled; NUL; oversize). Timeouts: the idle timeout
-between reads, and ``limits.smtp_data_timeout`` for a whole message (all its reads).
+real end of data, so nothing can be smuggled; NUL; oversize). Timeouts: every command
+line, message and BDAT chunk must arrive whole within ``limits.smtp_idle_timeout`` of the
+previous reply, plus time for its size at ``limits.min_data_rate`` (``net/deadline.py``),
+and ``limits.smtp_data_timeout`` bounds a whole message (all its reads).
 """
 
 from __future__ import annotations
@@ -21,12 +24,21 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from functools import partial
 
-from postroom import deliver, logs
+from postroom import deliver, imapurl, logs
 from postroom.auth.directory import Resolution
 from postroom.config import Listener
-from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net import budget
+from postroom.net.auth import MECHANISMS, AuthTracker, LoginRefused
+from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, ConnectionClosed, Interrupted
+from postroom.net.deadline import RecordDeadline
+from postroom.policy.authres import drop_forged, resinfo_text
+from postroom.policy.inbound import AuthVerdict
+from postroom.policy.sender import from_header_refusal
+from postroom.policy.signing import header_from_domain
+from postroom.proto.imap.url import UrlError, parse_url
 from postroom.proto.sasl import Challenge, Success
 from postroom.proto.smtp import replies as R
 from postroom.proto.smtp.events import (
@@ -35,6 +47,7 @@ from postroom.proto.smtp.events import (
     AuthAborted,
     AuthResponse,
     AuthStart,
+    BurlFetch,
     Hello,
     MailFrom,
     MessageComplete,
@@ -56,9 +69,16 @@ log = logging.getLogger("postroom.smtp")
 EARLY_TALKER = Reply(554, "5.7.1", "Protocol error: talking before the greeting")
 LOOP_DETECTED = Reply(554, "5.4.6", "Too many Received headers: mail loop?")
 STORE_FAILED = Reply(451, "4.3.0", "Temporary failure storing the message, try again later")
+# limits.command_time ran out while the message was being prepared (RFC 3463 4.3.0:
+# a temporary mail system problem; the client keeps the message and retries).
+PROCESSING_TIMEOUT = Reply(451, "4.3.0", "Message processing took too long, try again later")
 SOURCE_ROUTE = Reply(550, "5.7.1", "Source routes are not accepted")
 ROUTING_CHARS = Reply(550, "5.7.1", "Routing characters in the local part are not accepted")
 TOO_MANY_AUTH = Reply(421, "4.7.0", "Too many authentication failures")
+# RFC 3463 5.2.2 mailbox full; RFC 5321 4.2.2: 552 exceeded storage allocation (quota).
+MAILBOX_FULL = R.MAILBOX_FULL.with_text("Mailbox full: the recipient's quota is exceeded")
+_NONE = Resolution("unknown")
+DMARC_REJECT = Reply(550, "5.7.1", "Rejected by DMARC policy")  # RFC 7489 10.3
 _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
@@ -118,6 +138,7 @@ class SmtpHandler:
                 auth_mechanisms=MECHANISMS if submission else (),
                 auth_requires_tls=settings.smtp.require_tls_for_auth,
                 mail_requires_auth=submission,
+                burl=submission,  # RFC 4468: messages saved over IMAP, by URLAUTH URL
             )
         return config
 
@@ -142,6 +163,7 @@ class SmtpSession:
         self.resolutions: dict[str, Resolution] = {}
         self.rcpt_results: list[str] = []  # "address:code" per RCPT, for the log line
         self.data_started = 0.0
+        self.mail_size: int | None = None  # MAIL FROM SIZE= (RFC 1870), for quota at RCPT
 
     # ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -155,31 +177,36 @@ class SmtpSession:
                 return
             self.handler.passed(self.conn.peer_ip)
         self.core.send_greeting()
-        idle = settings.limits.smtp_idle_timeout
+        limits = settings.limits
+        record = RecordDeadline(limits.smtp_idle_timeout, limits.min_data_rate)
         while True:
             event = self.core.next_event()
             if event is NEED_DATA:
                 out = self.core.data_to_send()
                 if out:
+                    record.done()  # a reply ends the record it answers
                     self.conn.write(out)
                     await self.conn.drain()
                 if self.services.shutdown.requested and self.core.state not in _IN_TRANSACTION:
                     self.core.close(R.SHUTTING_DOWN)
                     continue
-                timeout = idle
+                now = time.monotonic()
+                # Each command line, and each message (DATA) or BDAT chunk, must be
+                # complete within smtp_idle_timeout of the previous reply, plus one second
+                # per min_data_rate octets received (see net/deadline.py): a client that
+                # trickles a byte now and then is cut like an idle one.
+                timeout = record.read_timeout(now)
                 if self.core.state in (State.DATA, State.BDAT):
                     # limits.smtp_data_timeout bounds the whole message (every BDAT chunk
-                    # included), not each read: a client trickling a byte a second must
-                    # not hold the session forever (RFC 5321 4.5.3.2.6 asks for >= 10 min).
-                    now = time.monotonic()
+                    # included) on top of that.
                     if not self.data_started:
                         self.data_started = now
-                    timeout = min(idle, settings.limits.smtp_data_timeout - (now - self.data_started))
-                    if timeout <= 0:
-                        self.core.close(R.TIMEOUT)
-                        continue
+                    timeout = min(timeout, limits.smtp_data_timeout - (now - self.data_started))
                 else:
                     self.data_started = 0.0
+                if timeout <= 0:
+                    self.core.close(R.TIMEOUT)
+                    continue
                 try:
                     data = await self.conn.read(timeout)
                 except TimeoutError:
@@ -187,6 +214,7 @@ class SmtpSession:
                     continue
                 except Interrupted:
                     continue  # loop: shutdown check above decides
+                record.received(len(data))
                 self.core.receive_data(data)
             elif event is CLOSED:
                 out = self.core.data_to_send()
@@ -197,21 +225,31 @@ class SmtpSession:
                 await self._rcpt(event)
             elif isinstance(event, MessageComplete):
                 await self._message(event)
+            elif isinstance(event, BurlFetch):
+                await self._burl(event)
             elif isinstance(event, MailFrom):
                 await self._mail(event)
             elif isinstance(event, Hello):
+                self.services.metrics.command("smtp", "ehlo" if event.esmtp else "helo")
                 self.helo = event.hostname
                 self.resolutions.clear()
                 self.core.accept()
             elif isinstance(event, StartTls):
+                self.services.metrics.command("smtp", "starttls")
                 if not await self._starttls():
                     return
             elif isinstance(event, (AuthStart, AuthResponse)):
                 await self._auth(event)
             elif isinstance(event, MessageRefused):
+                reply = f"{event.reply.code} {event.reply.enhanced}"
                 logs.event(
                     log, "message_refused", session=self.id, client=self.conn.peer_ip,
-                    reply=f"{event.reply.code} {event.reply.enhanced}", size=event.size,
+                    reply=reply, size=event.size,
+                )
+                self.services.metrics.command("smtp", "data")
+                self.services.metrics.delivery("in", "refused")
+                self.services.delivery_log.record(
+                    "in", "", "", ",".join(self.rcpt_results), "refused", f"{reply} {event.reply.text}"
                 )
             elif isinstance(event, AuthAborted):
                 pass
@@ -244,11 +282,26 @@ class SmtpSession:
         return True
 
     async def _auth(self, event: AuthStart | AuthResponse) -> None:
-        if isinstance(event, AuthStart):
-            self._mechanism = event.mechanism
-            step = await self.auth.start(event.mechanism, event.initial_response)
-        else:
-            step = await self.auth.respond(event.data)
+        try:
+            with budget.scope(self.services.settings.limits.command_time):
+                if isinstance(event, AuthStart):
+                    self.services.metrics.command("smtp", "auth")
+                    self._mechanism = event.mechanism
+                    step = await self.auth.start(event.mechanism, event.initial_response)
+                else:
+                    step = await self.auth.respond(event.data)
+        except BudgetExceeded:
+            # Every password-check slot stayed busy (a login flood): RFC 4954 6 454.
+            self.core.auth_failure(R.AUTH_TEMP_FAIL)
+            return
+        except LoginRefused as e:
+            # Blocked address or locked user (auth/failures.py): the password was not
+            # checked; 454 is temporary, counted and delayed like a failure.
+            must_close = await self.auth.failed(None, self._mechanism, e.reason)
+            self.core.auth_failure(R.AUTH_TEMP_FAIL)
+            if must_close:
+                self.core.close(TOO_MANY_AUTH)
+            return
         if isinstance(step, Challenge):
             self.core.auth_challenge(step.data)
         elif isinstance(step, Success) and self.auth.user is not None:
@@ -261,8 +314,15 @@ class SmtpSession:
                 self.core.close(TOO_MANY_AUTH)
 
     async def _mail(self, event: MailFrom) -> None:
+        self.services.metrics.command("smtp", "mail")
         self.resolutions.clear()
         self.rcpt_results = []
+        self.mail_size = event.params.size
+        if not self.services.free_space.has_room(event.params.size or 0):
+            # The data folder's disk is nearly full (policy/disk.py): come back later.
+            # RFC 1870 6.1: 452 also when the declared SIZE does not fit for now.
+            self.core.reject(R.INSUFFICIENT_STORAGE)
+            return
         sender = event.path.address
         if self.submission:
             user = self.auth.user
@@ -273,6 +333,7 @@ class SmtpSession:
         self.core.accept()
 
     async def _rcpt(self, event: RcptTo) -> None:
+        self.services.metrics.command("smtp", "rcpt")
         refusal = await self._rcpt_refusal(event)
         shown = str(event.path.address) if event.path.address is not None else event.path.raw
         if refusal is None:
@@ -299,6 +360,8 @@ class SmtpSession:
         target = self._target(address)
         resolution = await self.services.directory.resolve(target)
         if resolution.kind == "local":
+            if await self._over_quota(resolution):
+                return MAILBOX_FULL
             self.resolutions[target] = resolution
             return None
         if resolution.kind == "unknown":
@@ -308,24 +371,87 @@ class SmtpSession:
             return None
         return R.RELAY_DENIED
 
+    async def _burl(self, event: BurlFetch) -> None:
+        """BURL (RFC 4468): the octets of a URLAUTH URL of our own IMAP store, fetched as
+        the submission server for the authenticated user ("submit+user" URLs, and any
+        the user could URLFETCH). Anything else: 554 5.6.6, and the transaction ends."""
+        user = self.auth.user
+        try:
+            url = parse_url(event.url)
+            mailbox = await imapurl.authorized(
+                self.services.store, url, imapurl.Requester(user, submit=True))
+            data = await imapurl.read_part(self.services.store, mailbox, url)
+        except (UrlError, imapurl.BadUrl) as exc:
+            logs.event(log, "burl_failed", logging.INFO, session=self.id,
+                       user=user.address if user else None, reason=str(exc))
+            self.core.reject(R.BURL_FAILED)
+            return
+        self.core.burl_data(data)
+
+    async def _over_quota(self, resolution: Resolution) -> bool:
+        """Refuse at RCPT (552 5.2.2) when every local mailbox the recipient reaches is
+        full already, or cannot take the size declared with MAIL FROM SIZE= (RFC 1870)."""
+        if not resolution.user_ids or resolution.external:
+            return False
+        size = self.mail_size or 0
+        for user_id in resolution.user_ids:
+            q = await self.services.store.get_quota(user_id)
+            if not q.exceeded and (not size or q.allows(size)):
+                return False
+        return True
+
     def _target(self, address: Address) -> str:
-        """The address to resolve: ``<Postmaster>`` means postmaster of our domain."""
+        """The address to resolve: ``<Postmaster>`` is the bare ``postmaster``, which the
+        directory routes to the configured postmaster (RFC 5321 4.1.1.3, 4.5.1)."""
         if address.is_postmaster and not address.domain:
-            hostname = self.services.settings.hostname
-            return f"postmaster@{hostname.partition('.')[2] or hostname}"
+            return "postmaster"
         return str(address)
 
     async def _message(self, event: MessageComplete) -> None:
-        settings = self.services.settings
+        """End of data, under the command budget (``limits.command_time``): the header walk
+        and the MIME parse of a big or complex message run in a worker process; past the
+        budget the message is refused with 451 4.3.0 and nothing is stored."""
         started = time.monotonic()
-        data = event.data
         qid = deliver.new_id()
+        try:
+            with budget.scope(self.services.settings.limits.command_time):
+                await self._accept_message(event, qid, started)
+        except BudgetExceeded:
+            # Nothing was stored; the client keeps the message and tries again later.
+            self.core.reject(PROCESSING_TIMEOUT)
+            self._log(event, qid, "451 budget", started)
+
+    async def _accept_message(self, event: MessageComplete, qid: str, started: float) -> None:
+        settings = self.services.settings
         sender_addr = event.sender.address
         sender = str(sender_addr) if sender_addr is not None else ""
-        if deliver.count_fields(data, b"received") >= settings.outbound.max_received_headers:
+        # Loop check (RFC 5321 6.3), fields we never keep, Message-ID/Date on submission:
+        # walks of the header, line by line; in a worker for big or complex messages.
+        prepare = partial(
+            deliver.prepare_headers,
+            drop=deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()),
+            # the author of a From:-less submission: the envelope sender or the login
+            submission=(settings.hostname, qid, sender or (self.auth.user.address if self.auth.user else ""))
+            if self.submission else None,
+            max_received=settings.outbound.max_received_headers,
+        )
+        costly = deliver.costly(event.data)
+        data = await self.services.offload(prepare, event.data) if costly else prepare(event.data)
+        if data is None:
             self.core.reject(LOOP_DETECTED)
             self._log(event, qid, "554 5.4.6 loop", started)
             return
+        if not self.services.free_space.has_room(len(event.data)):
+            self.core.reject(R.INSUFFICIENT_STORAGE)
+            self._log(event, qid, "452 4.3.1 disk space", started)
+            return
+        if self.submission and self.auth.user is not None:
+            # (the header as the client wrote it, before our fixes)
+            refusal = await from_header_refusal(event.data, self.auth.user, self.services.directory)
+            if refusal is not None:
+                self.core.reject(refusal)
+                self._log(event, qid, f"{refusal.code} {refusal.enhanced} from", started)
+                return
         user_ids: dict[int, None] = {}
         external: dict[str, QueueRecipient] = {}
         rcpt_addrs = []
@@ -349,9 +475,16 @@ class SmtpSession:
         protocol = ("UTF8SMTP" if event.mail_params.smtputf8 else "ESMTP") if self.core.esmtp else "SMTP"
         if self.core.esmtp:
             protocol += ("S" if tls else "") + ("A" if self.auth.user else "")
-        data = deliver.drop_fields(data, deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()))
+        verdict: AuthVerdict | None = None
         if self.submission:
-            data = deliver.submission_fixups(data, settings.hostname, qid)
+            data = await self._dkim_sign(data)
+        else:
+            checked = await self._auth_check(event, data, qid, started)
+            if checked is None:
+                return
+            data, verdict = checked
+            if verdict is not None and external:
+                data = await self._arc_seal(data, verdict, rcpt_addrs)
         received = deliver.received_header(
             helo=self.helo, client_ip=self.conn.peer_ip, hostname=settings.hostname,
             protocol=protocol, qid=qid, tls=tls,
@@ -372,27 +505,141 @@ class SmtpSession:
                 smtputf8=bool(event.mail_params.smtputf8),
                 body8bit=(event.mail_params.body or "").upper() == "8BITMIME" or event.mail_params.smtputf8,
             )
-        loop = asyncio.get_running_loop()
+        mailbox_ids: tuple[int, ...] = ()
+        if verdict is not None and verdict.action == "junk" and user_ids:
+            mailbox_ids, others = await deliver.junk_mailboxes(self.services.store, tuple(user_ids))
+            user_ids = dict.fromkeys(others)
         try:
-            if not user_ids:
+            if not user_ids and not mailbox_ids:
                 summary = b""  # only the queue reads it, and the queue never parses it
-            elif len(stored) > 256 * 1024:
-                summary = await loop.run_in_executor(None, deliver.summarize, stored)
+            elif costly:
+                summary = await self.services.offload(deliver.summarize, stored)
             else:
                 summary = deliver.summarize(stored)
-            await self.services.store.deliver(
-                Delivery(data=stored, summary=summary, user_ids=tuple(user_ids), queue=queue)
-            )
+            result = await self.services.store.deliver(Delivery(
+                data=stored, summary=summary, user_ids=tuple(user_ids),
+                mailbox_ids=mailbox_ids, queue=queue, enforce_quota=True,
+            ))
+            if result.over_quota:
+                if not result.placed and result.queued is None:
+                    # Nobody could take it: one 552 5.2.2 for the whole transaction.
+                    self.core.reject(MAILBOX_FULL)
+                    self._log(event, qid, "552 5.2.2 over quota", started)
+                    return
+                await self._bounce_over_quota(event, qid, stored, result.over_quota)
+        except BudgetExceeded:
+            raise  # answered by _message
         except Exception:
             log.exception("delivery failed session=%s", self.id)
             self.core.reject(STORE_FAILED)
             self._log(event, qid, "451 store failed", started)
             return
         self.core.accept(R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {qid}"))
-        self._log(event, qid, "250", started, local=len(user_ids), remote=len(external))
+        self._log(event, qid, "250", started, local=len(user_ids) - len(result.over_quota),
+                  remote=len(external), over_quota=len(result.over_quota))
+
+    async def _bounce_over_quota(
+        self, event: MessageComplete, qid: str, stored: bytes, over: tuple[int, ...]
+    ) -> None:
+        """Some local recipients are over quota, others got the message: DATA has one
+        reply, so it is 250 and the full ones get a FAILURE DSN (5.2.2), made durable
+        before the 250 (docs/protocols.md)."""
+        from postroom.queue.bounce import bounce_local_failures
+
+        failed = []
+        for user_id in over:
+            user = await self.services.store.get_user_by_id(user_id)
+            if user is None:
+                continue
+            rcpt = None
+            for r in event.recipients:
+                a = r.path.address
+                if a is not None and user_id in self.resolutions.get(self._target(a), _NONE).user_ids:
+                    rcpt = r
+                    break
+            orcpt = notify = None
+            if rcpt is not None:
+                if rcpt.params.orcpt is not None:
+                    orcpt = f"{rcpt.params.orcpt.addr_type};{rcpt.params.orcpt.address}"
+                elif str(rcpt.path.address) != user.address:
+                    orcpt = f"rfc822;{rcpt.path.address}"
+                notify = ",".join(rcpt.params.notify) if rcpt.params.notify else None
+            failed.append((user.address, orcpt, notify))
+        sender = event.sender.address
+        await bounce_local_failures(
+            self.services.store, self.services.directory, self.services.settings.hostname,
+            qid=qid, sender=str(sender) if sender is not None else "", original=stored,
+            failed=failed, ret=event.mail_params.ret, envid=event.mail_params.envid,
+            smtputf8=bool(event.mail_params.smtputf8),
+        )
+
+    # -- mail authentication (policy/): one call each, at end of data -------------------
+    async def _dkim_sign(self, data: bytes) -> bytes:
+        """Submission: DKIM-sign with the From: domain's keys (RFC 6376), once, before
+        the message is queued."""
+        signer = self.services.signer
+        if signer is None:
+            return data
+        return await signer.sign(data, header_from_domain(data)) + data
+
+    async def _auth_check(
+        self, event: MessageComplete, data: bytes, qid: str, started: float
+    ) -> tuple[bytes, AuthVerdict | None] | None:
+        """MX: drop forged Authentication-Results, run SPF/DKIM/DMARC/ARC and prepend our
+        Authentication-Results. None when the message was refused (DMARC p=reject)."""
+        hostname = self.services.settings.hostname
+        data, forged = drop_forged(data, hostname)
+        checker = self.services.auth_checker
+        if checker is None:
+            return data, None
+        sender = event.sender.address
+        verdict = await checker.check(
+            data, ip=self.conn.peer_ip, helo=self.helo, mail_from=str(sender) if sender else ""
+        )
+        self.services.metrics.auth_check("message", verdict.ms / 1000)
+        recorder = self.services.dmarc_reports
+        if recorder is not None:
+            recorder.add(verdict, self.conn.peer_ip, str(sender) if sender else "")
+        logs.event(
+            log, "auth", session=self.id, id=qid, spf=verdict.spf.result,
+            dkim=",".join(d.result for d in verdict.dkim) or "none", dmarc=verdict.dmarc.result,
+            arc=verdict.arc, action=verdict.action, override=verdict.override or None,
+            forged_ar=forged or None, ms=round(verdict.ms, 1),
+        )
+        if verdict.action == "reject":
+            domain = verdict.dmarc.domain
+            self.core.reject(DMARC_REJECT.with_text(
+                f"Rejected by the DMARC policy of {domain} (no aligned SPF or DKIM pass)"
+            ))
+            self._log(event, qid, "550 5.7.1 dmarc", started)
+            return None
+        return verdict.header + data, verdict
+
+    async def _arc_seal(self, data: bytes, verdict: AuthVerdict, rcpt_addrs: list[str]) -> bytes:
+        """MX mail that an alias forwards to external addresses: add our ARC set (RFC 8617)
+        so the final receiver can trust our results when forwarding broke SPF or DKIM."""
+        signer = self.services.signer
+        if signer is None or not self.services.settings.auth_checks.arc_seal:
+            return data
+        domains = [a.rpartition("@")[2] for a in rcpt_addrs if a in self.resolutions and self.resolutions[a].external]
+        if not domains:
+            return data
+        return await signer.seal(
+            data, domains[0], chain=verdict.arc, authserv_id=self.services.settings.hostname,
+            results=resinfo_text(verdict.results),
+        ) + data
 
     def _log(self, event: MessageComplete, qid: str, result: str, started: float, **extra: int) -> None:
         sender = event.sender.address
+        accepted = result == "250"
+        services = self.services
+        services.metrics.command("smtp", "data")
+        services.metrics.delivery("in", "accepted" if accepted else "refused")
+        services.delivery_log.record(
+            "in", qid, str(sender) if sender else "<>",
+            ",".join(str(r.path.address) for r in event.recipients),
+            "accepted" if accepted else "refused", result,
+        )
         logs.event(
             log, "transaction", session=self.id, role=self.role, client=self.conn.peer_ip,
             helo=self.helo, tls=describe(self.conn.tls) or None,

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-Everything above this module asks DNS questions through :class:`Resolver` (four coroutines:
-``mx``, ``a``, ``aaaa``, ``txt``) and learns about failures through two exceptions whose
+Everything above this module asks DNS questions through :class:`Resolver` (six coroutines:
+``mx``, ``a``, ``aaaa``, ``txt``, ``ptr``, ``srv``) and learns about failures through two exceptions whose
 difference matters to mail: :class:`NxDomain` (the name does not exist: permanent, the
 message bounces) and :class:`DnsTemporary` (SERVFAIL, timeout, refused, no server reachable:
 try again later). A name that exists but has no record of the asked type is not an error:
@@ -13,6 +13,12 @@ Implementations:
 
 * :class:`DnsPythonResolver` uses dnspython's asyncio resolver, pointed at the server in
   ``[outbound] resolver`` (tests run a local DNS server) or at the system's resolv.conf.
+  It keeps a cache (``[dns] cache_entries``, least recently used first out) that honours
+  each answer's TTL (capped at ``MAX_TTL``) and caches negative answers (NXDOMAIN, NODATA)
+  for the SOA minimum the server sent (RFC 2308 5; none without an SOA, capped at
+  ``MAX_NEGATIVE_TTL``). Failures (SERVFAIL, timeouts) are never cached. One instance is
+  shared by the queue (MX) and the inbound checks (SPF, DKIM keys, DMARC), built in
+  ``app.py``.
 * :class:`DictResolver` answers from a dict, for unit tests; values may be the
   :data:`NXDOMAIN` / :data:`SERVFAIL` markers.
 
@@ -32,7 +38,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-from collections.abc import Mapping, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,6 +75,20 @@ class Resolver(Protocol):
     async def a(self, name: str) -> list[str]: ...
     async def aaaa(self, name: str) -> list[str]: ...
     async def txt(self, name: str) -> list[bytes]: ...
+    async def ptr(self, name: str) -> list[str]: ...
+    async def srv(self, name: str) -> list[SrvRecord]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SrvRecord:
+    priority: int
+    weight: int
+    port: int
+    target: str  # lower case, no trailing dot
+
+
+MAX_TTL = 86400.0
+MAX_NEGATIVE_TTL = 3600.0
 
 
 # --- dnspython ---------------------------------------------------------------------------
@@ -80,9 +102,24 @@ class DnsPythonResolver:
     """
 
     def __init__(
-        self, server: tuple[str, int] | None = None, *, timeout: float = 10.0
+        self,
+        server: tuple[str, int] | None = None,
+        *,
+        timeout: float = 10.0,
+        cache_entries: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
         import dns.asyncresolver
+
+        # observe(rdtype, result, seconds) after every query sent (not cache hits): the
+        # DNS latency metric (postroom.metrics).
+        self.observe = observe
+
+        self._cache: OrderedDict[tuple[str, str], tuple[float, list[object] | NxDomain]] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._clock = clock
+        self.stats = {"queries": 0, "hits": 0}
 
         if server is None:
             try:
@@ -103,21 +140,61 @@ class DnsPythonResolver:
         self._resolver.timeout = min(timeout, 3.0)
 
     async def _query(self, name: str, rdtype: str) -> list[object]:
+        key = (name.rstrip(".").lower(), rdtype)
+        if self._cache_entries:
+            hit = self._cache.get(key)
+            if hit is not None:
+                if hit[0] > self._clock():
+                    self._cache.move_to_end(key)
+                    self.stats["hits"] += 1
+                    if isinstance(hit[1], NxDomain):
+                        raise NxDomain(str(hit[1]))
+                    return hit[1]
+                del self._cache[key]
+        self.stats["queries"] += 1
+        if self.observe is None:
+            rows, ttl = await self._ask(name, rdtype)
+        else:
+            started = time.perf_counter()
+            result = "error"
+            try:
+                rows, ttl = await self._ask(name, rdtype)
+                result = "nxdomain" if isinstance(rows, NxDomain) else "ok"
+            except DnsTemporary as e:
+                result = "timeout" if e.timeout else "error"
+                raise
+            finally:
+                self.observe(rdtype, result, time.perf_counter() - started)
+        if self._cache_entries and ttl > 0:
+            self._cache[key] = (self._clock() + ttl, rows)
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        if isinstance(rows, NxDomain):
+            raise rows
+        return rows
+
+    async def _ask(self, name: str, rdtype: str) -> tuple[list[object] | NxDomain, float]:
+        """(records or NxDomain, seconds it may be cached)."""
         import dns.exception
         import dns.resolver
 
         qname = name.rstrip(".") + "."
         try:
             answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN:
-            raise NxDomain(f"{name}: no such domain") from None
+        except dns.resolver.NXDOMAIN as e:
+            ttl = 0.0
+            for response in e.responses().values():
+                ttl = _negative_ttl(response)
+            return NxDomain(f"{name}: no such domain"), ttl
         except dns.resolver.NoNameservers as e:
             raise DnsTemporary(f"{name} {rdtype}: server failure ({_short(e)})") from None
         except dns.exception.Timeout:
             raise DnsTemporary(f"{name} {rdtype}: timed out", timeout=True) from None
         except (dns.exception.DNSException, OSError, ValueError) as e:  # YXDOMAIN, bad names
             raise DnsTemporary(f"{name} {rdtype}: {_short(e)}") from None
-        return list(answer.rrset) if answer.rrset is not None else []
+        if answer.rrset is None:
+            return [], _negative_ttl(answer.response)
+        return list(answer.rrset), min(float(answer.rrset.ttl), MAX_TTL)
 
     async def mx(self, name: str) -> list[MxRecord]:
         rows = await self._query(name, "MX")
@@ -134,6 +211,29 @@ class DnsPythonResolver:
 
     async def txt(self, name: str) -> list[bytes]:
         return [b"".join(r.strings) for r in await self._query(name, "TXT")]  # type: ignore[attr-defined]
+
+    async def ptr(self, name: str) -> list[str]:
+        return [
+            r.target.to_text(omit_final_dot=True).lower()  # type: ignore[attr-defined]
+            for r in await self._query(name, "PTR")
+        ]
+
+    async def srv(self, name: str) -> list[SrvRecord]:
+        return [
+            SrvRecord(r.priority, r.weight, r.port, r.target.to_text(omit_final_dot=True).lower())  # type: ignore[attr-defined]
+            for r in await self._query(name, "SRV")
+        ]
+
+
+def _negative_ttl(response: object) -> float:
+    """RFC 2308 5: a negative answer is cached for min(SOA TTL, SOA minimum); without an
+    SOA in the authority section it is not cached."""
+    for rrset in getattr(response, "authority", ()) or ():
+        for rr in rrset:
+            minimum = getattr(rr, "minimum", None)
+            if minimum is not None:
+                return min(float(rrset.ttl), float(minimum), MAX_NEGATIVE_TTL)
+    return 0.0
 
 
 def _short(exc: BaseException) -> str:
@@ -158,7 +258,8 @@ SERVFAIL = _Marker("SERVFAIL")
 
 class DictResolver:
     """Answers from ``records``: keys ``(name, type)`` with type "MX", "A", "AAAA", "TXT";
-    values a list of answers (``(preference, host)`` pairs for MX) or a marker. A missing key
+    values a list of answers (``(preference, host)`` pairs for MX, ``(priority, weight, port,
+    target)`` for SRV) or a marker. A missing key
     is NODATA when some other type exists for the name, else NXDOMAIN. ``queries`` records
     every question asked, for assertions."""
 
@@ -196,6 +297,16 @@ class DictResolver:
 
     async def txt(self, name: str) -> list[bytes]:
         return [v if isinstance(v, bytes) else str(v).encode() for v in self._get(name, "TXT")]
+
+    async def ptr(self, name: str) -> list[str]:
+        return [str(v).lower().rstrip(".") for v in self._get(name, "PTR")]
+
+    async def srv(self, name: str) -> list[SrvRecord]:
+        out = []
+        for item in self._get(name, "SRV"):
+            assert isinstance(item, (tuple, list)) and len(item) == 4
+            out.append(SrvRecord(int(item[0]), int(item[1]), int(item[2]), str(item[3]).lower().rstrip(".")))
+        return out
 
 
 # --- mail routing over the seam ------------------------------------------------------------
@@ -261,6 +372,13 @@ async def lookup_addresses(resolver: Resolver, host: str) -> list[str]:
     return out
 
 
-def make_resolver(server: tuple[str, int] | None, *, timeout: float = 10.0) -> Resolver:
-    """The production resolver for ``[outbound] resolver`` (None: the system's)."""
-    return DnsPythonResolver(server, timeout=timeout)
+def make_resolver(
+    server: tuple[str, int] | None,
+    *,
+    timeout: float = 10.0,
+    cache_entries: int = 0,
+    observe: Callable[[str, str, float], None] | None = None,
+) -> Resolver:
+    """The production resolver for ``[outbound] resolver`` (None: the system's).
+    ``observe(rdtype, result, seconds)`` is told the time of every query (metrics)."""
+    return DnsPythonResolver(server, timeout=timeout, cache_entries=cache_entries, observe=observe)

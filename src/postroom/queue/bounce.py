@@ -25,7 +25,8 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from postroom import deliver, logs
 from postroom.auth.directory import Directory
@@ -101,9 +102,14 @@ async def send_dsn(
     kind: DsnKind,
     *,
     now: float | None = None,
+    signer: Any = None,
+    offload: Callable[..., Awaitable[Any]] | None = None,
 ) -> str | None:
     """Compose one DSN about ``msg`` and store it durably (local INBOX or the queue).
-    Returns a short description of where it went, or None when no DSN was sent."""
+    Returns a short description of where it went, or None when no DSN was sent.
+    ``signer`` (``policy.signing.Signer``) DKIM-signs it with the host name's domain keys.
+    ``offload``: how to run the MIME parse of a big returned message off the event loop
+    (``Services.offload``: a worker process); without it, a thread."""
     if not recipients or not dsn_allowed(msg):
         return None
     now = time.time() if now is None else now
@@ -131,7 +137,11 @@ async def send_dsn(
         return None
     user_ids = resolution.user_ids if resolution.kind == "local" else ()
     external = resolution.external if resolution.kind == "local" else (sender,)
-    data = deliver.normalize(deliver.return_path("") + report if user_ids else report)
+    data = deliver.normalize(report)
+    if signer is not None:
+        data = await signer.sign(data, hostname) + data
+    if user_ids:
+        data = deliver.return_path("") + data
     queue = None
     if external:
         queue = NewQueueEntry(
@@ -142,8 +152,11 @@ async def send_dsn(
             body8bit=not data.isascii(),
             kind="dsn",
         )
-    if len(data) > 256 * 1024:  # a returned original: parse it off the event loop
-        summary = await asyncio.get_running_loop().run_in_executor(None, deliver.summarize, data)
+    if deliver.costly(data):  # a returned original: parse it off the event loop
+        if offload is not None:
+            summary = await offload(deliver.summarize, data)
+        else:
+            summary = await asyncio.get_running_loop().run_in_executor(None, deliver.summarize, data)
     else:
         summary = deliver.summarize(data)
     await store.deliver(Delivery(data=data, summary=summary, user_ids=tuple(user_ids), queue=queue))
@@ -166,6 +179,7 @@ async def bounce_entry(
     qid: str,
     *,
     diagnostic: str = ADMIN_BOUNCE_TEXT,
+    signer: Any = None,
 ) -> int | None:
     """Fail every pending recipient of ``qid`` now, with a DSN to the sender (when one may
     be sent), and remove the entry. Returns the number of recipients bounced, or None when
@@ -185,9 +199,50 @@ async def bounce_entry(
     ]
     if statuses:
         original = await store.read_blob(msg.blob_id)
-        await send_dsn(store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now)
+        await send_dsn(store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now,
+                       signer=signer)
     outcomes = [
         RecipientOutcome(r.id, "failed", ADMIN_BOUNCE_STATUS, diagnostic, None) for r in pending
     ]
     await store.queue_record(qid, outcomes, None, diagnostic)
     return len(pending)
+
+
+OVER_QUOTA_STATUS = "5.2.2"  # RFC 3463: mailbox full
+OVER_QUOTA_TEXT = "552 5.2.2 Mailbox full: the recipient's quota is exceeded"
+
+
+async def bounce_local_failures(
+    store: Store,
+    directory: Directory,
+    hostname: str,
+    *,
+    qid: str,
+    sender: str,
+    original: bytes,
+    failed: Sequence[tuple[str, str | None, str | None]],
+    ret: str | None,
+    envid: str | None,
+    smtputf8: bool,
+) -> str | None:
+    """A FAILURE DSN for local recipients refused after the message was accepted (quota:
+    the SMTP reply to DATA is one for all recipients, so those over quota are bounced).
+
+    ``failed`` holds (final recipient address, ORCPT "type;addr" or None, NOTIFY or None);
+    recipients whose NOTIFY excludes FAILURE get nothing (RFC 3461 4.1)."""
+    now = time.time()
+    pending = tuple(
+        QueuedRecipient(i, addr, orcpt, notify, "pending", None, None, None, int(now))
+        for i, (addr, orcpt, notify) in enumerate(failed)
+    )
+    msg = QueuedMessage(
+        qid=qid, blob_id=0, sender=sender, created=int(now), next_attempt=int(now), attempts=1,
+        last_error=None, held=False, ret=ret, envid=envid, smtputf8=smtputf8,
+        body8bit=False, kind="relay", delay_warned=False, size=len(original), recipients=pending,
+    )
+    statuses = [
+        recipient_status(r, Action.FAILED, status=OVER_QUOTA_STATUS, diagnostic=OVER_QUOTA_TEXT,
+                         remote_mta=None, last_attempt=now)
+        for r in pending if wanted(msg, r, DsnKind.FAILURE)
+    ]
+    return await send_dsn(store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now)

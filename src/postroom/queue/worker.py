@@ -223,7 +223,11 @@ class QueueWorker:
         settings = services.settings
         self.out = out = settings.outbound
         self.rng = rng if rng is not None else random.Random()
-        self.resolver = resolver if resolver is not None else make_resolver(out.resolver)
+        if resolver is None:
+            resolver = services.resolver if services.resolver is not None else make_resolver(
+                out.resolver, observe=services.metrics.dns_query
+            )
+        self.resolver = resolver
         self.router = Router(settings, self.resolver, rng=self.rng)
         schedule = out.retry_schedule
         self.policy = RetryPolicy(
@@ -721,7 +725,8 @@ class QueueWorker:
                 )
                 for o in bounced
             ]
-            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now)
+            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now,
+                           signer=self.services.signer, offload=self.services.offload)
         if warn:
             delayed = [o for o in pending if wanted(msg, o.rcpt, DsnKind.DELAY)]
             if delayed:
@@ -732,7 +737,8 @@ class QueueWorker:
                     )
                     for o in delayed
                 ]
-                await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now)
+                await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now,
+                           signer=self.services.signer, offload=self.services.offload)
         relayed = [
             o for o in outcomes
             if o.state == "delivered" and o.relayed and wanted(msg, o.rcpt, DsnKind.SUCCESS)
@@ -745,7 +751,9 @@ class QueueWorker:
                 )
                 for o in relayed
             ]
-            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now)
+            await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now,
+                           signer=self.services.signer, offload=self.services.offload)
+        self._note_outcomes(msg, outcomes, expired)
         records = [
             RecipientOutcome(o.rcpt.id, state, o.status, o.diagnostic, o.remote_mta)
             for state, group in (
@@ -766,6 +774,20 @@ class QueueWorker:
         await self.store.queue_record(
             msg.qid, records, retry_at, last_error, True if warn else None
         )
+
+
+    _RESULTS = {"delivered": "delivered", "pending": "deferred", "failed": "failed"}
+
+    def _note_outcomes(self, msg: QueuedMessage, outcomes: list[_Outcome], expired: list[_Outcome]) -> None:
+        """Metrics and the recent delivery log (postroom.activity): one entry per recipient."""
+        metrics = self.services.metrics
+        record = self.services.delivery_log.record
+        gone = {id(o) for o in expired}
+        for o in outcomes:
+            result = "expired" if id(o) in gone else self._RESULTS.get(o.state, o.state)
+            metrics.delivery("out", result)
+            detail = " ".join(x for x in (o.status, o.remote_mta, o.diagnostic) if x)
+            record("out", msg.qid, msg.sender or "<>", o.rcpt.address, result, detail)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,15 @@ class Conflict(StoreError):
     """The operation contradicts existing data (e.g. removing a domain that has users)."""
 
 
+class OverQuota(StoreError):
+    """The write would take the mailbox owner over their storage or message quota
+    (IMAP ``NO [OVERQUOTA]``, RFC 9208 4.3; SMTP ``552 5.2.2``)."""
+
+
+class TooMany(StoreError):
+    """A per-object limit on the number of entries would be exceeded (METADATA TOOMANY)."""
+
+
 # ---------------------------------------------------------------------------------------
 # Accounts
 
@@ -99,6 +108,7 @@ class User:
     password_hash: str = field(repr=False)
     scram: str | None = field(default=None, repr=False)
     disabled: bool = False
+    admin: bool = False  # may use the web admin (``postroom user admin``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +118,49 @@ class Alias:
 
 
 @dataclass(frozen=True, slots=True)
+class SendAsGrant:
+    """User ``user`` may submit mail as ``address`` (an address, or ``@domain`` for any
+    address of that domain), beyond what they own (``postroom user sendas``)."""
+
+    user: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class AddressLookup:
     """What one read tells about an address: its domain, a user, alias targets."""
 
     domain_is_local: bool
     user: User | None
     alias_targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A user's quota and usage (RFC 9208 STORAGE and MESSAGE resources).
+
+    Usage is kept up to date by every write that adds or removes a message (never
+    computed with a SUM on the hot path). ``None`` limits mean unlimited.
+    """
+
+    user_id: int
+    storage_used: int  # octets of every message in the user's mailboxes
+    storage_limit: int | None
+    messages_used: int
+    messages_limit: int | None
+
+    def allows(self, size: int, count: int = 1) -> bool:
+        """May ``count`` more messages of ``size`` octets in total be stored?"""
+        if self.storage_limit is not None and self.storage_used + size > self.storage_limit:
+            return False
+        return self.messages_limit is None or self.messages_used + count <= self.messages_limit
+
+    @property
+    def exceeded(self) -> bool:
+        """At or over a limit already: nothing more fits (SMTP refuses at RCPT)."""
+        return (self.storage_limit is not None and self.storage_used >= self.storage_limit) or (
+            self.messages_limit is not None and self.messages_used >= self.messages_limit
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,6 +188,7 @@ class MailboxStatus:
     uidnext: int
     uidvalidity: int
     highestmodseq: int
+    deleted_size: int = 0  # octets of the \\Deleted messages (RFC 9208 DELETED-STORAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +246,34 @@ class MessageContent:
     data: bytes | None = field(default=None, repr=False)
 
 
+ALL_FLAGS = FLAG_SEEN | FLAG_ANSWERED | FLAG_FLAGGED | FLAG_DELETED | FLAG_DRAFT
+
+
 @dataclass(frozen=True, slots=True)
 class FlagChange:
-    """How STORE changes flags: mode "add", "remove" or "replace"."""
+    """How STORE changes flags: mode "add", "remove" or "replace".
+
+    ``mask``: the system flags the change may touch at all (others keep their value,
+    whatever the mode); ``keywords_allowed``: False leaves keywords untouched. Both
+    express ACL rights (RFC 4314 4: \\Seen needs "s", \\Deleted "t", the rest "w").
+    """
 
     mode: str
     flags: int
     keywords: tuple[str, ...] = ()
+    mask: int = ALL_FLAGS
+    keywords_allowed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message of :meth:`Store.append_many` (MULTIAPPEND: all or none)."""
+
+    data: bytes = field(repr=False)
+    summary: bytes = field(repr=False)
+    flags: int = 0
+    keywords: tuple[str, ...] = ()
+    internaldate: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +293,14 @@ class Changes:
     vanished: list[int]  # UIDs expunged since the modseq
 
 
+# What a change notification is about (MailboxChange.kind). Mailbox listeners only hear
+# MESSAGES; account listeners (ChangeHub.subscribe_user) hear every kind for the owner.
+MESSAGES = "messages"  # messages added, flags changed, expunged (the mailbox's modseq)
+MAILBOXES = "mailboxes"  # a mailbox was created, deleted or renamed, or its ACL changed
+SUBSCRIPTIONS = "subscriptions"
+METADATA = "metadata"  # a METADATA entry of the mailbox (or the server: mailbox_id 0)
+
+
 @dataclass(frozen=True, slots=True)
 class MailboxChange:
     """Published after a commit that changed a mailbox; listeners re-read what they need."""
@@ -231,6 +308,7 @@ class MailboxChange:
     mailbox_id: int
     user_id: int
     modseq: int
+    kind: str = MESSAGES
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,6 +345,10 @@ class Delivery:
     queue: NewQueueEntry | None = None
     internaldate: int | None = None  # default: now
     flags: int = 0
+    # Skip the users of ``user_ids`` (and the owners of ``mailbox_ids``) whom this message
+    # would take over quota, checked in the same transaction as the insert; their user ids
+    # are listed in DeliveryResult.over_quota.
+    enforce_quota: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +356,7 @@ class DeliveryResult:
     blob_id: int
     placed: list[tuple[int, int]]  # (mailbox_id, uid)
     queued: str | None  # qid
+    over_quota: tuple[int, ...] = ()  # user ids skipped (enforce_quota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +407,133 @@ class RecipientOutcome:
     remote_mta: str | None = None
 
 
+# ---------------------------------------------------------------------------------------
+# Sharing: ACL (RFC 4314) and METADATA (RFC 5464)
+
+# Every right postroom knows, in canonical order (RFC 4314 2.1; "c" and "d" are the
+# obsolete virtual rights of 2.1.1 and never stored). A mailbox's owner has all of them.
+ALL_RIGHTS = "lrswipkxtea"
+# The identifiers that match every logged-in user (RFC 4314 2: "anyone"; "authenticated"
+# as Dovecot and Cyrus also accept).
+ANYONE = "anyone"
+AUTHENTICATED = "authenticated"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedMailbox:
+    """Another user's mailbox that an ACL entry opens to the caller."""
+
+    mailbox: Mailbox
+    owner: str  # the owner's address
+    rights: str  # union of the rights of every matching identifier, canonical order
+# Credentials and activity of the HTTP service (postroom.web)
+#
+# Secrets (API tokens, app passwords, session ids) are random, generated by postroom, and
+# stored only as a SHA-256 hex digest: with 116+ bits of entropy a slow hash adds nothing,
+# and a digest can be looked up directly (one indexed read, no per-row verify).
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    id: int
+    name: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppPassword:
+    """A per-device password of a user: valid for IMAP/POP3/SMTP AUTH, not the web."""
+
+    id: int
+    user_id: int
+    name: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebSession:
+    user_id: int
+    created: int
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLogEntry:
+    """One line of the recent delivery log the admin UI shows (see postroom.activity).
+
+    ``direction``: "in" (accepted or refused at end of data by SMTP) or "out" (a queue
+    delivery attempt's outcome per recipient). ``result``: "accepted", "refused",
+    "delivered", "deferred", "failed", "expired" or "bounced".
+    """
+
+    time: int
+    direction: str
+    qid: str
+    sender: str
+    recipient: str
+    result: str
+    detail: str = ""
+    id: int = 0  # assigned by the store
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    messages: int
+    oldest: int | None  # creation time of the oldest entry
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedMessage:
+    """One message copied in from another system (``postroom import``).
+
+    ``key`` names the message in its origin (an IMAP ``UIDVALIDITY:UID``, a Maildir file's
+    unique name, an mbox message's hash): the store remembers it per (user, origin) in the
+    same transaction as the message, so an interrupted import resumes without copying a
+    message twice (see :meth:`Store.import_messages`).
+    """
+
+    key: str
+    message: NewMessage  # data already normalised: CRLF, final CRLF
+
+
 ChangeListener = Callable[[MailboxChange], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """A DKIM signing key (RFC 6376). It signs from ``active_from`` until ``retire_at``
+    (None: until retired); its DNS record should be published before ``active_from`` and
+    kept until some days after ``retire_at`` (see ``postroom dkim rotate``)."""
+
+    domain: str
+    selector: str
+    algorithm: str  # "ed25519" | "rsa"
+    private_key: str = field(repr=False)  # PKCS#8 PEM
+    public_record: str  # the TXT record value, "v=DKIM1; k=...; p=..."
+    created: int
+    active_from: int
+    retire_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DmarcRow:
+    """DMARC results aggregated for a report (RFC 7489 7.2): one row per distinct outcome
+    per UTC day, with a message count."""
+
+    period: int  # start of the UTC day (epoch seconds)
+    policy_domain: str  # the domain whose record applied (the From: domain or its org domain)
+    header_from: str
+    source_ip: str
+    envelope_from: str
+    disposition: str  # none | quarantine | reject
+    dkim: str  # "pass" | "fail": DMARC-aligned DKIM
+    spf: str  # "pass" | "fail": DMARC-aligned SPF
+    dkim_results: str  # "domain/selector/result" joined by " " (auth_results of the report)
+    spf_result: str  # "domain/scope/result"
+    reason: str  # policy override reason ("" | "local_policy" | "trusted_forwarder" ...)
+    policy: str  # the published record's tags as they applied: "p=reject sp=... adkim=r ..."
+    rua: str  # the rua= value of the record
+    count: int = 1
 
 
 class ChangeHub(Protocol):
@@ -334,6 +543,10 @@ class ChangeHub(Protocol):
     def unsubscribe(self, mailbox_id: int, listener: ChangeListener) -> None: ...
     def subscribe_queue(self, listener: Callable[[], None]) -> None: ...
     def unsubscribe_queue(self, listener: Callable[[], None]) -> None: ...
+    # Every change of every kind to the mailboxes (and subscriptions, METADATA) of one
+    # user: NOTIFY (RFC 5465) and unsolicited METADATA responses listen here.
+    def subscribe_user(self, user_id: int, listener: ChangeListener) -> None: ...
+    def unsubscribe_user(self, user_id: int, listener: ChangeListener) -> None: ...
 
 
 class Store(Protocol):
@@ -360,6 +573,14 @@ class Store(Protocol):
     async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
     async def alias_targets(self, source: str) -> list[str]: ...
     async def lookup_address(self, address: str) -> AddressLookup: ...
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant: ...
+    # NotFound when there is no such user; AlreadyExists when granted already. ``address``
+    # is a normalised address or "@domain" (any domain: a user may send for a domain we
+    # do not host, e.g. a mailing-list domain).
+    async def remove_sendas(self, user: str, address: str) -> None: ...  # NotFound
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]: ...
+    # Sorted by user, then address; grants disappear with their user.
+    async def set_user_admin(self, address: str, admin: bool) -> None: ...
 
     # -- mailboxes ---------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]: ...
@@ -390,7 +611,7 @@ class Store(Protocol):
         flags: int = 0,
         keywords: Iterable[str] = (),
         internaldate: int | None = None,
-    ) -> tuple[int, int]: ...  # (uidvalidity, uid)
+    ) -> tuple[int, int]: ...  # (uidvalidity, uid); OverQuota when it does not fit
     async def list_messages(self, mailbox_id: int) -> list[MessageMeta]: ...
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageMeta]: ...
     async def read_messages(
@@ -419,11 +640,26 @@ class Store(Protocol):
     ) -> StoreResult: ...
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]: ...  # (src uid, dst uid)
     async def move_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]: ...
+    # The copies keep only the system flags in ``flag_mask`` and, with ``keywords``, the
+    # keywords (ACL rights on the destination, RFC 4314 4). OverQuota when the
+    # destination's owner would go over quota (a MOVE within one user never does).
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
     async def claim_recent(
@@ -436,6 +672,11 @@ class Store(Protocol):
     # \Recent once more; backends may keep the mark in memory and persist it lazily.
     # ``claim=False`` (a read-only session, EXAMINE) only returns the mark: the UIDs from
     # it up are \Recent for that session too, and stay so for the next one.
+    async def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, enforce_quota: bool = True
+    ) -> tuple[int, list[int]]: ...
+    # MULTIAPPEND (RFC 3502 6.3.11): every message in one transaction, or none; returns
+    # (uidvalidity, uids in order). OverQuota when the owner's quota would be exceeded.
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
     ) -> list[list[int]]: ...
@@ -444,6 +685,61 @@ class Store(Protocol):
     # envelope field, RFC 2047 words decoded (postroom.message.envelope_search_texts),
     # contains ``needle`` ignoring case (str.casefold). An empty needle matches every
     # message that has the field. Backends store the folded texts at delivery/APPEND.
+
+    # -- quota (RFC 9208) ----------------------------------------------------------------
+    async def get_quota(self, user_id: int) -> Quota: ...
+    async def set_quota(
+        self, address: str, storage: int | None, messages: int | None
+    ) -> Quota: ...  # None: unlimited; NotFound for an unknown user
+    async def list_quotas(self) -> dict[int, Quota]: ...  # by user id
+
+    # -- ACL (RFC 4314) ------------------------------------------------------------------
+    async def get_acl(self, mailbox_id: int) -> list[tuple[str, str]]: ...
+    # (identifier, rights) in identifier order; the owner's implicit rights are not listed.
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> None: ...
+    # Replace the identifier's rights (canonical letters of ALL_RIGHTS); "" removes the
+    # entry. NotFound when the mailbox is gone.
+    async def shared_mailboxes(
+        self, user_id: int, identifiers: Sequence[str]
+    ) -> list[SharedMailbox]: ...
+    # Mailboxes of users other than ``user_id`` with a non-empty ACL entry for any of
+    # ``identifiers``, ordered by owner address and name.
+    async def acl_rights(self, mailbox_id: int, identifiers: Sequence[str]) -> str: ...
+
+    # -- METADATA (RFC 5464) --------------------------------------------------------------
+    async def get_metadata(self, user_id: int, mailbox_id: int) -> dict[str, bytes]: ...
+    # Every entry of a mailbox (``mailbox_id`` 0: the server) visible to ``user_id``: the
+    # "/shared/..." entries and that user's "/private/..." ones, by lower-case name.
+    async def set_metadata(
+        self,
+        user_id: int,
+        mailbox_id: int,
+        entries: Sequence[tuple[str, bytes | None]],
+        max_entries: int,
+    ) -> None: ...
+    # Set (None: remove) entries, all or none. Names are lower-case and start with
+    # "/private/" (kept per user) or "/shared/". TooMany when the mailbox would carry
+    # more than ``max_entries`` entries visible to the user.
+
+    # -- URLAUTH (RFC 4467) ---------------------------------------------------------------
+    async def urlauth_key(self, mailbox_id: int, *, create: bool = True) -> bytes | None: ...
+    # The mailbox's secret URLAUTH key, created (random, 32 octets) on first use; without
+    # ``create``, None when there is none (never generated, or reset since).
+    async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None: ...
+    # RESETKEY: forget the key of one mailbox, or of every mailbox of the user.
+
+    # -- migration ---------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]: ...
+    # Append ``messages`` to the mailbox in order, and remember each (origin, key) for the
+    # mailbox's owner, all in one transaction (durable on return). A message whose key is
+    # already remembered for that user and origin is not stored again: its entry in the
+    # returned list is 0, the others are the new UIDs. ``origin`` is an opaque string
+    # chosen by the importer (e.g. "imap://user@host/INBOX"). The owner's quota applies
+    # as for APPEND: OverQuota, and nothing of the batch is stored.
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]: ...
+    # The keys remembered for ``user_id`` and ``origin`` (empty when none).
 
     # -- the outbound queue ------------------------------------------------------------
     async def queue_due(
@@ -470,6 +766,47 @@ class Store(Protocol):
     async def queue_hold(self, qid: str, held: bool) -> bool: ...
     async def queue_flush(self, qid: str | None = None, domain: str | None = None) -> int: ...
     async def queue_next_due(self) -> int | None: ...
+
+    # -- mail authentication ------------------------------------------------------------
+    async def dkim_key_add(self, key: DkimKey) -> None: ...  # AlreadyExists for a known selector
+    async def dkim_keys(self, domain: str | None = None) -> list[DkimKey]: ...  # by domain, active_from
+    async def dkim_key_update(
+        self, domain: str, selector: str, *, active_from: int | None = None, retire_at: int | None = None
+    ) -> None: ...  # NotFound; only the given fields change
+    async def dkim_key_remove(self, domain: str, selector: str) -> None: ...  # NotFound
+    async def dmarc_add(self, rows: Sequence[DmarcRow]) -> None: ...  # counts add up per outcome
+    async def dmarc_pending(self, before: int) -> list[DmarcRow]: ...  # rows of periods < before
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int: ...
+    # Deletes the rows of one report and returns how many there were. With ``report``, the
+    # report is delivered (queued) in the same transaction, and only when rows were deleted:
+    # a crash never loses or repeats a day's report, and two senders racing (the server's
+    # daily run and ``postroom dmarc send-reports``) send it once.
+    async def queue_stats(self) -> QueueStats: ...
+
+    # -- credentials of the HTTP service (digests only; see ApiToken) ---------------------
+    async def add_api_token(self, name: str, digest: str) -> ApiToken: ...
+    async def list_api_tokens(self) -> list[ApiToken]: ...
+    async def remove_api_token(self, name: str) -> bool: ...
+    async def find_api_token(self, digest: str) -> ApiToken | None: ...
+    async def add_app_password(self, user_id: int, name: str, digest: str) -> AppPassword: ...
+    async def list_app_passwords(self, user_id: int) -> list[AppPassword]: ...
+    async def remove_app_password(self, user_id: int, password_id: int) -> bool: ...
+    async def find_app_password(self, user_id: int, digest: str) -> AppPassword | None: ...
+    async def add_web_session(self, digest: str, user_id: int, expires: int) -> None: ...
+    # Also forgets every session expired by now (the table stays bounded).
+    async def get_web_session(self, digest: str) -> WebSession | None: ...
+    async def remove_web_sessions(
+        self, *, digest: str | None = None, user_id: int | None = None
+    ) -> int: ...
+    # One session (logout) or every session of a user (password change).
+
+    # -- the recent delivery log (bounded) -------------------------------------------------
+    async def append_delivery_log(self, entries: Sequence[DeliveryLogEntry], keep: int) -> None: ...
+    # Appends, then forgets all but the newest ``keep`` entries.
+    async def list_delivery_log(self, limit: int, before_id: int | None = None) -> list[DeliveryLogEntry]: ...
+    # Newest first; ``before_id`` pages back.
 
     # -- POP3 exclusive access ------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from postroom.store.api import ChangeListener, MailboxChange
+from postroom.store.api import MESSAGES, ChangeListener, MailboxChange
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 class LocalChangeHub:
     def __init__(self) -> None:
         self._mailbox: dict[int, list[ChangeListener]] = {}
+        self._user: dict[int, list[ChangeListener]] = {}
         self._queue: list[Callable[[], None]] = []
 
     def subscribe(self, mailbox_id: int, listener: ChangeListener) -> None:
@@ -42,8 +43,26 @@ class LocalChangeHub:
         if listener in self._queue:
             self._queue.remove(listener)
 
+    def subscribe_user(self, user_id: int, listener: ChangeListener) -> None:
+        self._user.setdefault(user_id, []).append(listener)
+
+    def unsubscribe_user(self, user_id: int, listener: ChangeListener) -> None:
+        listeners = self._user.get(user_id)
+        if listeners is None or listener not in listeners:
+            return
+        listeners.remove(listener)
+        if not listeners:
+            del self._user[user_id]
+
     def publish(self, change: MailboxChange) -> None:
-        for listener in tuple(self._mailbox.get(change.mailbox_id, ())):
+        # Mailbox listeners (a selected mailbox) hear only message changes; account
+        # listeners (NOTIFY, METADATA) hear every kind.
+        targets: tuple[ChangeListener, ...] = ()
+        if change.kind == MESSAGES:
+            targets = tuple(self._mailbox.get(change.mailbox_id, ()))
+        if self._user:
+            targets += tuple(self._user.get(change.user_id, ()))
+        for listener in targets:
             try:
                 listener(change)
             except Exception:  # a broken listener must not stop the others
@@ -58,3 +77,6 @@ class LocalChangeHub:
 
     def listener_count(self, mailbox_id: int) -> int:
         return len(self._mailbox.get(mailbox_id, ()))
+
+    def user_listener_count(self) -> int:
+        return sum(len(v) for v in self._user.values())

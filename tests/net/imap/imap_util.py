@@ -52,3 +52,8 @@ def flags_of(text: bytes) -> set[str]:
     m = re.search(rb"FLAGS \(([^)]*)\)", text)
     assert m is not None, text
     return set(m.group(1).decode().split())
+
+
+def rest(done: bytes) -> bytes:
+    """A tagged response without its tag (tags depend on how many commands ran before)."""
+    return done.split(b" ", 1)[1]

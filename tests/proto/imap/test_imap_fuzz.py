@@ -57,6 +57,19 @@ CORPUS = [
     b"a1 UID EXPUNGE 3000:3002\r\n",
     b"a1 IDLE\r\n",
     b"a1 COMPRESS DEFLATE\r\n",
+    # the extensions: ACL, QUOTA, METADATA, URLAUTH, NOTIFY, CATENATE, contexts
+    b"a1 SETACL Shared/bob@x/INBOX anyone +lrcd\r\n",
+    b"a1 LISTRIGHTS INBOX {4}\r\nfred\r\n",
+    b'a1 SETQUOTA "" (STORAGE 512 MESSAGE 10)\r\n',
+    b"a1 GETMETADATA (MAXSIZE 10 DEPTH infinity) INBOX (/private/a /shared/vendor/x/y)\r\n",
+    b"a1 SETMETADATA INBOX (/private/a ~{2}\r\n\x00b /shared/b NIL /shared/c {1+}\r\nx)\r\n",
+    b'a1 GENURLAUTH "imap://u@h/INBOX/;uid=1;urlauth=authuser" INTERNAL\r\n',
+    b'a1 URLFETCH "imap://u@h/INBOX/;uid=1;urlauth=authuser:internal:00" ("u" BINARY)\r\n',
+    b"a1 RESETKEY INBOX INTERNAL\r\n",
+    b"a1 NOTIFY SET STATUS (selected (MessageNew (UID FLAGS) MessageExpunge)) (subtree (a b) NONE)\r\n",
+    b'a1 CANCELUPDATE "a0"\r\n',
+    b'a1 APPEND INBOX CATENATE (URL "/INBOX/;UID=1" TEXT {3}\r\nabc) CATENATE (TEXT ~{1}\r\n\x00)\r\n',
+    b"a1 UID SORT RETURN (PARTIAL -1:-5 UPDATE) (ARRIVAL) UTF-8 ALL\r\n",
 ]
 SMALL = Limits(
     max_line=120,
@@ -172,6 +185,19 @@ TOKENS = st.sampled_from(
         b"FLAGS",
         b"RETURN",
         b"CHARSET",
+        b"SETACL",
+        b"GETMETADATA",
+        b"SETMETADATA",
+        b"NOTIFY",
+        b"SET",
+        b"CATENATE",
+        b"URL",
+        b"TEXT",
+        b"PARTIAL",
+        b"-1:-3",
+        b"/private/a",
+        b"URLFETCH",
+        b"CANCELUPDATE",
     ]
 )
 LINE = st.lists(

@@ -64,7 +64,7 @@ def test_literal8_in_append() -> None:
 
 def test_literal8_refused_elsewhere_before_continuation() -> None:
     assert events(b"a LOGIN ~{3}\r\n", state=State.NOT_AUTHENTICATED) == [
-        Refused(b"a BAD literal8 is only allowed in APPEND\r\n"),
+        Refused(b"a BAD literal8 is only allowed in APPEND and SETMETADATA\r\n"),
         CLOSED,
     ]
 
@@ -234,6 +234,21 @@ def test_exact_line_limit_is_fine() -> None:
     limits = Limits(max_line=len(line))
     assert events(line, limits=limits) == [c.Noop("a"), CLOSED]
     assert events(line + line, limits=limits) == [c.Noop("a"), c.Noop("a"), CLOSED]
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET / HTTP/1.1\r\n", b"POST /login HTTP/1.0\r\n", b"CONNECT mail:143 HTTP/1.1\r\n"],
+)
+def test_http_request_line_closes_at_once(request_line: bytes) -> None:
+    # ALPACA-style cross-protocol request: one BYE, no BAD per header line.
+    data = request_line + b"Host: x\r\nUser-Agent: y\r\n\r\n"
+    expected = [Refused(b"* BYE This is an IMAP server, not an HTTP server\r\n", close=True)]
+    for state in (State.NOT_AUTHENTICATED, State.AUTHENTICATED):
+        assert drive_both(data, state=state) == expected
+    # After a real command too; and a mailbox that happens to be called HTTP/1.1 is fine.
+    assert events(b"a NOOP\r\n" + data)[1:] == expected
+    assert events(b"a SELECT HTTP/1.1\r\n")[0] == c.Select("a", "HTTP/1.1")
 
 
 def test_empty_lines_ignored() -> None:

@@ -106,8 +106,10 @@ def test_utf8_mode_takes_ampersand_literally() -> None:
         utf7.decode_mailbox_name(b"\xff\xfe", utf8=True)
 
 
-def test_raw_utf8_accepted_without_utf8_mode() -> None:
-    assert utf7.decode_mailbox_name("Entwürfe".encode(), utf8=False) == "Entwürfe"
+def test_raw_utf8_refused_without_utf8_mode() -> None:
+    # RFC 9051 5.1 / RFC 6855 3: 8-bit names only after ENABLE UTF8=ACCEPT (or IMAP4rev2).
+    with pytest.raises(MailboxNameError, match="8-bit"):
+        utf7.decode_mailbox_name("Entwürfe".encode(), utf8=False)
 
 
 def test_encode_mailbox_name() -> None:
@@ -126,13 +128,14 @@ def test_check_name_rejects(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["/etc/passwd", "a/", "a//b", "../x", "a/./b", "a/../b", "a*", "50%", "/".join("a" * 33)],
+    ["/etc/passwd", "a/", "a//b", "../x", "a/./b", "a/../b", "a*", "50%", "/".join("a" * 33),
+     "~root", "~", "~/mail", ".", "..", "a/..", "./a"],
 )
 def test_check_new_name_rejects(name: str) -> None:
     with pytest.raises(MailboxNameError):
         utf7.check_new_name(name)
 
 
-@pytest.mark.parametrize("name", ["~root", "a/b/c", "Entwürfe", "x" * 512, "/".join("a" * 32)])
+@pytest.mark.parametrize("name", ["a~", "a/~b", ".hidden", "a/..b", "a/b/c", "Entwürfe", "x" * 512, "/".join("a" * 32)])
 def test_check_new_name_accepts(name: str) -> None:
     utf7.check_new_name(name)

@@ -54,8 +54,11 @@ TABLE: list[tuple[str, bytes, list[str]]] = [
     ("unknown parameter", EHLO + b"MAIL FROM:<a@b.example> FOO=1\r\n", ["250", "555 5.5.4"]),
     ("unknown rcpt parameter", EHLO + MAIL + b"RCPT TO:<a@b.example> SIZE=1\r\n",
      ["250", "250 2.1.0", "555 5.5.4"]),
-    ("duplicate parameter", EHLO + b"MAIL FROM:<a@b.example> SIZE=1 size=2\r\n",
+    ("conflicting repeated parameter", EHLO + b"MAIL FROM:<a@b.example> SIZE=1 size=2\r\n",
      ["250", "501 5.5.4"]),
+    # smtplib adds SIZE to a caller's own size=: the same value twice is accepted.
+    ("repeated parameter, same value", EHLO + b"MAIL FROM:<a@b.example> SIZE=123 size=123\r\n",
+     ["250", "250 2.1.0"]),
     ("size over limit at MAIL", EHLO + b"MAIL FROM:<a@b.example> SIZE=1001\r\n"
      + b"MAIL FROM:<a@b.example> SIZE=1000\r\n", ["250", "552 5.3.4", "250 2.1.0"]),
     ("mail parameters", EHLO + b"MAIL FROM:<> BODY=8BITMIME RET=HDRS ENVID=x+2By AUTH=<>\r\n"
@@ -95,6 +98,11 @@ TABLE: list[tuple[str, bytes, list[str]]] = [
     ("starttls not offered", b"STARTTLS\r\n", ["502 5.5.1"]),
     ("http proxy probe", b"POST / HTTP/1.1\r\nHost: x\r\n", ["421 4.7.0"]),
     ("connect probe", b"CONNECT a:25 HTTP/1.0\r\n", ["421 4.7.0"]),
+    ("other http verbs", b"EHLO x\r\nOPTIONS * HTTP/1.1\r\nNOOP\r\n", ["250", "421 4.7.0"]),
+    ("any http request line", b"BREW /pot HTTP/1.1\r\nNOOP\r\n", ["421 4.7.0"]),
+    ("header field as command", b"NOOP\r\nHost: mail.example.org\r\nNOOP\r\n",
+     ["250 2.0.0", "421 4.7.0"]),
+    ("not foreign: unknown word", b"HTTP/1.1 GET\r\nNOOP\r\n", ["500 5.5.1", "250 2.0.0"]),
 ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from smtp_harness import CONFIG, ENVELOPE, drive, drive_all_ways
+from smtp_harness import CONFIG, ENVELOPE, bytewise, drive, drive_all_ways
 
 from postroom.proto.smtp.events import MailFrom, MessageComplete, MessageRefused, RcptTo
 from postroom.proto.smtp.server import CloseReason, ServerConfig
@@ -178,10 +178,29 @@ def test_bdat_size_exceeded() -> None:
     assert t.of(MessageComplete) == []
 
 
-def test_bdat_huge_single_chunk_is_skipped_not_buffered() -> None:
-    chunks = [ENVELOPE + b"BDAT 200000 LAST\r\n"] + [b"q" * 4000] * 50 + [b"NOOP\r\n"]
+def test_bdat_chunk_within_limit_that_overflows_is_drained() -> None:
+    # The chunk alone fits (1000), the message does not (600 + 900): read, drop, go on.
+    chunks = [ENVELOPE + b"BDAT 600\r\n" + b"q" * 600 + b"BDAT 900 LAST\r\n"]
+    chunks += [b"q" * 300] * 3 + [b"NOOP\r\n"]
     t = drive(chunks, max_bounded=CONFIG.max_auth_line_length)
-    assert t.codes == HEAD + ["552 5.3.4", "250 2.0.0"]
+    assert t.codes == HEAD + ["250 2.0.0", "552 5.3.4", "250 2.0.0"]
+
+
+@pytest.mark.parametrize("size", [b"1001", b"200000", b"99999999999999", b"9" * 20])
+def test_bdat_chunk_over_the_limit_is_refused_at_once_and_closes(size: bytes) -> None:
+    # RFC 3030 2: the octets follow the command; a chunk larger than any message we accept
+    # is not read (it could be 90 TB), so the stream cannot be resynchronised: 552, close.
+    for chunks in ([ENVELOPE + b"BDAT " + size + b" LAST\r\n" + b"q" * 10 + b"NOOP\r\n"],
+                   bytewise(ENVELOPE + b"BDAT " + size + b"\r\nqqqq")):
+        t = drive(chunks, eof=False)
+        assert t.codes == HEAD + ["552 5.3.4"], t.output
+        assert t.conn.closed and t.conn.close_reason is CloseReason.CHUNK_TOO_BIG
+        refused = t.of(MessageRefused)
+        assert len(refused) == 1 and refused[0].size == int(size)  # type: ignore[attr-defined]
+        assert t.of(MessageComplete) == []
+    # Also before MAIL: a sequence error cannot be skipped either.
+    t = drive([b"EHLO c.example\r\nBDAT " + size + b"\r\nxx"], eof=False)
+    assert t.codes == ["250", "552 5.3.4"] and t.conn.closed
 
 
 def test_bdat_bare_lf_refused_at_last() -> None:

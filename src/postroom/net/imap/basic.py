@@ -1,4 +1,4 @@
-"""Small commands: CAPABILITY, NOOP, CHECK, LOGOUT, ID, ENABLE, COMPRESS, GETQUOTA*.
+"""Small commands: CAPABILITY, NOOP, CHECK, LOGOUT, ID, ENABLE, COMPRESS.
 
 NOOP and CHECK do nothing themselves: the session's post-command sync is what reports
 new mail, flag changes and expunges (RFC 9051 6.1.2). ENABLE (RFC 5161) switches the
@@ -19,8 +19,6 @@ from postroom.proto.imap.commands import (
     Check,
     Compress,
     Enable,
-    GetQuota,
-    GetQuotaRoot,
     Id,
     Logout,
     Noop,
@@ -100,10 +98,6 @@ async def compress(s: ImapSession, cmd: Compress) -> bytes | None:
     return None
 
 
-async def getquota(s: ImapSession, cmd: GetQuota | GetQuotaRoot) -> bytes:
-    return responses.no(cmd.tag, "Quotas are not supported")
-
-
 HANDLERS = {
     Capability: capability,
     Noop: noop,
@@ -112,6 +106,4 @@ HANDLERS = {
     Id: id_command,
     Enable: enable,
     Compress: compress,
-    GetQuota: getquota,
-    GetQuotaRoot: getquota,
 }

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, cast
 from postroom.deliver import summarize
 from postroom.message import MessageSummary, SummaryError
 from postroom.message.model import HeadSummary, header_summary
+from postroom.net import budget
+from postroom.net.imap import jobs
 from postroom.proto.imap import responses
 from postroom.proto.imap.bodystructure import body_bytes, bodystructure_bytes, envelope_bytes
 from postroom.proto.imap.commands import Fetch
@@ -112,6 +114,7 @@ async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
     delivery (``proto.imap.prerender``) stand in for the summary where they are stored."""
     out: dict[int, MessageSummary] = {}
     for blob_id, value in raw.items():
+        await budget.tick()  # a chunk may hold hundreds of summaries (net/budget.py)
         if head_only and (head := header_summary(value)) is not None:
             # Top-level sections only (see fetch): the offsets stand in for the summary.
             out[blob_id] = cast(MessageSummary, head)
@@ -132,6 +135,23 @@ async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
     return out
 
 
+def _split_huge(raw: dict[int, bytes], head_only: bool,
+                prerendered_ok: bool = False) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """(summaries to parse here, huge ones): a summary of ``jobs.HUGE_SUMMARY`` octets (a
+    message with ~500 parts or more) takes milliseconds to decode and render, so its items
+    are rendered in a worker process. Top-level-only items never decode the tree, nor do
+    ENVELOPE and BODYSTRUCTURE of a summary stored with them rendered (``prerendered_ok``:
+    a copy)."""
+    if head_only or not any(len(v) >= jobs.HUGE_SUMMARY for v in raw.values()):
+        return raw, {}
+    huge = {b: v for b, v in raw.items()
+            if len(v) >= jobs.HUGE_SUMMARY and header_summary(v) is not None
+            and not (prerendered_ok and prerendered(v) is not None)}
+    if not huge:
+        return raw, {}
+    return {b: v for b, v in raw.items() if b not in huge}, huge
+
+
 def chunks(metas: Sequence[MessageMeta], with_data: bool) -> list[tuple[int, int]]:
     """(start, end) slices: at most CHUNK_MESSAGES messages, ~CHUNK_BYTES when reading bytes."""
     out: list[tuple[int, int]] = []
@@ -150,9 +170,9 @@ class _Plan:
     """What a FETCH attribute list needs, worked out once per distinct list (clients send
     the same few lists over and over): which reads, which cache keys."""
 
-    __slots__ = ("cache_keys", "cacheable", "from_view", "head_only", "header_only",
-                 "kinds", "memory_keys", "modseq", "need_data", "need_summary",
-                 "prerendered_ok", "sets_seen", "wanted")
+    __slots__ = ("cache_keys", "cacheable", "field_atts", "from_view", "head_only",
+                 "header_only", "kinds", "memory_keys", "modseq", "need_data", "need_summary",
+                 "prerendered_ok", "sets_seen", "summary_atts", "wanted")
 
     def __init__(self, atts: tuple[FetchAtt, ...]) -> None:
         self.kinds = frozenset(a.kind for a in atts)
@@ -167,6 +187,12 @@ class _Plan:
             _top_level(a) for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
         self.prerendered_ok = all(
             a.kind in _PRERENDERED for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
+        # The items a worker process renders for a message with a huge summary or header
+        # (jobs.render_items), and whether header fields are picked (a huge header is).
+        self.summary_atts = tuple(a for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
+        self.field_atts = any(
+            a.section is not None and a.section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
+            for a in self.summary_atts)
         # When every item that needs the message is one the shared cache keeps (ENVELOPE,
         # BODYSTRUCTURE, BODY, top-level header sections), cached messages need no read.
         heavy = [a for a in atts if a.kind in _NEEDS_SUMMARY or a.kind in _NEEDS_DATA]
@@ -223,6 +249,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     uids = view.uids_at(positions)
     if len(uids) <= FEW_MESSAGES and cmd.changed_since is None:
         return await _fetch_few(s, view, cmd, plan, uids)
+    if len(uids) > CHUNK_MESSAGES:
+        await budget.heavy()  # many messages: a heavy command from the start (net/budget.py)
     need_data, need_summary = plan.need_data, plan.need_summary
     header_only, head_only = plan.header_only, plan.head_only
     cache = s.structures if plan.cacheable else None
@@ -250,6 +278,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         part = metas[start:end]
         datas: dict[int, bytes] = {}
         summaries: dict[int, MessageSummary] = {}
+        huge: dict[int, bytes] = {}  # raw summaries too big to parse on the event loop
+        raws: dict[int, bytes] = {}  # every raw summary read for this chunk
         frags: dict[int, dict[str, bytes]] = {}
         if cache is not None:
             # Taken now, before any await: other sessions may evict entries meanwhile.
@@ -272,6 +302,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             if need_summary:
                 raw = {m.blob_id: c.summary for m in part_to_parse
                        if (c := pre[m.uid]).summary is not None}
+                raws = raw
+                raw, huge = _split_huge(raw, head_only, plan.prerendered_ok)
                 summaries = await parse_summaries(s, raw, datas, partial=header_only,
                                                   head_only=head_only,
                                                   prerendered_ok=plan.prerendered_ok)
@@ -289,25 +321,62 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 if c.summary is not None:
                     raw[c.meta.blob_id] = c.summary
             if need_summary:
+                raws = raw
+                raw, huge = _split_huge(raw, head_only)
                 summaries = await parse_summaries(s, raw, datas, partial=True, head_only=head_only)
         else:
             if need_data and part_to_parse:
                 datas = await store.read_blobs([m.blob_id for m in part_to_parse])
             if need_summary and part_to_parse:
-                summaries = await load_summaries(s, part_to_parse, datas, head_only=head_only,
-                                                 prerendered_ok=plan.prerendered_ok)
+                raw = await store.read_summaries([m.blob_id for m in part_to_parse])
+                raws = raw
+                raw, huge = _split_huge(raw, head_only, plan.prerendered_ok)
+                summaries = await parse_summaries(s, raw, datas, head_only=head_only,
+                                                  prerendered_ok=plan.prerendered_ok)
         for k, m in enumerate(part, start):
+            await budget.tick()  # yield to other sessions every few ms (net/budget.py)
             data = datas.get(m.blob_id)
             summary = summaries.get(m.blob_id)
             known = frags.get(m.uid)
-            if known is None and ((need_data and data is None) or (need_summary and summary is None)):
+            rendered = None
+            if known is None and (huge or plan.field_atts) and (
+                    raw_summary := _to_offload(plan, m, summary, data, huge, raws)) is not None:
+                rendered = await _offloaded(s, cmd, plan, raw_summary, data)
+            if known is None and rendered is None and (
+                    (need_data and data is None) or (need_summary and summary is None)):
                 missing = True
                 continue
-            s.write(renderer.render(seqs[k], m, summary, data, known))
+            s.write(renderer.render(seqs[k], m, summary, data, known, rendered))
         await s.maybe_flush()
     if missing:
         return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
     return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
+
+
+def _to_offload(plan: _Plan, m: MessageMeta, summary: MessageSummary | None,
+                data: bytes | None, huge: dict[int, bytes], raws: dict[int, bytes]) -> bytes | None:
+    """The raw summary of ``m`` when rendering its items here would hold the event loop
+    (thousands of MIME parts: ``huge``; HEADER.FIELDS over thousands of header fields), so
+    a worker process renders them (:func:`_offloaded`); None: rendered here as usual."""
+    if m.blob_id in huge and (data is not None or not plan.need_data):
+        return huge[m.blob_id]  # thousands of MIME parts
+    if (plan.field_atts and summary is not None
+            and summary.root.header_end - summary.root.header_start >= jobs.BIG_HEADER
+            and (raw_summary := raws.get(m.blob_id)) is not None
+            and header_summary(raw_summary) is not None):
+        return raw_summary  # HEADER.FIELDS over thousands of header fields
+    return None
+
+
+async def _offloaded(s: ImapSession, cmd: Fetch, plan: _Plan, raw_summary: bytes,
+                     data: bytes | None) -> dict[FetchAtt, bytes]:
+    """The summary items of a message rendered in a worker process (see _to_offload)."""
+    items = await s.services.offload(
+        jobs.render_items, plan.summary_atts, raw_summary, data, s.rev2, cmd.tag)
+    if items is None:
+        raise ImapPeerError("Unknown Content-Transfer-Encoding", status="NO",
+                            code=responses.UNKNOWN_CTE, tag=cmd.tag)
+    return dict(zip(plan.summary_atts, items, strict=True))
 
 
 async def _mark_seen(s: ImapSession, view: SelectedMailbox, plan: _Plan,
@@ -315,7 +384,7 @@ async def _mark_seen(s: ImapSession, view: SelectedMailbox, plan: _Plan,
     """The implicit \\Seen of a body fetch, in one store write (see the module docstring),
     and the ``* FLAGS`` any keyword new to the client needs before a FETCH shows it."""
     seen_now: set[int] = set()
-    if plan.sets_seen and not view.readonly:
+    if plan.sets_seen and not view.readonly and "s" in view.rights:  # RFC 4314 4
         unseen = [m.uid for m in metas if not m.flags & FLAG_SEEN]
         if unseen:
             result = await s.store.store_flags(view.mailbox_id, unseen, FlagChange("add", FLAG_SEEN))
@@ -360,7 +429,7 @@ async def _fetch_few(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _P
     )
     metas = [c.meta for c in contents]
     seen_now: AbstractSet[int]
-    if plan.sets_seen and not view.readonly:
+    if plan.sets_seen and not view.readonly and "s" in view.rights:  # RFC 4314 4
         metas, seen_now = await _mark_seen(s, view, plan, metas)
     else:
         seen_now = _NO_UIDS
@@ -369,10 +438,13 @@ async def _fetch_few(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _P
     missing = len(metas) < len(uids)
     renderer = _Renderer(s, view, cmd, seen_now, plan)
     summaries: dict[int, MessageSummary] = {}
+    huge: dict[int, bytes] = {}
+    raws: dict[int, bytes] = {}
     if need_summary and not everything_cached:
         datas = {c.meta.blob_id: c.data for c in contents if c.data is not None}
-        raw = {c.meta.blob_id: c.summary for c in contents
-               if c.summary is not None and c.meta.uid not in frags}
+        raws = {c.meta.blob_id: c.summary for c in contents
+                if c.summary is not None and c.meta.uid not in frags}
+        raw, huge = _split_huge(raws, plan.head_only, plan.prerendered_ok)
         summaries = await parse_summaries(s, raw, datas, partial=plan.header_only,
                                           head_only=plan.head_only,
                                           prerendered_ok=plan.prerendered_ok)
@@ -381,11 +453,16 @@ async def _fetch_few(s: ImapSession, view: SelectedMailbox, cmd: Fetch, plan: _P
         known = frags.get(m.uid)
         summary = summaries.get(m.blob_id)
         seq = seq_of(m.uid)
-        if seq is None or (known is None and (
+        rendered = None
+        if known is None and seq is not None and (huge or plan.field_atts) and (
+                raw_summary := _to_offload(plan, m, summary, c.data, huge, raws)) is not None:
+            # The same guard as the general path: no huge parse on the event loop.
+            rendered = await _offloaded(s, cmd, plan, raw_summary, c.data)
+        if seq is None or (known is None and rendered is None and (
                 (need_data and c.data is None) or (need_summary and summary is None))):
             missing = True
             continue
-        s.write(renderer.render(seq, m, summary, c.data, known))
+        s.write(renderer.render(seq, m, summary, c.data, known, rendered))
     if missing:
         return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
     return responses.ok(cmd.tag, ("UID FETCH" if cmd.uid else "FETCH") + " completed")
@@ -426,6 +503,9 @@ async def _fetch_from_view(s: ImapSession, view: SelectedMailbox, cmd: Fetch) ->
 
     The view is brought up to date first (only where expunges may not be reported do
     they stay pending; their last known flags are still served, as RFC 9051 allows).
+    No budget ticks: about a microsecond per message (a client's resync must work even
+    under a tiny ``limits.command_time``; tests/e2e/test_loop_lag.py), and the output is
+    flushed every 2,048 messages.
     """
     if not cmd.uid:
         await s.sync(expunge=False)  # UID commands were synced before they started
@@ -577,6 +657,17 @@ class _Renderer:
             self.flag_cache[key] = cached
         return cached
 
+    @classmethod
+    def for_items(cls, rev2: bool, tag: str) -> _Renderer:
+        """A renderer for :meth:`item` alone, which needs only these two (worker
+        processes render the items of messages with huge summaries: jobs.render_items)."""
+        r = cls.__new__(cls)
+        r.rev2, r.tag = rev2, tag
+        return r
+
+    def item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> bytes:
+        return _flat(self._item(att, summary, data))
+
     def _item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> Item:
         if att.kind in _STRUCTURE:
             assert summary is not None
@@ -598,8 +689,10 @@ class _Renderer:
         return b"BODY " + body_bytes(summary, rev2=self.rev2)
 
     def render(self, seq: int, m: MessageMeta, summary: MessageSummary | None,
-               data: bytes | None, known: dict[str, bytes] | None = None) -> bytes:
-        """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind."""
+               data: bytes | None, known: dict[str, bytes] | None = None,
+               rendered: dict[FetchAtt, bytes] | None = None) -> bytes:
+        """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind;
+        ``rendered``: items a worker process rendered already (huge summaries)."""
         parts: list[Item] = []
         add = parts.append
         big = False
@@ -609,7 +702,9 @@ class _Renderer:
             add(b"UID %d" % m.uid)
         for att in self.atts:
             kind = att.kind
-            if kind == FLAGS:
+            if rendered is not None and att in rendered:
+                add(rendered[att])
+            elif kind == FLAGS:
                 add(self.flags(m))
             elif kind == UID:
                 add(b"UID %d" % m.uid)

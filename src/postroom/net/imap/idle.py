@@ -28,7 +28,7 @@ async def idle(s: ImapSession, cmd: Idle) -> bytes:
     s.rx.expect_idle_done(cmd.tag)
     s.idling = True
     try:
-        await s.sync(expunge=True)
+        await s.unsolicited(expunge=True)
         event = await s.next_event(raise_errors=True)
     finally:
         s.idling = False

@@ -35,16 +35,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from postroom.message import MessageSummary, text_parts
+from postroom.message import MessageSummary
 from postroom.message.encoded import decode_words
-from postroom.message.headers import find_fields, unfold
-from postroom.net.imap import search_mask
-from postroom.net.imap.fetch import chunks, load_metas, load_summaries
+from postroom.net import budget
+from postroom.net.imap import contexts, jobs, search_mask
+from postroom.net.imap.fetch import chunks, load_metas, load_summaries, parse_summaries
 from postroom.net.imap.light import Light, light
 from postroom.net.imap.search_mask import EnvelopeMatches, envelope_matches, is_envelope_key
 from postroom.net.imap.thread import Item, is_reply_or_forward, thread_response
 from postroom.proto.imap import responses
-from postroom.proto.imap.commands import Search, Sort, Thread
+from postroom.proto.imap.commands import CancelUpdate, Search, Sort, Thread
 from postroom.proto.imap.grammar import RECENT
 from postroom.proto.imap.search import (
     AgeKey,
@@ -61,7 +61,7 @@ from postroom.proto.imap.search import (
     SizeKey,
     TextKey,
 )
-from postroom.proto.imap.sequence import RangeSet
+from postroom.proto.imap.sequence import RangeSet, compact
 from postroom.store.api import SYSTEM_FLAGS, MessageMeta
 
 if TYPE_CHECKING:
@@ -83,19 +83,33 @@ class Candidate:
     summary: MessageSummary | None = None
     _header_text: str | None = None
     _body_text: str | None = None
+    hits: jobs.Hits | None = None  # a big message, already searched in a worker process
 
     def header_text(self) -> str:
         if self._header_text is None:
             assert self.data is not None and self.light is not None
-            raw = self.data[self.light.header_start : self.light.header_end]
-            self._header_text = decode_words(raw).casefold()
+            light = self.light
+            self._header_text = jobs.header_text(self.data, light.header_start, light.header_end)
         return self._header_text
 
     def body_text(self) -> str:
         if self._body_text is None:
             assert self.data is not None and self.summary is not None
-            self._body_text = "\n".join(text_parts(self.data, self.summary)).casefold()
+            self._body_text = jobs.body_text(self.data, self.summary)
         return self._body_text
+
+    def in_header(self, needle: str) -> bool:
+        return needle in self.hits[0] if self.hits is not None else needle in self.header_text()
+
+    def in_body(self, needle: str) -> bool:
+        return needle in self.hits[1] if self.hits is not None else needle in self.body_text()
+
+    def field_matches(self, field: str, needle: str) -> bool:
+        if self.hits is not None:
+            return (field, needle) in self.hits[2]
+        assert self.data is not None and self.light is not None
+        light = self.light
+        return jobs.field_matches(self.data, light.header_start, light.header_end, field, needle)
 
 
 Predicate = Callable[[Candidate], bool]
@@ -186,8 +200,8 @@ class Compiler:
         if isinstance(key, TextKey):
             needle = key.value.casefold()
             if key.where == "BODY":
-                return lambda c: needle in c.body_text()
-            return lambda c: needle in c.header_text() or needle in c.body_text()
+                return lambda c: c.in_body(needle)
+            return lambda c: c.in_header(needle) or c.in_body(needle)
         raise TypeError(f"unknown search key {key!r}")
 
     def _flag(self, key: FlagKey) -> Predicate:
@@ -228,16 +242,8 @@ class Compiler:
             # the store evaluated them already (envelope_matches).
             uids = frozenset(self.matches[(name, key.value)])
             return lambda c: c.meta.uid in uids
-        field = name.encode("utf-8")
-
-        def match(c: Candidate) -> bool:
-            assert c.data is not None and c.light is not None
-            found = find_fields(c.data, (field,), c.light.header_start, c.light.header_end)
-            if not needle:
-                return next(found, None) is not None  # an empty string: the field exists
-            return any(needle in decode_words(unfold(m.group(2))).casefold() for m in found)
-
-        return match
+        # An empty needle asks whether the field exists (jobs.field_matches).
+        return lambda c: c.field_matches(name, needle)
 
 
 async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int],
@@ -266,10 +272,11 @@ async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int]
     raw = await s.store.read_summaries([m.blob_id for m in missing])
     slow: list[MessageMeta] = []
     for m in missing:
+        await budget.tick()
         value = raw.get(m.blob_id)
         if value is None:
             continue  # expunged meanwhile
-        parsed = light(value)
+        parsed = await _light(s, value)
         if parsed is None:
             slow.append(m)
         else:
@@ -285,6 +292,13 @@ async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int]
     return out
 
 
+async def _light(s: ImapSession, raw: bytes) -> Light | None:
+    """:func:`light` of a stored summary; a huge one is decoded in a worker process."""
+    if len(raw) >= jobs.HUGE_SUMMARY:
+        return await s.services.offload(jobs.light_of, raw)
+    return light(raw)
+
+
 def needs_meta(key: SearchKey) -> bool:
     """Does ``key`` look at what only the store's metadata has (size, dates, modseq)?"""
     if isinstance(key, (SizeKey, AgeKey, ModSeqKey, DateKey)):
@@ -298,15 +312,37 @@ def needs_meta(key: SearchKey) -> bool:
     return False
 
 
+def _needles(key: SearchKey, out: tuple[set[str], set[str], set[tuple[str, str]]]) -> None:
+    """Collect what :func:`jobs.text_hits` must look for: (header-text needles, body-text
+    needles, (field, needle) pairs), all case-folded."""
+    for k in search_mask.leaf_keys(key):
+        if isinstance(k, TextKey):
+            needle = k.value.casefold()
+            out[1].add(needle)
+            if k.where != "BODY":
+                out[0].add(needle)
+        elif isinstance(k, HeaderKey) and not is_envelope_key(k):
+            out[2].add((k.field, k.value.casefold()))
+
+
 async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
                    lights: bool = False) -> list[Candidate]:
     """The messages of the view matching ``key``, in sequence order, message by message.
 
     ``lights``: keep each match's light summary view (SORT and THREAD need them).
+    The loop yields to other sessions every few milliseconds (``budget.tick``); a message
+    of ``jobs.BIG_MESSAGE`` octets or more, with a huge summary or a ``jobs.BIG_HEADER``
+    header is searched in a worker process (one decode of a 50 MB text part, or a walk
+    over 100,000 header fields, would hold the event loop for long).
     """
+    await budget.heavy()  # whole-mailbox reads and a loop per message: two at a time
     level = max(need(key), LIGHT if lights else META)
     matches = await envelope_matches(s, view, key)
     predicate = Compiler(view, time.time(), matches).compile(key)
+    needles: tuple[set[str], set[str], set[tuple[str, str]]] = (set(), set(), set())
+    if level >= HEADER:
+        _needles(key, needles)
+    wanted = (tuple(sorted(needles[0])), tuple(sorted(needles[1])), tuple(sorted(needles[2])))
     last = view.last_uid
     metas = await load_metas(s, view, view.uids_at(range(len(view))))
     seq_of = view.seq_of
@@ -317,26 +353,46 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
         datas: dict[int, bytes] = {}
         views: dict[int, Light] = {}
         sums: dict[int, MessageSummary] = {}
+        raw: dict[int, bytes] = {}
+        big: set[int] = set()
         if level >= HEADER:
             datas = await s.store.read_blobs([m.blob_id for m in part])
         if level == FULL:
-            sums = await load_summaries(s, part, datas)
-            views = {m.uid: Light.from_summary(sums[m.blob_id]) for m in part
-                     if m.blob_id in sums}
+            raw = await s.store.read_summaries([m.blob_id for m in part])
+            for blob_id, value in raw.items():
+                if len(value) >= jobs.HUGE_SUMMARY \
+                        or len(datas.get(blob_id, b"")) >= jobs.BIG_MESSAGE:
+                    quick = await _light(s, value)  # the top level only: no MIME tree here
+                    if quick is not None:
+                        big.add(blob_id)
+                        views[blob_id] = quick
+            sums = await parse_summaries(
+                s, {b: v for b, v in raw.items() if b not in big}, datas)
+            for m in part:
+                if m.blob_id in sums:
+                    views[m.blob_id] = Light.from_summary(sums[m.blob_id])
+            views = {m.uid: views[m.blob_id] for m in part if m.blob_id in views}
         elif level >= LIGHT:
             views = await load_lights(s, view, [m.uid for m in part], {m.uid: m for m in part})
         for m in part:
+            await budget.tick()
             seq = seq_of(m.uid) if m.uid <= last and m.uid not in pending else None
             if seq is None:
                 continue
-            c = Candidate(seq, m, views.get(m.uid), datas.get(m.blob_id),
-                          sums.get(m.blob_id))
+            data = datas.get(m.blob_id)
+            c = Candidate(seq, m, views.get(m.uid), data, sums.get(m.blob_id))
             if level >= LIGHT and c.light is None or level >= HEADER and c.data is None:
                 continue  # expunged between the reads
+            span = (c.light.header_start, c.light.header_end) if c.light is not None else None
+            if data is not None and span is not None and (
+                    m.blob_id in big or span[1] - span[0] >= jobs.BIG_HEADER):
+                c.hits = await s.services.offload(
+                    jobs.text_hits, data, raw.get(m.blob_id) or b"", span, *wanted)
             if predicate(c):
                 # keep no message bytes or MIME trees of matches around
                 c.data = c.summary = None
                 c._body_text = c._header_text = None
+                c.hits = None
                 found.append(c)
     return found
 
@@ -347,7 +403,7 @@ async def matching_positions(s: ImapSession, view: SelectedMailbox,
     among them when ``key`` uses MODSEQ (RFC 7162 3.1.5), else None."""
     if search_mask.maskable(key):
         matches = await envelope_matches(s, view, key)
-        return search_mask.evaluate(view, key, matches), None
+        return await search_mask.evaluate(view, key, matches), None
     found = await evaluate(s, view, key)
     highest = max((c.meta.modseq for c in found), default=None) if uses_modseq(key) else None
     return [c.seq - 1 for c in found], highest
@@ -356,6 +412,8 @@ async def matching_positions(s: ImapSession, view: SelectedMailbox,
 async def search(s: ImapSession, cmd: Search) -> bytes:
     view = s.selected
     assert view is not None
+    if cmd.returns and "UPDATE" in cmd.returns:
+        contexts.check_tag(view, cmd.tag)
     modseq_used = uses_modseq(cmd.key)
     if modseq_used:
         s.enable_condstore()  # RFC 7162 3.1: the first CONDSTORE command enables it
@@ -371,24 +429,29 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
     if returns is None:
         s.write(responses.search(numbers, modseq=highest))
         return responses.ok(cmd.tag, ("UID SEARCH" if cmd.uid else "SEARCH") + " completed")
-    options = returns - {"SAVE"} if returns != frozenset() else frozenset({"ALL"})
-    if highest is not None and uids and options and options <= {"MIN", "MAX"}:
+    # RFC 5267 4: CONTEXT is a hint and UPDATE asks for notifications; neither returns data.
+    options = returns - _NO_DATA if returns != frozenset() else frozenset({"ALL"})
+    if (highest is not None and uids and options and options <= {"MIN", "MAX"}
+            and cmd.partial is None):
         # RFC 7162 3.1.5 with RFC 4731: with only MIN and/or MAX, MODSEQ is the highest
         # mod-sequence of the messages returned, not of every match.
-        picked = {uids[0] if "MIN" in options else uids[-1],
-                  uids[-1] if "MAX" in options else uids[0]}
-        metas = await s.store.get_messages(view.mailbox_id, sorted(picked))
+        picked_minmax = {uids[0] if "MIN" in options else uids[-1],
+                         uids[-1] if "MAX" in options else uids[0]}
+        metas = await s.store.get_messages(view.mailbox_id, sorted(picked_minmax))
         if metas:
             highest = max(m.modseq for m in metas)
     if "SAVE" in returns:
-        # RFC 5182 2.4: with only MIN and/or MAX the saved result is those messages.
-        if options and options <= {"MIN", "MAX"} and uids:
-            picked = {uids[0], uids[-1]} if options == {"MIN", "MAX"} else \
-                {uids[0] if "MIN" in options else uids[-1]}
-            view.saved = RangeSet.from_numbers(picked)
-        else:
-            view.saved = RangeSet.from_numbers(uids)
-        if not options:
+        # RFC 5182 2.4: with only MIN and/or MAX the saved result is those messages;
+        # RFC 9394 3.2: with PARTIAL (and no COUNT), the partial result and MIN/MAX.
+        picked: set[int] | list[int] = uids
+        if options and uids and (options <= {"MIN", "MAX"} or
+                                 cmd.partial is not None and "COUNT" not in options):
+            picked = set(partial_items(uids, cmd.partial)) if cmd.partial is not None else set()
+            picked |= {uids[0]} if "MIN" in options else set()
+            picked |= {uids[-1]} if "MAX" in options else set()
+        view.saved = RangeSet.from_numbers(picked)
+        if not options and cmd.partial is None:
+            _context(s, view, cmd, None, uids)
             return responses.ok(cmd.tag, "SEARCH completed, result saved")
     s.write(responses.esearch(
         cmd.tag, uid=cmd.uid,
@@ -397,8 +460,44 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
         count=len(numbers) if "COUNT" in options else None,
         all_=RangeSet.from_numbers(numbers) if numbers and "ALL" in options else None,
         modseq=highest,
+        partial=_partial(numbers, cmd.partial, ordered=False),
     ))
+    _context(s, view, cmd, None, uids)
     return responses.ok(cmd.tag, ("UID SEARCH" if cmd.uid else "SEARCH") + " completed")
+
+
+_NO_DATA = frozenset({"SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
+
+
+def partial_items(numbers: Sequence[int], partial: tuple[int, int] | None) -> Sequence[int]:
+    """The members ``PARTIAL first:last`` selects (RFC 9394 3.1): 1-based positions in
+    the result, counted from the end when negative (-1 is the last)."""
+    if partial is None:
+        return numbers
+    first, last = partial
+    if first > 0:
+        return numbers[first - 1 : last]
+    n = len(numbers)
+    start, stop = max(n + last, 0), n + first + 1  # -1:-3 = the last three
+    return numbers[start:stop] if stop > 0 else []
+
+
+def _partial(numbers: Sequence[int], partial: tuple[int, int] | None, *,
+             ordered: bool) -> tuple[bytes, bytes | None] | None:
+    if partial is None:
+        return None
+    picked = partial_items(numbers, partial)
+    if not picked:
+        return b"%d:%d" % partial, None
+    # SEARCH results are a set (mailbox order); SORT keeps its order (RFC 5267 3.2).
+    text = compact(picked) if ordered else RangeSet.from_numbers(picked).to_bytes()
+    return b"%d:%d" % partial, text
+
+
+def _context(s: ImapSession, view: SelectedMailbox, cmd: Search | Sort,
+             criteria: tuple[tuple[str, bool], ...] | None, uids: list[int]) -> None:
+    if cmd.returns and "UPDATE" in cmd.returns:
+        contexts.register(s, view, cmd.tag, cmd.uid, cmd.key, criteria, uids)
 
 
 # -- SORT (RFC 5256 3, RFC 5957) -------------------------------------------------------
@@ -421,18 +520,45 @@ def _sort_key(name: str) -> Callable[[Candidate], object]:
     return lambda c: getattr(c.light, attribute) if c.light else ""
 
 
+def sort_candidates(found: list[Candidate], criteria: Sequence[tuple[str, bool]]) -> None:
+    # Ties keep sequence order (RFC 5256 3): stable sorts, least significant key first.
+    for name, reverse in reversed(criteria):
+        found.sort(key=_sort_key(name), reverse=reverse)  # type: ignore[arg-type]
+
+
 async def sort(s: ImapSession, cmd: Sort) -> bytes:
     view = s.selected
     assert view is not None
+    if cmd.returns and "UPDATE" in cmd.returns:
+        contexts.check_tag(view, cmd.tag)
     found = await evaluate(s, view, cmd.key, lights=True)
-    # Ties keep sequence order (RFC 5256 3): stable sorts, least significant key first.
-    for name, reverse in reversed(cmd.criteria):
-        found.sort(key=_sort_key(name), reverse=reverse)  # type: ignore[arg-type]
-    s.write(responses.sort([c.meta.uid if cmd.uid else c.seq for c in found]))
-    return responses.ok(cmd.tag, ("UID SORT" if cmd.uid else "SORT") + " completed")
+    sort_candidates(found, cmd.criteria)
+    numbers = [c.meta.uid if cmd.uid else c.seq for c in found]
+    done = responses.ok(cmd.tag, ("UID SORT" if cmd.uid else "SORT") + " completed")
+    if cmd.returns is None:
+        s.write(responses.sort(numbers))
+        return done
+    # ESORT (RFC 5267 3.1): ESEARCH data in sort order; MIN/MAX are the first and last.
+    options = cmd.returns - _NO_DATA if cmd.returns != frozenset() else frozenset({"ALL"})
+    uids = [c.meta.uid for c in found]
+    if "SAVE" in cmd.returns:
+        view.saved = RangeSet.from_numbers(uids)
+    s.write(responses.esearch(
+        cmd.tag, uid=cmd.uid,
+        minimum=numbers[0] if numbers and "MIN" in options else None,
+        maximum=numbers[-1] if numbers and "MAX" in options else None,
+        count=len(numbers) if "COUNT" in options else None,
+        all_=compact(numbers) if numbers and "ALL" in options else None,
+        partial=_partial(numbers, cmd.partial, ordered=True),
+    ))
+    _context(s, view, cmd, cmd.criteria, uids)
+    return done
 
 
 # -- THREAD (RFC 5256 4) ---------------------------------------------------------------
+
+# Messages plus references above which THREAD runs in a worker process (a few ms inline).
+THREAD_INLINE = 2000
 
 def _item(c: Candidate, uid: bool) -> Item:
     view = c.light
@@ -449,9 +575,31 @@ async def thread(s: ImapSession, cmd: Thread) -> bytes:
     view = s.selected
     assert view is not None
     found = await evaluate(s, view, cmd.key, lights=True)
-    items: Sequence[Item] = [_item(c, cmd.uid) for c in found]
-    s.write(thread_response(cmd.algorithm, items))
+    items: list[Item] = []
+    links = 0
+    for c in found:
+        await budget.tick()
+        item = _item(c, cmd.uid)
+        links += len(item.references)
+        items.append(item)
+    if len(items) + links > THREAD_INLINE:
+        # Threading is one pass that cannot yield: a big mailbox, or hostile References
+        # fields with thousands of ids, goes to a worker process.
+        rows: list[jobs.ItemRow] = []
+        for item in items:
+            await budget.tick()
+            rows.append(jobs.item_row(item))
+        s.write(await s.services.offload(jobs.thread_rows, cmd.algorithm, rows))
+    else:
+        s.write(thread_response(cmd.algorithm, items))
     return responses.ok(cmd.tag, ("UID THREAD" if cmd.uid else "THREAD") + " completed")
 
 
-HANDLERS = {Search: search, Sort: sort, Thread: thread}
+async def cancelupdate(s: ImapSession, cmd: CancelUpdate) -> bytes:
+    # RFC 5267 4.3.5: unknown tags are not an error.
+    assert s.selected is not None
+    contexts.cancel(s.selected, cmd.tags)
+    return responses.ok(cmd.tag, "CANCELUPDATE completed")
+
+
+HANDLERS = {Search: search, Sort: sort, Thread: thread, CancelUpdate: cancelupdate}

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from postroom.net.imap import access
 from postroom.net.imap.selected import SYSTEM_FLAG_NAMES, SelectedMailbox
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Close, Select, Unselect
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.sequence import compact
-from postroom.store.api import FLAG_DELETED, FLAG_SEEN, MailboxSnapshot
+from postroom.store.api import ALL_RIGHTS, FLAG_DELETED, FLAG_NAMES, FLAG_SEEN, MailboxSnapshot
 
 if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
@@ -41,6 +42,15 @@ PERMANENT_FLAGS = SYSTEM_FLAG_NAMES + ("\\*",)  # keywords may be created (RFC 9
 # flags.translate(_SEEN_BYTES) holds 1 for each seen message, 0 for each unseen one.
 _SEEN_BYTES = bytes(1 if b & FLAG_SEEN else 0 for b in range(256))
 MAX_REMEMBERED_IDS = 100_000  # ImapHandler.mailbox_ids entries before it starts over
+
+
+def permanent_flags(rights: str) -> tuple[str, ...]:
+    """RFC 4314 5.1.1: PERMANENTFLAGS shows only the flags the user's rights allow."""
+    if rights == ALL_RIGHTS:
+        return PERMANENT_FLAGS
+    mask, keywords = access.flag_mask(rights)
+    names = tuple(n for bit, n in FLAG_NAMES if bit & mask)
+    return names + ("\\*",) if keywords else names
 
 
 def _no_such_mailbox(tag: str) -> ImapPeerError:
@@ -52,18 +62,26 @@ async def _open(s: ImapSession, name: str, readonly: bool, tag: str) -> tuple[Se
     store = s.store
     user = s.user
     assert user is not None
+    owner_id, rights, shown = user.id, ALL_RIGHTS, name
+    if access.is_shared(name):
+        # Another user's mailbox (RFC 4314): "r" is needed; the rights are read once,
+        # here, and kept for the selection (RFC 4314 5.1.1 allows that).
+        ref = await access.require(s, name, "r", tag)
+        owner_id, rights, name, shown = ref.owner_id, ref.rights, ref.mailbox.name, ref.name
+        readonly = readonly or access.read_only(rights)
     ids = s.mailbox_ids
-    key = (user.id, name)
+    key = (owner_id, name)
     guess = ids.get(key)
     if guess is None:
-        found = await store.get_mailbox(user.id, name)
+        found = await store.get_mailbox(owner_id, name)
         if found is None:
             raise _no_such_mailbox(tag)
         guess = found.id
-    view = SelectedMailbox(guess, name, readonly=readonly, uidvalidity=0, uidnext=1, modseq=0, uids=())
+    view = SelectedMailbox(guess, shown, readonly=readonly, uidvalidity=0, uidnext=1, modseq=0, uids=())
+    view.rights = rights
     s.select(view)
     try:
-        snap = await store.mailbox_snapshot(user.id, name, claim_recent=s.rev1 and not readonly)
+        snap = await store.mailbox_snapshot(owner_id, name, claim_recent=s.rev1 and not readonly)
     except BaseException:
         s.unselect()
         raise
@@ -93,9 +111,10 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
         raise ImapPeerError("QRESYNC must be enabled first", tag=cmd.tag)
     if cmd.condstore:
         s.condstore = True  # RFC 7162 3.1.8: SELECT (CONDSTORE) enables CONDSTORE
-    readonly = cmd.readonly
-    view, snap = await _open(s, cmd.mailbox, readonly, cmd.tag)
-    view.name = snap.name
+    view, snap = await _open(s, cmd.mailbox, cmd.readonly, cmd.tag)
+    readonly = view.readonly
+    if not access.is_shared(view.name):
+        view.name = snap.name  # canonical spelling; a shared name is canonical already
     view.uidvalidity = snap.uidvalidity
     view.uidnext = snap.uidnext
     view.modseq = snap.highestmodseq
@@ -113,7 +132,8 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
     if readonly:
         w(responses.untagged("OK", "No permanent flags permitted", responses.code_permanentflags(())))
     else:
-        w(responses.untagged("OK", "Flags permitted", responses.code_permanentflags(PERMANENT_FLAGS)))
+        w(responses.untagged("OK", "Flags permitted", responses.code_permanentflags(
+            permanent_flags(view.rights))))
     w(responses.exists(len(view.uids)))
     if s.rev1:
         w(responses.recent(view.recent_count()))
@@ -126,7 +146,7 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
     w(responses.untagged("OK", "Highest", responses.code_highestmodseq(snap.highestmodseq)))
     if s.rev2:
         # RFC 9051 6.3.2: the mailbox's canonical name in a LIST response.
-        w(responses.list_response(snap.name, (), utf8=s.utf8))
+        w(responses.list_response(view.name, (), utf8=s.utf8))
     q = cmd.qresync
     if q is not None and q.uidvalidity == snap.uidvalidity:
         changes = await s.store.changes_since(snap.id, q.modseq)
@@ -147,7 +167,7 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
             if seq is not None:
                 w(view.fetch_flags(seq, m, rev1=s.rev1, condstore=True))
     code = responses.READ_ONLY if readonly else responses.READ_WRITE
-    return responses.ok(cmd.tag, ("EXAMINE" if readonly else "SELECT") + " completed", code)
+    return responses.ok(cmd.tag, ("EXAMINE" if cmd.readonly else "SELECT") + " completed", code)
 
 
 async def close(s: ImapSession, cmd: Close) -> bytes:
@@ -155,7 +175,8 @@ async def close(s: ImapSession, cmd: Close) -> bytes:
     view = s.selected
     assert view is not None
     s.unselect()
-    if not view.readonly and view.uids:
+    # RFC 4314 4: without "e" CLOSE just closes (and still answers OK).
+    if not view.readonly and view.uids and "e" in view.rights:
         metas = await s.store.list_messages(view.mailbox_id)
         last = view.last_uid
         doomed = [m.uid for m in metas if m.flags & FLAG_DELETED and m.uid <= last]

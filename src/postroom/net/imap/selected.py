@@ -37,11 +37,15 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from postroom.proto.imap import responses
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.sequence import STAR, RangeSet, SequenceSet
-from postroom.store.api import FLAG_NAMES, Changes, MessageMeta
+from postroom.store.api import ALL_RIGHTS, FLAG_NAMES, Changes, MessageMeta
+
+if TYPE_CHECKING:
+    from postroom.net.imap.contexts import Context
 
 SYSTEM_FLAG_NAMES = tuple(name for _, name in FLAG_NAMES)
 UNKNOWN_MODSEQ = 1 << 63
@@ -69,7 +73,7 @@ class SelectedMailbox:
     __slots__ = (
         "mailbox_id", "name", "readonly", "uidvalidity", "uids", "modseq", "dirty",
         "pending", "reported", "keywords", "recent", "saved", "listener", "uidnext",
-        "flags", "kw", "notified",
+        "flags", "kw", "notified", "rights", "contexts", "generation",
     )
 
     def __init__(
@@ -107,6 +111,13 @@ class SelectedMailbox:
         self.recent: list[tuple[int, int]] = [recent] if recent else []
         self.saved: RangeSet | None = None  # SEARCHRES "$" as UIDs (RFC 5182)
         self.listener: object = None
+        # ACL rights of the session here (RFC 4314), read once at SELECT; owners have all.
+        self.rights = ALL_RIGHTS
+        # RFC 5267 search contexts with UPDATE (see .contexts), by the searching tag.
+        self.contexts: dict[str, Context] = {}
+        # Bumped whenever the messages or their flags change in the view: contexts
+        # re-evaluate when it moved.
+        self.generation = 0
 
     def set_messages(self, metas: Sequence[MessageMeta]) -> None:
         """Fill the view from ``list_messages`` (UID order)."""
@@ -116,6 +127,7 @@ class SelectedMailbox:
 
     def update_flags(self, metas: Iterable[MessageMeta]) -> None:
         """Record the current flags of messages already in the view."""
+        self.generation += 1
         uids = self.uids
         for m in metas:
             i = bisect_left(uids, m.uid)
@@ -251,6 +263,12 @@ class SelectedMailbox:
             return []
         old = self.uids
         out: list[bytes] = []
+        if self.contexts:
+            # RFC 5267 4.3.4: REMOVEFROM with the old numbers, before the EXPUNGEs.
+            from postroom.net.imap.contexts import before_expunge
+
+            out.extend(before_expunge(self, gone))
+        self.generation += 1
         if qresync:
             present = [u for u in old if u in gone]
             if present:
@@ -307,6 +325,7 @@ class SelectedMailbox:
         if (line := self.announce(changes.changed)) is not None:
             out.append(line)
         if new:
+            self.generation += 1
             if recent_from is not None and rev1:
                 self.recent.append((recent_from, new[-1].uid))
             self.uids.extend(m.uid for m in new)

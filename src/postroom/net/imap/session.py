@@ -17,12 +17,22 @@ view's modseq, if the change listener marked the view dirty, and sends EXISTS, F
 when the command allows it (RFC 9051 7.5.1), EXPUNGE. In IDLE the listener also wakes the
 pending read (``Connection.interrupt``), so new mail reaches the client at once.
 
+Every command runs under a time budget (:mod:`postroom.net.budget`,
+``limits.command_time``): long loops in the handlers yield to other connections every few
+milliseconds, and a command past its budget ends with ``NO [LIMIT]``. Waiting for the
+client (reading, or writing to a slow reader) does not count against it.
+
 Timeouts (RFC 9051 5.4): an authenticated client is logged out after
-``limits.imap_idle_timeout`` of silence (30 minutes by default, the RFC minimum); before
-login the limit is shorter (``PREAUTH_TIMEOUT``). IDLE is exempt: every
-``KEEPALIVE`` seconds without traffic the server sends ``* OK Still here``, which keeps
-NAT mappings alive and finds dead peers. A shutdown (``Connection.interrupt`` from the
-listener set) says ``* BYE`` between commands; a command in progress finishes first.
+``limits.imap_idle_timeout`` of silence (30 minutes by default, the RFC minimum), and each
+command, literals included, must arrive whole within that time of the previous answer plus
+time for its size at ``limits.min_data_rate`` (``net/deadline.py``), so trickling bytes
+does not keep a session. Before login the client has ``limits.login_timeout`` in total
+from connecting (3 minutes, as Dovecot), however busy it keeps the connection, and only
+``MAX_BAD_BEFORE_LOGIN`` bad commands: an HTTP request or a port scanner is gone after
+its first lines (the receiver closes at once on an HTTP request line). IDLE is exempt:
+every ``KEEPALIVE`` seconds without traffic the server sends ``* OK Still here``, which
+keeps NAT mappings alive and finds dead peers. A shutdown (``Connection.interrupt`` from
+the listener set) says ``* BYE`` between commands; a command in progress finishes first.
 """
 
 from __future__ import annotations
@@ -31,12 +41,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from postroom import deliver, logs
 from postroom.config import Listener
-from postroom.net.auth import AuthTracker
+from postroom.net import budget
+from postroom.net.auth import AuthTracker, UserSessions
+from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, Interrupted
+from postroom.net.deadline import RecordDeadline
+from postroom.net.imap import contexts, notify
+from postroom.net.imap.notify import Notifications
 from postroom.net.imap.compress import Deflate, DeflateError
 from postroom.net.imap.light import LightCache
 from postroom.net.imap.structure_cache import StructureCache
@@ -58,9 +73,12 @@ from postroom.store.api import MailboxChange, NotFound, StoreError, User
 log = logging.getLogger("postroom.imap")
 
 FLUSH_AT = 256 * 1024
-PREAUTH_TIMEOUT = 180.0
+COMPRESS_IN_THREAD = 256 * 1024
 KEEPALIVE = 25 * 60.0
 MAX_BAD_STREAK = 20  # consecutive refused commands before we hang up on the client
+# Commands answered BAD before login after which we hang up (Dovecot: 10 in any state):
+# real clients send none; HTTP requests, other protocols and scanners send many.
+MAX_BAD_BEFORE_LOGIN = 5
 # Commands during which expunges of other sessions must not be reported (RFC 9051 7.5.1):
 # those that use sequence numbers (UID forms are different commands and may report them).
 NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "SORT", "THREAD"})
@@ -80,10 +98,12 @@ def no(tag: str, text: str, code: str | None = None) -> ImapPeerError:
 def _handlers() -> dict[type, Handler]:
     from postroom.net.imap import auth, basic, copy, fetch, idle, mailboxes, search, select
     from postroom.net.imap import store_cmd
+    from postroom.net.imap import acl, append, metadata, notify, quota, urlauth
 
     table: dict[type, Handler] = {}
-    for module in (auth, basic, copy, fetch, idle, mailboxes, search, select, store_cmd):
-        table.update(module.HANDLERS)
+    for module in (auth, basic, copy, fetch, idle, mailboxes, search, select, store_cmd,
+                   acl, append, metadata, notify, quota, urlauth):
+        table.update(module.HANDLERS)  # type: ignore[attr-defined]
     return table
 
 
@@ -102,6 +122,8 @@ class ImapHandler:
         # for changes before its one read (see select.py). A stale entry is detected.
         self.mailbox_ids: dict[tuple[int, str], int] = {}
         self.structures = StructureCache(services.settings.imap.fetch_cache)
+        # Logged-in sessions per (user, client address): limits.connections_per_user_ip.
+        self.user_sessions = UserSessions(services.settings.limits.connections_per_user_ip)
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(responses.bye(reason, responses.UNAVAILABLE))
@@ -110,6 +132,7 @@ class ImapHandler:
         session = ImapSession(self.services, conn, listener, self.handlers, self.lights)
         session.mailbox_ids = self.mailbox_ids
         session.structures = self.structures
+        session.user_sessions = self.user_sessions
         await session.run()
 
 
@@ -117,8 +140,8 @@ class ImapSession:
     __slots__ = (
         "services", "store", "conn", "listener", "handlers", "id", "auth", "rx", "user",
         "selected", "rev2", "condstore", "qresync", "utf8", "deflate", "idling",
-        "_out", "_out_size", "_bad_streak", "closing", "commands", "client_id", "lights",
-        "mailbox_ids", "structures",
+        "_out", "_out_size", "_bad_streak", "_bad_total", "closing", "commands", "client_id",
+        "lights", "mailbox_ids", "structures", "notify", "_record", "_login_by", "user_sessions",
     )
 
     def __init__(
@@ -133,6 +156,7 @@ class ImapSession:
         self.lights = lights if lights is not None else LightCache()
         self.mailbox_ids: dict[tuple[int, str], int] = {}
         self.structures = StructureCache()  # replaced by the handler's shared one
+        self.user_sessions = UserSessions(services.settings.limits.connections_per_user_ip)
         self.store = services.store
         self.conn = conn
         self.listener = listener
@@ -151,9 +175,14 @@ class ImapSession:
         self._out: list[bytes] = []
         self._out_size = 0
         self._bad_streak = 0
+        self._bad_total = 0
+        limits = services.settings.limits
+        self._record = RecordDeadline(limits.imap_idle_timeout, limits.min_data_rate)
+        self._login_by = time.monotonic() + limits.login_timeout
         self.closing = False
         self.commands = 0
         self.client_id: str | None = None
+        self.notify: Notifications | None = None  # NOTIFY SET in force (RFC 5465)
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -188,19 +217,30 @@ class ImapSession:
             out.clear()
             return  # aborted (see below) or closed by the peer: nobody to tell
         if self.deflate is not None:
-            self.conn.write(self.deflate.compress(out[0] if len(out) == 1 else b"".join(out)))
-        elif len(out) == 1:
-            self.conn.write(out[0])
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if len(data) > COMPRESS_IN_THREAD:
+                # zlib releases the GIL: a big response (a 50 MB body) is compressed on
+                # a thread while the loop serves the others; order is kept (we await).
+                data = await asyncio.to_thread(self.deflate.compress, data)
+            else:
+                data = self.deflate.compress(data)
+            self.conn.write(data)
         else:
-            self.conn.writelines(out)  # no joined copy of big FETCH responses
-        out.clear()
+            if len(out) == 1:
+                self.conn.write(out[0])
+            else:
+                self.conn.writelines(out)  # no joined copy of big FETCH responses
+            out.clear()
         if not self.conn.write_blocked:
             return  # the usual case: no drain to wait for, no timer to set up
         try:
             # A client that stops reading must not hold the session (and its output)
-            # forever: the same limit as for one that stops talking.
-            async with asyncio.timeout(self.settings.limits.imap_idle_timeout):
-                await self.conn.drain()
+            # forever: the same limit as for one that stops talking. Waiting for it is
+            # not the command's work: its budget is paused meanwhile.
+            with budget.paused():
+                async with asyncio.timeout(self.settings.limits.imap_idle_timeout):
+                    await self.conn.drain()
         except TimeoutError:
             self.conn.abort()
             self.closing = True
@@ -237,7 +277,10 @@ class ImapSession:
         except DeflateError as exc:
             logs.event(log, "imap_compress_error", logging.INFO, session=self.id, error=str(exc))
         finally:
+            notify.stop(self)
             self.unselect()
+            if self.user is not None:
+                self.user_sessions.leave(self.user.id, self.conn.peer_ip)
             logs.event(
                 log, "imap_session", session=self.id, client=self.conn.peer_ip,
                 user=self.user.address if self.user else None, commands=self.commands,
@@ -255,6 +298,7 @@ class ImapSession:
             try:
                 event = rx.next_event()
             except ImapPeerError as exc:
+                self._record.done()
                 if exc.close:
                     self.write(exc.response)
                     raise Closing() from None
@@ -262,13 +306,19 @@ class ImapSession:
                     raise
                 self.write(exc.response)
                 self._bad_streak += 1
-                if self._bad_streak >= MAX_BAD_STREAK:
+                self._bad_total += 1
+                if self._bad_streak >= MAX_BAD_STREAK or (
+                    self.user is None and self._bad_total >= MAX_BAD_BEFORE_LOGIN
+                ):
                     self.write(responses.bye("Too many invalid commands"))
                     raise Closing() from None
                 continue
+            if event is not NEED_DATA and not isinstance(event, ContinuationRequest):
+                self._record.done()  # a whole command (or response line) arrived
             if event is NEED_DATA:
                 await self.flush()
-                data = await self._read()
+                with budget.paused():  # IDLE, AUTHENTICATE: waiting for the client
+                    data = await self._read()
                 if data:
                     rx.receive_data(data)
                 else:
@@ -288,12 +338,21 @@ class ImapSession:
             if self.services.shutdown.requested and self.rx.buffered_size == 0:
                 self.write(responses.bye("Server shutting down", responses.UNAVAILABLE))
                 raise Closing()
+            now = time.monotonic()
+            login_bound = False
             if self.idling:
+                self._record.done()
                 timeout = min(KEEPALIVE, self.settings.limits.imap_idle_timeout)
-            elif self.user is None:
-                timeout = min(PREAUTH_TIMEOUT, self.settings.limits.imap_idle_timeout)
             else:
-                timeout = self.settings.limits.imap_idle_timeout
+                # The command being read must be whole by its deadline (net/deadline.py);
+                # before login, the login deadline counts from the connection's start.
+                # Which one a timeout means is decided here: timers may fire a bit early.
+                timeout = self._record.read_timeout(now)
+                login_bound = self.user is None and self._login_by - now <= timeout
+                if login_bound:
+                    timeout = self._login_by - now
+                if timeout <= 0:
+                    self._timed_out(login_bound)
             try:
                 raw = await self.conn.read(timeout)
             except TimeoutError:
@@ -301,13 +360,18 @@ class ImapSession:
                     self.write(responses.untagged("OK", "Still here"))
                     await self.flush()
                     continue
-                self.write(responses.bye("Autologout: idle for too long"))
-                raise Closing() from None
+                self._timed_out(login_bound)
             except Interrupted:
-                if self.idling and not self.services.shutdown.requested:
-                    await self.sync(expunge=True)
-                    await self.flush()
+                if self.services.shutdown.requested:
+                    continue
+                if self.idling:
+                    await self.unsolicited(expunge=True)
+                elif self.notify is not None and self.rx.buffered_size == 0:
+                    # RFC 5465 3.1: with NOTIFY the client listens all the time; never in
+                    # the middle of a command it is still sending.
+                    await self.unsolicited(expunge=notify.expunges_now(self))
                 continue
+            self._record.received(len(raw))
             if not raw:
                 return b""
             if self.deflate is None:
@@ -316,17 +380,46 @@ class ImapSession:
             if data:
                 return data
 
+    async def unsolicited(self, *, expunge: bool) -> None:
+        """Updates between commands (IDLE, NOTIFY): the selected mailbox, contexts, the
+        NOTIFY events, written at once."""
+        await self.sync(expunge=expunge)
+        if self.selected is not None and self.selected.contexts:
+            await contexts.refresh(self)
+        if self.notify is not None:
+            await notify.flush(self)
+        await self.flush()
+
+    def _timed_out(self, login: bool) -> NoReturn:
+        """Say why the session ends (login deadline, slow command, idle) and end it."""
+        if login:
+            text = "Disconnected: no login within the time allowed"
+        elif self.rx.buffered_size:
+            text = "Disconnected: command not received in time"
+        else:
+            text = "Autologout: idle for too long"
+        self.write(responses.bye(text))
+        raise Closing()
+
     async def execute(self, cmd: Command) -> None:
         self.commands += 1
+        self.services.metrics.command("imap", cmd.name.lower())
         handler = self.handlers.get(type(cmd))
         tagged: bytes | None
         try:
             if handler is None:
                 raise ImapPeerError("Command not supported", status=NO, tag=cmd.tag)
-            if self.selected is not None and getattr(cmd, "uid", False):
-                await self.sync(expunge=True)
-            tagged = await handler(self, cmd)
+            with budget.scope(self.settings.limits.command_time):
+                if self.selected is not None and getattr(cmd, "uid", False):
+                    await self.sync(expunge=True)
+                tagged = await handler(self, cmd)
             self._bad_streak = 0
+        except BudgetExceeded as exc:
+            # RFC 5530 LIMIT: the command ran into the per-command time budget.
+            logs.event(log, "command_budget", logging.WARNING, session=self.id,
+                       command=cmd.name, limit=exc.limit)
+            tagged = responses.no(cmd.tag, "Command took too long, try a narrower one",
+                                  responses.LIMIT)
         except ImapPeerError as exc:
             if exc.tag is None:
                 exc.tag = cmd.tag
@@ -344,8 +437,13 @@ class ImapSession:
         except Exception:
             log.exception("imap command failed session=%s command=%s", self.id, cmd.name)
             tagged = responses.no(cmd.tag, "Internal server error", responses.SERVERBUG)
+        own = self.notify is not None and cmd.name in notify.SELF_CAUSED
         if self.selected is not None and not self.closing:
-            await self.sync(expunge=cmd.name not in NO_EXPUNGE_DURING)
+            await self.sync(expunge=cmd.name not in NO_EXPUNGE_DURING, announce=not own)
+            if self.selected is not None and self.selected.contexts:
+                await contexts.refresh(self)  # RFC 5267 ADDTO/REMOVEFROM
+        if self.notify is not None and not self.closing:
+            await (notify.absorb(self) if own else notify.flush(self))
         if tagged is not None:
             self.write(tagged)
 
@@ -388,8 +486,11 @@ class ImapSession:
         if self.user is not None:
             self.rx.state = State.AUTHENTICATED
 
-    async def sync(self, *, expunge: bool) -> None:
-        """Send what changed in the selected mailbox since the view's modseq."""
+    async def sync(self, *, expunge: bool, announce: bool = True) -> None:
+        """Send what changed in the selected mailbox since the view's modseq.
+
+        ``announce``: new messages get the FETCH that NOTIFY's MessageNew asked for
+        (not for the session's own APPEND or COPY, RFC 5465 5.2)."""
         view = self.selected
         if view is None:
             return
@@ -414,14 +515,28 @@ class ImapSession:
             recent_from = await self.store.claim_recent(
                 view.mailbox_id, changes.uidnext, claim=not view.readonly
             )
+        first_new = view.last_uid + 1
         for line in view.apply(
             changes, expunge=expunge, rev1=self.rev1, condstore=self.condstore,
             qresync=self.qresync, recent_from=recent_from,
         ):
             self.write(line)
+        if announce and self.notify is not None and view.last_uid >= first_new:
+            await notify.fetch_new(self, first_new)
 
     # -- authentication ------------------------------------------------------------------
     async def login(self, user: User, mechanism: str) -> None:
+        """Enter the authenticated state; ``NO [LIMIT]`` when ``user`` already has
+        ``limits.connections_per_user_ip`` sessions from this client's address."""
+        if not self.user_sessions.enter(user.id, self.conn.peer_ip):
+            logs.event(
+                log, "user_ip_limit", logging.WARNING, session=self.id,
+                client=self.conn.peer_ip, user=user.address,
+            )
+            raise ImapPeerError(
+                "Too many connections for this user from your address",
+                status=NO, code=responses.LIMIT,
+            )
         await self.auth.succeeded(user, mechanism)
         self.user = user
         self.rx.state = State.AUTHENTICATED

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Store, StoreMode
 from postroom.proto.imap.grammar import ImapPeerError
+from postroom.net.imap.access import TEXT_NOPERM, flag_mask
 from postroom.net.imap.selected import Known
-from postroom.store.api import MAX_KEYWORD_LENGTH, FlagChange, StoreResult, names_to_flags
+from postroom.store.api import ALL_FLAGS, MAX_KEYWORD_LENGTH, FlagChange, StoreResult, names_to_flags
 
 if TYPE_CHECKING:
     from postroom.net.imap.selected import SelectedMailbox
@@ -41,12 +42,17 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
         raise ImapPeerError("Too many or too long keywords", status="NO", code=responses.LIMIT,
                             tag=cmd.tag)
     mode = _MODES[cmd.mode]
+    # RFC 4314 4: \Seen needs "s", \Deleted "t", other flags and keywords "w"; flags the
+    # user may not change stay as they are, and only a STORE that can change nothing fails.
+    mask, keywords_ok = flag_mask(view.rights)
+    touched = bits | (ALL_FLAGS if mode == "replace" else 0)
+    if not (touched & mask or keywords_ok and (keywords or mode == "replace")):
+        raise ImapPeerError(TEXT_NOPERM, status="NO", code=responses.NOPERM, tag=cmd.tag)
     uids = view.uids_at(positions)
     if not uids:
         return responses.ok(cmd.tag, "STORE completed (nothing to do)")
-    result = await s.store.store_flags(
-        view.mailbox_id, uids, FlagChange(mode, bits, keywords), cmd.unchanged_since
-    )
+    change = FlagChange(mode, bits, keywords, mask=mask, keywords_allowed=keywords_ok)
+    result = await s.store.store_flags(view.mailbox_id, uids, change, cmd.unchanged_since)
     view.note_reported(result.changed)
     view.update_flags(result.changed)
     view.own_write(result.changed)
@@ -55,7 +61,7 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
     # this session last heard of them (the store's answer carries those too). A keyword
     # named in the command joins the list whatever the mode, as in Dovecot (imaptest's
     # own_flags checks that STORE created it).
-    fresh = not view.keywords.issuperset(keywords)
+    fresh = keywords_ok and not view.keywords.issuperset(keywords)
     if fresh:
         view.keywords.update(keywords)
     line = view.announce(result.changed + result.unchanged)
@@ -85,19 +91,22 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
         return responses.ok(cmd.tag, "Conditional STORE failed",
                             responses.code_modified(failed))
     if not cmd.uid and len(result.changed) + len(result.unchanged) < len(uids):
-        _ghosts(s, cmd, view, uids, result, mode, bits, keywords)
+        _ghosts(s, cmd, view, uids, result, change)
     return responses.ok(cmd.tag, ("UID STORE" if cmd.uid else "STORE") + " completed")
 
 
 def _ghosts(s: ImapSession, cmd: Store, view: SelectedMailbox, uids: list[int],
-            result: StoreResult, mode: str, bits: int, keywords: tuple[str, ...]) -> None:
+            result: StoreResult, change: FlagChange) -> None:
     """Messages another session expunged that this client has not been told about yet
     keep their sequence numbers until it is (RFC 9051 7.5.1), so STORE treats them as
     ghosts: the view's last known flags get the change and the client hears them, as
     for any other message (RFC 2180 4.2.3; imaptest own_flags expects the FETCH). The
     store has nothing left to change; under CONDSTORE the FETCH carries the highest
     mod-sequence the session knows, as the message has none of its own any more. The
-    EXPUNGE follows at the next chance."""
+    EXPUNGE follows at the next chance. The rights apply as to the others: flags outside
+    ``change.mask`` and, without "w", keywords stay as they were."""
+    mode, mask = change.mode, change.mask
+    bits, keywords = change.flags & mask, change.keywords
     done = {m.uid for m in result.changed} | {m.uid for m in result.unchanged}
     modseq = max([view.modseq, *(m.modseq for m in result.changed)])
     done.update(result.failed_uids)
@@ -113,7 +122,9 @@ def _ghosts(s: ImapSession, cmd: Store, view: SelectedMailbox, uids: list[int],
         elif mode == "remove":
             new_bits, new_kw = old_bits & ~bits, tuple(k for k in old_kw if k not in keywords)
         else:
-            new_bits, new_kw = bits, tuple(sorted(set(keywords)))
+            new_bits, new_kw = old_bits & ~mask | bits, tuple(sorted(set(keywords)))
+        if not change.keywords_allowed:
+            new_kw = old_kw
         view.flags[seq - 1] = new_bits & 0xFF
         if new_kw:
             view.kw[uid] = new_kw

@@ -40,7 +40,7 @@ Literals (RFC 9051 4.3, RFC 7888, RFC 3516):
   answer the same tagged error, so the stream stays in sync and the client gets a clean
   answer (RFC 7888 4 allows this or closing). A literal too large to be worth discarding
   (``Limits.max_discard``) gets ``* BYE [TOOBIG]`` and close instead.
-* ``~{n}`` (literal8) is accepted only in APPEND.
+* ``~{n}`` (literal8) is accepted only in APPEND and SETMETADATA.
 
 The whole command (line segments with their literal markers, plus the payloads) is
 collected first and parsed once, linearly; nothing is re-parsed after each literal. A
@@ -111,8 +111,11 @@ TEXT_LINE_TOO_LONG = "Command line too long"
 TEXT_LITERAL_TOO_BIG = "Literal too large"
 TEXT_COMMAND_TOO_BIG = "Command too large"
 TEXT_TOO_MANY_LITERALS = "Too many literals in one command"
-TEXT_LITERAL8 = "literal8 is only allowed in APPEND"
+TEXT_LITERAL8 = "literal8 is only allowed in APPEND and SETMETADATA"
+# Commands whose grammar has literal8 (RFC 3516 4.2 APPEND, RFC 5464 5 SETMETADATA values).
+LITERAL8_COMMANDS = frozenset({"APPEND", "SETMETADATA"})
 TEXT_EXPECTED_DONE = "Expected DONE"
+TEXT_NOT_IMAP = "This is an IMAP server, not an HTTP server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,11 @@ _Gen = Generator[Event | None, None, None]
 # A literal announcement at the very end of a line segment: "{" digits ["+"] "}" CRLF,
 # possibly preceded by "~" (literal8). Bare LF is tolerated like everywhere else.
 _MARKER = re.compile(rb"\{(\d+)(\+?)\}")
+# An HTTP request line ("GET / HTTP/1.1"): never an IMAP command, whose second word is a
+# command name, not a request target followed by an HTTP version (RFC 9112 3).
+_HTTP_REQUEST = re.compile(
+    rb"(?:GET|POST|HEAD|PUT|DELETE|OPTIONS|CONNECT|TRACE|PATCH) \S+ HTTP/[0-9](?:\.[0-9])?\r?\n"
+)
 _MAX_DIGITS = 20
 
 
@@ -249,7 +257,7 @@ def _literal_error(
     if count >= limits.max_literals:
         return ImapPeerError(TEXT_TOO_MANY_LITERALS, tag=tag, code=LIMIT)
     append = head.name == "APPEND"
-    if binary and not append:
+    if binary and head.name not in LITERAL8_COMMANDS:
         return ImapPeerError(TEXT_LITERAL8, tag=tag)
     # RFC 7889 / RFC 9051 7.1: APPEND over the limit is NO [TOOBIG]; others are BAD.
     status = NO if append else BAD
@@ -347,6 +355,8 @@ class Receiver:
         if end + 1 > max_line or last == 0 or buf[last - 1] == 0x7D:  # "}": maybe a literal
             return None
         line = bytes(buf[: end + 1])
+        if _HTTP_REQUEST.fullmatch(line):
+            return None  # an HTTP request line: the generator answers BYE and closes
         del buf[: end + 1]
         limits = self.limits
         return parse_arguments(
@@ -417,6 +427,10 @@ class Receiver:
         line = yield from self._line(limits.max_line)
         if line == b"\r\n" or line == b"\n":
             return None  # empty lines between commands are ignored
+        if _HTTP_REQUEST.fullmatch(line):
+            # Another protocol entirely (ALPACA-style cross-protocol requests): answering
+            # each of its lines with BAD only helps the attack. One BYE, then close.
+            raise ImapPeerError(TEXT_NOT_IMAP, close=True)
         try:
             head = parse_head(line, self.state)
         except ImapPeerError as exc:

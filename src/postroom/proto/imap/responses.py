@@ -324,10 +324,12 @@ def esearch(
     count: int | None = None,
     all_: Iterable[int] | RangeSet | bytes | None = None,
     modseq: int | None = None,
+    partial: tuple[bytes, bytes | None] | None = None,
 ) -> bytes:
     """``* ESEARCH (TAG "a1") UID MIN 1 MAX 9 COUNT 5 ALL 1:3,5`` (RFC 4731, RFC 9051 7.3.4).
 
     Items that are None are left out (an empty result has no MIN/MAX/ALL, RFC 4731 3.1).
+    ``partial``: (the requested range, the numbers or None for NIL), RFC 9394 4.
     """
     out = [b"* ESEARCH"]
     if tag is not None:
@@ -344,6 +346,8 @@ def esearch(
         all_bytes = _set(all_)
         if all_bytes:
             out.append(b" ALL " + all_bytes)
+    if partial is not None:
+        out.append(b" PARTIAL (" + partial[0] + b" " + (partial[1] or b"NIL") + b")")
     if modseq is not None:
         out.append(b" MODSEQ %d" % modseq)
     out.append(CRLF)

@@ -9,7 +9,8 @@ TO, CC, BCC, SUBJECT) are :class:`HeaderKey` with a lower-case field name.
 Strings are decoded to ``str`` here, with the command's CHARSET (default UTF-8, a superset
 of the US-ASCII default of RFC 3501). An unknown charset is ``NO [BADCHARSET (...)]``
 (RFC 9051 6.4.4). Nesting is bounded twice: parentheses by the parser's depth limit, and
-NOT/OR chains by :data:`MAX_KEY_DEPTH` (clients build long OR chains, but never hundreds).
+NOT/OR chains by :data:`MAX_KEY_DEPTH` (clients build long OR chains, but never hundreds);
+search strings by their total size (:data:`MAX_SEARCH_TEXT`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from postroom.proto.imap.grammar import (
 from postroom.proto.imap.sequence import SequenceSet, parse_sequence_set
 
 MAX_KEY_DEPTH = 100
+# Octets of search strings in one program. Every message is compared with every string,
+# and one comparison cannot be interrupted: a thousand 64 KiB literals (within the
+# command limits) made each message cost tens of milliseconds of the event loop. Real
+# clients send a few words; Dovecot caps a whole command at 64 KiB.
+MAX_SEARCH_TEXT = 64 * 1024
 
 # Charsets we decode search strings in. Advertised in BADCHARSET: the two we must support
 # (RFC 9051 6.4.4); the others are accepted because real clients send them.
@@ -80,7 +86,8 @@ _ACCEPTED_CODECS = frozenset(
     )
 )
 
-RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731, RFC 5182
+# RFC 4731, RFC 5182 (SAVE), RFC 5267 4 (CONTEXT, UPDATE; PARTIAL carries a range)
+RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE", "PARTIAL"})
 
 
 class SearchKey:
@@ -251,15 +258,19 @@ def parse_charset(p: Parser) -> str:
 
 
 class _SearchParser:
-    __slots__ = ("codec", "key_depth", "p")
+    __slots__ = ("codec", "key_depth", "p", "text_octets")
 
     def __init__(self, p: Parser, codec: str | None) -> None:
         self.p = p
         self.codec = codec
         self.key_depth = 0
+        self.text_octets = 0
 
     def text(self) -> str:
         raw = self.p.astring()
+        self.text_octets += len(raw)
+        if self.text_octets > MAX_SEARCH_TEXT:
+            raise self.p.error("Search strings too long", code="LIMIT")
         if self.codec is None or self.codec == "utf-8":
             return decode_utf8(raw, "search string")
         try:
@@ -360,10 +371,43 @@ def parse_search_program(p: Parser, codec: str | None = None) -> SearchKey:
     return _SearchParser(p, codec).program()
 
 
-def parse_return_options(p: Parser) -> frozenset[str]:
-    """``"(" [search-return-opt *(SP search-return-opt)] ")"`` after RETURN SP (RFC 4731)."""
-    options = p.paren_list(lambda: p.keyword("a RETURN option"))
-    for option in options:
-        if option not in RETURN_OPTIONS:
+PartialRange = tuple[int, int]
+
+
+def parse_return_spec(p: Parser) -> tuple[frozenset[str], PartialRange | None]:
+    """Return options and the PARTIAL range, if any (RFC 4731, RFC 5267 4, RFC 9394 4).
+
+    ``partial-range = nz-number ":" nz-number / "-" nz-number ":" "-" nz-number``; the
+    range comes back ordered (``4:2`` is ``2:4``, ``-1:-5`` is ``-5:-1`` as written
+    ``-1:-5``: (first, last) with first the one nearer the end the count starts from).
+    PARTIAL and ALL exclude each other.
+    """
+    partial: PartialRange | None = None
+
+    def option() -> str:
+        nonlocal partial
+        word = p.keyword("a RETURN option")
+        if word not in RETURN_OPTIONS:
             raise ImapPeerError("Unknown SEARCH RETURN option", status=BAD)
-    return frozenset(options)
+        if word == "PARTIAL":
+            if partial is not None:
+                raise ImapPeerError("PARTIAL given twice", status=BAD)
+            p.sp()
+            partial = _partial_range(p)
+        return word
+
+    options = frozenset(p.paren_list(option))
+    if partial is not None and "ALL" in options:
+        raise ImapPeerError("PARTIAL and ALL cannot be combined", status=BAD)
+    return options, partial
+
+
+def _partial_range(p: Parser) -> PartialRange:
+    negative = p.try_char(b"-")
+    first = p.nz_number()
+    p.expect_char(b":", "':' in the PARTIAL range")
+    if negative:
+        p.expect_char(b"-", "'-' in the PARTIAL range")
+    last = p.nz_number()
+    low, high = min(first, last), max(first, last)
+    return (-low, -high) if negative else (low, high)

@@ -16,8 +16,12 @@ but we still keep names sane for clients, exports and admin tools:
 * no empty name, no control characters (C0, DEL, C1), at most ``MAX_NAME_OCTETS`` UTF-8
   octets and ``MAX_LEVELS`` hierarchy levels;
 * for creation: no empty hierarchy level (so no leading "/", trailing "/" or "//"), no "."
-  or ".." level, no list wildcards "*" or "%" (they make the mailbox impossible to LIST
-  by exact name, RFC 3501 6.3.8). "~root" and similar are ordinary names.
+  or ".." level, no leading "~" (a home-directory reference to UW-IMAP-style servers and
+  to shells), no list wildcards "*" or "%" (they make the mailbox impossible to LIST by
+  exact name, RFC 3501 6.3.8). Such names are never created, and lookups (SELECT,
+  STATUS, APPEND...) take every name literally, so "../Sent" or "~/INBOX" is simply a
+  mailbox that does not exist: nothing is ever resolved like a path. A Maildir export
+  (each level a folder name) therefore cannot leave its folder.
 
 INBOX is case-insensitive (RFC 9051 5.1): "inbox", "InBoX" and "INBOX" all mean "INBOX",
 and "inbox/sub" becomes "INBOX/sub". Only ASCII case folding is applied: "ınbox" (dotless
@@ -42,6 +46,9 @@ _SHIFT = re.compile(rb"&([A-Za-z0-9+,]*)-")
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 # C0 controls, DEL, C1 controls and lone surrogates: never part of a mailbox name.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+TEXT_8BIT_NAME = "8-bit mailbox name: ENABLE UTF8=ACCEPT or IMAP4rev2 first, or use modified UTF-7"
 
 
 class MailboxNameError(ValueError):
@@ -157,11 +164,13 @@ def decode_mailbox_name(raw: bytes, *, utf8: bool) -> str:
     """Wire octets of a mailbox name → normalized ``str``, checked by :func:`check_name`.
 
     In UTF-8 mode (IMAP4rev2 or UTF8=ACCEPT enabled) the octets are UTF-8 and "&" is just
-    a character (RFC 6855 3). Otherwise they are modified UTF-7; 8-bit octets cannot occur
-    in that encoding, so a name with valid UTF-8 in it is taken as UTF-8 (clients that
-    never learned modified UTF-7 send that, and it cannot be confused with anything).
+    a character (RFC 6855 3). Otherwise they are modified UTF-7, where 8-bit octets cannot
+    occur: a client that did not enable UTF-8 and sends them anyway is refused (the
+    parser answers BAD, RFC 9051 5.1 / RFC 6855 3), rather than guessing what it meant.
     """
-    if utf8 or not raw.isascii():
+    if not utf8 and not raw.isascii():
+        raise MailboxNameError(TEXT_8BIT_NAME)
+    if utf8:
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -194,6 +203,8 @@ def check_new_name(name: str) -> None:
     levels = name.split(DELIMITER)
     if len(levels) > MAX_LEVELS:
         raise MailboxNameError("Mailbox name has too many hierarchy levels")
+    if name.startswith("~"):
+        raise MailboxNameError("Mailbox name starts with '~' (a home reference)")
     for level in levels:
         if not level:
             raise MailboxNameError("Mailbox name has an empty hierarchy level")

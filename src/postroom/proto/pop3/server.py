@@ -107,6 +107,11 @@ _NUMBER_RE: Final = re.compile(rb"[0-9]{1,10}")
 # A mailbox name in USER: RFC 2449 section 4 says arguments are at most 40 octets, but
 # addresses are longer; 255 is what SASL allows for an authcid (RFC 4616).
 _MAX_USERNAME: Final = 255
+# An HTTP request line (RFC 9112 3): another protocol on our port (ALPACA); answering its
+# header lines one -ERR at a time only helps the attacker.
+_HTTP_REQUEST: Final = re.compile(
+    rb"(?:GET|POST|HEAD|PUT|DELETE|OPTIONS|CONNECT|TRACE|PATCH) \S+ HTTP/[0-9](?:\.[0-9])?"
+)
 
 _Steps = Generator[Event | None, None, None]
 
@@ -135,7 +140,9 @@ class Pop3Settings:
     6.7), not announced when None. Limits: ``max_line`` for command lines (RFC 2449
     section 4 allows clients 255 octets; we accept twice that), ``max_auth_line`` for AUTH
     responses (RFC 5034 puts no 255 limit on them), and the counts after which the session
-    is closed.
+    is closed: ``max_bad_commands`` in all, ``max_bad_before_login`` unknown commands
+    before login (real clients send none; a scanner or another protocol's client sends
+    many; Dovecot closes after 10 bad commands). An HTTP request line closes the session at once (ALPACA-style attacks).
     """
 
     mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
@@ -148,6 +155,7 @@ class Pop3Settings:
     max_line: int = 512
     max_auth_line: int = 8192
     max_bad_commands: int = 10
+    max_bad_before_login: int = 5
     max_login_failures: int = 3
 
 
@@ -156,6 +164,7 @@ class _LoginAnswer:
     maildrop: list[MaildropItem] | None
     error: LoginError = LoginError.AUTH
     text: bytes | None = None
+    counted: bool = True
 
 
 def _line(text: str) -> bytes:
@@ -195,6 +204,7 @@ class Pop3Server:
         self._awaiting: type | None = None
         self._user: str | None = None
         self._bad_count = 0
+        self._unknown_before_login = 0
         self._login_failures = 0
         # Answers from the shell, read by the generator when it resumes.
         self._login_answer: _LoginAnswer | None = None
@@ -288,12 +298,19 @@ class Pop3Server:
         self._answer(PassRequest, Authenticated)
         self._login_answer = _LoginAnswer(items)
 
-    def login_failed(self, error: LoginError = LoginError.AUTH, text: str | None = None) -> None:
+    def login_failed(
+        self, error: LoginError = LoginError.AUTH, text: str | None = None,
+        counted: bool | None = None,
+    ) -> None:
         """Answer PassRequest/Authenticated: refused, with the code ``error`` selects.
 
-        Only ``LoginError.AUTH`` counts as a failed login (:attr:`login_failures`)."""
+        ``counted``: whether this is a failed login (:attr:`login_failures`, closing after
+        too many); by default only ``LoginError.AUTH`` is. A login the shell refused
+        without checking the password (a blocked address) is counted with another code."""
         self._answer(PassRequest, Authenticated)
-        self._login_answer = _LoginAnswer(None, error, None if text is None else _line(text))
+        self._login_answer = _LoginAnswer(
+            None, error, None if text is None else _line(text),
+            error is LoginError.AUTH if counted is None else counted)
 
     def credentials(self, credentials: ScramCredentials | None) -> None:
         """Answer CredentialsRequest: the stored SCRAM credentials, None if no such user."""
@@ -360,8 +377,11 @@ class Pop3Server:
             line = yield from self._read_line(self._settings.max_line)
             if line is None:
                 self._user = None
-                self._bad(R.ERR_LINE_TOO_LONG)
+                self._bad(R.ERR_LINE_TOO_LONG, unknown=True)
                 continue
+            if _HTTP_REQUEST.fullmatch(line):
+                self._out.append(R.ERR_NOT_POP3)
+                raise _Close("not a POP3 client")
             space = line.find(b" ")
             keyword, rest = (line, b"") if space < 0 else (line[:space], line[space + 1 :])
             keyword = keyword.upper()
@@ -369,11 +389,11 @@ class Pop3Server:
                 self._user = None  # RFC 1939 section 7: PASS must come right after USER
             entry = self._handlers.get(keyword)
             if entry is None:
-                self._bad(R.ERR_UNKNOWN)
+                self._bad(R.ERR_UNKNOWN, unknown=True)
                 continue
             states, handler = entry
             if self.state not in states:
-                self._bad(R.ERR_BAD_STATE)
+                self._bad(R.ERR_BAD_STATE, unknown=True)
                 continue
             steps = handler(rest.split(), rest)
             if steps is not None:
@@ -389,10 +409,21 @@ class Pop3Server:
             return None
         return line[:-2] if line.endswith(b"\r\n") else line[:-1]
 
-    def _bad(self, reply: bytes) -> None:
-        """A command we refuse as malformed; too many of them end the session."""
+    def _bad(self, reply: bytes, *, unknown: bool = False) -> None:
+        """A command we refuse as malformed; too many of them end the session.
+
+        ``unknown``: not a POP3 command at all here (unknown keyword, wrong state, line
+        too long). Before login only those count against ``max_bad_before_login``: a
+        client refused for trying a password before STLS is confused, not hostile.
+        """
         self._bad_count += 1
-        if self._bad_count >= self._settings.max_bad_commands:
+        settings = self._settings
+        if unknown and self.state is _AUTHORIZATION:
+            self._unknown_before_login += 1
+        if (
+            self._bad_count >= settings.max_bad_commands
+            or self._unknown_before_login >= settings.max_bad_before_login
+        ):
             self._out.append(R.ERR_TOO_MANY_ERRORS)
             raise _Close("too many bad commands")
         self._out.append(reply)
@@ -424,7 +455,7 @@ class Pop3Server:
         if answer.maildrop is None:
             code = answer.error.value
             reply = R.err(answer.text or R.LOGIN_ERROR_TEXT[code], code)
-            if answer.error is LoginError.AUTH:
+            if answer.counted:
                 self._login_refused(reply)
             else:
                 # [IN-USE], [SYS/...], [LOGIN-DELAY]: the credentials were fine, so this

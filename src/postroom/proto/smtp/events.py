@@ -15,6 +15,8 @@ Two kinds of event (all frozen dataclasses):
   ``MailFrom``        ``accept()`` → 250 2.1.0 / ``reject(r)``
   ``RcptTo``          ``accept()`` → 250 2.1.5 / ``reject(r)`` (not counted as recipient)
   ``MessageComplete`` ``accept(r)`` → 250 2.0.0 (pass the queue id in ``r``) / ``reject(r)``
+  ``BurlFetch``       ``burl_data(b)`` → the octets join the message (250, or end of
+                      data with LAST) / ``reject(r)`` (e.g. 554 5.6.6): the transaction ends
   ==================  =========================================================
 
 * **Information** (no answer expected): ``Reset`` (RSET), ``MessageRefused`` (the core
@@ -48,6 +50,7 @@ __all__ = [
     "AuthAborted",
     "AuthResponse",
     "AuthStart",
+    "BurlFetch",
     "CloseReason",
     "Event",
     "Hello",
@@ -169,6 +172,15 @@ class MessageComplete:
 
 
 @dataclass(frozen=True, slots=True)
+class BurlFetch:
+    """BURL (RFC 4468 3): fetch ``url`` and append its octets to the message (as a BDAT
+    chunk would be); ``last``: it ends the message. Decision (``burl_data``/``reject``)."""
+
+    url: str
+    last: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRefused:
     """Information: the core refused the message itself with ``reply`` (already queued)."""
 
@@ -192,9 +204,12 @@ Event = (
     | MessageComplete
     | MessageRefused
     | Reset
+    | BurlFetch
 )
 
-DECISION_EVENTS = (Hello, StartTls, AuthStart, AuthResponse, MailFrom, RcptTo, MessageComplete)
+DECISION_EVENTS = (
+    Hello, StartTls, AuthStart, AuthResponse, MailFrom, RcptTo, MessageComplete, BurlFetch,
+)
 
 
 # RFC 5321 4.5.3.1.4 says 512 octets per command line; real clients exceed it (long
@@ -202,8 +217,12 @@ DECISION_EVENTS = (Hello, StartTls, AuthStart, AuthResponse, MailFrom, RcptTo, M
 DEFAULT_MAX_LINE = 4096
 # RFC 4954 4: a server must accept SASL response lines of at least 12288 octets.
 DEFAULT_MAX_AUTH_LINE = 12288 + 2
-# Commands of other protocols (HTTP proxies, cross-protocol attacks): close at once.
-DEFAULT_FORBIDDEN = frozenset({"CONNECT", "GET", "POST", "HEAD", "PUT"})
+# Commands of other protocols (HTTP proxies, cross-protocol attacks such as ALPACA): close
+# at once, as Postfix does. Any line shaped like an HTTP request line ("VERB target
+# HTTP/1.1") or a header field ("Host: ...") is treated the same way (server.py).
+DEFAULT_FORBIDDEN = frozenset(
+    {"CONNECT", "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"}
+)
 
 _HOSTNAME_RE = re.compile(r"[\x21-\x7e]+")
 
@@ -233,6 +252,7 @@ class ServerConfig:
     smtputf8: bool = True
     chunking: bool = True
     dsn: bool = True
+    burl: bool = False  # RFC 4468: the shell resolves URLs (submission with URLAUTH)
     forbidden_commands: frozenset[str] = DEFAULT_FORBIDDEN
 
     def __post_init__(self) -> None:
@@ -288,6 +308,9 @@ class ServerConfig:
             lines.append("STARTTLS")  # RFC 3207
         if self.auth_mechanisms and (self.tls_active or not self.auth_requires_tls):
             lines.append("AUTH " + " ".join(self.auth_mechanisms))  # RFC 4954 3
+        if self.burl and self.chunking:
+            # RFC 4468 3: no parameter: URLs of the IMAP server this one trusts (ours).
+            lines.append("BURL")
         return lines
 
 
@@ -310,5 +333,6 @@ class CloseReason(enum.Enum):
     EOF = "eof"  # the peer closed (mid-transaction included: nothing was accepted)
     TOO_MANY_ERRORS = "too_many_errors"
     PROTOCOL_ABUSE = "protocol_abuse"  # forbidden command (HTTP etc.)
+    CHUNK_TOO_BIG = "chunk_too_big"  # BDAT chunk over the size limit: not read (RFC 3030 2)
     GREETING = "greeting"  # greeted with 421
     SHELL = "shell"  # close() or a 421 reply from the shell

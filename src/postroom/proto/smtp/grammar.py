@@ -422,8 +422,10 @@ def format_path(address: Address | None, *, utf8: bool = False) -> str:
 def parse_esmtp_params(text: str) -> dict[str, str | None]:
     """``esmtp-param *(SP esmtp-param)`` → {KEYWORD: value or None}.
 
-    Keywords are case-insensitive (RFC 5321 2.4) and upper-cased here; a repeated keyword
-    is a 501 (RFC 1869 6 leaves it undefined; accepting the last one would hide attacks).
+    Keywords are case-insensitive (RFC 5321 2.4) and upper-cased here. RFC 1869 6 leaves a
+    repeated keyword undefined: the same keyword with the same value is accepted once (Python's
+    smtplib adds ``SIZE=n`` to a caller's own ``size=n``, and Postfix accepts it); two
+    different values are a 501, since picking either one could hide an attack.
     """
     params: dict[str, str | None] = {}
     for token in text.split(" "):
@@ -434,6 +436,8 @@ def parse_esmtp_params(text: str) -> dict[str, str | None]:
             raise SmtpError(BAD_PARAMETER.with_text(f"{BAD_PARAMETER.text}: {token[:40]}"))
         ukey = key.upper()
         if ukey in params:
+            if params[ukey] == (value if eq else None):
+                continue
             raise SmtpError(DUPLICATE_PARAMETER.with_text(f"{DUPLICATE_PARAMETER.text}: {ukey}"))
         params[ukey] = value if eq else None
     return params

@@ -262,6 +262,7 @@ BAD_RCPT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
 BAD_PARAMETER = Reply(501, "5.5.4", "Invalid parameter")
 DUPLICATE_PARAMETER = Reply(501, "5.5.4", "Duplicate parameter")
 BAD_CHUNK_SIZE = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]")  # RFC 3030 2
+SYNTAX_BURL = Reply(501, "5.5.4", "Syntax: BURL absolute-URI [LAST]")  # RFC 4468 3
 SYNTAX_EHLO = Reply(501, "5.5.4", "Syntax: EHLO hostname")  # RFC 5321 4.1.1.1
 SYNTAX_HELO = Reply(501, "5.5.4", "Syntax: HELO hostname")
 SYNTAX_MAIL = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
@@ -301,8 +302,15 @@ UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
 MAILBOX_UNAVAILABLE = Reply(550, "5.2.1", "Mailbox unavailable")
 POLICY_REJECTED = Reply(550, "5.7.1", "Message rejected due to local policy")
 SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")  # RFC 1870
+# RFC 3030 2: a BDAT chunk larger than any message we accept; its octets are never read,
+# so the stream cannot be resynchronised and the connection closes after this reply.
+CHUNK_TOO_BIG = Reply(552, "5.3.4", "Chunk exceeds fixed maximum message size, closing connection")
 MAILBOX_FULL = Reply(552, "5.2.2", "Mailbox full")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by user")
+# Submission: the header From: must be one address the login owns (RFC 6409 8 lets the MSA
+# enforce it; see net/sender_policy.py).
+FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header address not owned by user")
+FROM_NOT_SINGLE = Reply(550, "5.7.1", "From: header must hold exactly one address")
 NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")  # RFC 6531 3.7.4
 NO_SERVICE = Reply(554, "5.7.1", "No SMTP service here")  # RFC 5321 3.1
 TRANSACTION_FAILED = Reply(554, "5.0.0", "Transaction failed")
@@ -312,3 +320,5 @@ RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 # then refuse the whole message permanently. 5.6.0 = "other or undefined media error".
 BARE_LINE_ENDING = Reply(554, "5.6.0", "Message contains bare CR or LF")
 NUL_IN_MESSAGE = Reply(554, "5.6.0", "Message contains NUL characters")
+BURL_FAILED = Reply(554, "5.6.6", "IMAP URL resolution failed")  # RFC 4468 4 (5.6.6)
+BURL_DATA_MIXED = Reply(503, "5.5.1", "DATA and BURL cannot be mixed")  # RFC 4468 3

@@ -91,6 +91,7 @@ from postroom.proto.smtp.events import (
     AuthAborted,
     AuthResponse,
     AuthStart,
+    BurlFetch,
     CloseReason,
     Event,
     Hello,
@@ -122,6 +123,16 @@ from postroom.proto.smtp.replies import Reply, SmtpError, SmtpUsageError
 __all__ = ["CloseReason", "ServerConfig", "ServerConnection", "State"]
 
 _DIGITS_RE = re.compile(r"[0-9]{1,20}")
+# Not SMTP at all: an HTTP request line, or a header field (an HTTP request's headers, or
+# message text sent without DATA). Postfix drops such clients too ("non-SMTP command").
+_HTTP_REQUEST_RE = re.compile(r"[A-Za-z]+ \S+ HTTP/[0-9](\.[0-9])?", re.ASCII)
+_HEADER_FIELD_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*:", re.ASCII)
+
+
+def _looks_foreign(text: str) -> bool:
+    """An unknown command line that is another protocol's (ALPACA class): close at once."""
+    verb = text.partition(" ")[0]
+    return bool(_HEADER_FIELD_RE.fullmatch(verb) or _HTTP_REQUEST_RE.fullmatch(text))
 
 
 class _Kind(enum.Enum):
@@ -332,6 +343,12 @@ class ServerConnection:
             raise SmtpUsageError("auth_failure needs a 4xx/5xx reply")
         self._resume(_Decision(_Kind.REJECT, reply))
 
+    def burl_data(self, data: bytes) -> None:
+        """Answer BurlFetch with the octets the URL named (RFC 4468): they are appended
+        to the message like a BDAT chunk, and with LAST the message is complete."""
+        self._check_pending("burl_data", (BurlFetch,))
+        self._resume(_Decision(_Kind.ACCEPT, data=bytes(data)))
+
     def starttls_done(self, config: ServerConfig | None = None) -> None:
         """The TLS handshake succeeded: reset to "no EHLO yet" (RFC 3207 4.2)."""
         if self._finished:
@@ -458,7 +475,7 @@ class ServerConnection:
                 self._gate(verb)
                 yield from complex_(self, arg)
                 return
-            if verb in self._config.forbidden_commands:
+            if verb in self._config.forbidden_commands or _looks_foreign(text):
                 self._out += R.PROTOCOL_ABUSE.to_bytes()
                 self._finish(CloseReason.PROTOCOL_ABUSE)
                 return
@@ -707,10 +724,21 @@ class ServerConnection:
             raise SmtpError(R.BAD_CHUNK_SIZE)
         size = int(parts[0])
         last = len(parts) == 2
+        limit = self._config.max_message_size
+        if limit and size > limit:
+            # RFC 3030 2: the chunk's octets follow the command whatever we answer, and
+            # the only way to stay in step is to read them all. A chunk that alone is
+            # over the size limit is not worth reading (BDAT 99999999999999 would make us
+            # wait for 90 TB): refuse it at once and close, like any other peer error we
+            # cannot resynchronise after. A chunk within the limit that takes the message
+            # over it is drained below instead, and the session goes on.
+            self._out += R.CHUNK_TOO_BIG.to_bytes()
+            self._finish(CloseReason.CHUNK_TOO_BIG)
+            yield MessageRefused(R.CHUNK_TOO_BIG, self._bdat_size + size)
+            return
         try:
             self._check_ready_for_data()
             failure = self._bdat_failed
-            limit = self._config.max_message_size
             if failure is None and limit and self._bdat_size + size > limit:
                 failure = self._bdat_failed = R.SIZE_EXCEEDED
                 self._bdat = bytearray()  # drop what we had; keep "chunking" state
@@ -748,6 +776,42 @@ class ServerConnection:
             self._bdat = bytearray()  # an empty "BDAT 0" still starts chunking
         if not last:
             self._send(Reply(250, "2.0.0", f"{size} octets received"))
+            return
+        message = bytes(self._bdat)
+        yield from self._end_of_message(message, len(message), chunked=True)
+
+    def _cmd_burl(self, arg: str) -> _Gen:
+        # RFC 4468 3: burl-cmd = "BURL" SP absolute-URI [SP end-marker] ; end-marker = "LAST"
+        if not self._config.burl or not self._config.chunking:
+            raise SmtpError(R.COMMAND_NOT_IMPLEMENTED)
+        parts = arg.split(" ")
+        if not parts[0] or len(parts) > 2 or (len(parts) == 2 and parts[1].upper() != "LAST"):
+            raise SmtpError(R.SYNTAX_BURL)
+        self._check_ready_for_data()
+        if self._bdat_failed is not None:
+            raise SmtpError(self._bdat_failed)
+        last = len(parts) == 2
+        decision = yield from self._decide(BurlFetch(parts[0], last))
+        if decision.kind is not _Kind.ACCEPT:
+            # The message cannot be completed as the client meant it: the transaction
+            # ends here (the client starts again after RSET-like reset).
+            self._reset_transaction()
+            self._send(_reply(decision))
+            return
+        data = decision.data
+        if self._bdat is None:
+            self._bdat = bytearray()
+        limit = self._config.max_message_size
+        if limit and self._bdat_size + len(data) > limit:
+            total = self._bdat_size + len(data)
+            self._reset_transaction()
+            self._send(R.SIZE_EXCEEDED)
+            yield MessageRefused(R.SIZE_EXCEEDED, total)
+            return
+        self._bdat += data
+        self._bdat_size += len(data)
+        if not last:
+            self._send(Reply(250, "2.0.0", f"{len(data)} octets appended"))
             return
         message = bytes(self._bdat)
         yield from self._end_of_message(message, len(message), chunked=True)
@@ -817,6 +881,7 @@ _COMPLEX: dict[str, Callable[[ServerConnection, str], _Gen]] = {
     "RCPT": ServerConnection._cmd_rcpt,
     "DATA": ServerConnection._cmd_data,
     "BDAT": ServerConnection._cmd_bdat,
+    "BURL": ServerConnection._cmd_burl,
     "RSET": ServerConnection._cmd_rset,
     "STARTTLS": ServerConnection._cmd_starttls,
     "AUTH": ServerConnection._cmd_auth,

@@ -21,11 +21,12 @@ from postroom.store.api import (
     Mailbox,
     MailboxStatus,
     NotFound,
+    SendAsGrant,
     StoreError,
     User,
 )
 
-_USER_COLS = "u.id, u.address, d.name, u.created, u.password_hash, u.scram, u.disabled"
+_USER_COLS = "u.id, u.address, d.name, u.created, u.password_hash, u.scram, u.disabled, u.admin"
 _MAILBOX_COLS = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use"
 
 
@@ -38,6 +39,7 @@ def _user(row: tuple) -> User:  # type: ignore[type-arg]
         password_hash=row[4],
         scram=row[5],
         disabled=bool(row[6]),
+        admin=bool(row[7]),
     )
 
 
@@ -148,11 +150,21 @@ def add_user(conn: sqlite3.Connection, address: str, password_hash: str, scram: 
 
 def _drop_messages(conn: sqlite3.Connection, where: str, args: tuple) -> None:  # type: ignore[type-arg]
     """Delete the message rows matching ``where`` and release their blob references."""
-    from postroom.store.sqlite.mail import _release_blobs
+    from postroom.store.sqlite.mail import _release_blobs, charge
 
-    blob_ids = [r[0] for r in conn.execute(f"SELECT blob_id FROM messages m WHERE {where}", args)]
+    rows = conn.execute(
+        f"SELECT m.blob_id, m.size, b.user_id FROM messages m "
+        f"JOIN mailboxes b ON b.id = m.mailbox_id WHERE {where}", args
+    ).fetchall()
     conn.execute(f"DELETE FROM messages WHERE id IN (SELECT id FROM messages m WHERE {where})", args)
-    _release_blobs(conn, blob_ids)
+    _release_blobs(conn, [r[0] for r in rows])
+    owners: dict[int, list[int]] = {}
+    for _, size, owner in rows:
+        used = owners.setdefault(owner, [0, 0])
+        used[0] += size
+        used[1] += 1
+    for owner, (size, count) in owners.items():
+        charge(conn, owner, -size, -count)
 
 
 def remove_user(conn: sqlite3.Connection, address: str) -> None:
@@ -161,6 +173,13 @@ def remove_user(conn: sqlite3.Connection, address: str) -> None:
         raise NotFound(f"no user {address}")
     user_id = row[0]
     _drop_messages(conn, "m.mailbox_id IN (SELECT id FROM mailboxes WHERE user_id=?)", (user_id,))
+    # What the user owned elsewhere: private METADATA entries, the METADATA of their
+    # mailboxes, ACL entries naming them (RFC 4314: the identifier is gone).
+    conn.execute(
+        "DELETE FROM metadata WHERE owner=? OR mailbox_id IN "
+        "(SELECT id FROM mailboxes WHERE user_id=?)", (user_id, user_id),
+    )
+    conn.execute("DELETE FROM acl WHERE identifier=?", (address,))
     conn.execute("DELETE FROM users WHERE id=?", (user_id,))
 
 
@@ -168,6 +187,12 @@ def set_password(conn: sqlite3.Connection, address: str, password_hash: str, scr
     cur = conn.execute(
         "UPDATE users SET password_hash=?, scram=? WHERE address=?", (password_hash, scram, address)
     )
+    if cur.rowcount == 0:
+        raise NotFound(f"no user {address}")
+
+
+def set_user_admin(conn: sqlite3.Connection, address: str, admin: bool) -> None:
+    cur = conn.execute("UPDATE users SET admin=? WHERE address=?", (int(admin), address))
     if cur.rowcount == 0:
         raise NotFound(f"no user {address}")
 
@@ -256,6 +281,42 @@ def lookup_address(conn: sqlite3.Connection, address: str) -> AddressLookup:
     )
 
 
+# -- send-as grants --------------------------------------------------------------------
+
+
+def _user_id(conn: sqlite3.Connection, address: str) -> int:
+    row = conn.execute("SELECT id FROM users WHERE address=?", (address,)).fetchone()
+    if row is None:
+        raise NotFound(f"no user {address}")
+    return int(row[0])
+
+
+def add_sendas(conn: sqlite3.Connection, user: str, address: str) -> SendAsGrant:
+    user_id = _user_id(conn, user)
+    try:
+        conn.execute("INSERT INTO sendas(user_id, address) VALUES(?, ?)", (user_id, address))
+    except sqlite3.IntegrityError:
+        raise AlreadyExists(f"{user} may already send as {address}") from None
+    return SendAsGrant(user, address)
+
+
+def remove_sendas(conn: sqlite3.Connection, user: str, address: str) -> None:
+    cur = conn.execute(
+        "DELETE FROM sendas WHERE user_id=? AND address=?", (_user_id(conn, user), address)
+    )
+    if cur.rowcount == 0:
+        raise NotFound(f"{user} has no grant to send as {address}")
+
+
+def list_sendas(conn: sqlite3.Connection, user: str | None) -> list[SendAsGrant]:
+    sql = "SELECT u.address, s.address FROM sendas s JOIN users u ON u.id=s.user_id"
+    if user is None:
+        rows = conn.execute(sql + " ORDER BY u.address, s.address")
+    else:
+        rows = conn.execute(sql + " WHERE u.address=? ORDER BY s.address", (user,))
+    return [SendAsGrant(*r) for r in rows]
+
+
 # -- mailboxes -------------------------------------------------------------------------
 
 
@@ -291,11 +352,20 @@ def create_mailbox(
             raise Conflict(f"{special_use} is already used by {taken[0]}")
     # RFC 9051 6.3.4: create missing superior names too, so the hierarchy stays navigable.
     parts = name.split("/")
+    inherit: int | None = None
     for i in range(1, len(parts)):
         parent = "/".join(parts[:i])
-        if get_mailbox(conn, user_id, parent) is None:
-            _insert_mailbox(conn, user_id, parent, None)
-    return _insert_mailbox(conn, user_id, name, special_use)
+        found = get_mailbox(conn, user_id, parent)
+        inherit = (found or _insert_mailbox(conn, user_id, parent, None)).id
+    created = _insert_mailbox(conn, user_id, name, special_use)
+    if inherit is not None:
+        # RFC 4314 4: a new mailbox SHOULD inherit the ACL of its parent.
+        conn.execute(
+            "INSERT INTO acl(mailbox_id, identifier, rights) "
+            "SELECT ?, identifier, rights FROM acl WHERE mailbox_id=?",
+            (created.id, inherit),
+        )
+    return created
 
 
 def delete_mailbox(conn: sqlite3.Connection, user_id: int, name: str) -> int:
@@ -311,6 +381,9 @@ def delete_mailbox(conn: sqlite3.Connection, user_id: int, name: str) -> int:
     if child:
         raise Conflict(f"mailbox {name} has children; delete them first")
     _drop_messages(conn, "m.mailbox_id=?", (mb.id,))
+    # RFC 5464 4.1 / RFC 4314 4: a mailbox created later under the same name inherits
+    # nothing (the ACL and URLAUTH key go by the foreign key).
+    conn.execute("DELETE FROM metadata WHERE mailbox_id=?", (mb.id,))
     conn.execute("DELETE FROM mailboxes WHERE id=?", (mb.id,))
     return mb.id
 
@@ -404,10 +477,12 @@ def mailbox_status(
         mark = max(mark, recent[1])
     r = conn.execute(
         "SELECT count(*), coalesce(sum((flags & 1) = 0), 0), coalesce(sum((flags & 8) != 0), 0), "
-        "coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0) FROM messages WHERE mailbox_id=?",
+        "coalesce(sum(size), 0), coalesce(sum(uid >= ?), 0), "
+        "coalesce(sum(CASE WHEN flags & 8 THEN size ELSE 0 END), 0) "
+        "FROM messages WHERE mailbox_id=?",
         (mark, mailbox_id),
     ).fetchone()
     return MailboxStatus(
         messages=r[0], unseen=r[1], deleted=r[2], size=r[3], recent=r[4],
-        uidvalidity=mb[0], uidnext=mb[1], highestmodseq=mb[2],
+        uidvalidity=mb[0], uidnext=mb[1], highestmodseq=mb[2], deleted_size=r[5],
     )

@@ -23,33 +23,44 @@ import asyncio
 import os
 from array import array
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from postroom.store import api
 from postroom.store.api import (
     AddressLookup,
     Alias,
+    ApiToken,
+    AppPassword,
+    DeliveryLogEntry,
     Changes,
     Delivery,
     DeliveryResult,
     Domain,
     FlagChange,
+    ImportedMessage,
     Mailbox,
     MailboxChange,
     MailboxSnapshot,
     MailboxStatus,
     MessageContent,
     MessageMeta,
+    NewMessage,
     NotFound,
+    Quota,
     QueuedMessage,
+    QueueStats,
     RecipientOutcome,
+    SharedMailbox,
+    SendAsGrant,
     StoreResult,
     User,
+    WebSession,
 )
 from postroom.message import search_texts_of
+from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import LocalChangeHub
-from postroom.store.sqlite import accounts, mail, queue
+from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
@@ -93,8 +104,10 @@ class SQLiteStore:
     def close_sync(self) -> None:
         self.engine.close()
 
-    def _publish(self, mailbox_id: int, user_id: int, modseq: int) -> None:
-        self.changes.publish(MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq))
+    def _publish(self, mailbox_id: int, user_id: int, modseq: int, kind: str = api.MESSAGES) -> None:
+        self.changes.publish(
+            MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq, kind=kind)
+        )
 
     # -- \\Recent ----------------------------------------------------------------------
     def _mark(self, mailbox_id: int, uidvalidity: int, stored: int) -> int:
@@ -127,8 +140,8 @@ class SQLiteStore:
         mail.save_recent_marks(conn, [(m, v, r) for m, (v, r) in marks.items()])  # type: ignore[arg-type]
 
     async def _publish_mailbox(self, mailbox_id: int) -> None:
-        if not self.changes.listener_count(mailbox_id):
-            return  # nobody has it selected: skip the read
+        if not self.changes.listener_count(mailbox_id) and not self.changes.user_listener_count():
+            return  # nobody listens: skip the read
         mb = await self.get_mailbox_by_id(mailbox_id)
         if mb is not None:
             self._publish(mb.id, mb.user_id, mb.highestmodseq)
@@ -179,6 +192,17 @@ class SQLiteStore:
     async def lookup_address(self, address: str) -> AddressLookup:
         return await self.engine.read(lambda c: accounts.lookup_address(c, address))
 
+    async def add_sendas(self, user: str, address: str) -> SendAsGrant:
+        return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))
+
+    async def remove_sendas(self, user: str, address: str) -> None:
+        await self.engine.write(lambda c: accounts.remove_sendas(c, user, address))
+
+    async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
+        return await self.engine.read(lambda c: accounts.list_sendas(c, user))
+    async def set_user_admin(self, address: str, admin: bool) -> None:
+        await self.engine.write(lambda c: accounts.set_user_admin(c, address, admin))
+
     # -- mailboxes -----------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
         return await self.engine.read(lambda c: accounts.list_mailboxes(c, user_id))
@@ -190,26 +214,31 @@ class SQLiteStore:
         return await self.engine.read(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
-        return await self.engine.write(
+        created = await self.engine.write(
             lambda c: accounts.create_mailbox(c, user_id, name, special_use)
         )
+        self._publish(created.id, user_id, 0, MAILBOXES)
+        return created
 
     async def delete_mailbox(self, user_id: int, name: str) -> None:
         mailbox_id = await self.engine.write(lambda c: accounts.delete_mailbox(c, user_id, name))
         self._recent.pop(mailbox_id, None)
         # Sessions that have it selected learn it is gone (their re-read finds nothing).
         self._publish(mailbox_id, user_id, 0)
+        self._publish(mailbox_id, user_id, 0, MAILBOXES)
 
     async def rename_mailbox(self, user_id: int, old: str, new: str) -> None:
         touched = await self.engine.write(lambda c: accounts.rename_mailbox(c, user_id, old, new))
         for mailbox_id in touched:
             await self._publish_mailbox(mailbox_id)
+        self._publish(0, user_id, 0, MAILBOXES)
 
     async def list_subscriptions(self, user_id: int) -> list[str]:
         return await self.engine.read(lambda c: accounts.list_subscriptions(c, user_id))
 
     async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
         await self.engine.write(lambda c: accounts.set_subscribed(c, user_id, name, subscribed))
+        self._publish(0, user_id, 0, SUBSCRIPTIONS)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         known = self._recent.get(mailbox_id)
@@ -234,20 +263,20 @@ class SQLiteStore:
 
     # -- messages ------------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
-        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
-            blob_id, placed = mail.deliver(c, delivery)  # type: ignore[arg-type]
+        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None, tuple[int, ...]]:
+            blob_id, placed, over = mail.deliver_checked(c, delivery)  # type: ignore[arg-type]
             qid = None
             if delivery.queue is not None:
                 qid = queue.add(c, blob_id, delivery.queue)  # type: ignore[arg-type]
-            return blob_id, placed, qid
+            return blob_id, placed, qid, over
 
-        blob_id, placed, qid = await self.engine.write(job)
+        blob_id, placed, qid, over = await self.engine.write(job)
         for mailbox_id, user_id, _uid in placed:
             self._publish(mailbox_id, user_id, 0)
         if qid is not None:
             self.changes.publish_queue()
         return DeliveryResult(
-            blob_id=blob_id, placed=[(m, u) for m, _, u in placed], queued=qid
+            blob_id=blob_id, placed=[(m, u) for m, _, u in placed], queued=qid, over_quota=over
         )
 
     async def append(
@@ -260,12 +289,27 @@ class SQLiteStore:
         internaldate: int | None = None,
     ) -> tuple[int, int]:
         kw = tuple(keywords)
-        texts = search_texts_of(summary, data)
+        # The search texts are derived on the writer thread, as for deliver(): not on the
+        # caller's event loop (they decode the stored summary).
         validity, uid, user_id, modseq = await self.engine.write(
-            lambda c: mail.append(c, mailbox_id, data, summary, flags, kw, internaldate, texts)
+            lambda c: mail.append(c, mailbox_id, data, summary, flags, kw, internaldate,
+                                  search_texts_of(summary, data))
         )
         self._publish(mailbox_id, user_id, modseq)
         return validity, uid
+
+    async def append_many(
+        self, mailbox_id: int, messages: Sequence[NewMessage], *, enforce_quota: bool = True
+    ) -> tuple[int, list[int]]:
+        items = list(messages)
+        if not items:
+            raise ValueError("append_many needs at least one message")
+        texts = [search_texts_of(m.summary, m.data) for m in items]
+        validity, uids, user_id, modseq = await self.engine.write(
+            lambda c: mail.append_many(c, mailbox_id, items, texts, enforce_quota)
+        )
+        self._publish(mailbox_id, user_id, modseq)
+        return validity, uids
 
     async def list_messages(self, mailbox_id: int) -> list[MessageMeta]:
         return await self.engine.read(lambda c: mail.list_messages(c, mailbox_id))
@@ -348,10 +392,17 @@ class SQLiteStore:
         return gone
 
     async def copy_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]:
         pairs, (user_id, modseq) = await self.engine.write(
-            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, move=False),
+            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, False,
+                                          flag_mask, keywords),
                        mail.user_of(c, dst_mailbox_id))
         )
         if pairs:
@@ -359,10 +410,17 @@ class SQLiteStore:
         return pairs
 
     async def move_messages(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+        self,
+        src_mailbox_id: int,
+        uids: Sequence[int],
+        dst_mailbox_id: int,
+        *,
+        flag_mask: int = ALL_FLAGS,
+        keywords: bool = True,
     ) -> list[tuple[int, int]]:
         pairs, dst, src = await self.engine.write(
-            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, move=True),
+            lambda c: (mail.copy_messages(c, src_mailbox_id, uids, dst_mailbox_id, True,
+                                          flag_mask, keywords),
                        mail.user_of(c, dst_mailbox_id), mail.user_of(c, src_mailbox_id))
         )
         if pairs:
@@ -399,6 +457,79 @@ class SQLiteStore:
             return []
         wanted = list(keys)
         return await self.engine.read(lambda c: mail.search_envelope(c, mailbox_id, wanted))
+
+    # -- quota ---------------------------------------------------------------------------
+    async def get_quota(self, user_id: int) -> Quota:
+        return await self.engine.read(lambda c: mail.get_quota(c, user_id))
+
+    async def set_quota(self, address: str, storage: int | None, messages: int | None) -> Quota:
+        return await self.engine.write(lambda c: mail.set_quota(c, address, storage, messages))
+
+    async def list_quotas(self) -> dict[int, Quota]:
+        return await self.engine.read(mail.list_quotas)
+
+    # -- ACL -----------------------------------------------------------------------------
+    async def get_acl(self, mailbox_id: int) -> list[tuple[str, str]]:
+        return await self.engine.read(lambda c: sharing.get_acl(c, mailbox_id))
+
+    async def set_acl(self, mailbox_id: int, identifier: str, rights: str) -> None:
+        owner = await self.engine.write(lambda c: sharing.set_acl(c, mailbox_id, identifier, rights))
+        self._publish(mailbox_id, owner, 0, MAILBOXES)
+
+    async def shared_mailboxes(
+        self, user_id: int, identifiers: Sequence[str]
+    ) -> list[SharedMailbox]:
+        wanted = list(identifiers)
+        return await self.engine.read(lambda c: sharing.shared_mailboxes(c, user_id, wanted))
+
+    async def acl_rights(self, mailbox_id: int, identifiers: Sequence[str]) -> str:
+        wanted = list(identifiers)
+        return await self.engine.read(lambda c: sharing.acl_rights(c, mailbox_id, wanted))
+
+    # -- METADATA ------------------------------------------------------------------------
+    async def get_metadata(self, user_id: int, mailbox_id: int) -> dict[str, bytes]:
+        return await self.engine.read(lambda c: sharing.get_metadata(c, user_id, mailbox_id))
+
+    async def set_metadata(
+        self,
+        user_id: int,
+        mailbox_id: int,
+        entries: Sequence[tuple[str, bytes | None]],
+        max_entries: int,
+    ) -> None:
+        items = list(entries)
+        owner = await self.engine.write(
+            lambda c: sharing.set_metadata(c, user_id, mailbox_id, items, max_entries)
+        )
+        self._publish(mailbox_id, owner, 0, METADATA)
+
+    # -- URLAUTH -------------------------------------------------------------------------
+    async def urlauth_key(self, mailbox_id: int, *, create: bool = True) -> bytes | None:
+        found = await self.engine.read(lambda c: sharing.find_urlauth_key(c, mailbox_id))
+        if found is not None or not create:
+            return found
+        return await self.engine.write(lambda c: sharing.urlauth_key(c, mailbox_id))
+
+    async def reset_urlauth_keys(self, user_id: int, mailbox_id: int | None = None) -> None:
+        await self.engine.write(lambda c: sharing.reset_urlauth_keys(c, user_id, mailbox_id))
+
+    # -- migration -------------------------------------------------------------------------
+    async def import_messages(
+        self, mailbox_id: int, origin: str, messages: Sequence[ImportedMessage]
+    ) -> list[int]:
+        if not messages:
+            return []
+        batch = list(messages)
+        texts = [search_texts_of(m.message.summary, m.message.data) for m in batch]
+        uids, user_id, modseq = await self.engine.write(
+            lambda c: imports.import_messages(c, mailbox_id, origin, batch, texts)
+        )
+        if any(uids):
+            self._publish(mailbox_id, user_id, modseq)
+        return uids
+
+    async def imported_keys(self, user_id: int, origin: str) -> set[str]:
+        return await self.engine.read(lambda c: imports.imported_keys(c, user_id, origin))
 
     # -- queue ---------------------------------------------------------------------------
     async def queue_due(
@@ -447,6 +578,90 @@ class SQLiteStore:
     async def queue_next_due(self) -> int | None:
         return await self.engine.read(queue.next_due)
 
+    # -- mail authentication ------------------------------------------------------------
+    async def dkim_key_add(self, key: api.DkimKey) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_add(c, key))
+
+    async def dkim_keys(self, domain: str | None = None) -> list[api.DkimKey]:
+        return await self.engine.read(lambda c: authdata.dkim_keys(c, domain))
+
+    async def dkim_key_update(
+        self, domain: str, selector: str, *, active_from: int | None = None, retire_at: int | None = None
+    ) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_update(c, domain, selector, active_from, retire_at))
+
+    async def dkim_key_remove(self, domain: str, selector: str) -> None:
+        await self.engine.write(lambda c: authdata.dkim_key_remove(c, domain, selector))
+
+    async def dmarc_add(self, rows: Sequence[api.DmarcRow]) -> None:
+        rows = list(rows)
+        await self.engine.write(lambda c: authdata.dmarc_add(c, rows))
+
+    async def dmarc_pending(self, before: int) -> list[api.DmarcRow]:
+        return await self.engine.read(lambda c: authdata.dmarc_pending(c, before))
+
+    async def dmarc_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int:
+        def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
+            deleted = authdata.dmarc_delete(c, policy_domain, period)  # type: ignore[arg-type]
+            if report is None or not deleted:
+                return deleted, [], None
+            blob_id, placed = mail.deliver(c, report)  # type: ignore[arg-type]
+            qid = queue.add(c, blob_id, report.queue) if report.queue is not None else None  # type: ignore[arg-type]
+            return deleted, placed, qid
+
+        deleted, placed, qid = await self.engine.write(job)
+        for mailbox_id, user_id, _uid in placed:
+            self._publish(mailbox_id, user_id, 0)
+        if qid is not None:
+            self.changes.publish_queue()
+        return deleted
+    async def queue_stats(self) -> QueueStats:
+        return await self.engine.read(web.queue_stats)
+
+    # -- credentials of the HTTP service -------------------------------------------------
+    async def add_api_token(self, name: str, digest: str) -> ApiToken:
+        return await self.engine.write(lambda c: web.add_api_token(c, name, digest))
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return await self.engine.read(web.list_api_tokens)
+
+    async def remove_api_token(self, name: str) -> bool:
+        return await self.engine.write(lambda c: web.remove_api_token(c, name))
+
+    async def find_api_token(self, digest: str) -> ApiToken | None:
+        return await self.engine.read(lambda c: web.find_api_token(c, digest))
+
+    async def add_app_password(self, user_id: int, name: str, digest: str) -> AppPassword:
+        return await self.engine.write(lambda c: web.add_app_password(c, user_id, name, digest))
+
+    async def list_app_passwords(self, user_id: int) -> list[AppPassword]:
+        return await self.engine.read(lambda c: web.list_app_passwords(c, user_id))
+
+    async def remove_app_password(self, user_id: int, password_id: int) -> bool:
+        return await self.engine.write(lambda c: web.remove_app_password(c, user_id, password_id))
+
+    async def find_app_password(self, user_id: int, digest: str) -> AppPassword | None:
+        return await self.engine.read(lambda c: web.find_app_password(c, user_id, digest))
+
+    async def add_web_session(self, digest: str, user_id: int, expires: int) -> None:
+        await self.engine.write(lambda c: web.add_web_session(c, digest, user_id, expires))
+
+    async def get_web_session(self, digest: str) -> WebSession | None:
+        return await self.engine.read(lambda c: web.get_web_session(c, digest))
+
+    async def remove_web_sessions(
+        self, *, digest: str | None = None, user_id: int | None = None
+    ) -> int:
+        return await self.engine.write(lambda c: web.remove_web_sessions(c, digest, user_id))
+
+    async def append_delivery_log(self, entries: Sequence[DeliveryLogEntry], keep: int) -> None:
+        await self.engine.write(lambda c: web.append_delivery_log(c, entries, keep))
+
+    async def list_delivery_log(self, limit: int, before_id: int | None = None) -> list[DeliveryLogEntry]:
+        return await self.engine.read(lambda c: web.list_delivery_log(c, limit, before_id))
+
     # -- POP3 --------------------------------------------------------------------------
     def try_lock_maildrop(self, user_id: int) -> bool:
         if user_id in self._maildrop_locks:
@@ -458,10 +673,15 @@ class SQLiteStore:
         self._maildrop_locks.discard(user_id)
 
 
-def open_store(data_dir: Path, *, fsync: bool = True) -> SQLiteStore:
-    """Open (creating and migrating if needed) the embedded store in ``data_dir``."""
+def open_store(
+    data_dir: Path, *, fsync: bool = True, timing: Callable[[bool, float], None] | None = None
+) -> SQLiteStore:
+    """Open (creating and migrating if needed) the embedded store in ``data_dir``.
+    ``timing(write, seconds)`` is told the duration of every read and write (metrics)."""
     os.makedirs(data_dir, exist_ok=True)
-    return SQLiteStore.open(data_dir, fsync=fsync)
+    store = SQLiteStore.open(data_dir, fsync=fsync)
+    store.engine.timing = timing
+    return store
 
 
 _: type[api.Store] = SQLiteStore  # static check that the class satisfies the contract

@@ -110,6 +110,9 @@ class Engine:
         self._closed = False
         self.commits = 0  # observed by tests and the benchmark
         self.jobs = 0
+        # timing(write, seconds) after every awaited read and write (the store latency
+        # metric; set by the wiring, see postroom.metrics). Called on the event loop.
+        self.timing: Callable[[bool, float], None] | None = None
         self._thread.start()
         self._checkpointer.start()
 
@@ -132,7 +135,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, future))
-        return await future
+        if self.timing is None:
+            return await future
+        started = time.perf_counter()
+        try:
+            return await future
+        finally:
+            self.timing(True, time.perf_counter() - started)
 
     def submit(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Queue a write nobody waits for: it joins the next group commit, and an error
@@ -144,7 +153,13 @@ class Engine:
         if self._closed:
             raise RuntimeError("store is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._run_read, fn)
+        if self.timing is None:
+            return await loop.run_in_executor(self._readers, self._run_read, fn)
+        started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self._readers, self._run_read, fn)
+        finally:
+            self.timing(False, time.perf_counter() - started)
 
     async def lookup(self, fn: Callable[[sqlite3.Connection], T], *, snapshot: bool = True) -> T:
         """A point read by key (an address, a user id) on the calling thread.

@@ -18,13 +18,17 @@ from typing import TYPE_CHECKING
 from postroom.message import search_texts_of
 from postroom.message.model import header_block_end
 from postroom.store.api import (
+    ALL_FLAGS,
     SEARCH_FIELDS,
     Changes,
     Delivery,
     FlagChange,
     MessageContent,
     MessageMeta,
+    NewMessage,
     NotFound,
+    OverQuota,
+    Quota,
     StoreResult,
 )
 
@@ -84,6 +88,56 @@ def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int) -> int:
     return int(row[0])
 
 
+# -- quota usage (RFC 9208) --------------------------------------------------------------
+# Every function below that inserts or deletes message rows charges the owner here, in the
+# same transaction, so users.used_* are always exact and a quota check is one row read.
+
+
+def charge(conn: sqlite3.Connection, user_id: int, size: int, count: int) -> None:
+    if size or count:
+        conn.execute(
+            "UPDATE users SET used_storage = used_storage + ?, used_messages = used_messages + ? "
+            "WHERE id=?",
+            (size, count, user_id),
+        )
+
+
+_QUOTA_COLS = "id, used_storage, quota_storage, used_messages, quota_messages"
+
+
+def quota_row(row: tuple) -> Quota:  # type: ignore[type-arg]
+    return Quota(user_id=row[0], storage_used=row[1], storage_limit=row[2],
+                 messages_used=row[3], messages_limit=row[4])
+
+
+def get_quota(conn: sqlite3.Connection, user_id: int) -> Quota:
+    row = conn.execute(f"SELECT {_QUOTA_COLS} FROM users WHERE id=?", (user_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no user {user_id}")
+    return quota_row(row)
+
+
+def list_quotas(conn: sqlite3.Connection) -> dict[int, Quota]:
+    return {r[0]: quota_row(r) for r in conn.execute(f"SELECT {_QUOTA_COLS} FROM users")}
+
+
+def set_quota(conn: sqlite3.Connection, address: str, storage: int | None, messages: int | None) -> Quota:
+    row = conn.execute(
+        f"UPDATE users SET quota_storage=?, quota_messages=? WHERE address=? RETURNING {_QUOTA_COLS}",
+        (storage, messages, address),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no user {address}")
+    return quota_row(row)
+
+
+def require_quota(conn: sqlite3.Connection, user_id: int, size: int, count: int) -> None:
+    """Raise OverQuota unless ``count`` messages of ``size`` octets fit (inside the write
+    transaction: two concurrent writes cannot both squeeze in)."""
+    if not get_quota(conn, user_id).allows(size, count):
+        raise OverQuota("Quota exceeded")
+
+
 def user_of(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int]:
     """(user id, highestmodseq) of a mailbox, for the change published after a write."""
     row = conn.execute(
@@ -131,24 +185,42 @@ def deliver(conn: sqlite3.Connection, d: Delivery) -> tuple[int, list[tuple[int,
     Returns (blob_id, [(mailbox_id, user_id, uid)]). The queue part is added by the caller
     (queue.py) in the same transaction.
     """
+    return deliver_checked(conn, d)[:2]
+
+
+def deliver_checked(
+    conn: sqlite3.Connection, d: Delivery
+) -> tuple[int, list[tuple[int, int, int]], tuple[int, ...]]:
+    """:func:`deliver`, also returning the users skipped for quota (``enforce_quota``)."""
+    size = len(d.data)
     mailbox_ids: list[tuple[int, int]] = []
+    over: list[int] = []
     for user_id in dict.fromkeys(d.user_ids):
+        if d.enforce_quota and not get_quota(conn, user_id).allows(size):
+            over.append(user_id)
+            continue
         mailbox_ids.append((inbox_of(conn, user_id), user_id))
     for mailbox_id in dict.fromkeys(d.mailbox_ids):
         owner = conn.execute("SELECT user_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
         if owner is None:
             raise NotFound("no such mailbox")
+        if d.enforce_quota and not get_quota(conn, owner[0]).allows(size):
+            over.append(owner[0])
+            continue
         mailbox_ids.append((mailbox_id, owner[0]))
     refs = len(mailbox_ids) + (1 if d.queue is not None else 0)
+    if refs == 0:
+        return 0, [], tuple(over)  # everybody over quota: no blob without a reference
     blob_id = insert_blob(conn, d.data, d.summary, refs)
     internaldate = d.internaldate if d.internaldate is not None else int(time.time())
     placed = []
     if mailbox_ids:
         texts = search_texts_of(d.summary, d.data)
         for mailbox_id, user_id in mailbox_ids:
-            uid, _ = place(conn, mailbox_id, blob_id, len(d.data), internaldate, d.flags, "", texts)
+            uid, _ = place(conn, mailbox_id, blob_id, size, internaldate, d.flags, "", texts)
+            charge(conn, user_id, size, 1)
             placed.append((mailbox_id, user_id, uid))
-    return blob_id, placed
+    return blob_id, placed, tuple(over)
 
 
 def append(
@@ -161,18 +233,46 @@ def append(
     internaldate: int | None,
     texts: SearchTexts,
 ) -> tuple[int, int, int, int]:
-    """Store one message; (uidvalidity, uid, user id, modseq)."""
+    """Store one message; (uidvalidity, uid, user id, modseq). OverQuota when it does
+    not fit in the owner's quota."""
+    validity, uids, user_id, modseq = append_many(
+        conn, mailbox_id,
+        [NewMessage(data, summary, flags, tuple(keywords), internaldate)], [texts], True,
+    )
+    return validity, uids[0], user_id, modseq
+
+
+def append_many(
+    conn: sqlite3.Connection,
+    mailbox_id: int,
+    messages: Sequence[NewMessage],
+    texts: Sequence[SearchTexts],
+    enforce_quota: bool,
+) -> tuple[int, list[int], int, int]:
+    """Store every message in this one transaction (MULTIAPPEND, RFC 3502: all or none);
+    (uidvalidity, uids, user id, last modseq)."""
     row = conn.execute(
         "SELECT uidvalidity, user_id FROM mailboxes WHERE id=?", (mailbox_id,)
     ).fetchone()
     if row is None:
         raise NotFound("no such mailbox")
-    blob_id = insert_blob(conn, data, summary, 1)
-    when = internaldate if internaldate is not None else int(time.time())
-    uid, modseq = place(
-        conn, mailbox_id, blob_id, len(data), when, flags, " ".join(sorted(set(keywords))), texts
-    )
-    return int(row[0]), uid, int(row[1]), modseq
+    user_id = int(row[1])
+    total = sum(len(m.data) for m in messages)
+    if enforce_quota:
+        require_quota(conn, user_id, total, len(messages))
+    uids: list[int] = []
+    modseq = 0
+    now = int(time.time())
+    for message, text in zip(messages, texts, strict=True):
+        blob_id = insert_blob(conn, message.data, message.summary, 1)
+        when = message.internaldate if message.internaldate is not None else now
+        keywords = " ".join(sorted(set(message.keywords)))
+        uid, modseq = place(
+            conn, mailbox_id, blob_id, len(message.data), when, message.flags, keywords, text
+        )
+        uids.append(uid)
+    charge(conn, user_id, total, len(messages))
+    return int(row[0]), uids, user_id, modseq
 
 
 def list_messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageMeta]:
@@ -261,6 +361,13 @@ def read_column(conn: sqlite3.Connection, column: str, blob_ids: Sequence[int]) 
 
 
 def _apply(change: FlagChange, flags: int, keywords: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
+    new_flags, new_keywords = _apply_all(change, flags, keywords)
+    mask = change.mask
+    new_flags = (flags & ~mask) | (new_flags & mask)  # flags outside the mask stay
+    return new_flags, new_keywords if change.keywords_allowed else keywords
+
+
+def _apply_all(change: FlagChange, flags: int, keywords: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
     if change.mode == "replace":
         return change.flags, tuple(sorted(set(change.keywords)))
     if change.mode == "add":
@@ -325,6 +432,7 @@ def expunge(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> l
         return []
     modseq = _bump_modseq(conn, mailbox_id)
     conn.executemany("DELETE FROM messages WHERE id=?", [(m.id,) for m in rows])
+    charge(conn, user_of(conn, mailbox_id)[0], -sum(m.size for m in rows), -len(rows))
     conn.executemany(
         "INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES(?, ?, ?)",
         [(mailbox_id, m.uid, modseq) for m in rows],
@@ -334,13 +442,28 @@ def expunge(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int]) -> l
 
 
 def copy_messages(
-    conn: sqlite3.Connection, src: int, uids: Sequence[int], dst: int, move: bool
+    conn: sqlite3.Connection,
+    src: int,
+    uids: Sequence[int],
+    dst: int,
+    move: bool,
+    flag_mask: int = ALL_FLAGS,
+    keywords: bool = True,
 ) -> list[tuple[int, int]]:
     rows = get_messages(conn, src, uids)
     if not rows:
         if conn.execute("SELECT 1 FROM mailboxes WHERE id=?", (dst,)).fetchone() is None:
             raise NotFound("no such mailbox")
         return []
+    if flag_mask != ALL_FLAGS or not keywords:
+        rows = [_masked(m, flag_mask, keywords) for m in rows]
+    src_owner, dst_owner = user_of(conn, src)[0], user_of(conn, dst)[0]
+    size = sum(m.size for m in rows)
+    if not move or src_owner != dst_owner:
+        require_quota(conn, dst_owner, size, len(rows))
+        charge(conn, dst_owner, size, len(rows))
+        if move:
+            charge(conn, src_owner, -size, -len(rows))
     first, modseq = _allocate(conn, dst, len(rows))
     pairs: list[tuple[int, int]] = []
     if move:
@@ -349,8 +472,8 @@ def copy_messages(
         src_modseq = _bump_modseq(conn, src)
         for i, m in enumerate(rows):
             conn.execute(
-                "UPDATE messages SET mailbox_id=?, uid=?, modseq=? WHERE id=?",
-                (dst, first + i, modseq, m.id),
+                "UPDATE messages SET mailbox_id=?, uid=?, modseq=?, flags=?, keywords=? WHERE id=?",
+                (dst, first + i, modseq, m.flags, " ".join(m.keywords), m.id),
             )
             pairs.append((m.uid, first + i))
         conn.executemany(
@@ -374,6 +497,13 @@ def copy_messages(
             [(dst, new, src, old) for old, new in pairs],
         )
     return pairs
+
+
+def _masked(m: MessageMeta, flag_mask: int, keywords: bool) -> MessageMeta:
+    return MessageMeta(
+        id=m.id, uid=m.uid, flags=m.flags & flag_mask, keywords=m.keywords if keywords else (),
+        modseq=m.modseq, size=m.size, internaldate=m.internaldate, blob_id=m.blob_id,
+    )
 
 
 def changes_since(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> Changes:

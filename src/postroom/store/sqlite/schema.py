@@ -209,6 +209,141 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     # 3: envelope texts for SEARCH in SQL, indexes on blob references (see _message_search)
     _message_search,
+    # 4: mail authentication: DKIM signing keys (private keys live in the database, so its
+    # backups are as secret as the keys) and DMARC aggregate-report data.
+    """
+    CREATE TABLE dkim_keys (
+        id INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        private_key TEXT NOT NULL,
+        public_record TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        active_from INTEGER NOT NULL,
+        retire_at INTEGER,
+        UNIQUE (domain, selector)
+    );
+    CREATE TABLE dmarc_records (
+        id INTEGER PRIMARY KEY,
+        period INTEGER NOT NULL,
+        policy_domain TEXT NOT NULL,
+        header_from TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        disposition TEXT NOT NULL,
+        dkim TEXT NOT NULL,
+        spf TEXT NOT NULL,
+        dkim_results TEXT NOT NULL,
+        spf_result TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        rua TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        UNIQUE (period, policy_domain, header_from, source_ip, envelope_from, disposition,
+                dkim, spf, dkim_results, spf_result, reason)
+    );
+    """,
+    # 5: quotas (RFC 9208). Limits are NULL (unlimited) until set; usage is kept up to date
+    # by every write that adds or removes a message row (mail.charge), so checking a
+    # quota is one row read. The backfill below is the only SUM ever taken.
+    """
+    ALTER TABLE users ADD COLUMN quota_storage INTEGER;
+    ALTER TABLE users ADD COLUMN quota_messages INTEGER;
+    ALTER TABLE users ADD COLUMN used_storage INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN used_messages INTEGER NOT NULL DEFAULT 0;
+    UPDATE users SET
+        used_storage = (SELECT coalesce(sum(m.size), 0) FROM messages m
+                        JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = users.id),
+        used_messages = (SELECT count(*) FROM messages m
+                         JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = users.id)
+    """,
+    # 6: access control lists (RFC 4314). One row per (mailbox, identifier); identifiers
+    # are user addresses, "anyone" or "authenticated". Owners' rights are implicit.
+    """
+    CREATE TABLE acl (
+        mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        identifier TEXT NOT NULL,
+        rights TEXT NOT NULL,
+        PRIMARY KEY (mailbox_id, identifier)
+    );
+    CREATE INDEX acl_identifier ON acl(identifier)
+    """,
+    # 7: METADATA entries (RFC 5464). owner is the user id for "/private/..." entries and 0
+    # for "/shared/..." ones; mailbox_id 0 holds the server's entries. Rows of a deleted
+    # mailbox or user are removed explicitly (accounts.py).
+    """
+    CREATE TABLE metadata (
+        owner INTEGER NOT NULL,
+        mailbox_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (mailbox_id, owner, name)
+    )
+    """,
+    # 8: URLAUTH keys (RFC 4467 7), one random secret per mailbox, created on first use.
+    """
+    CREATE TABLE urlauth_keys (
+        mailbox_id INTEGER PRIMARY KEY REFERENCES mailboxes(id) ON DELETE CASCADE,
+        secret BLOB NOT NULL
+    )
+    """,
+    # 9: "may send as" grants (postroom user sendas): an address or "@domain" per row
+    """
+    CREATE TABLE sendas (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        PRIMARY KEY (user_id, address)
+    );
+    """,
+    # 10: what ``postroom import`` already copied, per user and origin (a source folder):
+    # written in the transaction that stores the message, so an interrupted import
+    # resumes without duplicates. Rows go with the user.
+    """
+    CREATE TABLE imported (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        origin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (user_id, origin, key)
+    ) WITHOUT ROWID
+    """,
+    # 11: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
+    # sessions (secrets stored as SHA-256 digests), and the bounded recent delivery log.
+    """
+    ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        digest TEXT NOT NULL UNIQUE,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE app_passwords (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE INDEX app_passwords_user ON app_passwords(user_id, digest);
+    CREATE TABLE web_sessions (
+        digest TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created INTEGER NOT NULL,
+        expires INTEGER NOT NULL
+    );
+    CREATE INDEX web_sessions_user ON web_sessions(user_id);
+    CREATE INDEX web_sessions_expires ON web_sessions(expires);
+    CREATE TABLE delivery_log (
+        id INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        direction TEXT NOT NULL,
+        qid TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        result TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """,
 ]
 
 

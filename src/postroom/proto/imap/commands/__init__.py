@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from postroom.proto.imap.commands import anystate, mailboxes, messages
+from postroom.proto.imap.commands import anystate, extensions, mailboxes, messages
 from postroom.proto.imap.commands.anystate import (
     Authenticate,
     Capability,
@@ -32,6 +32,22 @@ from postroom.proto.imap.commands.base import (
     allowed_in,
     check_state,
     parse_head,
+)
+from postroom.proto.imap.commands.extensions import (
+    CancelUpdate,
+    DeleteAcl,
+    EventGroup,
+    GenUrlAuth,
+    GetAcl,
+    GetMetadata,
+    ListRights,
+    MyRights,
+    Notify,
+    ResetKey,
+    SetAcl,
+    SetMetadata,
+    SetQuota,
+    UrlFetch,
 )
 from postroom.proto.imap.commands.mailboxes import (
     Append,
@@ -69,10 +85,26 @@ from postroom.proto.imap.commands.messages import (
 )
 from postroom.proto.imap.grammar import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITEMS, ImapPeerError, Parser
 
-PARSERS: dict[str, CommandParser] = {**anystate.PARSERS, **mailboxes.PARSERS, **messages.PARSERS}
+PARSERS: dict[str, CommandParser] = {
+    **anystate.PARSERS, **mailboxes.PARSERS, **messages.PARSERS, **extensions.PARSERS,
+}
 assert PARSERS.keys() == COMMAND_STATES.keys()
 
 __all__ = [
+    "CancelUpdate",
+    "DeleteAcl",
+    "EventGroup",
+    "GenUrlAuth",
+    "GetAcl",
+    "GetMetadata",
+    "ListRights",
+    "MyRights",
+    "Notify",
+    "ResetKey",
+    "SetAcl",
+    "SetMetadata",
+    "SetQuota",
+    "UrlFetch",
     "COMMAND_STATES",
     "NO_ARGUMENT_COMMANDS",
     "PARSERS",

@@ -32,6 +32,7 @@ STATUS_ITEMS = frozenset(
         "RECENT",
         "HIGHESTMODSEQ",
         "APPENDLIMIT",
+        "DELETED-STORAGE",  # RFC 9208 4.1.4
     }
 )
 LIST_SELECT_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
@@ -159,7 +160,8 @@ class AppendMessage:
     """One message of APPEND (several with MULTIAPPEND, RFC 3502).
 
     ``binary``: sent as literal8 (may hold NUL, RFC 3516 4.4); ``utf8``: the RFC 6855
-    ``UTF8 (...)`` form.
+    ``UTF8 (...)`` form. ``parts``: the CATENATE form (RFC 4469), in order: ("TEXT",
+    octets) or ("URL", the IMAP URL as sent); ``data`` is then empty.
     """
 
     data: bytes = field(repr=False)
@@ -167,6 +169,7 @@ class AppendMessage:
     internal_date: datetime.datetime | None = None
     binary: bool = False
     utf8: bool = False
+    parts: tuple[tuple[str, bytes], ...] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +408,7 @@ def parse_append(p: Parser, tag: str) -> Append:
     # append-message = append-opts SP append-data
     # append-opts = [SP flag-list] [SP date-time]
     # append-data = literal / literal8 / "UTF8" SP "(" literal8 ")"   (RFC 3516, RFC 6855)
+    #             / "CATENATE" SP "(" cat-part *(SP cat-part) ")"     (RFC 4469)
     p.sp()
     mailbox = p.mailbox()
     messages: list[AppendMessage] = []
@@ -418,6 +422,14 @@ def parse_append(p: Parser, tag: str) -> Append:
         if p.peek() == 0x22:
             date = p.date_time()
             p.sp()
+        if p.try_keyword("CATENATE"):
+            p.sp()
+            parts = tuple(p.paren_list(lambda: _cat_part(p), allow_empty=False))
+            messages.append(AppendMessage(b"", flags, date, parts=parts))
+            p.count()
+            if p.at_end():
+                return Append(tag, mailbox, tuple(messages))
+            continue
         utf8 = p.try_keyword("UTF8")
         if utf8:
             p.sp()
@@ -432,6 +444,20 @@ def parse_append(p: Parser, tag: str) -> Append:
         p.count()
         if p.at_end():
             return Append(tag, mailbox, tuple(messages))
+
+
+def _cat_part(p: Parser) -> tuple[str, bytes]:
+    # cat-part = text-literal / url ; text-literal = "TEXT" SP literal ; url = "URL" SP
+    # astring (RFC 4469 5); a literal8 is accepted for TEXT as for plain APPEND data.
+    word = p.keyword("TEXT or URL")
+    p.sp()
+    if word == "TEXT":
+        if p.peek() not in (0x7B, 0x7E):
+            raise p.error("Expected a literal after TEXT")
+        return "TEXT", p.literal(binary=True)
+    if word == "URL":
+        return "URL", p.astring()
+    raise p.error("Expected TEXT or URL")
 
 
 def parse_compress(p: Parser, tag: str) -> Compress:

@@ -23,9 +23,10 @@ from postroom.proto.imap.fetch import (
 )
 from postroom.proto.imap.grammar import Parser
 from postroom.proto.imap.search import (
+    PartialRange,
     SearchKey,
     parse_charset,
-    parse_return_options,
+    parse_return_spec,
     parse_search_program,
 )
 from postroom.proto.imap.sequence import SequenceSet, parse_sequence_set
@@ -93,6 +94,7 @@ class Search(_UidCommand):
     key: SearchKey
     charset: str | None = None
     returns: frozenset[str] | None = None
+    partial: PartialRange | None = None  # RETURN (PARTIAL a:b), RFC 9394 / RFC 5267 4.4
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,8 @@ class Sort(_UidCommand):
     criteria: tuple[tuple[str, bool], ...]
     charset: str
     key: SearchKey
+    returns: frozenset[str] | None = None  # ESORT (RFC 5267 3): answer with ESEARCH
+    partial: PartialRange | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +167,10 @@ def parse_search(p: Parser, tag: str, uid: bool) -> Search:
     # search = "SEARCH" [search-return-opts] SP search-program
     # search-return-opts = SP "RETURN" SP "(" [search-return-opt *(SP ...)] ")"
     p.sp()
-    returns = None
+    returns = partial = None
     if p.try_keyword("RETURN"):
         p.sp()
-        returns = parse_return_options(p)
+        returns, partial = parse_return_spec(p)
         p.sp()
     codec = None
     if p.try_keyword("CHARSET"):
@@ -174,7 +178,7 @@ def parse_search(p: Parser, tag: str, uid: bool) -> Search:
         codec = parse_charset(p)
         p.sp()
     key = parse_search_program(p, codec)
-    return Search(tag, uid, key, codec, returns)
+    return Search(tag, uid, key, codec, returns, partial)
 
 
 def parse_fetch(p: Parser, tag: str, uid: bool) -> Fetch:
@@ -250,10 +254,15 @@ def _search_criteria(p: Parser) -> tuple[str, SearchKey]:
 
 
 def parse_sort(p: Parser, tag: str, uid: bool) -> Sort:
-    # sort = ["UID" SP] "SORT" SP sort-criteria SP search-criteria
+    # sort = ["UID" SP] "SORT" [search-return-opts] SP sort-criteria SP search-criteria
     # sort-criteria = "(" sort-criterion *(SP sort-criterion) ")"
-    # sort-criterion = ["REVERSE" SP] sort-key
+    # sort-criterion = ["REVERSE" SP] sort-key          (RFC 5256 5, RFC 5267 5)
     p.sp()
+    returns = partial = None
+    if p.try_keyword("RETURN"):
+        p.sp()
+        returns, partial = parse_return_spec(p)
+        p.sp()
 
     def criterion() -> tuple[str, bool]:
         reverse = p.try_keyword("REVERSE")
@@ -267,7 +276,7 @@ def parse_sort(p: Parser, tag: str, uid: bool) -> Sort:
     criteria = tuple(p.paren_list(criterion, allow_empty=False))
     p.sp()
     codec, key = _search_criteria(p)
-    return Sort(tag, uid, criteria, codec, key)
+    return Sort(tag, uid, criteria, codec, key, returns, partial)
 
 
 def parse_thread(p: Parser, tag: str, uid: bool) -> Thread:
