@@ -7,11 +7,19 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from postroom.deliver import summarize
 from postroom.store.api import Delivery
 from postroom.store.sqlite import open_store
 from postroom.store.sqlite.schema import MIGRATIONS, current_version
+
+
+async def _user_and_inbox(store: Any) -> tuple[Any, Any]:
+    """A user a@example.test in a fresh store, and its INBOX."""
+    await store.add_domain("example.test")
+    u = await store.add_user("a@example.test", "h", None)
+    return u, await store.get_mailbox(u.id, "INBOX")
 
 MSG = b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.de>\r\nSubject: Hello\r\n\r\nhi\r\n"
 
@@ -20,9 +28,7 @@ def test_recent_marks_are_claimed_in_memory_and_persisted(tmp_path: Path) -> Non
     async def first() -> tuple[int, int]:
         store = open_store(tmp_path, fsync=False)
         try:
-            await store.add_domain("example.test")
-            u = await store.add_user("a@example.test", "h", None)
-            inbox = await store.get_mailbox(u.id, "INBOX")
+            u, inbox = await _user_and_inbox(store)
             for _ in range(3):
                 await store.append(inbox.id, MSG, b"S")
             # Claiming never waits for the writer: with the writer thread held up, SELECT's
@@ -110,9 +116,7 @@ def test_header_only_reads_stop_at_the_body(tmp_path: Path) -> None:
     async def main() -> None:
         store = open_store(tmp_path, fsync=False)
         try:
-            await store.add_domain("example.test")
-            u = await store.add_user("a@example.test", "h", None)
-            inbox = await store.get_mailbox(u.id, "INBOX")
+            u, inbox = await _user_and_inbox(store)
             big = b"Subject: big\r\n\r\n" + b"y" * 100_000 + b"\r\n"
             await store.append(inbox.id, big, summarize(big))
             await store.append(inbox.id, big, b"[99]")  # unknown format: read it all
@@ -134,9 +138,7 @@ def test_small_reads_run_inline_and_big_bodies_still_arrive_whole(tmp_path: Path
     async def main() -> None:
         store = open_store(tmp_path, fsync=False)
         try:
-            await store.add_domain("example.test")
-            u = await store.add_user("a@example.test", "h", None)
-            inbox = await store.get_mailbox(u.id, "INBOX")
+            u, inbox = await _user_and_inbox(store)
             small = b"Subject: small\r\n\r\nx\r\n"
             big = b"Subject: big\r\n\r\n" + b"y" * (backend.INLINE_BYTES + 10) + b"\r\n"
             for data in (small, big, small):
@@ -170,9 +172,7 @@ def test_snapshot_cache_is_never_stale(tmp_path: Path) -> None:
     async def main() -> None:
         store = open_store(tmp_path, fsync=False)
         try:
-            await store.add_domain("example.test")
-            u = await store.add_user("a@example.test", "h", None)
-            inbox = await store.get_mailbox(u.id, "INBOX")
+            u, inbox = await _user_and_inbox(store)
             archive = await store.get_mailbox(u.id, "Archive")
             for _ in range(100):  # above MIN_MESSAGES, so the snapshot is cached
                 await store.deliver(Delivery(data=MSG, summary=summarize(MSG), user_ids=(u.id,)))
