@@ -179,18 +179,23 @@ def test_imaplib_acl_calls(pair: tuple[str, str], connect) -> None:
     assert n.select(f'"Shared/{owner}/INBOX"')[0] == "NO"
 
 
+def _shared_box(raw, owner: str, other: str, rights: str, count: int):  # type: ignore[no-untyped-def]
+    """The owner's "Box" with ``count`` messages, shared with ``rights``: both sessions."""
+    o = raw(owner)
+    o.ok("CREATE Box")
+    msg = b"Subject: s\r\n\r\nbody\r\n"
+    for _ in range(count):
+        o.cmd(b"APPEND Box {%d+}\r\n%s" % (len(msg), msg))
+    o.ok(f"SETACL Box {other} {rights}")
+    return o, raw(other)
+
+
 def test_store_on_a_ghost_keeps_to_the_rights(server: Server, pair: tuple[str, str], raw) -> None:
     """A message the owner expunged that the other user has not heard of yet is a ghost
     for its STORE (RFC 2180 4.2.3), and the rights apply to it as to the others: with
     "lrs" only \\Seen changes; \\Flagged and the keyword stay as they were (RFC 4314 4)."""
     owner, other = pair
-    o = raw(owner)
-    o.ok("CREATE Box")
-    msg = b"Subject: s\r\n\r\nbody\r\n"
-    for _ in range(2):
-        o.cmd(b"APPEND Box {%d+}\r\n%s" % (len(msg), msg))
-    o.ok(f"SETACL Box {other} lrs")
-    c = raw(other)
+    o, c = _shared_box(raw, owner, other, "lrs", 2)
     c.ok(f'SELECT "Shared/{owner}/Box"')
     o.ok("SELECT Box")
     o.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
@@ -206,13 +211,7 @@ def test_fetch_sets_seen_only_with_the_s_right(server: Server, pair: tuple[str, 
     """The implicit \\Seen of a body FETCH needs "s" (RFC 4314 4), on the one-message
     path and on the general one alike; the mailbox is read-write ("w")."""
     owner, other = pair
-    o = raw(owner)
-    o.ok("CREATE Box")
-    msg = b"Subject: s\r\n\r\nbody\r\n"
-    for _ in range(6):
-        o.cmd(b"APPEND Box {%d+}\r\n%s" % (len(msg), msg))
-    o.ok(f"SETACL Box {other} lrw")
-    c = raw(other)
+    o, c = _shared_box(raw, owner, other, "lrw", 6)
     _, done = c.cmd(f'SELECT "Shared/{owner}/Box"')
     assert rest(done) == b"OK [READ-WRITE] SELECT completed\r\n"
     assert c.ok("FETCH 1 (BODY[TEXT])") == [b"* 1 FETCH (BODY[TEXT] {6}\r\nbody\r\n)\r\n"]

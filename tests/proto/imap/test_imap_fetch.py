@@ -159,19 +159,28 @@ def test_sets_seen() -> None:
 @pytest.mark.parametrize(
     ("data", "uid", "result"),
     [
-        (b"(CHANGEDSINCE 5)", False, (5, False)),
-        (b"(changedsince 0)", False, (0, False)),
-        (b"(CHANGEDSINCE 5 VANISHED)", True, (5, True)),
-        (b"(VANISHED CHANGEDSINCE 5)", True, (5, True)),
+        (b"(CHANGEDSINCE 5)", False, (5, False, None)),
+        (b"(changedsince 0)", False, (0, False, None)),
+        (b"(CHANGEDSINCE 5 VANISHED)", True, (5, True, None)),
+        (b"(VANISHED CHANGEDSINCE 5)", True, (5, True, None)),
+        # RFC 9394 3.3: PARTIAL, with the range ordered as SEARCH RETURN (PARTIAL) has it
+        (b"(PARTIAL 1:30)", True, (None, False, (1, 30))),
+        (b"(PARTIAL 30:1)", True, (None, False, (1, 30))),
+        (b"(partial -1:-30)", True, (None, False, (-1, -30))),
+        (b"(PARTIAL -30:-1 CHANGEDSINCE 9)", False, (9, False, (-1, -30))),
+        (b"(CHANGEDSINCE 9 VANISHED PARTIAL 5:5)", True, (9, True, (5, 5))),
     ],
 )
-def test_modifiers(data: bytes, uid: bool, result: tuple[int, bool]) -> None:
+def test_modifiers(data: bytes, uid: bool, result: tuple[int, bool, object]) -> None:
     assert parse_fetch_modifiers(Parser(data), uid=uid) == result
 
 
 @pytest.mark.parametrize(
     ("data", "uid"),
-    [(b"()", True), (b"(VANISHED)", True), (b"(CHANGEDSINCE 5 VANISHED)", False), (b"(FOO)", True)],
+    [(b"()", True), (b"(VANISHED)", True), (b"(CHANGEDSINCE 5 VANISHED)", False), (b"(FOO)", True),
+     (b"(PARTIAL)", True), (b"(PARTIAL 0:5)", True), (b"(PARTIAL -1:5)", True),
+     (b"(PARTIAL 1:-5)", True), (b"(PARTIAL 1:2 PARTIAL 3:4)", True), (b"(PARTIAL *:5)", True),
+     (b"(CHANGEDSINCE 1 CHANGEDSINCE 2)", True)],
 )
 def test_bad_modifiers(data: bytes, uid: bool) -> None:
     with pytest.raises(ImapPeerError):

@@ -1,4 +1,6 @@
-"""FETCH and UID FETCH (RFC 9051 6.4.5, RFC 3516 BINARY, RFC 7162 CONDSTORE/QRESYNC).
+"""FETCH and UID FETCH (RFC 9051 6.4.5, RFC 3516 BINARY, RFC 7162 CONDSTORE/QRESYNC,
+RFC 9394 PARTIAL: the ``(PARTIAL a:b)`` modifier keeps those positions of the set, counted
+after CHANGEDSINCE when both are given).
 
 Cost model, because clients run ``FETCH 1:* (FLAGS UID)`` on huge mailboxes at every
 connect: message metadata comes from one store read (``list_messages`` for big ranges,
@@ -52,6 +54,7 @@ from postroom.proto.imap.fetch import (
 )
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.prerender import Prerendered, prerendered
+from postroom.proto.imap.search import partial_items
 from postroom.proto.imap.sections import SectionSpec, UnknownCTE, apply_partial, decode_part, extract
 from postroom.store.api import FLAG_SEEN, FlagChange, MessageContent, MessageMeta
 
@@ -246,6 +249,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 if u in asked]
         if gone:
             s.write(responses.vanished(gone, earlier=True))  # RFC 7162 3.2.6
+    if cmd.partial is not None and cmd.changed_since is None:
+        positions = list(partial_items(positions, cmd.partial))  # RFC 9394 3.3
     uids = view.uids_at(positions)
     if len(uids) <= FEW_MESSAGES and cmd.changed_since is None:
         return await _fetch_few(s, view, cmd, plan, uids)
@@ -271,6 +276,9 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     missing = len(metas) < len(uids)
     if cmd.changed_since is not None:
         metas = [m for m in metas if m.modseq > cmd.changed_since]
+        if cmd.partial is not None:
+            # RFC 9394 3.3 with RFC 7162: the range counts the messages that changed.
+            metas = list(partial_items(metas, cmd.partial))
     metas, seen_now = await _mark_seen(s, view, plan, metas)
     renderer = _Renderer(s, view, cmd, seen_now, plan)
     seqs = _seq_numbers(view, positions, metas)
@@ -510,6 +518,8 @@ async def _fetch_from_view(s: ImapSession, view: SelectedMailbox, cmd: Fetch) ->
     if not cmd.uid:
         await s.sync(expunge=False)  # UID commands were synced before they started
     positions = view.positions(cmd.seqset, cmd.uid)
+    if cmd.partial is not None:
+        positions = list(partial_items(positions, cmd.partial))  # RFC 9394 3.3
     # The line, item by item, in the client's order (UID first for UID FETCH, RFC 9051
     # 6.4.8): one format string, filled per message with the flag text of that message's
     # flag set, worked out once per distinct set. This is every client's resync

@@ -60,6 +60,7 @@ from postroom.proto.imap.search import (
     SeqKey,
     SizeKey,
     TextKey,
+    partial_items,
 )
 from postroom.proto.imap.sequence import RangeSet, compact
 from postroom.store.api import SYSTEM_FLAGS, MessageMeta
@@ -467,19 +468,6 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
 
 
 _NO_DATA = frozenset({"SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
-
-
-def partial_items(numbers: Sequence[int], partial: tuple[int, int] | None) -> Sequence[int]:
-    """The members ``PARTIAL first:last`` selects (RFC 9394 3.1): 1-based positions in
-    the result, counted from the end when negative (-1 is the last)."""
-    if partial is None:
-        return numbers
-    first, last = partial
-    if first > 0:
-        return numbers[first - 1 : last]
-    n = len(numbers)
-    start, stop = max(n + last, 0), n + first + 1  # -1:-3 = the last three
-    return numbers[start:stop] if stop > 0 else []
 
 
 def _partial(numbers: Sequence[int], partial: tuple[int, int] | None, *,

@@ -15,6 +15,7 @@ from typing import Literal
 
 from postroom.proto.imap import wire
 from postroom.proto.imap.grammar import ImapPeerError, Parser, decode_utf8
+from postroom.proto.imap.search import PartialRange, parse_partial_range
 
 # Attribute kinds (upper case, as in the response except for the section forms).
 ENVELOPE = "ENVELOPE"
@@ -262,27 +263,39 @@ def _partial(p: Parser) -> tuple[int, int] | None:
     return origin, length
 
 
-def parse_fetch_modifiers(p: Parser, *, uid: bool) -> tuple[int | None, bool]:
-    """``"(" fetch-modifier *(SP fetch-modifier) ")"`` → (CHANGEDSINCE, VANISHED).
+def parse_fetch_modifiers(
+    p: Parser, *, uid: bool
+) -> tuple[int | None, bool, PartialRange | None]:
+    """``"(" fetch-modifier *(SP fetch-modifier) ")"`` → (CHANGEDSINCE, VANISHED, PARTIAL).
 
     RFC 7162 3.1.4.1 / 3.2.6: CHANGEDSINCE takes mod-sequence-valzer; VANISHED needs
-    UID FETCH and CHANGEDSINCE.
+    UID FETCH and CHANGEDSINCE. RFC 9394 3.3 and 4: ``modifier-partial = "PARTIAL" SP
+    partial-range``, the same range as SEARCH RETURN (PARTIAL); the grammar puts it in
+    ``fetch-modifier``, so plain FETCH takes it too. A modifier given twice is BAD.
     """
     changed_since: int | None = None
     vanished = False
+    partial: PartialRange | None = None
+    seen: set[str] = set()
 
     def modifier() -> None:
-        nonlocal changed_since, vanished
+        nonlocal changed_since, vanished, partial
         word = p.keyword("a FETCH modifier")
+        if word in seen:
+            raise p.error(f"{word} given twice")
+        seen.add(word)
         if word == "CHANGEDSINCE":
             p.sp()
             changed_since = p.mod_sequence_valzer()
         elif word == "VANISHED":
             vanished = True
+        elif word == "PARTIAL":
+            p.sp()
+            partial = parse_partial_range(p)
         else:
             raise p.error("Unknown FETCH modifier")
 
     p.paren_list(modifier, allow_empty=False)
     if vanished and (not uid or changed_since is None):
         raise p.error("VANISHED needs UID FETCH and CHANGEDSINCE")
-    return changed_since, vanished
+    return changed_since, vanished, partial
