@@ -195,6 +195,18 @@ def _optional_address(value: object) -> str:
         raise ValueError(allowed) from None
 
 
+MAX_WORKERS = 256
+
+
+def _workers(value: object) -> int:
+    """``"auto"`` (0: one per CPU this process may run on) or a number of processes."""
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"\"auto\" or an integer from 1 to {MAX_WORKERS}")
+    return value
+
+
 def _resolver_address(value: object) -> tuple[str, int] | None:
     if value == "":
         return None
@@ -436,6 +448,42 @@ class AuthChecksSettings:
 class ServerSettings:
     user: str = ""  # switch to this account after binding the listeners (started as root)
     group: str = ""  # its group; empty: the account's primary group
+    workers: int = 0  # serving processes; 0 = "auto"
+
+    def worker_count(self) -> int:
+        """How many serving processes to run: 1 means one process does everything."""
+        if self.workers:
+            return self.workers
+        import os
+
+        try:
+            cpus = len(os.sched_getaffinity(0))  # honours taskset and cgroup cpusets
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        quota = cgroup_cpu_quota()  # a container limited to N CPUs (docker run --cpus)
+        if quota is not None:
+            cpus = min(cpus, quota)
+        return max(1, min(cpus, MAX_WORKERS))
+
+
+def cgroup_cpu_quota(path: str | None = None) -> int | None:
+    """The CPUs the cgroup v2 quota of this process allows (``cpu.max``: a container's
+    ``--cpus``, systemd's ``CPUQuota=``), rounded up; None: no quota."""
+    if path is None:
+        try:  # "0::/system.slice/postroom.service"; in a container usually "0::/"
+            with open("/proc/self/cgroup") as f:
+                own = next((line[3:].strip() for line in f if line.startswith("0::")), "/")
+        except OSError:
+            own = "/"
+        path = "/sys/fs/cgroup" + own.rstrip("/") + "/cpu.max"
+    try:
+        with open(path) as f:
+            quota, _, period = f.read().strip().partition(" ")
+    except OSError:
+        return None
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,7 +623,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "request_size": parse_size,
     },
     "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
-    "server": {"user": _account_name, "group": _account_name},
+    "server": {"user": _account_name, "group": _account_name, "workers": _workers},
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
 _SECTION_CLASSES = {

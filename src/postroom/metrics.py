@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -72,8 +73,17 @@ class _Histogram:
         return fam
 
 
+_COUNTERS = ("connections", "connections_open", "connections_refused", "commands", "deliveries",
+             "http_requests")
+_HISTOGRAMS = ("logins", "auth_checks", "dns", "store", "loop_lag")
+
+
 class Metrics:
-    """Everything postroom counts. Update methods are for the event-loop thread only."""
+    """Everything postroom counts. Update methods are for the event-loop thread only.
+
+    With serving worker processes (``server.workers``) each process counts its own; the
+    supervisor serves ``/metrics`` and adds up the workers' :meth:`state` (``others``,
+    asked over the process bus at scrape time by :meth:`refresh`)."""
 
     def __init__(self) -> None:
         self.connections: dict[tuple[str, ...], int] = {}
@@ -89,6 +99,8 @@ class Metrics:
         self.loop_lag = _Histogram(_LAG)
         self.queue_messages = 0
         self.queue_oldest_age = 0.0
+        self.others: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None
+        self._other_states: list[dict[str, Any]] = []
         self.registry = CollectorRegistry()
         self.registry.register(self)  # type: ignore[arg-type]  # a collector: collect()
 
@@ -139,41 +151,77 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    # -- several processes ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """This process's counts as plain data (picklable), for another process to add."""
+        out: dict[str, Any] = {name: dict(getattr(self, name)) for name in _COUNTERS}
+        for name in _HISTOGRAMS:
+            hist: _Histogram = getattr(self, name)
+            out[name] = {labels: list(row) for labels, row in hist.series.items()}
+        return out
+
+    async def refresh(self) -> None:
+        """Fetch the other processes' counts (before a scrape)."""
+        self._other_states = await self.others() if self.others is not None else []
+
+    def _counts(self, name: str) -> Mapping[tuple[str, ...], int]:
+        own: dict[tuple[str, ...], int] = getattr(self, name)
+        if not self._other_states:
+            return own
+        total = dict(own)
+        for state in self._other_states:
+            for labels, n in state.get(name, {}).items():
+                total[labels] = total.get(labels, 0) + n
+        return total
+
+    def _histogram(self, name: str) -> _Histogram:
+        own: _Histogram = getattr(self, name)
+        if not self._other_states:
+            return own
+        total = _Histogram(own.bounds)
+        total.series = {labels: list(row) for labels, row in own.series.items()}
+        for state in self._other_states:
+            for labels, row in state.get(name, {}).items():
+                mine = total.series.setdefault(labels, [0.0] * len(row))
+                for i, v in enumerate(row):
+                    mine[i] += v
+        return total
+
     # -- the collector (called by the registry at scrape time) ---------------------------------
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("postroom_info", "Always 1; the version as a label", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
         yield _counter("postroom_connections", "Connections accepted, per listener role",
-                       ["role"], self.connections)
+                       ["role"], self._counts("connections"))
         opened = GaugeMetricFamily("postroom_connections_open", "Connections open now, per listener role",
                                    labels=["role"])
-        for labels, n in sorted(self.connections_open.items()):
+        for labels, n in sorted(self._counts("connections_open").items()):
             opened.add_metric(list(labels), n)
         yield opened
         yield _counter("postroom_connections_refused",
                        "Connections refused at accept (limits, shutting down)",
-                       ["role", "reason"], self.connections_refused)
+                       ["role", "reason"], self._counts("connections_refused"))
         yield _counter("postroom_commands", "Protocol commands handled, per protocol and command",
-                       ["protocol", "command"], self.commands)
+                       ["protocol", "command"], self._counts("commands"))
         yield _counter("postroom_deliveries",
                        "Messages accepted or refused at end of data by SMTP (direction=in) and "
                        "per-recipient outcomes of outbound attempts (direction=out)",
-                       ["direction", "result"], self.deliveries)
+                       ["direction", "result"], self._counts("deliveries"))
         yield _counter("postroom_http_requests", "HTTP requests, per route group and status class",
-                       ["route", "status"], self.http_requests)
-        yield self.logins.family("postroom_login_seconds",
+                       ["route", "status"], self._counts("http_requests"))
+        yield self._histogram("logins").family("postroom_login_seconds",
                                  "Time to check a password (IMAP/POP3/SMTP AUTH, web login)",
                                  ["protocol", "result"])
-        yield self.auth_checks.family("postroom_auth_check_seconds",
+        yield self._histogram("auth_checks").family("postroom_auth_check_seconds",
                                       "Time of a message's authentication checks (SPF, DKIM, ARC, DMARC run "
                                       "together: check=message)",
                                       ["check"])
-        yield self.dns.family("postroom_dns_seconds", "DNS query time, per record type and result",
+        yield self._histogram("dns").family("postroom_dns_seconds", "DNS query time, per record type and result",
                               ["type", "result"])
-        yield self.store.family("postroom_store_seconds",
+        yield self._histogram("store").family("postroom_store_seconds",
                                 "Store operation time (a write includes its group commit)", ["op"])
-        yield self.loop_lag.family(
+        yield self._histogram("loop_lag").family(
             "postroom_event_loop_lag_seconds",
             f"How late the event loop runs a timer due every {LOOP_WATCH_INTERVAL} s", [],
         )

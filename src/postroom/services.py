@@ -13,8 +13,9 @@ from postroom.auth.failures import LoginGuard
 from postroom.config import Settings
 from postroom.metrics import Metrics
 from postroom.net.budget import check
-from postroom.net.listener import Shutdown
+from postroom.net.listener import OtherCounts, Shutdown
 from postroom.net.offload import CpuPool
+from postroom.peers import LocalPeers, Peers
 from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import Resolver
 from postroom.store.api import Store
@@ -36,6 +37,9 @@ class Services:
     auth_checker: Any = None  # policy.inbound.AuthChecker (None: no inbound checks)
     dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
     node: str = "local"
+    peers: Peers = field(default_factory=LocalPeers)  # the other serving processes
+    # IMAP sessions per (user, address) in the other worker processes (None: one process)
+    user_ip_counts: OtherCounts | None = None
     counters: dict[str, int] = field(default_factory=dict)
     # Worker processes for work that cannot be sliced (net/offload.py); None: run inline
     # (unit tests that build Services by hand).

@@ -3,7 +3,8 @@
 SMTP, IMAP and POP3 clients use the server, a message goes out to a domain without DNS
 records, then Prometheus' own text parser (prometheus_client.parser) reads ``/metrics``,
 and each family must show what happened: connections per role, commands, deliveries in
-and out, login and store latency, the DNS query, the queue, the event-loop watchdog.
+and out, login and store latency, the DNS query, the queue, the event-loop watchdog. The
+same with two serving worker processes: the supervisor's /metrics is the sum of all.
 """
 
 from __future__ import annotations
@@ -30,15 +31,19 @@ def dns() -> Iterator[DnsServer]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer) -> Iterator[HttpServer]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, dns: DnsServer, request: pytest.FixtureRequest,
+) -> Iterator[HttpServer]:
+    """In one process, and with two worker processes (server.workers = 2), where the
+    supervisor serves HTTP and /metrics adds up what each worker counted."""
     port = closed_port("127.0.0.3")
     # slow.test's MX is a loopback address (not one of the server's own, which would be a
     # mail loop) on a port nobody listens on: mail to it stays queued.
     dns.set("slow.test", "MX", [(10, "mx.slow.test")])
     dns.set("mx.slow.test", "A", ["127.0.0.3"])
     extra = f'[outbound]\nresolver = "{dns.address}"\nport = {port}\nretry_schedule = ["1h"]\n'
-    srv = HttpServer(tmp_path_factory.mktemp("metrics"), extra=extra)
+    srv = HttpServer(tmp_path_factory.mktemp("metrics"), extra=extra, workers=request.param)
     srv.setup_admin()
     srv.add_user(USER)
     srv.start()

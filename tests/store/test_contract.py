@@ -398,10 +398,10 @@ def test_concurrent_writers_and_reader(store_run: Any) -> None:
 
 def test_maildrop_lock(store_run: Any) -> None:
     async def body(store: Any) -> None:
-        assert store.try_lock_maildrop(7)
-        assert not store.try_lock_maildrop(7)
-        store.unlock_maildrop(7)
-        assert store.try_lock_maildrop(7)
+        assert await store.try_lock_maildrop(7)
+        assert not await store.try_lock_maildrop(7)
+        await store.unlock_maildrop(7)
+        assert await store.try_lock_maildrop(7)
 
     store_run(body)
 
@@ -497,6 +497,26 @@ def test_claim_recent_upto(store_run: Any) -> None:
 
 def _msg(from_: str, subject: str, extra: str = "") -> bytes:
     return f"From: {from_}\r\nSubject: {subject}\r\n{extra}\r\nbody\r\n".encode()
+
+
+def test_search_envelope_with_texts_from_the_caller(store_run: Any) -> None:
+    """Delivery.search_texts: the caller's own parse is stored as is (SMTP passes it)."""
+
+    async def body(store: Any) -> None:
+        from postroom.deliver import summarize_for_store
+
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        data = _msg("Alice Smith <ALICE@example.org>", "=?utf-8?q?Gr=C3=BC=C3=9Fe?=")
+        summary, texts = summarize_for_store(data)
+        await store.deliver(Delivery(data=data, summary=summary, user_ids=(u.id,), search_texts=texts))
+        # texts that disagree with the summary show which one the backend used
+        other = ("zed <z@z.test>", None, None, None, "other")
+        await store.deliver(Delivery(data=data, summary=summary, user_ids=(u.id,), search_texts=other))
+        found = await store.search_envelope(inbox.id, [("from", "alice"), ("subject", "grüsse"), ("from", "zed")])
+        assert found == [[1], [1], [2]]
+
+    store_run(body)
 
 
 def test_search_envelope(store_run: Any) -> None:

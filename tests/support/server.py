@@ -2,6 +2,11 @@
 
 Ports are chosen by the kernel (the config says port 0) and read back from the server's
 ``listening ROLE HOST:PORT`` lines, so parallel test runs never collide.
+
+Worker processes: a server runs as one process (``[server] workers = 1``) unless the
+test asks for ``workers`` (tests/e2e/test_workers_*.py do), which keeps the suite quick;
+``POSTROOM_TEST_WORKERS=N`` makes N the default for every server of the run, to run the
+whole end-to-end suite on the multi-process model.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from postroom.store.sqlite import open_store
 from postroom.tls import write_self_signed
 
 ALL_ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+DEFAULT_WORKERS = int(os.environ.get("POSTROOM_TEST_WORKERS") or 1)
 PASSWORD = "correct horse battery"
 
 
@@ -34,6 +40,7 @@ class Server:
         fsync: bool = False,
         hostname: str = "mail.example.test",
         hosts: dict[str, str] | None = None,
+        workers: int | str | None = None,  # a number or "auto"
     ) -> None:
         self.root = root
         self.roles = roles
@@ -58,6 +65,12 @@ class Server:
         # the test brings its own [smtp]; Postfix in the benchmarks has none either.
         if "[smtp]" not in extra:
             limits += '[smtp]\ngreeting_delay = "0s"\n'
+        n = workers or DEFAULT_WORKERS
+        workers_line = f"workers = {n if isinstance(n, int) else repr(n)}\n"
+        if "[server]" not in extra:
+            limits += "[server]\n" + workers_line
+        elif "workers" not in extra:  # a test that brings [server] (user, group)
+            extra = extra.replace("[server]\n", "[server]\n" + workers_line, 1)
         # Inbound SPF/DKIM/DMARC checks need DNS: off unless the test brings its own
         # [auth_checks] (the tests in tests/e2e/test_mail_auth.py serve records locally).
         if "[auth_checks]" not in extra:

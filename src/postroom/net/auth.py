@@ -27,6 +27,8 @@ from collections import OrderedDict, deque
 import time
 from collections.abc import AsyncIterator
 
+from typing import TYPE_CHECKING
+
 from postroom import logs
 from postroom.auth.failures import LoginGuard, client_key
 from postroom.net import budget
@@ -43,6 +45,9 @@ from postroom.proto.sasl import (
 )
 from postroom.services import Services
 from postroom.store.api import User
+
+if TYPE_CHECKING:
+    from postroom.net.listener import OtherCounts
 
 log = logging.getLogger("postroom.auth")
 
@@ -320,17 +325,21 @@ class UserSessions:
     misconfigured or hostile client holding connection slots (and file descriptors).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, others: OtherCounts | None = None) -> None:
         self.limit = limit
+        self.others = others  # the other worker processes' sessions (server.workers)
         self._count: dict[tuple[int, str], int] = {}
 
     def enter(self, user_id: int, client_ip: str) -> bool:
         """Count one more session; False (and nothing counted) when over the limit."""
         key = (user_id, client_ip)
         n = self._count.get(key, 0)
-        if n >= self.limit:
+        shared = f"{user_id}|{client_ip}"
+        if n + (self.others.others_from(shared) if self.others else 0) >= self.limit:
             return False
         self._count[key] = n + 1
+        if self.others is not None:
+            self.others.add(shared, 1)
         return True
 
     def leave(self, user_id: int, client_ip: str) -> None:
@@ -340,3 +349,5 @@ class UserSessions:
             self._count[key] = n
         else:
             self._count.pop(key, None)
+        if n >= 0 and self.others is not None:
+            self.others.add(f"{user_id}|{client_ip}", -1)

@@ -19,6 +19,12 @@ builds what serves.
 Shutdown: :meth:`ListenerSet.close` stops accepting, sets :attr:`Shutdown.requested` (which
 sessions check between transactions), waits up to the grace period for sessions to end,
 then cancels the rest.
+
+Worker processes (``server.workers``): the supervisor binds each listener once with
+:func:`bind_sockets` and hands the sockets to every worker, which serves them with
+:meth:`ListenerSet.adopt`; the kernel gives each new connection to one of the workers
+waiting in ``accept``. A worker that dies leaves the socket open in the others (and in the
+supervisor), so no queued connection is lost with it.
 """
 
 from __future__ import annotations
@@ -54,11 +60,58 @@ class Shutdown:
         self.event.set()
 
 
+BACKLOG = 1024
+
+
+def bind_sockets(listener: Listener) -> list[socket.socket]:
+    """Listening sockets for ``listener``, bound as ``loop.create_server`` would bind
+    them (``*``: every address, one socket per family; port 0: a free port per socket)."""
+    host: str | None = None if listener.host == "*" else listener.host
+    infos = socket.getaddrinfo(
+        host, listener.port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE,
+    )
+    socks: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class OtherCounts(Protocol):
+    """What the other serving processes hold (``postroom.processes.counts``), so that the
+    connection limits count connections of the whole server."""
+
+    def others_total(self) -> int: ...
+    def others_from(self, ip: str) -> int: ...
+    def add(self, ip: str, delta: int) -> None: ...
+
+
 class ListenerSet:
-    def __init__(self, limits: Limits, tls: TlsContexts, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, limits: Limits, tls: TlsContexts, metrics: Metrics | None = None,
+        others: OtherCounts | None = None,
+    ) -> None:
         self.limits = limits
         self.tls = tls
         self.metrics = metrics if metrics is not None else Metrics()
+        self.others = others
         self.shutdown = Shutdown()
         self._servers: list[asyncio.AbstractServer] = []
         self._per_ip: dict[str, int] = {}
@@ -114,14 +167,20 @@ class ListenerSet:
     def _admit(self, role: str, ip: str) -> str | None:
         """Count a new connection of ``ip``; return why it is refused, or None."""
         over = None
+        others = self.others  # the other serving processes' connections (server.workers)
         if self.shutdown.requested:
             over = "shutting down"
-        elif self._total >= self.limits.connections_total:
+        elif self._total + (others.others_total() if others else 0) >= self.limits.connections_total:
             over = "too many connections"
-        elif self._per_ip.get(ip, 0) >= self.limits.connections_per_ip:
+        elif (
+            self._per_ip.get(ip, 0) + (others.others_from(ip) if others else 0)
+            >= self.limits.connections_per_ip
+        ):
             over = "too many connections from your address"
         self._total += 1
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        if others is not None:
+            others.add(ip, 1)
         self.metrics.connection_opened(role)
         if over is not None:
             self.metrics.connection_refused(role, over)
@@ -131,6 +190,8 @@ class ListenerSet:
     def _release(self, role: str, ip: str) -> None:
         self.metrics.connection_closed(role)
         self._total -= 1
+        if self.others is not None:
+            self.others.add(ip, -1)
         n = self._per_ip[ip] - 1
         if n:
             self._per_ip[ip] = n
@@ -147,7 +208,7 @@ class ListenerSet:
             host=host,
             port=listener.port,
             reuse_address=True,
-            backlog=1024,
+            backlog=BACKLOG,
             # Implicit TLS: the socket does the handshake before the session starts, with
             # the one context that SIGHUP reloads in place (see postroom.tls).
             ssl=self.tls.context if listener.implicit_tls else None,
@@ -162,6 +223,35 @@ class ListenerSet:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return bound
+
+    async def adopt(
+        self, listener: Listener, handler: Handler | None, socks: list[socket.socket],
+        protocol: tuple[Callable[[], asyncio.Protocol], bytes] | None = None,
+    ) -> None:
+        """Serve sockets another process bound (see :func:`bind_sockets`): with a
+        :class:`Handler`, or a foreign ``protocol`` (factory, refusal) as in
+        :meth:`start_protocol`."""
+        loop = asyncio.get_running_loop()
+
+        async def on_connect(conn: Connection) -> None:
+            assert handler is not None
+            await self._run(conn, listener, handler)
+
+        if protocol is not None:
+            self._protocols[listener.role] = protocol
+            role, (made, text) = listener.role, protocol
+            factory: Callable[[], asyncio.BaseProtocol] = lambda: _Limited(self, role, made, text)  # noqa: E731
+        else:
+            factory = lambda: Connection(on_connect)  # noqa: E731
+        for sock in socks:
+            server = await loop.create_server(
+                factory,
+                sock=sock,
+                backlog=BACKLOG,
+                ssl=self.tls.context if listener.implicit_tls else None,
+                ssl_handshake_timeout=self.limits.smtp_idle_timeout if listener.implicit_tls else None,
+            )
+            self._servers.append(server)
 
     async def _run(self, conn: Connection, listener: Listener, handler: Handler) -> None:
         task = asyncio.current_task()

@@ -9,8 +9,9 @@ with ``-ERR [IN-USE]`` until the dead session times out (10 minutes) locks the u
 and the dead session can never send QUIT anyway. An older session that is already in its
 UPDATE state (QUIT received) finishes it first; the new snapshot then follows its
 deletions. Only when the older session does not end within ``TAKEOVER_GRACE`` +
-``TAKEOVER_WAIT`` seconds (or runs in another process) does the new login get
-``-ERR [IN-USE]``.
+``TAKEOVER_WAIT`` seconds does the new login get ``-ERR [IN-USE]``. With worker processes
+(``server.workers``) the older session may run in another worker: the new one asks every
+other process to end it (a ``postroom.peers`` note) and waits for the lock as long.
 
 Timeouts: before login a client has ``limits.login_timeout`` in total from connecting;
 after it, ``limits.pop3_idle_timeout`` of silence, and each command line must be whole
@@ -162,11 +163,23 @@ class _Maildrop:
         self.retrieved: set[int] = set()
 
 
+TAKEOVER_TOPIC = "pop3.takeover"  # a login elsewhere wants this user's maildrop
+
+
 class Pop3Handler:
     def __init__(self, services: Services) -> None:
         self.services = services
         # user id -> the session holding that user's maildrop lock (for take-over).
         self.holders: dict[int, Pop3Session] = {}
+        self._takeovers: set[asyncio.Task[None]] = set()
+        services.peers.subscribe(TAKEOVER_TOPIC, self._take_over_for_another_process)
+
+    def _take_over_for_another_process(self, user_id: str) -> None:
+        holder = self.holders.get(int(user_id))
+        if holder is not None and not holder.taken_over:
+            task = asyncio.ensure_future(holder.take_over())
+            self._takeovers.add(task)
+            task.add_done_callback(self._takeovers.discard)
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(b"-ERR [SYS/TEMP] " + reason.encode() + b"\r\n")
@@ -314,19 +327,39 @@ class Pop3Session:
     async def _lock(self, user: User) -> bool:
         """Lock ``user``'s maildrop, taking it over from an older session of theirs."""
         store = self.services.store
-        if store.try_lock_maildrop(user.id):
+        if await store.try_lock_maildrop(user.id):
             return True
         holder = self.holders.get(user.id)
-        if holder is None or holder is self:
-            return False  # held by another process: nothing we can end from here
+        if holder is self:
+            return False
+        if holder is None:
+            return await self._lock_from_another_process(user)
         await holder.take_over()
-        if not store.try_lock_maildrop(user.id):
+        if not await store.try_lock_maildrop(user.id):
             return False
         logs.event(
             log, "pop3_takeover", session=self.id, client=self.conn.peer_ip,
             user=user.address, previous=holder.id, previous_client=holder.conn.peer_ip,
         )
         return True
+
+    async def _lock_from_another_process(self, user: User) -> bool:
+        """The lock is held by another worker process: ask the others to end their session
+        of this user (see the module docstring) and wait, bounded, for the lock."""
+        peers = self.services.peers
+        if not peers.has_others():
+            return False
+        peers.publish(TAKEOVER_TOPIC, str(user.id))
+        deadline = time.monotonic() + TAKEOVER_GRACE + TAKEOVER_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if await self.services.store.try_lock_maildrop(user.id):
+                logs.event(
+                    log, "pop3_takeover", session=self.id, client=self.conn.peer_ip,
+                    user=user.address, previous="another process",
+                )
+                return True
+        return False
 
     async def take_over(self) -> None:
         """End this session for a new login of the same user, without UPDATE; wait
@@ -377,7 +410,7 @@ class Pop3Session:
         self._locked = user.id
         inbox = await store.get_mailbox(user.id, "INBOX")
         if inbox is None:
-            self._unlock()
+            await self._unlock()
             self.core.login_failed(LoginError.SYS_PERM, "no INBOX")
             return
         try:
@@ -387,7 +420,7 @@ class Pop3Session:
                 await budget.tick()
                 maildrop.append((m.size, f"{m.id:x}"))
         except BaseException:
-            self._unlock()
+            await self._unlock()  # never suspends for the SQLite backend (a record lock)
             raise
         self.drop = _Maildrop(user, inbox.id, messages, store)
         await self.auth.succeeded(user, mechanism)
@@ -432,7 +465,7 @@ class Pop3Session:
     async def _finish(self, duration: float) -> None:
         drop = self.drop
         if drop is None:
-            self._unlock()
+            await self._unlock()
             return
         drop.reader.close()
         try:
@@ -440,19 +473,19 @@ class Pop3Session:
         except NotFound:
             pass
         finally:
-            self._unlock()
+            await self._unlock()
             logs.event(
                 log, "pop3_session", session=self.id, client=self.conn.peer_ip,
                 user=drop.user.address, messages=len(drop.messages), duration=round(duration, 3),
                 taken_over=self.taken_over,
             )
 
-    def _unlock(self) -> None:
+    async def _unlock(self) -> None:
         """Release the maildrop lock, if this session holds it, and tell a waiting login."""
         user_id = self._locked
         if user_id is not None:
             self._locked = None
-            self.services.store.unlock_maildrop(user_id)
+            await self.services.store.unlock_maildrop(user_id)
             if self.holders.get(user_id) is self:
                 del self.holders[user_id]
         self.released.set()

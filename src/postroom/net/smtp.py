@@ -83,6 +83,7 @@ _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
 PASS_CACHE_SIZE = 100_000  # client addresses remembered as polite (greeting_pass_time)
+PASS_TOPIC = "smtp.greeting_pass"  # tells the other serving processes (postroom.peers)
 
 
 def _pass_key(ip: str) -> str:
@@ -99,8 +100,10 @@ class SmtpHandler:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._configs: dict[tuple[str, bool, bool], ServerConfig] = {}
-        # Early-talker check passes (postscreen-like): client -> time it passed.
+        # Early-talker check passes (postscreen-like): client -> time it passed. Shared
+        # with the other worker processes, so that a client waits once, not once per worker.
         self._passed: OrderedDict[str, float] = OrderedDict()
+        services.peers.subscribe(PASS_TOPIC, self._remember_pass)
 
     def greeting_wait(self, ip: str) -> float:
         """How long to wait before greeting ``ip`` on the MX role (0: greet at once)."""
@@ -116,6 +119,10 @@ class SmtpHandler:
         if self.services.settings.smtp.greeting_pass_time <= 0:
             return
         key = _pass_key(ip)
+        self._remember_pass(key)
+        self.services.peers.publish(PASS_TOPIC, key)
+
+    def _remember_pass(self, key: str) -> None:
         self._passed[key] = time.monotonic()
         self._passed.move_to_end(key)
         while len(self._passed) > PASS_CACHE_SIZE:
@@ -510,15 +517,16 @@ class SmtpSession:
             mailbox_ids, others = await deliver.junk_mailboxes(self.services.store, tuple(user_ids))
             user_ids = dict.fromkeys(others)
         try:
+            texts = None
             if not user_ids and not mailbox_ids:
                 summary = b""  # only the queue reads it, and the queue never parses it
             elif costly:
-                summary = await self.services.offload(deliver.summarize, stored)
+                summary, texts = await self.services.offload(deliver.summarize_for_store, stored)
             else:
-                summary = deliver.summarize(stored)
+                summary, texts = deliver.summarize_for_store(stored)
             result = await self.services.store.deliver(Delivery(
                 data=stored, summary=summary, user_ids=tuple(user_ids),
-                mailbox_ids=mailbox_ids, queue=queue, enforce_quota=True,
+                mailbox_ids=mailbox_ids, queue=queue, enforce_quota=True, search_texts=texts,
             ))
             if result.over_quota:
                 if not result.placed and result.queued is None:

@@ -349,6 +349,11 @@ class Delivery:
     # would take over quota, checked in the same transaction as the insert; their user ids
     # are listed in DeliveryResult.over_quota.
     enforce_quota: bool = False
+    # The case-folded envelope texts SEARCH FROM/TO/CC/BCC/SUBJECT match (see
+    # :meth:`Store.search_envelope`), when the caller computed them from its own parse of
+    # ``data`` (``postroom.message.envelope_search_texts``); None: the backend derives
+    # them from ``summary``. Passing them keeps that decoding out of the write transaction.
+    search_texts: tuple[str | None, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -809,8 +814,11 @@ class Store(Protocol):
     # Newest first; ``before_id`` pages back.
 
     # -- POP3 exclusive access ------------------------------------------------------------
-    def try_lock_maildrop(self, user_id: int) -> bool: ...
-    def unlock_maildrop(self, user_id: int) -> None: ...
+    async def try_lock_maildrop(self, user_id: int) -> bool: ...
+    async def unlock_maildrop(self, user_id: int) -> None: ...
+    # RFC 1939 8: one POP3 session per maildrop, across every process and node that
+    # shares the store; a lock held by a process that dies is released (coroutines, so
+    # that a database-side lock, e.g. a PostgreSQL advisory lock, fits).
 
 
 def flags_to_names(flags: int, keywords: Iterable[str] = ()) -> list[str]:

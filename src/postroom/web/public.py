@@ -161,6 +161,7 @@ class Public:
                 raise ApiError(403, "metrics: from loopback, or with an API token")
         stats = await self.services.store.queue_stats()
         self.services.metrics.set_queue(stats.messages, stats.oldest)
+        await self.services.metrics.refresh()  # the worker processes' figures, if any
         body = self.services.metrics.render()
         return web.Response(body=body, headers={"Content-Type": METRICS_TYPE})
 

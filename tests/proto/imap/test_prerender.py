@@ -67,3 +67,14 @@ def test_any_message_round_trips(data: bytes) -> None:
     items = prerendered(raw)
     assert items is not None and items.envelope == envelope_bytes(summary)
     assert MessageSummary.from_bytes(raw) == summary
+
+
+def test_smtp_delivery_stores_the_prerendered_items_too() -> None:
+    """SMTP delivery computes its summary with the search texts (summarize_for_store):
+    the stored bytes are the same as APPEND's, prerendered items included."""
+    from postroom.deliver import summarize_for_store
+
+    data = b"From: a@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    stored, _ = summarize_for_store(data)
+    assert stored == summarize(data)
+    assert prerendered(stored) is not None

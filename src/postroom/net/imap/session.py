@@ -123,7 +123,9 @@ class ImapHandler:
         self.mailbox_ids: dict[tuple[int, str], int] = {}
         self.structures = StructureCache(services.settings.imap.fetch_cache)
         # Logged-in sessions per (user, client address): limits.connections_per_user_ip.
-        self.user_sessions = UserSessions(services.settings.limits.connections_per_user_ip)
+        self.user_sessions = UserSessions(
+            services.settings.limits.connections_per_user_ip, services.user_ip_counts
+        )
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(responses.bye(reason, responses.UNAVAILABLE))
@@ -156,7 +158,9 @@ class ImapSession:
         self.lights = lights if lights is not None else LightCache()
         self.mailbox_ids: dict[tuple[int, str], int] = {}
         self.structures = StructureCache()  # replaced by the handler's shared one
-        self.user_sessions = UserSessions(services.settings.limits.connections_per_user_ip)
+        self.user_sessions = UserSessions(
+            services.settings.limits.connections_per_user_ip, services.user_ip_counts
+        )
         self.store = services.store
         self.conn = conn
         self.listener = listener

@@ -7,14 +7,13 @@ fsync (measured in bench/store_deliver.py: see docs/architecture.md), and a cras
 the file and the row needs a recovery pass. Reading a 5 KB blob from SQLite is as fast as
 reading a small file.
 
-\\Recent marks (RFC 3501 2.3.2) live in memory. Every rev1 read-write SELECT claims
-\\Recent, and a durable write there would make each SELECT wait for a group-commit fsync.
-RFC 3501 lets \\Recent be approximate, so this process keeps the authoritative mark per
-mailbox in ``_recent`` (started from the ``recent_uid`` column, the higher of the two
-winning), claims in memory without waiting, and writes the mark back with a background
-write (:meth:`Engine.submit`) that joins the next group commit. After a crash a mark may
-lag, and some messages are \\Recent once more: the only consequence. Marks are checked
-against UIDVALIDITY, so a mailbox id reused after a deletion never inherits one.
+\\Recent marks (RFC 3501 2.3.2) live in memory, in one place (see ``recent.py``).
+
+Several processes may open one database at once (the worker processes of
+``server.workers``, the CLI): writes are serialised by the engine's cross-process lock,
+changes travel through the hub's relay (``changes.py``), \\Recent claims go to the one
+:class:`RecentMarks` the supervisor keeps, and POP3 maildrop locks are record locks the
+kernel drops with a dead process (``maildrop.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 from array import array
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -59,9 +57,11 @@ from postroom.store.api import (
 )
 from postroom.message import search_texts_of
 from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
-from postroom.store.changes import LocalChangeHub
+from postroom.store.changes import ChangeRelay, LocalChangeHub
 from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
+from postroom.store.sqlite.maildrop import MaildropLocks
+from postroom.store.sqlite.recent import RecentClaims, RecentMarks
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
 
@@ -78,20 +78,28 @@ HEADER_INLINE_BYTES = 16 * 1024
 class SQLiteStore:
     """Implements :class:`postroom.store.api.Store` on one SQLite file."""
 
-    def __init__(self, path: Path, *, fsync: bool = True, readers: int = 4) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = True,
+        readers: int = 4,
+        checkpoint: bool = True,
+        relay: ChangeRelay | None = None,
+        recent: RecentClaims | None = None,
+    ) -> None:
+        """``checkpoint``: this process runs the WAL checkpointer (one per database);
+        ``relay``: carries changes to the other processes that share the database;
+        ``recent``: where \\Recent is claimed, when not in this process's memory."""
         created = not path.exists()
-        self.engine = Engine(path, fsync=fsync, readers=readers)
+        self.engine = Engine(path, fsync=fsync, readers=readers, checkpoint=checkpoint)
         self.engine.run_sync(migrate)
         if created and fsync:
             fsync_dir(path.parent)  # the new database and WAL files' directory entries
-        self.changes = LocalChangeHub()
-        self._maildrop_locks: set[int] = set()
-        # \\Recent marks (see the module docstring): mailbox id -> (uidvalidity, mark),
-        # touched on the event loop only; _recent_dirty is what the background write
-        # persists next, shared with the writer thread under _recent_lock.
-        self._recent: dict[int, tuple[int, int]] = {}
-        self._recent_dirty: dict[int, tuple[int, int]] = {}
-        self._recent_lock = threading.Lock()
+        self.changes = LocalChangeHub(relay)
+        self.maildrops = MaildropLocks(Path(str(path) + ".maildrops"))
+        self.recent_marks = RecentMarks(self.engine)  # authoritative when ``recent`` is None
+        self.recent: RecentClaims = recent if recent is not None else self.recent_marks
         self.snapshots = SnapshotCache()
 
     @classmethod
@@ -99,10 +107,11 @@ class SQLiteStore:
         return cls(data_dir / DB_NAME, fsync=fsync)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.close_sync)
 
     def close_sync(self) -> None:
         self.engine.close()
+        self.maildrops.close()
 
     def _publish(self, mailbox_id: int, user_id: int, modseq: int, kind: str = api.MESSAGES) -> None:
         self.changes.publish(
@@ -110,38 +119,17 @@ class SQLiteStore:
         )
 
     # -- \\Recent ----------------------------------------------------------------------
-    def _mark(self, mailbox_id: int, uidvalidity: int, stored: int) -> int:
-        """The first UID nobody has claimed: the stored mark or the one in memory."""
-        known = self._recent.get(mailbox_id)
+    async def _recent_mark(self, mailbox_id: int, uidvalidity: int, stored: int) -> int:
+        """The first UID nobody has claimed, without claiming (EXAMINE): the stored mark
+        or the one in memory (store/sqlite/recent.py), whichever is higher."""
+        known = await self.recent.known(mailbox_id)
         if known is not None and known[0] == uidvalidity and known[1] > stored:
             return known[1]
         return stored
 
-    def _claim(self, mailbox_id: int, uidvalidity: int, stored: int, upto: int) -> int:
-        """Claim [mark, upto) in memory; return the mark (the first UID claimed)."""
-        mark = self._mark(mailbox_id, uidvalidity, stored)
-        if upto > mark:
-            self._recent[mailbox_id] = (uidvalidity, upto)
-            self._persist_recent(mailbox_id, uidvalidity, upto)
-        else:
-            self._recent[mailbox_id] = (uidvalidity, mark)
-        return mark
-
-    def _persist_recent(self, mailbox_id: int, uidvalidity: int, mark: int) -> None:
-        with self._recent_lock:
-            queued = bool(self._recent_dirty)
-            self._recent_dirty[mailbox_id] = (uidvalidity, mark)
-        if not queued:  # one background write carries every mark claimed meanwhile
-            self.engine.submit(self._save_recent)
-
-    def _save_recent(self, conn: object) -> None:
-        with self._recent_lock:
-            marks, self._recent_dirty = self._recent_dirty, {}
-        mail.save_recent_marks(conn, [(m, v, r) for m, (v, r) in marks.items()])  # type: ignore[arg-type]
-
     async def _publish_mailbox(self, mailbox_id: int) -> None:
-        if not self.changes.listener_count(mailbox_id) and not self.changes.user_listener_count():
-            return  # nobody listens: skip the read
+        if not self.changes.may_have_listeners(mailbox_id):
+            return  # nobody listens, here or in another process: skip the read
         mb = await self.get_mailbox_by_id(mailbox_id)
         if mb is not None:
             self._publish(mb.id, mb.user_id, mb.highestmodseq)
@@ -157,7 +145,7 @@ class SQLiteStore:
         return await self.engine.read(accounts.list_domains)
 
     async def get_domain(self, name: str) -> Domain | None:
-        return await self.engine.read(lambda c: accounts.get_domain(c, name))
+        return await self.engine.lookup(lambda c: accounts.get_domain(c, name))
 
     async def add_user(self, address: str, password_hash: str, scram: str | None) -> User:
         return await self.engine.write(lambda c: accounts.add_user(c, address, password_hash, scram))
@@ -169,10 +157,10 @@ class SQLiteStore:
         await self.engine.write(lambda c: accounts.set_password(c, address, password_hash, scram))
 
     async def get_user(self, address: str) -> User | None:
-        return await self.engine.read(lambda c: accounts.get_user(c, address))
+        return await self.engine.lookup(lambda c: accounts.get_user(c, address))
 
     async def get_user_by_id(self, user_id: int) -> User | None:
-        return await self.engine.read(lambda c: accounts.get_user_by_id(c, user_id))
+        return await self.engine.lookup(lambda c: accounts.get_user_by_id(c, user_id))
 
     async def list_users(self, domain: str | None = None) -> list[User]:
         return await self.engine.read(lambda c: accounts.list_users(c, domain))
@@ -187,10 +175,10 @@ class SQLiteStore:
         return await self.engine.read(lambda c: accounts.list_aliases(c, domain))
 
     async def alias_targets(self, source: str) -> list[str]:
-        return await self.engine.read(lambda c: accounts.alias_targets(c, source))
+        return await self.engine.lookup(lambda c: accounts.alias_targets(c, source))
 
     async def lookup_address(self, address: str) -> AddressLookup:
-        return await self.engine.read(lambda c: accounts.lookup_address(c, address))
+        return await self.engine.lookup(lambda c: accounts.lookup_address(c, address))
 
     async def add_sendas(self, user: str, address: str) -> SendAsGrant:
         return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))
@@ -199,7 +187,10 @@ class SQLiteStore:
         await self.engine.write(lambda c: accounts.remove_sendas(c, user, address))
 
     async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
+        if user is not None:  # a user's few grants, at MAIL FROM on submission
+            return await self.engine.lookup(lambda c: accounts.list_sendas(c, user))
         return await self.engine.read(lambda c: accounts.list_sendas(c, user))
+
     async def set_user_admin(self, address: str, admin: bool) -> None:
         await self.engine.write(lambda c: accounts.set_user_admin(c, address, admin))
 
@@ -208,10 +199,10 @@ class SQLiteStore:
         return await self.engine.read(lambda c: accounts.list_mailboxes(c, user_id))
 
     async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None:
-        return await self.engine.read(lambda c: accounts.get_mailbox(c, user_id, name))
+        return await self.engine.lookup(lambda c: accounts.get_mailbox(c, user_id, name))
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
-        return await self.engine.read(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
+        return await self.engine.lookup(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
         created = await self.engine.write(
@@ -222,7 +213,7 @@ class SQLiteStore:
 
     async def delete_mailbox(self, user_id: int, name: str) -> None:
         mailbox_id = await self.engine.write(lambda c: accounts.delete_mailbox(c, user_id, name))
-        self._recent.pop(mailbox_id, None)
+        self.recent.forget(mailbox_id)
         # Sessions that have it selected learn it is gone (their re-read finds nothing).
         self._publish(mailbox_id, user_id, 0)
         self._publish(mailbox_id, user_id, 0, MAILBOXES)
@@ -241,7 +232,7 @@ class SQLiteStore:
         self._publish(0, user_id, 0, SUBSCRIPTIONS)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
-        known = self._recent.get(mailbox_id)
+        known = await self.recent.known(mailbox_id)
         return await self.engine.read(lambda c: accounts.mailbox_status(c, mailbox_id, known))
 
     async def mailbox_snapshot(
@@ -253,9 +244,9 @@ class SQLiteStore:
         (mailbox_id, owner, real_name, validity, uidnext, modseq, stored), uids, flags, kws = found
         uids, kws = array("I", uids), dict(kws)  # the cache keeps the originals
         if claim_recent:
-            recent_from = self._claim(mailbox_id, validity, stored, uidnext)
+            recent_from = await self.recent.claim(mailbox_id, validity, stored, uidnext)
         else:
-            recent_from = min(self._mark(mailbox_id, validity, stored), uidnext)
+            recent_from = min(await self._recent_mark(mailbox_id, validity, stored), uidnext)
         return MailboxSnapshot(
             id=mailbox_id, user_id=owner, name=real_name, uidvalidity=validity, uidnext=uidnext,
             highestmodseq=modseq, recent_from=recent_from, uids=uids, flags=flags, keywords=kws,
@@ -437,18 +428,21 @@ class SQLiteStore:
     async def claim_recent(
         self, mailbox_id: int, upto: int | None = None, *, claim: bool = True
     ) -> int:
-        known = self._recent.get(mailbox_id)
-        if known is not None and upto is not None:
-            if not claim:
+        if upto is not None and claim:
+            mark = await self.recent.claim_known(mailbox_id, upto)
+            if mark is not None:  # no read: the mark in memory is at least the column's
+                return mark
+        if upto is not None and not claim:
+            known = await self.recent.known(mailbox_id)
+            if known is not None:  # the mark in memory is at least the column's
                 return min(known[1], upto)
-            return self._claim(mailbox_id, known[0], known[1], upto)  # no I/O at all
         validity, stored, uidnext = await self.engine.read(
             lambda c: mail.recent_mark(c, mailbox_id)
         )
         end = uidnext if upto is None else upto
         if not claim:
-            return min(self._mark(mailbox_id, validity, stored), end)
-        return self._claim(mailbox_id, validity, stored, end)
+            return min(await self._recent_mark(mailbox_id, validity, stored), end)
+        return await self.recent.claim(mailbox_id, validity, stored, end)
 
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
@@ -460,7 +454,7 @@ class SQLiteStore:
 
     # -- quota ---------------------------------------------------------------------------
     async def get_quota(self, user_id: int) -> Quota:
-        return await self.engine.read(lambda c: mail.get_quota(c, user_id))
+        return await self.engine.lookup(lambda c: mail.get_quota(c, user_id))  # at every RCPT
 
     async def set_quota(self, address: str, storage: int | None, messages: int | None) -> Quota:
         return await self.engine.write(lambda c: mail.set_quota(c, address, storage, messages))
@@ -617,6 +611,7 @@ class SQLiteStore:
         if qid is not None:
             self.changes.publish_queue()
         return deleted
+
     async def queue_stats(self) -> QueueStats:
         return await self.engine.read(web.queue_stats)
 
@@ -663,14 +658,11 @@ class SQLiteStore:
         return await self.engine.read(lambda c: web.list_delivery_log(c, limit, before_id))
 
     # -- POP3 --------------------------------------------------------------------------
-    def try_lock_maildrop(self, user_id: int) -> bool:
-        if user_id in self._maildrop_locks:
-            return False
-        self._maildrop_locks.add(user_id)
-        return True
+    async def try_lock_maildrop(self, user_id: int) -> bool:
+        return self.maildrops.try_lock(user_id)
 
-    def unlock_maildrop(self, user_id: int) -> None:
-        self._maildrop_locks.discard(user_id)
+    async def unlock_maildrop(self, user_id: int) -> None:
+        self.maildrops.unlock(user_id)
 
 
 def open_store(
