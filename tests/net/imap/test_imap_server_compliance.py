@@ -483,3 +483,15 @@ def test_store_names_every_keyword_and_treats_expunged_messages_as_ghosts(
     assert re.fullmatch(rb"\* 1 FETCH \(UID 1 FLAGS \(\\Answered\) MODSEQ \(\d+\)\)\r\n", untagged[0])
     assert re.fullmatch(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Answered \\Flagged\) MODSEQ \(\d+\)\)\r\n",
                         untagged[1])
+
+
+def test_store_of_no_flags_changes_nothing_and_succeeds(server: Server, user: str, raw) -> None:
+    """STORE with an empty flag list asks for no change: OK with the current flags, not
+    NO [NOPERM] (found by imaptest's stress mode after the ACL rights check joined STORE)."""
+    c = raw(user)
+    _append(c, "INBOX", b"Subject: m\r\n\r\nbody\r\n")
+    c.ok("SELECT INBOX")
+    c.ok("STORE 1 FLAGS.SILENT (\\Flagged)")
+    for command in ("STORE 1 +FLAGS ()", "STORE 1 -FLAGS ()"):
+        assert c.ok(command) == [b"* 1 FETCH (FLAGS (\\Flagged \\Recent))\r\n"], command
+    assert c.ok("UID STORE 1 -FLAGS.SILENT ()") == []

@@ -43,10 +43,13 @@ async def store(s: ImapSession, cmd: Store) -> bytes:
                             tag=cmd.tag)
     mode = _MODES[cmd.mode]
     # RFC 4314 4: \Seen needs "s", \Deleted "t", other flags and keywords "w"; flags the
-    # user may not change stay as they are, and only a STORE that can change nothing fails.
+    # user may not change stay as they are, and only a STORE that asks for changes none of
+    # which it may make fails. One that asks for nothing (+FLAGS () or -FLAGS ()) changes
+    # nothing and succeeds, as without ACL (imaptest stress).
     mask, keywords_ok = flag_mask(view.rights)
     touched = bits | (ALL_FLAGS if mode == "replace" else 0)
-    if not (touched & mask or keywords_ok and (keywords or mode == "replace")):
+    asked = touched or keywords or mode == "replace"
+    if asked and not (touched & mask or keywords_ok and (keywords or mode == "replace")):
         raise ImapPeerError(TEXT_NOPERM, status="NO", code=responses.NOPERM, tag=cmd.tag)
     uids = view.uids_at(positions)
     if not uids:
