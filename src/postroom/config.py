@@ -403,6 +403,7 @@ class SmtpSettings:
 @dataclass(frozen=True, slots=True)
 class ImapSettings:
     allow_plaintext_auth: bool = False
+    fetch_cache: int = 64 * 1024 * 1024  # octets of rendered FETCH items kept in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,7 +634,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "line_length": _int_range(512, 65536),
         "postmaster": _optional_address,
     },
-    "imap": {"allow_plaintext_auth": _boolean},
+    "imap": {"allow_plaintext_auth": _boolean, "fetch_cache": parse_size},
     "pop3": {"allow_plaintext_auth": _boolean},
     "outbound": {
         "smarthost": _optional_hostport,

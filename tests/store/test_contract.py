@@ -435,13 +435,15 @@ def test_mailbox_snapshot(store_run: Any) -> None:
         assert snap.keywords == {2: ("$Work", "Alpha"), 3: ("$Work",)}
         assert (snap.uidvalidity, snap.uidnext, snap.highestmodseq) == (
             mb.uidvalidity, mb.uidnext, mb.highestmodseq)
-        # Without claiming, nothing is \Recent for the caller and nothing is claimed.
-        assert snap.recent_from == snap.uidnext == 4
+        # Without claiming, recent_from is the first unclaimed UID and nothing is claimed.
+        assert (snap.recent_from, snap.uidnext) == (1, 4)
         assert (await store.mailbox_status(inbox.id)).recent == 2
+        assert (await store.mailbox_snapshot(u.id, "INBOX")).recent_from == 1
         first = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
         second = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
         assert first.recent_from == 1 and second.recent_from == 4
         assert (await store.mailbox_status(inbox.id)).recent == 0
+        assert (await store.mailbox_snapshot(u.id, "INBOX")).recent_from == 4
         # a large mailbox keeps UID order and flags aligned
         arch = await store.get_mailbox(u.id, "Archive")
         for i in range(300):
@@ -459,8 +461,14 @@ def test_claim_recent_upto(store_run: Any) -> None:
         inbox = await store.get_mailbox(u.id, "INBOX")
         for _ in range(3):
             await store.append(inbox.id, MSG, b"S")
+        # A read-only session only looks: the mark does not move.
+        assert await store.claim_recent(inbox.id, claim=False) == 1
+        assert await store.claim_recent(inbox.id, 2, claim=False) == 1
+        assert (await store.mailbox_status(inbox.id)).recent == 3
         # A session that has seen UIDs below 3 claims those only.
         assert await store.claim_recent(inbox.id, 3) == 1
+        assert await store.claim_recent(inbox.id, 4, claim=False) == 3
+        assert await store.claim_recent(inbox.id, 2, claim=False) == 2  # none below 2
         assert (await store.mailbox_status(inbox.id)).recent == 1
         assert await store.claim_recent(inbox.id, 2) == 3  # nothing left below 2
         assert await store.claim_recent(inbox.id) == 3  # up to UIDNEXT

@@ -209,8 +209,10 @@ class MailboxSnapshot:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    # The first UID that is \Recent for the caller (RFC 3501 2.3.2): the caller owns
-    # [recent_from, uidnext). Equal to ``uidnext`` when nothing was claimed.
+    # The first UID that is \Recent for the caller (RFC 3501 2.3.2): [recent_from,
+    # uidnext). With ``claim_recent`` the caller now owns them (equal to ``uidnext`` when
+    # nothing was left to claim); without, they are the ones nobody has claimed yet, which
+    # a read-only session reports as \Recent without taking them from others.
     recent_from: int
     uids: array[int] = field(repr=False)
     flags: bytes = field(repr=False)
@@ -637,7 +639,8 @@ class Store(Protocol):
         self, user_id: int, name: str, *, claim_recent: bool = False
     ) -> MailboxSnapshot | None: ...
     # One read (None: no such mailbox). ``claim_recent``: also claim \Recent for every
-    # message not claimed before, as :meth:`claim_recent` does (``recent_from``).
+    # message not claimed before, as :meth:`claim_recent` does (``recent_from``);
+    # otherwise ``recent_from`` is the current mark and nothing is claimed.
 
     # -- messages ----------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult: ...
@@ -700,12 +703,16 @@ class Store(Protocol):
     # destination's owner would go over quota (a MOVE within one user never does).
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
-    async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int: ...
+    async def claim_recent(
+        self, mailbox_id: int, upto: int | None = None, *, claim: bool = True
+    ) -> int: ...
     # \Recent (RFC 3501 2.3.2): the first session to see a message gets it. Claims every
     # UID below ``upto`` (default: the mailbox's UIDNEXT) not claimed before and returns
     # the previous mark: the caller owns [returned value, upto). The claim need not be
     # durable: RFC 3501 lets \Recent be approximate, so after a crash a message may be
     # \Recent once more; backends may keep the mark in memory and persist it lazily.
+    # ``claim=False`` (a read-only session, EXAMINE) only returns the mark: the UIDs from
+    # it up are \Recent for that session too, and stay so for the next one.
     async def append_many(
         self, mailbox_id: int, messages: Sequence[NewMessage], *, enforce_quota: bool = True
     ) -> tuple[int, list[int]]: ...
