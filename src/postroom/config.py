@@ -497,6 +497,7 @@ class LoggingSettings:
 class HttpSettings:
     session_lifetime: float = 12 * 3600.0
     request_size: int = 1024 * 1024
+    request_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,6 +624,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
     "http": {
         "session_lifetime": parse_duration,
         "request_size": parse_size,
+        "request_timeout": parse_duration,
     },
     "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
     "server": {"user": _account_name, "group": _account_name, "workers": _workers},
