@@ -141,6 +141,15 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     if lock is None:
         return 1
     metrics = Metrics()
+    if settings.acme.enabled:
+        from postroom.acme.manager import prepare
+
+        try:
+            prepare(settings, final_owner(settings))
+        except (OSError, privileges.PrivilegeError) as e:
+            print(f"postroom: error: tls.acme: {e}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls, metrics)
     bound_by_role: dict[str, list[tuple[str, int]]] = {}
@@ -180,6 +189,12 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await worker.start()
         services.delivery_log.start(store)
         background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
+        acme = None
+        if settings.acme.enabled:
+            from postroom.acme.manager import AcmeManager
+
+            acme = AcmeManager(services)
+            side_tasks.append(asyncio.create_task(acme.run(), name="acme"))
         if services.dmarc_reports is not None:
             from postroom.policy.reports import report_loop
 
@@ -188,7 +203,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, tls.reload)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup, tls, acme)
         logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
         started_ok = True
         services.ready = True
@@ -258,6 +273,21 @@ async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
         task.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=10)
+
+
+def on_hangup(tls: TlsContexts, acme: Any) -> None:
+    """SIGHUP: reload the certificate files; with ACME, also look again at once whether a
+    certificate is due (new domains)."""
+    tls.reload()
+    if acme is not None:
+        acme.check_now()
+
+
+def final_owner(settings: Settings) -> tuple[int, int] | None:
+    """(uid, gid) of ``server.user`` when running as root and dropping to it, else None."""
+    if not settings.server.user or os.geteuid() != 0:
+        return None
+    return privileges.account(settings.server.user, settings.server.group)
 
 
 def bind_error(e: OSError) -> str:
