@@ -26,11 +26,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("hostile-target"), roles=("imaps",),
                  extra=f'[limits]\nauth_delay = "10ms"\nmailboxes_per_user = {MAX_MAILBOXES}\n')
     srv.add_user(ALICE)
-    srv.start()
-    try:
+    with srv.start():
         yield srv
-    finally:
-        srv.stop()
 
 
 def run_import(target: Server, behaviour: str, folders: list[bytes] | None = None) -> tuple[float, int, dict, str]:  # type: ignore[type-arg]

@@ -16,12 +16,9 @@ MAX = 30  # limits.mailboxes_per_user here; every user starts with 6 (INBOX, Sen
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("imap-counts"), roles=("imap", "imaps", "mx"),
-                 extra=f'[limits]\nauth_delay = "10ms"\nmailboxes_per_user = {MAX}\n').start()
-    try:
+    extra = f'[limits]\nauth_delay = "10ms"\nmailboxes_per_user = {MAX}\n'
+    with Server(tmp_path_factory.mktemp("imap-counts"), roles=("imap", "imaps", "mx"), extra=extra).start() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _names(c) -> list[bytes]:
