@@ -375,6 +375,7 @@ class Limits:
     shutdown_grace: float = 10.0
     metadata_size: int = 16 * 1024
     metadata_entries: int = 200
+    mailboxes_per_user: int = 1000
     command_time: float = 60.0
     cpu_workers: int = 2
 
@@ -530,6 +531,7 @@ class LoggingSettings:
 class HttpSettings:
     session_lifetime: float = 12 * 3600.0
     request_size: int = 1024 * 1024
+    request_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,6 +626,8 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         # RFC 5464 4.1: at least 1024 octets per value and 10 entries per mailbox.
         "metadata_size": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),
         "metadata_entries": _int_range(10, 100000),
+        # Room for the default mailboxes (DEFAULT_MAILBOXES) and a few of the user's own.
+        "mailboxes_per_user": _int_range(10, 10000000),
         "command_time": parse_duration,
         "cpu_workers": _int_range(0, 64),
     },
@@ -693,6 +697,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
     "http": {
         "session_lifetime": parse_duration,
         "request_size": parse_size,
+        "request_timeout": parse_duration,
     },
     "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
     "server": {"user": _account_name, "group": _account_name, "workers": _workers},

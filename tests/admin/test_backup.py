@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import smtplib
 import threading
@@ -201,3 +202,58 @@ def test_interrupted_backup_is_finished_by_the_next_run(server: Server, tmp_path
         assert states(restored) == original
     finally:
         restored.stop()
+
+
+def test_restore_refuses_symbolic_links_and_special_files(server: Server, tmp_path: Path) -> None:
+    """A backup never contains a symbolic link (backup leaves them out), so restore refuses
+    one anywhere in a backup folder, before anything changes: followed, a link named like
+    ``data/server.key`` (with a manifest rewritten to match) copies any file the restoring
+    user can read, ``/etc/shadow`` when run as root, into the data folder the server reads.
+    A FIFO named like a file would make the restore wait forever."""
+    fill(server)
+    bk = tmp_path / "bk"
+    ok_json(server.config, "backup", str(bk))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    stolen = outside / "secret"
+    stolen.write_bytes(b"root's secret, not part of any backup\n")
+
+    def variant(name: str, change) -> tuple[Path, Server]:  # type: ignore[no-untyped-def]
+        evil = tmp_path / name
+        shutil.copytree(bk, evil, symlinks=True)
+        change(evil)
+        return evil, Server(tmp_path / f"{name}-srv", roles=("imaps",))
+
+    def link_key(evil: Path) -> None:
+        manifest = json.loads((evil / "MANIFEST.json").read_text())
+        data = stolen.read_bytes()
+        for entry in manifest["files"]:
+            if entry["path"] == "data/server.key":
+                entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+        (evil / "MANIFEST.json").write_text(json.dumps(manifest))
+        (evil / "data" / "server.key").unlink()
+        (evil / "data" / "server.key").symlink_to(stolen)
+
+    def link_folder(evil: Path) -> None:
+        shutil.move(evil / "data", outside / "data")
+        (evil / "data").symlink_to(outside / "data")
+
+    def link_manifest(evil: Path) -> None:
+        shutil.move(evil / "MANIFEST.json", outside / "MANIFEST.json")
+        (evil / "MANIFEST.json").symlink_to(outside / "MANIFEST.json")
+
+    def fifo_key(evil: Path) -> None:
+        (evil / "data" / "server.key").unlink()
+        os.mkfifo(evil / "data" / "server.key")
+
+    for name, change, why in (("key", link_key, "symbolic link"), ("folder", link_folder, "symbolic link"),
+                              ("manifest", link_manifest, "symbolic link"),
+                              ("fifo", fifo_key, "not a regular file")):
+        evil, fresh = variant(name, change)
+        assert why in fails(fresh.config, "restore", "--check", str(evil)), name
+        assert why in fails(fresh.config, "restore", str(evil)), name
+        assert list(fresh.data.iterdir()) == [], name  # nothing written
+    # The untouched backup still restores.
+    fresh = Server(tmp_path / "plain-srv", roles=("imaps",))
+    ok_json(fresh.config, "restore", str(bk))
+    assert (fresh.data / "server.key").read_bytes() == (server.data / "server.key").read_bytes()

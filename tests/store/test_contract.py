@@ -295,6 +295,36 @@ def test_subscriptions(store_run: Any) -> None:
     store_run(body)
 
 
+def test_mailbox_and_subscription_bounds(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        have = len(await store.list_mailboxes(u.id))
+        top = have + 3
+        with pytest.raises(TooMany):  # 4 new names (3 superiors) where 3 fit: none created
+            await store.create_mailbox(u.id, "a/b/c/d", max_mailboxes=top)
+        assert len(await store.list_mailboxes(u.id)) == have
+        await store.create_mailbox(u.id, "a/b/c", max_mailboxes=top)
+        with pytest.raises(TooMany):
+            await store.create_mailbox(u.id, "x", max_mailboxes=top)
+        with pytest.raises(TooMany):
+            await store.rename_mailbox(u.id, "a/b/c", "n/c", max_mailboxes=top)
+        with pytest.raises(TooMany):
+            await store.rename_mailbox(u.id, "INBOX", "Old", max_mailboxes=top)
+        await store.rename_mailbox(u.id, "a/b/c", "a/c", max_mailboxes=top)
+        await store.create_mailbox(u.id, "x")  # no bound given: none applies
+        assert len(await store.list_mailboxes(u.id)) == top + 1
+        base = len(await store.list_subscriptions(u.id))
+        await store.set_subscribed(u.id, "s1", True, max_subscriptions=base + 1)
+        with pytest.raises(TooMany):
+            await store.set_subscribed(u.id, "s2", True, max_subscriptions=base + 1)
+        await store.set_subscribed(u.id, "s1", True, max_subscriptions=base + 1)  # already there
+        await store.set_subscribed(u.id, "s1", False, max_subscriptions=base + 1)
+        await store.set_subscribed(u.id, "s2", True, max_subscriptions=base + 1)
+        assert "s2" in await store.list_subscriptions(u.id)
+
+    store_run(body)
+
+
 def test_remove_user_releases_blobs(store_run: Any) -> None:
     async def body(store: Any) -> None:
         a = await _user(store, "a@example.test")

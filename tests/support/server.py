@@ -156,6 +156,13 @@ class Server:
                 return self
         raise RuntimeError("server did not become ready")
 
+    def __enter__(self) -> Server:
+        """``with Server(...).start() as srv:`` stops it however the block ends."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc is None:
             return 0

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -49,7 +50,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from postroom import __version__, datadir
 from postroom.admin.progress import Progress
@@ -105,16 +106,21 @@ def sha256_file(path: Path) -> str:
 
 def copy_file(src: Path, dst: Path) -> str:
     """Copy with mode and times, fsync it; return the SHA-256 of what was written."""
+    with open(src, "rb") as f:
+        return copy_open_file(f, dst)
+
+
+def copy_open_file(f: BinaryIO, dst: Path) -> str:
+    """Copy the open file ``f`` to ``dst`` with its mode and times, fsync it; the SHA-256."""
     h = hashlib.sha256()
-    st = os.stat(src, follow_symlinks=False)
+    st = os.fstat(f.fileno())
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        with open(src, "rb") as f:
-            while chunk := f.read(COPY_CHUNK):
-                h.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+        while chunk := f.read(COPY_CHUNK):
+            h.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -292,9 +298,54 @@ async def backup(settings: Settings, destination: Path, progress: Progress | Non
 
 
 # -- restore ---------------------------------------------------------------------------
+def open_backup_file(source: Path, rel: Path) -> BinaryIO:
+    """Open the regular file ``source/rel`` for reading, refusing symbolic links and others.
+
+    A backup never contains a symbolic link (backup leaves them out), so one found there was
+    put there by someone else: followed, a link named like a blob or ``server.key`` would
+    copy any file the restoring user can read (``/etc/shadow`` when run as root) into the
+    data folder, where the server's user reads it, and a linked folder would pull in a whole
+    tree. Each folder on the way is opened with ``O_NOFOLLOW`` relative to the previous one,
+    so no component can be a link, not even one swapped in while the restore runs. A FIFO or
+    device is refused too: opening a FIFO would wait for a writer forever.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    dir_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rel.parts[:-1]:
+            try:
+                fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=dir_fd)
+            except OSError as e:
+                raise _refusal(source, rel, e) from None
+            os.close(dir_fd)
+            dir_fd = fd
+        try:
+            fd = os.open(rel.parts[-1], flags | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError as e:
+            raise _refusal(source, rel, e) from None
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AdminError(f"{source / rel}: not a regular file: a backup holds only regular "
+                         "files, refusing it")
+    os.set_blocking(fd, True)
+    return open(fd, "rb")
+
+
+def _refusal(source: Path, rel: Path, e: OSError) -> Exception:
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return AdminError(f"{source / rel}: a symbolic link on the way: a backup never contains "
+                          "one, refusing it")
+    if e.errno == errno.ENOENT:
+        return FileNotFoundError(e.errno, e.strerror, str(source / rel))
+    return AdminError(f"{source / rel}: {e.strerror}")
+
+
 def read_manifest(source: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads((source / MANIFEST).read_text())
+        with open_backup_file(source, Path(MANIFEST)) as f:
+            manifest = json.loads(f.read())
     except FileNotFoundError:
         raise AdminError(f"{source}: not a postroom backup (no {MANIFEST})") from None
     except (OSError, ValueError) as e:
@@ -320,11 +371,16 @@ def verify(source: Path, progress: Progress | None = None) -> dict[str, Any]:
     progress.phase("verify", max(1, total // MIB), unit="MiB")
     done = 0
     for item in items:
-        path = source / _safe_relative(item["path"])
+        rel = _safe_relative(item["path"])
+        path = source / rel
         try:
-            if os.path.getsize(path) != int(item["size"]):
-                raise AdminError(f"{path}: wrong size: the backup is damaged")
-            if sha256_file(path) != item["sha256"]:
+            with open_backup_file(source, rel) as f:
+                if os.fstat(f.fileno()).st_size != int(item["size"]):
+                    raise AdminError(f"{path}: wrong size: the backup is damaged")
+                h = hashlib.sha256()
+                while chunk := f.read(COPY_CHUNK):
+                    h.update(chunk)
+            if h.hexdigest() != item["sha256"]:
                 raise AdminError(f"{path}: wrong checksum: the backup is damaged")
         except FileNotFoundError:
             raise AdminError(f"{path}: missing: the backup is incomplete") from None
@@ -374,7 +430,8 @@ def _restore_sync(settings: Settings, source: Path, force: bool, progress: Progr
         for entry, target in items:
             dst = staging / target
             dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            digest = copy_file(source / _safe_relative(entry["path"]), dst)
+            with open_backup_file(source, _safe_relative(entry["path"])) as f:
+                digest = copy_open_file(f, dst)
             if digest != entry["sha256"]:
                 raise AdminError(f"{entry['path']}: changed while restoring: nothing replaced")
             if "mode" in entry:

@@ -101,8 +101,9 @@ def cmd_import(args: argparse.Namespace, load: Load) -> int:
         source = ImapSource(options, limit)
     progress = _progress(args)
     report = _run_with_store(
-        settings, lambda store: import_into(store, args.address, source, message_size=limit,
-                                            into=args.into, progress=progress)
+        settings, lambda store: import_into(
+            store, args.address, source, message_size=limit,
+            max_mailboxes=settings.limits.mailboxes_per_user, into=args.into, progress=progress)
     )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))

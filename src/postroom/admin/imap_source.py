@@ -20,6 +20,16 @@ Limits: a message larger than ``max_size`` (by RFC822.SIZE) is not fetched; a li
 from the server larger than ``2 * max_size`` aborts the connection (a lying or broken
 server cannot make the importer allocate without bound); response lines are limited by
 imaplib (1,000,000 octets); every socket operation times out after ``timeout`` seconds.
+A socket timeout alone does not bound a hostile server: one that sends a byte every few
+seconds (even of its greeting), or floods untagged lines or ``+`` continuations that
+imaplib keeps reading (and storing) while it waits for the tagged reply, kept an import
+running and growing for as long as it liked. So every call to the server also has a
+:class:`Watch`: the response to one command may hold at most :data:`LINE_OCTETS` of
+lines (a LIST of 10,000 folders is about 1 MB; imaplib keeps every untagged line until
+the command ends) and :data:`LITERAL_FACTOR` times the largest body batch
+(``max(BODY_OCTETS, 2 * max_size)``) of literals, and a call must finish within ``timeout`` seconds plus one second per
+:data:`MIN_RATE` octets received; past either, the socket is shut down and the import
+stops with an error that says why (running it again resumes).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import datetime
 import imaplib
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -46,6 +57,9 @@ T = TypeVar("T")
 META_WINDOW = 500  # messages per FETCH of UID/FLAGS/INTERNALDATE/RFC822.SIZE
 BODY_MESSAGES = 100  # messages per FETCH of bodies ...
 BODY_OCTETS = 8 * 1024 * 1024  # ... and at most this many octets (by RFC822.SIZE)
+LINE_OCTETS = 8 * 1024 * 1024  # of response lines per command (literals not counted)
+LITERAL_FACTOR = 2  # literal octets per command: this x the largest body batch
+MIN_RATE = 1024  # octets per second a server must average, after ``timeout`` seconds
 SPECIAL_USE = ("\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive", "\\All", "\\Flagged")
 TLS_MODES = ("implicit", "starttls", "none")
 _ERRORS: tuple[type[BaseException], ...] = (
@@ -72,16 +86,84 @@ class ImapOptions:
         return self.port or (993 if self.tls == "implicit" else 143)
 
 
+class Watch:
+    """What the server has sent for the current call and command, shared by the worker
+    thread that reads (counting) and the event loop that checks the deadline."""
+
+    def __init__(self, timeout: float, max_literals: int) -> None:
+        self.timeout = timeout
+        self.max_literals = max_literals
+        self.started = time.monotonic()
+        self.received = 0  # since the call started (the rate)
+        self.lines = self.literals = 0  # since the command was sent (the size bounds)
+        self.sock: socket.socket | None = None
+        self.why: str | None = None
+
+    def start_call(self) -> None:
+        self.started, self.received, self.why = time.monotonic(), 0, None
+
+    def start_command(self) -> None:
+        self.lines = self.literals = 0
+
+    def count(self, octets: int, literal: bool) -> None:
+        self.received += octets
+        if literal:
+            self.literals += octets
+            over = self.literals > self.max_literals and f"{self.max_literals} octets of literals"
+        else:
+            self.lines += octets
+            over = self.lines > LINE_OCTETS and f"{LINE_OCTETS} octets of response lines"
+        if over:
+            self.why = f"the server sent more than {over} for one command (a flood)"
+            raise imaplib.IMAP4.abort(self.why)
+
+    def overdue(self) -> str | None:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.timeout + self.received / MIN_RATE:
+            return (f"the server is too slow: {self.received} octets in {elapsed:.0f} s "
+                    f"(at least {MIN_RATE} octets/s after the first {self.timeout:g} s)")
+        return None
+
+    def cut(self, why: str) -> None:
+        """Called from the loop: unblock the worker thread's read."""
+        self.why = why
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 def _bounded(base: type[Any]) -> type[Any]:
     class Bounded(base):  # type: ignore[misc, valid-type]
         max_literal = 0
+        watch: Watch | None = None
+
+        def open(self, *args: Any, **kwargs: Any) -> None:
+            super().open(*args, **kwargs)
+            if self.watch is not None:
+                self.watch.sock = self.sock
+
+        def _command(self, *args: Any) -> Any:
+            if self.watch is not None:
+                self.watch.start_command()
+            return super()._command(*args)
 
         def read(self, size: int) -> bytes:
             if self.max_literal and size > self.max_literal:
                 raise imaplib.IMAP4.abort(
                     f"the server sent a literal of {size} octets (limit {self.max_literal})"
                 )
-            return bytes(super().read(size))
+            data = bytes(super().read(size))
+            if self.watch is not None:
+                self.watch.count(len(data), literal=True)
+            return data
+
+        def readline(self) -> bytes:
+            line = bytes(super().readline())
+            if self.watch is not None:
+                self.watch.count(len(line), literal=False)
+            return line
 
     return Bounded
 
@@ -94,14 +176,17 @@ class _Client(IMAPClient):  # type: ignore[misc]
     """IMAPClient whose imaplib object refuses literals over ``max_literal``."""
 
     max_literal = 0
+    watch: Watch | None = None
 
     def _create_IMAP4(self) -> Any:  # noqa: N802 - IMAPClient's name
         timeout = getattr(self._timeout, "connect", None)
+        # Set on the classes: the greeting is read inside the constructor.
+        for cls in (_TlsIMAP4, _PlainIMAP4):
+            cls.max_literal, cls.watch = self.max_literal, self.watch
         if self.ssl:
             conn = _TlsIMAP4(self.host, self.port, self.ssl_context, timeout)
         else:
             conn = _PlainIMAP4(self.host, self.port, timeout)
-        conn.max_literal = self.max_literal
         return conn
 
 
@@ -141,17 +226,40 @@ class ImapSource:
         self.description = f"imap://{options.login}@{options.host}:{options.real_port}"
         self.client: _Client | None = None
         self._lock = asyncio.Lock()
+        largest = max(BODY_OCTETS, 2 * max_size, 1024 * 1024)
+        self.watch = Watch(options.timeout, LITERAL_FACTOR * largest)
+
+    async def _watched(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on a worker thread, cut off when the server is too slow (see Watch)."""
+        watch = self.watch
+        watch.start_call()
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                try:
+                    return task.result()
+                except _ERRORS as e:
+                    if watch.why is not None:  # the cut shows up as a socket error
+                        raise _Cut(watch.why) from None
+                    raise e
+            why = watch.overdue()
+            if why is not None and watch.why is None:
+                watch.cut(why)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:  # the connection serves one command at a time
             try:
-                return await asyncio.to_thread(fn, *args)
+                return await self._watched(fn, *args)
+            except _Cut as e:
+                raise ImportFailed(f"{self.description}: {e}") from None
             except _ERRORS as e:
                 raise ImportFailed(f"{self.description}: {_describe(e)}") from None
 
     def _connect(self) -> _Client:
         o = self.options
         _Client.max_literal = max(2 * self.max_size, 1024 * 1024)
+        _Client.watch = self.watch
         ctx = tls_context(o) if o.tls != "none" else None
         client = _Client(o.host, port=o.real_port, ssl=o.tls == "implicit", ssl_context=ctx,
                          timeout=o.timeout)
@@ -167,7 +275,9 @@ class ImapSource:
 
     async def folders(self) -> list[SourceFolder]:
         try:
-            self.client = await asyncio.to_thread(self._connect)
+            self.client = await self._watched(self._connect)
+        except _Cut as e:
+            raise AdminError(f"{self.description}: {e}") from None
         except imap_errors.LoginError as e:
             raise AdminError(f"{self.description}: login failed: {_describe(e)}") from None
         except ssl.SSLCertVerificationError as e:
@@ -212,6 +322,10 @@ class ImapSource:
                 client.shutdown()
             except OSError:
                 pass
+
+
+class _Cut(Exception):
+    """The Watch ended the connection; the message says why."""
 
 
 def _describe(e: BaseException) -> str:

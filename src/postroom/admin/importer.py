@@ -51,6 +51,7 @@ from postroom.store.api import (
     NewMessage,
     OverQuota,
     Store,
+    TooMany,
     User,
 )
 
@@ -216,12 +217,14 @@ class Importer:
         user: User,
         *,
         message_size: int,
+        max_mailboxes: int | None = None,
         into: str | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.store = store
         self.user = user
         self.message_size = message_size
+        self.max_mailboxes = max_mailboxes
         self.into = into
         self.progress = progress or Progress()
         self._mailboxes: dict[str, Mailbox] = {}
@@ -250,13 +253,24 @@ class Importer:
         mb = self._mailboxes.get(name)
         if mb is None:
             try:
-                mb = await self.store.create_mailbox(self.user.id, name)
+                mb = await self.store.create_mailbox(self.user.id, name,
+                                                     max_mailboxes=self.max_mailboxes)
+            except TooMany:
+                raise ImportFailed(
+                    f"{name}: {self.user.address} would own more than {self.max_mailboxes} "
+                    "mailboxes (limits.mailboxes_per_user): raise it or import fewer folders"
+                ) from None
             except AlreadyExists:  # created meanwhile (by a client, or a parallel run)
                 found = await self.store.get_mailbox(self.user.id, name)
                 assert found is not None
                 mb = found
             # Subscribed, so that clients showing only subscribed folders show it.
-            await self.store.set_subscribed(self.user.id, name, True)
+            try:
+                await self.store.set_subscribed(self.user.id, name, True,
+                                                max_subscriptions=self.max_mailboxes)
+            except TooMany:
+                self.progress.note(f"{name}: not subscribed (limits.mailboxes_per_user "
+                                   "subscriptions already)")
             self._mailboxes[name] = mb
         return mb
 
@@ -357,6 +371,7 @@ async def import_into(
     source: Source,
     *,
     message_size: int,
+    max_mailboxes: int | None = None,
     into: str | None = None,
     progress: Progress | None = None,
 ) -> ImportReport:
@@ -373,5 +388,6 @@ async def import_into(
         except MailboxNameError as e:
             await source.close()
             raise AdminError(f"--into {into!r}: {e}") from None
-    importer = Importer(store, user, message_size=message_size, into=into, progress=progress)
+    importer = Importer(store, user, message_size=message_size, max_mailboxes=max_mailboxes,
+                        into=into, progress=progress)
     return await importer.run(source)

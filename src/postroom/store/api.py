@@ -85,7 +85,8 @@ class OverQuota(StoreError):
 
 
 class TooMany(StoreError):
-    """A per-object limit on the number of entries would be exceeded (METADATA TOOMANY)."""
+    """A per-object limit on the number of entries would be exceeded (METADATA TOOMANY,
+    mailboxes or subscriptions per user: IMAP ``NO [LIMIT]``)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -628,12 +629,21 @@ class Store(Protocol):
     async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None: ...
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
     async def create_mailbox(
-        self, user_id: int, name: str, special_use: str | None = None
+        self, user_id: int, name: str, special_use: str | None = None, *,
+        max_mailboxes: int | None = None,
     ) -> Mailbox: ...
+    # Creates missing superior names too. TooMany (nothing created) when the user would
+    # own more than ``max_mailboxes`` mailboxes, counting those superior names.
     async def delete_mailbox(self, user_id: int, name: str) -> None: ...
-    async def rename_mailbox(self, user_id: int, old: str, new: str) -> None: ...
+    async def rename_mailbox(
+        self, user_id: int, old: str, new: str, *, max_mailboxes: int | None = None
+    ) -> None: ...
+    # TooMany as for create_mailbox when the new name's missing superiors would exceed it.
     async def list_subscriptions(self, user_id: int) -> list[str]: ...
-    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None: ...
+    async def set_subscribed(
+        self, user_id: int, name: str, subscribed: bool, *, max_subscriptions: int | None = None
+    ) -> None: ...
+    # TooMany when a new subscription would make more than ``max_subscriptions``.
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
     async def mailbox_snapshot(
         self, user_id: int, name: str, *, claim_recent: bool = False

@@ -23,6 +23,7 @@ from postroom.clients import client_endpoints, mta_sts_policy
 from postroom.metrics import CONTENT_TYPE as METRICS_TYPE
 from postroom.services import Services
 from postroom.web import autoconfig
+from postroom.web.body import read_body
 from postroom.web.session import ApiError, Sessions
 
 XML = "application/xml"
@@ -90,7 +91,7 @@ class Public:
 
     # -- Outlook --------------------------------------------------------------------------
     async def outlook(self, request: web.Request) -> web.Response:
-        body = await request.content.read(autoconfig.MAX_REQUEST + 1)
+        body = await read_body(request, self.services.settings, autoconfig.MAX_REQUEST)
         try:
             req = autoconfig.parse_autodiscover(body)
         except autoconfig.AutodiscoverError as e:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from postroom import logs
 from postroom.admin.service import AdminError
 from postroom.services import Services
 from postroom.web import account, api, mailauth
+from postroom.web.body import CLOSE, check_length, read_body, send_and_close
 from postroom.web.openapi import Document, Invalid, Route, validate
 from postroom.web.public import Public, _loopback, openapi_response
 from postroom.web.session import UNSAFE, ApiError, Sessions
@@ -45,7 +47,9 @@ REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 20\r\n\r\ntoo many connections"
 )
-KEEPALIVE = 30.0  # idle keep-alive connections are closed after this
+# JSON bodies nest at most this deep; ours nest 2 or 3 levels. json.loads itself stops at
+# Python's recursion limit with a RecursionError, which is not a client's error reply.
+MAX_JSON_DEPTH = 32
 
 
 class _OneLine(logging.Filter):
@@ -92,6 +96,36 @@ def needs_tls(secure: bool, remote: str | None, path: str, has_credentials: bool
     return has_credentials or path.startswith(_PRIVATE)
 
 
+def parse_json(data: bytes) -> Any:
+    """The JSON value of a request body, or ApiError(400): deep nesting (``[[[[...``, a
+    megabyte of it) and numbers too long for ``int`` are a client's error like bad syntax.
+    The depth is checked on the parsed value's shape by counting brackets outside strings
+    first, so a deep document never reaches the recursive parser."""
+    depth = _json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "the body is not valid JSON") from None
+
+
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]+|\\.)*"?|[\[\]{}]')
+
+
+def _json_depth(data: bytes) -> int:
+    """The deepest bracket nesting of ``data``, strings skipped (linear: one regex scan)."""
+    depth = deepest = 0
+    for m in _JSON_TOKENS.finditer(data):
+        c = m.group()[:1]
+        if c in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -115,7 +149,11 @@ class HttpService:
         self.app.router.add_get("/api/v1/openapi.json", self._openapi)
         self.app.router.add_routes(self.public.routes())
         self.runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, keepalive_timeout=KEEPALIVE,
+            # keepalive_timeout also bounds the headers of a request (slowloris): aiohttp's
+            # timer runs from the connection's start or its last response, and closes the
+            # connection if no whole request has arrived by then; bodies: web/body.py.
+            self.app, handle_signals=False, access_log=None,
+            keepalive_timeout=services.settings.http.request_timeout,
             max_line_size=8190, max_field_size=8190, max_headers=100, shutdown_timeout=5.0,
             logger=_PROTOCOL_LOG,
         )
@@ -147,10 +185,7 @@ class HttpService:
             if route.body is not None:
                 if request.content_type != "application/json":
                     raise ApiError(400, "send the body as application/json")
-                try:
-                    body = json.loads(await request.read())
-                except (ValueError, UnicodeDecodeError):
-                    raise ApiError(400, "the body is not valid JSON") from None
+                body = parse_json(await read_body(request, self.services.settings))
                 try:
                     validate(route.body, body)
                 except Invalid as e:
@@ -183,6 +218,9 @@ class HttpService:
     ) -> web.StreamResponse:
         is_api = request.path.startswith("/api/")
         try:
+            # A body declared too large is refused before anything else (no login first,
+            # no waiting for the octets).
+            check_length(request, self.services.settings.http.request_size)
             if needs_tls(request.secure, request.remote, request.path, "Authorization" in request.headers):
                 raise self._to_https(request)
             response = await handler(request)
@@ -201,6 +239,8 @@ class HttpService:
             log.exception("http request failed method=%s path=%s", request.method, request.path)
             response = error_response(500, "internal error")
         self._decorate(request, response)
+        if request.get(CLOSE):
+            await send_and_close(request, response)
         if is_api and request.method in UNSAFE:
             principal = request.get("principal")
             logs.event(

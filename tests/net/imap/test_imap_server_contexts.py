@@ -144,3 +144,53 @@ def test_fetch_partial_modifier(server: Server, user: str, raw) -> None:
     for bad in ("(PARTIAL 0:1)", "(PARTIAL 1:2 PARTIAL 3:4)", "(PARTIAL -1:2)", "(PARTIAL)"):
         _, done = c.cmd(f"UID FETCH 1:* (FLAGS) {bad}")
         assert rest(done).startswith(b"BAD "), bad
+
+
+def test_ten_contexts_over_a_big_mailbox_follow_deliveries_in_idle(server: Server, user: str, raw) -> None:
+    """Ten live contexts over 700 messages (past fetch.FULL_LIST_AT, so the refresh reads
+    the mailbox once for all of them) while the session IDLEs: a delivery gives each the
+    right ADDTO, a flag change only the flag-dependent one's REMOVEFROM. The refresh runs
+    between commands under a budget of its own, so it yields to other sessions; a probe
+    session's NOOP stays answered meanwhile."""
+    c = raw(user)
+    parts = b"".join(b" {%d+}\r\n%s" % (len(m), m)
+                     for m in (simple(f"old {i:04d}") for i in range(700)))
+    c.send(b"a1 APPEND INBOX" + parts + b"\r\n")
+    _, done = c.until_tagged("a1")
+    assert b" OK " in done, done
+    c.ok("SELECT INBOX")
+    criteria = ["SUBJECT", "REVERSE SUBJECT", "ARRIVAL", "REVERSE ARRIVAL", "SIZE", "DATE",
+                "FROM", "REVERSE DATE", "REVERSE SIZE"]
+    tags = []
+    for crit in criteria:
+        _, done = c.cmd(f"SORT RETURN (UPDATE COUNT) ({crit}) UTF-8 ALL")
+        tags.append(done.split(b" ")[0])
+    _, done = c.cmd("SEARCH RETURN (UPDATE COUNT) UNSEEN")
+    unseen = done.split(b" ")[0]
+    c.send(b"i IDLE\r\n")
+    assert c.line().startswith(b"+")
+    probe = raw(user)
+    deliver(server, user, simple("zzz newest"))
+    started = time.monotonic()
+    probe.ok("NOOP")
+    assert time.monotonic() - started < 2
+    got = []
+    while len(got) < 1 + len(tags) + 1:  # EXISTS (RECENT may come too), ADDTO x 10
+        line = c.line()
+        if b"ESEARCH" in line or b"EXISTS" in line:
+            got.append(line)
+    addto = {line.split(b'"')[1]: line for line in got if b"ADDTO" in line}
+    assert set(addto) == {t for t in tags} | {unseen}, got
+    assert addto[unseen].endswith(b"ADDTO (0 701)\r\n")
+    assert addto[tags[0]].endswith(b"ADDTO (701 701)\r\n")  # SUBJECT: "zzz" sorts last
+    assert addto[tags[1]].endswith(b"ADDTO (1 701)\r\n")  # REVERSE SUBJECT: first
+    assert addto[tags[2]].endswith(b"ADDTO (701 701)\r\n")  # ARRIVAL: last
+    probe.ok("SELECT INBOX")
+    probe.ok("STORE 701 +FLAGS.SILENT (\\Seen)")
+    line = c.line()
+    while b"ESEARCH" not in line:
+        line = c.line()
+    assert line == b'* ESEARCH (TAG "%s") REMOVEFROM (0 701)\r\n' % unseen
+    c.send(b"DONE\r\n")
+    _, done = c.until_tagged("i")
+    assert b" OK " in done

@@ -22,6 +22,14 @@ removal pass followed by an insertion pass reproduces the new list exactly.
 Re-evaluating costs what the search costs (flag-only programs are bit masks over the
 view); a session may keep :data:`MAX_CONTEXTS` of them, beyond that the command is
 answered without updates and ``* NO [NOUPDATE "tag"]`` (RFC 5267 4.3.1).
+
+The re-evaluation runs between commands (after a command's own budget has ended, in
+IDLE, or woken by NOTIFY), so :func:`refresh` gives it a budget of its own: its loops
+over messages then yield every slice and take a heavy slot like any command. Without
+one, a single delivery into a mailbox of 10,000 messages with ten SORT contexts held the
+event loop for the ten whole re-evaluations at once (``bench/notify_contexts.py``).
+Past ``limits.command_time`` the contexts not yet refreshed end with ``* NO [NOUPDATE]``
+(RFC 5267 4.3.1: the server may stop updating a context) rather than run on unbounded.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from postroom.net import budget
+from postroom.net.budget import BudgetExceeded
 from postroom.proto.imap import responses
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.responses_ext import code_noupdate, esearch_updates
@@ -174,7 +184,31 @@ async def refresh(s: ImapSession) -> None:
     view = s.selected
     if view is None or not view.contexts:
         return
+    if budget.current() is not None:  # inside a command: its budget already slices
+        await _refresh(s, view)
+        return
+    with budget.scope(s.settings.limits.command_time):
+        try:
+            await _refresh(s, view)
+        except BudgetExceeded:
+            for ctx in [c for c in view.contexts.values() if c.generation != view.generation]:
+                del view.contexts[ctx.tag]
+                s.write(responses.untagged("NO", "Context took too long to update",
+                                           code_noupdate(ctx.tag)))
+
+
+async def _refresh(s: ImapSession, view: SelectedMailbox) -> None:
+    # Every context reads the whole mailbox's metadata: once per pass (fetch.load_metas).
+    view.shared_read = (-1, [])
+    try:
+        await _refresh_each(s, view)
+    finally:
+        view.shared_read = None
+
+
+async def _refresh_each(s: ImapSession, view: SelectedMailbox) -> None:
     for ctx in list(view.contexts.values()):
+        await budget.tick()  # the sort and the difference of the previous one do not tick
         if ctx.generation == view.generation:
             continue
         new = await evaluate(s, view, ctx.key, ctx.criteria)

@@ -91,7 +91,15 @@ async def load_metas(s: ImapSession, view: SelectedMailbox, uids: Sequence[int])
         return []
     if len(uids) > FULL_LIST_AT:
         wanted = set(uids)
-        return [m for m in await s.store.list_messages(view.mailbox_id) if m.uid in wanted]
+        shared = view.shared_read
+        if shared is not None and shared[0] == view.generation:
+            every = shared[1]  # refreshing contexts: one read for all of them
+        else:
+            generation = view.generation
+            every = await s.store.list_messages(view.mailbox_id)
+            if shared is not None and view.generation == generation:
+                view.shared_read = (generation, every)
+        return [m for m in every if m.uid in wanted]
     return await s.store.get_messages(view.mailbox_id, uids)
 
 

@@ -8,7 +8,10 @@ query is scoped by the logged-in user's id, so one user can never name another's
 mailbox, except through the other users' namespace ``Shared/<owner>/...`` where the ACL
 decides (``access``; RFC 4314 4: CREATE needs "k" on the parent, DELETE "x", RENAME "x"
 and "k", STATUS "r"; LIST shows what has "l"). Store errors map to the RFC 5530 response
-codes clients act on: ALREADYEXISTS, NONEXISTENT, HASCHILDREN, CANNOT, USEATTR, NOPERM.
+codes clients act on: ALREADYEXISTS, NONEXISTENT, HASCHILDREN, CANNOT, USEATTR, NOPERM,
+and LIMIT when a user would own more than ``limits.mailboxes_per_user`` mailboxes or keep
+more subscriptions (a CREATE loop, or one name a thousand levels deep, would otherwise
+grow every LIST, STATUS and NOTIFY of the account without end).
 """
 
 from __future__ import annotations
@@ -40,7 +43,15 @@ from postroom.proto.imap.commands import (
 )
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.utf7 import DELIMITER, INBOX
-from postroom.store.api import AlreadyExists, Conflict, Mailbox, NotFound, StoreError, User
+from postroom.store.api import (
+    AlreadyExists,
+    Conflict,
+    Mailbox,
+    NotFound,
+    StoreError,
+    TooMany,
+    User,
+)
 
 if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
@@ -53,6 +64,10 @@ def _no(tag: str, text: str, code: str | None = None) -> ImapPeerError:
 def _user(s: ImapSession) -> User:
     assert s.user is not None
     return s.user
+
+
+def _too_many(tag: str, exc: TooMany) -> ImapPeerError:
+    return _no(tag, f"Too many: {exc}", responses.LIMIT)  # RFC 5530 3
 
 
 async def _shared_target(s: ImapSession, name: str, tag: str) -> tuple[int, str]:
@@ -85,7 +100,11 @@ async def create(s: ImapSession, cmd: Create) -> bytes:
             raise _no(cmd.tag, "Mailbox already exists", responses.ALREADYEXISTS)
         owner_id, name = await _shared_target(s, cmd.mailbox, cmd.tag)
     try:
-        await s.store.create_mailbox(owner_id, name, use)
+        await s.store.create_mailbox(
+            owner_id, name, use, max_mailboxes=s.settings.limits.mailboxes_per_user
+        )
+    except TooMany as exc:
+        raise _too_many(cmd.tag, exc) from None
     except AlreadyExists:
         raise _no(cmd.tag, "Mailbox already exists", responses.ALREADYEXISTS) from None
     except Conflict as exc:
@@ -136,7 +155,11 @@ async def rename(s: ImapSession, cmd: Rename) -> bytes:
             raise _no(cmd.tag, "Cannot rename to another user's mailboxes", responses.CANNOT)
         owner_id, old = ref.owner_id, ref.mailbox.name
     try:
-        await s.store.rename_mailbox(owner_id, old, new)
+        await s.store.rename_mailbox(
+            owner_id, old, new, max_mailboxes=s.settings.limits.mailboxes_per_user
+        )
+    except TooMany as exc:
+        raise _too_many(cmd.tag, exc) from None
     except NotFound:
         raise _no(cmd.tag, "No such mailbox", responses.NONEXISTENT) from None
     except AlreadyExists:
@@ -153,7 +176,12 @@ async def rename(s: ImapSession, cmd: Rename) -> bytes:
 
 async def subscribe(s: ImapSession, cmd: Subscribe) -> bytes:
     # RFC 9051 6.3.7: subscribing to a mailbox that does not exist is allowed.
-    await s.store.set_subscribed(_user(s).id, cmd.mailbox, True)
+    try:
+        await s.store.set_subscribed(
+            _user(s).id, cmd.mailbox, True, max_subscriptions=s.settings.limits.mailboxes_per_user
+        )
+    except TooMany as exc:
+        raise _too_many(cmd.tag, exc) from None
     return responses.ok(cmd.tag, "SUBSCRIBE completed")
 
 

@@ -73,7 +73,7 @@ class SelectedMailbox:
     __slots__ = (
         "mailbox_id", "name", "readonly", "uidvalidity", "uids", "modseq", "dirty",
         "pending", "reported", "keywords", "recent", "saved", "listener", "uidnext",
-        "flags", "kw", "notified", "rights", "contexts", "generation",
+        "flags", "kw", "notified", "rights", "contexts", "generation", "shared_read",
     )
 
     def __init__(
@@ -118,6 +118,9 @@ class SelectedMailbox:
         # Bumped whenever the messages or their flags change in the view: contexts
         # re-evaluate when it moved.
         self.generation = 0
+        # While contexts are refreshed: the whole mailbox's metadata read for the first
+        # one, as (generation, metas), reused by the others at the same generation.
+        self.shared_read: tuple[int, list[MessageMeta]] | None = None
 
     def set_messages(self, metas: Sequence[MessageMeta]) -> None:
         """Fill the view from ``list_messages`` (UID order)."""

@@ -23,6 +23,7 @@ from postroom.store.api import (
     NotFound,
     SendAsGrant,
     StoreError,
+    TooMany,
     User,
 )
 
@@ -339,8 +340,28 @@ def get_mailbox_by_id(conn: sqlite3.Connection, mailbox_id: int) -> Mailbox | No
     return mailbox_row(r) if r else None
 
 
+def _missing_superiors(conn: sqlite3.Connection, user_id: int, name: str) -> list[str]:
+    parts = name.split("/")
+    names = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    return [n for n in names if get_mailbox(conn, user_id, n) is None]
+
+
+def _check_mailbox_count(
+    conn: sqlite3.Connection, user_id: int, adding: int, max_mailboxes: int | None
+) -> None:
+    """TooMany before anything is written when ``adding`` more would exceed the bound: a
+    client creating mailboxes in a loop (or one name 1,000 levels deep) would otherwise grow
+    every LIST, NOTIFY and STATUS of the account without end."""
+    if max_mailboxes is None:
+        return
+    (have,) = conn.execute("SELECT count(*) FROM mailboxes WHERE user_id=?", (user_id,)).fetchone()
+    if have + adding > max_mailboxes:
+        raise TooMany(f"at most {max_mailboxes} mailboxes per user")
+
+
 def create_mailbox(
-    conn: sqlite3.Connection, user_id: int, name: str, special_use: str | None
+    conn: sqlite3.Connection, user_id: int, name: str, special_use: str | None,
+    max_mailboxes: int | None = None,
 ) -> Mailbox:
     if get_mailbox(conn, user_id, name) is not None:
         raise AlreadyExists(f"mailbox {name} already exists")
@@ -351,11 +372,13 @@ def create_mailbox(
         if taken:
             raise Conflict(f"{special_use} is already used by {taken[0]}")
     # RFC 9051 6.3.4: create missing superior names too, so the hierarchy stays navigable.
+    missing = set(_missing_superiors(conn, user_id, name))
+    _check_mailbox_count(conn, user_id, len(missing) + 1, max_mailboxes)
     parts = name.split("/")
     inherit: int | None = None
     for i in range(1, len(parts)):
         parent = "/".join(parts[:i])
-        found = get_mailbox(conn, user_id, parent)
+        found = None if parent in missing else get_mailbox(conn, user_id, parent)
         inherit = (found or _insert_mailbox(conn, user_id, parent, None)).id
     created = _insert_mailbox(conn, user_id, name, special_use)
     if inherit is not None:
@@ -388,7 +411,9 @@ def delete_mailbox(conn: sqlite3.Connection, user_id: int, name: str) -> int:
     return mb.id
 
 
-def rename_mailbox(conn: sqlite3.Connection, user_id: int, old: str, new: str) -> list[int]:
+def rename_mailbox(
+    conn: sqlite3.Connection, user_id: int, old: str, new: str, max_mailboxes: int | None = None
+) -> list[int]:
     """Rename ``old`` and its children. Returns ids of mailboxes whose content changed."""
     src = get_mailbox(conn, user_id, old)
     if src is None:
@@ -397,12 +422,11 @@ def rename_mailbox(conn: sqlite3.Connection, user_id: int, old: str, new: str) -
         raise AlreadyExists(f"mailbox {new} already exists")
     if new.startswith(old + "/"):
         raise StoreError("cannot rename a mailbox into its own child")
-    # Superior names of the new name must exist (as for CREATE).
-    parts = new.split("/")
-    for i in range(1, len(parts)):
-        parent = "/".join(parts[:i])
-        if get_mailbox(conn, user_id, parent) is None:
-            _insert_mailbox(conn, user_id, parent, None)
+    # Superior names of the new name must exist (as for CREATE); renaming INBOX adds one more.
+    missing = _missing_superiors(conn, user_id, new)
+    _check_mailbox_count(conn, user_id, len(missing) + (old == "INBOX"), max_mailboxes)
+    for parent in missing:
+        _insert_mailbox(conn, user_id, parent, None)
     if old == "INBOX":
         # RFC 9051 6.3.6: renaming INBOX moves its messages to a new mailbox; INBOX stays,
         # empty, and its children are not renamed.
@@ -452,7 +476,20 @@ def list_subscriptions(conn: sqlite3.Connection, user_id: int) -> list[str]:
     ]
 
 
-def set_subscribed(conn: sqlite3.Connection, user_id: int, name: str, subscribed: bool) -> None:
+def set_subscribed(
+    conn: sqlite3.Connection, user_id: int, name: str, subscribed: bool,
+    max_subscriptions: int | None = None,
+) -> None:
+    if subscribed and max_subscriptions is not None:
+        # RFC 9051 6.3.7 lets a client subscribe to names that do not exist, so the
+        # mailbox bound does not bound these: they have their own.
+        (have,) = conn.execute(
+            "SELECT count(*) FROM subscriptions WHERE user_id=?", (user_id,)
+        ).fetchone()
+        if have >= max_subscriptions and not conn.execute(
+            "SELECT 1 FROM subscriptions WHERE user_id=? AND name=?", (user_id, name)
+        ).fetchone():
+            raise TooMany(f"at most {max_subscriptions} subscriptions per user")
     if subscribed:
         conn.execute(
             "INSERT OR IGNORE INTO subscriptions(user_id, name) VALUES(?, ?)", (user_id, name)

@@ -205,9 +205,12 @@ class SQLiteStore:
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
         return await self.engine.lookup(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
 
-    async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
+    async def create_mailbox(
+        self, user_id: int, name: str, special_use: str | None = None, *,
+        max_mailboxes: int | None = None,
+    ) -> Mailbox:
         created = await self.engine.write(
-            lambda c: accounts.create_mailbox(c, user_id, name, special_use)
+            lambda c: accounts.create_mailbox(c, user_id, name, special_use, max_mailboxes)
         )
         self._publish(created.id, user_id, 0, MAILBOXES)
         return created
@@ -219,8 +222,12 @@ class SQLiteStore:
         self._publish(mailbox_id, user_id, 0)
         self._publish(mailbox_id, user_id, 0, MAILBOXES)
 
-    async def rename_mailbox(self, user_id: int, old: str, new: str) -> None:
-        touched = await self.engine.write(lambda c: accounts.rename_mailbox(c, user_id, old, new))
+    async def rename_mailbox(
+        self, user_id: int, old: str, new: str, *, max_mailboxes: int | None = None
+    ) -> None:
+        touched = await self.engine.write(
+            lambda c: accounts.rename_mailbox(c, user_id, old, new, max_mailboxes)
+        )
         for mailbox_id in touched:
             await self._publish_mailbox(mailbox_id)
         self._publish(0, user_id, 0, MAILBOXES)
@@ -228,8 +235,12 @@ class SQLiteStore:
     async def list_subscriptions(self, user_id: int) -> list[str]:
         return await self.engine.read(lambda c: accounts.list_subscriptions(c, user_id))
 
-    async def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
-        await self.engine.write(lambda c: accounts.set_subscribed(c, user_id, name, subscribed))
+    async def set_subscribed(
+        self, user_id: int, name: str, subscribed: bool, *, max_subscriptions: int | None = None
+    ) -> None:
+        await self.engine.write(
+            lambda c: accounts.set_subscribed(c, user_id, name, subscribed, max_subscriptions)
+        )
         self._publish(0, user_id, 0, SUBSCRIPTIONS)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
