@@ -94,3 +94,55 @@ def test_fetch_errors_carry_tls_rpt_result_types() -> None:
     assert PolicyFetchError("x").result_type == "sts-policy-fetch-error"
     assert PolicyFetchError("x", invalid=True).result_type == "sts-policy-invalid"
     assert PolicyFetchError("x", result_type="sts-webpki-invalid").result_type == "sts-webpki-invalid"
+
+
+def test_policy_sent_in_chunks_is_read_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A policy whose body arrives in several TCP segments (a chunked response with pauses)
+    is read to its end: a single read() returns only what has arrived so far."""
+    import socket
+    import ssl
+
+    import trustme
+    from aiohttp import web
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("mta-sts.example.org")
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    policy = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.org\r\nmx: *.example.org\r\nmax_age: 86400\r\n"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        for i in range(0, len(policy), 20):
+            await resp.write(policy[i:i + 20].encode())
+            await asyncio.sleep(0.05)
+        await resp.write_eof()
+        return resp
+
+    async def run() -> None:
+        app = web.Application()
+        app.router.add_get("/.well-known/mta-sts.txt", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ctx)
+        await site.start()
+        try:
+            dns = DictResolver({
+                ("_mta-sts.example.org", "TXT"): ["v=STSv1; id=one"],
+                ("mta-sts.example.org", "A"): ["127.0.0.1"],
+            })
+            sts = MtaStsPolicies(dns, ca_file=str(ca_file), port=port)
+            got = await sts.get("example.org")
+            assert got is not None, sts.last_failure
+            assert got.mode == "enforce" and got.mx == ("mx1.example.org", "*.example.org")
+            assert got.max_age == 86400
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())

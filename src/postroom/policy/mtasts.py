@@ -228,7 +228,14 @@ class MtaStsPolicies:
                 async with session.get(url, allow_redirects=False) as resp:
                     if resp.status != 200:  # RFC 8461 3.3: redirects are not followed
                         raise PolicyFetchError(f"{url}: HTTP {resp.status}")
-                    body = await resp.content.read(MAX_POLICY_SIZE + 1)
+                    # read() returns what has arrived so far: a policy sent in several
+                    # chunks is read to its end (or just past the size limit).
+                    body = b""
+                    while len(body) <= MAX_POLICY_SIZE:
+                        chunk = await resp.content.read(MAX_POLICY_SIZE + 1 - len(body))
+                        if not chunk:
+                            break
+                        body += chunk
         except aiohttp.ClientConnectorCertificateError as e:
             raise PolicyFetchError(f"{url}: {type(e).__name__}: {e}"[:300], result_type="sts-webpki-invalid") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
