@@ -57,7 +57,7 @@ from postroom.proto.pop3.events import (
 from postroom.proto.pop3.server import Pop3Server, Pop3Settings
 from postroom.proto.sasl import ScramCredentials, server_mechanism, urandom_nonce
 from postroom.services import Services
-from postroom.store.api import FLAG_SEEN, FlagChange, MessageMeta, NotFound, Store, User
+from postroom.store.api import FLAG_SEEN, FlagChange, MessageMeta, NotFound, Store, StoreError, User
 
 log = logging.getLogger("postroom.pop3")
 
@@ -294,13 +294,13 @@ class Pop3Session:
     async def _lock(self, user: User) -> bool:
         """Lock ``user``'s maildrop, taking it over from an older session of theirs."""
         store = self.services.store
-        if store.try_lock_maildrop(user.id):
+        if await store.try_lock_maildrop(user.id):
             return True
         holder = self.holders.get(user.id)
         if holder is None or holder is self:
             return False  # held by another process: nothing we can end from here
         await holder.take_over()
-        if not store.try_lock_maildrop(user.id):
+        if not await store.try_lock_maildrop(user.id):
             return False
         logs.event(
             log, "pop3_takeover", session=self.id, client=self.conn.peer_ip,
@@ -336,7 +336,7 @@ class Pop3Session:
         self._locked = user.id
         inbox = await store.get_mailbox(user.id, "INBOX")
         if inbox is None:
-            self._unlock()
+            await self._unlock()
             self.core.login_failed(LoginError.SYS_PERM, "no INBOX")
             return
         messages = await store.list_messages(inbox.id)
@@ -383,7 +383,7 @@ class Pop3Session:
     async def _finish(self, duration: float) -> None:
         drop = self.drop
         if drop is None:
-            self._unlock()
+            await self._unlock()
             return
         drop.reader.close()
         try:
@@ -391,19 +391,22 @@ class Pop3Session:
         except NotFound:
             pass
         finally:
-            self._unlock()
+            await self._unlock()
             logs.event(
                 log, "pop3_session", session=self.id, client=self.conn.peer_ip,
                 user=drop.user.address, messages=len(drop.messages), duration=round(duration, 3),
                 taken_over=self.taken_over,
             )
 
-    def _unlock(self) -> None:
+    async def _unlock(self) -> None:
         """Release the maildrop lock, if this session holds it, and tell a waiting login."""
         user_id = self._locked
         if user_id is not None:
             self._locked = None
-            self.services.store.unlock_maildrop(user_id)
             if self.holders.get(user_id) is self:
                 del self.holders[user_id]
+            try:
+                await self.services.store.unlock_maildrop(user_id)
+            except StoreError as e:  # the database is gone: its lock went with the session
+                logs.event(log, "pop3_unlock_failed", logging.WARNING, session=self.id, error=str(e))
         self.released.set()

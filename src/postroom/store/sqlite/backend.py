@@ -490,6 +490,10 @@ class SQLiteStore:
     async def queue_release_leases(self, owner: str) -> int:
         return await self.engine.write(lambda c: queue.release_leases(c, owner))
 
+    async def queue_renew_leases(self, owner: str, qids: Sequence[str], until: int) -> int:
+        wanted = list(qids)
+        return await self.engine.write(lambda c: queue.renew_leases(c, owner, wanted, until))
+
     async def queue_get(self, qid: str) -> QueuedMessage | None:
         return await self.engine.read(lambda c: queue.get(c, qid))
 
@@ -567,13 +571,13 @@ class SQLiteStore:
         return deleted
 
     # -- POP3 --------------------------------------------------------------------------
-    def try_lock_maildrop(self, user_id: int) -> bool:
+    async def try_lock_maildrop(self, user_id: int) -> bool:
         if user_id in self._maildrop_locks:
             return False
         self._maildrop_locks.add(user_id)
         return True
 
-    def unlock_maildrop(self, user_id: int) -> None:
+    async def unlock_maildrop(self, user_id: int) -> None:
         self._maildrop_locks.discard(user_id)
 
 

@@ -70,6 +70,17 @@ def release_leases(conn: sqlite3.Connection, owner: str) -> int:
     return cur.rowcount
 
 
+def renew_leases(conn: sqlite3.Connection, owner: str, qids: Sequence[str], until: int) -> int:
+    n = 0
+    for qid in qids:
+        cur = conn.execute(
+            "UPDATE queue SET lease_until=? WHERE qid=? AND lease_owner=? AND lease_until > 0",
+            (until, qid, owner),
+        )
+        n += cur.rowcount
+    return n
+
+
 def get(conn: sqlite3.Connection, qid: str) -> QueuedMessage | None:
     rows = conn.execute(
         f"SELECT {_Q_COLS} FROM queue q JOIN blobs b ON b.id=q.blob_id WHERE q.qid=?", (qid,)
