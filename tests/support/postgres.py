@@ -173,3 +173,52 @@ class PgCluster:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# -- one server per test process, a fresh database per test -----------------------------
+
+_shared: PgCluster | None = None
+_counter = 0
+TEMPLATE = "postroom_template"
+
+
+def shared_cluster() -> PgCluster:
+    """This process's test server (started on first use, destroyed at exit), with a
+    template database migrated to the current schema."""
+    global _shared
+    if _shared is None:
+        import atexit
+
+        cluster = PgCluster().start()
+        atexit.register(cluster.destroy)
+        cluster.create_database(TEMPLATE)
+        _migrate(cluster.url(TEMPLATE))
+        _shared = cluster
+    return _shared
+
+
+def _migrate(url: str) -> None:
+    import asyncio
+
+    from postroom.store.postgres import open_store
+
+    async def run() -> None:
+        store = await open_store(url)
+        await store.close()
+
+    asyncio.run(run())
+
+
+def fresh_database() -> str:
+    """A new, empty, migrated database on the shared server; its URL."""
+    global _counter
+    cluster = shared_cluster()
+    _counter += 1
+    name = f"t{os.getpid()}_{_counter}"
+    return cluster.create_database(name, TEMPLATE)
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    if _shared is not None and _shared.proc is not None:
+        _shared.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from postroom.store.api import MESSAGES, ChangeListener, MailboxChange
+from postroom.store.api import MAILBOXES, MESSAGES, ChangeListener, MailboxChange
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,16 @@ class LocalChangeHub:
                 listener()
             except Exception:
                 log.exception("queue listener failed")
+
+    def wake_all(self) -> None:
+        """Changes may have gone by unseen (another node's notifications were lost while
+        the connection that carries them was down): every listener re-reads once, the
+        queue scans, NOTIFY sessions re-list their mailboxes."""
+        for mailbox_id in tuple(self._mailbox):
+            self.publish(MailboxChange(mailbox_id=mailbox_id, user_id=0, modseq=0))
+        for user_id in tuple(self._user):
+            self.publish(MailboxChange(mailbox_id=0, user_id=user_id, modseq=0, kind=MAILBOXES))
+        self.publish_queue()
 
     def listener_count(self, mailbox_id: int) -> int:
         return len(self._mailbox.get(mailbox_id, ()))
