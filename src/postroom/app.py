@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Any
 
-from postroom import datadir, logs, privileges
+from postroom import config, datadir, logs, privileges
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet
@@ -74,7 +74,8 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     CAP_NET_BIND_SERVICE), and everything that creates files (the store, the server
     secret, the queue journal) must run as the final user so that it owns them.
     """
-    from postroom.store.sqlite import open_store
+    from postroom.store.api import StoreError
+    from postroom.store.open import node_name, open_store
 
     loop = asyncio.get_running_loop()
     try:
@@ -105,7 +106,15 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
         logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
                    effect="certificate reloads (SIGHUP) will fail")
-    store = open_store(settings.data_dir, fsync=settings.fsync)
+    try:
+        store = await open_store(settings)
+    except (StoreError, config.ConfigError) as e:
+        # An unreachable database, or a schema this postroom must not touch (newer than
+        # it knows, or older with store.auto_migrate off): say so and stop.
+        print(f"postroom: error: {e}", file=sys.stderr)
+        await listeners.close(0)
+        datadir.unlock(lock)
+        return 1
     services = Services(
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
@@ -115,6 +124,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
             cache_entries=settings.dns.cache_entries,
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
+        node=node_name(settings),
     )
     _auth_services(services)
     handlers = _handlers(services)
