@@ -22,12 +22,14 @@ settings.register_profile(
 settings.load_profile("slow" if SLOW else "default")
 
 
-BACKENDS = ("sqlite", "postgresql")
+# "postgresql-s3": PostgreSQL with every message's bytes in an S3 bucket (support/s3.py).
+BACKENDS = ("sqlite", "postgresql", "postgresql-s3")
 
 
 def store_backends() -> list[str]:
     """Backends the store contract suite runs on: POSTROOM_TEST_BACKENDS=sqlite,postgresql
-    ("postgres" is accepted for "postgresql"). scripts/run-tests sets both."""
+    ("postgres" is accepted for "postgresql"; "postgresql-s3" adds the S3 blob store).
+    scripts/run-tests sets all three."""
     wanted = os.environ.get("POSTROOM_TEST_BACKENDS", "sqlite").split(",")
     out = []
     for name in (b.strip() for b in wanted):
@@ -48,6 +50,15 @@ async def open_test_store(backend: str, tmp_path: Path, url: str = "") -> Any:
         from postroom.store.postgres import open_store as open_pg
 
         return await open_pg(url)
+    if backend == "postgresql-s3":
+        from support.s3 import ACCESS_KEY, SECRET_KEY, fresh_bucket
+
+        from postroom.store.postgres import open_store as open_pg
+        from postroom.store.s3 import S3Blobs, S3Settings
+
+        endpoint, bucket = fresh_bucket()
+        blobs = S3Blobs(S3Settings(endpoint, bucket, ACCESS_KEY, SECRET_KEY))
+        return await open_pg(url, blobs=blobs)
     raise pytest.UsageError(f"unknown store backend {backend!r}")
 
 
@@ -58,7 +69,7 @@ def store_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Calla
 
     def run(fn: Callable[[Any], Awaitable[Any]]) -> Any:
         url = ""
-        if request.param == "postgresql":
+        if request.param.startswith("postgresql"):
             from support.postgres import fresh_database
 
             url = fresh_database()

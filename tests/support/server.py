@@ -2,6 +2,11 @@
 
 Ports are chosen by the kernel (the config says port 0) and read back from the server's
 ``listening ROLE HOST:PORT`` lines, so parallel test runs never collide.
+
+The store is SQLite in the server's data folder, or with ``backend="postgresql"`` (the
+default when ``POSTROOM_E2E_BACKEND=postgresql``) a fresh database on this test
+process's private PostgreSQL server (``support.postgres``), so that the same end-to-end
+tests prove both backends.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from postroom import config as config_file
 from postroom.admin.service import AdminService
-from postroom.store.sqlite import open_store
+from postroom.store.open import open_store
 from postroom.tls import write_self_signed
 
 ALL_ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
@@ -33,8 +39,13 @@ class Server:
         extra: str = "",
         fsync: bool = False,
         hostname: str = "mail.example.test",
+        backend: str | None = None,
+        database: str = "",
     ) -> None:
+        """``database``: a PostgreSQL URL to share with other servers (several nodes);
+        default a fresh database of its own."""
         self.root = root
+        self.backend = backend or os.environ.get("POSTROOM_E2E_BACKEND", "sqlite")
         self.roles = roles
         self.hostname = hostname
         self.data = root / "data"
@@ -58,6 +69,14 @@ class Server:
         # [auth_checks] (the tests in tests/e2e/test_mail_auth.py serve records locally).
         if "[auth_checks]" not in extra:
             limits += "[auth_checks]\nenabled = false\n"
+        self.database = ""
+        if self.backend == "postgresql" and "[store]" not in extra:
+            from support.postgres import fresh_database
+
+            self.database = database or fresh_database()
+            limits += f'[store]\nbackend = "postgresql"\nurl = "{self.database}"\n'
+        elif self.backend != "sqlite":
+            raise ValueError(f"unknown backend {self.backend!r}")
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
             f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'
@@ -68,8 +87,10 @@ class Server:
 
     # -- accounts, through the same store the server uses ------------------------------
     def admin(self, fn: Any) -> Any:
+        settings = config_file.load(self.config)
+
         async def run() -> Any:
-            store = open_store(self.data, fsync=False)
+            store = await open_store(settings)
             try:
                 return await fn(AdminService(store), store)
             finally:

@@ -33,6 +33,7 @@ matters for clients that download thousands of messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -57,7 +58,16 @@ from postroom.proto.pop3.events import (
 from postroom.proto.pop3.server import Pop3Server, Pop3Settings
 from postroom.proto.sasl import ScramCredentials, server_mechanism, urandom_nonce
 from postroom.services import Services
-from postroom.store.api import FLAG_SEEN, FlagChange, MessageMeta, NotFound, Store, StoreError, User
+from postroom.store.api import (
+    FLAG_SEEN,
+    FlagChange,
+    MessageMeta,
+    NotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    User,
+)
 
 log = logging.getLogger("postroom.pop3")
 
@@ -71,6 +81,7 @@ READ_AHEAD_BYTES = 2 * 1024 * 1024
 TAKEOVER_GRACE = 1.0
 TAKEOVER_WAIT = 5.0
 TAKEN_OVER = b"-ERR [IN-USE] session ended: the same user logged in again\r\n"
+UNAVAILABLE = b"-ERR [SYS/TEMP] mail store unavailable, try again later\r\n"
 
 
 class _ReadAhead:
@@ -276,6 +287,13 @@ class Pop3Session:
                 elif isinstance(event, Closed):
                     await self._flush()
                     return
+        except StoreUnavailable:
+            # A database restart: say so (RFC 3206 SYS/TEMP: try again later) and close;
+            # nothing marked for deletion is removed (no UPDATE state was reached).
+            logs.event(log, "store_unavailable", logging.WARNING, session=self.id)
+            with contextlib.suppress(OSError, ConnectionError):
+                await self._flush()
+                await self.conn.send(UNAVAILABLE)
         finally:
             await self._finish(time.monotonic() - started)
 
@@ -388,7 +406,7 @@ class Pop3Session:
         drop.reader.close()
         try:
             await self._mark_seen(set())
-        except NotFound:
+        except (NotFound, StoreUnavailable):
             pass
         finally:
             await self._unlock()

@@ -113,10 +113,10 @@ class Engine:
                     raise
                 pool.terminate()
 
-    def _lost(self, e: BaseException) -> StoreUnavailable:
+    async def _lost(self, e: BaseException) -> StoreUnavailable:
         self.failures += 1
         for pool in (self.pool, self.lazy):
-            pool.expire_connections()
+            await pool.expire_connections()
         log.warning("database unavailable: %s", _reason(e))
         return StoreUnavailable("the database is unavailable")
 
@@ -130,7 +130,7 @@ class Engine:
             raise
         except BaseException as e:
             if unavailable(e):
-                raise self._lost(e) from None
+                raise await self._lost(e) from None
             raise
 
     async def read(self, fn: Fn[T], *, snapshot: bool = False) -> T:
@@ -145,7 +145,7 @@ class Engine:
             except BaseException as e:
                 if not unavailable(e):
                     raise
-                lost = self._lost(e)
+                lost = await self._lost(e)
                 if attempt:
                     raise lost from None
         raise AssertionError("unreachable")
@@ -182,7 +182,7 @@ class Engine:
             except BaseException as e:
                 if not unavailable(e):
                     raise
-                lost = self._lost(e)
+                lost = await self._lost(e)
                 if begun or reconnects:
                     raise lost from None
                 reconnects += 1  # nothing was sent: one more try on a fresh connection
