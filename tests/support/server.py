@@ -73,7 +73,12 @@ class Server:
         if self.backend == "postgresql" and "[store]" not in extra:
             from support.postgres import fresh_database
 
+            # A server made again on the same folder (a restart) finds its database again.
+            remembered = root / "database.url"
+            if not database and remembered.exists():
+                database = remembered.read_text()
             self.database = database or fresh_database()
+            remembered.write_text(self.database)
             limits += f'[store]\nbackend = "postgresql"\nurl = "{self.database}"\n'
         elif self.backend != "sqlite":
             raise ValueError(f"unknown backend {self.backend!r}")

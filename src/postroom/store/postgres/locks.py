@@ -90,13 +90,14 @@ class MaildropLocks:
     async def unlock(self, user_id: int) -> None:
         if user_id not in self._held:
             return
+        # Free for this process's next session at once: if that session's lock reaches
+        # the database before this unlock, the session lock is taken twice (advisory locks
+        # count) and this unlock leaves it held once, for the new session.
         self._held.discard(user_id)
-        try:
-            if self._conn is not None and not self._conn.is_closed():
-                await self._call("SELECT pg_advisory_unlock($1)", user_id)
-            # else: the session (and with it the lock) is gone already
-        finally:
-            self._claimed.discard(user_id)
+        self._claimed.discard(user_id)
+        if self._conn is not None and not self._conn.is_closed():
+            await self._call("SELECT pg_advisory_unlock($1)", user_id)
+        # else: the session (and with it the lock) is gone already
 
     async def close(self) -> None:
         self._held.clear()
