@@ -59,6 +59,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,  # 53300
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.ReadOnlySQLTransactionError,  # a replica after a fail-over: not writable yet
+    # The driver's protocol state after the server cut a connection mid-operation
+    # ("cannot switch to state ...; another operation is in progress").
+    asyncpg.InternalClientError,
 )
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
