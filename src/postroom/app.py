@@ -19,6 +19,7 @@ from postroom import config, datadir, logs, privileges
 from postroom.auth.directory import Directory
 from postroom.config import Settings
 from postroom.net.listener import Handler, ListenerSet
+from postroom.net.offload import CpuPool
 from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
@@ -115,6 +116,8 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await listeners.close(0)
         datadir.unlock(lock)
         return 1
+    # Worker processes start on first use, so as the final user (after the privilege drop).
+    cpu = CpuPool(settings.limits.cpu_workers)
     services = Services(
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
@@ -125,6 +128,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
         node=node_name(settings),
+        cpu=cpu,
     )
     _auth_services(services)
     handlers = _handlers(services)
@@ -165,6 +169,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        cpu.close()
         await store.close()
         datadir.unlock(lock)
         if started_ok:

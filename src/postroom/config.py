@@ -303,6 +303,8 @@ class Limits:
     shutdown_grace: float = 10.0
     metadata_size: int = 16 * 1024
     metadata_entries: int = 200
+    command_time: float = 60.0
+    cpu_workers: int = 2
 
     @property
     def free_space_threshold(self) -> int:
@@ -520,6 +522,8 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         # RFC 5464 4.1: at least 1024 octets per value and 10 entries per mailbox.
         "metadata_size": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),
         "metadata_entries": _int_range(10, 100000),
+        "command_time": parse_duration,
+        "cpu_workers": _int_range(0, 64),
     },
     "smtp": {
         "greeting_delay": parse_duration,

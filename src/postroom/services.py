@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from postroom.auth.directory import Directory
 from postroom.config import Settings
+from postroom.net.budget import check
 from postroom.net.listener import Shutdown
+from postroom.net.offload import CpuPool
 from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import Resolver
 from postroom.store.api import Store
 from postroom.tls import TlsContexts
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,11 +34,23 @@ class Services:
     dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
     node: str = "local"
     counters: dict[str, int] = field(default_factory=dict)
+    # Worker processes for work that cannot be sliced (net/offload.py); None: run inline
+    # (unit tests that build Services by hand).
+    cpu: CpuPool | None = None
     # Room for new mail in the data folder (limits.min_free_space); threshold 0: no guard.
     free_space: FreeSpaceGuard = field(default_factory=lambda: FreeSpaceGuard(Path("."), 0))
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker process under the current command's deadline
+        (:meth:`CpuPool.run`), or inline when no pool was wired."""
+        if self.cpu is None:
+            result = fn(*args)
+            check()
+            return result
+        return await self.cpu.run(fn, *args)
 
 
 def load_secret(data_dir: Path) -> bytes:

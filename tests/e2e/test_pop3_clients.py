@@ -40,6 +40,7 @@ from postroom.store.api import FLAG_SEEN
 
 FETCHMAIL = shutil.which("fetchmail")
 GETMAIL = shutil.which("getmail")
+GETMAIL_WRAPPER = Path(__file__).parent.parent / "support" / "getmail_wrapper.py"
 
 _FETCHMAIL_RECEIVED = re.compile(
     rb"\A(?P<rp>Return-Path: <[^>\n]*>\n)?"
@@ -187,7 +188,8 @@ def run_getmail(
         + f"\n[options]\nverbose = 1\nread_all = {delete}\ndelete = {delete}\n"
     )
     proc = subprocess.run(
-        [GETMAIL, "--getmaildir", str(gdir), "--rcfile", str(rc)],
+        # Through the wrapper that closes getmail6's own fork/SIGCHLD race (see there).
+        ["/usr/bin/python3", str(GETMAIL_WRAPPER), "--getmaildir", str(gdir), "--rcfile", str(rc)],
         env=dict(os.environ, HOME=str(root)), capture_output=True, timeout=120,
     )
     log = (proc.stdout + proc.stderr).decode(errors="replace")

@@ -456,9 +456,11 @@ def test_walk_order() -> None:
          "languages", "comment", "near-boundaries"],
 )
 def test_hostile_field_values_stay_cheap(data: bytes) -> None:
-    started = time.perf_counter()
+    # CPU time of this thread, not wall time: a loaded machine (other test workers) must
+    # not fail a test whose point is "linear, not quadratic", which needs seconds of CPU.
+    started = time.thread_time()
     summary = scan(data)
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0
     assert len(summary.to_bytes()) < 300_000
     check_offsets(data, summary.root)
 

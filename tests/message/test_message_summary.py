@@ -115,3 +115,20 @@ def test_header_summary_reads_only_the_head() -> None:
     assert header_block_end(raw) == f.body_start
     assert header_summary(b"[999,1,[0,0,0,") is None  # another format version
     assert header_summary(b"junk") is None
+
+
+def test_root_envelope_is_the_root_of_the_full_decode() -> None:
+    """root_envelope() reads only the top level (issue 9: a 10,000-part summary decoded
+    whole for the search texts of every APPEND); it must agree with from_bytes()."""
+    from postroom.message import envelope_search_texts, search_texts_of
+    from postroom.message.model import root_envelope
+    from support import hostile
+    from support.mailgen import mailbox
+
+    for data in mailbox(60, "u@example.test", seed=4) + [hostile.many_parts("u@example.test", 2000),
+                                                         b"no header at all\r\n"]:
+        raw = scan(data).to_bytes()
+        assert root_envelope(raw) == MessageSummary.from_bytes(raw).root.envelope
+        assert search_texts_of(raw, data) == envelope_search_texts(scan(data))
+    with pytest.raises(SummaryError):
+        root_envelope(b"[999]")

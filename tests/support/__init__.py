@@ -1,0 +1,8 @@
+"""Helpers shared by the tests: running servers, clients, generated mail."""
+
+import os
+
+# POSTROOM_SLOW=1 selects the long versions of soak/fuzz tests (tests/conftest.py reads the
+# same switch for hypothesis). Import it from here: "from conftest import ..." resolves to
+# whichever conftest.py pytest imported under that name first.
+SLOW = os.environ.get("POSTROOM_SLOW") == "1"

@@ -23,10 +23,15 @@ administrator granted with ``postroom user sendas add`` (an address or a whole `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from postroom.address import AddressError, base_address, normalize_address
@@ -36,6 +41,21 @@ from postroom.store.api import AddressLookup, Store, User
 MAX_ALIAS_DEPTH = 8
 POSTMASTER = "postmaster"
 MAX_EXPANSION = 1000
+
+
+# Password verifications at once (each holds 32 MiB; net/auth.py admits as many).
+VERIFY_THREADS = 4
+# argon2 runs two lanes (threads) per verify, at this nice(2) increment: a login flood
+# takes CPU from idle time first, not from the event loop.
+VERIFY_NICE = 10
+
+
+def _lower_priority() -> None:
+    try:  # Linux: a thread id is a process id for setpriority(2)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       min(19, os.getpriority(os.PRIO_PROCESS, 0) + VERIFY_NICE))
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +109,17 @@ class Directory:
     def __init__(self, store: Store, auth_cache_ttl: float = 300.0, postmaster: str = "") -> None:
         self.store = store
         self.auth_cache = AuthCache(auth_cache_ttl)
+        self._verify_threads: ThreadPoolExecutor | None = None
         self.postmaster = postmaster  # "" = the first user created
+
+    def _verifiers(self) -> ThreadPoolExecutor:
+        """Threads for argon2 (C code that releases the GIL), at a lower scheduling
+        priority than the event loop's thread: a login flood then takes CPU from idle
+        time rather than from every other connection (issue 9)."""
+        if self._verify_threads is None:
+            self._verify_threads = ThreadPoolExecutor(
+                VERIFY_THREADS, thread_name_prefix="argon2", initializer=_lower_priority)
+        return self._verify_threads
 
     async def resolve(self, address: str) -> Resolution:
         """Where mail for ``address`` goes. ``address`` may be un-normalised; the bare
@@ -183,13 +213,18 @@ class Directory:
             if local is None:
                 external[target] = None
 
-    async def authenticate(self, username: str, password: str) -> User | None:
+    async def authenticate(
+        self, username: str, password: str,
+        slot: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    ) -> User | None:
         """The user when ``password`` is right; None otherwise.
 
         A failed attempt always costs one argon2 verify, also for unknown users (against a
         dummy hash), so its timing does not reveal whether the user exists. A successful
         one is remembered for a while (see :class:`AuthCache`): mail clients log in on
-        every connection, and argon2 is deliberately expensive.
+        every connection, and argon2 is deliberately expensive. ``slot``: entered around
+        the verify only (the shell bounds how many run at once; a remembered login never
+        waits for one, however many wrong passwords are being checked).
         """
         try:
             address = normalize_address(username)
@@ -200,9 +235,10 @@ class Directory:
         hashed = user.password_hash if usable and user is not None else None
         if hashed is not None and self.auth_cache.hit(hashed, password):
             return user
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, passwords.verify_password, hashed, password
-        )
+        async with slot() if slot is not None else contextlib.nullcontext():
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._verifiers(), passwords.verify_password, hashed, password
+            )
         if ok and usable and hashed is not None:
             self.auth_cache.remember(hashed, password)
         return user if ok and usable else None

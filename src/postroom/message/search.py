@@ -13,7 +13,7 @@ from postroom.message.address import Address
 from postroom.message.encoded import decode_charset, decode_raw, decode_transfer, decode_words
 from postroom.message.headers import find_fields, unfold
 from postroom.message.keys import sent_datetime
-from postroom.message.model import MessageSummary, SummaryError
+from postroom.message.model import Envelope, MessageSummary, SummaryError, root_envelope
 from postroom.message.scanner import scan
 
 __all__ = [
@@ -84,7 +84,10 @@ def envelope_search_texts(summary: MessageSummary) -> SearchTexts:
     text``, which a store can also evaluate in SQL (``instr``/``strpos``). Computed once
     per message at delivery or APPEND and stored (see ``Store.search_envelope``).
     """
-    env = summary.root.envelope
+    return _envelope_texts(summary.root.envelope)
+
+
+def _envelope_texts(env: Envelope | None) -> SearchTexts:
     if env is None:
         return (None, None, None, None, None)
     subject = None if env.subject is None else _clean(decode_words(env.subject)).casefold()
@@ -98,10 +101,9 @@ def search_texts_of(summary: bytes, data: bytes) -> SearchTexts:
     """:func:`envelope_search_texts` from a stored summary, re-scanning ``data`` when the
     summary is unreadable (another format version, or none: queue-only blobs)."""
     try:
-        parsed = MessageSummary.from_bytes(summary)
+        return _envelope_texts(root_envelope(summary))  # no MIME tree: see root_envelope
     except SummaryError:
-        parsed = scan(data)
-    return envelope_search_texts(parsed)
+        return envelope_search_texts(scan(data))
 
 
 def _addresses(addresses: tuple[Address, ...] | None) -> str | None:

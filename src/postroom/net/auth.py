@@ -13,9 +13,15 @@ the protocol cores and mechanisms stay free of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import os
+from collections.abc import AsyncIterator
 
 from postroom import logs
+from postroom.net import budget
+from postroom.net.budget import BudgetExceeded
 from postroom.proto.sasl import (
     Failure,
     NeedCredentials,
@@ -33,9 +39,31 @@ log = logging.getLogger("postroom.auth")
 
 # Mechanisms offered, strongest first (clients often pick the first they know).
 MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
-# argon2 holds 32 MiB per verify: cap how many run at once so a login flood cannot
-# exhaust memory.
-_VERIFY_SLOTS = asyncio.Semaphore(4)
+# argon2 holds 32 MiB and keeps two cores busy per verify: cap how many run at once so a
+# login flood can neither exhaust memory nor starve the event loop of CPU (one per core,
+# at most 4).
+_VERIFY_SLOTS = budget.LoopSemaphore(max(1, min(4, os.cpu_count() or 1)))
+
+
+@contextlib.asynccontextmanager
+async def _verify_slot() -> AsyncIterator[None]:
+    """One of the argon2 slots, waited for within the command's budget; the verify itself
+    runs with the budget paused (see :meth:`AuthTracker.verify_password`)."""
+    b = budget.current()
+    slots = _VERIFY_SLOTS.get()
+    if b is not None and slots.locked():
+        try:
+            async with asyncio.timeout(b.remaining() if b.due < math.inf else None):
+                await slots.acquire()
+        except TimeoutError:
+            raise BudgetExceeded(b.limit) from None
+    else:
+        await slots.acquire()
+    try:
+        with budget.paused():
+            yield
+    finally:
+        slots.release()
 
 
 class AuthTracker:
@@ -58,8 +86,11 @@ class AuthTracker:
         return server_mechanism(name, nonce_source=urandom_nonce, secret=self.services.secret)
 
     async def verify_password(self, username: str, password: str) -> User | None:
-        async with _VERIFY_SLOTS:
-            return await self.services.directory.authenticate(username, password)
+        """The user when the password is right. Waiting for a verify slot counts against
+        the command's budget (a login flood ends in temporary failures, not an ever longer
+        queue); the verify itself does not: its cost is fixed and its concurrency bounded.
+        """
+        return await self.services.directory.authenticate(username, password, _verify_slot)
 
     async def resolve(self, step: object) -> object:
         """Resolve the I/O steps of a mechanism; return a Challenge, Success or Failure.

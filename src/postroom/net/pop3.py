@@ -41,7 +41,9 @@ from functools import partial
 
 from postroom import logs
 from postroom.config import Listener
+from postroom.net import budget
 from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, Interrupted
 from postroom.net.deadline import RecordDeadline
 from postroom.proto.pop3.events import (
@@ -258,7 +260,11 @@ class Pop3Session:
                     continue
                 record.done()
                 if isinstance(event, Retrieve):
-                    message = await self._message(event.index, seen=event.top_lines is None)
+                    try:
+                        with budget.scope(self.services.settings.limits.command_time):
+                            message = await self._message(event.index, seen=event.top_lines is None)
+                    except BudgetExceeded:
+                        message = None  # -ERR [SYS/TEMP], like a failed read
                     if message is None:
                         self.core.retrieve_failed()
                     else:
@@ -267,15 +273,14 @@ class Pop3Session:
                         self.conn.write(self.core.retrieved(message, crlf=True))
                         await self.conn.drain()
                 elif isinstance(event, PassRequest):
-                    user = await self.auth.verify_password(event.username, event.password)
-                    await self._login(user, event.mechanism)
+                    await self._budgeted_login(event.username, event.password, event.mechanism)
                 elif isinstance(event, CredentialsRequest):
                     user = await self.services.directory.user_for_scram(event.username)
                     self._scram_user = user
                     creds = ScramCredentials.from_string(user.scram) if user and user.scram else None
                     self.core.credentials(creds)
                 elif isinstance(event, Authenticated):
-                    await self._login(self._scram_user, event.mechanism)
+                    await self._budgeted_login(None, None, event.mechanism)
                 elif isinstance(event, StartTls):
                     await self._flush()
                     if self.services.tls.context is None:
@@ -342,6 +347,22 @@ class Pop3Session:
             except TimeoutError:
                 pass
 
+    async def _budgeted_login(self, username: str | None, password: str | None,
+                              mechanism: str) -> None:
+        """USER/PASS or AUTH PLAIN/LOGIN (``password`` given) or SCRAM (already verified)
+        under the command budget: past it (a login flood keeps every verify slot busy, or
+        the maildrop is huge and the server loaded) ``-ERR [SYS/TEMP]`` (RFC 3206)."""
+        try:
+            with budget.scope(self.services.settings.limits.command_time):
+                if password is not None:
+                    assert username is not None
+                    user = await self.auth.verify_password(username, password)
+                else:
+                    user = self._scram_user
+                await self._login(user, mechanism)
+        except BudgetExceeded:
+            self.core.login_failed(LoginError.SYS_TEMP, "Server busy, try again later")
+
     async def _login(self, user: User | None, mechanism: str) -> None:
         if user is None:
             self.core.login_failed(LoginError.AUTH)
@@ -357,10 +378,18 @@ class Pop3Session:
             await self._unlock()
             self.core.login_failed(LoginError.SYS_PERM, "no INBOX")
             return
-        messages = await store.list_messages(inbox.id)
+        try:
+            messages = await store.list_messages(inbox.id)
+            maildrop: list[tuple[int, str]] = []
+            for m in messages:  # in slices: a maildrop may hold 100,000 messages
+                await budget.tick()
+                maildrop.append((m.size, f"{m.id:x}"))
+        except BaseException:
+            self._unlock()
+            raise
         self.drop = _Maildrop(user, inbox.id, messages, store)
         await self.auth.succeeded(user, mechanism)
-        self.core.login_ok([(m.size, f"{m.id:x}") for m in messages])
+        self.core.login_ok(maildrop)
 
     async def _message(self, index: int, seen: bool) -> bytes | None:
         """The stored bytes of a snapshot message; ``seen``: RETR (TOP is only a peek)."""

@@ -24,11 +24,14 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from functools import partial
 
 from postroom import deliver, imapurl, logs
 from postroom.auth.directory import Resolution
 from postroom.config import Listener
+from postroom.net import budget
 from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, ConnectionClosed, Interrupted
 from postroom.net.deadline import RecordDeadline
 from postroom.policy.authres import drop_forged, resinfo_text
@@ -65,6 +68,9 @@ log = logging.getLogger("postroom.smtp")
 EARLY_TALKER = Reply(554, "5.7.1", "Protocol error: talking before the greeting")
 LOOP_DETECTED = Reply(554, "5.4.6", "Too many Received headers: mail loop?")
 STORE_FAILED = Reply(451, "4.3.0", "Temporary failure storing the message, try again later")
+# limits.command_time ran out while the message was being prepared (RFC 3463 4.3.0:
+# a temporary mail system problem; the client keeps the message and retries).
+PROCESSING_TIMEOUT = Reply(451, "4.3.0", "Message processing took too long, try again later")
 SOURCE_ROUTE = Reply(550, "5.7.1", "Source routes are not accepted")
 ROUTING_CHARS = Reply(550, "5.7.1", "Routing characters in the local part are not accepted")
 TOO_MANY_AUTH = Reply(421, "4.7.0", "Too many authentication failures")
@@ -285,11 +291,17 @@ class SmtpSession:
         return True
 
     async def _auth(self, event: AuthStart | AuthResponse) -> None:
-        if isinstance(event, AuthStart):
-            self._mechanism = event.mechanism
-            step = await self.auth.start(event.mechanism, event.initial_response)
-        else:
-            step = await self.auth.respond(event.data)
+        try:
+            with budget.scope(self.services.settings.limits.command_time):
+                if isinstance(event, AuthStart):
+                    self._mechanism = event.mechanism
+                    step = await self.auth.start(event.mechanism, event.initial_response)
+                else:
+                    step = await self.auth.respond(event.data)
+        except BudgetExceeded:
+            # Every password-check slot stayed busy (a login flood): RFC 4954 6 454.
+            self.core.auth_failure(R.AUTH_TEMP_FAIL)
+            return
         if isinstance(step, Challenge):
             self.core.auth_challenge(step.data)
         elif isinstance(step, Success) and self.auth.user is not None:
@@ -394,22 +406,46 @@ class SmtpSession:
         return str(address)
 
     async def _message(self, event: MessageComplete) -> None:
-        settings = self.services.settings
+        """End of data, under the command budget (``limits.command_time``): the header walk
+        and the MIME parse of a big or complex message run in a worker process; past the
+        budget the message is refused with 451 4.3.0 and nothing is stored."""
         started = time.monotonic()
-        data = event.data
         qid = deliver.new_id()
+        try:
+            with budget.scope(self.services.settings.limits.command_time):
+                await self._accept_message(event, qid, started)
+        except BudgetExceeded:
+            # Nothing was stored; the client keeps the message and tries again later.
+            self.core.reject(PROCESSING_TIMEOUT)
+            self._log(event, qid, "451 budget", started)
+
+    async def _accept_message(self, event: MessageComplete, qid: str, started: float) -> None:
+        settings = self.services.settings
         sender_addr = event.sender.address
         sender = str(sender_addr) if sender_addr is not None else ""
-        if deliver.count_fields(data, b"received") >= settings.outbound.max_received_headers:
+        # Loop check (RFC 5321 6.3), fields we never keep, Message-ID/Date on submission:
+        # walks of the header, line by line; in a worker for big or complex messages.
+        prepare = partial(
+            deliver.prepare_headers,
+            drop=deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()),
+            # the author of a From:-less submission: the envelope sender or the login
+            submission=(settings.hostname, qid, sender or (self.auth.user.address if self.auth.user else ""))
+            if self.submission else None,
+            max_received=settings.outbound.max_received_headers,
+        )
+        costly = deliver.costly(event.data)
+        data = await self.services.offload(prepare, event.data) if costly else prepare(event.data)
+        if data is None:
             self.core.reject(LOOP_DETECTED)
             self._log(event, qid, "554 5.4.6 loop", started)
             return
-        if not self.services.free_space.has_room(len(data)):
+        if not self.services.free_space.has_room(len(event.data)):
             self.core.reject(R.INSUFFICIENT_STORAGE)
             self._log(event, qid, "452 4.3.1 disk space", started)
             return
         if self.submission and self.auth.user is not None:
-            refusal = await from_header_refusal(data, self.auth.user, self.services.directory)
+            # (the header as the client wrote it, before our fixes)
+            refusal = await from_header_refusal(event.data, self.auth.user, self.services.directory)
             if refusal is not None:
                 self.core.reject(refusal)
                 self._log(event, qid, f"{refusal.code} {refusal.enhanced} from", started)
@@ -437,11 +473,8 @@ class SmtpSession:
         protocol = ("UTF8SMTP" if event.mail_params.smtputf8 else "ESMTP") if self.core.esmtp else "SMTP"
         if self.core.esmtp:
             protocol += ("S" if tls else "") + ("A" if self.auth.user else "")
-        data = deliver.drop_fields(data, deliver.DROP_ALWAYS + (deliver.DROP_ON_SUBMISSION if self.submission else ()))
         verdict: AuthVerdict | None = None
         if self.submission:
-            author = sender or (self.auth.user.address if self.auth.user else "")
-            data = deliver.submission_fixups(data, settings.hostname, qid, author=author)
             data = await self._dkim_sign(data)
         else:
             checked = await self._auth_check(event, data, qid, started)
@@ -474,12 +507,11 @@ class SmtpSession:
         if verdict is not None and verdict.action == "junk" and user_ids:
             mailbox_ids, others = await deliver.junk_mailboxes(self.services.store, tuple(user_ids))
             user_ids = dict.fromkeys(others)
-        loop = asyncio.get_running_loop()
         try:
             if not user_ids and not mailbox_ids:
                 summary = b""  # only the queue reads it, and the queue never parses it
-            elif len(stored) > 256 * 1024:
-                summary = await loop.run_in_executor(None, deliver.summarize, stored)
+            elif costly:
+                summary = await self.services.offload(deliver.summarize, stored)
             else:
                 summary = deliver.summarize(stored)
             result = await self.services.store.deliver(Delivery(
@@ -493,6 +525,8 @@ class SmtpSession:
                     self._log(event, qid, "552 5.2.2 over quota", started)
                     return
                 await self._bounce_over_quota(event, qid, stored, result.over_quota)
+        except BudgetExceeded:
+            raise  # answered by _message
         except Exception as e:
             if isinstance(e, StoreUnavailable):  # a database restart: expected, no traceback
                 logs.event(log, "store_unavailable", logging.WARNING, session=self.id, qid=qid)

@@ -25,7 +25,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from postroom import deliver, logs
@@ -103,10 +103,13 @@ async def send_dsn(
     *,
     now: float | None = None,
     signer: Any = None,
+    offload: Callable[..., Awaitable[Any]] | None = None,
 ) -> str | None:
     """Compose one DSN about ``msg`` and store it durably (local INBOX or the queue).
     Returns a short description of where it went, or None when no DSN was sent.
-    ``signer`` (``policy.signing.Signer``) DKIM-signs it with the host name's domain keys."""
+    ``signer`` (``policy.signing.Signer``) DKIM-signs it with the host name's domain keys.
+    ``offload``: how to run the MIME parse of a big returned message off the event loop
+    (``Services.offload``: a worker process); without it, a thread."""
     if not recipients or not dsn_allowed(msg):
         return None
     now = time.time() if now is None else now
@@ -149,8 +152,11 @@ async def send_dsn(
             body8bit=not data.isascii(),
             kind="dsn",
         )
-    if len(data) > 256 * 1024:  # a returned original: parse it off the event loop
-        summary = await asyncio.get_running_loop().run_in_executor(None, deliver.summarize, data)
+    if deliver.costly(data):  # a returned original: parse it off the event loop
+        if offload is not None:
+            summary = await offload(deliver.summarize, data)
+        else:
+            summary = await asyncio.get_running_loop().run_in_executor(None, deliver.summarize, data)
     else:
         summary = deliver.summarize(data)
     await store.deliver(Delivery(data=data, summary=summary, user_ids=tuple(user_ids), queue=queue))

@@ -751,7 +751,7 @@ class QueueWorker:
                 for o in bounced
             ]
             await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.FAILURE, now=now,
-                           signer=self.services.signer)
+                           signer=self.services.signer, offload=self.services.offload)
         if warn:
             delayed = [o for o in pending if wanted(msg, o.rcpt, DsnKind.DELAY)]
             if delayed:
@@ -763,7 +763,7 @@ class QueueWorker:
                     for o in delayed
                 ]
                 await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.DELAY, now=now,
-                           signer=self.services.signer)
+                           signer=self.services.signer, offload=self.services.offload)
         relayed = [
             o for o in outcomes
             if o.state == "delivered" and o.relayed and wanted(msg, o.rcpt, DsnKind.SUCCESS)
@@ -777,7 +777,7 @@ class QueueWorker:
                 for o in relayed
             ]
             await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now,
-                           signer=self.services.signer)
+                           signer=self.services.signer, offload=self.services.offload)
         records = [
             RecipientOutcome(o.rcpt.id, state, o.status, o.diagnostic, o.remote_mta)
             for state, group in (

@@ -121,12 +121,13 @@ def test_idle_protocol_errors(user: str, raw) -> None:
 
 
 def test_compress_deflate_round_trip(server: Server, user: str, raw) -> None:
-    deliver(server, user, simple("compressed", body="z" * 20000))
+    # 600 KB: a response big enough to be compressed on a thread (session.COMPRESS_IN_THREAD)
+    deliver(server, user, simple("compressed", body="z" * 600_000))
     c = raw(user)
     c.start_compress()
     assert c.ok("SELECT INBOX")
     untagged = c.ok("FETCH 1 (BODY.PEEK[])")
-    assert untagged[0].count(b"z") >= 20000
+    assert untagged[0].count(b"z") >= 600_000
     _, done = c.cmd("COMPRESS DEFLATE")
     assert b"NO [COMPRESSIONACTIVE]" in done
     c.send(b"i IDLE\r\n")

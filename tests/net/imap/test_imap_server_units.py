@@ -3,6 +3,7 @@ pending expunges, update responses), LIST matching, THREAD algorithms, DEFLATE."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import zlib
 
@@ -393,7 +394,7 @@ def test_search_masks_agree_with_the_per_message_evaluator() -> None:
             if uid not in v.pending
             and predicate(Candidate(i + 1, Known(uid, v.flags[i], v.kw.get(uid, ()))))  # type: ignore[arg-type]
         ]
-        assert search_mask.evaluate(v, key, matches) == expected
+        assert asyncio.run(search_mask.evaluate(v, key, matches)) == expected
         assert v.recent_count() == sum(1 for uid in v.uids if v.is_recent(uid))
 
     check()

@@ -178,6 +178,16 @@ def test_parentheses_are_bounded() -> None:
         search(b"(" * 17 + b"SEEN" + b")" * 17)
 
 
+def test_search_strings_are_bounded_in_total() -> None:
+    """Each message is compared with every string: their total size is capped (issue 9)."""
+    big = b"x" * 30_000
+    key = search(b"TEXT {30000}\r\n BODY {30000}\r\n", literals=(big, big))
+    assert key == And((TextKey("TEXT", big.decode()), TextKey("BODY", big.decode())))
+    with pytest.raises(ImapPeerError) as exc:
+        search(b"TEXT {30000}\r\n BODY {30000}\r\n SUBJECT {30000}\r\n", literals=(big, big, big))
+    assert exc.value.code == "LIMIT"
+
+
 def test_item_count_is_bounded() -> None:
     p = Parser(b" ".join([b"SEEN"] * 20), max_items=19)
     with pytest.raises(ImapPeerError):

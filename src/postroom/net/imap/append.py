@@ -1,8 +1,9 @@
 """APPEND: MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), UIDPLUS (RFC 4315), ACL, QUOTA.
 
 Every message of the command is prepared first (CATENATE parts assembled, line endings
-normalised the way delivery does them, ``deliver.normalize``; the parse summary computed
-once, on a worker thread for big messages), then all of them are stored in one store
+normalised the way delivery does them, ``deliver.prepare_append``; the parse summary
+computed once, in a worker process for big or many-part messages, ``deliver.costly``, so
+the event loop stays free), then all of them are stored in one store
 transaction (``Store.append_many``): a MULTIAPPEND is atomic, either every message is
 there or none (RFC 3502 6.3.11), and a quota is checked for the whole command at once
 (``NO [OVERQUOTA]``, RFC 9208 4.3).
@@ -20,7 +21,6 @@ URLs (RFC 4467) that this user may fetch. See :mod:`postroom.imapurl`.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from postroom import deliver, imapurl
@@ -34,9 +34,6 @@ from postroom.store.api import MAX_KEYWORD_LENGTH, NewMessage, OverQuota, names_
 
 if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
-
-SUMMARIZE_IN_THREAD = 256 * 1024
-
 
 def _no(tag: str, text: str, code: str | None = None) -> ImapPeerError:
     return ImapPeerError(text, status="NO", code=code, tag=tag)
@@ -90,7 +87,6 @@ async def append(s: ImapSession, cmd: Append) -> bytes:
         raise _no(cmd.tag, "Not enough disk space on the server, try again later", responses.OVERQUOTA)
     mask, keywords_ok = access.flag_mask(ref.rights)
     limit = s.settings.limits.message_size
-    loop = asyncio.get_running_loop()
     prepared: list[NewMessage] = []
     for message in cmd.messages:
         data = await _assemble(s, message, cmd.tag, limit)
@@ -104,11 +100,11 @@ async def append(s: ImapSession, cmd: Append) -> bytes:
         when = None
         if message.internal_date is not None:
             when = int(message.internal_date.timestamp())
-        data = deliver.normalize(data)
-        if len(data) > SUMMARIZE_IN_THREAD:
-            summary = await loop.run_in_executor(None, deliver.summarize, data)
+        if deliver.costly(data):
+            # A big or many-part message: parsed in a worker process, not on the loop.
+            data, summary = await s.services.offload(deliver.prepare_append, data)
         else:
-            summary = deliver.summarize(data)
+            data, summary = deliver.prepare_append(data)
         prepared.append(NewMessage(data, summary, bits & mask, keywords if keywords_ok else (), when))
     try:
         validity, uids = await s.store.append_many(ref.mailbox.id, prepared)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, cast
 from postroom.deliver import summarize
 from postroom.message import MessageSummary, SummaryError
 from postroom.message.model import HeadSummary, header_summary
+from postroom.net import budget
+from postroom.net.imap import jobs
 from postroom.proto.imap import responses, wire
 from postroom.proto.imap.bodystructure import body_bytes, bodystructure_bytes, envelope_bytes
 from postroom.proto.imap.commands import Fetch
@@ -100,6 +102,7 @@ async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
     so only the top-level offsets are decoded (``header_summary``)."""
     out: dict[int, MessageSummary] = {}
     for blob_id, value in raw.items():
+        await budget.tick()  # a chunk may hold hundreds of summaries (net/budget.py)
         if head_only and (head := header_summary(value)) is not None:
             # Top-level sections only (see fetch): the offsets stand in for the summary.
             out[blob_id] = cast(MessageSummary, head)
@@ -115,6 +118,17 @@ async def parse_summaries(s: ImapSession, raw: dict[int, bytes],
             if data is not None:
                 out[blob_id] = MessageSummary.from_bytes(summarize(data))
     return out
+
+
+def _split_huge(raw: dict[int, bytes], head_only: bool) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """(summaries to parse here, huge ones): a summary of ``jobs.HUGE_SUMMARY`` octets (a
+    message with ~500 parts or more) takes milliseconds to decode and render, so its items
+    are rendered in a worker process. Top-level-only items never decode the tree."""
+    if head_only or not any(len(v) >= jobs.HUGE_SUMMARY for v in raw.values()):
+        return raw, {}
+    huge = {b: v for b, v in raw.items()
+            if len(v) >= jobs.HUGE_SUMMARY and header_summary(v) is not None}
+    return {b: v for b, v in raw.items() if b not in huge}, huge
 
 
 def chunks(metas: Sequence[MessageMeta], with_data: bool) -> list[tuple[int, int]]:
@@ -153,6 +167,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         if gone:
             s.write(responses.vanished(gone, earlier=True))  # RFC 7162 3.2.6
     uids = view.uids_at(positions)
+    if len(uids) > CHUNK_MESSAGES:
+        await budget.heavy()  # many messages: a heavy command from the start (net/budget.py)
     need_data = any(a.kind in _NEEDS_DATA for a in atts)
     need_summary = any(a.kind in _NEEDS_SUMMARY and not _whole(a) for a in atts)
     header_only = need_data and all(_header_only(a) for a in atts if a.kind in _NEEDS_DATA)
@@ -160,6 +176,9 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
     # When every item that needs the message is one the shared cache keeps (ENVELOPE,
     # BODYSTRUCTURE, BODY, top-level header sections), cached messages need no read at all.
     heavy = [a for a in atts if a.kind in _NEEDS_SUMMARY or a.kind in _NEEDS_DATA]
+    summary_atts = tuple(a for a in atts if a.kind in _NEEDS_SUMMARY and not _whole(a))
+    field_atts = any(a.section is not None and a.section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT")
+                     for a in summary_atts)
     cache_keys = {a: _cache_key(a) for a in heavy}
     cache = s.structures if heavy and all(cache_keys.values()) else None
     wanted = [k for k in cache_keys.values() if k]
@@ -197,6 +216,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
         part = metas[start:end]
         datas: dict[int, bytes] = {}
         summaries: dict[int, MessageSummary] = {}
+        huge: dict[int, bytes] = {}  # raw summaries too big to parse on the event loop
+        raws: dict[int, bytes] = {}  # every raw summary read for this chunk
         frags: dict[int, dict[str, bytes]] = {}
         if cache is not None:
             # Taken now, before any await: other sessions may evict entries meanwhile.
@@ -219,6 +240,8 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
             if need_summary:
                 raw = {m.blob_id: c.summary for m in part_to_parse
                        if (c := pre[m.uid]).summary is not None}
+                raws = raw
+                raw, huge = _split_huge(raw, head_only)
                 summaries = await parse_summaries(s, raw, datas, partial=header_only,
                                                   head_only=head_only)
         elif header_only:
@@ -235,20 +258,44 @@ async def fetch(s: ImapSession, cmd: Fetch) -> bytes:
                 if c.summary is not None:
                     raw[c.meta.blob_id] = c.summary
             if need_summary:
+                raws = raw
+                raw, huge = _split_huge(raw, head_only)
                 summaries = await parse_summaries(s, raw, datas, partial=True, head_only=head_only)
         else:
             if need_data and part_to_parse:
                 datas = await store.read_blobs([m.blob_id for m in part_to_parse])
             if need_summary and part_to_parse:
-                summaries = await load_summaries(s, part_to_parse, datas, head_only=head_only)
+                raw = await store.read_summaries([m.blob_id for m in part_to_parse])
+                raws = raw
+                raw, huge = _split_huge(raw, head_only)
+                summaries = await parse_summaries(s, raw, datas, head_only=head_only)
         for k, m in enumerate(part, start):
+            await budget.tick()  # yield to other sessions every few ms (net/budget.py)
             data = datas.get(m.blob_id)
             summary = summaries.get(m.blob_id)
             known = frags.get(m.uid)
-            if known is None and ((need_data and data is None) or (need_summary and summary is None)):
+            rendered = None
+            offload = None
+            if known is None and m.blob_id in huge and (data is not None or not need_data):
+                offload = huge[m.blob_id]  # thousands of MIME parts
+            elif (known is None and field_atts and summary is not None
+                    and summary.root.header_end - summary.root.header_start >= jobs.BIG_HEADER
+                    and (raw_summary := raws.get(m.blob_id)) is not None
+                    and header_summary(raw_summary) is not None):
+                offload = raw_summary  # HEADER.FIELDS over thousands of header fields
+            if offload is not None:
+                # Parsed and rendered in a worker process, not on the event loop.
+                items = await s.services.offload(
+                    jobs.render_items, summary_atts, offload, data, s.rev2, cmd.tag)
+                if items is None:
+                    raise ImapPeerError("Unknown Content-Transfer-Encoding", status="NO",
+                                        code=responses.UNKNOWN_CTE, tag=cmd.tag)
+                rendered = dict(zip(summary_atts, items, strict=True))
+            if known is None and rendered is None and (
+                    (need_data and data is None) or (need_summary and summary is None)):
                 missing = True
                 continue
-            s.write(renderer.render(seqs[k], m, summary, data, known))
+            s.write(renderer.render(seqs[k], m, summary, data, known, rendered))
         await s.maybe_flush()
     if missing:
         return responses.no(cmd.tag, TEXT_EXPUNGED, responses.EXPUNGEISSUED)
@@ -373,6 +420,17 @@ class _Renderer:
             self.flag_cache[key] = cached
         return cached
 
+    @classmethod
+    def for_items(cls, rev2: bool, tag: str) -> _Renderer:
+        """A renderer for :meth:`item` alone, which needs only these two (worker
+        processes render the items of messages with huge summaries: jobs.render_items)."""
+        r = cls.__new__(cls)
+        r.rev2, r.tag = rev2, tag
+        return r
+
+    def item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> bytes:
+        return self._item(att, summary, data)
+
     def _item(self, att: FetchAtt, summary: MessageSummary | None, data: bytes | None) -> bytes:
         if att.kind in _STRUCTURE:
             assert summary is not None
@@ -388,15 +446,19 @@ class _Renderer:
         return b"BODY " + body_bytes(summary, rev2=self.rev2)
 
     def render(self, seq: int, m: MessageMeta, summary: MessageSummary | None,
-               data: bytes | None, known: dict[str, bytes] | None = None) -> bytes:
-        """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind."""
+               data: bytes | None, known: dict[str, bytes] | None = None,
+               rendered: dict[FetchAtt, bytes] | None = None) -> bytes:
+        """One FETCH line; ``known``: cached ENVELOPE/BODYSTRUCTURE/BODY items by kind;
+        ``rendered``: items a worker process rendered already (huge summaries)."""
         parts: list[bytes] = []
         add = parts.append
         if self.uid_first:
             add(b"UID %d" % m.uid)
         for att in self.atts:
             kind = att.kind
-            if kind == FLAGS:
+            if rendered is not None and att in rendered:
+                add(rendered[att])
+            elif kind == FLAGS:
                 add(self.flags(m))
             elif kind == UID:
                 add(b"UID %d" % m.uid)

@@ -13,11 +13,19 @@ codes clients act on: ALREADYEXISTS, NONEXISTENT, HASCHILDREN, CANNOT, USEATTR, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from postroom.net import budget
 from postroom.net.imap import access
-from postroom.net.imap.listing import canonical_pattern, list_entries, lsub_entries
+from postroom.net.imap.listing import (
+    Matcher,
+    canonical_pattern,
+    list_entries,
+    lsub_entries,
+    names_to_match,
+)
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import (
     Create,
@@ -178,13 +186,15 @@ async def list_command(s: ImapSession, cmd: List) -> bytes:
         ]
     wants_subs = "SUBSCRIBED" in cmd.select_options or "SUBSCRIBED" in cmd.return_options
     subscriptions = await s.store.list_subscriptions(user.id) if wants_subs else []
+    matched = await _matching(patterns, (mb.name for mb in mailboxes), subscriptions)
     entries = list_entries(
         mailboxes, subscriptions, patterns,
-        select=cmd.select_options, returns=cmd.return_options,
+        select=cmd.select_options, returns=cmd.return_options, match=matched.__contains__,
     )
     by_name = {mb.name: mb for mb in mailboxes if mb.name in readable}
     status_items = cmd.status_items if "STATUS" in cmd.return_options else None
     for entry in entries:
+        await budget.tick()
         if entry.name in noselect:
             entry.attributes.insert(0, "\\Noselect")
         s.write(responses.list_response(
@@ -204,9 +214,23 @@ async def lsub(s: ImapSession, cmd: Lsub) -> bytes:
     if not pattern:
         s.write(responses.lsub("", ("\\Noselect",), utf8=s.utf8))
         return responses.ok(cmd.tag, "LSUB completed")
-    for entry in lsub_entries(await s.store.list_subscriptions(user.id), pattern):
+    subscriptions = await s.store.list_subscriptions(user.id)
+    matched = await _matching([pattern], (), subscriptions)
+    for entry in lsub_entries(subscriptions, pattern, matched.__contains__):
         s.write(responses.lsub(entry.name, entry.attributes, utf8=s.utf8))
     return responses.ok(cmd.tag, "LSUB completed")
+
+
+async def _matching(patterns: list[str], mailboxes: Iterable[str],
+                    subscriptions: Iterable[str]) -> set[str]:
+    """The names that match, tested in slices: a user may have many thousands."""
+    match = Matcher(patterns)
+    found: set[str] = set()
+    for name in names_to_match(mailboxes, subscriptions):
+        await budget.tick()
+        if match(name):
+            found.add(name)
+    return found
 
 
 async def _status_line(s: ImapSession, mb: Mailbox, items: tuple[str, ...]) -> bytes:

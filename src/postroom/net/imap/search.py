@@ -35,11 +35,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from postroom.message import MessageSummary, text_parts
+from postroom.message import MessageSummary
 from postroom.message.encoded import decode_words
-from postroom.message.headers import find_fields, unfold
-from postroom.net.imap import contexts, search_mask
-from postroom.net.imap.fetch import chunks, load_metas, load_summaries
+from postroom.net import budget
+from postroom.net.imap import contexts, jobs, search_mask
+from postroom.net.imap.fetch import chunks, load_metas, load_summaries, parse_summaries
 from postroom.net.imap.light import Light, light
 from postroom.net.imap.search_mask import EnvelopeMatches, envelope_matches, is_envelope_key
 from postroom.net.imap.thread import Item, is_reply_or_forward, thread_response
@@ -83,19 +83,33 @@ class Candidate:
     summary: MessageSummary | None = None
     _header_text: str | None = None
     _body_text: str | None = None
+    hits: jobs.Hits | None = None  # a big message, already searched in a worker process
 
     def header_text(self) -> str:
         if self._header_text is None:
             assert self.data is not None and self.light is not None
-            raw = self.data[self.light.header_start : self.light.header_end]
-            self._header_text = decode_words(raw).casefold()
+            light = self.light
+            self._header_text = jobs.header_text(self.data, light.header_start, light.header_end)
         return self._header_text
 
     def body_text(self) -> str:
         if self._body_text is None:
             assert self.data is not None and self.summary is not None
-            self._body_text = "\n".join(text_parts(self.data, self.summary)).casefold()
+            self._body_text = jobs.body_text(self.data, self.summary)
         return self._body_text
+
+    def in_header(self, needle: str) -> bool:
+        return needle in self.hits[0] if self.hits is not None else needle in self.header_text()
+
+    def in_body(self, needle: str) -> bool:
+        return needle in self.hits[1] if self.hits is not None else needle in self.body_text()
+
+    def field_matches(self, field: str, needle: str) -> bool:
+        if self.hits is not None:
+            return (field, needle) in self.hits[2]
+        assert self.data is not None and self.light is not None
+        light = self.light
+        return jobs.field_matches(self.data, light.header_start, light.header_end, field, needle)
 
 
 Predicate = Callable[[Candidate], bool]
@@ -186,8 +200,8 @@ class Compiler:
         if isinstance(key, TextKey):
             needle = key.value.casefold()
             if key.where == "BODY":
-                return lambda c: needle in c.body_text()
-            return lambda c: needle in c.header_text() or needle in c.body_text()
+                return lambda c: c.in_body(needle)
+            return lambda c: c.in_header(needle) or c.in_body(needle)
         raise TypeError(f"unknown search key {key!r}")
 
     def _flag(self, key: FlagKey) -> Predicate:
@@ -228,16 +242,8 @@ class Compiler:
             # the store evaluated them already (envelope_matches).
             uids = frozenset(self.matches[(name, key.value)])
             return lambda c: c.meta.uid in uids
-        field = name.encode("utf-8")
-
-        def match(c: Candidate) -> bool:
-            assert c.data is not None and c.light is not None
-            found = find_fields(c.data, (field,), c.light.header_start, c.light.header_end)
-            if not needle:
-                return next(found, None) is not None  # an empty string: the field exists
-            return any(needle in decode_words(unfold(m.group(2))).casefold() for m in found)
-
-        return match
+        # An empty needle asks whether the field exists (jobs.field_matches).
+        return lambda c: c.field_matches(name, needle)
 
 
 async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int],
@@ -266,10 +272,11 @@ async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int]
     raw = await s.store.read_summaries([m.blob_id for m in missing])
     slow: list[MessageMeta] = []
     for m in missing:
+        await budget.tick()
         value = raw.get(m.blob_id)
         if value is None:
             continue  # expunged meanwhile
-        parsed = light(value)
+        parsed = await _light(s, value)
         if parsed is None:
             slow.append(m)
         else:
@@ -285,6 +292,13 @@ async def load_lights(s: ImapSession, view: SelectedMailbox, uids: Sequence[int]
     return out
 
 
+async def _light(s: ImapSession, raw: bytes) -> Light | None:
+    """:func:`light` of a stored summary; a huge one is decoded in a worker process."""
+    if len(raw) >= jobs.HUGE_SUMMARY:
+        return await s.services.offload(jobs.light_of, raw)
+    return light(raw)
+
+
 def needs_meta(key: SearchKey) -> bool:
     """Does ``key`` look at what only the store's metadata has (size, dates, modseq)?"""
     if isinstance(key, (SizeKey, AgeKey, ModSeqKey, DateKey)):
@@ -298,15 +312,37 @@ def needs_meta(key: SearchKey) -> bool:
     return False
 
 
+def _needles(key: SearchKey, out: tuple[set[str], set[str], set[tuple[str, str]]]) -> None:
+    """Collect what :func:`jobs.text_hits` must look for: (header-text needles, body-text
+    needles, (field, needle) pairs), all case-folded."""
+    for k in search_mask.leaf_keys(key):
+        if isinstance(k, TextKey):
+            needle = k.value.casefold()
+            out[1].add(needle)
+            if k.where != "BODY":
+                out[0].add(needle)
+        elif isinstance(k, HeaderKey) and not is_envelope_key(k):
+            out[2].add((k.field, k.value.casefold()))
+
+
 async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
                    lights: bool = False) -> list[Candidate]:
     """The messages of the view matching ``key``, in sequence order, message by message.
 
     ``lights``: keep each match's light summary view (SORT and THREAD need them).
+    The loop yields to other sessions every few milliseconds (``budget.tick``); a message
+    of ``jobs.BIG_MESSAGE`` octets or more, with a huge summary or a ``jobs.BIG_HEADER``
+    header is searched in a worker process (one decode of a 50 MB text part, or a walk
+    over 100,000 header fields, would hold the event loop for long).
     """
+    await budget.heavy()  # whole-mailbox reads and a loop per message: two at a time
     level = max(need(key), LIGHT if lights else META)
     matches = await envelope_matches(s, view, key)
     predicate = Compiler(view, time.time(), matches).compile(key)
+    needles: tuple[set[str], set[str], set[tuple[str, str]]] = (set(), set(), set())
+    if level >= HEADER:
+        _needles(key, needles)
+    wanted = (tuple(sorted(needles[0])), tuple(sorted(needles[1])), tuple(sorted(needles[2])))
     last = view.last_uid
     metas = await load_metas(s, view, view.uids_at(range(len(view))))
     seq_of = view.seq_of
@@ -317,26 +353,46 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
         datas: dict[int, bytes] = {}
         views: dict[int, Light] = {}
         sums: dict[int, MessageSummary] = {}
+        raw: dict[int, bytes] = {}
+        big: set[int] = set()
         if level >= HEADER:
             datas = await s.store.read_blobs([m.blob_id for m in part])
         if level == FULL:
-            sums = await load_summaries(s, part, datas)
-            views = {m.uid: Light.from_summary(sums[m.blob_id]) for m in part
-                     if m.blob_id in sums}
+            raw = await s.store.read_summaries([m.blob_id for m in part])
+            for blob_id, value in raw.items():
+                if len(value) >= jobs.HUGE_SUMMARY \
+                        or len(datas.get(blob_id, b"")) >= jobs.BIG_MESSAGE:
+                    quick = await _light(s, value)  # the top level only: no MIME tree here
+                    if quick is not None:
+                        big.add(blob_id)
+                        views[blob_id] = quick
+            sums = await parse_summaries(
+                s, {b: v for b, v in raw.items() if b not in big}, datas)
+            for m in part:
+                if m.blob_id in sums:
+                    views[m.blob_id] = Light.from_summary(sums[m.blob_id])
+            views = {m.uid: views[m.blob_id] for m in part if m.blob_id in views}
         elif level >= LIGHT:
             views = await load_lights(s, view, [m.uid for m in part], {m.uid: m for m in part})
         for m in part:
+            await budget.tick()
             seq = seq_of(m.uid) if m.uid <= last and m.uid not in pending else None
             if seq is None:
                 continue
-            c = Candidate(seq, m, views.get(m.uid), datas.get(m.blob_id),
-                          sums.get(m.blob_id))
+            data = datas.get(m.blob_id)
+            c = Candidate(seq, m, views.get(m.uid), data, sums.get(m.blob_id))
             if level >= LIGHT and c.light is None or level >= HEADER and c.data is None:
                 continue  # expunged between the reads
+            span = (c.light.header_start, c.light.header_end) if c.light is not None else None
+            if data is not None and span is not None and (
+                    m.blob_id in big or span[1] - span[0] >= jobs.BIG_HEADER):
+                c.hits = await s.services.offload(
+                    jobs.text_hits, data, raw.get(m.blob_id) or b"", span, *wanted)
             if predicate(c):
                 # keep no message bytes or MIME trees of matches around
                 c.data = c.summary = None
                 c._body_text = c._header_text = None
+                c.hits = None
                 found.append(c)
     return found
 
@@ -347,7 +403,7 @@ async def matching_positions(s: ImapSession, view: SelectedMailbox,
     among them when ``key`` uses MODSEQ (RFC 7162 3.1.5), else None."""
     if search_mask.maskable(key):
         matches = await envelope_matches(s, view, key)
-        return search_mask.evaluate(view, key, matches), None
+        return await search_mask.evaluate(view, key, matches), None
     found = await evaluate(s, view, key)
     highest = max((c.meta.modseq for c in found), default=None) if uses_modseq(key) else None
     return [c.seq - 1 for c in found], highest
@@ -492,6 +548,9 @@ async def sort(s: ImapSession, cmd: Sort) -> bytes:
 
 # -- THREAD (RFC 5256 4) ---------------------------------------------------------------
 
+# Messages plus references above which THREAD runs in a worker process (a few ms inline).
+THREAD_INLINE = 2000
+
 def _item(c: Candidate, uid: bool) -> Item:
     view = c.light
     assert view is not None
@@ -507,8 +566,23 @@ async def thread(s: ImapSession, cmd: Thread) -> bytes:
     view = s.selected
     assert view is not None
     found = await evaluate(s, view, cmd.key, lights=True)
-    items: Sequence[Item] = [_item(c, cmd.uid) for c in found]
-    s.write(thread_response(cmd.algorithm, items))
+    items: list[Item] = []
+    links = 0
+    for c in found:
+        await budget.tick()
+        item = _item(c, cmd.uid)
+        links += len(item.references)
+        items.append(item)
+    if len(items) + links > THREAD_INLINE:
+        # Threading is one pass that cannot yield: a big mailbox, or hostile References
+        # fields with thousands of ids, goes to a worker process.
+        rows: list[jobs.ItemRow] = []
+        for item in items:
+            await budget.tick()
+            rows.append(jobs.item_row(item))
+        s.write(await s.services.offload(jobs.thread_rows, cmd.algorithm, rows))
+    else:
+        s.write(thread_response(cmd.algorithm, items))
     return responses.ok(cmd.tag, ("UID THREAD" if cmd.uid else "THREAD") + " completed")
 
 

@@ -17,6 +17,11 @@ view's modseq, if the change listener marked the view dirty, and sends EXISTS, F
 when the command allows it (RFC 9051 7.5.1), EXPUNGE. In IDLE the listener also wakes the
 pending read (``Connection.interrupt``), so new mail reaches the client at once.
 
+Every command runs under a time budget (:mod:`postroom.net.budget`,
+``limits.command_time``): long loops in the handlers yield to other connections every few
+milliseconds, and a command past its budget ends with ``NO [LIMIT]``. Waiting for the
+client (reading, or writing to a slow reader) does not count against it.
+
 Timeouts (RFC 9051 5.4): an authenticated client is logged out after
 ``limits.imap_idle_timeout`` of silence (30 minutes by default, the RFC minimum), and each
 command, literals included, must arrive whole within that time of the previous answer plus
@@ -41,7 +46,9 @@ from typing import Any, NoReturn
 
 from postroom import deliver, logs
 from postroom.config import Listener
+from postroom.net import budget
 from postroom.net.auth import AuthTracker, UserSessions
+from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, Interrupted
 from postroom.net.deadline import RecordDeadline
 from postroom.net.imap import contexts, notify
@@ -67,6 +74,7 @@ from postroom.store.api import MailboxChange, NotFound, StoreError, StoreUnavail
 log = logging.getLogger("postroom.imap")
 
 FLUSH_AT = 256 * 1024
+COMPRESS_IN_THREAD = 256 * 1024
 KEEPALIVE = 25 * 60.0
 MAX_BAD_STREAK = 20  # consecutive refused commands before we hang up on the client
 # Commands answered BAD before login after which we hang up (Dovecot: 10 in any state):
@@ -210,13 +218,20 @@ class ImapSession:
         if transport is None or transport.is_closing():
             return  # aborted (see below) or closed by the peer: nobody to tell
         if self.deflate is not None:
-            data = self.deflate.compress(data)
+            if len(data) > COMPRESS_IN_THREAD:
+                # zlib releases the GIL: a big response (a 50 MB body) is compressed on
+                # a thread while the loop serves the others; order is kept (we await).
+                data = await asyncio.to_thread(self.deflate.compress, data)
+            else:
+                data = self.deflate.compress(data)
         self.conn.write(data)
         try:
             # A client that stops reading must not hold the session (and its output)
-            # forever: the same limit as for one that stops talking.
-            async with asyncio.timeout(self.settings.limits.imap_idle_timeout):
-                await self.conn.drain()
+            # forever: the same limit as for one that stops talking. Waiting for it is
+            # not the command's work: its budget is paused meanwhile.
+            with budget.paused():
+                async with asyncio.timeout(self.settings.limits.imap_idle_timeout):
+                    await self.conn.drain()
         except TimeoutError:
             self.conn.abort()
             self.closing = True
@@ -301,7 +316,8 @@ class ImapSession:
                 self._record.done()  # a whole command (or response line) arrived
             if event is NEED_DATA:
                 await self.flush()
-                data = await self._read()
+                with budget.paused():  # IDLE, AUTHENTICATE: waiting for the client
+                    data = await self._read()
                 if data:
                     rx.receive_data(data)
                 else:
@@ -391,10 +407,17 @@ class ImapSession:
         try:
             if handler is None:
                 raise ImapPeerError("Command not supported", status=NO, tag=cmd.tag)
-            if self.selected is not None and getattr(cmd, "uid", False):
-                await self.sync(expunge=True)
-            tagged = await handler(self, cmd)
+            with budget.scope(self.settings.limits.command_time):
+                if self.selected is not None and getattr(cmd, "uid", False):
+                    await self.sync(expunge=True)
+                tagged = await handler(self, cmd)
             self._bad_streak = 0
+        except BudgetExceeded as exc:
+            # RFC 5530 LIMIT: the command ran into the per-command time budget.
+            logs.event(log, "command_budget", logging.WARNING, session=self.id,
+                       command=cmd.name, limit=exc.limit)
+            tagged = responses.no(cmd.tag, "Command took too long, try a narrower one",
+                                  responses.LIMIT)
         except ImapPeerError as exc:
             if exc.tag is None:
                 exc.tag = cmd.tag

@@ -9,7 +9,8 @@ TO, CC, BCC, SUBJECT) are :class:`HeaderKey` with a lower-case field name.
 Strings are decoded to ``str`` here, with the command's CHARSET (default UTF-8, a superset
 of the US-ASCII default of RFC 3501). An unknown charset is ``NO [BADCHARSET (...)]``
 (RFC 9051 6.4.4). Nesting is bounded twice: parentheses by the parser's depth limit, and
-NOT/OR chains by :data:`MAX_KEY_DEPTH` (clients build long OR chains, but never hundreds).
+NOT/OR chains by :data:`MAX_KEY_DEPTH` (clients build long OR chains, but never hundreds);
+search strings by their total size (:data:`MAX_SEARCH_TEXT`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from postroom.proto.imap.grammar import (
 from postroom.proto.imap.sequence import SequenceSet, parse_sequence_set
 
 MAX_KEY_DEPTH = 100
+# Octets of search strings in one program. Every message is compared with every string,
+# and one comparison cannot be interrupted: a thousand 64 KiB literals (within the
+# command limits) made each message cost tens of milliseconds of the event loop. Real
+# clients send a few words; Dovecot caps a whole command at 64 KiB.
+MAX_SEARCH_TEXT = 64 * 1024
 
 # Charsets we decode search strings in. Advertised in BADCHARSET: the two we must support
 # (RFC 9051 6.4.4); the others are accepted because real clients send them.
@@ -252,15 +258,19 @@ def parse_charset(p: Parser) -> str:
 
 
 class _SearchParser:
-    __slots__ = ("codec", "key_depth", "p")
+    __slots__ = ("codec", "key_depth", "p", "text_octets")
 
     def __init__(self, p: Parser, codec: str | None) -> None:
         self.p = p
         self.codec = codec
         self.key_depth = 0
+        self.text_octets = 0
 
     def text(self) -> str:
         raw = self.p.astring()
+        self.text_octets += len(raw)
+        if self.text_octets > MAX_SEARCH_TEXT:
+            raise self.p.error("Search strings too long", code="LIMIT")
         if self.codec is None or self.codec == "utf-8":
             return decode_utf8(raw, "search string")
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from postroom.message import MessageSummary, Part
@@ -119,11 +120,28 @@ def _slice(data: bytes, start: int, end: int, partial: tuple[int, int] | None) -
     return data[start:end]
 
 
+_FIELD_TAIL = rb"[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?"
+# Every field, for requests naming more than ALTERNATION_MAX fields: matching each line
+# against thousands of alternatives took seconds over a big header (issue 9), so then
+# every field is matched once and its name looked up (RFC 5322 2.2 field-name chars).
+_ANY_FIELD = re.compile(rb"(?m)^([!-9;-~]+)" + _FIELD_TAIL)
+ALTERNATION_MAX = 32
+
+
 @functools.lru_cache(maxsize=256)
 def _fields_regex(names: frozenset[bytes]) -> re.Pattern[bytes]:
     """Whole fields (continuation lines and final line break included) named in *names*."""
     alternatives = b"|".join(re.escape(n) for n in sorted(names))
-    return re.compile(rb"(?mi)^(?:" + alternatives + rb")[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?")
+    return re.compile(rb"(?mi)^(?:" + alternatives + rb")" + _FIELD_TAIL)
+
+
+def _matching_fields(data: bytes, names: frozenset[bytes], start: int, end: int) -> Iterator[re.Match[bytes]]:
+    if len(names) <= ALTERNATION_MAX:
+        yield from _fields_regex(names).finditer(data, start, end)
+        return
+    for m in _ANY_FIELD.finditer(data, start, end):
+        if m.group(1).lower() in names:
+            yield m
 
 
 @functools.lru_cache(maxsize=256)  # one FETCH asks the same fields of every message
@@ -146,7 +164,7 @@ def _header_fields(data: bytes, entity: Part, fields: tuple[str | bytes, ...], *
         return (data[start:end] if exclude else b"") + _CRLF
     out: list[bytes] = []
     pos = start
-    for m in _fields_regex(names).finditer(data, start, end):
+    for m in _matching_fields(data, names, start, end):
         if exclude:
             out.append(data[pos : m.start()])
             pos = m.end()

@@ -270,9 +270,11 @@ class SQLiteStore:
         internaldate: int | None = None,
     ) -> tuple[int, int]:
         kw = tuple(keywords)
-        texts = search_texts_of(summary, data)
+        # The search texts are derived on the writer thread, as for deliver(): not on the
+        # caller's event loop (they decode the stored summary).
         validity, uid, user_id, modseq = await self.engine.write(
-            lambda c: mail.append(c, mailbox_id, data, summary, flags, kw, internaldate, texts)
+            lambda c: mail.append(c, mailbox_id, data, summary, flags, kw, internaldate,
+                                  search_texts_of(summary, data))
         )
         self._publish(mailbox_id, user_id, modseq)
         return validity, uid

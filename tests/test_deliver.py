@@ -1,0 +1,40 @@
+"""deliver.py: the pure preparation steps the SMTP and IMAP shells may run in a worker."""
+
+from __future__ import annotations
+
+from postroom import deliver
+from support import hostile
+from support.mailgen import mailbox
+
+SMALL = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def test_costly_finds_what_would_hold_the_loop() -> None:
+    assert not deliver.costly(SMALL)
+    assert not any(deliver.costly(m) for m in mailbox(300, "u@example.org"))  # ordinary mail
+    assert deliver.costly(hostile.many_parts("u@example.org", 200))  # many parts
+    assert deliver.costly(b"x" * (deliver.COSTLY_SIZE + 1))  # big
+    assert deliver.costly(hostile.huge_header("u@example.org", 2000))  # many header lines
+    assert deliver.costly(b"To: " + b"," * 5000 + b"\r\n\r\nbody\r\n")  # many tokens
+    assert deliver.costly(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+                          b"Content-Type: text/plain; " + b";" * 5000 + b"\r\n\r\nx\r\n--b--\r\n")
+
+
+def test_prepare_headers_does_what_the_shell_did() -> None:
+    data = b"Return-Path: <evil@example.org>\r\nBcc: hidden@example.org\r\n" + SMALL
+    fixed = deliver.prepare_headers(
+        data, drop=deliver.DROP_ALWAYS + deliver.DROP_ON_SUBMISSION,
+        submission=("mail.example.test", "QID123", "a@example.org"), max_received=5,
+    )
+    assert fixed is not None and fixed.startswith(b"From: a@example.org\r\n")
+    assert b"Return-Path" not in fixed and b"Bcc" not in fixed
+    assert b"Message-ID: <QID123@mail.example.test>\r\n" in fixed and b"\r\nDate: " in fixed
+    assert deliver.prepare_headers(SMALL, drop=(), submission=None, max_received=5) == SMALL
+    looping = b"Received: x\r\n" * 5 + SMALL
+    assert deliver.prepare_headers(looping, drop=(), submission=None, max_received=5) is None
+
+
+def test_prepare_append_normalizes_and_summarizes() -> None:
+    data, summary = deliver.prepare_append(b"Subject: x\n\nbare LF\n")
+    assert data == b"Subject: x\r\n\r\nbare LF\r\n"
+    assert summary == deliver.summarize(data)
