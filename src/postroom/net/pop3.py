@@ -385,7 +385,7 @@ class Pop3Session:
                 await budget.tick()
                 maildrop.append((m.size, f"{m.id:x}"))
         except BaseException:
-            self._unlock()
+            await self._unlock()
             raise
         self.drop = _Maildrop(user, inbox.id, messages, store)
         await self.auth.succeeded(user, mechanism)
