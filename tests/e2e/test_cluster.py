@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import imaplib
 import os
 import re
 import smtplib
@@ -24,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,8 @@ from support.capture import Behaviour, Capture
 from support.imap_async import ImapClient
 from support.postgres import fresh_database
 from support.server import PASSWORD, Server
+
+from postroom.store.api import NewMessage
 
 DOMAIN = "example.test"
 SLOW = os.environ.get("POSTROOM_SLOW") == "1"
@@ -128,6 +132,54 @@ def test_idle_and_changes_across_nodes(tmp_path: Path) -> None:
         print(f"\nIDLE wake-up on node B after node A's 250: {[round(d * 1000) for d in delays]} ms")
         # The median, so that one hiccup of a loaded machine does not decide.
         assert sorted(delays)[len(delays) // 2] < 0.1, delays
+
+
+def test_caches_and_passwords_across_nodes(tmp_path: Path) -> None:
+    """Node B's mailbox snapshot cache (keyed by UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ
+    from the database) never serves a mailbox node A changed; a password changed through
+    node A's CLI is the one node B checks at the next login (the auth cache is keyed by
+    the stored hash, which B reads from the database)."""
+    with cluster(tmp_path) as (a, b):
+        user = USERS[2]
+        count = 80  # above the snapshot cache's minimum mailbox size
+
+        async def fill(admin: object, store: Any) -> None:
+            u = await store.get_user(user)
+            inbox = await store.get_mailbox(u.id, "INBOX")
+            batch = [NewMessage(_message(f"c{i}", user), b"") for i in range(count)]
+            await store.append_many(inbox.id, batch, enforce_quota=False)
+
+        a.admin(fill)
+
+        async def main() -> None:
+            on_b = await ImapClient.connect("127.0.0.1", b.ports["imaps"], tls=b.client_context())
+            on_a = await ImapClient.connect("127.0.0.1", a.ports["imaps"], tls=a.client_context())
+            for c in (on_a, on_b):
+                await c.login(user, PASSWORD)
+            for _ in range(2):  # the second SELECT is served from B's snapshot cache
+                r = await on_b.command("SELECT INBOX")
+                assert b"* %d EXISTS" % count in r.untagged
+            await on_b.command("UNSELECT")
+            await on_a.command("SELECT INBOX")
+            await on_a.command("STORE 1:3 +FLAGS.SILENT (\\Deleted \\Seen)")
+            await on_a.command("EXPUNGE")
+            await on_a.command("STORE 1 +FLAGS.SILENT (\\Flagged)")
+            r = await on_b.command("SELECT INBOX")
+            assert b"* %d EXISTS" % (count - 3) in r.untagged, r.untagged
+            r = await on_b.command("FETCH 1:2 (UID FLAGS)")
+            assert r.untagged[0].startswith(b"* 1 FETCH (UID 4 FLAGS (\\Flagged")
+            assert r.untagged[1] == b"* 2 FETCH (UID 5 FLAGS ())"
+            for c in (on_a, on_b):
+                await c.logout()
+
+        asyncio.run(main())
+        assert a.cli("user", "passwd", user, "--password", "new horse battery").returncode == 0
+        with pytest.raises(imaplib.IMAP4.error):
+            m = imaplib.IMAP4_SSL("127.0.0.1", b.ports["imaps"], ssl_context=b.client_context())
+            m.login(user, PASSWORD)
+        m = imaplib.IMAP4_SSL("127.0.0.1", b.ports["imaps"], ssl_context=b.client_context())
+        assert m.login(user, "new horse battery")[0] == "OK"
+        m.logout()
 
 
 def in_flight(node: Server) -> set[str]:
