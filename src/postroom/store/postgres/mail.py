@@ -212,20 +212,35 @@ class _Row:
     texts: SearchTexts
 
 
-async def insert_rows(conn: asyncpg.Connection, rows: Sequence[_Row]) -> None:
-    """Insert message rows and their search rows in one statement."""
+async def insert_rows(
+    conn: asyncpg.Connection, rows: Sequence[_Row], usage: dict[int, tuple[int, int]] | None = None
+) -> None:
+    """Insert message rows and their search rows, and with ``usage`` charge the owners'
+    quotas ({user: (octets, messages)}), in one statement."""
     cols: list[list[Any]] = [[] for _ in range(13)]
     for r in rows:
         for i, v in enumerate((r.mailbox_id, r.uid, r.blob_id, r.size, r.internaldate, r.flags,
                                r.keywords, r.modseq, *r.texts)):
             cols[i].append(v)
+    insert = (
+        "INSERT INTO messages(mailbox_id, uid, blob_id, size, internaldate, flags, keywords, "
+        "modseq) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], "
+        "$5::bigint[], $6::bigint[], $7::text[], $8::bigint[]) RETURNING 1"
+    )
+    search = (
+        "INSERT INTO message_search SELECT * FROM unnest($1::bigint[], $2::bigint[], "
+        "$9::text[], $10::text[], $11::text[], $12::text[], $13::text[])"
+    )
+    if not usage:
+        await conn.execute(f"WITH m AS ({insert}) {search}", *cols)
+        return
+    users = list(usage)
     await conn.execute(
-        "WITH m AS (INSERT INTO messages(mailbox_id, uid, blob_id, size, internaldate, flags, "
-        "keywords, modseq) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], "
-        "$4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::bigint[]) RETURNING 1) "
-        "INSERT INTO message_search SELECT * FROM unnest($1::bigint[], $2::bigint[], $9::text[], "
-        "$10::text[], $11::text[], $12::text[], $13::text[])",
-        *cols,
+        f"WITH m AS ({insert}), s AS ({search} RETURNING 1) "
+        "UPDATE users u SET used_storage = u.used_storage + c.s, "
+        "used_messages = u.used_messages + c.n "
+        "FROM unnest($14::bigint[], $15::bigint[], $16::bigint[]) AS c(id, s, n) WHERE u.id = c.id",
+        *cols, users, [usage[u][0] for u in users], [usage[u][1] for u in users],
     )
 
 
@@ -234,19 +249,30 @@ async def deliver(
 ) -> tuple[int, list[tuple[int, int, int]], tuple[int, ...]]:
     """Store the blob once and place it in every target mailbox (quota-checked with
     ``d.enforce_quota``). Returns (blob_id, [(mailbox_id, user_id, uid)], users skipped);
-    blob_id 0 when nothing references it (everybody over quota, no queue entry)."""
+    blob_id 0 when nothing references it (everybody over quota, no queue entry).
+
+    Three statements whatever the number of recipients: lock the users (reading their
+    quotas and INBOX ids), insert the blob and allocate the UIDs, insert the message and
+    search rows and charge the quotas."""
     users = list(dict.fromkeys(d.user_ids))
     explicit = list(dict.fromkeys(d.mailbox_ids))
-    inbox: dict[int, int] = {}
     owner: dict[int, int] = {}
-    if users or explicit:
+    if explicit:  # rare (Junk, a Sent copy): their owners first, to lock them in order
+        owner = {r[0]: r[1] for r in await conn.fetch(
+            "SELECT id, user_id FROM mailboxes WHERE id = ANY($1::bigint[])", explicit)}
+    quotas: dict[int, Quota] = {}
+    inbox: dict[int, int] = {}
+    wanted = sorted(set(users) | set(owner.values()))
+    if wanted:
         for r in await conn.fetch(
-            "SELECT id, user_id, name FROM mailboxes WHERE (user_id = ANY($1::bigint[]) AND "
-            "name = 'INBOX') OR id = ANY($2::bigint[])", users, explicit,
+            f"SELECT {QUOTA_COLS}, (SELECT b.id FROM mailboxes b WHERE b.user_id = users.id "
+            "AND b.name = 'INBOX') AS inbox FROM users WHERE users.id = ANY($1::bigint[]) "
+            "ORDER BY users.id FOR UPDATE OF users",
+            wanted,
         ):
-            owner[r[0]] = r[1]
-            if r[2] == "INBOX" and r[1] in users:
-                inbox[r[1]] = r[0]
+            quotas[r[0]] = quota_row(r)
+            if r[5] is not None:
+                inbox[r[0]] = r[5]
     targets: list[tuple[int, int]] = []  # (mailbox, user) in the order SQLite places them
     for user_id in users:
         if user_id not in inbox:
@@ -257,7 +283,6 @@ async def deliver(
             raise NotFound("no such mailbox")
         targets.append((mailbox_id, owner[mailbox_id]))
     over: list[int] = []
-    quotas = await lock_users(conn, [u for _, u in targets])
     if d.enforce_quota:
         kept = []
         for mailbox_id, user_id in targets:
@@ -269,30 +294,41 @@ async def deliver(
     refs = len(targets) + (1 if d.queue is not None else 0)
     if refs == 0:
         return 0, [], tuple(over)
-    blob_id = await insert_blob(conn, blob, refs)
+    if not targets:
+        return await insert_blob(conn, blob, refs), [], tuple(over)
+    counts: dict[int, int] = {}
+    for mailbox_id, _ in targets:
+        counts[mailbox_id] = counts.get(mailbox_id, 0) + 1
+    await lock_mailboxes(conn, counts)
+    ids = list(counts)
+    allocation = await conn.fetch(
+        "WITH b AS (INSERT INTO blobs(size, refs, summary, data, location) "
+        "VALUES($1, $2, $3, $4, $5) RETURNING id) "
+        "UPDATE mailboxes m SET uidnext = m.uidnext + c.n, highestmodseq = m.highestmodseq + 1 "
+        "FROM unnest($6::bigint[], $7::bigint[]) AS c(id, n) WHERE m.id = c.id "
+        "RETURNING m.id, m.uidnext - c.n, m.highestmodseq, (SELECT id FROM b)",
+        blob.size, refs, blob.summary, blob.data, blob.location, ids, [counts[i] for i in ids],
+    )
+    if len(allocation) != len(ids):
+        raise NotFound("no such mailbox")
+    allocated = {r[0]: (r[1], r[2]) for r in allocation}
+    blob_id = int(allocation[0][3])
+    internaldate = d.internaldate if d.internaldate is not None else int(time.time())
+    texts = search_texts_of(d.summary, d.data)
+    rows = []
     placed: list[tuple[int, int, int]] = []
-    if targets:
-        counts: dict[int, int] = {}
-        for mailbox_id, _ in targets:
-            counts[mailbox_id] = counts.get(mailbox_id, 0) + 1
-        await lock_mailboxes(conn, counts)
-        allocated = await allocate(conn, counts)
-        internaldate = d.internaldate if d.internaldate is not None else int(time.time())
-        texts = search_texts_of(d.summary, d.data)
-        rows = []
-        used: dict[int, int] = {}
-        usage: dict[int, tuple[int, int]] = {}
-        for mailbox_id, user_id in targets:
-            first, modseq = allocated[mailbox_id]
-            uid = first + used.get(mailbox_id, 0)
-            used[mailbox_id] = used.get(mailbox_id, 0) + 1
-            rows.append(_Row(mailbox_id, uid, blob_id, blob.size, internaldate, d.flags, "",
-                             modseq, texts))
-            size, count = usage.get(user_id, (0, 0))
-            usage[user_id] = (size + blob.size, count + 1)
-            placed.append((mailbox_id, user_id, uid))
-        await insert_rows(conn, rows)
-        await charge(conn, usage)
+    used: dict[int, int] = {}
+    usage: dict[int, tuple[int, int]] = {}
+    for mailbox_id, user_id in targets:
+        first, modseq = allocated[mailbox_id]
+        uid = first + used.get(mailbox_id, 0)
+        used[mailbox_id] = used.get(mailbox_id, 0) + 1
+        rows.append(_Row(mailbox_id, uid, blob_id, blob.size, internaldate, d.flags, "",
+                         modseq, texts))
+        size, count = usage.get(user_id, (0, 0))
+        usage[user_id] = (size + blob.size, count + 1)
+        placed.append((mailbox_id, user_id, uid))
+    await insert_rows(conn, rows, usage)
     return blob_id, placed, tuple(over)
 
 
@@ -322,8 +358,7 @@ async def append_many(
              " ".join(sorted(set(m.keywords))), modseq, texts[i])
         for i, m in enumerate(messages)
     ]
-    await insert_rows(conn, rows)
-    await charge(conn, {user_id: (total, len(messages))})
+    await insert_rows(conn, rows, {user_id: (total, len(messages))})
     return validity, [r.uid for r in rows], user_id, modseq
 
 
