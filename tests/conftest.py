@@ -51,14 +51,11 @@ async def open_test_store(backend: str, tmp_path: Path, url: str = "") -> Any:
 
         return await open_pg(url)
     if backend == "postgresql-s3":
-        from support.s3 import ACCESS_KEY, SECRET_KEY, fresh_bucket
+        from support.s3 import fresh_blobs
 
         from postroom.store.postgres import open_store as open_pg
-        from postroom.store.s3 import S3Blobs, S3Settings
 
-        endpoint, bucket = fresh_bucket()
-        blobs = S3Blobs(S3Settings(endpoint, bucket, ACCESS_KEY, SECRET_KEY))
-        return await open_pg(url, blobs=blobs)
+        return await open_pg(url, blobs=fresh_blobs())
     raise pytest.UsageError(f"unknown store backend {backend!r}")
 
 

@@ -26,7 +26,6 @@ from postroom.store.api import (
 from postroom.store.postgres import PostgresStore, open_store
 from postroom.store.postgres.schema import SchemaTooOld
 from postroom.store.schema import MIGRATIONS, SchemaTooNew
-from postroom.store.s3 import S3Blobs, S3Settings
 
 MSG = b"From: a@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -302,14 +301,12 @@ def test_an_outage_is_temporary() -> None:
 
 def s3_store(fn: Callable[[PostgresStore], Awaitable[Any]], min_size: int = 0) -> Any:
     from support.postgres import drop_database, fresh_database
-    from support.s3 import ACCESS_KEY, SECRET_KEY, fresh_bucket
+    from support.s3 import fresh_blobs
 
     url = fresh_database()
-    endpoint, bucket = fresh_bucket()
 
     async def main() -> Any:
-        blobs = S3Blobs(S3Settings(endpoint, bucket, ACCESS_KEY, SECRET_KEY))
-        store = await open_store(url, blobs=blobs, blob_min_size=min_size)
+        store = await open_store(url, blobs=fresh_blobs(), blob_min_size=min_size)
         try:
             return await fn(store)
         finally:

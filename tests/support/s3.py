@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from support.postgres import free_port
 
@@ -82,3 +83,11 @@ def fresh_bucket() -> tuple[str, str]:
     server = shared_server()
     _buckets += 1
     return server.endpoint, f"postroom-{os.getpid()}-{_buckets}"
+
+
+def fresh_blobs() -> Any:
+    """An S3 blob store (postroom.store.s3.S3Blobs) on a fresh bucket of the shared server."""
+    from postroom.store.s3 import S3Blobs, S3Settings
+
+    endpoint, bucket = fresh_bucket()
+    return S3Blobs(S3Settings(endpoint, bucket, ACCESS_KEY, SECRET_KEY))

@@ -107,6 +107,29 @@ def apply_flags(change: FlagChange, flags: int, keywords: tuple[str, ...]) -> tu
     return new_flags, new_keywords if change.keywords_allowed else keywords
 
 
+FlagUpdate = tuple[int, tuple[str, ...], MessageMeta]  # new flags, new keywords, the message
+
+
+def plan_flags(
+    current: Sequence[MessageMeta], change: FlagChange, unchangedsince: int | None
+) -> tuple[list[MessageMeta], list[int], list[FlagUpdate]]:
+    """What a STORE does to each message: (unchanged, failed UIDs, updates)."""
+    unchanged: list[MessageMeta] = []
+    failed: list[int] = []
+    updates: list[FlagUpdate] = []
+    for m in current:
+        # RFC 7162 3.1.3: a message modified after UNCHANGEDSINCE is not touched.
+        if unchangedsince is not None and m.modseq > unchangedsince:
+            failed.append(m.uid)
+            continue
+        flags, keywords = apply_flags(change, m.flags, m.keywords)
+        if flags == m.flags and keywords == m.keywords:
+            unchanged.append(m)
+        else:
+            updates.append((flags, keywords, m))
+    return unchanged, failed, updates
+
+
 def _apply_all(change: FlagChange, flags: int, keywords: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
     if change.mode == "replace":
         return change.flags, tuple(sorted(set(change.keywords)))

@@ -45,8 +45,8 @@ from postroom.store.api import (
 from postroom.store.rows import (
     META_COLS,
     QUOTA_COLS,
-    apply_flags,
-    masked,
+        masked,
+    plan_flags,
     meta_row,
     quota_row,
     with_meta,
@@ -462,19 +462,7 @@ async def store_flags(
         raise NotFound("no such mailbox")
     current = await get_messages(conn, mailbox_id, uids)
     changed: list[MessageMeta] = []
-    unchanged: list[MessageMeta] = []
-    failed: list[int] = []
-    updates: list[tuple[int, tuple[str, ...], MessageMeta]] = []
-    for m in current:
-        # RFC 7162 3.1.3: a message modified after UNCHANGEDSINCE is not touched.
-        if unchangedsince is not None and m.modseq > unchangedsince:
-            failed.append(m.uid)
-            continue
-        flags, keywords = apply_flags(change, m.flags, m.keywords)
-        if flags == m.flags and keywords == m.keywords:
-            unchanged.append(m)
-        else:
-            updates.append((flags, keywords, m))
+    unchanged, failed, updates = plan_flags(current, change, unchangedsince)
     if updates:
         modseq = await bump_modseq(conn, mailbox_id)
         await conn.execute(

@@ -29,7 +29,7 @@ from postroom.store.api import (
     Quota,
     StoreResult,
 )
-from postroom.store.rows import META_COLS, QUOTA_COLS, apply_flags, masked, meta_row, quota_row, with_meta
+from postroom.store.rows import META_COLS, QUOTA_COLS, masked, meta_row, plan_flags, quota_row, with_meta
 from postroom.store.rows import chunks as _chunks
 
 if TYPE_CHECKING:
@@ -339,19 +339,7 @@ def store_flags(
 ) -> StoreResult:
     current = get_messages(conn, mailbox_id, uids)
     changed: list[MessageMeta] = []
-    unchanged: list[MessageMeta] = []
-    failed: list[int] = []
-    updates: list[tuple[int, tuple[str, ...], MessageMeta]] = []
-    for m in current:
-        # RFC 7162 3.1.3: a message modified after UNCHANGEDSINCE is not touched.
-        if unchangedsince is not None and m.modseq > unchangedsince:
-            failed.append(m.uid)
-            continue
-        flags, keywords = apply_flags(change, m.flags, m.keywords)
-        if flags == m.flags and keywords == m.keywords:
-            unchanged.append(m)
-        else:
-            updates.append((flags, keywords, m))
+    unchanged, failed, updates = plan_flags(current, change, unchangedsince)
     if updates:
         modseq = _bump_modseq(conn, mailbox_id)
         conn.executemany(
