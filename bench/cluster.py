@@ -160,10 +160,13 @@ def imap(setup: Setup, duration: float) -> int:
 
 
 def fmt(f: Figure, base: Figure | None, label: str) -> str:
+    """Rate, then CPU ms per message (or command) of all nodes together [each node's share]
+    and of PostgreSQL, then the ratio against the base configuration."""
     nodes = " ".join(f"{x:.2f}" for x in f.node_ms)
-    ratio = f" {label} {f.rate / base.rate:.2f}x" if base else ""
+    ratio = f"  {label} {f.rate / base.rate:.2f}x" if base else ""
     note = f" ({f.note})" if f.note else ""
-    return f"{f.rate:8.0f}/s  node CPU ms/unit [{nodes}]  db CPU ms/unit {f.db_ms:.2f}{ratio}{note}"
+    return (f"{f.rate:7.0f}/s  nodes {sum(f.node_ms):5.2f} ms [{nodes}]  db {f.db_ms:5.2f} ms  "
+            f"total {sum(f.node_ms) + f.db_ms:5.2f} ms{ratio}{note}")
 
 
 def main() -> int:
@@ -210,7 +213,8 @@ def main() -> int:
           f"{args.duration:.0f} s, relay {args.relay} x 5 KB")
     by = {s.name: s for s in setups}
     for work in ("smtp", "imap", "relay"):
-        print(f"{work}:")
+        unit = "command" if work == "imap" else "message"
+        print(f"{work}: rate; CPU ms per {unit}: all nodes [each node], PostgreSQL, total")
         for s in setups:
             f = s.results.get(work)
             if f is None:
