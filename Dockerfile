@@ -21,7 +21,7 @@ RUN pip install --no-cache-dir "/src[s3]" && rm -rf /src
 COPY packaging/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 
 VOLUME ["/var/lib/postroom", "/etc/postroom"]
-EXPOSE 25 465 587 143 993 110 995
+EXPOSE 25 465 587 143 993 110 995 80 443
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
 CMD ["serve"]

@@ -184,12 +184,15 @@ async def measure(
 
 
 # -- the two servers ------------------------------------------------------------------------------
-def postroom_server(base: Path, users: list[str], messages: int, connections: int) -> Server:
+def postroom_server(
+    base: Path, users: list[str], messages: int, connections: int, workers: str = "auto"
+) -> Server:
     limit = connections + 1000
     server = Server(
         base / "postroom",
         roles=("imap", "mx"),
         fsync=True,
+        workers=int(workers) if workers.isdigit() else workers,
         extra=(
             "[imap]\nallow_plaintext_auth = true\n"
             f"[limits]\nauth_delay = \"10ms\"\nconnections_total = {limit}\n"
@@ -302,6 +305,7 @@ def main() -> None:
     ap.add_argument("--wake-timeout", type=float, default=40.0)
     ap.add_argument("--auth", choices=("scram", "login"), default="scram", help="postroom's login")
     ap.add_argument("--no-dovecot", action="store_true")
+    ap.add_argument("--workers", default="auto", help="postroom's server.workers (auto or N)")
     ap.add_argument("--no-postroom", action="store_true")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
@@ -329,7 +333,7 @@ def main() -> None:
         with runner:
             if not args.no_postroom:
                 t = time.monotonic()
-                server = postroom_server(base, users, args.messages, args.connections)
+                server = postroom_server(base, users, args.messages, args.connections, args.workers)
                 print(f"postroom: prepared {len(users)} users x {args.messages} messages in {time.monotonic() - t:.0f}s")
                 server.start()
                 try:

@@ -35,8 +35,11 @@ Prints commands/s per command and overall for each server (median of ``--runs`` 
 alternating which server goes first), mean latency, and the ratio postroom/Dovecot (the
 ratio of the medians and the median of the per-run ratios).
 
+Also printed: every overall figure as ``median [min..max]`` over the runs and the machine
+(``bench/benchlib.py``). ``--workers`` sets postroom's ``server.workers`` (default "auto").
+
 Usage (as root, for Dovecot): .venv/bin/python bench/imap_load.py [--clients 20]
-    [--messages 2000] [--duration 20] [--runs 3] [--no-dovecot]
+    [--messages 2000] [--duration 20] [--runs 5] [--workers auto|N] [--no-dovecot]
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import machine_line, paired, spread  # noqa: E402
 from support import dovecot as dc  # noqa: E402
 from support.imap_async import ImapClient, ImapError  # noqa: E402
 from support.mailgen import WORDS, mailbox, message  # noqa: E402
@@ -310,6 +316,7 @@ def prepare(args: argparse.Namespace, base: Path) -> tuple[Server | None, dc.Dov
             base / "postroom",
             roles=("imap",),
             fsync=True,
+            workers=int(args.workers) if args.workers.isdigit() else args.workers,
             extra=(
                 "[imap]\nallow_plaintext_auth = true\n"
                 "[limits]\nauth_delay = \"10ms\"\nconnections_per_ip = 1000\n"
@@ -432,9 +439,9 @@ def report(results: dict[str, list[RunResult]]) -> None:
         cpu_per_k = [r.server_cpu / max(r.total, 1) * 1000 for r in rs]
         errs = sum(sum(r.stats.errors.values()) for r in rs)
         print(
-            f"{n}: overall {med([r.total / r.duration for r in rs]):,.0f} commands/s "
+            f"{n}: overall {spread([r.total / r.duration for r in rs])} commands/s "
             f"(runs: {', '.join(f'{r.total / r.duration:,.0f}' for r in rs)}); "
-            f"server CPU {med(cpu_per_k):.2f} s per 1000 commands, "
+            f"server CPU {spread(cpu_per_k, 2)} s per 1000 commands, "
             f"{med([r.server_cpu / r.duration for r in rs]) * 100:.0f}% of a core; "
             f"load-generator CPU {med([r.client_cpu for r in rs]) * 100:.0f}% of a core; errors {errs}"
         )
@@ -443,14 +450,18 @@ def report(results: dict[str, list[RunResult]]) -> None:
                 print(f"  error: {e}")
     if len(names) == 2:
         a, b = (results[n] for n in names)
-        paired = [x.total / x.duration / (y.total / y.duration) for x, y in zip(a, b, strict=True)]
+        pairs = paired([x.total / x.duration for x in a], [y.total / y.duration for y in b])
         ratio_of_medians = med([x.total / x.duration for x in a]) / med([y.total / y.duration for y in b])
         print(
             f"ratio {names[0]}/{names[1]} overall commands/s: {ratio_of_medians:.2f}x "
-            f"(median of per-run ratios {med(paired):.2f}x; runs {', '.join(f'{p:.2f}' for p in paired)})"
+            f"(per-run ratios {spread(pairs, 2)}; runs {', '.join(f'{p:.2f}' for p in pairs)})"
         )
+        cpu_pairs = paired(
+            [y.server_cpu / max(y.total, 1) for y in b], [x.server_cpu / max(x.total, 1) for x in a]
+        )
+        print(f"server CPU per command {names[1]}/{names[0]}: per-run {spread(cpu_pairs, 2)}")
         if names[0] == "postroom":
-            print(f"goal (postroom >= 0.5x Dovecot): {'met' if med(paired) >= 0.5 else 'NOT met'}")
+            print(f"goal (postroom >= 0.5x Dovecot): {'met' if med(pairs) >= 0.5 else 'NOT met'}")
 
 
 def main() -> None:
@@ -459,7 +470,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=0, help="default: one per client")
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--duration", type=float, default=20.0)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--workers", default="auto", help="postroom's server.workers (auto or N)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--logins", type=int, default=3, help="login-phase sessions per client and run")
     ap.add_argument("--per-command", type=float, default=0.0, metavar="SECONDS",
@@ -525,8 +537,9 @@ def main() -> None:
                         for t in order:
                             r = runner.run(run_load(t, args.clients, args.per_command, args.seed + run, mix))
                             single[op][t.name].append(r)
+        print("\n" + machine_line())
         print(
-            f"\n{args.clients} clients, {len(users)} users x {args.messages} messages, "
+            f"{args.clients} clients, {len(users)} users x {args.messages} messages, workers={args.workers}, "
             f"{args.duration:.0f}s per run, median of {args.runs} runs; postroom fsync=true, "
             "Dovecot mail_fsync=optimized (default)"
         )

@@ -87,11 +87,13 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-dovecot", action="store_true")
+    ap.add_argument("--workers", default="auto", help="postroom's server.workers (auto or N)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="postroom-imapsync-"))
     address = f"{USER}@{DOMAIN}"
     msgs = mailbox(args.messages, address, seed=7)
     server = Server(base / "postroom", roles=("imap",), fsync=True,
+                    workers=int(args.workers) if args.workers.isdigit() else args.workers,
                     extra="[imap]\nallow_plaintext_auth = true\n")
     server.add_user(address)
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -151,7 +151,9 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="postroom-looplag-"))
     server = Server(
         base, roles=("mx", "imap", "pop3"), fsync=True,
+        # every client comes from 127.0.0.1, the login flood too: no per-address block
         extra=('[limits]\nauth_delay = "10ms"\nconnections_per_ip = 5000\n'
+               'auth_exempt = ["127.0.0.1"]\n'
                '[imap]\nallow_plaintext_auth = true\n[pop3]\nallow_plaintext_auth = true\n'),
     )
     t = time.monotonic()

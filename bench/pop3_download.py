@@ -52,7 +52,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from postroom.deliver import summarize  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "bench"
+# ../shared/bench of the development workspace; from a git worktree it is further up.
+SHARED = next(
+    (p / "shared" / "bench" for p in ROOT.parents if (p / "shared" / "bench").is_dir()),
+    ROOT.parent / "shared" / "bench",
+)
 DOVECOT_REF = SHARED / "dovecot_ref.sh"
 USER, DOMAIN, PASSWORD = "pop", "bench.test", "pass"
 HZ = os.sysconf("SC_CLK_TCK")

@@ -14,15 +14,21 @@ The job, identical for both servers in the same run:
   each, which would otherwise be half of postroom's CPU in a 2000-message run; the login
   time is printed with each run), and stops when the sink has counted all N messages.
 
-Prints per run and as medians: submission rate (all 250s received), end-to-end rate (all N at
-the sink), and the ratio postroom/Postfix of the end-to-end medians plus the median of the
-per-run paired ratios (runs alternate which server goes first). Destination concurrency is
-20 on both (Postfix's default_destination_concurrency_limit).
+Prints per run: submission rate (all 250s received), end-to-end rate (all N at the sink),
+server CPU per relayed message, the cores the server kept busy and msg/s per core (= 1000 /
+CPU ms per message), and the share of the machine's CPU that other processes (not the
+servers, the sink or this client) and the hypervisor took meanwhile. Then every figure as
+``median [min..max]`` over the runs, and the ratio postroom/Postfix of the end-to-end
+medians with the median and spread of the per-run paired ratios (runs alternate which
+server goes first). Destination concurrency is 20 on both (Postfix's
+default_destination_concurrency_limit). ``--workers`` sets postroom's ``server.workers``
+(default "auto"); ``--cores N`` pins both servers to N CPUs (the client and sink to the rest).
 
 Needs root and the Debian ``postfix`` package (smtp-sink, and a private Postfix instance
 from tests/support/postfix.py); without Postfix it measures postroom alone and says so.
 
-Usage: bench/relay.py [--messages 3000] [--sessions 20] [--runs 3] [--size 5120]
+Usage: bench/relay.py [--messages 3000] [--sessions 20] [--runs 5] [--size 5120]
+       [--workers auto|N] [--cores N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -39,12 +47,25 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchlib import (  # noqa: E402
+    MachineSample,
+    machine_line,
+    paired,
+    pin_tree,
+    split_cpus,
+    spread,
+    tree_cpu,
+    tree_pids,
+)
 from support.dns_server import free_port_on  # noqa: E402
 from support.postfix import Postfix, available  # noqa: E402
 from support.server import PASSWORD, Server  # noqa: E402
@@ -94,31 +115,6 @@ class Sink:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and all its descendants (reaped children included)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        times[int(entry)] = sum(int(x) for x in fields[11:15]) / tick
-    total = 0.0
-    for p, t in times.items():
-        q = p
-        while q > 1 and q != pid:
-            q = parents.get(q, 0)
-        if q == pid:
-            total += t
-    return total
 
 
 def message(i: int, size: int) -> bytes:
@@ -199,12 +195,30 @@ def submit(
     return time.monotonic() - started[0]
 
 
+@dataclass
+class RelayRun:
+    submitted: float  # msg/s until every 250
+    relayed: float  # msg/s until the sink has every message
+    cpu_ms: float  # server CPU per message
+    login_s: float  # connect + EHLO (+ AUTH) of the sessions, before the clock
+    cores: float  # server CPU seconds / wall seconds
+    other_pct: float
+    steal_pct: float
+
+    @property
+    def per_core(self) -> float:
+        return 1000.0 / self.cpu_ms if self.cpu_ms else 0.0
+
+
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def one_run(
     name: str, port: int, auth: bool, sink: Sink, n: int, sessions: int, size: int, pid: int
-) -> tuple[float, float, float, float]:
-    """(submission msg/s, end-to-end msg/s, server CPU ms per message, login seconds).
-
-    The clock and the CPU count start once all sessions are logged in."""
+) -> RelayRun:
+    """The clock and the CPU count start once all sessions are logged in."""
     messages = [message(i, size) for i in range(n)]
     base = sink.count
     started: list[float] = []
@@ -213,8 +227,10 @@ def one_run(
     def when_started() -> None:  # CPU baseline after the logins (sampled by a thread)
         while not started:
             time.sleep(0.0005)
-        cpu0.append(tree_cpu(pid))
+        cpu0.extend((tree_cpu(pid), _own_cpu() + tree_cpu(sink.proc.pid)))
+        samples.append(MachineSample())
 
+    samples: list[MachineSample] = []
     sampler = threading.Thread(target=when_started, daemon=True)
     sampler.start()
     accepted = submit(port, auth, messages, sessions, started)
@@ -225,17 +241,26 @@ def one_run(
         time.sleep(0.002)
     total = time.monotonic() - started[0]
     sampler.join()
-    return n / accepted, n / total, (tree_cpu(pid) - cpu0[0]) * 1000 / n, started[1]
+    server = tree_cpu(pid) - cpu0[0]
+    clients = _own_cpu() + tree_cpu(sink.proc.pid) - cpu0[1]
+    use = samples[0].stop()
+    return RelayRun(
+        submitted=n / accepted, relayed=n / total, cpu_ms=server * 1000 / n, login_s=started[1],
+        cores=server / total, other_pct=use.other_pct(server + clients), steal_pct=use.steal_pct,
+    )
 
 
-def start_postroom(root: Path, sink: Sink, sessions: int) -> Server:
+def start_postroom(root: Path, sink: Sink, sessions: int, workers: str = "auto") -> Server:
     extra = (
         "[limits]\nauth_delay = \"10ms\"\nconnections_per_ip = 1000\n"
         "[smtp]\nrequire_tls_for_auth = false\n"
         f'[outbound]\nsmarthost = "127.0.0.1:{sink.port}"\nsmarthost_tls = "none"\n'
         f"concurrency = {max(20, sessions)}\nper_destination = 20\n"
     )
-    server = Server(root, roles=("submission",), extra=extra, fsync=True, hostname="relay.bench.test")
+    server = Server(
+        root, roles=("submission",), extra=extra, fsync=True, hostname="relay.bench.test",
+        workers=int(workers) if workers.isdigit() else workers,
+    )
     server.add_user(USER)
     return server.start()
 
@@ -244,71 +269,94 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--sessions", type=int, default=20)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--size", type=int, default=5120)
+    ap.add_argument("--workers", default="auto", help="postroom's server.workers (auto or N)")
+    ap.add_argument("--cores", type=int, help="pin the servers to N CPUs (client and sink to the rest)")
+    ap.add_argument("--json", help="also write every run and the summary to this file")
     args = ap.parse_args()
     if shutil.which("smtp-sink") is None:
         print("relay: smtp-sink not found (Debian package postfix): cannot run", file=sys.stderr)
         return 1
+    server_cpus, client_cpus = split_cpus(args.cores)
     work = Path(tempfile.mkdtemp(prefix="postroom-relay-", dir="/tmp"))
     os.chmod(work, 0o755)
+    if client_cpus is not None:
+        os.sched_setaffinity(0, client_cpus)  # this client and the sink
     sink = Sink()
     pf_reason = available()
     postfix: Postfix | None = None
     postroom: Server | None = None
-    results: dict[str, list[tuple[float, float, float, float]]] = {"postroom": [], "postfix": []}
+    results: dict[str, list[RelayRun]] = {"postroom": [], "postfix": []}
     try:
-        postroom = start_postroom(work / "postroom", sink, args.sessions)
+        if server_cpus is not None:  # the servers inherit it
+            os.sched_setaffinity(0, server_cpus)
+        postroom = start_postroom(work / "postroom", sink, args.sessions, args.workers)
         if pf_reason is None:
             port = free_port_on(["127.0.0.1"])
             postfix = Postfix(work / "postfix", port=port, mode="relay", relayhost=f"127.0.0.1:{sink.port}")
             postfix.setup().start()
+            pin_tree(postfix.pid(), server_cpus)
         else:
             print(f"peer: Postfix skipped ({pf_reason})")
+        if client_cpus is not None:
+            os.sched_setaffinity(0, client_cpus)
         assert postroom.proc is not None
         targets = [("postroom", postroom.ports["submission"], True, postroom.proc.pid)]
         if postfix is not None:
             targets.append(("postfix", postfix.port, False, postfix.pid()))
+        print(machine_line())
+        print(
+            f"# postroom workers={args.workers} ({len(tree_pids(postroom.proc.pid))} processes); "
+            f"{args.messages} messages of {args.size} bytes, {args.sessions} sessions, {args.runs} runs"
+            + (f"; servers pinned to CPUs {sorted(server_cpus)}" if server_cpus is not None else "")
+        )
         # warm-up (caches, connection pools, Postfix's processes)
         for name, port, auth, pid in targets:
             one_run(name, port, auth, sink, min(200, args.messages), args.sessions, args.size, pid)
         for run in range(args.runs):
             order = targets if run % 2 == 0 else list(reversed(targets))
             for name, port, auth, pid in order:
-                result = one_run(name, port, auth, sink, args.messages, args.sessions, args.size, pid)
-                results[name].append(result)
+                r = one_run(name, port, auth, sink, args.messages, args.sessions, args.size, pid)
+                results[name].append(r)
                 print(
-                    f"run {run + 1} {name:8s} submitted {result[0]:7.0f} msg/s  relayed end-to-end "
-                    f"{result[1]:7.0f} msg/s  server CPU {result[2]:.2f} ms/msg  "
-                    f"(connect+EHLO{'+AUTH' if auth else ''} of {args.sessions} sessions "
-                    f"before the clock: {result[3] * 1000:.0f} ms)", flush=True,
+                    f"run {run + 1} {name:8s} submitted {r.submitted:6.0f} msg/s  relayed end-to-end "
+                    f"{r.relayed:6.0f} msg/s  CPU {r.cpu_ms:.2f} ms/msg  {r.per_core:5.0f} msg/s/core"
+                    f"  cores {r.cores:4.2f}  other {r.other_pct:3.0f}%  steal {r.steal_pct:3.0f}%"
+                    f"  (connect+EHLO{'+AUTH' if auth else ''} of {args.sessions} sessions before the"
+                    f" clock: {r.login_s * 1000:.0f} ms)", flush=True,
                 )
                 time.sleep(1)
-        print(f"# {args.messages} messages of {args.size} bytes, {args.sessions} sessions, {args.runs} runs, medians:")
-        med: dict[str, float] = {}
-        cpu: dict[str, float] = {}
-        for name in results:
-            if results[name]:
-                sub = statistics.median(r[0] for r in results[name])
-                med[name] = statistics.median(r[1] for r in results[name])
-                cpu[name] = statistics.median(r[2] for r in results[name])
-                print(f"{name:8s} submission {sub:7.0f} msg/s   relay end-to-end {med[name]:7.0f} msg/s"
-                      f"   server CPU {cpu[name]:.2f} ms/msg")
-        with_login = {
-            name: statistics.median(args.messages / (args.messages / r[1] + r[3]) for r in rows)
-            for name, rows in results.items() if rows
-        }
-        for name, rate in with_login.items():
-            print(f"{name:8s} relay end-to-end counting the logins too: {rate:7.0f} msg/s")
-        if "postfix" in med:
-            pairs = list(zip(results["postroom"], results["postfix"], strict=True))
-            paired = statistics.median(a[1] / b[1] for a, b in pairs)
-            print(f"ratio postroom/postfix end-to-end: {med['postroom'] / med['postfix']:.2f}x "
-                  f"(median of paired runs {paired:.2f}x)")
-            print(f"ratio postroom/postfix counting the logins: "
-                  f"{with_login['postroom'] / with_login['postfix']:.2f}x")
-            print(f"ratio CPU per message postfix/postroom: {cpu['postfix'] / cpu['postroom']:.2f}x "
+        print("\n# RESULT: median [min..max] over the runs")
+        for name, rows in results.items():
+            if rows:
+                with_login = [args.messages / (args.messages / r.relayed + r.login_s) for r in rows]
+                print(
+                    f"{name:8s} submission {spread([r.submitted for r in rows]):>24} msg/s"
+                    f"  relayed {spread([r.relayed for r in rows]):>24} msg/s"
+                    f"  (counting the logins {spread(with_login)})"
+                    f"  CPU {spread([r.cpu_ms for r in rows], 2)} ms/msg"
+                    f"  {spread([r.per_core for r in rows])} msg/s/core"
+                    f"  cores {spread([r.cores for r in rows], 2)}"
+                )
+        if results["postfix"]:
+            ours, theirs = results["postroom"], results["postfix"]
+            e2e = paired([r.relayed for r in ours], [r.relayed for r in theirs])
+            logins = paired(
+                [args.messages / (args.messages / r.relayed + r.login_s) for r in ours],
+                [args.messages / (args.messages / r.relayed + r.login_s) for r in theirs],
+            )
+            cpu = paired([r.cpu_ms for r in theirs], [r.cpu_ms for r in ours])
+            med_ratio = statistics.median(r.relayed for r in ours) / statistics.median(r.relayed for r in theirs)
+            print(f"ratio postroom/postfix end-to-end: {med_ratio:.2f}x (paired {spread(e2e, 2)})")
+            print(f"ratio postroom/postfix counting the logins: paired {spread(logins, 2)}")
+            print(f"ratio CPU per message postfix/postroom: paired {spread(cpu, 2)} "
                   "(>1: postroom uses less CPU per relayed message)")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "machine": machine_line(), "workers": args.workers, "cores": args.cores,
+                "runs": {k: [vars(r) for r in v] for k, v in results.items()},
+            }, indent=1))
     finally:
         if postroom is not None:
             postroom.stop()

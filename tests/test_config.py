@@ -93,6 +93,16 @@ format = "json"
         ("[[listener]]\naddress = \"127.0.0.1:2465\"\nrole = \"submissions\"", "tls.cert", "required by the listener"),
         ("[tls]\ncert = \"c.pem\"", "tls", "both tls.cert and tls.key"),
         ("hostname = \"bad name\"", "hostname", "a DNS host name"),
+        ("[[listener]]\naddress = \"127.0.0.1:2443\"\nrole = \"https\"", "tls.cert", "required by the listener"),
+        ("[mta_sts]\nmode = \"strict\"", "mta_sts.mode", "one of 'enforce'"),
+        ("[mta_sts]\nmx = \"mail.example.test\"", "mta_sts.mx", "a list of MX host names"),
+        ("[mta_sts]\nmx = [\"bad host\"]", "mta_sts.mx", "a list of MX host names"),
+        ("[mta_sts]\nmx = [\"*.\"]", "mta_sts.mx", "a list of MX host names"),
+        ("[mta_sts]\nmax_age = \"400d\"", "mta_sts.max_age", "up to one year"),
+        ("[http]\nsession_lifetime = \"forever\"", "http.session_lifetime", "a duration"),
+        ("[logging]\ndelivery_log = -1", "logging.delivery_log", "an integer from 0"),
+        ("[server]\nworkers = 0", "server.workers", "\"auto\" or an integer from 1 to 256"),
+        ("[server]\nworkers = \"many\"", "server.workers", "\"auto\" or an integer"),
     ],
 )
 def test_errors_name_key_and_allowed(tmp_path: Path, extra: str, key: str, allowed: str) -> None:
@@ -105,6 +115,27 @@ def test_errors_name_key_and_allowed(tmp_path: Path, extra: str, key: str, allow
     msg = _error(tmp_path, text)
     assert f": {key}:" in msg, msg
     assert allowed in msg, msg
+
+
+def test_server_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    assert _load(tmp_path, BASE + "[server]\nworkers = 3\n").server.worker_count() == 3
+    auto = _load(tmp_path, BASE).server
+    assert auto.workers == 0  # "auto", the default
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 5})
+    assert auto.worker_count() == 4  # the CPUs this process may run on, not all of them
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert _load(tmp_path, BASE + "[server]\nworkers = \"auto\"\n").server.worker_count() == 1
+    # a container's CPU quota (cgroup v2 cpu.max) caps it too, rounded up
+    cpu_max = tmp_path / "cpu.max"
+    for text, cpus in (("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000", 1), ("junk", None)):
+        cpu_max.write_text(text)
+        assert config.cgroup_cpu_quota(str(cpu_max)) == cpus
+    assert config.cgroup_cpu_quota(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(config, "cgroup_cpu_quota", lambda: 3)
+    assert auto.worker_count() == 3
 
 
 def test_syntax_error_and_missing(tmp_path: Path) -> None:
@@ -135,6 +166,18 @@ def test_every_key_documented() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
     missing = [k for k in config.documented_keys() if f"`{k}`" not in doc]
     assert not missing, f"keys missing from docs/configuration.md: {missing}"
+
+
+def test_http_and_mta_sts_settings(tmp_path: Path) -> None:
+    s = _load(tmp_path, BASE + '[[listener]]\naddress = "127.0.0.1:2080"\nrole = "http"\n'
+              '[mta_sts]\nmode = "enforce"\nmx = ["Mail.Example.Test", "*.example.net"]\nmax_age = "1d"\n'
+              '[http]\nsession_lifetime = "1h"\n')
+    assert [lst.role for lst in s.listeners] == ["mx", "http"]
+    assert not s.listeners[1].implicit_tls
+    assert s.mta_sts.mode == "enforce" and s.mta_sts.mx == ("mail.example.test", "*.example.net")
+    assert s.mta_sts.max_age == 86400 and s.http.session_lifetime == 3600
+    d = _load(tmp_path, BASE)
+    assert d.mta_sts.mode == "testing" and d.mta_sts.mx == () and d.logging.delivery_log == 10000
 
 
 def test_server_user(tmp_path: Path) -> None:

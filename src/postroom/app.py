@@ -3,6 +3,10 @@
 Everything is built here and passed down explicitly; nothing else creates services.
 ``serve`` prints one ``listening ROLE ADDRESS:PORT`` line per bound socket (the real port
 when the config says port 0, which tests use) and then ``ready``.
+
+With ``server.workers`` above 1, ``serve`` runs the supervisor instead
+(``postroom.processes``): it binds the sockets and prints the same lines, and worker
+processes build their services with :func:`build_services` and :func:`handlers`.
 """
 
 from __future__ import annotations
@@ -16,19 +20,61 @@ import sys
 from typing import Any
 
 from postroom import config, datadir, logs, privileges
+from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
-from postroom.config import Settings
-from postroom.net.listener import Handler, ListenerSet
+from postroom.auth.failures import MemoryLoginGuard
+from postroom.config import HTTP_ROLES, Listener, Settings
+from postroom.metrics import Metrics
+from postroom.net.listener import Handler, ListenerSet, Shutdown
 from postroom.net.offload import CpuPool
+from postroom.peers import LocalPeers, Peers
 from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
+from postroom.store.api import Store
+from postroom.store.open import node_name, node_peers
 from postroom.tls import TlsContexts
 
 log = logging.getLogger("postroom")
 
 
-def _handlers(services: Services) -> dict[str, Handler]:
+def build_services(
+    settings: Settings, store: Store, tls: TlsContexts, shutdown: Shutdown,
+    peers: Peers | None = None, metrics: Metrics | None = None,
+    bound: dict[str, list[tuple[str, int]]] | None = None,
+) -> Services:
+    """What every handler receives; the same in one process and in each worker process.
+
+    Call it after the privilege drop: the CPU worker pool (``limits.cpu_workers``, per
+    serving process) starts its processes on first use, as the final user.
+
+    ``peers``: the other serving processes (default: the backend's own channel between
+    nodes, PostgreSQL's NOTIFY; else none). ``metrics``: the process's figures (its
+    store timings are already wired by :func:`open_store`); ``bound``: where each role
+    listens (auto-configuration answers)."""
+    metrics = metrics if metrics is not None else Metrics()
+    services = Services(
+        settings=settings, store=store,
+        directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
+        tls=tls, shutdown=shutdown, secret=load_secret(settings.data_dir),
+        resolver=make_resolver(
+            settings.outbound.resolver, timeout=settings.dns.timeout,
+            cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
+        ),
+        free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
+        peers=peers if peers is not None else node_peers(store) or LocalPeers(),
+        node=node_name(settings),
+        cpu=CpuPool(settings.limits.cpu_workers),
+        # Failed logins are counted per serving process (docs/operations.md).
+        login_guard=MemoryLoginGuard.from_limits(settings.limits),
+        metrics=metrics, delivery_log=DeliveryLog(settings.logging.delivery_log),
+        bound=bound if bound is not None else {},
+    )
+    _auth_services(services)
+    return services
+
+
+def handlers(services: Services) -> dict[str, Handler]:
     """One handler per protocol family, built only for the roles the config uses."""
     roles = {lst.role for lst in services.settings.listeners}
     handlers: dict[str, Handler] = {}
@@ -48,6 +94,22 @@ def _handlers(services: Services) -> dict[str, Handler]:
         pop3 = Pop3Handler(services)
         handlers.update(pop3=pop3, pop3s=pop3)
     return handlers
+
+
+async def start_http(
+    services: Services, listeners: ListenerSet,
+) -> tuple[Any, dict[str, tuple[Any, bytes]]]:
+    """The HTTP service, when an http/https listener exists: (service, protocols by role
+    for :meth:`ListenerSet.attach`/``adopt``); (None, {}) otherwise. It runs in one process
+    only (the supervisor with ``server.workers``): it is light, and the admin actions
+    it offers (queue, DKIM, DNS checks) belong with the outbound queue."""
+    if not {lst.role for lst in services.settings.listeners} & HTTP_ROLES:
+        return None, {}
+    from postroom.web.server import REFUSAL, HttpService
+
+    http = HttpService(services)
+    await http.setup()
+    return http, {role: (http.protocol_factory, REFUSAL) for role in HTTP_ROLES}
 
 
 def _auth_services(services: Services) -> None:
@@ -76,39 +138,34 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     secret, the queue journal) must run as the final user so that it owns them.
     """
     from postroom.store.api import StoreError
-    from postroom.store.open import node_name, open_store
+    from postroom.store.open import open_store
 
     loop = asyncio.get_running_loop()
-    try:
-        lock = datadir.lock_shared(settings.data_dir)
-    except datadir.DataDirBusy as e:
-        print(f"postroom: error: {e}", file=sys.stderr)
+    lock = lock_data_dir(settings)
+    if lock is None:
         return 1
+    metrics = Metrics()
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
-    listeners = ListenerSet(settings.limits, tls)
+    listeners = ListenerSet(settings.limits, tls, metrics)
+    bound_by_role: dict[str, list[tuple[str, int]]] = {}
     for lst in settings.listeners:
         try:
-            bound = await listeners.start(lst)
+            if lst.role in HTTP_ROLES:  # served by the HTTP service's protocol (attached below)
+                bound = await listeners.start_protocol(lst)
+            else:
+                bound = await listeners.start(lst)
         except OSError as e:
-            print(f"postroom: error: cannot listen on {lst}: {_bind_error(e)}", file=sys.stderr)
+            print(f"postroom: error: cannot listen on {lst}: {bind_error(e)}", file=sys.stderr)
             datadir.unlock(lock)
             return 1
+        bound_by_role.setdefault(lst.role, []).extend(bound)
         for host, port in bound:
-            shown = f"[{host}]" if ":" in host else host
-            print(f"listening {lst.role} {shown}:{port}", flush=True)
-    if settings.server.user:
-        try:
-            if privileges.drop(settings.server.user, settings.server.group):
-                logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
-        except (privileges.PrivilegeError, OSError) as e:
-            print(f"postroom: error: server.user: {e}", file=sys.stderr)
-            datadir.unlock(lock)
-            return 1
-    if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
-        logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
-                   effect="certificate reloads (SIGHUP) will fail")
+            announce(lst, host, port)
+    if not drop_privileges(settings):
+        datadir.unlock(lock)
+        return 1
     try:
-        store = await open_store(settings)
+        store = await open_store(settings, timing=metrics.store_op)
     except (StoreError, config.ConfigError) as e:
         # An unreachable database, or a schema this postroom must not touch (newer than
         # it knows, or older with store.auto_migrate off): say so and stop.
@@ -116,32 +173,25 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await listeners.close(0)
         datadir.unlock(lock)
         return 1
-    # Worker processes start on first use, so as the final user (after the privilege drop).
-    cpu = CpuPool(settings.limits.cpu_workers)
-    services = Services(
-        settings=settings, store=store,
-        directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
-        tls=tls, shutdown=listeners.shutdown, secret=load_secret(settings.data_dir),
-        resolver=make_resolver(
-            settings.outbound.resolver, timeout=settings.dns.timeout,
-            cache_entries=settings.dns.cache_entries,
-        ),
-        free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
-        node=node_name(settings),
-        cpu=cpu,
+    services = build_services(
+        settings, store, tls, listeners.shutdown, metrics=metrics, bound=bound_by_role,
     )
-    _auth_services(services)
-    handlers = _handlers(services)
+    by_role = handlers(services)
     workers: list[Any] = []
     side_tasks: list[asyncio.Task[None]] = []
+    background: list[asyncio.Task[Any]] = []  # ours: cancelled at any exit
+    http = None
     started_ok = False
     try:
-        await listeners.attach(handlers)
+        http, protocols = await start_http(services, listeners)
+        await listeners.attach(by_role, protocols)
         from postroom.queue.worker import QueueWorker
 
         worker = QueueWorker(services)
         workers.append(worker)
         await worker.start()
+        services.delivery_log.start(store)
+        background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
         if services.dmarc_reports is not None:
             from postroom.policy.reports import report_loop
 
@@ -153,30 +203,76 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         loop.add_signal_handler(signal.SIGHUP, tls.reload)
         logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
         started_ok = True
+        services.ready = True
         print("ready", flush=True)
         if started is not None:
             started.set_result(services)
         await stop.wait()
         logs.event(log, "stopping", connections=listeners.connection_count)
+        services.ready = False
+        if http is not None:
+            await http.close()
         await listeners.close(settings.limits.shutdown_grace)
         for worker in workers:
             await worker.stop()
-        for task in side_tasks:
-            task.cancel()
-        if side_tasks:
-            await asyncio.wait(side_tasks, timeout=10)
+        await stop_tasks(side_tasks)
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        cpu.close()
+        await stop_tasks(background)
+        if http is not None:
+            await http.close()
+        await services.delivery_log.stop()
+        if services.cpu is not None:
+            services.cpu.close()
         await store.close()
         datadir.unlock(lock)
         if started_ok:
             logs.event(log, "stopped")
 
 
-def _bind_error(e: OSError) -> str:
+def lock_data_dir(settings: Settings) -> int | None:
+    """The data folder's shared lock (``postroom.datadir``), held by every serving process;
+    None (the error printed) while a restore holds it."""
+    try:
+        return datadir.lock_shared(settings.data_dir)
+    except datadir.DataDirBusy as e:
+        print(f"postroom: error: {e}", file=sys.stderr)
+        return None
+
+
+def announce(lst: Listener, host: str, port: int) -> None:
+    """The ``listening ROLE ADDRESS:PORT`` line (tests and scripts read the real port)."""
+    shown = f"[{host}]" if ":" in host else host
+    print(f"listening {lst.role} {shown}:{port}", flush=True)
+
+
+def drop_privileges(settings: Settings) -> bool:
+    """After binding: switch to ``server.user`` if configured; False (the error printed)
+    when that fails. Warns when the TLS key is no longer readable (reloads would fail)."""
+    if settings.server.user:
+        try:
+            if privileges.drop(settings.server.user, settings.server.group):
+                logs.event(log, "privileges_dropped", user=settings.server.user, uid=os.getuid())
+        except (privileges.PrivilegeError, OSError) as e:
+            print(f"postroom: error: server.user: {e}", file=sys.stderr)
+            return False
+    if settings.tls_key is not None and not os.access(settings.tls_key, os.R_OK):
+        logs.event(log, "tls_key_unreadable", logging.WARNING, key=str(settings.tls_key),
+                   effect="certificate reloads (SIGHUP) will fail")
+    return True
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and give them a moment to finish (a last flush)."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
+
+
+def bind_error(e: OSError) -> str:
     if e.errno == errno.EADDRINUSE:
         return "address already in use (another server on that port?)"
     if e.errno == errno.EACCES:
@@ -186,8 +282,8 @@ def _bind_error(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def serve(settings: Settings) -> int:
-    logs.setup(settings.logging.level, settings.logging.format)
+def runner() -> asyncio.Runner:
+    """The event loop every postroom process runs (uvloop when installed)."""
     # The SQLite writer and reader threads need the GIL back after every sqlite3 call, and
     # each 250 waits for the writer. With the default 5 ms switch interval a busy event loop
     # makes them wait up to 5 ms each time; 1 ms gave 10-20% more SMTP messages/s at 20
@@ -196,8 +292,17 @@ def serve(settings: Settings) -> int:
     try:
         import uvloop
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        return runner.run(run(settings))
+        return asyncio.Runner()
+
+
+def serve(settings: Settings) -> int:
+    logs.setup(settings.logging.level, settings.logging.format)
+    workers = settings.server.worker_count()
+    with runner() as r:
+        if workers > 1:
+            from postroom.processes.supervisor import supervise
+
+            return r.run(supervise(settings, workers))
+        return r.run(run(settings))

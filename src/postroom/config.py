@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
-IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s"})
+ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http", "https")
+IMPLICIT_TLS_ROLES = frozenset({"submissions", "imaps", "pop3s", "https"})
+HTTP_ROLES = frozenset({"http", "https"})
+MTA_STS_MODES = ("enforce", "testing", "none")
 TLS_POLICIES = ("none", "may", "require", "verify")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -205,6 +207,18 @@ def _optional_address(value: object) -> str:
         raise ValueError(allowed) from None
 
 
+MAX_WORKERS = 256
+
+
+def _workers(value: object) -> int:
+    """``"auto"`` (0: one per CPU this process may run on) or a number of processes."""
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"\"auto\" or an integer from 1 to {MAX_WORKERS}")
+    return value
+
+
 def _resolver_address(value: object) -> tuple[str, int] | None:
     if value == "":
         return None
@@ -222,15 +236,65 @@ def _optional_hostport(value: object) -> tuple[str, int] | None:
     return parse_hostport(value, default_port=25)
 
 
+def _string_list(parse_item: Callable[[str], str], allowed: str) -> Callable[[object], tuple[str, ...]]:
+    """A list of strings, each checked (and normalised) by ``parse_item``."""
+
+    def parse(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(allowed)
+        try:
+            return tuple(parse_item(item) for item in value)
+        except ValueError:
+            raise ValueError(allowed) from None
+
+    return parse
+
+
+def _mx_pattern(item: str) -> str:
+    """An MTA-STS ``mx`` pattern (RFC 8461 3.2): a host name, optionally ``*.``-prefixed."""
+    rest = item[2:] if item.startswith("*.") else item
+    if not _HOSTNAME_RE.match(rest) or "." not in rest.strip("."):
+        raise ValueError(item)
+    return item.rstrip(".").lower()
+
+
+_mx_patterns = _string_list(
+    _mx_pattern, "a list of MX host names, such as [\"mail.example.org\", \"*.example.net\"]"
+)
+
+
+def _mta_sts_max_age(value: object) -> float:
+    seconds = parse_duration(value)
+    if not 0 <= seconds <= 31557600:  # RFC 8461 3.2: at most 31557600 (about a year)
+        raise ValueError("a duration up to one year (31557600 s), such as \"7d\"")
+    return seconds
+
+
 def _duration_list(value: object) -> tuple[float, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError("a non-empty list of durations, such as [\"1m\", \"5m\", \"15m\"]")
     return tuple(parse_duration(v) for v in value)
 
 
-def _forwarders(value: object) -> tuple[str, ...]:
-    """Networks ("192.0.2.0/24", "2001:db8::/32", an address) or domain names."""
-    allowed = "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]"
+def _forwarder(item: str) -> str:
+    """A network ("192.0.2.0/24", "2001:db8::/32", an address) or a domain name."""
+    try:
+        return str(ipaddress.ip_network(item, strict=False))
+    except ValueError:
+        if not _HOSTNAME_RE.match(item):
+            raise
+        return item.lower().rstrip(".")
+
+
+_forwarders = _string_list(
+    _forwarder,
+    "a list of IP networks or domain names, such as [\"192.0.2.0/24\", \"lists.example.org\"]",
+)
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    """IP networks ("127.0.0.1", "10.0.0.0/8", "2001:db8::/32")."""
+    allowed = "a list of IP networks, such as [\"127.0.0.1\", \"10.0.0.0/8\"]"
     if not isinstance(value, list):
         raise ValueError(allowed)
     out = []
@@ -240,9 +304,7 @@ def _forwarders(value: object) -> tuple[str, ...]:
         try:
             out.append(str(ipaddress.ip_network(item, strict=False)))
         except ValueError:
-            if not _HOSTNAME_RE.match(item):
-                raise ValueError(allowed) from None
-            out.append(item.lower().rstrip("."))
+            raise ValueError(allowed) from None
     return tuple(out)
 
 
@@ -300,6 +362,11 @@ class Limits:
     auth_failures: int = 3
     auth_delay: float = 1.0
     auth_cache_ttl: float = 300.0
+    auth_ip_failures: int = 10
+    auth_ip_window: float = 600.0
+    auth_user_failures: int = 30
+    auth_user_window: float = 900.0
+    auth_exempt: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
     metadata_size: int = 16 * 1024
     metadata_entries: int = 200
@@ -394,6 +461,42 @@ class ServerSettings:
     user: str = ""  # switch to this account after binding the listeners (started as root)
     group: str = ""  # its group; empty: the account's primary group
     node_name: str = ""  # this node among those sharing a database; "" = host:data folder
+    workers: int = 0  # serving processes; 0 = "auto"
+
+    def worker_count(self) -> int:
+        """How many serving processes to run: 1 means one process does everything."""
+        if self.workers:
+            return self.workers
+        import os
+
+        try:
+            cpus = len(os.sched_getaffinity(0))  # honours taskset and cgroup cpusets
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+        quota = cgroup_cpu_quota()  # a container limited to N CPUs (docker run --cpus)
+        if quota is not None:
+            cpus = min(cpus, quota)
+        return max(1, min(cpus, MAX_WORKERS))
+
+
+def cgroup_cpu_quota(path: str | None = None) -> int | None:
+    """The CPUs the cgroup v2 quota of this process allows (``cpu.max``: a container's
+    ``--cpus``, systemd's ``CPUQuota=``), rounded up; None: no quota."""
+    if path is None:
+        try:  # "0::/system.slice/postroom.service"; in a container usually "0::/"
+            with open("/proc/self/cgroup") as f:
+                own = next((line[3:].strip() for line in f if line.startswith("0::")), "/")
+        except OSError:
+            own = "/"
+        path = "/sys/fs/cgroup" + own.rstrip("/") + "/cpu.max"
+    try:
+        with open(path) as f:
+            quota, _, period = f.read().strip().partition(" ")
+    except OSError:
+        return None
+    if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 STORE_BACKENDS = ("sqlite", "postgresql")
@@ -468,6 +571,20 @@ def _http_url(value: object) -> str:
 class LoggingSettings:
     level: str = "info"
     format: str = "text"
+    delivery_log: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    session_lifetime: float = 12 * 3600.0
+    request_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MtaStsSettings:
+    mode: str = "testing"
+    mx: tuple[str, ...] = ()  # empty: the server's own hostname
+    max_age: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +604,8 @@ class Settings:
     dkim: DkimSettings = DkimSettings()
     auth_checks: AuthChecksSettings = AuthChecksSettings()
     logging: LoggingSettings = LoggingSettings()
+    http: HttpSettings = HttpSettings()
+    mta_sts: MtaStsSettings = MtaStsSettings()
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
     fsync: bool = True
@@ -518,6 +637,11 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "auth_failures": _int_range(1, 1000),
         "auth_delay": parse_duration,
         "auth_cache_ttl": parse_duration,
+        "auth_ip_failures": _int_range(0, 1000000),
+        "auth_ip_window": parse_duration,
+        "auth_user_failures": _int_range(0, 1000000),
+        "auth_user_window": parse_duration,
+        "auth_exempt": _networks,
         "shutdown_grace": parse_duration,
         # RFC 5464 4.1: at least 1024 octets per value and 10 entries per mailbox.
         "metadata_size": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),
@@ -572,8 +696,18 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "report_org": _string,
         "report_interval": parse_duration,
     },
-    "logging": {"level": _choice(*LOG_LEVELS), "format": _choice(*LOG_FORMATS)},
-    "server": {"user": _account_name, "group": _account_name, "node_name": _node_name},
+    "logging": {
+        "level": _choice(*LOG_LEVELS),
+        "format": _choice(*LOG_FORMATS),
+        "delivery_log": _int_range(0, 10_000_000),
+    },
+    "http": {
+        "session_lifetime": parse_duration,
+        "request_size": parse_size,
+    },
+    "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
+    "server": {"user": _account_name, "group": _account_name, "workers": _workers,
+               "node_name": _node_name},
     "store": {
         "backend": _choice(*STORE_BACKENDS),
         "url": _database_url,
@@ -601,6 +735,8 @@ _SECTION_CLASSES = {
     "dkim": DkimSettings,
     "auth_checks": AuthChecksSettings,
     "logging": LoggingSettings,
+    "http": HttpSettings,
+    "mta_sts": MtaStsSettings,
     "server": ServerSettings,
     "store": StoreSettings,
 }

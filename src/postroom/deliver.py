@@ -11,12 +11,14 @@ stored message obeys the same invariants, which POP3 and IMAP rely on:
 from __future__ import annotations
 
 import email.utils
+import functools
+import random
 import re
 import time
-
 from typing import TYPE_CHECKING
 
-from postroom.message import scan
+from postroom.message import envelope_search_texts, scan
+from postroom.message.search import SearchTexts
 
 if TYPE_CHECKING:
     from postroom.store.api import Store
@@ -72,16 +74,22 @@ def header_fields(data: bytes) -> list[tuple[bytes, int, int]]:
     return fields
 
 
-def count_fields(data: bytes, name: bytes) -> int:
-    return sum(1 for n, _, _ in header_fields(data) if n == name)
+Fields = list[tuple[bytes, int, int]]  # what header_fields returns
+
+
+def count_fields(data: bytes, name: bytes, fields: Fields | None = None) -> int:
+    return sum(1 for n, _, _ in (header_fields(data) if fields is None else fields) if n == name)
 
 
 def has_field(data: bytes, name: bytes) -> bool:
     return any(n == name for n, _, _ in header_fields(data))
 
 
-def drop_fields(data: bytes, names: tuple[bytes, ...]) -> bytes:
-    fields = header_fields(data)
+def drop_fields(data: bytes, names: tuple[bytes, ...], fields: Fields | None = None) -> bytes:
+    """``data`` without the header fields called ``names`` (``fields``: ``header_fields(data)``
+    when the caller has it already)."""
+    if fields is None:
+        fields = header_fields(data)
     if not any(n in names for n, _, _ in fields):
         return data
     keep = [data[s:e] for n, s, e in fields if n not in names]
@@ -123,8 +131,14 @@ def received_header(
     parts.append(f"id {qid}")
     if recipient:
         parts.append(f"for <{recipient}>")
-    date = email.utils.formatdate(now if now is not None else time.time(), localtime=False)
-    return fold("Received", " ".join(parts) + "; " + date)
+    return fold("Received", " ".join(parts) + "; " + _utc_date(int(now if now is not None else time.time())))
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_date(second: int) -> str:
+    """RFC 5322 date of a second, in UTC; cached because every message of a second
+    shares it (formatting it was a visible share of the CPU per SMTP message)."""
+    return email.utils.formatdate(second, localtime=False)
 
 
 def return_path(sender: str) -> bytes:
@@ -179,6 +193,13 @@ def summarize(data: bytes) -> bytes:
     return scan(data).to_bytes()
 
 
+def summarize_for_store(data: bytes) -> tuple[bytes, SearchTexts]:
+    """The stored summary and the envelope search texts (``Delivery.search_texts``) from
+    one scan, so the store does not decode the summary again to derive them."""
+    parsed = scan(data)
+    return parsed.to_bytes(), envelope_search_texts(parsed)
+
+
 # Above these, preparing a message costs more than a millisecond or two of Python (the
 # header walk is a loop per header line, the MIME scan one per part): worth a worker
 # process (see net/offload.py), which keeps the event loop free. Each test is one C scan.
@@ -227,9 +248,10 @@ def prepare_headers(
     line by line: a pure function, so the SMTP shell runs it in a worker process for big
     or complex messages (:func:`costly`).
     """
-    if count_fields(data, b"received") >= max_received:
+    fields = header_fields(data)  # walked once for both
+    if count_fields(data, b"received", fields) >= max_received:
         return None
-    data = drop_fields(data, drop)
+    data = drop_fields(data, drop, fields)
     if submission is not None:
         hostname, qid, author = submission
         data = submission_fixups(data, hostname, qid, author=author)
@@ -251,16 +273,15 @@ def new_id() -> str:
     Milliseconds since the epoch in base 31 (no vowels: ids never spell words) followed by
     random characters, like Postfix's long queue ids.
     """
-    import os
-
     n = int(time.time() * 1000)
     out = []
     while n:
         n, r = divmod(n, 31)
         out.append(_ID_ALPHABET[r])
-    # One urandom call for the six random characters (secrets.choice costs one per
-    # character, a measurable share of CPU per message); the modulo bias is negligible.
-    rnd = int.from_bytes(os.urandom(8), "big")
+    # The ids need to be unique, not secret: the random module (seeded from the OS at
+    # start and re-seeded in a forked child, so every process draws its own sequence)
+    # costs no system call, unlike os.urandom. The modulo bias is negligible.
+    rnd = random.getrandbits(64)
     tail = []
     for _ in range(6):
         rnd, r = divmod(rnd, 31)

@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
+from postroom.auth.failures import LoginGuard
 from postroom.config import Settings
+from postroom.metrics import Metrics
 from postroom.net.budget import check
-from postroom.net.listener import Shutdown
+from postroom.net.listener import OtherCounts, Shutdown
 from postroom.net.offload import CpuPool
+from postroom.peers import LocalPeers, Peers
 from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import Resolver
 from postroom.store.api import Store
@@ -33,15 +37,26 @@ class Services:
     auth_checker: Any = None  # policy.inbound.AuthChecker (None: no inbound checks)
     dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
     node: str = "local"
+    peers: Peers = field(default_factory=LocalPeers)  # the other serving processes
+    # IMAP sessions per (user, address) in the other worker processes (None: one process)
+    user_ip_counts: OtherCounts | None = None
     counters: dict[str, int] = field(default_factory=dict)
     # Worker processes for work that cannot be sliced (net/offload.py); None: run inline
     # (unit tests that build Services by hand).
     cpu: CpuPool | None = None
     # Room for new mail in the data folder (limits.min_free_space); threshold 0: no guard.
     free_space: FreeSpaceGuard = field(default_factory=lambda: FreeSpaceGuard(Path("."), 0))
+    # Failed logins per client address and per user across connections (auth/failures.py);
+    # None: only the per-connection rules (unit tests that build Services by hand).
+    login_guard: LoginGuard | None = None
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+    metrics: Metrics = field(default_factory=Metrics)
+    delivery_log: DeliveryLog = field(default_factory=DeliveryLog)
+    # Where each listener role actually listens, once bound (autoconfig answers with these).
+    bound: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    ready: bool = False  # every listener bound and the queue started (/readyz)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker process under the current command's deadline

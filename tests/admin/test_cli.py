@@ -199,3 +199,30 @@ def test_user_quota_set_show_and_clear(inited: Path) -> None:
     assert "0 / 2G" in ok(inited, "user", "list")
     assert "not a quota" in fails(inited, "user", "quota", "demo@example.test", "lots")
     assert "no user" in fails(inited, "user", "quota", "nobody@example.test", "1M")
+
+
+def test_token_add_list_remove(inited: Path) -> None:
+    out = json.loads(ok(inited, "token", "add", "monitoring", "--json"))
+    assert out["name"] == "monitoring" and out["token"].startswith("prt_") and len(out["token"]) > 40
+    human = ok(inited, "token", "add", "backup")
+    assert "created token backup: prt_" in human
+    listed = json.loads(ok(inited, "token", "list", "--json"))
+    assert [t["name"] for t in listed] == ["backup", "monitoring"]
+    assert out["token"] not in ok(inited, "token", "list")  # secrets are never shown again
+    assert "already exists" in fails(inited, "token", "add", "backup")
+    ok(inited, "token", "remove", "monitoring")
+    assert "no token monitoring" in fails(inited, "token", "remove", "monitoring")
+    assert [t["name"] for t in json.loads(ok(inited, "token", "list", "--json"))] == ["backup"]
+    fails(inited, "token", "add", "x" * 65)
+
+
+def test_user_admin_flag(inited: Path) -> None:
+    # postroom init makes its user an admin; others are not until `user admin`.
+    ok(inited, "user", "add", "bob@example.test", "--generate")
+    users = {u["address"]: u["admin"] for u in json.loads(ok(inited, "user", "list", "--json"))}
+    assert users == {"demo@example.test": True, "bob@example.test": False}
+    assert "may now use the web admin" in ok(inited, "user", "admin", "bob@example.test")
+    ok(inited, "user", "admin", "demo@example.test", "--off")
+    users = {u["address"]: u["admin"] for u in json.loads(ok(inited, "user", "list", "--json"))}
+    assert users == {"demo@example.test": False, "bob@example.test": True}
+    assert "no user" in fails(inited, "user", "admin", "nobody@example.test")

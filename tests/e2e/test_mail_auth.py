@@ -302,14 +302,7 @@ def test_dns_records_check_and_a_checking_receiver_accepts(env: dict[str, Any]) 
     assert {v["status"] for v in json.loads(check.stdout) if v["kind"] == "MX"} == {"missing"}
 
     # Publish what `postroom dns` printed, as a user pasting it into a zone would.
-    for rec in records:
-        if rec["rtype"] == "MX":
-            pref, host = rec["value"].split()
-            dns.set(rec["name"], "MX", [(int(pref), host)])
-        elif rec["rtype"] == "SRV":
-            dns.set(rec["name"], "SRV", [tuple(rec["value"].split())])
-        else:
-            dns.set(rec["name"], rec["rtype"], [rec["value"]])
+    dns.publish(records)
     check = srv.cli("dns", DOMAIN, "--address", "127.0.0.1", "--check", "--json")
     verdicts = json.loads(check.stdout)
     assert check.returncode == 0, [(v["kind"], v["status"], v["detail"]) for v in verdicts if v["status"] != "correct"]

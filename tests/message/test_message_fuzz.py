@@ -124,3 +124,19 @@ def test_token_soup(tokens: list[bytes]) -> None:
 def test_seeds_scan_cleanly() -> None:
     for seed in SEEDS:
         check(seed, scan(seed))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(SEEDS), st.lists(_mutation, max_size=6))
+def test_search_texts_from_the_scan_match_the_stored_summary(
+    seed: bytes, mutations: list[tuple[str, float, int, bytes]]
+) -> None:
+    """SMTP passes the texts it computed from its own scan (Delivery.search_texts); they
+    must be exactly what the store derives from the stored summary (APPEND, old rows)."""
+    from postroom.deliver import summarize, summarize_for_store
+    from postroom.message import search_texts_of
+
+    data = mutate(seed, mutations)
+    summary, texts = summarize_for_store(data)
+    assert summary == summarize(data)
+    assert texts == search_texts_of(summary, data)

@@ -7,7 +7,7 @@ import socket
 
 from postroom.config import Limits, Listener
 from postroom.net.connection import Connection, Interrupted
-from postroom.net.listener import ListenerSet
+from postroom.net.listener import ListenerSet, bind_sockets
 from postroom.tls import TlsContexts
 
 
@@ -71,6 +71,47 @@ def test_ipv6_and_wildcard_listeners() -> None:
             await listeners.close(1)
 
     asyncio.run(main())
+
+
+def test_sockets_bound_by_one_process_are_served_by_another_listener_set() -> None:
+    """The supervisor binds (bind_sockets), workers serve (adopt): as create_server would
+    bind, "*" gives one listening socket per family, each on its own port when port 0."""
+    socks = bind_sockets(Listener("*", 0, "mx"))
+    assert {s.family for s in socks} >= {socket.AF_INET}
+    assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in socks)
+    if _has_ipv6():
+        six = next(s for s in socks if s.family == socket.AF_INET6)
+        assert six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    port = next(s.getsockname()[1] for s in socks if s.family == socket.AF_INET)
+    # bound and listening before anyone serves it: a client may already be waiting
+    early = socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    async def main() -> None:
+        listeners = ListenerSet(Limits(), TlsContexts(None, None))
+        try:
+            await listeners.adopt(Listener("*", 0, "mx"), Echo(), socks)
+            loop = asyncio.get_running_loop()
+            line = await loop.run_in_executor(None, early.recv, 100)
+            assert line == b"hi 127.0.0.1\r\n"
+            assert (await _hello("127.0.0.1", port)) == b"hi 127.0.0.1\r\n"
+        finally:
+            await listeners.close(1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        early.close()
+    # a port in use is an OSError for the caller to report
+    taken = bind_sockets(Listener("127.0.0.1", 0, "mx"))
+    try:
+        try:
+            bind_sockets(Listener("127.0.0.1", taken[0].getsockname()[1], "mx"))
+        except OSError:
+            pass
+        else:
+            raise AssertionError("binding a port in use succeeded")
+    finally:
+        taken[0].close()
 
 
 def test_limits_and_graceful_shutdown() -> None:

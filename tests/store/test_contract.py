@@ -515,6 +515,26 @@ def _msg(from_: str, subject: str, extra: str = "") -> bytes:
     return f"From: {from_}\r\nSubject: {subject}\r\n{extra}\r\nbody\r\n".encode()
 
 
+def test_search_envelope_with_texts_from_the_caller(store_run: Any) -> None:
+    """Delivery.search_texts: the caller's own parse is stored as is (SMTP passes it)."""
+
+    async def body(store: Any) -> None:
+        from postroom.deliver import summarize_for_store
+
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        data = _msg("Alice Smith <ALICE@example.org>", "=?utf-8?q?Gr=C3=BC=C3=9Fe?=")
+        summary, texts = summarize_for_store(data)
+        await store.deliver(Delivery(data=data, summary=summary, user_ids=(u.id,), search_texts=texts))
+        # texts that disagree with the summary show which one the backend used
+        other = ("zed <z@z.test>", None, None, None, "other")
+        await store.deliver(Delivery(data=data, summary=summary, user_ids=(u.id,), search_texts=other))
+        found = await store.search_envelope(inbox.id, [("from", "alice"), ("subject", "grüsse"), ("from", "zed")])
+        assert found == [[1], [1], [2]]
+
+    store_run(body)
+
+
 def test_search_envelope(store_run: Any) -> None:
     async def body(store: Any) -> None:
         from postroom.deliver import summarize
@@ -622,6 +642,56 @@ def test_dkim_keys(store_run: Any) -> None:
             await store.dkim_key_remove("example.org", "a1")
         with pytest.raises(NotFound):
             await store.dkim_key_update("example.org", "zz", retire_at=1)
+def test_user_admin_flag(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        assert (await store.get_user(u.address)).admin is False
+        await store.set_user_admin(u.address, True)
+        assert (await store.get_user(u.address)).admin is True
+        assert (await store.get_user_by_id(u.id)).admin is True
+        assert [x.admin for x in await store.list_users()] == [True]
+        await store.set_user_admin(u.address, False)
+        assert (await store.get_user(u.address)).admin is False
+        with pytest.raises(NotFound):
+            await store.set_user_admin("nobody@example.test", True)
+
+    store_run(body)
+
+
+def test_api_tokens(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        t = await store.add_api_token("ci", "d1")
+        assert t.name == "ci" and t.created > 0
+        with pytest.raises(AlreadyExists):
+            await store.add_api_token("ci", "d2")
+        await store.add_api_token("backup", "d3")
+        assert [x.name for x in await store.list_api_tokens()] == ["backup", "ci"]
+        assert (await store.find_api_token("d1")).name == "ci"
+        assert await store.find_api_token("nope") is None
+        assert await store.remove_api_token("ci") is True
+        assert await store.remove_api_token("ci") is False
+        assert await store.find_api_token("d1") is None
+
+    store_run(body)
+
+
+def test_app_passwords(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        v = await _user(store, "bob@example.test")
+        p1 = await store.add_app_password(u.id, "phone", "a1")
+        p2 = await store.add_app_password(u.id, "laptop", "a2")
+        await store.add_app_password(v.id, "phone", "b1")
+        assert [p.name for p in await store.list_app_passwords(u.id)] == ["phone", "laptop"]
+        assert (await store.find_app_password(u.id, "a2")).id == p2.id
+        assert await store.find_app_password(u.id, "b1") is None  # another user's
+        assert await store.remove_app_password(v.id, p1.id) is False  # not bob's to revoke
+        assert await store.remove_app_password(u.id, p1.id) is True
+        assert await store.find_app_password(u.id, "a1") is None
+        with pytest.raises(NotFound):
+            await store.add_app_password(9999, "x", "c")
+        await store.remove_user(u.address)  # a removed user's passwords go with it
+        assert await store.list_app_passwords(u.id) == []
 
     store_run(body)
 
@@ -641,6 +711,23 @@ def test_dmarc_rows_aggregate(store_run: Any) -> None:
         assert len(await store.dmarc_pending(3 * 86400)) == 2
         assert await store.dmarc_delete("example.org", 86400) == 1
         assert [r.period for r in await store.dmarc_pending(10**9)] == [2 * 86400]
+def test_web_sessions(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        import time
+
+        u = await _user(store)
+        now = int(time.time())
+        await store.add_web_session("s1", u.id, now + 3600)
+        await store.add_web_session("s2", u.id, now + 3600)
+        s = await store.get_web_session("s1")
+        assert s.user_id == u.id and s.expires == now + 3600
+        assert await store.remove_web_sessions(digest="s1") == 1
+        assert await store.get_web_session("s1") is None
+        await store.add_web_session("old", u.id, now - 1)
+        await store.add_web_session("s3", u.id, now + 60)  # adding forgets expired ones
+        assert await store.get_web_session("old") is None
+        assert await store.remove_web_sessions(user_id=u.id) == 2
+        assert await store.get_web_session("s2") is None
 
     store_run(body)
 
@@ -711,6 +798,23 @@ def test_quota_usage_is_maintained_by_every_write(store_run: Any) -> None:
         q = await store.get_quota(u.id)
         assert (q.storage_used, q.messages_used) == (3 * len(MSG), 3)
         assert set(await store.list_quotas()) == {u.id, other.id}
+def test_delivery_log_bounded(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        from postroom.store.api import DeliveryLogEntry
+
+        def entry(i: int) -> DeliveryLogEntry:
+            return DeliveryLogEntry(
+                time=1000 + i, direction="in", qid=f"q{i}", sender="a@x.test",
+                recipient="b@y.test", result="accepted", detail="250",
+            )
+
+        await store.append_delivery_log([entry(i) for i in range(5)], keep=100)
+        await store.append_delivery_log([entry(i) for i in range(5, 12)], keep=8)
+        got = await store.list_delivery_log(100)
+        assert [e.qid for e in got] == [f"q{i}" for i in range(11, 3, -1)]
+        assert got[0].time == 1011 and got[0].detail == "250"
+        older = await store.list_delivery_log(3, before_id=got[2].id)
+        assert [e.qid for e in older] == ["q8", "q7", "q6"]
 
     store_run(body)
 
@@ -927,6 +1031,21 @@ def test_urlauth_keys(store_run: Any) -> None:
         await store.reset_urlauth_keys(alice.id)
         assert await store.urlauth_key(arch.id, create=False) is None
         assert await store.urlauth_key(inbox.id) != key
+def test_queue_stats(store_run: Any) -> None:
+    async def body(store: Any) -> None:
+        stats = await store.queue_stats()
+        assert (stats.messages, stats.oldest) == (0, None)
+        for qid in ("Q1", "Q2"):
+            await store.deliver(
+                Delivery(
+                    data=MSG, summary=b"",
+                    queue=NewQueueEntry(qid=qid, sender="a@example.test",
+                                        recipients=(QueueRecipient("x@remote.test"),)),
+                )
+            )
+        stats = await store.queue_stats()
+        assert stats.messages == 2 and stats.oldest is not None
+        assert stats.oldest == min(q.created for q in await store.queue_list())
 
 
 def test_import_messages_remembers_keys(store_run: Any) -> None:

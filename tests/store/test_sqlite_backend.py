@@ -8,6 +8,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
 from postroom.deliver import summarize
 from postroom.store.api import Delivery
 from postroom.store.sqlite import open_store
@@ -184,3 +186,46 @@ def test_snapshot_cache_is_never_stale(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_failing_write_undoes_only_itself_alone_or_in_a_batch(tmp_path: Path) -> None:
+    """Group commit: a job that raises is rolled back (its SAVEPOINT in a batch, the whole
+    transaction when it is alone) and the other jobs of its batch still commit."""
+
+    def insert_then(name: str, fail: bool):  # type: ignore[no-untyped-def]
+        def job(c: sqlite3.Connection) -> str:
+            c.execute("INSERT INTO domains(name, created) VALUES(?, 0)", (name,))
+            if fail:
+                raise ValueError(name)
+            return name
+
+        return job
+
+    async def run() -> None:
+        store = open_store(tmp_path, fsync=False)
+        try:
+            # alone in its transaction
+            with pytest.raises(ValueError, match="alone.test"):
+                await store.engine.write(insert_then("alone.test", True))
+            assert await store.get_domain("alone.test") is None
+            # in one batch with others: hold the writer so the four queue up together
+            gate = threading.Event()
+            store.engine.submit(lambda c: gate.wait(10))
+            jobs = [
+                asyncio.ensure_future(store.engine.write(insert_then(f"b{i}.test", i == 2)))
+                for i in range(4)
+            ]
+            await asyncio.sleep(0.05)
+            commits = store.engine.commits
+            gate.set()
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            assert [type(r).__name__ for r in results] == ["str", "str", "ValueError", "str"]
+            assert store.engine.commits - commits <= 2  # the gate's batch, then theirs
+            names = {d.name for d in await store.list_domains()}
+            assert names == {"b0.test", "b1.test", "b3.test"}
+            # and the writer goes on
+            assert await store.engine.write(insert_then("after.test", False)) == "after.test"
+        finally:
+            await store.close()
+
+    asyncio.run(run())

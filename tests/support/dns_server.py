@@ -134,6 +134,20 @@ class DnsServer:
         with self.lock:
             self.records[(_norm(name), rdtype.upper())] = value
 
+    def publish(self, records: list[dict[str, str]], *, skip: tuple[str, ...] = ()) -> None:
+        """Serve what ``postroom dns --json`` printed, as a person pasting it into a zone
+        would (``skip``: record types to leave out)."""
+        for rec in records:
+            if rec["rtype"] in skip:
+                continue
+            if rec["rtype"] == "MX":
+                pref, host = rec["value"].split()
+                self.set(rec["name"], "MX", [(int(pref), host)])
+            elif rec["rtype"] == "SRV":
+                self.set(rec["name"], "SRV", [tuple(rec["value"].split())])
+            else:
+                self.set(rec["name"], rec["rtype"], [rec["value"]])
+
     def remove(self, name: str, rdtype: str) -> None:
         with self.lock:
             self.records.pop((_norm(name), rdtype.upper()), None)

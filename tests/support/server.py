@@ -7,6 +7,11 @@ The store is SQLite in the server's data folder, or with ``backend="postgresql"`
 default when ``POSTROOM_E2E_BACKEND=postgresql``) a fresh database on this test
 process's private PostgreSQL server (``support.postgres``), so that the same end-to-end
 tests prove both backends.
+
+Worker processes: a server runs as one process (``[server] workers = 1``) unless the
+test asks for ``workers`` (tests/e2e/test_workers_*.py do), which keeps the suite quick;
+``POSTROOM_TEST_WORKERS=N`` makes N the default for every server of the run, to run the
+whole end-to-end suite on the multi-process model.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from postroom.store.open import open_store
 from postroom.tls import write_self_signed
 
 ALL_ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+DEFAULT_WORKERS = int(os.environ.get("POSTROOM_TEST_WORKERS") or 1)
 PASSWORD = "correct horse battery"
 
 
@@ -41,6 +47,8 @@ class Server:
         hostname: str = "mail.example.test",
         backend: str | None = None,
         database: str = "",
+        hosts: dict[str, str] | None = None,
+        workers: int | str | None = None,  # a number or "auto"
     ) -> None:
         """``database``: a PostgreSQL URL to share with other servers (several nodes);
         default a fresh database of its own."""
@@ -55,8 +63,11 @@ class Server:
         if not self.cert.exists():
             write_self_signed(self.cert, self.key, hostname)
         self.config = root / "postroom.toml"
+        # ``hosts``: a listening address other than 127.0.0.1 for some roles ("[::1]"), for
+        # tests that need clients from two addresses (the per-address login rules).
         listeners = "".join(
-            f'[[listener]]\naddress = "127.0.0.1:0"\nrole = "{r}"\n' for r in roles
+            f'[[listener]]\naddress = "{(hosts or {}).get(r, "127.0.0.1")}:0"\nrole = "{r}"\n'
+            for r in roles
         )
         # ``extra`` holds TOML tables only; the fast auth delay keeps tests quick unless
         # the test brings its own [limits].
@@ -65,6 +76,12 @@ class Server:
         # the test brings its own [smtp]; Postfix in the benchmarks has none either.
         if "[smtp]" not in extra:
             limits += '[smtp]\ngreeting_delay = "0s"\n'
+        n = workers or DEFAULT_WORKERS
+        workers_line = f"workers = {n if isinstance(n, int) else repr(n)}\n"
+        if "[server]" not in extra:
+            limits += "[server]\n" + workers_line
+        elif "workers" not in extra:  # a test that brings [server] (user, group)
+            extra = extra.replace("[server]\n", "[server]\n" + workers_line, 1)
         # Inbound SPF/DKIM/DMARC checks need DNS: off unless the test brings its own
         # [auth_checks] (the tests in tests/e2e/test_mail_auth.py serve records locally).
         if "[auth_checks]" not in extra:

@@ -246,8 +246,12 @@ class Servers:
         fsync: bool = False,
         start: bool = True,
         name: str = "srv",
+        workers: int | None = None,
     ) -> Server:
-        server = Server(self.root / f"{name}{len(self.started)}", roles=roles, extra=extra, fsync=fsync, hostname=HOSTNAME)
+        server = Server(
+            self.root / f"{name}{len(self.started)}", roles=roles, extra=extra, fsync=fsync,
+            hostname=HOSTNAME, workers=workers,
+        )
         for u in users:
             server.add_user(u)
         self.started.append(server)

@@ -24,7 +24,7 @@ from typing import Any
 from postroom.admin.service import AdminError
 from postroom.config import AuthChecksSettings, Settings
 from postroom.policy import dkim, dnsrecords
-from postroom.policy.dns import DnsError, Resolver, lookup_addresses
+from postroom.policy.dns import DnsError, NxDomain, Resolver, lookup_addresses
 from postroom.policy.signing import active
 from postroom.store.api import AlreadyExists, DkimKey, NotFound, Store
 
@@ -71,7 +71,7 @@ async def dkim_generate(
     try:
         await store.dkim_key_add(key)
     except AlreadyExists as e:
-        raise AdminError(str(e)) from None
+        raise AdminError(str(e), "conflict") from None
     return key
 
 
@@ -110,7 +110,7 @@ async def dkim_retire(store: Store, domain: str, selector: str) -> None:
     try:
         await store.dkim_key_remove(_domain(domain), selector.lower())
     except NotFound as e:
-        raise AdminError(str(e)) from None
+        raise AdminError(str(e), "not_found") from None
 
 
 # --- DNS records --------------------------------------------------------------------------
@@ -134,11 +134,14 @@ async def dns_records(
     store: Store, settings: Settings, domain: str, *, addresses: Sequence[str] = (),
     resolver: Resolver | None = None,
 ) -> list[dnsrecords.Record]:
+    from postroom.clients import mta_sts_id
+
     domain = _domain(domain)
     keys = await store.dkim_keys(domain)
     found = await server_addresses(resolver, settings.hostname, addresses)
     return dnsrecords.required(
-        domain, settings.hostname, keys, settings.listeners, found, rua=f"postmaster@{domain}"
+        domain, settings.hostname, keys, settings.listeners, found, rua=f"postmaster@{domain}",
+        mta_sts_id=mta_sts_id(settings),
     )
 
 
@@ -156,6 +159,14 @@ async def _lookup(resolver: Resolver, record: dnsrecords.Record) -> list[str]:
         return await resolver.aaaa(name)
     if record.rtype == "PTR":
         return await resolver.ptr(name)
+    if record.rtype == "CNAME":  # where the name leads: its addresses (CNAMEs followed)
+        out: list[str] = []
+        for query in (resolver.a, resolver.aaaa):
+            try:
+                out += await query(name)
+            except NxDomain:
+                pass
+        return out
     return []
 
 
@@ -163,7 +174,6 @@ async def dns_check(
     store: Store, settings: Settings, domain: str, resolver: Resolver, *, addresses: Sequence[str] = (),
 ) -> list[dnsrecords.Verdict]:
     """Look every required record up and judge it: correct / missing / wrong."""
-    from postroom.policy.dns import NxDomain
     from postroom.policy.inbound import AuthChecker
 
     records = await dns_records(store, settings, domain, addresses=addresses, resolver=resolver)
@@ -186,7 +196,7 @@ async def dns_check(
                 for ip in server_ips
             ]
             spf_pass = all(r.result == "pass" for r in results)
-        out.append(dnsrecords.judge(record, found, spf_pass=spf_pass))
+        out.append(dnsrecords.judge(record, found, spf_pass=spf_pass, addresses=server_ips))
     return out
 
 

@@ -149,6 +149,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         if report.get("user"):
             print(f"user {report['user']} password: {report['password']}")
             print("  (shown once: write it down or change it with `postroom user passwd`)")
+            print(f"  web admin: https://{report['hostname']}/admin/ (this user is an admin)")
     return 0
 
 
@@ -239,6 +240,11 @@ def cmd_user(args: argparse.Namespace) -> int:
     elif args.action == "remove":
         _with_service(args, lambda s: s.user_remove(args.address))
         print(json.dumps({"removed": args.address}) if args.json else f"removed user {args.address}")
+    elif args.action == "admin":
+        _with_service(args, lambda s: s.user_admin(args.address, not args.off))
+        verb = "may no longer" if args.off else "may now"
+        print(json.dumps({"user": args.address, "admin": not args.off}) if args.json
+              else f"{args.address} {verb} use the web admin")
     elif args.action == "quota":
         storage = _quota_value(args.size, config.parse_size)
         messages = _quota_value(args.messages, int) if args.messages is not None else None
@@ -254,10 +260,10 @@ def cmd_user(args: argparse.Namespace) -> int:
         rows = _with_service(args, lambda s: s.user_list_quotas(args.domain))
         _emit(
             args,
-            [{"address": u.address, "domain": u.domain, "created": u.created, **_quota_json(q)}
-             for u, q in rows],
-            [(u.address, _ts(u.created), _quota_text(q)) for u, q in rows],
-            ("USER", "CREATED", "QUOTA (used / limit)"),
+            [{"address": u.address, "domain": u.domain, "created": u.created, "admin": u.admin,
+              **_quota_json(q)} for u, q in rows],
+            [(u.address, _ts(u.created), _quota_text(q), "admin" if u.admin else "") for u, q in rows],
+            ("USER", "CREATED", "QUOTA (used / limit)", "ROLE"),
         )
     return 0
 
@@ -362,6 +368,12 @@ def _data_command(fn: Callable[[argparse.Namespace, Any], int]) -> Callable[[arg
     return run
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from postroom.admin.token_cli import run_token_command
+
+    return run_token_command(args, _with_service, _emit, _ts)
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -388,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--user", default=None, help="create this user (local part or address) with a generated password")
     s.add_argument(
         "--ports", choices=("auto", "standard", "unprivileged"), default="auto",
-        help="standard 25/587/465/143/993/110/995, or 2525/2587/2465/2143/2993/2110/2995 "
-        "(auto: standard when root)",
+        help="standard 25/587/465/143/993/110/995/80/443, or "
+        "2525/2587/2465/2143/2993/2110/2995/2080/2443 (auto: standard when root)",
     )
     s.add_argument("--bind", default="*", help="address to listen on (default: * = all, IPv4 and IPv6)")
     s.add_argument("--force", action="store_true", help="overwrite an existing config file")
@@ -425,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("address")
     a = usub.add_parser("list", parents=[common], help="list users with their quota and usage")
     a.add_argument("--domain", default=None)
+    a = usub.add_parser("admin", parents=[common], help="let a user log in to the web admin")
+    a.add_argument("address")
+    a.add_argument("--off", action="store_true", help="take the right away again")
     a = usub.add_parser(
         "quota", parents=[common],
         help="ADDRESS SIZE|none: storage quota (e.g. 500M, 2G); --messages N|none for a count",
@@ -481,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     from postroom.admin.data_cli import add_parsers as add_data_parsers
 
     add_data_parsers(sub, common, _data_command)
+
+    from postroom.admin.token_cli import add_parser as add_token_parser
+
+    add_token_parser(sub, common).set_defaults(func=cmd_token)
     return p
 
 

@@ -14,11 +14,11 @@ from postroom.admin.service import AdminError, AdminService
 
 STANDARD_PORTS = {
     "mx": 25, "submission": 587, "submissions": 465,
-    "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995,
+    "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "http": 80, "https": 443,
 }
 UNPRIVILEGED_PORTS = {
     "mx": 2525, "submission": 2587, "submissions": 2465,
-    "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995,
+    "imap": 2143, "imaps": 2993, "pop3": 2110, "pop3s": 2995, "http": 2080, "https": 2443,
 }
 
 
@@ -140,7 +140,10 @@ def initialise(opts: InitOptions) -> dict[str, Any]:
                     raise AdminError("--user needs --domain or a full address")
                 password = passwords.generate_password()
                 user = await admin.user_add(address, password)
+                # The first user may use the web admin (https://HOSTNAME/admin/).
+                await admin.user_admin(user.address, True)
                 report["user"] = user.address
+                report["admin"] = True
                 report["password"] = password
         finally:
             await store.close()

@@ -22,7 +22,7 @@ def _age(created: int) -> str:
     return f"{s // 86400}d"
 
 
-def _entry_json(q: QueuedMessage) -> dict[str, Any]:
+def queue_entry_json(q: QueuedMessage) -> dict[str, Any]:
     return {
         "id": q.qid,
         "created": q.created,
@@ -64,7 +64,7 @@ def run_queue_command(
                 q.qid, _age(q.created), q.sender or "<>", rcpts,
                 "held" if q.held else ts(q.next_attempt), (q.last_error or "")[:60],
             ))
-        emit(args, [_entry_json(q) for q in entries], rows,
+        emit(args, [queue_entry_json(q) for q in entries], rows,
              ("ID", "AGE", "SENDER", "RECIPIENTS", "NEXT ATTEMPT", "LAST ERROR"))
         return 0
     if action == "show":
@@ -72,7 +72,7 @@ def run_queue_command(
         if args.json:
             import json
 
-            doc = _entry_json(entry)
+            doc = queue_entry_json(entry)
             doc["headers"] = data.partition(b"\r\n\r\n")[0].decode("utf-8", "replace")
             print(json.dumps(doc, indent=2, ensure_ascii=False))
             return 0

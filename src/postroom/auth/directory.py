@@ -216,6 +216,7 @@ class Directory:
     async def authenticate(
         self, username: str, password: str,
         slot: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        *, app_passwords: bool = True,
     ) -> User | None:
         """The user when ``password`` is right; None otherwise.
 
@@ -225,6 +226,11 @@ class Directory:
         every connection, and argon2 is deliberately expensive. ``slot``: entered around
         the verify only (the shell bounds how many run at once; a remembered login never
         waits for one, however many wrong passwords are being checked).
+
+        ``app_passwords``: also accept one of the user's app passwords (per-device
+        passwords for IMAP/POP3/SMTP; the web login passes False so that a device's
+        password can never change the account). They are generated secrets, looked up by
+        digest (see ``passwords.secret_digest``), so they need no argon2 and no cache.
         """
         try:
             address = normalize_address(username)
@@ -232,6 +238,10 @@ class Directory:
             address = None
         user = await self.store.get_user(address) if address else None
         usable = user is not None and not user.disabled
+        if usable and user is not None and app_passwords:
+            digest = passwords.app_password_digest(password)
+            if digest is not None and await self.store.find_app_password(user.id, digest):
+                return user
         hashed = user.password_hash if usable and user is not None else None
         if hashed is not None and self.auth_cache.hit(hashed, password):
             return user

@@ -19,6 +19,7 @@ refuses is hashed as given (argon2) or refused (SCRAM, which requires it).
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import secrets
 from typing import Final
@@ -41,7 +42,10 @@ __all__ = [
     "DEFAULT_SCRAM_ITERATIONS",
     "PASSWORD_ALPHABET",
     "ScramCredentials",
+    "app_password_digest",
+    "generate_app_password",
     "generate_password",
+    "secret_digest",
     "hash_password",
     "needs_rehash",
     "scram_credentials",
@@ -136,3 +140,39 @@ def generate_password(length: int = 20) -> str:
     if length < 12:
         raise ValueError("generated passwords are at least 12 characters")
     return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
+
+
+# -- generated secrets: app passwords, API tokens, session ids -----------------------------
+#
+# These are never chosen by people: postroom generates them with >= 116 bits of entropy,
+# so a fast hash is as safe as argon2 (nobody can enumerate 2**116 candidates), and a
+# digest can be looked up in the store directly instead of verified row by row.
+
+
+def secret_digest(secret: str) -> str:
+    """The SHA-256 hex digest stored in place of a generated secret."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+APP_PASSWORD_GROUPS: Final = 4
+APP_PASSWORD_GROUP_LEN: Final = 5
+
+
+def generate_app_password() -> str:
+    """A per-device password shown once, in groups for typing on a phone: ``ab3de-...``
+    (20 symbols of :data:`PASSWORD_ALPHABET`, about 116 bits)."""
+    raw = generate_password(APP_PASSWORD_GROUPS * APP_PASSWORD_GROUP_LEN)
+    n = APP_PASSWORD_GROUP_LEN
+    return "-".join(raw[i : i + n] for i in range(0, len(raw), n))
+
+
+def app_password_digest(password: str) -> str | None:
+    """The digest to look up for a password a client sent, or None when it cannot be an
+    app password (so ordinary passwords cost no store read). Dashes and spaces are
+    ignored: people type the groups with or without them."""
+    raw = password.replace("-", "").replace(" ", "")
+    if len(raw) != APP_PASSWORD_GROUPS * APP_PASSWORD_GROUP_LEN:
+        return None
+    if any(c not in PASSWORD_ALPHABET for c in raw):
+        return None
+    return secret_digest(raw)

@@ -9,8 +9,9 @@ with ``-ERR [IN-USE]`` until the dead session times out (10 minutes) locks the u
 and the dead session can never send QUIT anyway. An older session that is already in its
 UPDATE state (QUIT received) finishes it first; the new snapshot then follows its
 deletions. Only when the older session does not end within ``TAKEOVER_GRACE`` +
-``TAKEOVER_WAIT`` seconds (or runs in another process) does the new login get
-``-ERR [IN-USE]``.
+``TAKEOVER_WAIT`` seconds does the new login get ``-ERR [IN-USE]``. With worker processes
+(``server.workers``) the older session may run in another worker: the new one asks every
+other process to end it (a ``postroom.peers`` note) and waits for the lock as long.
 
 Timeouts: before login a client has ``limits.login_timeout`` in total from connecting;
 after it, ``limits.pop3_idle_timeout`` of silence, and each command line must be whole
@@ -42,7 +43,7 @@ from functools import partial
 from postroom import logs
 from postroom.config import Listener
 from postroom.net import budget
-from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net.auth import MECHANISMS, TEXT_REFUSED, AuthTracker, LoginRefused
 from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, Interrupted
 from postroom.net.deadline import RecordDeadline
@@ -173,11 +174,23 @@ class _Maildrop:
         self.retrieved: set[int] = set()
 
 
+TAKEOVER_TOPIC = "pop3.takeover"  # a login elsewhere wants this user's maildrop
+
+
 class Pop3Handler:
     def __init__(self, services: Services) -> None:
         self.services = services
         # user id -> the session holding that user's maildrop lock (for take-over).
         self.holders: dict[int, Pop3Session] = {}
+        self._takeovers: set[asyncio.Task[None]] = set()
+        services.peers.subscribe(TAKEOVER_TOPIC, self._take_over_for_another_process)
+
+    def _take_over_for_another_process(self, user_id: str) -> None:
+        holder = self.holders.get(int(user_id))
+        if holder is not None and not holder.taken_over:
+            task = asyncio.ensure_future(holder.take_over())
+            self._takeovers.add(task)
+            task.add_done_callback(self._takeovers.discard)
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(b"-ERR [SYS/TEMP] " + reason.encode() + b"\r\n")
@@ -217,9 +230,11 @@ class Pop3Session:
         self.drop: _Maildrop | None = None
         self._scram_user: User | None = None
         self._failures_seen = 0
+        self._refused = ""  # why the guard refused the last login (auth/failures.py)
 
     async def run(self) -> None:
         limits = self.services.settings.limits
+        metrics = self.services.metrics
         started = time.monotonic()
         record = RecordDeadline(limits.pop3_idle_timeout, limits.min_data_rate)
         login_by = started + limits.login_timeout
@@ -260,6 +275,7 @@ class Pop3Session:
                     continue
                 record.done()
                 if isinstance(event, Retrieve):
+                    metrics.command("pop3", "retr" if event.top_lines is None else "top")
                     try:
                         with budget.scope(self.services.settings.limits.command_time):
                             message = await self._message(event.index, seen=event.top_lines is None)
@@ -273,21 +289,32 @@ class Pop3Session:
                         self.conn.write(self.core.retrieved(message, crlf=True))
                         await self.conn.drain()
                 elif isinstance(event, PassRequest):
+                    metrics.command("pop3", "pass" if event.mechanism == "USER" else "auth")
                     await self._budgeted_login(event.username, event.password, event.mechanism)
                 elif isinstance(event, CredentialsRequest):
-                    user = await self.services.directory.user_for_scram(event.username)
+                    metrics.command("pop3", "auth")
+                    try:
+                        await self.auth.admit_scram(event.username)
+                        user = await self.services.directory.user_for_scram(event.username)
+                    except LoginRefused as e:
+                        # No credentials: the exchange fails like an unknown user's
+                        # (the core's SCRAM answers -ERR [AUTH] at its end).
+                        self._refused = e.reason
+                        user = None
                     self._scram_user = user
                     creds = ScramCredentials.from_string(user.scram) if user and user.scram else None
                     self.core.credentials(creds)
                 elif isinstance(event, Authenticated):
                     await self._budgeted_login(None, None, event.mechanism)
                 elif isinstance(event, StartTls):
+                    metrics.command("pop3", "stls")
                     await self._flush()
                     if self.services.tls.context is None:
                         return
                     await self.conn.start_tls(self.services.tls.context)
                     self.core.tls_started()
                 elif isinstance(event, Commit):
+                    metrics.command("pop3", "quit")
                     self.core.update_done(await self._commit(event.deleted))
                 elif isinstance(event, Closed):
                     await self._flush()
@@ -308,7 +335,8 @@ class Pop3Session:
         if failures > self._failures_seen:
             # Every failed login waits before its answer (same policy as SMTP AUTH).
             self._failures_seen = failures
-            await self.auth.failed(None, "pop3")
+            await self.auth.failed(None, "pop3", self._refused)
+            self._refused = ""
         out = self.core.data_to_send()
         if out:
             await self.conn.send(out)
@@ -320,8 +348,10 @@ class Pop3Session:
         if await store.try_lock_maildrop(user.id):
             return True
         holder = self.holders.get(user.id)
-        if holder is None or holder is self:
-            return False  # held by another process: nothing we can end from here
+        if holder is self:
+            return False
+        if holder is None:
+            return await self._lock_from_another_process(user)
         await holder.take_over()
         if not await store.try_lock_maildrop(user.id):
             return False
@@ -330,6 +360,24 @@ class Pop3Session:
             user=user.address, previous=holder.id, previous_client=holder.conn.peer_ip,
         )
         return True
+
+    async def _lock_from_another_process(self, user: User) -> bool:
+        """The lock is held by another worker process: ask the others to end their session
+        of this user (see the module docstring) and wait, bounded, for the lock."""
+        peers = self.services.peers
+        if not peers.has_others():
+            return False
+        peers.publish(TAKEOVER_TOPIC, str(user.id))
+        deadline = time.monotonic() + TAKEOVER_GRACE + TAKEOVER_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if await self.services.store.try_lock_maildrop(user.id):
+                logs.event(
+                    log, "pop3_takeover", session=self.id, client=self.conn.peer_ip,
+                    user=user.address, previous="another process",
+                )
+                return True
+        return False
 
     async def take_over(self) -> None:
         """End this session for a new login of the same user, without UPDATE; wait
@@ -362,6 +410,11 @@ class Pop3Session:
                 await self._login(user, mechanism)
         except BudgetExceeded:
             self.core.login_failed(LoginError.SYS_TEMP, "Server busy, try again later")
+        except LoginRefused as e:
+            # Blocked address or locked user (auth/failures.py): the password was not
+            # checked. RFC 3206 SYS/TEMP: try later; counted (and delayed) as a failure.
+            self._refused = e.reason
+            self.core.login_failed(LoginError.SYS_TEMP, TEXT_REFUSED, counted=True)
 
     async def _login(self, user: User | None, mechanism: str) -> None:
         if user is None:

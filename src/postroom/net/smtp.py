@@ -30,7 +30,7 @@ from postroom import deliver, imapurl, logs
 from postroom.auth.directory import Resolution
 from postroom.config import Listener
 from postroom.net import budget
-from postroom.net.auth import MECHANISMS, AuthTracker
+from postroom.net.auth import MECHANISMS, AuthTracker, LoginRefused
 from postroom.net.budget import BudgetExceeded
 from postroom.net.connection import Connection, ConnectionClosed, Interrupted
 from postroom.net.deadline import RecordDeadline
@@ -82,6 +82,7 @@ _IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT)
 
 
 PASS_CACHE_SIZE = 100_000  # client addresses remembered as polite (greeting_pass_time)
+PASS_TOPIC = "smtp.greeting_pass"  # tells the other serving processes (postroom.peers)
 
 
 def _pass_key(ip: str) -> str:
@@ -98,8 +99,10 @@ class SmtpHandler:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._configs: dict[tuple[str, bool, bool], ServerConfig] = {}
-        # Early-talker check passes (postscreen-like): client -> time it passed.
+        # Early-talker check passes (postscreen-like): client -> time it passed. Shared
+        # with the other worker processes, so that a client waits once, not once per worker.
         self._passed: OrderedDict[str, float] = OrderedDict()
+        services.peers.subscribe(PASS_TOPIC, self._remember_pass)
 
     def greeting_wait(self, ip: str) -> float:
         """How long to wait before greeting ``ip`` on the MX role (0: greet at once)."""
@@ -115,6 +118,10 @@ class SmtpHandler:
         if self.services.settings.smtp.greeting_pass_time <= 0:
             return
         key = _pass_key(ip)
+        self._remember_pass(key)
+        self.services.peers.publish(PASS_TOPIC, key)
+
+    def _remember_pass(self, key: str) -> None:
         self._passed[key] = time.monotonic()
         self._passed.move_to_end(key)
         while len(self._passed) > PASS_CACHE_SIZE:
@@ -249,17 +256,25 @@ class SmtpSession:
         elif isinstance(event, MailFrom):
             await self._mail(event)
         elif isinstance(event, Hello):
+            self.services.metrics.command("smtp", "ehlo" if event.esmtp else "helo")
             self.helo = event.hostname
             self.resolutions.clear()
             self.core.accept()
         elif isinstance(event, StartTls):
+            self.services.metrics.command("smtp", "starttls")
             return await self._starttls()
         elif isinstance(event, (AuthStart, AuthResponse)):
             await self._auth(event)
         elif isinstance(event, MessageRefused):
+            reply = f"{event.reply.code} {event.reply.enhanced}"
             logs.event(
                 log, "message_refused", session=self.id, client=self.conn.peer_ip,
-                reply=f"{event.reply.code} {event.reply.enhanced}", size=event.size,
+                reply=reply, size=event.size,
+            )
+            self.services.metrics.command("smtp", "data")
+            self.services.metrics.delivery("in", "refused")
+            self.services.delivery_log.record(
+                "in", "", "", ",".join(self.rcpt_results), "refused", f"{reply} {event.reply.text}"
             )
         return True
 
@@ -294,6 +309,7 @@ class SmtpSession:
         try:
             with budget.scope(self.services.settings.limits.command_time):
                 if isinstance(event, AuthStart):
+                    self.services.metrics.command("smtp", "auth")
                     self._mechanism = event.mechanism
                     step = await self.auth.start(event.mechanism, event.initial_response)
                 else:
@@ -301,6 +317,14 @@ class SmtpSession:
         except BudgetExceeded:
             # Every password-check slot stayed busy (a login flood): RFC 4954 6 454.
             self.core.auth_failure(R.AUTH_TEMP_FAIL)
+            return
+        except LoginRefused as e:
+            # Blocked address or locked user (auth/failures.py): the password was not
+            # checked; 454 is temporary, counted and delayed like a failure.
+            must_close = await self.auth.failed(None, self._mechanism, e.reason)
+            self.core.auth_failure(R.AUTH_TEMP_FAIL)
+            if must_close:
+                self.core.close(TOO_MANY_AUTH)
             return
         if isinstance(step, Challenge):
             self.core.auth_challenge(step.data)
@@ -314,6 +338,7 @@ class SmtpSession:
                 self.core.close(TOO_MANY_AUTH)
 
     async def _mail(self, event: MailFrom) -> None:
+        self.services.metrics.command("smtp", "mail")
         self.resolutions.clear()
         self.rcpt_results = []
         self.mail_size = event.params.size
@@ -332,6 +357,7 @@ class SmtpSession:
         self.core.accept()
 
     async def _rcpt(self, event: RcptTo) -> None:
+        self.services.metrics.command("smtp", "rcpt")
         refusal = await self._rcpt_refusal(event)
         shown = str(event.path.address) if event.path.address is not None else event.path.raw
         if refusal is None:
@@ -508,15 +534,16 @@ class SmtpSession:
             mailbox_ids, others = await deliver.junk_mailboxes(self.services.store, tuple(user_ids))
             user_ids = dict.fromkeys(others)
         try:
+            texts = None
             if not user_ids and not mailbox_ids:
                 summary = b""  # only the queue reads it, and the queue never parses it
             elif costly:
-                summary = await self.services.offload(deliver.summarize, stored)
+                summary, texts = await self.services.offload(deliver.summarize_for_store, stored)
             else:
-                summary = deliver.summarize(stored)
+                summary, texts = deliver.summarize_for_store(stored)
             result = await self.services.store.deliver(Delivery(
                 data=stored, summary=summary, user_ids=tuple(user_ids),
-                mailbox_ids=mailbox_ids, queue=queue, enforce_quota=True,
+                mailbox_ids=mailbox_ids, queue=queue, enforce_quota=True, search_texts=texts,
             ))
             if result.over_quota:
                 if not result.placed and result.queued is None:
@@ -597,6 +624,7 @@ class SmtpSession:
         verdict = await checker.check(
             data, ip=self.conn.peer_ip, helo=self.helo, mail_from=str(sender) if sender else ""
         )
+        self.services.metrics.auth_check("message", verdict.ms / 1000)
         recorder = self.services.dmarc_reports
         if recorder is not None:
             recorder.add(verdict, self.conn.peer_ip, str(sender) if sender else "")
@@ -631,6 +659,15 @@ class SmtpSession:
 
     def _log(self, event: MessageComplete, qid: str, result: str, started: float, **extra: int) -> None:
         sender = event.sender.address
+        accepted = result == "250"
+        services = self.services
+        services.metrics.command("smtp", "data")
+        services.metrics.delivery("in", "accepted" if accepted else "refused")
+        services.delivery_log.record(
+            "in", qid, str(sender) if sender else "<>",
+            ",".join(str(r.path.address) for r in event.recipients),
+            "accepted" if accepted else "refused", result,
+        )
         logs.event(
             log, "transaction", session=self.id, role=self.role, client=self.conn.peer_ip,
             helo=self.helo, tls=describe(self.conn.tls) or None,

@@ -108,8 +108,13 @@ class DnsPythonResolver:
         timeout: float = 10.0,
         cache_entries: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
         import dns.asyncresolver
+
+        # observe(rdtype, result, seconds) after every query sent (not cache hits): the
+        # DNS latency metric (postroom.metrics).
+        self.observe = observe
 
         self._cache: OrderedDict[tuple[str, str], tuple[float, list[object] | NxDomain]] = OrderedDict()
         self._cache_entries = cache_entries
@@ -147,7 +152,19 @@ class DnsPythonResolver:
                     return hit[1]
                 del self._cache[key]
         self.stats["queries"] += 1
-        rows, ttl = await self._ask(name, rdtype)
+        if self.observe is None:
+            rows, ttl = await self._ask(name, rdtype)
+        else:
+            started = time.perf_counter()
+            result = "error"
+            try:
+                rows, ttl = await self._ask(name, rdtype)
+                result = "nxdomain" if isinstance(rows, NxDomain) else "ok"
+            except DnsTemporary as e:
+                result = "timeout" if e.timeout else "error"
+                raise
+            finally:
+                self.observe(rdtype, result, time.perf_counter() - started)
         if self._cache_entries and ttl > 0:
             self._cache[key] = (self._clock() + ttl, rows)
             while len(self._cache) > self._cache_entries:
@@ -356,7 +373,12 @@ async def lookup_addresses(resolver: Resolver, host: str) -> list[str]:
 
 
 def make_resolver(
-    server: tuple[str, int] | None, *, timeout: float = 10.0, cache_entries: int = 0
+    server: tuple[str, int] | None,
+    *,
+    timeout: float = 10.0,
+    cache_entries: int = 0,
+    observe: Callable[[str, str, float], None] | None = None,
 ) -> Resolver:
-    """The production resolver for ``[outbound] resolver`` (None: the system's)."""
-    return DnsPythonResolver(server, timeout=timeout, cache_entries=cache_entries)
+    """The production resolver for ``[outbound] resolver`` (None: the system's).
+    ``observe(rdtype, result, seconds)`` is told the time of every query (metrics)."""
+    return DnsPythonResolver(server, timeout=timeout, cache_entries=cache_entries, observe=observe)

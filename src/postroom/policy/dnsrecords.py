@@ -18,14 +18,16 @@ from postroom.store.api import DkimKey
 
 SPF_RECORD = "v=spf1 mx -all"
 
-# RFC 6186 / RFC 8314: the SRV records mail clients use to find our services.
+# RFC 6186 / RFC 8314: the SRV records mail clients use to find our services, with their
+# priority (lower is preferred): implicit TLS before STARTTLS (RFC 8314 5.1), IMAP before
+# POP3 (RFC 6186 3.4: clients supporting both follow the priorities across them).
 _SRV = {
-    "submission": "_submission._tcp",
-    "submissions": "_submissions._tcp",
-    "imap": "_imap._tcp",
-    "imaps": "_imaps._tcp",
-    "pop3": "_pop3._tcp",
-    "pop3s": "_pop3s._tcp",
+    "submissions": ("_submissions._tcp", 0),
+    "submission": ("_submission._tcp", 10),
+    "imaps": ("_imaps._tcp", 0),
+    "imap": ("_imap._tcp", 10),
+    "pop3s": ("_pop3s._tcp", 20),
+    "pop3": ("_pop3._tcp", 30),
 }
 
 
@@ -60,9 +62,12 @@ def required(
     addresses: Sequence[str],
     *,
     rua: str,
+    mta_sts_id: str | None = None,
 ) -> list[Record]:
     """Every record ``domain`` needs for mail through this server, in the order to create
-    them. ``addresses``: the server's public addresses (for A/AAAA and PTR)."""
+    them. ``addresses``: the server's public addresses (for A/AAAA and PTR).
+    ``mta_sts_id``: the current MTA-STS policy id (``postroom.clients.mta_sts_id``); with
+    an ``https`` listener, the MTA-STS and client auto-configuration names are listed too."""
     out = [Record("MX", domain, "MX", f"10 {hostname}", "mail for the domain goes to this server")]
     for ip in addresses:
         v6 = ipaddress.ip_address(ip).version == 6
@@ -76,12 +81,27 @@ def required(
     out.append(Record("DMARC", f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:{rua}",
                       "unauthenticated mail claiming the domain goes to spam; reports to a local address"))
     seen: set[str] = set()
-    for lst in listeners:
-        label = _SRV.get(lst.role)
-        if label and label not in seen:
-            seen.add(label)
-            out.append(Record("SRV", f"{label}.{domain}", "SRV", f"0 1 {lst.port} {hostname}",
-                              f"mail clients find {lst.role} (RFC 6186)"))
+    for role, (label, priority) in _SRV.items():
+        for lst in listeners:
+            if lst.role == role and label not in seen:
+                seen.add(label)
+                out.append(Record("SRV", f"{label}.{domain}", "SRV", f"{priority} 1 {lst.port} {hostname}",
+                                  f"mail clients find {lst.role} (RFC 6186)"))
+    https = next((lst.port for lst in listeners if lst.role == "https"), None)
+    if https is not None:
+        # The names below are this server under other names: its certificate must cover
+        # them (mta-sts. above all: RFC 8461 3.3 senders verify it).
+        if mta_sts_id is not None:
+            out.append(Record("MTA-STS", f"_mta-sts.{domain}", "TXT", f"v=STSv1; id={mta_sts_id}",
+                              "announces the MTA-STS policy (RFC 8461 3.1); the id changes with [mta_sts]"))
+            out.append(Record("CNAME", f"mta-sts.{domain}", "CNAME", hostname,
+                              "serves the MTA-STS policy (RFC 8461 3.3)"))
+        out.append(Record("CNAME", f"autoconfig.{domain}", "CNAME", hostname,
+                          "Thunderbird finds its settings here"))
+        out.append(Record("CNAME", f"autodiscover.{domain}", "CNAME", hostname,
+                          "Outlook finds its settings here"))
+        out.append(Record("SRV", f"_autodiscover._tcp.{domain}", "SRV", f"0 1 {https} {hostname}",
+                          "Outlook's way to the autodiscover host"))
     for ip in addresses:
         out.append(Record("PTR", ipaddress.ip_address(ip).reverse_pointer, "PTR", hostname,
                           "reverse DNS of the server's address (set by the address's provider)"))
@@ -99,12 +119,29 @@ class Verdict:
         return {**self.record.to_json(), "status": self.status, "found": list(self.found), "detail": self.detail}
 
 
-def judge(record: Record, found: Sequence[str], *, spf_pass: bool | None = None) -> Verdict:
+def judge(
+    record: Record, found: Sequence[str], *, spf_pass: bool | None = None,
+    addresses: Sequence[str] = (),
+) -> Verdict:
     """Compare ``record`` with the answers ``found`` (same text form as ``Record.value``;
-    MX "pref host", SRV "prio weight port host"). ``spf_pass``: whether our addresses pass
-    the SPF record found (None: unknown, compare text)."""
+    MX "pref host", SRV "prio weight port host"; CNAME: the addresses the name resolves to).
+    ``spf_pass``: whether our addresses pass the SPF record found (None: unknown, compare
+    text). ``addresses``: the server's addresses, which a CNAME must lead to."""
     found_t = tuple(found)
     kind = record.kind
+    if kind == "MTA-STS":
+        sts = [f for f in found if f.replace(" ", "").startswith("v=STSv1")]
+        if not sts:
+            return Verdict(record, "missing", found_t)
+        if len(sts) == 1 and sts[0].replace(" ", "") == record.value.replace(" ", ""):
+            return Verdict(record, "correct", found_t)
+        return Verdict(record, "wrong", found_t, "another policy id (senders keep the old policy)")
+    if kind == "CNAME":
+        if not found:
+            return Verdict(record, "missing", found_t)
+        if not addresses or set(found) & set(addresses):
+            return Verdict(record, "correct", found_t)
+        return Verdict(record, "wrong", found_t, f"does not lead to {record.value}")
     if kind == "SPF":
         spf = [f for f in found if f.lower().startswith("v=spf1")]
         if not spf:

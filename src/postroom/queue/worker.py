@@ -229,7 +229,9 @@ class QueueWorker:
         self.out = out = settings.outbound
         self.rng = rng if rng is not None else random.Random()
         if resolver is None:
-            resolver = services.resolver if services.resolver is not None else make_resolver(out.resolver)
+            resolver = services.resolver if services.resolver is not None else make_resolver(
+                out.resolver, observe=services.metrics.dns_query
+            )
         self.resolver = resolver
         self.router = Router(settings, self.resolver, rng=self.rng)
         schedule = out.retry_schedule
@@ -778,6 +780,7 @@ class QueueWorker:
             ]
             await send_dsn(self.store, directory, hostname, msg, original, statuses, DsnKind.SUCCESS, now=now,
                            signer=self.services.signer, offload=self.services.offload)
+        self._note_outcomes(msg, outcomes, expired)
         records = [
             RecipientOutcome(o.rcpt.id, state, o.status, o.diagnostic, o.remote_mta)
             for state, group in (
@@ -798,6 +801,20 @@ class QueueWorker:
         await self.store.queue_record(
             msg.qid, records, retry_at, last_error, True if warn else None
         )
+
+
+    _RESULTS = {"delivered": "delivered", "pending": "deferred", "failed": "failed"}
+
+    def _note_outcomes(self, msg: QueuedMessage, outcomes: list[_Outcome], expired: list[_Outcome]) -> None:
+        """Metrics and the recent delivery log (postroom.activity): one entry per recipient."""
+        metrics = self.services.metrics
+        record = self.services.delivery_log.record
+        gone = {id(o) for o in expired}
+        for o in outcomes:
+            result = "expired" if id(o) in gone else self._RESULTS.get(o.state, o.state)
+            metrics.delivery("out", result)
+            detail = " ".join(x for x in (o.status, o.remote_mta, o.diagnostic) if x)
+            record("out", msg.qid, msg.sender or "<>", o.rcpt.address, result, detail)
 
 
 @dataclass(frozen=True, slots=True)

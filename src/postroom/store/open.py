@@ -7,8 +7,10 @@ everything else receives the opened :class:`~postroom.store.api.Store`.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from postroom.config import Settings
+from postroom.peers import Peers
 from postroom.store.api import Store
 
 
@@ -21,18 +23,30 @@ def node_name(settings: Settings) -> str:
     return f"{socket.gethostname()}:{settings.data_dir.resolve()}"
 
 
-async def open_store(settings: Settings, *, auto_migrate: bool | None = None) -> Store:
+def node_peers(store: Store) -> Peers | None:
+    """How the serving processes of several nodes tell each other small notes
+    (``postroom.peers``), when the backend has a way: PostgreSQL's NOTIFY. None: SQLite,
+    whose processes are one server's and talk over the process bus."""
+    peers: Peers | None = getattr(store, "peers", None)
+    return peers
+
+
+async def open_store(
+    settings: Settings, *, auto_migrate: bool | None = None,
+    timing: Callable[[bool, float], None] | None = None,
+) -> Store:
     """Open (creating and migrating as allowed) the store the settings name.
 
     ``auto_migrate`` overrides ``store.auto_migrate`` (``postroom migrate`` passes True).
     Raises :class:`~postroom.store.api.StoreUnavailable` when PostgreSQL cannot be
     reached and :class:`~postroom.store.schema.SchemaTooNew` (or ``SchemaTooOld``) when
-    the database's schema does not fit this postroom."""
+    the database's schema does not fit this postroom. ``timing(write, seconds)`` is told
+    the duration of every store read and write (metrics)."""
     cfg = settings.store
     if cfg.backend == "sqlite":
         from postroom.store.sqlite import open_store as open_sqlite
 
-        return open_sqlite(settings.data_dir, fsync=settings.fsync)
+        return open_sqlite(settings.data_dir, fsync=settings.fsync, timing=timing)
     from postroom.store.postgres import open_store as open_pg
 
     blobs = None
@@ -44,7 +58,7 @@ async def open_store(settings: Settings, *, auto_migrate: bool | None = None) ->
             secret_key=cfg.s3_secret_key(settings.path.parent), region=cfg.s3_region,
             prefix=cfg.s3_prefix,
         ))
-    return await open_pg(
+    store = await open_pg(
         cfg.url,
         password=cfg.password(settings.path.parent),
         pool_size=cfg.pool_size,
@@ -52,6 +66,8 @@ async def open_store(settings: Settings, *, auto_migrate: bool | None = None) ->
         blobs=blobs,
         blob_min_size=cfg.s3_min_size,
     )
+    store.engine.timing = timing
+    return store
 
 
 async def migrate(settings: Settings) -> tuple[int, int]:

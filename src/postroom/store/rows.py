@@ -28,7 +28,7 @@ from postroom.store.api import (
 
 Row = Sequence[Any]
 
-USER_COLS = "u.id, u.address, d.name, u.created, u.password_hash, u.scram, u.disabled"
+USER_COLS = "u.id, u.address, d.name, u.created, u.password_hash, u.scram, u.disabled, u.admin"
 MAILBOX_COLS = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use"
 META_COLS = "id, uid, flags, keywords, modseq, size, internaldate, blob_id"
 QUOTA_COLS = "id, used_storage, quota_storage, used_messages, quota_messages"
@@ -47,7 +47,7 @@ DMARC_KEY = (
 def user_row(row: Row) -> User:
     return User(
         id=row[0], address=row[1], domain=row[2], created=row[3], password_hash=row[4],
-        scram=row[5], disabled=bool(row[6]),
+        scram=row[5], disabled=bool(row[6]), admin=bool(row[7]),
     )
 
 

@@ -178,3 +178,17 @@ def test_split_points_do_not_matter(data: bytes, cuts: list[int]) -> None:
     assert consumed == used_whole
     assert split.message() == whole.message()
     assert split.overflow == whole.overflow
+
+
+@pytest.mark.parametrize("dot_lines", [0, 1, 63, 64, 65, 200])
+@pytest.mark.parametrize("step", [None, 1, 2, 3, 5, 64])
+def test_many_dot_lines_and_none(dot_lines: int, step: int | None) -> None:
+    """The decoder visits dot lines one by one up to a bound, then only looks for the end
+    (and skips unstuffing when there was none): the result is the same either way."""
+    lines = [b"line %d" % i for i in range(100)]
+    lines[:dot_lines] = [b"." + b"x" * (i % 3) for i in range(dot_lines)]
+    message = b"".join(line + b"\r\n" for line in lines)
+    wire = stuff(message)
+    assert decode(wire + b"QUIT\r\n", step=step) == (message, len(wire))
+    # and over the size limit, the end is still found with memory bounded
+    assert decode(wire + b"QUIT\r\n", max_size=50, step=step) == (None, len(wire))

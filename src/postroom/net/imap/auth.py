@@ -6,14 +6,15 @@ Passwords never travel in clear text unless the configuration says so
 ``NO [PRIVACYREQUIRED]`` (RFC 5530), and offer only SCRAM-SHA-256, which does not reveal
 the password. Every failure is delayed and counted by the shared
 :class:`~postroom.net.auth.AuthTracker` (same policy as SMTP AUTH and POP3); after
-``limits.auth_failures`` failures the connection is closed with ``* BYE``.
+``limits.auth_failures`` failures the connection is closed with ``* BYE``. A login the
+per-address or per-user rules refuse (auth/failures.py) gets ``NO [UNAVAILABLE]``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from postroom.net.auth import MECHANISMS
+from postroom.net.auth import MECHANISMS, TEXT_REFUSED, LoginRefused
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Authenticate, Login, StartTls
 from postroom.proto.imap.grammar import ImapPeerError
@@ -115,7 +116,10 @@ async def login(s: ImapSession, cmd: Login) -> bytes:
         password = cmd.password.decode("utf-8")
     except UnicodeDecodeError:
         password = None
-    user = await s.auth.verify_password(cmd.username, password) if password else None
+    try:
+        user = await s.auth.verify_password(cmd.username, password) if password else None
+    except LoginRefused as e:
+        return await _failed(s, cmd.tag, cmd.username, "LOGIN", e.reason)
     if user is None:
         return await _failed(s, cmd.tag, cmd.username, "LOGIN")
     await s.login(user, "LOGIN")
@@ -129,19 +133,23 @@ async def authenticate(s: ImapSession, cmd: Authenticate) -> bytes:
         raise ImapPeerError("Unsupported authentication mechanism", status="NO", tag=cmd.tag)
     if name not in mechanisms(s):
         raise ImapPeerError(TEXT_PRIVACY, status="NO", code="PRIVACYREQUIRED", tag=cmd.tag)
-    step = await s.auth.start(name, cmd.initial_response)
-    while isinstance(step, Challenge):
-        s.write(responses.continuation_data(step.data))
-        s.rx.expect_auth_response(cmd.tag)
-        event = await s.next_event(raise_errors=True)
-        if isinstance(event, AuthCancelled):
-            # RFC 9051 6.2.2: "*" cancels; the server answers BAD.
-            return responses.bad(cmd.tag, "Authentication cancelled")
-        if not isinstance(event, AuthResponse):
-            from postroom.net.imap.session import Closing
+    try:
+        step = await s.auth.start(name, cmd.initial_response)
+        while isinstance(step, Challenge):
+            s.write(responses.continuation_data(step.data))
+            s.rx.expect_auth_response(cmd.tag)
+            event = await s.next_event(raise_errors=True)
+            if isinstance(event, AuthCancelled):
+                # RFC 9051 6.2.2: "*" cancels; the server answers BAD.
+                return responses.bad(cmd.tag, "Authentication cancelled")
+            if not isinstance(event, AuthResponse):
+                from postroom.net.imap.session import Closing
 
-            raise Closing()
-        step = await s.auth.respond(event.data)
+                raise Closing()
+            step = await s.auth.respond(event.data)
+    except LoginRefused as e:
+        s.auth.user = None
+        return await _failed(s, cmd.tag, None, name, e.reason)
     user = s.auth.user
     if isinstance(step, Success) and user is not None:
         await s.login(user, name)
@@ -155,9 +163,17 @@ def _logged_in(s: ImapSession, tag: str) -> bytes:
     return responses.ok(tag, "Logged in", responses.code_capability(capabilities(s)))
 
 
-async def _failed(s: ImapSession, tag: str, username: str | None, mechanism: str) -> bytes:
-    must_close = await s.auth.failed(username, mechanism)
-    reply = responses.no(tag, TEXT_AUTH_FAILED, responses.AUTHENTICATIONFAILED)
+async def _failed(
+    s: ImapSession, tag: str, username: str | None, mechanism: str, refused: str = ""
+) -> bytes:
+    must_close = await s.auth.failed(username, mechanism, refused)
+    if refused:
+        # Blocked address or locked user (auth/failures.py): the password was not
+        # checked; RFC 5530 UNAVAILABLE is temporary, so clients do not ask the user
+        # for another password.
+        reply = responses.no(tag, TEXT_REFUSED, responses.UNAVAILABLE)
+    else:
+        reply = responses.no(tag, TEXT_AUTH_FAILED, responses.AUTHENTICATIONFAILED)
     if must_close:
         from postroom.net.imap.session import Closing
 

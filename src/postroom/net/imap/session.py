@@ -124,7 +124,9 @@ class ImapHandler:
         self.mailbox_ids: dict[tuple[int, str], int] = {}
         self.structures = StructureCache()
         # Logged-in sessions per (user, client address): limits.connections_per_user_ip.
-        self.user_sessions = UserSessions(services.settings.limits.connections_per_user_ip)
+        self.user_sessions = UserSessions(
+            services.settings.limits.connections_per_user_ip, services.user_ip_counts
+        )
 
     async def refuse(self, conn: Connection, listener: Listener, reason: str) -> None:
         await conn.send(responses.bye(reason, responses.UNAVAILABLE))
@@ -157,7 +159,9 @@ class ImapSession:
         self.lights = lights if lights is not None else LightCache()
         self.mailbox_ids: dict[tuple[int, str], int] = {}
         self.structures = StructureCache()  # replaced by the handler's shared one
-        self.user_sessions = UserSessions(services.settings.limits.connections_per_user_ip)
+        self.user_sessions = UserSessions(
+            services.settings.limits.connections_per_user_ip, services.user_ip_counts
+        )
         self.store = services.store
         self.conn = conn
         self.listener = listener
@@ -402,6 +406,7 @@ class ImapSession:
 
     async def execute(self, cmd: Command) -> None:
         self.commands += 1
+        self.services.metrics.command("imap", cmd.name.lower())
         handler = self.handlers.get(type(cmd))
         tagged: bytes | None
         try:

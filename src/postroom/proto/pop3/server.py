@@ -164,6 +164,7 @@ class _LoginAnswer:
     maildrop: list[MaildropItem] | None
     error: LoginError = LoginError.AUTH
     text: bytes | None = None
+    counted: bool = True
 
 
 def _line(text: str) -> bytes:
@@ -297,12 +298,19 @@ class Pop3Server:
         self._answer(PassRequest, Authenticated)
         self._login_answer = _LoginAnswer(items)
 
-    def login_failed(self, error: LoginError = LoginError.AUTH, text: str | None = None) -> None:
+    def login_failed(
+        self, error: LoginError = LoginError.AUTH, text: str | None = None,
+        counted: bool | None = None,
+    ) -> None:
         """Answer PassRequest/Authenticated: refused, with the code ``error`` selects.
 
-        Only ``LoginError.AUTH`` counts as a failed login (:attr:`login_failures`)."""
+        ``counted``: whether this is a failed login (:attr:`login_failures`, closing after
+        too many); by default only ``LoginError.AUTH`` is. A login the shell refused
+        without checking the password (a blocked address) is counted with another code."""
         self._answer(PassRequest, Authenticated)
-        self._login_answer = _LoginAnswer(None, error, None if text is None else _line(text))
+        self._login_answer = _LoginAnswer(
+            None, error, None if text is None else _line(text),
+            error is LoginError.AUTH if counted is None else counted)
 
     def credentials(self, credentials: ScramCredentials | None) -> None:
         """Answer CredentialsRequest: the stored SCRAM credentials, None if no such user."""
@@ -447,7 +455,7 @@ class Pop3Server:
         if answer.maildrop is None:
             code = answer.error.value
             reply = R.err(answer.text or R.LOGIN_ERROR_TEXT[code], code)
-            if answer.error is LoginError.AUTH:
+            if answer.counted:
                 self._login_refused(reply)
             else:
                 # [IN-USE], [SYS/...], [LOGIN-DELAY]: the credentials were fine, so this

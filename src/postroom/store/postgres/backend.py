@@ -69,7 +69,7 @@ from postroom.store.postgres import accounts, authdata, imports, mail, queue, sh
 from postroom.store.postgres.engine import Engine
 from postroom.store.postgres.locks import MaildropLocks
 from postroom.store.postgres.mail import BlobIn, Stored
-from postroom.store.postgres.notify import Relay
+from postroom.store.postgres.notify import NotifyPeers, Relay
 from postroom.store.postgres.schema import migrate
 from postroom.store.s3 import S3Blobs
 from postroom.store.sqlite.snapshots import SnapshotCache
@@ -99,6 +99,7 @@ class PostgresStore:
         self.engine = engine
         self.changes = LocalChangeHub()
         self.relay = Relay(connect, self.changes)
+        self.peers = NotifyPeers(self.relay)  # services.peers of this node's processes
         self.maildrops = MaildropLocks(connect)
         self.blobs = blobs
         self.blob_min_size = blob_min_size

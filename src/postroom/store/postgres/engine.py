@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -82,6 +83,9 @@ class Engine:
         self.pool = pool
         self.lazy = lazy
         self.failures = 0  # outages seen (operations that raised StoreUnavailable)
+        # timing(write, seconds) after every read and write (the store latency metrics),
+        # as the SQLite engine reports it.
+        self.timing: Callable[[bool, float], None] | None = None
 
     @classmethod
     async def connect(
@@ -138,6 +142,15 @@ class Engine:
 
     async def read(self, fn: Fn[T], *, snapshot: bool = False) -> T:
         """Run a read; ``snapshot``: its statements see one state of the database."""
+        if self.timing is None:
+            return await self._read(fn, snapshot)
+        started = time.perf_counter()
+        try:
+            return await self._read(fn, snapshot)
+        finally:
+            self.timing(False, time.perf_counter() - started)
+
+    async def _read(self, fn: Fn[T], snapshot: bool) -> T:
         for attempt in (0, 1):
             try:
                 async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
@@ -158,6 +171,15 @@ class Engine:
 
         ``fn`` may run more than once (deadlock retries): it must not have effects
         outside the transaction."""
+        if self.timing is None:
+            return await self._write(fn, lazy)
+        started = time.perf_counter()
+        try:
+            return await self._write(fn, lazy)
+        finally:
+            self.timing(True, time.perf_counter() - started)
+
+    async def _write(self, fn: Fn[T], lazy: bool) -> T:
         pool = self.lazy if lazy else self.pool
         retries = 0
         reconnects = 0

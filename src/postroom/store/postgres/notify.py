@@ -211,3 +211,23 @@ class Relay:
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
+
+
+class NotifyPeers:
+    """``postroom.peers`` between the nodes of one database (and the worker processes
+    of each): a note travels as an ``n`` line on the node's LISTEN/NOTIFY connection,
+    so SMTP greeting passes and POP3 take-overs reach every serving process."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    def publish(self, topic: str, value: str) -> None:
+        self._relay.send_note(topic, value)
+
+    def subscribe(self, topic: str, handler: NoteHandler) -> None:
+        self._relay.subscribe_note(topic, handler)
+
+    def has_others(self) -> bool:
+        # Other nodes may exist whenever the database is shared; a note nobody answers
+        # costs a bounded wait (a POP3 take-over) or nothing (a greeting pass).
+        return True

@@ -22,17 +22,17 @@ word                     SQLite                    PostgreSQL
 ``{without_rowid}``      ``WITHOUT ROWID``         (nothing)
 =======================  ========================  ===================================
 
-The SQLite rendering of steps 1-10 is, word for word, the SQL those steps had when they
+The SQLite rendering of steps 1-11 is, word for word, the SQL those steps had when they
 were SQLite-only, so existing databases and new ones end up with the same schema.
 Where the dialects must differ a step names both texts (:class:`Migration`). PostgreSQL
-support starts at version 11: every PostgreSQL database is created by all steps at once,
+support starts at version 12: every PostgreSQL database is created by all steps at once,
 in one transaction, so a step that converts existing rows (2, 3) has nothing to convert
 there and its PostgreSQL side only creates what the step creates.
 
 Design notes (integers, text, blobs: no backend-only types):
 * ``blobs`` holds each message's bytes once with its parse summary and a reference count;
   ``messages`` rows (one per mailbox copy) and ``queue`` rows reference it. With an
-  external blob store (PostgreSQL + S3, step 11) ``location`` names the object and
+  external blob store (PostgreSQL + S3, step 12) ``location`` names the object and
   ``data`` is empty; ``blob_garbage`` lists objects to delete once their row is gone.
 * ``messages.id`` is stable for the life of a message, including MOVE (the row is updated in
   place) and never reused (AUTOINCREMENT, an identity), so POP3 UIDL can use it.
@@ -171,7 +171,6 @@ def _message_search(conn: sqlite3.Connection) -> None:
         conn.execute(
             "INSERT INTO message_search VALUES(?, ?, ?, ?, ?, ?, ?)", (mailbox_id, uid, *texts)
         )
-
 
 
 _BLOB_STORE = """
@@ -411,7 +410,44 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (user_id, origin, key)
     ) {without_rowid}
     """),
-    # 11: PostgreSQL arrives. Message bytes may live in an S3-compatible blob store
+    # 11: the HTTP service (postroom.web): admin users, API tokens, app passwords, web
+    # sessions (secrets stored as SHA-256 digests), and the bounded recent delivery log.
+    portable("""
+    ALTER TABLE users ADD COLUMN admin {int} NOT NULL DEFAULT 0;
+    CREATE TABLE api_tokens (
+        id {id},
+        name TEXT NOT NULL UNIQUE,
+        digest TEXT NOT NULL UNIQUE,
+        created {int} NOT NULL
+    );
+    CREATE TABLE app_passwords (
+        id {id},
+        user_id {int} NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created {int} NOT NULL
+    );
+    CREATE INDEX app_passwords_user ON app_passwords(user_id, digest);
+    CREATE TABLE web_sessions (
+        digest TEXT PRIMARY KEY,
+        user_id {int} NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        created {int} NOT NULL,
+        expires {int} NOT NULL
+    );
+    CREATE INDEX web_sessions_user ON web_sessions(user_id);
+    CREATE INDEX web_sessions_expires ON web_sessions(expires);
+    CREATE TABLE delivery_log (
+        id {id},
+        time {int} NOT NULL,
+        direction TEXT NOT NULL,
+        qid TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        result TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    """),
+    # 12: PostgreSQL arrives. Message bytes may live in an S3-compatible blob store
     # (``location`` names the object, ``data`` is then empty; objects are written before the
     # row and listed in ``blob_garbage`` in the transaction that drops their last
     # reference, then deleted). Queue leases are renewed per owner (``queue_lease``). On

@@ -166,6 +166,12 @@ def set_password(conn: sqlite3.Connection, address: str, password_hash: str, scr
         raise NotFound(f"no user {address}")
 
 
+def set_user_admin(conn: sqlite3.Connection, address: str, admin: bool) -> None:
+    cur = conn.execute("UPDATE users SET admin=? WHERE address=?", (int(admin), address))
+    if cur.rowcount == 0:
+        raise NotFound(f"no user {address}")
+
+
 def get_user(conn: sqlite3.Connection, address: str) -> User | None:
     r = conn.execute(
         f"SELECT {_USER_COLS} FROM users u JOIN domains d ON d.id=u.domain_id WHERE u.address=?",

@@ -7,14 +7,13 @@ fsync (measured in bench/store_deliver.py: see docs/architecture.md), and a cras
 the file and the row needs a recovery pass. Reading a 5 KB blob from SQLite is as fast as
 reading a small file.
 
-\\Recent marks (RFC 3501 2.3.2) live in memory. Every rev1 read-write SELECT claims
-\\Recent, and a durable write there would make each SELECT wait for a group-commit fsync.
-RFC 3501 lets \\Recent be approximate, so this process keeps the authoritative mark per
-mailbox in ``_recent`` (started from the ``recent_uid`` column, the higher of the two
-winning), claims in memory without waiting, and writes the mark back with a background
-write (:meth:`Engine.submit`) that joins the next group commit. After a crash a mark may
-lag, and some messages are \\Recent once more: the only consequence. Marks are checked
-against UIDVALIDITY, so a mailbox id reused after a deletion never inherits one.
+\\Recent marks (RFC 3501 2.3.2) live in memory, in one place (see ``recent.py``).
+
+Several processes may open one database at once (the worker processes of
+``server.workers``, the CLI): writes are serialised by the engine's cross-process lock,
+changes travel through the hub's relay (``changes.py``), \\Recent claims go to the one
+:class:`RecentMarks` the supervisor keeps, and POP3 maildrop locks are record locks the
+kernel drops with a dead process (``maildrop.py``).
 """
 
 from __future__ import annotations
@@ -22,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import os
 from array import array
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from postroom.store import api
 from postroom.store.api import (
     AddressLookup,
     Alias,
+    ApiToken,
+    AppPassword,
+    DeliveryLogEntry,
     Changes,
     Delivery,
     DeliveryResult,
@@ -46,17 +47,21 @@ from postroom.store.api import (
     NotFound,
     Quota,
     QueuedMessage,
+    QueueStats,
     RecipientOutcome,
     SharedMailbox,
     SendAsGrant,
     StoreResult,
     User,
+    WebSession,
 )
 from postroom.message import search_texts_of
 from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
-from postroom.store.changes import LocalChangeHub
-from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing
+from postroom.store.changes import ChangeRelay, LocalChangeHub
+from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
+from postroom.store.sqlite.maildrop import MaildropLocks
+from postroom.store.sqlite.recent import RecentClaims, RecentMarks
 from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
 
@@ -66,20 +71,28 @@ DB_NAME = "postroom.sqlite3"
 class SQLiteStore:
     """Implements :class:`postroom.store.api.Store` on one SQLite file."""
 
-    def __init__(self, path: Path, *, fsync: bool = True, readers: int = 4) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = True,
+        readers: int = 4,
+        checkpoint: bool = True,
+        relay: ChangeRelay | None = None,
+        recent: RecentClaims | None = None,
+    ) -> None:
+        """``checkpoint``: this process runs the WAL checkpointer (one per database);
+        ``relay``: carries changes to the other processes that share the database;
+        ``recent``: where \\Recent is claimed, when not in this process's memory."""
         created = not path.exists()
-        self.engine = Engine(path, fsync=fsync, readers=readers)
+        self.engine = Engine(path, fsync=fsync, readers=readers, checkpoint=checkpoint)
         self.engine.run_sync(migrate)
         if created and fsync:
             fsync_dir(path.parent)  # the new database and WAL files' directory entries
-        self.changes = LocalChangeHub()
-        self._maildrop_locks: set[int] = set()
-        # \\Recent marks (see the module docstring): mailbox id -> (uidvalidity, mark),
-        # touched on the event loop only; _recent_dirty is what the background write
-        # persists next, shared with the writer thread under _recent_lock.
-        self._recent: dict[int, tuple[int, int]] = {}
-        self._recent_dirty: dict[int, tuple[int, int]] = {}
-        self._recent_lock = threading.Lock()
+        self.changes = LocalChangeHub(relay)
+        self.maildrops = MaildropLocks(Path(str(path) + ".maildrops"))
+        self.recent_marks = RecentMarks(self.engine)  # authoritative when ``recent`` is None
+        self.recent: RecentClaims = recent if recent is not None else self.recent_marks
         self.snapshots = SnapshotCache()
 
     @classmethod
@@ -87,45 +100,20 @@ class SQLiteStore:
         return cls(data_dir / DB_NAME, fsync=fsync)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.close_sync)
 
     def close_sync(self) -> None:
         self.engine.close()
+        self.maildrops.close()
 
     def _publish(self, mailbox_id: int, user_id: int, modseq: int, kind: str = api.MESSAGES) -> None:
         self.changes.publish(
             MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq, kind=kind)
         )
 
-    # -- \\Recent ----------------------------------------------------------------------
-    def _claim(self, mailbox_id: int, uidvalidity: int, stored: int, upto: int) -> int:
-        """Claim [mark, upto) in memory; return the mark (the first UID claimed)."""
-        known = self._recent.get(mailbox_id)
-        mark = stored
-        if known is not None and known[0] == uidvalidity and known[1] > mark:
-            mark = known[1]
-        if upto > mark:
-            self._recent[mailbox_id] = (uidvalidity, upto)
-            self._persist_recent(mailbox_id, uidvalidity, upto)
-        else:
-            self._recent[mailbox_id] = (uidvalidity, mark)
-        return mark
-
-    def _persist_recent(self, mailbox_id: int, uidvalidity: int, mark: int) -> None:
-        with self._recent_lock:
-            queued = bool(self._recent_dirty)
-            self._recent_dirty[mailbox_id] = (uidvalidity, mark)
-        if not queued:  # one background write carries every mark claimed meanwhile
-            self.engine.submit(self._save_recent)
-
-    def _save_recent(self, conn: object) -> None:
-        with self._recent_lock:
-            marks, self._recent_dirty = self._recent_dirty, {}
-        mail.save_recent_marks(conn, [(m, v, r) for m, (v, r) in marks.items()])  # type: ignore[arg-type]
-
     async def _publish_mailbox(self, mailbox_id: int) -> None:
-        if not self.changes.listener_count(mailbox_id) and not self.changes.user_listener_count():
-            return  # nobody listens: skip the read
+        if not self.changes.may_have_listeners(mailbox_id):
+            return  # nobody listens, here or in another process: skip the read
         mb = await self.get_mailbox_by_id(mailbox_id)
         if mb is not None:
             self._publish(mb.id, mb.user_id, mb.highestmodseq)
@@ -141,7 +129,7 @@ class SQLiteStore:
         return await self.engine.read(accounts.list_domains)
 
     async def get_domain(self, name: str) -> Domain | None:
-        return await self.engine.read(lambda c: accounts.get_domain(c, name))
+        return await self.engine.lookup(lambda c: accounts.get_domain(c, name))
 
     async def add_user(self, address: str, password_hash: str, scram: str | None) -> User:
         return await self.engine.write(lambda c: accounts.add_user(c, address, password_hash, scram))
@@ -153,10 +141,10 @@ class SQLiteStore:
         await self.engine.write(lambda c: accounts.set_password(c, address, password_hash, scram))
 
     async def get_user(self, address: str) -> User | None:
-        return await self.engine.read(lambda c: accounts.get_user(c, address))
+        return await self.engine.lookup(lambda c: accounts.get_user(c, address))
 
     async def get_user_by_id(self, user_id: int) -> User | None:
-        return await self.engine.read(lambda c: accounts.get_user_by_id(c, user_id))
+        return await self.engine.lookup(lambda c: accounts.get_user_by_id(c, user_id))
 
     async def list_users(self, domain: str | None = None) -> list[User]:
         return await self.engine.read(lambda c: accounts.list_users(c, domain))
@@ -171,10 +159,10 @@ class SQLiteStore:
         return await self.engine.read(lambda c: accounts.list_aliases(c, domain))
 
     async def alias_targets(self, source: str) -> list[str]:
-        return await self.engine.read(lambda c: accounts.alias_targets(c, source))
+        return await self.engine.lookup(lambda c: accounts.alias_targets(c, source))
 
     async def lookup_address(self, address: str) -> AddressLookup:
-        return await self.engine.read(lambda c: accounts.lookup_address(c, address))
+        return await self.engine.lookup(lambda c: accounts.lookup_address(c, address))
 
     async def add_sendas(self, user: str, address: str) -> SendAsGrant:
         return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))
@@ -183,17 +171,22 @@ class SQLiteStore:
         await self.engine.write(lambda c: accounts.remove_sendas(c, user, address))
 
     async def list_sendas(self, user: str | None = None) -> list[SendAsGrant]:
+        if user is not None:  # a user's few grants, at MAIL FROM on submission
+            return await self.engine.lookup(lambda c: accounts.list_sendas(c, user))
         return await self.engine.read(lambda c: accounts.list_sendas(c, user))
+
+    async def set_user_admin(self, address: str, admin: bool) -> None:
+        await self.engine.write(lambda c: accounts.set_user_admin(c, address, admin))
 
     # -- mailboxes -----------------------------------------------------------------------
     async def list_mailboxes(self, user_id: int) -> list[Mailbox]:
         return await self.engine.read(lambda c: accounts.list_mailboxes(c, user_id))
 
     async def get_mailbox(self, user_id: int, name: str) -> Mailbox | None:
-        return await self.engine.read(lambda c: accounts.get_mailbox(c, user_id, name))
+        return await self.engine.lookup(lambda c: accounts.get_mailbox(c, user_id, name))
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
-        return await self.engine.read(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
+        return await self.engine.lookup(lambda c: accounts.get_mailbox_by_id(c, mailbox_id))
 
     async def create_mailbox(self, user_id: int, name: str, special_use: str | None = None) -> Mailbox:
         created = await self.engine.write(
@@ -204,7 +197,7 @@ class SQLiteStore:
 
     async def delete_mailbox(self, user_id: int, name: str) -> None:
         mailbox_id = await self.engine.write(lambda c: accounts.delete_mailbox(c, user_id, name))
-        self._recent.pop(mailbox_id, None)
+        self.recent.forget(mailbox_id)
         # Sessions that have it selected learn it is gone (their re-read finds nothing).
         self._publish(mailbox_id, user_id, 0)
         self._publish(mailbox_id, user_id, 0, MAILBOXES)
@@ -223,7 +216,7 @@ class SQLiteStore:
         self._publish(0, user_id, 0, SUBSCRIPTIONS)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
-        known = self._recent.get(mailbox_id)
+        known = await self.recent.known(mailbox_id)
         return await self.engine.read(lambda c: accounts.mailbox_status(c, mailbox_id, known))
 
     async def mailbox_snapshot(
@@ -236,7 +229,7 @@ class SQLiteStore:
         uids, kws = array("I", uids), dict(kws)  # the cache keeps the originals
         recent_from = uidnext
         if claim_recent:
-            recent_from = self._claim(mailbox_id, validity, stored, uidnext)
+            recent_from = await self.recent.claim(mailbox_id, validity, stored, uidnext)
         return MailboxSnapshot(
             id=mailbox_id, user_id=owner, name=real_name, uidvalidity=validity, uidnext=uidnext,
             highestmodseq=modseq, recent_from=recent_from, uids=uids, flags=flags, keywords=kws,
@@ -392,13 +385,16 @@ class SQLiteStore:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))
 
     async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int:
-        known = self._recent.get(mailbox_id)
-        if known is not None and upto is not None:
-            return self._claim(mailbox_id, known[0], known[1], upto)  # no I/O at all
+        if upto is not None:
+            mark = await self.recent.claim_known(mailbox_id, upto)
+            if mark is not None:  # no read: the mark in memory is at least the column's
+                return mark
         validity, stored, uidnext = await self.engine.read(
             lambda c: mail.recent_mark(c, mailbox_id)
         )
-        return self._claim(mailbox_id, validity, stored, uidnext if upto is None else upto)
+        return await self.recent.claim(
+            mailbox_id, validity, stored, uidnext if upto is None else upto
+        )
 
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
@@ -410,7 +406,7 @@ class SQLiteStore:
 
     # -- quota ---------------------------------------------------------------------------
     async def get_quota(self, user_id: int) -> Quota:
-        return await self.engine.read(lambda c: mail.get_quota(c, user_id))
+        return await self.engine.lookup(lambda c: mail.get_quota(c, user_id))  # at every RCPT
 
     async def set_quota(self, address: str, storage: int | None, messages: int | None) -> Quota:
         return await self.engine.write(lambda c: mail.set_quota(c, address, storage, messages))
@@ -572,21 +568,68 @@ class SQLiteStore:
             self.changes.publish_queue()
         return deleted
 
+    async def queue_stats(self) -> QueueStats:
+        return await self.engine.read(web.queue_stats)
+
+    # -- credentials of the HTTP service -------------------------------------------------
+    async def add_api_token(self, name: str, digest: str) -> ApiToken:
+        return await self.engine.write(lambda c: web.add_api_token(c, name, digest))
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return await self.engine.read(web.list_api_tokens)
+
+    async def remove_api_token(self, name: str) -> bool:
+        return await self.engine.write(lambda c: web.remove_api_token(c, name))
+
+    async def find_api_token(self, digest: str) -> ApiToken | None:
+        return await self.engine.read(lambda c: web.find_api_token(c, digest))
+
+    async def add_app_password(self, user_id: int, name: str, digest: str) -> AppPassword:
+        return await self.engine.write(lambda c: web.add_app_password(c, user_id, name, digest))
+
+    async def list_app_passwords(self, user_id: int) -> list[AppPassword]:
+        return await self.engine.read(lambda c: web.list_app_passwords(c, user_id))
+
+    async def remove_app_password(self, user_id: int, password_id: int) -> bool:
+        return await self.engine.write(lambda c: web.remove_app_password(c, user_id, password_id))
+
+    async def find_app_password(self, user_id: int, digest: str) -> AppPassword | None:
+        return await self.engine.read(lambda c: web.find_app_password(c, user_id, digest))
+
+    async def add_web_session(self, digest: str, user_id: int, expires: int) -> None:
+        await self.engine.write(lambda c: web.add_web_session(c, digest, user_id, expires))
+
+    async def get_web_session(self, digest: str) -> WebSession | None:
+        return await self.engine.read(lambda c: web.get_web_session(c, digest))
+
+    async def remove_web_sessions(
+        self, *, digest: str | None = None, user_id: int | None = None
+    ) -> int:
+        return await self.engine.write(lambda c: web.remove_web_sessions(c, digest, user_id))
+
+    async def append_delivery_log(self, entries: Sequence[DeliveryLogEntry], keep: int) -> None:
+        await self.engine.write(lambda c: web.append_delivery_log(c, entries, keep))
+
+    async def list_delivery_log(self, limit: int, before_id: int | None = None) -> list[DeliveryLogEntry]:
+        return await self.engine.read(lambda c: web.list_delivery_log(c, limit, before_id))
+
     # -- POP3 --------------------------------------------------------------------------
     async def try_lock_maildrop(self, user_id: int) -> bool:
-        if user_id in self._maildrop_locks:
-            return False
-        self._maildrop_locks.add(user_id)
-        return True
+        return self.maildrops.try_lock(user_id)
 
     async def unlock_maildrop(self, user_id: int) -> None:
-        self._maildrop_locks.discard(user_id)
+        self.maildrops.unlock(user_id)
 
 
-def open_store(data_dir: Path, *, fsync: bool = True) -> SQLiteStore:
-    """Open (creating and migrating if needed) the embedded store in ``data_dir``."""
+def open_store(
+    data_dir: Path, *, fsync: bool = True, timing: Callable[[bool, float], None] | None = None
+) -> SQLiteStore:
+    """Open (creating and migrating if needed) the embedded store in ``data_dir``.
+    ``timing(write, seconds)`` is told the duration of every read and write (metrics)."""
     os.makedirs(data_dir, exist_ok=True)
-    return SQLiteStore.open(data_dir, fsync=fsync)
+    store = SQLiteStore.open(data_dir, fsync=fsync)
+    store.engine.timing = timing
+    return store
 
 
 _: type[api.Store] = SQLiteStore  # static check that the class satisfies the contract

@@ -14,8 +14,16 @@ that crosses the threshold, so one unlucky batch of deliveries would also wait f
 to be copied into the database and the database fsynced. Here the writer never
 checkpoints (``wal_autocheckpoint=0``); a checkpointer thread copies PASSIVE-ly (never
 blocking the writer) shortly after commits, and only if the WAL still grows past
-``WAL_RESTART_FRAMES`` under sustained load does the writer force a RESTART between two
-batches, which bounds the WAL file.
+``WAL_RESTART_FRAMES`` under sustained load does it force a RESTART, holding the write
+lock between two batches, which bounds the WAL file.
+
+Several processes on one database (the worker processes of ``server.workers``, the CLI):
+every writer takes an ``flock`` on ``<database>.writelock`` around each batch, gathered
+once the lock is held, so group commit holds across processes: while one process
+fsyncs, the others' jobs queue up and each commits them together when its turn comes. In
+saturation that is the same number of fsyncs per second, each carrying as many jobs, as
+one writer would manage. Only one process runs the checkpointer (``checkpoint=True``,
+the supervisor); its PASSIVE checkpoints copy what every process committed.
 
 Callers see two coroutines: :meth:`Engine.write` and :meth:`Engine.read`, each taking a
 plain function of a ``sqlite3.Connection``.
@@ -24,6 +32,7 @@ plain function of a ``sqlite3.Connection``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import queue
@@ -44,6 +53,8 @@ MAX_BATCH = 512
 BUSY_TIMEOUT_MS = 30_000
 # Checkpoint at most this often (each checkpoint fsyncs the database file).
 CHECKPOINT_INTERVAL = 0.25
+# How often the checkpointer looks for commits made by other processes.
+CHECKPOINT_POLL = 1.0
 # A WAL this long (in pages of 4 KiB: ~400 MB) makes the writer checkpoint with RESTART.
 WAL_RESTART_FRAMES = 100_000
 
@@ -90,18 +101,24 @@ def _resolve(jobs: list[_Job]) -> None:
 class Engine:
     """Owns the writer thread and reader pool for one database file."""
 
-    def __init__(self, path: Path, *, fsync: bool = True, readers: int = 4) -> None:
+    def __init__(
+        self, path: Path, *, fsync: bool = True, readers: int = 4, checkpoint: bool = True
+    ) -> None:
         self.path = path
         self.fsync = fsync
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer_conn = connect(path, fsync=fsync)
         self._writer_conn.execute("PRAGMA wal_autocheckpoint=0")
         self._writer_conn.execute("PRAGMA journal_size_limit=67108864")
+        # Writers of every process that opens this database take this lock around each
+        # batch (see _writer_loop); kept open for the life of the engine.
+        self._lock_fd = os.open(str(path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._checkpoint_wanted = threading.Event()
-        self._restart_wanted = False
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
-        )
+        self._checkpointer: threading.Thread | None = None
+        if checkpoint:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+            )
         self._thread = threading.Thread(target=self._writer_loop, name="sqlite-writer", daemon=True)
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -110,21 +127,29 @@ class Engine:
         self._closed = False
         self.commits = 0  # observed by tests and the benchmark
         self.jobs = 0
+        # timing(write, seconds) after every awaited read and write (the store latency
+        # metric; set by the wiring, see postroom.metrics). Called on the event loop.
+        self.timing: Callable[[bool, float], None] | None = None
         self._thread.start()
-        self._checkpointer.start()
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
     # ---------------------------------------------------------------------------------
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a write on the caller's thread (migrations at start-up, before any loop)."""
         conn = self._writer_conn
-        conn.execute("BEGIN IMMEDIATE")
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -132,7 +157,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, future))
-        return await future
+        if self.timing is None:
+            return await future
+        started = time.perf_counter()
+        try:
+            return await future
+        finally:
+            self.timing(True, time.perf_counter() - started)
 
     def submit(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Queue a write nobody waits for: it joins the next group commit, and an error
@@ -144,7 +175,45 @@ class Engine:
         if self._closed:
             raise RuntimeError("store is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._run_read, fn)
+        if self.timing is None:
+            return await loop.run_in_executor(self._readers, self._run_read, fn)
+        started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self._readers, self._run_read, fn)
+        finally:
+            self.timing(False, time.perf_counter() - started)
+
+    async def lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A point read by key (an address, a user id) on the calling thread.
+
+        Why: the per-RCPT and per-login lookups are a few indexed rows of small tables that
+        SQLite's page cache holds; they take 10-30 us, whereas a hop to a reader thread and
+        back costs several times that in futex wake-ups and GIL hand-offs (and, on a busy
+        virtual machine, far more: see docs/performance.md). The connection never waits
+        for a lock (``busy_timeout=0``): in the rare moments a WAL reader cannot start at
+        once (a checkpoint restarting the WAL, recovery after a crash), the read goes to a
+        reader thread like any other. Only for reads that touch a handful of rows.
+        """
+        if self._closed:
+            raise RuntimeError("store is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "inline", None)
+        if conn is None:  # one per thread that calls (the event loop's)
+            conn = self._local.inline = connect(self.path, fsync=self.fsync, readonly=True)
+            conn.execute("PRAGMA busy_timeout=0")
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        try:
+            conn.execute("BEGIN")
+        except sqlite3.OperationalError:  # busy: let a reader thread wait for it
+            return await self.read(fn)
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+        finally:
+            conn.execute("COMMIT")
+        return await self.read(fn)
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -167,6 +236,12 @@ class Engine:
             first = self._queue.get()
             if first is None:
                 return
+            # The cross-process write lock, taken before the batch is gathered: while
+            # another process commits, this one's jobs keep queueing and join this batch,
+            # so group commit holds across processes (one fsync per lock holder, not per
+            # job). flock wakes a waiter the moment the lock is free, unlike SQLite's own
+            # busy handler, which sleeps 1, 2, 5, 10... ms between tries.
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             batch = [first]
             stop = False
             while len(batch) < MAX_BATCH:
@@ -178,32 +253,43 @@ class Engine:
                     stop = True
                     break
                 batch.append(nxt)
-            self._run_batch(conn, batch)
+            try:
+                self._run_batch(conn, batch)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._post(batch)
             if stop:
                 return
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        if self._restart_wanted:
-            self._restart_wanted = False
-            try:
-                conn.execute("PRAGMA wal_checkpoint(RESTART)")
-            except sqlite3.Error as e:
-                log.warning("checkpoint failed: %s", e)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             for job in batch:
                 job.error = e
-            self._post(batch)
             return
-        for job in batch:
-            conn.execute("SAVEPOINT job")
+        if len(batch) == 1:
+            # Alone in its transaction: a failure rolls the transaction back, no SAVEPOINT
+            # needed (two statements less, each a GIL hand-off on a busy process).
+            job = batch[0]
             try:
                 job.result = job.fn(conn)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 job.error = e
-                conn.execute("ROLLBACK TO job")
-            conn.execute("RELEASE job")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # SQLite may have rolled back already (e.g. disk full)
+                    pass
+                return
+        else:
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    job.error = e
+                    conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -216,8 +302,8 @@ class Engine:
                 job.error = e
         self.commits += 1
         self.jobs += len(batch)
-        self._checkpoint_wanted.set()
-        self._post(batch)
+        if self._checkpointer is not None:
+            self._checkpoint_wanted.set()
 
     @staticmethod
     def _post(batch: list[_Job]) -> None:
@@ -237,24 +323,40 @@ class Engine:
 
     def _checkpoint_loop(self) -> None:
         conn = connect(self.path, fsync=self.fsync)
+        lock_fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        seen = -1
         try:
             while True:
-                self._checkpoint_wanted.wait()
-                if not self._closed:
-                    time.sleep(CHECKPOINT_INTERVAL)  # let more commits join this checkpoint
-                self._checkpoint_wanted.clear()
+                # This process's commits wake the checkpointer; other processes' commits
+                # (worker processes, the CLI) are noticed by polling data_version.
+                if self._checkpoint_wanted.wait(CHECKPOINT_POLL):
+                    if not self._closed:
+                        time.sleep(CHECKPOINT_INTERVAL)  # let more commits join this checkpoint
+                    self._checkpoint_wanted.clear()
                 # close() sets _closed before it sets the event, so a close that happened
                 # during the sleep is seen here even though clear() ate its wake-up.
                 if self._closed:
                     return
                 try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if version == seen:  # nobody committed since the last checkpoint
+                        continue
+                    seen = version
                     _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames > WAL_RESTART_FRAMES:
+                        # Readers always pinned part of the WAL: copy it all and start the
+                        # WAL over, between two batches of any process's writer.
+                        # (Its own descriptor: flock on the writer's would not exclude
+                        # the writer thread, as both would share one open file.)
+                        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                        try:
+                            conn.execute("PRAGMA wal_checkpoint(RESTART)")
+                        finally:
+                            fcntl.flock(lock_fd, fcntl.LOCK_UN)
                 except sqlite3.Error as e:
                     log.warning("checkpoint failed: %s", e)
-                    continue
-                if frames > WAL_RESTART_FRAMES:
-                    self._restart_wanted = True
         finally:
+            os.close(lock_fd)
             conn.close()
 
     # ---------------------------------------------------------------------------------
@@ -264,17 +366,20 @@ class Engine:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        self._checkpoint_wanted.set()
-        self._checkpointer.join()
+        if self._checkpointer is not None:
+            self._checkpoint_wanted.set()
+            self._checkpointer.join()
         self._readers.shutdown(wait=True)
         with self._reader_lock:
             for c in self._reader_conns:
                 c.close()
-        try:
-            self._writer_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass
+        if self._checkpointer is not None:  # the one process that checkpoints
+            try:
+                self._writer_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass
         self._writer_conn.close()
+        os.close(self._lock_fd)
 
 
 def fsync_dir(path: Path) -> None:

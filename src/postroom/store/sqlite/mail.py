@@ -196,7 +196,7 @@ def deliver_checked(
     internaldate = d.internaldate if d.internaldate is not None else int(time.time())
     placed = []
     if mailbox_ids:
-        texts = search_texts_of(d.summary, d.data)
+        texts = d.search_texts if d.search_texts is not None else search_texts_of(d.summary, d.data)
         for mailbox_id, user_id in mailbox_ids:
             uid, _ = place(conn, mailbox_id, blob_id, size, internaldate, d.flags, "", texts)
             charge(conn, user_id, size, 1)
