@@ -171,6 +171,12 @@ async def set_password(conn: asyncpg.Connection, address: str, password_hash: st
         raise NotFound(f"no user {address}")
 
 
+async def set_user_admin(conn: asyncpg.Connection, address: str, admin: bool) -> None:
+    status = await conn.execute("UPDATE users SET admin = $1 WHERE address = $2", int(admin), address)
+    if rowcount(status) == 0:
+        raise NotFound(f"no user {address}")
+
+
 _USERS = f"SELECT {USER_COLS} FROM users u JOIN domains d ON d.id = u.domain_id"
 
 
@@ -256,7 +262,7 @@ async def lookup_address(conn: asyncpg.Connection, address: str) -> AddressLooku
     return AddressLookup(
         domain_is_local=True,
         user=user_row(row) if row[0] is not None else None,
-        alias_targets=tuple(row[7] or ()),
+        alias_targets=tuple(row[USER_COLS.count(",") + 1] or ()),  # after the user's
     )
 
 

@@ -41,8 +41,11 @@ from postroom.store.api import (
     SUBSCRIPTIONS,
     AddressLookup,
     Alias,
+    ApiToken,
+    AppPassword,
     Changes,
     Delivery,
+    DeliveryLogEntry,
     DeliveryResult,
     Domain,
     FlagChange,
@@ -57,15 +60,17 @@ from postroom.store.api import (
     NotFound,
     Quota,
     QueuedMessage,
+    QueueStats,
     RecipientOutcome,
     SendAsGrant,
     SharedMailbox,
     StoreResult,
     StoreUnavailable,
     User,
+    WebSession,
 )
 from postroom.store.changes import LocalChangeHub
-from postroom.store.postgres import accounts, authdata, imports, mail, queue, sharing
+from postroom.store.postgres import accounts, authdata, imports, mail, queue, sharing, web
 from postroom.store.postgres.engine import Engine
 from postroom.store.postgres.locks import MaildropLocks
 from postroom.store.postgres.mail import BlobIn, Stored
@@ -260,6 +265,9 @@ class PostgresStore:
 
     async def set_password(self, address: str, password_hash: str, scram: str | None) -> None:
         await self.engine.write(lambda c: accounts.set_password(c, address, password_hash, scram))
+
+    async def set_user_admin(self, address: str, admin: bool) -> None:
+        await self.engine.write(lambda c: accounts.set_user_admin(c, address, admin))
 
     async def get_user(self, address: str) -> User | None:
         return await self.engine.read(lambda c: accounts.get_user(c, address))
@@ -705,6 +713,52 @@ class PostgresStore:
 
     async def unlock_maildrop(self, user_id: int) -> None:
         await self.maildrops.unlock(user_id)
+
+    # -- the HTTP service (postgres/web.py) ----------------------------------------------
+    async def queue_stats(self) -> QueueStats:
+        return await self.engine.read(web.queue_stats)
+
+    async def add_api_token(self, name: str, digest: str) -> ApiToken:
+        return await self.engine.write(lambda c: web.add_api_token(c, name, digest))
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        return await self.engine.read(web.list_api_tokens)
+
+    async def remove_api_token(self, name: str) -> bool:
+        return await self.engine.write(lambda c: web.remove_api_token(c, name))
+
+    async def find_api_token(self, digest: str) -> ApiToken | None:
+        return await self.engine.read(lambda c: web.find_api_token(c, digest))
+
+    async def add_app_password(self, user_id: int, name: str, digest: str) -> AppPassword:
+        return await self.engine.write(lambda c: web.add_app_password(c, user_id, name, digest))
+
+    async def list_app_passwords(self, user_id: int) -> list[AppPassword]:
+        return await self.engine.read(lambda c: web.list_app_passwords(c, user_id))
+
+    async def remove_app_password(self, user_id: int, password_id: int) -> bool:
+        return await self.engine.write(lambda c: web.remove_app_password(c, user_id, password_id))
+
+    async def find_app_password(self, user_id: int, digest: str) -> AppPassword | None:
+        return await self.engine.read(lambda c: web.find_app_password(c, user_id, digest))
+
+    async def add_web_session(self, digest: str, user_id: int, expires: int) -> None:
+        await self.engine.write(lambda c: web.add_web_session(c, digest, user_id, expires))
+
+    async def get_web_session(self, digest: str) -> WebSession | None:
+        return await self.engine.read(lambda c: web.get_web_session(c, digest))
+
+    async def remove_web_sessions(
+        self, *, digest: str | None = None, user_id: int | None = None
+    ) -> int:
+        return await self.engine.write(lambda c: web.remove_web_sessions(c, digest, user_id))
+
+    async def append_delivery_log(self, entries: Sequence[DeliveryLogEntry], keep: int) -> None:
+        # Lost on a database crash at worst, like the SQLite log's buffer: no WAL wait.
+        await self.engine.write(lambda c: web.append_delivery_log(c, entries, keep), lazy=True)
+
+    async def list_delivery_log(self, limit: int, before_id: int | None = None) -> list[DeliveryLogEntry]:
+        return await self.engine.read(lambda c: web.list_delivery_log(c, limit, before_id))
 
 
 def _forget_garbage(names: list[str]) -> Any:

@@ -314,7 +314,7 @@ async def deliver(
     allocated = {r[0]: (r[1], r[2]) for r in allocation}
     blob_id = int(allocation[0][3])
     internaldate = d.internaldate if d.internaldate is not None else int(time.time())
-    texts = search_texts_of(d.summary, d.data)
+    texts = d.search_texts if d.search_texts is not None else search_texts_of(d.summary, d.data)
     rows = []
     placed: list[tuple[int, int, int]] = []
     used: dict[int, int] = {}
