@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import imaplib
 import os
+import poplib
 import re
 import smtplib
 import threading
@@ -47,14 +48,17 @@ _TOKEN = re.compile(rb"X-Token: (\S+)")
 
 
 @contextlib.contextmanager
-def cluster(tmp_path: Path, extra: str = "", roles: tuple[str, ...] = ("mx", "imaps")) -> Iterator[tuple[Server, Server]]:
+def cluster(
+    tmp_path: Path, extra: str = "", roles: tuple[str, ...] = ("mx", "imaps"),
+    workers: tuple[int, int] = (1, 1),
+) -> Iterator[tuple[Server, Server]]:
     database = fresh_database()
     nodes = []
     try:
-        for name in ("a", "b"):
+        for name, n in zip(("a", "b"), workers, strict=True):
             node_extra = extra.replace("{node}", name)
             srv = Server(tmp_path / name, roles=roles, backend="postgresql", database=database,
-                         extra=node_extra)
+                         extra=node_extra, workers=n)
             nodes.append(srv)
         for address in USERS:
             nodes[0].add_user(address)
@@ -182,6 +186,75 @@ def test_caches_and_passwords_across_nodes(tmp_path: Path) -> None:
         m.logout()
 
 
+
+def test_node_of_worker_processes(tmp_path: Path) -> None:
+    """Node A runs two worker processes (``server.workers = 2``), node B one. Each worker
+    is a client of the database of its own: a delivery through either of A's workers
+    wakes IDLE clients on A (the other worker, by NOTIFY) and on B; a message A's worker
+    queues for a remote is sent by A's supervisor at once (the bus carries the queue
+    wake-up: the poll interval is a minute); a POP3 login on B takes the maildrop over
+    from a session on A (a ``postroom.peers`` note by NOTIFY), as it would within one
+    process."""
+    capture = Capture(("127.0.0.1",)).start()
+    extra = (
+        '[server]\nnode_name = "{node}"\n'
+        "[outbound]\n"
+        f'transport = {{ "remote.test" = "127.0.0.1:{capture.port}" }}\n'
+        'queue_poll_interval = "60s"\n'
+        "[pop3]\nallow_plaintext_auth = true\n"
+    )
+    try:
+        with cluster(tmp_path, extra, roles=("mx", "imaps", "pop3"), workers=(2, 1)) as (a, b):
+            assert a.proc is not None
+            from support.procs import wait_children
+
+            assert len(wait_children(a.proc.pid, 2)) == 2
+            a.cli("alias", "add", RELAY, REMOTE)
+            user = USERS[3]
+
+            async def main() -> None:
+                # Several clients on A: the kernel spreads them over both workers.
+                on_a = [await _idle_client(a, user) for _ in range(4)]
+                on_b = await _idle_client(b, user)
+                try:
+                    for i in range(3):
+                        await asyncio.to_thread(_send, a, [user], f"w{i}")
+                        for client in (*on_a, on_b):
+                            line = await _wait_for(client, b"EXISTS")
+                            assert line is not None and line.rstrip() == b"* %d EXISTS" % (i + 1), line
+                finally:
+                    for client in (*on_a, on_b):
+                        with contextlib.suppress(Exception):
+                            await client.idle_done()
+                            await client.logout()
+
+            asyncio.run(main())
+            started = time.monotonic()
+            _send(a, [RELAY], "relayed")
+            while not capture.messages:
+                assert time.monotonic() - started < 20, "the relay was not woken"
+                time.sleep(0.1)
+            assert b"X-Token: relayed" in capture.messages[0].data
+
+            old = poplib.POP3("127.0.0.1", a.ports["pop3"], timeout=30)
+            old.user(user)
+            old.pass_(PASSWORD)
+            assert old.stat()[0] == 3
+            new = poplib.POP3("127.0.0.1", b.ports["pop3"], timeout=30)
+            new.user(user)
+            assert new.pass_(PASSWORD).startswith(b"+OK")  # not -ERR [IN-USE]
+            assert new.stat()[0] == 3
+            with pytest.raises((poplib.error_proto, OSError, EOFError)):
+                old.stat()  # the older session was ended
+            new.quit()
+    finally:
+        capture.stop()
+
+
+def _send(node: Server, to: list[str], token: str) -> None:
+    with smtplib.SMTP("127.0.0.1", node.ports["mx"], timeout=30) as s:
+        s.sendmail("x@client.test", to, _message(token, to[0]))
+
 def in_flight(node: Server) -> set[str]:
     """Tokens of the queued messages ``node`` holds a live lease on (read in SQL)."""
     from support.postgres import shared_cluster
@@ -268,6 +341,7 @@ def test_sigkill_one_node_under_load(tmp_path: Path) -> None:
                     srv = {"a": a, "b": b}[node]
                     try:
                         client = await _idle_client(srv, USERS[1])
+                        idling.release()
                         while not stop.is_set():
                             line = await client.idle_wait(0.5)
                             if line and line.endswith(b"EXISTS\r\n"):
@@ -282,12 +356,17 @@ def test_sigkill_one_node_under_load(tmp_path: Path) -> None:
                 return seen
 
             stop = asyncio.Event()
+            # The load starts once both IMAP clients are in IDLE: on a loaded machine their
+            # logins may otherwise finish after the last delivery, with nothing to see.
+            idling = threading.Semaphore(0)
             watchers: dict[str, int] = {}
             loop = asyncio.new_event_loop()
             reader_thread = threading.Thread(
                 target=lambda: watchers.update(loop.run_until_complete(readers(stop))), daemon=True
             )
             reader_thread.start()
+            for _ in range(2):
+                assert idling.acquire(timeout=60), "IMAP clients not in IDLE"
             threads = [threading.Thread(target=load.sender, args=(w, deadline), daemon=True)
                        for w in range(SENDERS)]
             for t in threads:
