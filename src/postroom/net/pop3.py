@@ -10,8 +10,9 @@ and the dead session can never send QUIT anyway. An older session that is alread
 UPDATE state (QUIT received) finishes it first; the new snapshot then follows its
 deletions. Only when the older session does not end within ``TAKEOVER_GRACE`` +
 ``TAKEOVER_WAIT`` seconds does the new login get ``-ERR [IN-USE]``. With worker processes
-(``server.workers``) the older session may run in another worker: the new one asks every
-other process to end it (a ``postroom.peers`` note) and waits for the lock as long.
+(``server.workers``), or on another PostgreSQL node, the older session may run in another
+process: the new one asks every other process to end it (a ``postroom.peers`` note, by
+NOTIFY on PostgreSQL) and waits for the lock as long.
 
 Timeouts: before login a client has ``limits.login_timeout`` in total from connecting;
 after it, ``limits.pop3_idle_timeout`` of silence, and each command line must be whole

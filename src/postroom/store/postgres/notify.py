@@ -192,9 +192,9 @@ class Relay:
         kind, _, rest = line.partition(" ")
         if kind == "c":
             mailbox_id, user_id, modseq, what = rest.split(" ")
-            self.hub.publish(MailboxChange(int(mailbox_id), int(user_id), int(modseq), what))
+            self.hub.receive(MailboxChange(int(mailbox_id), int(user_id), int(modseq), what))
         elif kind == "q":
-            self.hub.publish_queue()
+            self.hub.receive_queue()
         elif kind == "n":
             topic, _, value = rest.partition(" ")
             for handler in tuple(self._notes.get(topic, ())):
