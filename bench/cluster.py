@@ -127,8 +127,9 @@ def smtp(setup: Setup, count: int, rcpt: str | None = None, wait: object = None)
     n = len(setup.nodes)
     for i, node in enumerate(setup.nodes):
         to = rcpt or USERS[i % len(USERS)]
+        share = count // n + (i < count % n)  # every message is sent: 500 over 3 nodes too
         procs.append(subprocess.Popen(
-            [smtp_source(), "-4", "-s", str(SESSIONS // n), "-m", str(count // n), "-l", "5120",
+            [smtp_source(), "-4", "-s", str(SESSIONS // n), "-m", str(share), "-l", "5120",
              "-f", "bench@client.test", "-t", to, "-M", "client.test",
              f"127.0.0.1:{node.ports['mx']}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
