@@ -192,3 +192,33 @@ def test_server_user(tmp_path: Path) -> None:
     root = _load(tmp_path, BASE + "[server]\nuser = \"root\"\n")
     with pytest.raises(config.ConfigError, match="is root"):
         config.check_files(root)
+
+
+def test_acme_settings(tmp_path: Path) -> None:
+    tls = BASE.replace("[[listener]]", '[tls]\nacme = true\nacme_contact = "hostmaster@example.test"\n'
+                       'acme_directory = "https://ca.example.test/dir"\nacme_ca_file = "ca.pem"\n'
+                       'acme_challenge = "tls-alpn-01"\n[[listener]]', 1)
+    s = _load(tmp_path, tls + '[[listener]]\naddress = "127.0.0.1:9993"\nrole = "imaps"\n')
+    assert s.acme.enabled and s.acme.contact == "hostmaster@example.test"
+    assert s.acme.directory == "https://ca.example.test/dir" and s.acme.ca_file == tmp_path / "ca.pem"
+    assert s.acme.challenge == "tls-alpn-01" and s.acme.domain_names
+    # The certificate lives in the data folder; implicit TLS listeners are allowed without tls.cert.
+    assert s.tls_cert == tmp_path / "data" / "acme" / "cert.pem"
+    assert s.tls_key == tmp_path / "data" / "acme" / "key.pem"
+    d = _load(tmp_path, BASE)
+    assert not d.acme.enabled and d.acme.directory == config.LETS_ENCRYPT
+
+
+@pytest.mark.parametrize(
+    ("tls", "key", "allowed"),
+    [
+        ("acme = true", "tls.acme_contact", "required with tls.acme"),
+        ('acme = true\nacme_contact = "a@example.test"\ncert = "c.pem"\nkey = "k.pem"', "tls.acme", "not both"),
+        ('acme_directory = "http://ca.example.test/dir"', "tls.acme_directory", "https://"),
+        ('acme_challenge = "dns-01"', "tls.acme_challenge", "'http-01'"),
+        ('acme_contact = "nobody"', "tls.acme_contact", "email address"),
+    ],
+)
+def test_acme_errors(tmp_path: Path, tls: str, key: str, allowed: str) -> None:
+    msg = _error(tmp_path, BASE + f"[tls]\n{tls}\n")
+    assert f": {key}: " in msg and allowed in msg, msg

@@ -22,7 +22,7 @@ from typing import Any
 from postroom import config, datadir, logs, privileges
 from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
-from postroom.auth.failures import MemoryLoginGuard
+from postroom.auth.failures import MemoryLoginGuard, SharedLoginGuard
 from postroom.config import HTTP_ROLES, Listener, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import Handler, ListenerSet, Shutdown
@@ -53,6 +53,7 @@ def build_services(
     store timings are already wired by :func:`open_store`); ``bound``: where each role
     listens (auto-configuration answers)."""
     metrics = metrics if metrics is not None else Metrics()
+    peers = peers if peers is not None else node_peers(store) or LocalPeers()
     services = Services(
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
@@ -62,11 +63,11 @@ def build_services(
             cache_entries=settings.dns.cache_entries, observe=metrics.dns_query,
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
-        peers=peers if peers is not None else node_peers(store) or LocalPeers(),
+        peers=peers,
         node=node_name(settings),
         cpu=CpuPool(settings.limits.cpu_workers),
-        # Failed logins are counted per serving process (docs/operations.md).
-        login_guard=MemoryLoginGuard.from_limits(settings.limits),
+        # Failed logins count in every serving process (docs/operations.md).
+        login_guard=SharedLoginGuard(MemoryLoginGuard.from_limits(settings.limits), peers),
         metrics=metrics, delivery_log=DeliveryLog(settings.logging.delivery_log),
         bound=bound if bound is not None else {},
     )
@@ -145,6 +146,15 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     if lock is None:
         return 1
     metrics = Metrics()
+    if settings.acme.enabled:
+        from postroom.acme.manager import prepare
+
+        try:
+            prepare(settings, final_owner(settings))
+        except (OSError, privileges.PrivilegeError) as e:
+            print(f"postroom: error: tls.acme: {e}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     listeners = ListenerSet(settings.limits, tls, metrics)
     bound_by_role: dict[str, list[tuple[str, int]]] = {}
@@ -192,6 +202,12 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await worker.start()
         services.delivery_log.start(store)
         background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
+        acme = None
+        if settings.acme.enabled:
+            from postroom.acme.manager import AcmeManager
+
+            acme = AcmeManager(services)
+            side_tasks.append(asyncio.create_task(acme.run(), name="acme"))
         if services.dmarc_reports is not None:
             from postroom.policy.reports import report_loop
 
@@ -200,7 +216,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, tls.reload)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup, tls, acme)
         logs.event(log, "started", hostname=settings.hostname, listeners=len(settings.listeners))
         started_ok = True
         services.ready = True
@@ -270,6 +286,21 @@ async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
         task.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=10)
+
+
+def on_hangup(tls: TlsContexts, acme: Any) -> None:
+    """SIGHUP: reload the certificate files; with ACME, also look again at once whether a
+    certificate is due (new domains)."""
+    tls.reload()
+    if acme is not None:
+        acme.check_now()
+
+
+def final_owner(settings: Settings) -> tuple[int, int] | None:
+    """(uid, gid) of ``server.user`` when running as root and dropping to it, else None."""
+    if not settings.server.user or os.geteuid() != 0:
+        return None
+    return privileges.account(settings.server.user, settings.server.group)
 
 
 def bind_error(e: OSError) -> str:

@@ -314,6 +314,12 @@ def _address(value: object) -> str:
     return value
 
 
+def _https_url(value: object) -> str:
+    if not isinstance(value, str) or not re.match(r"^https://[^\s/]+(/\S*)?$", value):
+        raise ValueError("an https:// URL (the ACME directory)")
+    return value
+
+
 def _str_map(parse_value: Callable[[object], Any]) -> Callable[[object], dict[str, Any]]:
     def parse(value: object) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -429,6 +435,9 @@ class OutboundSettings:
     connection_cache_time: float = 2.0
     queue_poll_interval: float = 5.0
     lease_time: float = 120.0
+    dane: bool = True
+    mta_sts: bool = True
+    mta_sts_port: int = 443
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,6 +596,22 @@ class MtaStsSettings:
     max_age: float = 7 * 86400.0
 
 
+ACME_CHALLENGES = ("auto", "http-01", "tls-alpn-01")
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeSettings:
+    """Automatic certificates (``tls.acme``, RFC 8555); see postroom.acme."""
+
+    enabled: bool = False
+    contact: str = ""
+    directory: str = LETS_ENCRYPT
+    ca_file: Path | None = None  # CA bundle for the directory's HTTPS; None: the system's
+    challenge: str = "auto"
+    domain_names: bool = True  # also mta-sts./autoconfig. of the hosted domains
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
@@ -608,6 +633,7 @@ class Settings:
     mta_sts: MtaStsSettings = MtaStsSettings()
     server: ServerSettings = ServerSettings()
     store: StoreSettings = StoreSettings()
+    acme: AcmeSettings = AcmeSettings()
     fsync: bool = True
 
     @property
@@ -620,7 +646,16 @@ class Settings:
 _Parser = Callable[[object], Any]
 _SCHEMA: dict[str, dict[str, _Parser]] = {
     "": {"hostname": _hostname, "data_dir": _string, "fsync": _boolean},
-    "tls": {"cert": _string, "key": _string},
+    "tls": {
+        "cert": _string,
+        "key": _string,
+        "acme": _boolean,
+        "acme_contact": lambda v: "" if v == "" else _address(v),
+        "acme_directory": _https_url,
+        "acme_ca_file": _string,
+        "acme_challenge": _choice(*ACME_CHALLENGES),
+        "acme_domain_names": _boolean,
+    },
     "limits": {
         "message_size": parse_size,
         "recipients": _int_range(1, 100000),
@@ -681,6 +716,9 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "connection_cache_time": parse_duration,
         "queue_poll_interval": parse_duration,
         "lease_time": lambda v: _at_least_f(parse_duration(v), 3.0, "a duration of at least 3s"),
+        "dane": _boolean,
+        "mta_sts": _boolean,
+        "mta_sts_port": _int_range(1, 65535),
     },
     "dns": {"cache_entries": _int_range(0, 10_000_000), "timeout": parse_duration},
     "dkim": {"sign": _boolean},
@@ -826,6 +864,12 @@ def from_mapping(doc: Mapping[str, Any], path: Path) -> Settings:
     key_path = base / tls["key"] if tls.get("key") else None
     if (cert is None) != (key_path is None):
         raise _fail(path, "tls", "set both tls.cert and tls.key, or neither")
+    acme = _acme(path, base, tls)
+    if acme.enabled:
+        if cert is not None:
+            raise _fail(path, "tls.acme", "set tls.acme or tls.cert/tls.key, not both")
+        # Kept in the data folder (backed up with it); postroom.acme writes them.
+        cert, key_path = data_dir / "acme" / "cert.pem", data_dir / "acme" / "key.pem"
     needs_tls = [lst for lst in listeners if lst.implicit_tls]
     if needs_tls and cert is None:
         raise _fail(path, "tls.cert", f"required by the listener {needs_tls[0]} (implicit TLS)")
@@ -840,6 +884,7 @@ def from_mapping(doc: Mapping[str, Any], path: Path) -> Settings:
         listeners=tuple(listeners),
         tls_cert=cert,
         tls_key=key_path,
+        acme=acme,
         fsync=top.get("fsync", True),
         **kwargs,
     )
@@ -856,6 +901,22 @@ def _check_store(path: Path, store: StoreSettings) -> None:
         for key in ("s3_endpoint", "s3_bucket", "s3_access_key"):
             if not getattr(store, key):
                 raise _fail(path, f"store.{key}", "required with store.blob_store = \"s3\"")
+
+
+def _acme(path: Path, base: Path, tls: Mapping[str, Any]) -> AcmeSettings:
+    if not tls.get("acme", False):
+        return AcmeSettings()
+    if not tls.get("acme_contact"):
+        raise _fail(path, "tls.acme_contact", "required with tls.acme: an address the CA may write to")
+    ca = tls.get("acme_ca_file", "")
+    return AcmeSettings(
+        enabled=True,
+        contact=tls["acme_contact"],
+        directory=tls.get("acme_directory", LETS_ENCRYPT),
+        ca_file=base / ca if ca else None,
+        challenge=tls.get("acme_challenge", "auto"),
+        domain_names=tls.get("acme_domain_names", True),
+    )
 
 
 def _listener(path: Path, index: int, item: object) -> Listener:
@@ -878,9 +939,11 @@ def check_files(settings: Settings) -> None:
     import os
 
     for label, p in (("tls.cert", settings.tls_cert), ("tls.key", settings.tls_key)):
+        if settings.acme.enabled:
+            break  # postroom.acme writes them (a placeholder until the first certificate)
         if p is not None and not p.is_file():
             raise _fail(settings.path, label, f"file not found: {p}")
-    if settings.tls_cert is not None and settings.tls_key is not None:
+    if settings.tls_cert is not None and settings.tls_key is not None and not settings.acme.enabled:
         import ssl
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

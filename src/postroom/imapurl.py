@@ -13,6 +13,9 @@ that an IMAP client and the submission server get the same octets for the same U
   identifier, the expiry and the verifier (compared in constant time). RESETKEY replaces
   the key, which invalidates every URL of the mailbox.
 
+A command that names many URLs (a CATENATE of thousands of parts, URLFETCH) reads each
+message once: :class:`Reads` keeps the messages one command has read, bounded in octets.
+
 The URL's user is the owner of the mailbox (the one who generated it). A user part
 without "@" is taken as a local part in the URL's host (``imap://alice@example.org/``
 means alice@example.org), which is how clients build URLs from a login and a domain.
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from postroom.message import MessageSummary, SummaryError
 from postroom.proto.imap.sections import apply_partial, extract, find_part
 from postroom.proto.imap.url import ImapUrl
-from postroom.store.api import Mailbox, Store, User
+from postroom.store.api import Mailbox, MessageContent, Store, User
 
 MECHANISM = "INTERNAL"  # the only URLAUTH mechanism (RFC 4467 2.4)
 
@@ -107,19 +110,47 @@ async def authorized(store: Store, url: ImapUrl, requester: Requester) -> Mailbo
     return mailbox
 
 
-async def read_part(store: Store, mailbox: Mailbox, url: ImapUrl) -> bytes:
-    """The octets ``url`` names inside ``mailbox`` (see the module docstring)."""
+class Reads:
+    """The messages one command has read by URL, so that a command naming one message in
+    many URLs reads it once (a CATENATE of 2,000 one-octet PARTIALs of a 50 MB message
+    would otherwise read 100 GB). Bounded: once more than ``max_octets`` are held, the
+    oldest are dropped (a command naming many different messages reads them again)."""
+
+    def __init__(self, max_octets: int) -> None:
+        self.max_octets = max_octets
+        self._held: dict[tuple[int, int], MessageContent] = {}  # oldest first
+        self._octets = 0
+
+    async def get(self, store: Store, mailbox_id: int, uid: int) -> MessageContent | None:
+        key = (mailbox_id, uid)
+        held = self._held.get(key)
+        if held is not None:
+            return held
+        found = await store.read_messages(mailbox_id, [uid], summary=True, data=True)
+        if not found or found[0].data is None or found[0].summary is None:
+            return None
+        self._held[key] = found[0]
+        self._octets += len(found[0].data)
+        while self._octets > self.max_octets and len(self._held) > 1:
+            oldest = next(iter(self._held))
+            self._octets -= len(self._held.pop(oldest).data or b"")
+        return found[0]
+
+
+async def read_part(store: Store, mailbox: Mailbox, url: ImapUrl, reads: Reads | None = None) -> bytes:
+    """The octets ``url`` names inside ``mailbox`` (see the module docstring); through
+    ``reads`` when the command names more than one URL."""
     if url.uidvalidity is not None and url.uidvalidity != mailbox.uidvalidity:
         raise BadUrl("UIDVALIDITY changed")
-    found = await store.read_messages(mailbox.id, [url.uid], summary=True, data=True)
-    if not found or found[0].data is None or found[0].summary is None:
+    message = await (reads or Reads(0)).get(store, mailbox.id, url.uid)
+    if message is None or message.data is None or message.summary is None:
         raise BadUrl("no such message")
-    data = found[0].data
+    data = message.data
     if url.section is None:
         part = data
     else:
         try:
-            summary = MessageSummary.from_bytes(found[0].summary)
+            summary = MessageSummary.from_bytes(message.summary)
         except SummaryError:
             from postroom.deliver import summarize
 

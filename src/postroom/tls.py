@@ -14,7 +14,9 @@ import ipaddress
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+class ChallengeContexts(Protocol):
+    def context_for(self, server_name: str | None) -> ssl.SSLContext | None: ...
+
+
 class TlsContexts:
     """The current server context, or None when no certificate is configured."""
 
@@ -35,8 +41,25 @@ class TlsContexts:
         self.cert = cert
         self.key = key
         self.context: ssl.SSLContext | None = None
+        self._challenges: ChallengeContexts | None = None
+        # Called after each successful reload: the supervisor passes it on to its worker
+        # processes (server.workers), which hold contexts of their own.
+        self.after_reload: Callable[[], None] | None = None
         if cert is not None and key is not None:
             self.context = server_context(cert, key)
+
+    def serve_challenges(self, challenges: ChallengeContexts) -> None:
+        """Hand connections whose SNI name has a pending ACME TLS-ALPN-01 challenge to that
+        challenge's context (see postroom.acme.challenges); all others are untouched."""
+        self._challenges = challenges
+        if self.context is not None:
+            self.context.sni_callback = self._sni
+
+    def _sni(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        if self._challenges is not None:
+            other = self._challenges.context_for(server_name)
+            if other is not None:
+                sslobj.context = other
 
     @property
     def available(self) -> bool:
@@ -56,6 +79,8 @@ class TlsContexts:
             log.error("event=tls_reload_failed error=%s", e)
             return False
         log.info("event=tls_reloaded cert=%s", self.cert)
+        if self.after_reload is not None:
+            self.after_reload()
         return True
 
 

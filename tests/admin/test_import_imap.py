@@ -225,3 +225,26 @@ def test_import_errors(target: Server, tmp_path: Path) -> None:
     no_password = [a for a in import_args(1, "--tls", "none") if a != "--password-stdin"]
     r = postroom(target.config, *no_password)  # and stdin is not a terminal to ask on
     assert r.returncode == 1 and "no password" in r.stderr, r.stderr
+
+
+def test_import_of_folders_in_our_shared_namespace(postroom_source: Server, target: Server) -> None:
+    """A source lists other users' folders shared with the login (``Shared/erin@.../INBOX``
+    from postroom, Dovecot's shared namespace; or any folder a hostile server names so).
+    Kept under that name they would be personal mailboxes hidden behind postroom's own
+    other-users namespace: copied, and never readable over IMAP. They go under
+    ``Shared (imported)/`` instead, where the user sees them."""
+    erin = "erin@source.test"
+    postroom_source.add_user(erin)
+    conn = connect(postroom_source.ports["imaps"], erin, PASSWORD, tls=postroom_source.client_context())
+    append(conn, "INBOX", message(1), "\\Seen", 1_050_000_000)
+    assert conn._simple_command("SETACL", "INBOX", SOURCE_LOGIN, "lr")[0] == "OK"  # type: ignore[attr-defined]
+    conn.logout()
+    conn = connect(postroom_source.ports["imaps"], SOURCE_LOGIN, PASSWORD, tls=postroom_source.client_context())
+    append(conn, "INBOX", message(2), "", 1_060_000_000)
+    conn.logout()
+    result = ok_json(target.config, *import_args(postroom_source.ports["imaps"], "--no-verify"),
+                     stdin=PASSWORD + "\n")
+    assert result["copied"] == 2, result
+    got = contents(target_state(target))
+    assert sum(len(v) for v in got.values()) == 2, got.keys()
+    assert ("Shared (imported)", erin, "INBOX") in got, got.keys()

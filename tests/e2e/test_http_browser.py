@@ -137,7 +137,8 @@ def test_admin_manages_domains_users_aliases(server: HttpServer, page: Any, tmp_
     zoe.locator("button", has_text="Quota").click()
     page.wait_for_selector("#message.ok:has-text('quota of zoe@ui.test set')")
     zoe = row(page, "users-table", "zoe@ui.test")
-    assert zoe.locator("td").nth(2).inner_text().endswith("/ 2.0 MiB")
+    # The table is reloaded after the message shows: wait for the new row.
+    wait(lambda: zoe.locator("td").nth(2).inner_text().endswith("/ 2.0 MiB"))
     assert store(server, lambda a, s: a.user_quota("zoe@ui.test")).storage_limit == 2 * 1024 * 1024
     zoe.locator("button", has_text="Make admin").click()
     page.wait_for_selector("#message.ok:has-text('is now an admin')")

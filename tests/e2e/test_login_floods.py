@@ -243,3 +243,22 @@ def test_user_guessed_from_many_addresses_is_locked_for_new_passwords(lock_serve
     assert _pop3_v6(srv, "victim@" + DOMAIN, PASSWORD)[1].startswith(b"+OK")
     # ... and other users are not affected.
     _timed_login(srv.ports["imap"], "other@" + DOMAIN)
+
+
+def test_failures_count_in_every_worker_process(tmp_path: Path) -> None:
+    """With two serving processes (server.workers = 2) the kernel hands each new connection
+    to either one; an address's failures still add up across both (SharedLoginGuard over
+    the process bus), so six failures block it in both, not six per process."""
+    srv = Server(tmp_path, roles=("imap", "pop3"), hosts={"pop3": f"[{V6}]"}, workers=2,
+                 extra='[limits]\nauth_delay = "10ms"\nauth_ip_failures = 6\nauth_ip_window = "1h"\n'
+                       'auth_user_failures = 100\n' + PLAIN)
+    srv.add_user("victim@" + DOMAIN)
+    srv.start()
+    try:
+        texts = [_pop3_v6(srv, "victim@" + DOMAIN, f"guess-{i}")[1] for i in range(6)]
+        assert all(t.startswith(b"-ERR [AUTH]") for t in texts), texts
+        after = [_pop3_v6(srv, "victim@" + DOMAIN, PASSWORD)[1] for _ in range(4)]
+        assert all(t.startswith(b"-ERR [SYS/TEMP]") for t in after), after
+        _timed_login(srv.ports["imap"], "victim@" + DOMAIN)  # another address: not blocked
+    finally:
+        srv.stop()

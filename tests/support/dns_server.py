@@ -4,7 +4,8 @@ Records are a dict ``{(name, type): answers}`` that tests may change while it ru
 MX answers are ``(preference, host)`` pairs ("." for a null MX), A/AAAA answers address
 strings, TXT answers strings (longer than 255 bytes: split into several strings, as zone
 files do) or lists of strings, PTR and CNAME answers host names, SRV answers
-``(priority, weight, port, target)``. ``ttl`` is the TTL of every answer (0 by default, so
+``(priority, weight, port, target)``, TLSA answers ``(usage, selector, mtype, hex data)``;
+names in ``secure`` are answered with the AD bit, as a DNSSEC-validating resolver would. ``ttl`` is the TTL of every answer (0 by default, so
 tests that change records mid-run see the change at once); ``negative_ttl`` adds an SOA to
 NXDOMAIN/NODATA answers with that minimum (RFC 2308), None for none. ``delay`` makes the
 server wait that many seconds before answering names in ``slow`` (a DNS timeout). The values ``NXDOMAIN`` and ``SERVFAIL`` make that name (for
@@ -21,7 +22,7 @@ from typing import Any
 
 import time
 
-from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel, DNSRecord
+from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SOA, SRV, TLSA, TXT, A, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 NXDOMAIN = "NXDOMAIN"
@@ -51,6 +52,9 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
             value = self.owner.records.get((name, qtype))
             known = any(n == name for n, _ in self.owner.records)
             slow = name in self.owner.slow
+            # A validating resolver's "authentic data" bit (RFC 4035 3.2.3); reply() copied
+            # the query's flags, and a client may set AD in a query (RFC 6840 5.7).
+            reply.header.ad = 1 if name in self.owner.secure else 0
             cname = self.owner.records.get((name, "CNAME"))
         if slow:
             time.sleep(self.owner.delay)
@@ -93,6 +97,9 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
             elif qtype == "SRV":
                 priority, weight, port, target = answer
                 rdata = SRV(int(priority), int(weight), int(port), DNSLabel(target))
+            elif qtype == "TLSA":
+                usage, selector, mtype, data = answer
+                rdata = TLSA(int(usage), int(selector), int(mtype), bytes.fromhex(data))
             else:
                 continue
             reply.add_answer(RR(qname, getattr(QTYPE, qtype), rdata=rdata, ttl=self.owner.ttl))
@@ -121,6 +128,7 @@ class DnsServer:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.slow: set[str] = set()
+        self.secure: set[str] = set()  # names answered with the AD bit (as if DNSSEC-validated)
         self.delay = 0.0
         self.lock = threading.Lock()
         self.records: dict[tuple[str, str], Any] = {}

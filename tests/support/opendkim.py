@@ -25,6 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from support import reap
+
 OPENDKIM = shutil.which("opendkim") or "/usr/sbin/opendkim"
 
 
@@ -132,11 +134,7 @@ class OpenDkim:
         if self.proc is None:
             return
         self.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        reap(self.proc)
         self.proc = None
 
     def logs(self) -> str:

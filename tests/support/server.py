@@ -49,9 +49,13 @@ class Server:
         database: str = "",
         hosts: dict[str, str] | None = None,
         workers: int | str | None = None,  # a number or "auto"
+        fixed_ports: dict[str, int] | None = None,
+        tls: str | None = None,
     ) -> None:
         """``database``: a PostgreSQL URL to share with other servers (several nodes);
-        default a fresh database of its own."""
+        default a fresh database of its own. ``fixed_ports``: roles that listen on a
+        given port instead of a free one (a peer must know it before we start); ``tls``:
+        the body of [tls] instead of the test certificate (e.g. ``acme = true``)."""
         self.root = root
         self.backend = backend or os.environ.get("POSTROOM_E2E_BACKEND", "sqlite")
         self.roles = roles
@@ -65,8 +69,9 @@ class Server:
         self.config = root / "postroom.toml"
         # ``hosts``: a listening address other than 127.0.0.1 for some roles ("[::1]"), for
         # tests that need clients from two addresses (the per-address login rules).
+        fixed = fixed_ports or {}
         listeners = "".join(
-            f'[[listener]]\naddress = "{(hosts or {}).get(r, "127.0.0.1")}:0"\nrole = "{r}"\n'
+            f'[[listener]]\naddress = "{(hosts or {}).get(r, "127.0.0.1")}:{fixed.get(r, 0)}"\nrole = "{r}"\n'
             for r in roles
         )
         # ``extra`` holds TOML tables only; the fast auth delay keeps tests quick unless
@@ -99,9 +104,10 @@ class Server:
             limits += f'[store]\nbackend = "postgresql"\nurl = "{self.database}"\n'
         elif self.backend != "sqlite":
             raise ValueError(f"unknown backend {self.backend!r}")
+        tls_body = tls if tls is not None else f'cert = "{self.cert}"\nkey = "{self.key}"'
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
-            f'[tls]\ncert = "{self.cert}"\nkey = "{self.key}"\n{limits}{extra}\n{listeners}'
+            f'[tls]\n{tls_body}\n{limits}{extra}\n{listeners}'
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}

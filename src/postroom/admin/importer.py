@@ -9,7 +9,10 @@ common happens here, once:
   (``check_new_name``). A folder whose name is refused is reported and left out; the
   others go on. A source folder marked with a special-use attribute (RFC 6154: ``\\Sent``,
   ``\\Trash``...) goes into the user's mailbox with that attribute (Outlook's "Sent Items"
-  lands in "Sent"), unless everything is put under a prefix (``into``).
+  lands in "Sent"), unless everything is put under a prefix (``into``). A folder whose
+  first level is postroom's other-users namespace (``Shared``: a source's shared folders,
+  or a hostile server's choice of name) goes under ``Shared (imported)`` instead; kept as
+  it is, it would be a personal mailbox hidden behind that namespace, never readable.
 * **Messages** are stored as IMAP APPEND stores them: line endings normalised to CRLF
   (``deliver.normalize``), parse summary computed once. Nothing is added or removed.
   Messages over ``limits.message_size`` and keywords that are not IMAP atoms are left out
@@ -38,6 +41,7 @@ from typing import Any, ClassVar, Protocol
 from postroom import deliver
 from postroom.admin.progress import Progress
 from postroom.admin.service import AdminError
+from postroom.net.imap.access import SHARED_PREFIX
 from postroom.proto.imap.utf7 import DELIMITER, INBOX, MailboxNameError, check_new_name
 from postroom.store.api import (
     MAX_KEYWORD_LENGTH,
@@ -120,6 +124,7 @@ class FileFolder:
         return f"{self.scheme}:{os.path.realpath(self.path)}"
 
 
+IMPORTED_SHARED = f"{SHARED_PREFIX} (imported)"  # where a source's "Shared/..." folders go
 MAX_DEPTH = 32  # folder levels followed when walking a source on disk
 
 
@@ -187,6 +192,8 @@ def mailbox_name(levels: Sequence[str], into: str | None = None) -> str:
     clean = [level.replace(DELIMITER, "_") for level in levels]
     if clean and clean[0].upper() == INBOX:
         clean[0] = INBOX
+    if clean and clean[0] == SHARED_PREFIX and not into:
+        clean[0] = IMPORTED_SHARED
     name = DELIMITER.join(clean)
     if into:
         name = f"{into.strip(DELIMITER)}{DELIMITER}{name}"

@@ -30,13 +30,17 @@ user (10 < 30): locking a user takes several addresses, i.e. a distributed attac
 Everything here is pure bookkeeping with an injected clock (no I/O, no asyncio), behind
 the small :class:`LoginGuard` interface, so a shared implementation (several serving
 processes, several nodes: the store, or PostgreSQL) can replace :class:`MemoryLoginGuard`
-without touching the shells. The memory one is per process: with N serving processes an
-address gets up to N times the thresholds (documented in docs/operations.md).
+without touching the shells. The memory one is per process; :class:`SharedLoginGuard`
+wraps it so that every failure is also told to the other serving processes (the process
+bus, or NOTIFY between PostgreSQL nodes: ``postroom.peers``), which count it too: the
+thresholds hold for the whole server, a note's delay (well under a millisecond on the bus)
+apart.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -45,6 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from postroom.config import Limits
+    from postroom.peers import Peers
 
 __all__ = [
     "FREE_FAILURES",
@@ -52,6 +57,7 @@ __all__ = [
     "GuardPolicy",
     "LoginGuard",
     "MemoryLoginGuard",
+    "SharedLoginGuard",
     "client_key",
     "user_key",
 ]
@@ -237,3 +243,43 @@ def _within(
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr.version == n.version and addr in n for n in networks)
+
+
+FAILURE_TOPIC = "login_failure"
+
+
+class SharedLoginGuard:
+    """:class:`MemoryLoginGuard` whose failures every serving process counts.
+
+    Each failure is recorded here and published to the peers; a failure heard from a peer
+    is recorded the same way (not published again). Decisions stay local and synchronous
+    (no round trip on the login path); what is shared is the counting. Lost notes (a
+    process restarting) cost a few more guesses, never a wrong lock."""
+
+    def __init__(self, inner: MemoryLoginGuard, peers: Peers) -> None:
+        self.inner = inner
+        self.peers = peers
+        peers.subscribe(FAILURE_TOPIC, self._heard)
+
+    def key_for(self, ip: str) -> str | None:
+        return self.inner.key_for(ip)
+
+    def admission(self, key: str) -> float | None:
+        return self.inner.admission(key)
+
+    def user_locked(self, username: str) -> bool:
+        return self.inner.user_locked(username)
+
+    def record_failure(self, key: str | None, username: str | None) -> tuple[bool, bool]:
+        result = self.inner.record_failure(key, username)
+        if self.peers.has_others():
+            self.peers.publish(FAILURE_TOPIC, json.dumps([key, username]))
+        return result
+
+    def _heard(self, value: str) -> None:
+        try:
+            key, username = json.loads(value)
+        except (ValueError, TypeError):
+            return
+        if (key is None or isinstance(key, str)) and (username is None or isinstance(username, str)):
+            self.inner.record_failure(key, username)

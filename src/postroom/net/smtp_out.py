@@ -18,7 +18,10 @@ TLS policies (``[outbound] tls_policy``, RFC 3207 practice):
   caller retries the same address in plaintext (``SetupError.tls_failed``), as Postfix does.
 * ``require``: STARTTLS must be offered and succeed; any certificate.
 * ``verify``: as ``require``, and the certificate must be valid for the MX host name (system
-  CAs, or ``[outbound] tls_ca_file``).
+  CAs, or ``[outbound] tls_ca_file``). Also what an MTA-STS ``enforce`` policy asks
+  (RFC 8461 4.2; ``queue.security`` picks it per MX host).
+* ``dane``: as ``require``, and the chain the server sends must match the MX host's
+  DNSSEC-validated TLSA records (RFC 7672; ``OutboundOptions.tlsa``, ``policy.dane``).
 
 AUTH (RFC 4954) uses PLAIN, else LOGIN, and only over TLS or to a loopback address: a
 password never crosses a network in clear.
@@ -41,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from postroom.net.connection import ByteStream
+from postroom.policy.dane import TlsaRecord
+from postroom.policy.dane import verify as dane_verify
 from postroom.proto.sasl import client_mechanism
 from postroom.proto.smtp.client import (
     CLOSED,
@@ -88,6 +93,10 @@ class OutboundOptions:
     username: str = ""
     password: str = ""
     ca_file: Path | None = None
+    tlsa: tuple[TlsaRecord, ...] = ()  # the ``dane`` policy's records
+
+
+MANDATORY_TLS = frozenset({"require", "verify", "dane"})
 
 
 class SetupError(Exception):
@@ -179,6 +188,18 @@ class _Stream(ByteStream):
             raise ConnectionError("connection closed during the TLS handshake")
         self.transport = new
         return describe(new.get_extra_info("ssl_object"))
+
+    def peer_chain(self) -> list[bytes]:
+        """The certificates the server sent, leaf first, DER, unverified (for DANE).
+        ``get_unverified_chain`` is public from Python 3.13; 3.10-3.12 have it on the
+        underlying ``_ssl`` object."""
+        assert self.transport is not None
+        obj: Any = self.transport.get_extra_info("ssl_object")
+        if obj is None:
+            return []
+        getter = getattr(obj, "get_unverified_chain", None) or obj._sslobj.get_unverified_chain
+        chain = getter() or []
+        return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
 
 
 # --- TLS contexts ------------------------------------------------------------------------------
@@ -320,7 +341,7 @@ class SmtpOut:
                     if event.extensions.starttls:
                         self.core.starttls()
                         continue
-                    if policy in ("require", "verify"):
+                    if policy in MANDATORY_TLS:
                         raise await self._refuse(
                             "TLS is required, but was not offered by the host", "4.7.4",
                             TransportError.TLS_FAILED,
@@ -332,7 +353,7 @@ class SmtpOut:
                 await self._handshake()
                 continue
             if isinstance(event, StartTlsRefused):
-                if policy in ("require", "verify"):
+                if policy in MANDATORY_TLS:
                     raise await self._refuse(
                         f"STARTTLS refused: {reply_text(event.reply)}", "4.7.4",
                         TransportError.TLS_FAILED,
@@ -363,12 +384,20 @@ class SmtpOut:
         else:
             ctx = _opportunistic_context()
             server_hostname = None if _is_ip(self.target.name) else self.target.name
+        if self.options.tls_policy == "dane":  # SNI is the MX name (RFC 7672 8.1)
+            server_hostname = None if _is_ip(self.target.name) else self.target.name
         try:
             self.tls = await self.stream.start_tls(ctx, server_hostname)
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError, ValueError) as e:
             self.tls_error = str(e) or type(e).__name__
             self.core.tls_failed()
             return
+        if self.options.tls_policy == "dane":
+            problem = dane_verify(self.options.tlsa, self.stream.peer_chain(), self.target.name)
+            if problem is not None:
+                self.tls_error = f"DANE: {problem}"
+                self.core.tls_failed()
+                return
         self.core.tls_established()
 
     async def _maybe_auth(self) -> bool:

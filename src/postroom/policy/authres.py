@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+$")
-_COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +63,47 @@ def resinfo_text(results: Sequence[ResInfo]) -> str:
     return ";\r\n\t".join(r.render() for r in results) if results else "none"
 
 
+def _skip_cfws(value: bytes, pos: int) -> int:
+    """The position after white space and comments at ``pos``. RFC 5322 3.2.2: comments
+    nest and may hold quoted-pairs; an unclosed one runs to the end."""
+    depth = 0
+    while pos < len(value):
+        c = value[pos : pos + 1]
+        if c == b"\\" and depth:
+            pos += 2
+            continue
+        if c == b"(":
+            depth += 1
+        elif c == b")" and depth:
+            depth -= 1
+        elif not depth and c not in (b" ", b"\t", b"\r", b"\n"):
+            break
+        pos += 1
+    return pos
+
+
 def authserv_id_of(raw_field: bytes) -> str:
-    """The authserv-id of an Authentication-Results field (comments ignored), lower-case."""
+    """The authserv-id of an Authentication-Results field, lower-case, without a trailing
+    dot. RFC 8601 2.2: ``authserv-id = value`` (a token or a quoted-string) after optional
+    CFWS; a reader that follows RFC 5322 sees through nested comments and quotes, so a
+    forgery written so must be recognised here too."""
     value = raw_field.partition(b":")[2]
-    value = _COMMENT.sub(b" ", value)
-    first = value.split(b";", 1)[0].strip()
-    token = first.split()[0] if first.split() else b""
+    pos = _skip_cfws(value, 0)
+    if value[pos : pos + 1] == b'"':
+        out = bytearray()
+        pos += 1
+        while pos < len(value) and value[pos : pos + 1] != b'"':
+            if value[pos : pos + 1] == b"\\":
+                pos += 1
+            if value[pos : pos + 1] not in (b"\r", b"\n"):  # folding inside the quotes
+                out += value[pos : pos + 1]
+            pos += 1
+        token = bytes(out).strip()
+    else:
+        end = pos
+        while end < len(value) and value[end : end + 1] not in b' \t\r\n;()"':
+            end += 1
+        token = value[pos:end]
     return token.decode("ascii", "replace").lower().rstrip(".")
 
 

@@ -41,8 +41,13 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
+
+from postroom.policy.dane import TlsaRecord
+
+R = TypeVar("R")
 
 
 class DnsError(Exception):
@@ -67,6 +72,17 @@ class MxRecord:
     host: str  # lower case, no trailing dot; "" for the null MX target "."
 
 
+@dataclass(frozen=True, slots=True)
+class Validated(Generic[R]):
+    """An answer with the resolver's word on it: ``secure`` is the AD bit (RFC 4035 3.2.3)
+    of a DNSSEC-validating resolver. postroom does not validate signatures itself: it
+    trusts ``[outbound] resolver`` (a validating resolver on this host or a trusted
+    network, docs/dns.md) for the bit, as Postfix's ``smtp_dns_support_level = dnssec`` does."""
+
+    records: tuple[R, ...]
+    secure: bool
+
+
 class Resolver(Protocol):
     """The DNS seam. Names are given without a trailing dot; answers are lists (empty for
     NODATA). Raise :class:`NxDomain` or :class:`DnsTemporary`, nothing else."""
@@ -77,6 +93,8 @@ class Resolver(Protocol):
     async def txt(self, name: str) -> list[bytes]: ...
     async def ptr(self, name: str) -> list[str]: ...
     async def srv(self, name: str) -> list[SrvRecord]: ...
+    async def tlsa(self, name: str) -> Validated[TlsaRecord]: ...
+    async def mx_validated(self, name: str) -> Validated[MxRecord]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +156,7 @@ class DnsPythonResolver:
             self._resolver.port = server[1]
         self._resolver.lifetime = timeout
         self._resolver.timeout = min(timeout, 3.0)
+        self._dnssec: Any = None  # a copy asking for the AD bit (DANE), made on first use
 
     async def _query(self, name: str, rdtype: str) -> list[object]:
         key = (name.rstrip(".").lower(), rdtype)
@@ -225,6 +244,52 @@ class DnsPythonResolver:
         ]
 
 
+    async def _validated(self, name: str, rdtype: str) -> tuple[list[Any], bool]:
+        """Records and the AD bit, asked with DO and AD set (RFC 6840 5.7); never cached,
+        so the bit is always the resolver's current word."""
+        import dns.exception
+        import dns.flags
+        import dns.message
+        import dns.rcode
+        import dns.resolver
+
+        qname = name.rstrip(".") + "."
+        try:
+            answer = await self._validating.resolve(qname, rdtype, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            raise NxDomain(f"{name}: no such domain") from None
+        except dns.resolver.NoNameservers as e:
+            raise DnsTemporary(f"{name} {rdtype}: server failure ({_short(e)})") from None
+        except dns.exception.Timeout:
+            raise DnsTemporary(f"{name} {rdtype}: timed out", timeout=True) from None
+        except (dns.exception.DNSException, OSError, ValueError) as e:
+            raise DnsTemporary(f"{name} {rdtype}: {_short(e)}") from None
+        secure = bool(answer.response.flags & dns.flags.AD)
+        return (list(answer.rrset) if answer.rrset is not None else []), secure
+
+    @property
+    def _validating(self) -> Any:
+        if self._dnssec is None:
+            import copy
+
+            import dns.flags
+
+            self._dnssec = copy.copy(self._resolver)
+            self._dnssec.use_edns(0, dns.flags.DO, 1232)
+            self._dnssec.flags = dns.flags.RD | dns.flags.AD
+        return self._dnssec
+
+    async def tlsa(self, name: str) -> Validated[TlsaRecord]:
+        rows, secure = await self._validated(name, "TLSA")
+        return Validated(tuple(TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in rows), secure)
+
+    async def mx_validated(self, name: str) -> Validated[MxRecord]:
+        rows, secure = await self._validated(name, "MX")
+        return Validated(
+            tuple(MxRecord(r.preference, r.exchange.to_text(omit_final_dot=True).lower()) for r in rows), secure
+        )
+
+
 def _negative_ttl(response: object) -> float:
     """RFC 2308 5: a negative answer is cached for min(SOA TTL, SOA minimum); without an
     SOA in the authority section it is not cached."""
@@ -263,9 +328,10 @@ class DictResolver:
     is NODATA when some other type exists for the name, else NXDOMAIN. ``queries`` records
     every question asked, for assertions."""
 
-    def __init__(self, records: Mapping[tuple[str, str], object]) -> None:
+    def __init__(self, records: Mapping[tuple[str, str], object], secure: frozenset[str] = frozenset()) -> None:
         self.records = {(n.lower().rstrip("."), t.upper()): v for (n, t), v in records.items()}
         self.queries: list[tuple[str, str]] = []
+        self.secure = {n.lower().rstrip(".") for n in secure}  # names answered with AD
 
     def _get(self, name: str, rdtype: str) -> Sequence[object]:
         name = name.lower().rstrip(".")
@@ -307,6 +373,16 @@ class DictResolver:
             assert isinstance(item, (tuple, list)) and len(item) == 4
             out.append(SrvRecord(int(item[0]), int(item[1]), int(item[2]), str(item[3]).lower().rstrip(".")))
         return out
+
+    async def tlsa(self, name: str) -> Validated[TlsaRecord]:
+        out = []
+        for item in self._get(name, "TLSA"):  # (usage, selector, matching type, hex data)
+            assert isinstance(item, (tuple, list)) and len(item) == 4
+            out.append(TlsaRecord(int(item[0]), int(item[1]), int(item[2]), bytes.fromhex(str(item[3]))))
+        return Validated(tuple(out), name.lower().rstrip(".") in self.secure)
+
+    async def mx_validated(self, name: str) -> Validated[MxRecord]:
+        return Validated(tuple(await self.mx(name)), name.lower().rstrip(".") in self.secure)
 
 
 # --- mail routing over the seam ------------------------------------------------------------

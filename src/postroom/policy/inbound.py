@@ -166,6 +166,26 @@ class AuthChecker:
             error = cached
         return error
 
+    async def _arc_keys(self, chain: arc.ArcCheck, keys: dict[str, dkim.PublicKey | dkim.DkimError],
+                        deadline: float) -> None:
+        """Add to ``keys`` the keys the ARC chain needs, in the order it is verified,
+        stopping at the first signature that fails: a chain may have 50 sets (RFC 8617
+        4.2.1), each naming any domain, and fetching every key up front would make one
+        message cost 51 queries to servers the sender picks (DKIM is bounded by
+        ``max_signatures``). A chain that verifies costs what it did."""
+        if chain.result != "pending":
+            return
+        for sig in chain.signatures:
+            if sig.key_name not in keys:
+                keys[sig.key_name] = await self.key(sig.key_name, deadline)
+            key = keys[sig.key_name]
+            if isinstance(key, dkim.DkimError):
+                return
+            try:
+                dkim.verify_prepared(sig, key)
+            except dkim.DkimError:
+                return
+
     # -- the whole check --------------------------------------------------------------
     async def check(self, data: bytes, *, ip: str, helo: str, mail_from: str) -> AuthVerdict:
         started = time.monotonic()
@@ -194,9 +214,12 @@ class AuthChecker:
         try:
             sigs, chain, total_sigs = await maybe_offload(len(body), prepare_all)
             names = {s.key_name for s in sigs if s.error is None}
-            names |= {s.key_name for s in chain.signatures} if chain.result == "pending" else set()
+            # The ARC chain's first two keys (newest AMS and AS) come with the DKIM keys;
+            # the others one at a time, only while the chain still verifies (_arc_keys).
+            names |= {s.key_name for s in chain.signatures[:2]} if chain.result == "pending" else set()
             found = await asyncio.gather(*(self.key(n, deadline) for n in names))
             keys = dict(zip(names, found, strict=True))
+            await self._arc_keys(chain, keys, deadline)
             spf_result = await spf_future
         finally:
             spf_future.cancel()

@@ -84,6 +84,7 @@ class _State:
     voids: int = 0
     explanation: str | None = None
     seen: list[str] = field(default_factory=list)
+    ptr_names: list[str] | None = None  # the validated PTR names, once looked up
 
 
 SpfGen = Generator[Query, Answer, SpfResult]
@@ -398,21 +399,27 @@ def _reverse_name(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 def _validated_names(state: _State) -> Generator[Query, Answer, list[str]]:
     """RFC 7208 5.5: PTR names of the client that resolve back to it (at most 10 tried).
-    DNS errors here mean "no match", not temperror."""
+    DNS errors here mean "no match", not temperror.
+
+    Looked up once per evaluation and kept in ``state``: the client address does not
+    change, and the ``%{p}`` macro, which RFC 7208 4.6.4 does not count as a term, would
+    otherwise cost eleven queries each time it is expanded (a 4 KB record holds hundreds)."""
+    if state.ptr_names is not None:
+        return state.ptr_names
+    state.ptr_names = []
     answer = yield Query(_reverse_name(state.ip), "PTR")
     if answer.error is not None or not answer.records:
         if answer.error != "temp":
             _void(state)
-        return []
-    out: list[str] = []
+        return state.ptr_names
     for host in answer.records[:MAX_NAMES_PER_TERM]:
         host = host.rstrip(".").lower()
         if not valid_domain(host):
             continue
         forward = yield Query(host, _addr_type(state))
         if forward.error is None and _in(state, forward.records, None, None):
-            out.append(host)
-    return out
+            state.ptr_names.append(host)
+    return state.ptr_names
 
 
 # --- macros (RFC 7208 7) -----------------------------------------------------------------

@@ -44,7 +44,7 @@ import sys
 import time
 from typing import Any
 
-from postroom import app, datadir, logs
+from postroom import app, datadir, logs, privileges
 from postroom.config import HTTP_ROLES, ConfigError, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import ListenerSet, bind_sockets
@@ -106,7 +106,18 @@ class Supervisor:
         side_tasks: list[asyncio.Task[None]] = []
         http = None
         metrics = Metrics()
+        if settings.acme.enabled:  # the placeholder certificate, before anybody loads it
+            from postroom.acme.manager import prepare
+
+            try:
+                prepare(settings, app.final_owner(settings))
+            except (OSError, privileges.PrivilegeError) as e:
+                print(f"postroom: error: tls.acme: {e}", file=sys.stderr)
+                datadir.unlock(lock)
+                return 1
         tls = TlsContexts(settings.tls_cert, settings.tls_key)
+        tls.after_reload = self._hup_workers
+        acme = None
         # The supervisor's own listeners: the HTTP service (admin, /metrics, autoconfig).
         listeners = ListenerSet(settings.limits, tls, metrics)
         bound_by_role: dict[str, list[tuple[str, int]]] = {}
@@ -176,6 +187,13 @@ class Supervisor:
             for i, socks in self.own_sockets.items():
                 lst = settings.listeners[i]
                 await listeners.adopt(lst, None, socks, protocols[lst.role])
+            if settings.acme.enabled:
+                # Here, next to the HTTP service that answers HTTP-01 and the https
+                # listener that answers TLS-ALPN-01 (the CA connects to ports 80 and 443).
+                from postroom.acme.manager import AcmeManager
+
+                acme = AcmeManager(services)
+                side_tasks.append(asyncio.create_task(acme.run(), name="acme"))
             if services.dmarc_reports is not None:
                 # The workers record the DMARC results of their MX sessions; the reports
                 # go out once per server, from here.
@@ -185,7 +203,7 @@ class Supervisor:
             stop = asyncio.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            loop.add_signal_handler(signal.SIGHUP, self._reload, tls)
+            loop.add_signal_handler(signal.SIGHUP, app.on_hangup, tls, acme)
             logs.event(
                 log, "started", hostname=settings.hostname, listeners=len(settings.listeners),
                 workers=self.count,
@@ -224,8 +242,9 @@ class Supervisor:
             if started_ok:
                 logs.event(log, "stopped")
 
-    def _reload(self, tls: TlsContexts) -> None:
-        tls.reload()
+    def _hup_workers(self) -> None:
+        """The supervisor's certificate was reloaded (SIGHUP, or ACME installed a new one):
+        the workers reload theirs from the same files."""
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -69,6 +69,8 @@ import idna
 
 from postroom import deliver, logs
 from postroom.net.smtp_out import OutboundOptions, SetupError, SmtpOut, reply_text
+from postroom.policy.mtasts import MtaStsPolicies
+from postroom.queue.security import TransportSecurity
 from postroom.policy.dns import Resolver, make_resolver
 from postroom.proto.smtp.client import (
     Cause,
@@ -253,6 +255,12 @@ class QueueWorker:
         if ca is not None and not ca.is_absolute():
             ca = settings.path.parent / ca
         self.ca_file = ca
+        self.security = TransportSecurity(
+            self.resolver, dane=out.dane,
+            mta_sts=MtaStsPolicies(self.resolver, ca_file=str(ca) if ca else None, port=out.mta_sts_port)
+            if out.mta_sts else None,
+            explicit=frozenset(out.tls_policy),
+        )
         self.max_messages = max(100, out.concurrency * 10)
         self._slots = asyncio.Semaphore(out.concurrency)
         self._slot_waiters = 0
@@ -508,13 +516,14 @@ class QueueWorker:
             probe = admission is Admission.PROBE
             try:
                 targets = await self._targets(hop)
+                plan = await self.security.plan(hop, targets, self._options(hop))
             except RouteError as e:
                 if probe:
                     self.destinations.abandoned(hop.key, time.time(), probe=True)
                     probe = False
                 self._route_failed(dest, e)
                 return
-            session, error = await self._open(hop, targets)
+            session, error = await self._open(plan.attempts)
             if session is None:
                 assert error is not None
                 now = time.time()
@@ -597,17 +606,17 @@ class QueueWorker:
         return targets
 
     async def _open(
-        self, hop: NextHop, targets: Sequence[Target]
+        self, attempts: Sequence[tuple[Target, OutboundOptions]]
     ) -> tuple[SmtpOut | None, _SetupFailure | None]:
-        """A session with the first address that works (RFC 5321 5.1: try the next MX)."""
-        options = self._options(hop)
+        """A session with the first address that works (RFC 5321 5.1: try the next MX),
+        each with the TLS options ``queue.security`` chose for it."""
         failure: _SetupFailure | None = None
-        for target in targets[:MAX_ADDRESSES]:
+        for target, options in attempts[:MAX_ADDRESSES]:
             try:
                 return await SmtpOut.connect(target, options), None
             except SetupError as e:
                 failure = _SetupFailure(e.status, e.diagnostic, target.name)
-                if not (e.tls_failed and hop.tls_policy == "may"):
+                if not (e.tls_failed and options.tls_policy == "may"):
                     continue
             try:  # opportunistic TLS failed: this address, in plaintext
                 return await SmtpOut.connect(target, options, tls=False), None

@@ -17,6 +17,7 @@ from postroom.proto.smtp.events import (
     NEED_DATA,
     AuthResponse,
     AuthStart,
+    BurlFetch,
     Event,
     Hello,
     MailFrom,
@@ -91,6 +92,13 @@ def default_policy(conn: ServerConnection, event: Event) -> None:
             conn.auth_success("user")
         else:
             conn.auth_failure()
+    elif isinstance(event, BurlFetch):
+        # BURL (RFC 4468): a URL naming "bad" does not resolve; the others give 300 octets
+        # (so that a few of them run into max_message_size).
+        if "bad" in event.url:
+            conn.reject(R.BURL_FAILED)
+        else:
+            conn.burl_data(b"Subject: burl\r\n\r\n" + b"x" * 280 + b"\r\n")
     else:  # pragma: no cover - every decision event is handled above
         raise TypeError(event)
 

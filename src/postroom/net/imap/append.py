@@ -14,6 +14,12 @@ Order of refusals, as Dovecot answers them: a destination that does not exist is
 4.1), then size (``NO [TOOBIG]``). Flags the user has no right to set are silently
 dropped (RFC 4314 4: "\\Seen" needs "s", "\\Deleted" "t", the rest "w").
 
+A whole command is bounded like its literals (``Limits.authenticated``: twice the
+APPENDLIMIT for a MULTIAPPEND), counting the octets URLs bring in: 40 CATENATEs of one
+big stored message are 40 short lines that would otherwise make the server read and
+hold 40 copies. A message one command names in many URLs is read once
+(:class:`imapurl.Reads`).
+
 CATENATE URLs are read with the session's own access (relative ``/mailbox/;UID=n``
 URLs and absolute ones of this user: any mailbox it may read, "r"), or as URLAUTH
 URLs (RFC 4467) that this user may fetch. See :mod:`postroom.imapurl`.
@@ -24,6 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from postroom import deliver, imapurl
+from postroom.net import budget
 from postroom.net.imap import access
 from postroom.proto.imap import responses
 from postroom.proto.imap.commands import Append, AppendMessage
@@ -39,7 +46,7 @@ def _no(tag: str, text: str, code: str | None = None) -> ImapPeerError:
     return ImapPeerError(text, status="NO", code=code, tag=tag)
 
 
-async def read_url(s: ImapSession, raw: bytes) -> bytes:
+async def read_url(s: ImapSession, raw: bytes, reads: imapurl.Reads | None = None) -> bytes:
     """The octets of one CATENATE URL; :class:`imapurl.BadUrl` when it does not resolve."""
     user = s.user
     assert user is not None
@@ -49,25 +56,27 @@ async def read_url(s: ImapSession, raw: bytes) -> bytes:
         raise imapurl.BadUrl("syntax") from None
     if url.authorized:
         mailbox = await imapurl.authorized(s.store, url, imapurl.Requester(user))
-        return await imapurl.read_part(s.store, mailbox, url)
+        return await imapurl.read_part(s.store, mailbox, url, reads)
     owner = await imapurl.url_owner(s.store, url, user)
     if owner is None or owner.id != user.id:
         raise imapurl.BadUrl("not this user's URL")
     ref = await access.resolve(s, url.mailbox)
     if ref is None or not ref.may("r"):
         raise imapurl.BadUrl("no readable mailbox")
-    return await imapurl.read_part(s.store, ref.mailbox, url)
+    return await imapurl.read_part(s.store, ref.mailbox, url, reads)
 
 
-async def _assemble(s: ImapSession, message: AppendMessage, tag: str, limit: int) -> bytes:
+async def _assemble(s: ImapSession, message: AppendMessage, tag: str, limit: int,
+                    reads: imapurl.Reads) -> bytes:
     if message.parts is None:
         return message.data
     out: list[bytes] = []
     size = 0
     for kind, value in message.parts:
+        await budget.tick()
         if kind == "URL":
             try:
-                piece = await read_url(s, value)
+                piece = await read_url(s, value, reads)
             except imapurl.BadUrl:
                 raise _no(tag, "Cannot read the URL", code_badurl(value.decode("ascii", "replace"))) from None
         else:
@@ -88,11 +97,15 @@ async def append(s: ImapSession, cmd: Append) -> bytes:
     mask, keywords_ok = access.flag_mask(ref.rights)
     limit = s.settings.limits.message_size
     prepared: list[NewMessage] = []
+    reads = imapurl.Reads(2 * limit)
+    total = 0
     for message in cmd.messages:
-        data = await _assemble(s, message, cmd.tag, limit)
+        data = await _assemble(s, message, cmd.tag, limit, reads)
         if not data:
             raise _no(cmd.tag, "Empty messages cannot be stored")
-        if len(data) > limit:
+        total += len(data)
+        if len(data) > limit or total > 2 * limit:
+            # the same bound as literals: Limits.authenticated's max_command
             raise _no(cmd.tag, "Message too large", responses.TOOBIG)
         bits, keywords = names_to_flags(message.flags)
         if any(len(k) > MAX_KEYWORD_LENGTH for k in keywords):

@@ -9,7 +9,8 @@ expired one, or one whose key was reset. RESETKEY replaces the key of one mailbo
 all the user's mailboxes, which invalidates every URL generated for them.
 
 The mechanism is INTERNAL only; the extended URLFETCH of RFC 5524 (URLAUTH=BINARY) is
-not implemented and answered BAD. See :mod:`postroom.imapurl` for the verification.
+not implemented and answered BAD. The data of one URLFETCH is bounded (twice the
+message size limit, as an APPEND is): over it, ``NO [LIMIT]`` and nothing is sent. See :mod:`postroom.imapurl` for the verification.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from postroom import imapurl
+from postroom.net import budget
 from postroom.net.imap import access
 from postroom.proto.imap import responses, wire
 from postroom.proto.imap.commands import GenUrlAuth, ResetKey, UrlFetch
@@ -77,12 +79,12 @@ async def resetkey(s: ImapSession, cmd: ResetKey) -> bytes:
     return responses.ok(cmd.tag, "RESETKEY completed")
 
 
-async def fetch_url(s: ImapSession, text: str) -> bytes | None:
+async def fetch_url(s: ImapSession, text: str, reads: imapurl.Reads | None = None) -> bytes | None:
     """The data of one authorized URL for this session, or None (answered NIL)."""
     try:
         url = parse_url(text)
         mailbox = await imapurl.authorized(s.store, url, imapurl.Requester(s.user))
-        return await imapurl.read_part(s.store, mailbox, url)
+        return await imapurl.read_part(s.store, mailbox, url, reads)
     except (UrlError, imapurl.BadUrl):
         return None
 
@@ -92,9 +94,18 @@ async def urlfetch(s: ImapSession, cmd: UrlFetch) -> bytes:
         raise ImapPeerError("URLFETCH parameters (URLAUTH=BINARY) are not supported", tag=cmd.tag)
     if len(cmd.items) > MAX_URLFETCH:
         raise _no(cmd.tag, "Too many URLs", responses.LIMIT)
+    # The answer is built whole before it is written: bounded like an APPEND command
+    # (twice the message size limit), else 64 URLs of one big message are 64 copies.
+    bound = 2 * s.settings.limits.message_size
+    reads = imapurl.Reads(bound)
     items = []
+    total = 0
     for text, _ in cmd.items:
-        data = await fetch_url(s, text)
+        await budget.tick()
+        data = await fetch_url(s, text, reads)
+        total += len(data or b"")
+        if total > bound:
+            raise _no(cmd.tag, "The URLs' data is too large for one URLFETCH; fetch fewer", responses.LIMIT)
         items.append((text, wire.nstring(data) if data is None or b"\x00" not in data
                       else b"~{%d}\r\n" % len(data) + data))
     s.write(urlfetch_response(items))

@@ -1,0 +1,223 @@
+"""MTA-STS for sending (RFC 8461): discover, fetch, cache and apply a domain's policy.
+
+* Discovery (RFC 8461 3.1): one TXT record at ``_mta-sts.DOMAIN`` starting ``v=STSv1;``
+  with an ``id``; none, or several, means no (new) policy.
+* Fetch (3.3): ``https://mta-sts.DOMAIN/.well-known/mta-sts.txt`` with a certificate valid
+  for that name (system CAs or ``[outbound] tls_ca_file``), no redirects, 200 only, at most
+  64 KiB, within 60 s. The host name is resolved through postroom's own resolver (the same
+  one the queue uses), not the system's.
+* Cache (3.3, 5.1): per domain for the policy's ``max_age``; fetched again when the TXT id
+  changes or the entry expires. A failed fetch or DNS failure keeps a cached policy in
+  force (that is what protects against an attacker who blocks the policy fetch); with
+  nothing cached the domain has no policy. The cache lives in memory: after a restart
+  policies are fetched again (RFC 8461 says SHOULD persist; noted in docs/protocols.md).
+* Apply (4, 5): ``enforce``: deliver only to MX hosts matching a ``mx`` pattern and only
+  over TLS with a valid certificate for the MX name; ``testing``: deliver as before (the
+  result is reported, TLS-RPT); ``none``: no policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp.abc import AbstractResolver
+
+from postroom.policy.dns import DnsError, Resolver, lookup_addresses
+
+MAX_POLICY_SIZE = 64 * 1024
+FETCH_TIMEOUT = 60.0  # RFC 8461 3.3: "a timeout of 60 seconds" is suggested
+MAX_AGE_LIMIT = 31557600  # RFC 8461 3.2: at most one year
+MAX_CACHE = 10000
+_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")  # RFC 8461 3.1: sts-id = 1*32(ALPHA / DIGIT)
+MODES = ("enforce", "testing", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class StsPolicy:
+    mode: str
+    mx: tuple[str, ...]
+    max_age: int
+    id: str = ""
+
+    def allows(self, host: str) -> bool:
+        return any(mx_matches(p, host) for p in self.mx)
+
+
+def parse_txt(records: list[bytes]) -> str | None:
+    """The policy id of the ``_mta-sts`` TXT records, or None (RFC 8461 3.1: exactly one
+    record must start with ``v=STSv1``; fields are ``key=value`` separated by ``;``)."""
+    found = [r for r in records if r.startswith(b"v=STSv1")]
+    if len(found) != 1:
+        return None
+    fields: dict[str, str] = {}
+    for part in found[0].decode("ascii", "replace").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    if fields.get("v") != "STSv1":
+        return None
+    sts_id = fields.get("id", "")
+    return sts_id if _ID.match(sts_id) else None
+
+
+def parse_policy(text: str) -> StsPolicy:
+    """RFC 8461 3.2: ``key: value`` lines (CRLF or LF); unknown keys are ignored; the first
+    of a repeated key counts, except ``mx`` which may repeat. ValueError when invalid."""
+    fields: dict[str, str] = {}
+    mx: list[str] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError(f"not a key: value line: {line[:60]!r}")
+        key, value = key.strip(), value.strip()
+        if key == "mx":
+            mx.append(value.lower().rstrip("."))
+        else:
+            fields.setdefault(key, value)
+    if fields.get("version") != "STSv1":
+        raise ValueError("version is not STSv1")
+    mode = fields.get("mode", "")
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not enforce, testing or none")
+    try:
+        max_age = int(fields.get("max_age", ""))
+    except ValueError:
+        raise ValueError("max_age is not a number") from None
+    if not 0 <= max_age <= MAX_AGE_LIMIT:
+        raise ValueError("max_age out of range")
+    if mode != "none" and not mx:
+        raise ValueError("no mx line")
+    return StsPolicy(mode, tuple(mx), max_age)
+
+
+def mx_matches(pattern: str, host: str) -> bool:
+    """RFC 8461 4.1: an exact name, or ``*.`` matching exactly one leftmost label."""
+    host = host.lower().rstrip(".")
+    pattern = pattern.lower().rstrip(".")
+    if pattern.startswith("*."):
+        label, dot, rest = host.partition(".")
+        return bool(label) and bool(dot) and rest == pattern[2:]
+    return host == pattern
+
+
+class _OurResolver(AbstractResolver):
+    """aiohttp's resolver interface over postroom's DNS seam (the policy host's A/AAAA)."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[Any]:
+        try:
+            addresses = await lookup_addresses(self.resolver, host)
+        except DnsError as e:
+            raise OSError(f"{host}: {e}") from None
+        if not addresses:
+            raise OSError(f"{host}: no address")
+        return [
+            {"hostname": host, "host": a, "port": port, "family": socket.AF_INET6 if ":" in a else socket.AF_INET,
+             "proto": 0, "flags": socket.AI_NUMERICHOST}
+            for a in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+class PolicyFetchError(Exception):
+    """The policy could not be fetched or parsed (reported as ``sts-policy-fetch-error`` /
+    ``sts-policy-invalid`` in TLS-RPT terms)."""
+
+    def __init__(self, message: str, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+
+
+class MtaStsPolicies:
+    """Policies by domain, cached for their max_age (see module docstring)."""
+
+    def __init__(
+        self, resolver: Resolver, *, ca_file: str | None = None, port: int = 443,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.resolver = resolver
+        self.ca_file = ca_file
+        self.port = port
+        self.clock = clock
+        self._cache: dict[str, tuple[float, StsPolicy]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.last_error: dict[str, str] = {}  # domain -> why the last fetch failed
+
+    def _context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    async def get(self, domain: str) -> StsPolicy | None:
+        domain = domain.lower().rstrip(".")
+        lock = self._locks.setdefault(domain, asyncio.Lock())
+        try:
+            async with lock:  # one fetch per domain at a time
+                return await self._get(domain)
+        finally:
+            if not lock.locked():  # a late waiter making a new lock only costs a fetch
+                self._locks.pop(domain, None)
+
+    async def _get(self, domain: str) -> StsPolicy | None:
+        now = self.clock()
+        cached = self._cache.get(domain)
+        if cached is not None and cached[0] <= now:
+            cached = None
+            del self._cache[domain]
+        try:
+            sts_id = parse_txt(await self.resolver.txt(f"_mta-sts.{domain}"))
+        except DnsError:
+            sts_id = None
+        if cached is not None and (sts_id is None or sts_id == cached[1].id):
+            return cached[1]
+        if sts_id is None:
+            return None
+        try:
+            policy = await self.fetch(domain)
+        except PolicyFetchError as e:
+            self.last_error[domain] = str(e)
+            return cached[1] if cached is not None else None
+        self.last_error.pop(domain, None)
+        policy = StsPolicy(policy.mode, policy.mx, policy.max_age, sts_id)
+        if policy.max_age > 0:
+            if len(self._cache) >= MAX_CACHE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[domain] = (now + policy.max_age, policy)
+        return policy
+
+    async def fetch(self, domain: str) -> StsPolicy:
+        import aiohttp
+
+        host = f"mta-sts.{domain}"
+        port = "" if self.port == 443 else f":{self.port}"
+        url = f"https://{host}{port}/.well-known/mta-sts.txt"
+        connector = aiohttp.TCPConnector(resolver=_OurResolver(self.resolver), ssl=self._context(), use_dns_cache=False)
+        try:
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+            ) as session:
+                async with session.get(url, allow_redirects=False) as resp:
+                    if resp.status != 200:  # RFC 8461 3.3: redirects are not followed
+                        raise PolicyFetchError(f"{url}: HTTP {resp.status}")
+                    body = await resp.content.read(MAX_POLICY_SIZE + 1)
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise PolicyFetchError(f"{url}: {type(e).__name__}: {e}"[:300]) from None
+        if len(body) > MAX_POLICY_SIZE:
+            raise PolicyFetchError(f"{url}: larger than {MAX_POLICY_SIZE} bytes", invalid=True)
+        try:
+            return parse_policy(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise PolicyFetchError(f"{url}: invalid policy: {e}", invalid=True) from None
