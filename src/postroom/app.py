@@ -129,6 +129,26 @@ def _auth_services(services: Services) -> None:
             from postroom.policy.reports import DmarcRecorder
 
             services.dmarc_reports = DmarcRecorder(services.store)
+    tls_reports = settings.tls_reports
+    if tls_reports.send or tls_reports.receive:
+        from postroom.policy.tls_reports import TlsRecorder, TlsReportInbox
+
+        if tls_reports.send and services.resolver is not None:
+            services.tls_results = TlsRecorder(services.store)  # flushed where the queue runs
+        if tls_reports.receive:
+            services.tls_inbox = TlsReportInbox(services.store, tls_reports.address)
+
+
+def tls_report_tasks(services: Services) -> list[asyncio.Task[None]]:
+    """Where the queue runs: flush its TLS-RPT counts, send the daily reports."""
+    if services.tls_results is None:
+        return []
+    from postroom.policy.tls_reports import report_loop
+
+    return [
+        asyncio.create_task(services.tls_results.run(), name="tlsrpt-recorder"),
+        asyncio.create_task(report_loop(services), name="tlsrpt-reports"),
+    ]
 
 
 async def run(settings: Settings, started: asyncio.Future[Any] | None = None) -> int:
@@ -213,6 +233,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
 
             side_tasks.append(asyncio.create_task(services.dmarc_reports.run(), name="dmarc-recorder"))
             side_tasks.append(asyncio.create_task(report_loop(services), name="dmarc-reports"))
+        side_tasks += tls_report_tasks(services)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

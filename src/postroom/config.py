@@ -314,6 +314,17 @@ def _address(value: object) -> str:
     return value
 
 
+def _report_address(value: object) -> str:
+    """``tls_reports.address``: a local part ("postmaster": at every hosted domain) or an
+    address; kept in lower case, as recipients are compared."""
+    allowed = "a local part such as \"tls-reports\" or an address such as \"tls@example.org\""
+    if not isinstance(value, str) or not value or value.count("@") > 1 or any(c in value for c in " <>,;\""):
+        raise ValueError(allowed)
+    if "@" in value:
+        return _address(value).lower()
+    return value.lower()
+
+
 def _https_url(value: object) -> str:
     if not isinstance(value, str) or not re.match(r"^https://[^\s/]+(/\S*)?$", value):
         raise ValueError("an https:// URL (the ACME directory)")
@@ -404,6 +415,7 @@ class SmtpSettings:
 @dataclass(frozen=True, slots=True)
 class ImapSettings:
     allow_plaintext_auth: bool = False
+    fetch_cache: int = 64 * 1024 * 1024  # octets of rendered FETCH items kept in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +475,19 @@ class AuthChecksSettings:
     report_from: str = ""
     report_org: str = ""
     report_interval: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsReportsSettings:
+    """TLS-RPT (RFC 8460): reports about our outbound TLS, and the reports we receive."""
+
+    send: bool = True
+    report_from: str = ""  # "" = auth_checks.report_from, else postmaster@<hostname's domain>
+    report_org: str = ""  # "" = auth_checks.report_org, else the hostname
+    report_contact: str = ""  # "" = the report_from address
+    report_interval: float = 86400.0
+    receive: bool = True
+    address: str = "postmaster"  # a local part (at every hosted domain) or a full address
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,6 +653,7 @@ class Settings:
     dns: DnsSettings = DnsSettings()
     dkim: DkimSettings = DkimSettings()
     auth_checks: AuthChecksSettings = AuthChecksSettings()
+    tls_reports: TlsReportsSettings = TlsReportsSettings()
     logging: LoggingSettings = LoggingSettings()
     http: HttpSettings = HttpSettings()
     mta_sts: MtaStsSettings = MtaStsSettings()
@@ -691,7 +717,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "line_length": _int_range(512, 65536),
         "postmaster": _optional_address,
     },
-    "imap": {"allow_plaintext_auth": _boolean},
+    "imap": {"allow_plaintext_auth": _boolean, "fetch_cache": parse_size},
     "pop3": {"allow_plaintext_auth": _boolean},
     "outbound": {
         "smarthost": _optional_hostport,
@@ -734,6 +760,15 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "report_org": _string,
         "report_interval": parse_duration,
     },
+    "tls_reports": {
+        "send": _boolean,
+        "report_from": lambda v: "" if v == "" else _address(v),
+        "report_org": _string,
+        "report_contact": _string,
+        "report_interval": parse_duration,
+        "receive": _boolean,
+        "address": _report_address,
+    },
     "logging": {
         "level": _choice(*LOG_LEVELS),
         "format": _choice(*LOG_FORMATS),
@@ -772,6 +807,7 @@ _SECTION_CLASSES = {
     "dns": DnsSettings,
     "dkim": DkimSettings,
     "auth_checks": AuthChecksSettings,
+    "tls_reports": TlsReportsSettings,
     "logging": LoggingSettings,
     "http": HttpSettings,
     "mta_sts": MtaStsSettings,

@@ -17,8 +17,10 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from postroom.message import envelope_search_texts, scan
+from postroom.message import MessageSummary, envelope_search_texts, scan
+from postroom.message.binary import encode_binary_parts
 from postroom.message.search import SearchTexts
+from postroom.proto.imap.prerender import SEPARATOR, prerender
 
 if TYPE_CHECKING:
     from postroom.store.api import Store
@@ -189,15 +191,22 @@ async def junk_mailboxes(store: Store, user_ids: tuple[int, ...]) -> tuple[tuple
 
 
 def summarize(data: bytes) -> bytes:
-    """The stored parse summary for ``data`` (MIME tree with offsets, envelope, sort keys)."""
-    return scan(data).to_bytes()
+    """The stored parse summary for ``data`` (MIME tree with offsets, envelope, sort keys),
+    followed by the IMAP ENVELOPE and BODYSTRUCTURE rendered from it now, while the tree
+    is at hand (``proto.imap.prerender``: a first sync then copies them)."""
+    return _stored(scan(data))
+
+
+def _stored(summary: MessageSummary) -> bytes:
+    return summary.to_bytes() + SEPARATOR + prerender(summary)
 
 
 def summarize_for_store(data: bytes) -> tuple[bytes, SearchTexts]:
-    """The stored summary and the envelope search texts (``Delivery.search_texts``) from
-    one scan, so the store does not decode the summary again to derive them."""
+    """The stored summary (with the prerendered IMAP items, as :func:`summarize`) and the
+    envelope search texts (``Delivery.search_texts``) from one scan, so the store does not
+    decode the summary again to derive them."""
     parsed = scan(data)
-    return parsed.to_bytes(), envelope_search_texts(parsed)
+    return _stored(parsed), envelope_search_texts(parsed)
 
 
 # Above these, preparing a message costs more than a millisecond or two of Python (the
@@ -258,8 +267,15 @@ def prepare_headers(
     return data
 
 
-def prepare_append(data: bytes) -> tuple[bytes, bytes]:
-    """IMAP APPEND: the stored form of ``data`` (:func:`normalize`) and its summary."""
+def prepare_append(data: bytes, binary: bool = False) -> tuple[bytes, bytes]:
+    """IMAP APPEND: the stored form of ``data`` (:func:`normalize`) and its summary.
+
+    ``binary`` (a literal8, or NUL in the data): parts that cannot be stored as text are
+    first re-encoded as base64 (RFC 3516 4.4, :mod:`postroom.message.binary`), so BINARY[]
+    fetches give the client its octets back.
+    """
+    if binary:
+        data = encode_binary_parts(data) or data
     data = normalize(data)
     return data, summarize(data)
 

@@ -36,6 +36,8 @@ class Services:
     signer: Any = None  # policy.signing.Signer: DKIM signing and ARC sealing
     auth_checker: Any = None  # policy.inbound.AuthChecker (None: no inbound checks)
     dmarc_reports: Any = None  # policy.reports.DmarcRecorder (None: not recorded)
+    tls_results: Any = None  # policy.tls_reports.TlsRecorder: outbound TLS (None: not recorded)
+    tls_inbox: Any = None  # policy.tls_reports.TlsReportInbox: reports we receive (None: off)
     node: str = "local"
     peers: Peers = field(default_factory=LocalPeers)  # the other serving processes
     # IMAP sessions per (user, address) in the other worker processes (None: one process)

@@ -87,11 +87,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         dns.stop()
 
 
-def _arrived(capture: Capture, address: str) -> list[Received]:
-    with capture.lock:
-        return [m for m in capture.messages if m.address == address]
-
-
 def _receive_in_the_past(srv: Server, sends: list[tuple[str, bytes, int]]) -> int:
     """Run the server two days ago, send each (sender, message, expected code), stop (the
     recorder flushes its counts at shutdown). Returns the day's start (the report period)."""
@@ -147,12 +142,12 @@ def test_reports_recorded_on_mx_sent_by_cli_through_the_queue(env: dict[str, Any
         assert len(queued) == 2, queued  # ext.test and bank.test; noconsent.test refused
         again = srv.cli("dmarc", "send-reports", "--json")
         assert json.loads(again.stdout)["queued"] == []
-        ext_mail = wait(lambda: _arrived(capture, SINKS["reports.test"]), 30)
-        bank_mail = wait(lambda: _arrived(capture, SINKS["bank.test"]), 30)
+        ext_mail = wait(lambda: capture.arrived(SINKS["reports.test"]), 30)
+        bank_mail = wait(lambda: capture.arrived(SINKS["bank.test"]), 30)
         wait(lambda: not srv.queue() or None, 30)
     finally:
         srv.stop()
-    assert _arrived(capture, SINKS["elsewhere.test"]) == []
+    assert capture.arrived(SINKS["elsewhere.test"]) == []
     reports = {r["domain"]: r for r in json.loads(first.stdout)["reports"]}
     assert reports["noconsent.test"]["status"] == "dropped", reports
     assert reports["noconsent.test"]["refused"] == [
@@ -192,13 +187,13 @@ def test_daily_run_sends_once_and_not_again_after_a_restart(env: dict[str, Any])
     sender = Remote(dns, "loop.test", dmarc="v=DMARC1; p=quarantine; rua=mailto:loop@reports.test",
                     spf="v=spf1 ip4:127.0.0.1 -all")
     dns.set("loop.test._report._dmarc.reports.test", "TXT", ["v=DMARC1; "])
-    before = len(_arrived(capture, SINKS["reports.test"]))
+    before = len(capture.arrived(SINKS["reports.test"]))
     period = _receive_in_the_past(srv, [("a@loop.test", sender.sign(_msg("a@loop.test", "loop")), 250)])
 
     srv.config.write_text(srv.config.read_text().replace('report_interval = "1h"', 'report_interval = "1s"'))
 
     def loop_reports() -> list[Received]:
-        return [m for m in _arrived(capture, SINKS["reports.test"]) if m.recipients == ["loop@reports.test"]]
+        return [m for m in capture.arrived(SINKS["reports.test"]) if m.recipients == ["loop@reports.test"]]
 
     srv.start()
     try:
@@ -216,7 +211,7 @@ def test_daily_run_sends_once_and_not_again_after_a_restart(env: dict[str, Any])
         srv.stop()
     assert srv.logs().count("dmarc_report_sent") == 1  # loop.test (the CLI sent the others)
     assert "Traceback" not in srv.logs(), srv.logs()
-    assert len(_arrived(capture, SINKS["reports.test"])) == before + 1
+    assert len(capture.arrived(SINKS["reports.test"])) == before + 1
     root = _check_report(got[0].data, dns, "loop.test", period)
     assert root.findtext("policy_published/p") == "quarantine"
     assert root.findtext("record/row/policy_evaluated/dkim") == "pass"

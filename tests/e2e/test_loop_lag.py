@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import os
 import poplib
 import re
 import socket
@@ -34,6 +35,7 @@ from postroom.net.imap.light import Light
 from postroom.net.imap.search import THREAD_INLINE, Candidate, _item
 from postroom.net.imap.thread import thread_response
 from postroom.proto.imap.bodystructure import bodystructure_bytes
+from postroom.proto.imap.sections import SectionSpec, extract
 from postroom.store.api import MessageMeta
 
 BOUND = 2.0  # seconds: the slowest NOOP answer allowed while the hostile clients run
@@ -180,6 +182,56 @@ def test_worker_paths_answer_like_the_loop(evil_server: tuple[Server, list[bytes
         items.append(_item(Candidate(seq, meta, Light.from_summary(scan(raw))), uid=False))
     assert len(items) + sum(len(i.references) for i in items) > THREAD_INLINE  # a worker's
     assert b"* THREAD " + threads + b"\r\n" == thread_response("REFERENCES", items)
+
+
+def _descendants_cpu(pid: int) -> float:
+    """CPU seconds used so far by the processes below ``pid`` (the worker processes and
+    their forkserver), from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text.rpartition(")")[2].split()
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    below, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in below:
+                below.add(child)
+                todo.append(child)
+    return sum(times[c] for c in below) / os.sysconf("SC_CLK_TCK")
+
+
+def test_few_message_fetch_renders_huge_summaries_in_a_worker(
+        evil_server: tuple[Server, list[bytes]]) -> None:
+    """The single-message FETCH fast path keeps the guard of the general one: items of a
+    message with ~10,000 parts are rendered in a worker process, not on the event loop
+    (the workers' CPU time grows; rendered inline it would not move)."""
+    srv, messages = evil_server
+    assert srv.proc is not None
+    many = 501
+    data = messages[many - 1]
+    m = imaplib.IMAP4("127.0.0.1", srv.ports["imap"], timeout=120)
+    try:
+        m.login(EVIL, PASSWORD)
+        m.select("INBOX")
+        summary = scan(data)
+        before = _descendants_cpu(srv.proc.pid)
+        for part in (7, 4000, 9000):
+            typ, got = m.fetch(str(many), f"(BODY.PEEK[{part}.MIME])")
+            assert typ == "OK", got
+            text = b"".join(x if isinstance(x, bytes) else x[0] + x[1] for x in got)
+            assert extract(data, summary, SectionSpec((part,), "MIME")) in text
+        spent = _descendants_cpu(srv.proc.pid) - before
+    finally:
+        m.logout()
+    assert spent >= 0.03, f"worker processes used {spent:.3f} s"
 
 
 @pytest.fixture(scope="module")

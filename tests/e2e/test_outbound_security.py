@@ -89,14 +89,6 @@ def _policy(world: World, domain: str, mode: str, mx: str) -> None:
     POLICIES[f"mta-sts.{domain}"] = f"version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n"
 
 
-def _pending(world: World, address: str) -> str | None:
-    for q in world.queue():
-        for r in q.pending:
-            if r.address == address and r.diagnostic:
-                return str(r.diagnostic)
-    return None
-
-
 def test_mta_sts_enforce_testing_and_mismatch(world: World) -> None:
     ok = world.mx("sts-ok.test", Behaviour(), name="mx.verify.test")
     _policy(world, "sts-ok.test", "enforce", "*.verify.test")
@@ -109,7 +101,7 @@ def test_mta_sts_enforce_testing_and_mismatch(world: World) -> None:
     world.send(["a@sts-ok.test", "b@sts-wrongmx.test", "c@sts-testing.test"])
     assert world.wait_arrived(ok)[0].tls
     assert world.wait_arrived(testing)
-    reason = wait(lambda: _pending(world, "b@sts-wrongmx.test"))
+    reason = wait(lambda: world.pending_reason("b@sts-wrongmx.test"))
     assert "MTA-STS" in reason
     assert world.arrived(wrongmx) == []
 
@@ -121,7 +113,7 @@ def test_mta_sts_enforce_needs_tls_with_a_valid_certificate(world: World) -> Non
     world.dns.set("mta-sts.sts-notls.test", "A", ["127.0.0.1"])
     POLICIES["mta-sts.sts-notls.test"] = "version: STSv1\nmode: enforce\nmx: mx.notls.test\nmax_age: 600\n"
     world.send(["d@sts-notls.test"])
-    reason = wait(lambda: _pending(world, "d@sts-notls.test"))
+    reason = wait(lambda: world.pending_reason("d@sts-notls.test"))
     assert "TLS is required" in reason
     assert world.arrived(plain) == []
 
@@ -168,7 +160,7 @@ def test_dane_ee_match_mismatch_and_unvalidated(world: World) -> None:
     world.send(["f@dane-ok.test", "g@dane-bad.test", "h@dane-insecure.test"])
     assert world.wait_arrived(good)[0].tls
     assert world.wait_arrived(insecure)[0].tls
-    reason = wait(lambda: _pending(world, "g@dane-bad.test"))
+    reason = wait(lambda: world.pending_reason("g@dane-bad.test"))
     assert "DANE" in reason and "TLSA" in reason
     assert world.arrived(bad) == []
 
@@ -178,7 +170,7 @@ def test_dane_requires_starttls(world: World) -> None:
     world.dns.set(f"_{world.capture.port}._tcp.mx.dnotls.test", "TLSA", [["3", "1", "1", "ab" * 32]])
     world.dns.secure |= {"dane-notls.test", f"_{world.capture.port}._tcp.mx.dnotls.test"}
     world.send(["i@dane-notls.test"])
-    reason = wait(lambda: _pending(world, "i@dane-notls.test"))
+    reason = wait(lambda: world.pending_reason("i@dane-notls.test"))
     assert "TLS is required" in reason
     assert world.arrived(plain) == []
 

@@ -319,3 +319,28 @@ def test_decode_transfer() -> None:
     assert decode_transfer(b"as is", "8bit") == b"as is"
     assert decode_transfer(b"as is", "binary") == b"as is"
     assert decode_transfer(b"x", "x-uuencode") is None
+
+
+def test_quoted_printable_rfc2045_rules() -> None:
+    qp = "quoted-printable"
+    # RFC 2045 6.7 rule 3: trailing whitespace is dropped; "=" then whitespace before the
+    # line end is still a soft line break (the issue 13 example).
+    assert decode_transfer(b"hello  \r\nfoo\t \t= \r\nb", qp) == b"hello\r\nfoo\t \tb"
+    assert decode_transfer(b"foo = \t\r\nbar\r\n", qp) == b"foo bar\r\n"
+    assert decode_transfer(b"end=  ", qp) == b"end"
+    assert decode_transfer(b"x=\nY=\r\nz=", qp) == b"xYz"  # bare LF is a line end too
+    assert decode_transfer(b"a=3D=3db\r\n", qp) == b"a==b\r\n"  # lowercase hex accepted
+    assert decode_transfer(b"bad =ZZ and =\r\n", qp) == b"bad =ZZ and "  # left as it is
+    assert decode_transfer(b"caf=C3=A9\r\n", qp) == "café\r\n".encode()
+    assert decode_transfer(b"no escapes\r\nat all\r\n", qp) == b"no escapes\r\nat all\r\n"
+    assert decode_transfer(b"spaces \r\n\tand tabs\t\r\n", qp) == b"spaces\r\n\tand tabs\r\n"
+
+
+def test_quoted_printable_is_linear() -> None:
+    import time
+
+    body = b" " * 2_000_000 + b"x\r\n" + b"=41" * 200_000 + b"= \r\n" * 100_000
+    started = time.perf_counter()
+    out = decode_transfer(body, "quoted-printable")
+    assert out == b" " * 2_000_000 + b"x\r\n" + b"A" * 200_000
+    assert time.perf_counter() - started < 2.0

@@ -145,10 +145,12 @@ def test_sort_and_thread_keys() -> None:
     s = scan(data)
     assert s.base_subject == casemap("über")
     assert s.sort_from == "JOERG"
-    assert s.sort_to == "ZED"
+    # the first address structure is the group start, named "undisclosed" (RFC 5256 with
+    # RFC 3501 7.4.2; RFC 5957 falls back to the same)
+    assert s.sort_to == "UNDISCLOSED"
     assert s.sort_cc == "CC"
     assert s.display_from == casemap("Jörg")
-    assert s.display_to == "ZED"
+    assert s.display_to == "UNDISCLOSED"
     assert s.message_id == "id1@x"
     assert s.in_reply_to == "parent@x"
     assert s.references == ("root@x", "parent@x", "badid@x")
@@ -158,6 +160,15 @@ def test_display_key_falls_back_to_address() -> None:
     s = scan(b"From: someone@example.com\r\n\r\n")
     assert s.display_from == "SOMEONE@EXAMPLE.COM"
     assert scan(b"\r\n").display_from == ""
+
+
+def test_group_syntax_sorts_by_the_group_name() -> None:
+    s = scan(b"To: team: a@x.org, b@y.org;\r\nCc: user2: blah@domain1.org;\r\n\r\n")
+    assert (s.sort_to, s.display_to, s.sort_cc) == ("TEAM", "TEAM", "USER2")
+    s = scan(b"To: empty:;\r\nCc: \"Quoted Team\" : z@x.org;\r\n\r\n")
+    assert (s.sort_to, s.display_to, s.sort_cc) == ("EMPTY", "EMPTY", "QUOTED TEAM")
+    s = scan(b"To: d\r\n\r\n")  # no domain: not a group
+    assert (s.sort_to, s.display_to) == ("D", "D")
 
 
 def test_msg_ids() -> None:

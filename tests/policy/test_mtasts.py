@@ -78,10 +78,19 @@ def test_cache_by_id_and_max_age_keeps_policy_when_fetch_fails() -> None:
         dns.records[("_mta-sts.example.org", "TXT")] = ["v=STSv1; id=two"]
         sts.fail = True  # the new policy cannot be fetched: the cached one stays in force
         assert (await sts.get("example.org")) == p and sts.fetches == 2
+        # ... and TLS-RPT learns why (RFC 8460 4.3.2.2)
+        assert sts.last_failure["example.org"] == ("sts-policy-fetch-error", "unreachable")
         dns.records[("_mta-sts.example.org", "TXT")] = NXDOMAIN  # record gone: cache still used
         assert (await sts.get("example.org")) == p
         now[0] += 101  # expired, no record: no policy
         assert await sts.get("example.org") is None
+        assert "example.org" not in sts.last_failure  # no record: nothing failed
         assert await sts.get("nothing.example") is None
 
     asyncio.run(run())
+
+
+def test_fetch_errors_carry_tls_rpt_result_types() -> None:
+    assert PolicyFetchError("x").result_type == "sts-policy-fetch-error"
+    assert PolicyFetchError("x", invalid=True).result_type == "sts-policy-invalid"
+    assert PolicyFetchError("x", result_type="sts-webpki-invalid").result_type == "sts-webpki-invalid"

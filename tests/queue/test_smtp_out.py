@@ -262,3 +262,23 @@ def test_no_8bitmime_converts_and_no_smtputf8_refuses(capture: Capture) -> None:
     (got,) = arrived(capture, t)
     assert got.data.isascii() and b"quoted-printable" in got.data and b"Gr=C3=BC=C3=9Fe" in got.data
     assert r2.results[0].outcome is Outcome.PERMANENT and r2.results[0].reply.enhanced == "5.6.7"
+
+
+def test_tls_failures_get_their_tls_rpt_result_types() -> None:
+    """RFC 8460 4.3.1 names for what a certificate check says (OpenSSL's verify codes)."""
+    import ssl
+
+    from postroom.net.smtp_out import tls_result_of
+
+    def failed(code: int) -> ssl.SSLCertVerificationError:
+        e = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        e.verify_code = code
+        return e
+
+    assert tls_result_of(failed(10)) == "certificate-expired"
+    assert tls_result_of(failed(62)) == "certificate-host-mismatch"
+    assert tls_result_of(failed(20)) == "certificate-not-trusted"
+    assert tls_result_of(failed(18)) == "certificate-not-trusted"  # self-signed
+    assert tls_result_of(failed(7)) == "validation-failure"  # bad signature
+    assert tls_result_of(ssl.SSLError(1, "handshake failure")) == "validation-failure"
+    assert tls_result_of(ConnectionResetError()) == "validation-failure"

@@ -459,13 +459,15 @@ def test_mailbox_snapshot(store_run: Any) -> None:
         assert snap.keywords == {2: ("$Work", "Alpha"), 3: ("$Work",)}
         assert (snap.uidvalidity, snap.uidnext, snap.highestmodseq) == (
             mb.uidvalidity, mb.uidnext, mb.highestmodseq)
-        # Without claiming, nothing is \Recent for the caller and nothing is claimed.
-        assert snap.recent_from == snap.uidnext == 4
+        # Without claiming, recent_from is the first unclaimed UID and nothing is claimed.
+        assert (snap.recent_from, snap.uidnext) == (1, 4)
         assert (await store.mailbox_status(inbox.id)).recent == 2
+        assert (await store.mailbox_snapshot(u.id, "INBOX")).recent_from == 1
         first = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
         second = await store.mailbox_snapshot(u.id, "INBOX", claim_recent=True)
         assert first.recent_from == 1 and second.recent_from == 4
         assert (await store.mailbox_status(inbox.id)).recent == 0
+        assert (await store.mailbox_snapshot(u.id, "INBOX")).recent_from == 4
         # a large mailbox keeps UID order and flags aligned
         arch = await store.get_mailbox(u.id, "Archive")
         for i in range(300):
@@ -483,8 +485,14 @@ def test_claim_recent_upto(store_run: Any) -> None:
         inbox = await store.get_mailbox(u.id, "INBOX")
         for _ in range(3):
             await store.append(inbox.id, MSG, b"S")
+        # A read-only session only looks: the mark does not move.
+        assert await store.claim_recent(inbox.id, claim=False) == 1
+        assert await store.claim_recent(inbox.id, 2, claim=False) == 1
+        assert (await store.mailbox_status(inbox.id)).recent == 3
         # A session that has seen UIDs below 3 claims those only.
         assert await store.claim_recent(inbox.id, 3) == 1
+        assert await store.claim_recent(inbox.id, 4, claim=False) == 3
+        assert await store.claim_recent(inbox.id, 2, claim=False) == 2  # none below 2
         assert (await store.mailbox_status(inbox.id)).recent == 1
         assert await store.claim_recent(inbox.id, 2) == 3  # nothing left below 2
         assert await store.claim_recent(inbox.id) == 3  # up to UIDNEXT
@@ -711,6 +719,10 @@ def test_dmarc_rows_aggregate(store_run: Any) -> None:
         assert len(await store.dmarc_pending(3 * 86400)) == 2
         assert await store.dmarc_delete("example.org", 86400) == 1
         assert [r.period for r in await store.dmarc_pending(10**9)] == [2 * 86400]
+
+    store_run(body)
+
+
 def test_web_sessions(store_run: Any) -> None:
     async def body(store: Any) -> None:
         import time
@@ -1106,5 +1118,67 @@ def test_import_messages_remembers_keys(store_run: Any) -> None:
         await store.remove_user("alice@example.test")
         again_user = await _user(store)
         assert await store.imported_keys(again_user.id, "imap://h/INBOX") == set()
+
+    store_run(body)
+
+
+def test_tlsrpt_rows_aggregate_and_report_once(store_run: Any) -> None:
+    """Counts add up per (day, domain, policy, failure); a policy string of any length is
+    one key; the report is queued with the rows' deletion, once."""
+    from postroom.store.api import Delivery, NewQueueEntry, QueueRecipient, TlsResultRow
+
+    long_policy = "version: STSv1\nmode: enforce\n" + "\n".join(f"mx: mx{i}.example.org" for i in range(400))
+    ok = TlsResultRow(86400, "example.org", "sts", long_policy, "*.example.org")
+    bad = TlsResultRow(86400, "example.org", "sts", long_policy, "*.example.org", "certificate-expired",
+                       "192.0.2.1", "mx1.example.org", "198.51.100.1", "expired", 2)
+    other_policy = TlsResultRow(86400, "example.org", "no-policy-found", "", "")
+    tomorrow = TlsResultRow(2 * 86400, "example.org", "no-policy-found", "", "")
+
+    def report(qid: str) -> Delivery:
+        return Delivery(data=b"Subject: tlsrpt\r\n\r\nx\r\n", summary=b"", queue=NewQueueEntry(
+            qid=qid, sender="postmaster@example.net",
+            recipients=(QueueRecipient("tls@example.org", notify="NEVER"),),
+        ))
+
+    async def body(store: Any) -> None:
+        await store.tlsrpt_add([ok, ok, bad])
+        await store.tlsrpt_add([ok, bad, other_policy, tomorrow])
+        pending = await store.tlsrpt_pending(2 * 86400)
+        counts = {(r.policy_type, r.result_type): r.count for r in pending}
+        assert counts == {("sts", ""): 3, ("sts", "certificate-expired"): 4, ("no-policy-found", ""): 1}
+        failure = next(r for r in pending if r.result_type)
+        assert failure == TlsResultRow(**{**_fields(bad), "count": 4})
+        assert next(r for r in pending if r.policy_type == "sts").policy_string == long_policy
+        assert len(await store.tlsrpt_pending(3 * 86400)) == 4
+        assert await store.tlsrpt_delete("example.org", 86400, report=report("T1")) == 3
+        assert await store.tlsrpt_delete("example.org", 86400, report=report("T2")) == 0
+        assert [q.qid for q in await store.queue_list()] == ["T1"]
+        assert [r.period for r in await store.tlsrpt_pending(10**9)] == [2 * 86400]
+        assert await store.tlsrpt_delete("example.org", 2 * 86400) == 1
+
+    store_run(body)
+
+
+def test_tls_reports_received(store_run: Any) -> None:
+    from postroom.store.api import TlsReport
+
+    def report(org: str, rid: str, received: int, domains: str) -> TlsReport:
+        return TlsReport(0, received, org, rid, 86400, 2 * 86400 - 1, domains, 10, 1, '{"x": 1}')
+
+    async def body(store: Any) -> None:
+        first = await store.tls_report_add(report("Google Inc.", "r1", 100, "example.org"))
+        second = await store.tls_report_add(report("Other", "r1", 200, "a_b.example,example.net"))
+        assert first is not None and second is not None and first != second
+        assert await store.tls_report_add(report("Google Inc.", "r1", 300, "example.org")) is None
+        listed = await store.tls_reports()
+        assert [r.id for r in listed] == [second, first]  # newest first
+        assert listed[1] == TlsReport(first, 100, "Google Inc.", "r1", 86400, 2 * 86400 - 1, "example.org",
+                                      10, 1, '{"x": 1}')
+        assert [r.id for r in await store.tls_reports(limit=1)] == [second]
+        assert [r.id for r in await store.tls_reports(domain="example.net")] == [second]
+        assert [r.id for r in await store.tls_reports(domain="example.org")] == [first]
+        assert await store.tls_reports(domain="example") == []  # whole names only
+        assert await store.tls_reports(domain="a%b.example") == []  # LIKE patterns are escaped
+        assert [r.id for r in await store.tls_reports(domain="a_b.example")] == [second]
 
     store_run(body)

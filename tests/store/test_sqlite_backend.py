@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,13 @@ from postroom.store.sqlite import open_store
 from postroom.store.schema import statements
 from postroom.store.sqlite.schema import MIGRATIONS, current_version
 
+
+async def _user_and_inbox(store: Any) -> tuple[Any, Any]:
+    """A user a@example.test in a fresh store, and its INBOX."""
+    await store.add_domain("example.test")
+    u = await store.add_user("a@example.test", "h", None)
+    return u, await store.get_mailbox(u.id, "INBOX")
+
 MSG = b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.de>\r\nSubject: Hello\r\n\r\nhi\r\n"
 
 
@@ -23,9 +31,7 @@ def test_recent_marks_are_claimed_in_memory_and_persisted(tmp_path: Path) -> Non
     async def first() -> tuple[int, int]:
         store = open_store(tmp_path, fsync=False)
         try:
-            await store.add_domain("example.test")
-            u = await store.add_user("a@example.test", "h", None)
-            inbox = await store.get_mailbox(u.id, "INBOX")
+            u, inbox = await _user_and_inbox(store)
             for _ in range(3):
                 await store.append(inbox.id, MSG, b"S")
             # Claiming never waits for the writer: with the writer thread held up, SELECT's
@@ -112,15 +118,48 @@ def test_header_only_reads_stop_at_the_body(tmp_path: Path) -> None:
     async def main() -> None:
         store = open_store(tmp_path, fsync=False)
         try:
-            await store.add_domain("example.test")
-            u = await store.add_user("a@example.test", "h", None)
-            inbox = await store.get_mailbox(u.id, "INBOX")
+            u, inbox = await _user_and_inbox(store)
             big = b"Subject: big\r\n\r\n" + b"y" * 100_000 + b"\r\n"
             await store.append(inbox.id, big, summarize(big))
             await store.append(inbox.id, big, b"[99]")  # unknown format: read it all
             a, b = await store.read_messages(inbox.id, [1, 2], data=True, header_only=True)
             assert a.data == b"Subject: big\r\n\r\n"
             assert b.data == big
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_small_reads_run_inline_and_big_bodies_still_arrive_whole(tmp_path: Path) -> None:
+    """read_messages of a few messages is a point read on the loop's thread, but never
+    reads more than INLINE_BYTES of a message there: bigger bodies come from a reader
+    thread, and the caller cannot tell the difference."""
+    from postroom.store.sqlite import backend
+
+    async def main() -> None:
+        store = open_store(tmp_path, fsync=False)
+        try:
+            u, inbox = await _user_and_inbox(store)
+            small = b"Subject: small\r\n\r\nx\r\n"
+            big = b"Subject: big\r\n\r\n" + b"y" * (backend.INLINE_BYTES + 10) + b"\r\n"
+            for data in (small, big, small):
+                await store.append(inbox.id, data, summarize(data))
+            threads: list[str] = []
+            real = store.engine._run_read
+
+            def spy(fn):  # type: ignore[no-untyped-def]
+                threads.append(threading.current_thread().name)
+                return real(fn)
+
+            store.engine._run_read = spy  # type: ignore[method-assign]
+            got = await store.read_messages(inbox.id, [1, 3], data=True, summary=True)
+            assert [c.data for c in got] == [small, small] and threads == []
+            got = await store.read_messages(inbox.id, [1, 2, 3, 9], data=True)
+            assert [c.meta.uid for c in got] == [1, 2, 3] and [c.data for c in got] == [small, big, small]
+            assert len(threads) == 1  # only the big body went to a reader thread
+            got = await store.read_messages(inbox.id, [1, 2, 3, 4, 5], data=True)
+            assert [c.data for c in got] == [small, big, small] and len(threads) == 2
         finally:
             await store.close()
 
@@ -135,9 +174,7 @@ def test_snapshot_cache_is_never_stale(tmp_path: Path) -> None:
     async def main() -> None:
         store = open_store(tmp_path, fsync=False)
         try:
-            await store.add_domain("example.test")
-            u = await store.add_user("a@example.test", "h", None)
-            inbox = await store.get_mailbox(u.id, "INBOX")
+            u, inbox = await _user_and_inbox(store)
             archive = await store.get_mailbox(u.id, "Archive")
             for _ in range(100):  # above MIN_MESSAGES, so the snapshot is cached
                 await store.deliver(Delivery(data=MSG, summary=summarize(MSG), user_ids=(u.id,)))

@@ -407,6 +407,11 @@ class Capture:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def arrived(self, address: str) -> list[Received]:
+        """The messages the capture address ``address`` accepted so far."""
+        with self.lock:
+            return [m for m in self.messages if m.address == address]
+
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
         """Block until ``count`` messages arrived (or fail)."""
         deadline = time.monotonic() + timeout

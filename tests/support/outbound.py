@@ -86,8 +86,7 @@ class World:
         return address
 
     def arrived(self, address: str) -> list[Received]:
-        with self.capture.lock:
-            return [m for m in self.capture.messages if m.address == address]
+        return self.capture.arrived(address)
 
     def wait_arrived(self, address: str, count: int = 1, timeout: float = 20) -> list[Received]:
         got = wait(lambda: (lambda m: m if len(m) >= count else None)(self.arrived(address)), timeout)
@@ -132,6 +131,19 @@ class World:
 
     def wait_queue_empty(self, timeout: float = 20) -> None:
         wait(lambda: not self.queue() or None, timeout)
+
+    def pending_reason(self, address: str) -> str | None:
+        assert self.server is not None
+        return pending_reason(self.server, address)
+
+
+def pending_reason(server: Server, address: str) -> str | None:
+    """The diagnostic of ``address`` while it waits in ``server``'s queue, if any yet."""
+    for q in server.queue():
+        for r in q.pending:
+            if r.address == address and r.diagnostic:
+                return str(r.diagnostic)
+    return None
 
 
 def wait(check: Callable[[], Any], timeout: float = 20) -> Any:

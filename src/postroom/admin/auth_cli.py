@@ -103,17 +103,18 @@ def cmd_dns(args: argparse.Namespace) -> int:
     return 0 if not args.check or all(v.status == "correct" for v in items) else 3
 
 
+def report_services(store: Any, settings: Any) -> Any:
+    """What sending reports needs (store, resolver, DKIM signer), for a CLI command."""
+    from postroom.policy.signing import Signer
+
+    return types.SimpleNamespace(
+        settings=settings, store=store, resolver=_resolver(settings),
+        signer=Signer(store, enabled=settings.dkim.sign),
+    )
+
+
 def cmd_dmarc(args: argparse.Namespace) -> int:
-    async def run(store: Any, settings: Any) -> Any:
-        from postroom.policy.signing import Signer
-
-        services = types.SimpleNamespace(
-            settings=settings, store=store, resolver=_resolver(settings),
-            signer=Signer(store, enabled=settings.dkim.sign),
-        )
-        return await auth_ops.dmarc_send_reports(services)
-
-    outcomes = _run(args, run)
+    outcomes = _run(args, lambda st, settings: auth_ops.dmarc_send_reports(report_services(st, settings)))
     queued = [o.qid for o in outcomes if o.status == "queued"]
     if args.json:
         print(json.dumps({"queued": queued, "reports": [dataclasses.asdict(o) for o in outcomes]}))

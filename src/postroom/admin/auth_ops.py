@@ -141,8 +141,17 @@ async def dns_records(
     found = await server_addresses(resolver, settings.hostname, addresses)
     return dnsrecords.required(
         domain, settings.hostname, keys, settings.listeners, found, rua=f"postmaster@{domain}",
-        mta_sts_id=mta_sts_id(settings),
+        mta_sts_id=mta_sts_id(settings), tlsrpt_rua=tlsrpt_address(settings, domain),
     )
+
+
+def tlsrpt_address(settings: Settings, domain: str) -> str | None:
+    """Where TLS-RPT reports about ``domain`` go (``tls_reports.address``), or None when
+    we do not take them in."""
+    tr = settings.tls_reports
+    if not tr.receive:
+        return None
+    return tr.address if "@" in tr.address else f"{tr.address}@{domain}"
 
 
 async def _lookup(resolver: Resolver, record: dnsrecords.Record) -> list[str]:
@@ -205,3 +214,35 @@ async def dmarc_send_reports(services: Any) -> list[Any]:
     from postroom.policy.reports import send_due
 
     return await send_due(services)
+
+
+async def tlsrpt_send_reports(services: Any) -> list[Any]:
+    """The TLS-RPT reports of finished days, sent now (``policy.tls_reports.send_due``)."""
+    from postroom.policy.tls_reports import send_due
+
+    return await send_due(services)
+
+
+MAX_TLS_REPORTS = 1000  # listed at once
+
+
+async def tls_reports(store: Any, *, limit: int = 100, domain: str | None = None) -> list[dict[str, Any]]:
+    """The TLS-RPT reports received (newest first) as the CLI and the API show them: the
+    summary, and the report itself (``document``, RFC 8460 4 JSON)."""
+    import datetime
+    import json
+
+    def iso(ts: int) -> str:
+        return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    rows = await store.tls_reports(limit=max(1, min(limit, MAX_TLS_REPORTS)),
+                                   domain=domain.lower() if domain else None)
+    return [
+        {
+            "id": r.id, "received": iso(r.received), "organization": r.organization,
+            "report_id": r.report_id, "start": iso(r.start), "end": iso(r.end),
+            "domains": r.domains.split(",") if r.domains else [], "successful": r.successful,
+            "failed": r.failed, "document": json.loads(r.document),
+        }
+        for r in rows
+    ]

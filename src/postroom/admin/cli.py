@@ -493,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub, common)
 
+    from postroom.admin.tlsrpt_cli import add_parsers as add_tlsrpt_parsers
+
+    add_tlsrpt_parsers(sub, common)
+
     from postroom.admin.data_cli import add_parsers as add_data_parsers
 
     add_data_parsers(sub, common, _data_command)

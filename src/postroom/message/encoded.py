@@ -19,6 +19,7 @@ import re
 __all__ = [
     "IDENTITY_ENCODINGS",
     "decode_charset",
+    "decode_quoted_printable",
     "decode_raw",
     "decode_transfer",
     "decode_words",
@@ -176,5 +177,34 @@ def decode_transfer(body: bytes, encoding: str | None) -> bytes | None:
     if encoding == "base64":
         return _b64decode(body)
     if encoding == "quoted-printable":
-        return binascii.a2b_qp(body)
+        return decode_quoted_printable(body)
     return None
+
+
+def decode_quoted_printable(body: bytes) -> bytes:
+    """Quoted-printable body → octets, per RFC 2045 6.7.
+
+    ``binascii.a2b_qp`` alone is not enough: rule 3 says whitespace at the end of an
+    encoded line was added by a transport and must be dropped, and so an "=" followed
+    only by whitespace is still a soft line break. So each line is stripped of trailing
+    SP/HTAB first; a line then ending in "=" joins the next one, any other ends with CRLF
+    (bare LF is taken as a line end too). ``=XX`` escapes are undone per line, leniently
+    (a malformed one stays as it is). Linear in the body: one split, one pass.
+    """
+    if b"=" not in body and b" \r" not in body and b"\t\r" not in body \
+            and not body.endswith((b" ", b"\t")):
+        return body  # nothing to decode (and no trailing space to drop before CRLF)
+    lines = body.split(b"\n")
+    out: list[bytes] = []
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        if i < last and line.endswith(b"\r"):
+            line = line[:-1]
+        line = line.rstrip(b" \t")
+        if line.endswith(b"="):
+            out.append(binascii.a2b_qp(line[:-1]) if b"=" in line[:-1] else line[:-1])
+            continue  # soft line break (rule 5): no line end
+        out.append(binascii.a2b_qp(line) if b"=" in line else line)
+        if i < last:
+            out.append(b"\r\n")
+    return b"".join(out)

@@ -158,18 +158,23 @@ def base_subject(subject: str) -> str:
 
 
 def mailbox_key(addresses: tuple[Address, ...] | None) -> str:
-    """RFC 5256 SORT FROM/TO/CC key: addr-mailbox of the first address, case-mapped."""
+    """RFC 5256 SORT FROM/TO/CC key: addr-mailbox of the first address, case-mapped.
+
+    "First address" is the first address structure of the ENVELOPE field, so for group
+    syntax (``team: a@x, b@y;``) it is the group-start marker, whose addr-mailbox holds
+    the group name (RFC 3501 7.4.2): ``Cc: team: blah@x.org;`` sorts as "team", as in
+    Dovecot.
+    """
     for a in addresses or ():
-        if not a.is_group_marker:
-            return casemap(decode_raw(a.mailbox or b""))
+        return casemap(decode_raw(a.mailbox or b""))
     return ""
 
 
 def display_key(addresses: tuple[Address, ...] | None) -> str:
-    """RFC 5957 DISPLAYFROM/DISPLAYTO key: decoded display name, else the addr-spec."""
+    """RFC 5957 DISPLAYFROM/DISPLAYTO key: decoded display name, else the addr-spec, of
+    the first address structure; for a group that is its name (``To: empty:;`` sorts as
+    "empty"), the same fallback SORT TO uses."""
     for a in addresses or ():
-        if a.is_group_marker:
-            continue
         if a.name:
             name = decode_words(a.name).strip()
             if name:

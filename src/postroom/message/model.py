@@ -18,7 +18,9 @@ Serialisation (:meth:`MessageSummary.to_bytes`) is compact JSON made of position
 ASCII only (so it fits a TEXT column as well as a BLOB), starting with a format version:
 rows written by an older format raise :class:`SummaryVersionError`, and the caller simply
 re-scans the stored message. Raw header octets travel as Latin-1 code points, which makes
-the round trip exact for any bytes.
+the round trip exact for any bytes. The JSON is one line; a stored summary may carry more
+lines after it (``deliver.summarize`` adds the IMAP items rendered at delivery), which
+every reader of the summary ignores.
 """
 
 from __future__ import annotations
@@ -206,7 +208,10 @@ class MessageSummary:
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> MessageSummary:
-        """Inverse of :meth:`to_bytes`; :class:`SummaryError` when *raw* is unusable."""
+        """Inverse of :meth:`to_bytes`; :class:`SummaryError` when *raw* is unusable.
+
+        Only the first line is the summary: what follows a line feed is an extension
+        written beside it (the IMAP items rendered at delivery, proto.imap.prerender)."""
         row = _load_row(raw)
         try:
             row = _pad(row, _SUMMARY_DEFAULTS)
@@ -230,7 +235,10 @@ class MessageSummary:
 
 
 def _load_row(raw: bytes | str) -> list[Any]:
-    """The decoded summary row, checked for this format version."""
+    """The decoded summary row (its first line), checked for this format version."""
+    cut = raw.find(b"\n" if isinstance(raw, bytes) else "\n")  # type: ignore[arg-type]
+    if cut >= 0:
+        raw = raw[:cut]
     try:
         row = json.loads(raw)
     except (ValueError, RecursionError) as exc:

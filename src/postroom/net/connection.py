@@ -97,6 +97,11 @@ class ByteStream(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def write_blocked(self) -> bool:
+        """The transport's write buffer is over its limit: :meth:`drain` would wait."""
+        return self._write_paused and not self._closed
+
     def _take(self) -> bytes:
         """Everything received so far (the caller checked there is some); reading resumes."""
         chunks = self._chunks
@@ -117,6 +122,11 @@ class ByteStream(asyncio.Protocol):
         if self.transport is not None and not self._closed and data:
             self.transport.write(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        """Several buffers in one go: uvloop hands them to one writev, without joining."""
+        if self.transport is not None and not self._closed:
+            self.transport.writelines(parts)
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -130,9 +140,12 @@ class Connection(ByteStream):
     """One client connection of a listener (see the module docstring)."""
 
     __slots__ = (
+        "_deadline",
         "_interrupted",
         "_loop",
         "_on_connect",
+        "_timer",
+        "_timer_at",
         "local_port",
         "peer_ip",
         "peer_port",
@@ -150,6 +163,11 @@ class Connection(ByteStream):
         self.task: asyncio.Task[None] | None = None
         self._interrupted = False
         self._loop = asyncio.get_event_loop()
+        # The read timeout (see read): the deadline of the pending read, and one timer
+        # that is only re-armed when it fires early, not created and cancelled per read.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -180,23 +198,50 @@ class Connection(ByteStream):
         Raises TimeoutError when nothing arrives within ``timeout`` seconds.
         """
         if not self._chunks and not self._eof and not self._interrupted:
-            waiter = self._loop.create_future()
+            loop = self._loop
+            waiter = loop.create_future()
             self._waiter = waiter
-            handle = None
             if timeout is not None:
-                handle = self._loop.call_later(timeout, _expire, waiter)
+                # A command per round trip makes a timer per read cost more than the rest
+                # of the read; one timer per connection, moved only when it would be late.
+                deadline = self._deadline = loop.time() + timeout
+                if self._timer is None or self._timer_at > deadline:
+                    self._arm(deadline)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if handle is not None:
-                    handle.cancel()
+                self._deadline = None
         if self._chunks:
             return self._take()
         if self._interrupted and not self._eof:
             self._interrupted = False
             raise Interrupted()
         return b""
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
+        self._timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._closed:
+            return  # no read waits (it is re-armed by the next one that does)
+        if self._loop.time() + 0.001 < deadline:  # (timers may fire a clock tick early)
+            self._arm(deadline)  # a later read moved the deadline
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._timer is not None:  # nothing may keep a closed connection alive
+            self._timer.cancel()
+            self._timer = None
 
     async def drain(self) -> None:
         if self._write_paused and not self._closed:
@@ -223,7 +268,3 @@ class Connection(ByteStream):
         self.transport = new  # type: ignore[assignment]
         self.tls = new.get_extra_info("ssl_object")
 
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())

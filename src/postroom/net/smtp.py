@@ -563,6 +563,9 @@ class SmtpSession:
             self._log(event, qid, "451 store failed", started)
             return
         self.core.accept(R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {qid}"))
+        inbox = self.services.tls_inbox
+        if inbox is not None and user_ids and not self.submission and inbox.wants(rcpt_addrs):
+            inbox.take(stored, qid)  # a TLS-RPT report (RFC 8460) about our domains
         self._log(event, qid, "250", started, local=len(user_ids) - len(result.over_quota),
                   remote=len(external), over_quota=len(result.over_quota))
 

@@ -113,6 +113,8 @@ class SetupError(Exception):
         error: TransportError | None = None,
         reply: Reply | None = None,
         tls_failed: bool = False,
+        tls_result: str = "",
+        local_ip: str = "",
     ) -> None:
         super().__init__(diagnostic)
         self.diagnostic = diagnostic
@@ -120,6 +122,8 @@ class SetupError(Exception):
         self.error = error
         self.reply = reply
         self.tls_failed = tls_failed
+        self.tls_result = tls_result  # RFC 8460 4.3 result type when TLS was the problem
+        self.local_ip = local_ip  # our end of the connection (TLS-RPT sending-mta-ip)
 
     @property
     def at_greeting(self) -> bool:
@@ -221,6 +225,25 @@ def _verifying_context(ca_file: Path | None) -> ssl.SSLContext:
     return ctx
 
 
+# OpenSSL X509_V_ERR_* codes that TLS-RPT names (RFC 8460 4.3.1)
+_X509_EXPIRED = 10
+_X509_HOSTNAME_MISMATCH = 62
+_X509_UNTRUSTED = frozenset({2, 18, 19, 20, 21, 27})
+
+
+def tls_result_of(error: BaseException) -> str:
+    """The RFC 8460 4.3.1 result type of a failed handshake."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        code = error.verify_code
+        if code == _X509_EXPIRED:
+            return "certificate-expired"
+        if code == _X509_HOSTNAME_MISMATCH:
+            return "certificate-host-mismatch"
+        if code in _X509_UNTRUSTED:
+            return "certificate-not-trusted"
+    return "validation-failure"
+
+
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -243,6 +266,10 @@ class SmtpOut:
         self.extensions: Extensions | None = None
         self.tls = ""  # "TLSv1.3 TLS_AES_256_GCM_SHA384" once encrypted
         self.tls_error = ""
+        self.tls_result = ""  # RFC 8460 4.3 result type of a TLS failure
+        self.starttls_offered = False
+        sockname = stream.transport.get_extra_info("sockname") if stream.transport is not None else None
+        self.local_ip = str(sockname[0]) if sockname else ""
         self.messages = 0
 
     @classmethod
@@ -268,6 +295,11 @@ class SmtpOut:
         session = cls(target, options, stream, tls=tls)
         try:
             await session._setup()
+        except SetupError as e:
+            stream.abort()
+            e.local_ip = session.local_ip
+            e.tls_result = e.tls_result or (session.tls_result if e.tls_failed else "")
+            raise
         except BaseException:
             stream.abort()
             raise
@@ -325,9 +357,11 @@ class SmtpOut:
             tls_failed=event.cause is Cause.TLS_FAILED,
         )
 
-    async def _refuse(self, diagnostic: str, status: str, error: TransportError) -> SetupError:
+    async def _refuse(
+        self, diagnostic: str, status: str, error: TransportError, tls_result: str = ""
+    ) -> SetupError:
         await self.close()
-        return SetupError(f"{self.target.label}: {diagnostic}", status=status, error=error)
+        return SetupError(f"{self.target.label}: {diagnostic}", status=status, error=error, tls_result=tls_result)
 
     async def _setup(self) -> None:
         policy = self.options.tls_policy
@@ -337,6 +371,7 @@ class SmtpOut:
                 continue
             if isinstance(event, SessionReady):
                 self.extensions = event.extensions
+                self.starttls_offered = self.starttls_offered or event.extensions.starttls
                 if not event.tls and self.want_tls:
                     if event.extensions.starttls:
                         self.core.starttls()
@@ -344,7 +379,7 @@ class SmtpOut:
                     if policy in MANDATORY_TLS:
                         raise await self._refuse(
                             "TLS is required, but was not offered by the host", "4.7.4",
-                            TransportError.TLS_FAILED,
+                            TransportError.TLS_FAILED, "starttls-not-supported",
                         )
                 if await self._maybe_auth():
                     continue
@@ -356,7 +391,7 @@ class SmtpOut:
                 if policy in MANDATORY_TLS:
                     raise await self._refuse(
                         f"STARTTLS refused: {reply_text(event.reply)}", "4.7.4",
-                        TransportError.TLS_FAILED,
+                        TransportError.TLS_FAILED, "starttls-not-supported",
                     )
                 if await self._maybe_auth():
                     continue
@@ -390,12 +425,14 @@ class SmtpOut:
             self.tls = await self.stream.start_tls(ctx, server_hostname)
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError, ValueError) as e:
             self.tls_error = str(e) or type(e).__name__
+            self.tls_result = tls_result_of(e)
             self.core.tls_failed()
             return
         if self.options.tls_policy == "dane":
             problem = dane_verify(self.options.tlsa, self.stream.peer_chain(), self.target.name)
             if problem is not None:
                 self.tls_error = f"DANE: {problem}"
+                self.tls_result = "validation-failure"
                 self.core.tls_failed()
                 return
         self.core.tls_established()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from postroom.config import Listener
-from postroom.policy import dkim, dmarc
+from postroom.policy import dkim, dmarc, tlsrpt
 from postroom.store.api import DkimKey
 
 SPF_RECORD = "v=spf1 mx -all"
@@ -63,11 +63,13 @@ def required(
     *,
     rua: str,
     mta_sts_id: str | None = None,
+    tlsrpt_rua: str | None = None,
 ) -> list[Record]:
     """Every record ``domain`` needs for mail through this server, in the order to create
     them. ``addresses``: the server's public addresses (for A/AAAA and PTR).
     ``mta_sts_id``: the current MTA-STS policy id (``postroom.clients.mta_sts_id``); with
-    an ``https`` listener, the MTA-STS and client auto-configuration names are listed too."""
+    an ``https`` listener, the MTA-STS and client auto-configuration names are listed too.
+    ``tlsrpt_rua``: the address TLS-RPT reports about the domain go to (None: no record)."""
     out = [Record("MX", domain, "MX", f"10 {hostname}", "mail for the domain goes to this server")]
     for ip in addresses:
         v6 = ipaddress.ip_address(ip).version == 6
@@ -80,6 +82,9 @@ def required(
                           f"{key.algorithm} {note}"))
     out.append(Record("DMARC", f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:{rua}",
                       "unauthenticated mail claiming the domain goes to spam; reports to a local address"))
+    if tlsrpt_rua is not None:
+        out.append(Record("TLSRPT", f"_smtp._tls.{domain}", "TXT", f"v=TLSRPTv1; rua=mailto:{tlsrpt_rua}",
+                          "senders report TLS failures of their deliveries here (RFC 8460 3)"))
     seen: set[str] = set()
     for role, (label, priority) in _SRV.items():
         for lst in listeners:
@@ -136,6 +141,18 @@ def judge(
         if len(sts) == 1 and sts[0].replace(" ", "") == record.value.replace(" ", ""):
             return Verdict(record, "correct", found_t)
         return Verdict(record, "wrong", found_t, "another policy id (senders keep the old policy)")
+    if kind == "TLSRPT":
+        # RFC 8460 3: exactly one v=TLSRPTv1 record; other rua besides ours are fine.
+        found_records = [f for f in found if f.replace(" ", "").startswith("v=TLSRPTv1;")]
+        if not found_records:
+            return Verdict(record, "missing", found_t)
+        rua = tlsrpt.parse_record([f.encode() for f in found_records])
+        if rua is None:
+            return Verdict(record, "wrong", found_t, "not exactly one usable v=TLSRPTv1 record")
+        want = record.value.rpartition("rua=")[2].lower()
+        if want not in (u.lower() for u in rua):
+            return Verdict(record, "wrong", found_t, f"reports do not go to {want}")
+        return Verdict(record, "correct", found_t)
     if kind == "CNAME":
         if not found:
             return Verdict(record, "missing", found_t)

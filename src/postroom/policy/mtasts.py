@@ -49,6 +49,10 @@ class StsPolicy:
     def allows(self, host: str) -> bool:
         return any(mx_matches(p, host) for p in self.mx)
 
+    def lines(self) -> list[str]:
+        """The policy as its lines (TLS-RPT's ``policy-string``, RFC 8460 4.4)."""
+        return ["version: STSv1", f"mode: {self.mode}", *(f"mx: {m}" for m in self.mx), f"max_age: {self.max_age}"]
+
 
 def parse_txt(records: list[bytes]) -> str | None:
     """The policy id of the ``_mta-sts`` TXT records, or None (RFC 8461 3.1: exactly one
@@ -109,7 +113,7 @@ def mx_matches(pattern: str, host: str) -> bool:
     return host == pattern
 
 
-class _OurResolver(AbstractResolver):
+class OurResolver(AbstractResolver):
     """aiohttp's resolver interface over postroom's DNS seam (the policy host's A/AAAA)."""
 
     def __init__(self, resolver: Resolver) -> None:
@@ -132,13 +136,23 @@ class _OurResolver(AbstractResolver):
         return None
 
 
-class PolicyFetchError(Exception):
-    """The policy could not be fetched or parsed (reported as ``sts-policy-fetch-error`` /
-    ``sts-policy-invalid`` in TLS-RPT terms)."""
+def https_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificate-checking client context (system CAs, or ``ca_file``), TLS 1.2+: for the
+    policy fetch (RFC 8461 3.3) and TLS-RPT's HTTPS reports (RFC 8460 5.2)."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
-    def __init__(self, message: str, invalid: bool = False) -> None:
+
+class PolicyFetchError(Exception):
+    """The policy could not be fetched or parsed. ``result_type``: what TLS-RPT reports
+    (RFC 8460 4.3.2.2): ``sts-policy-fetch-error``, ``sts-policy-invalid``, or
+    ``sts-webpki-invalid`` when the policy host's certificate was not valid."""
+
+    def __init__(self, message: str, invalid: bool = False, result_type: str = "") -> None:
         super().__init__(message)
         self.invalid = invalid
+        self.result_type = result_type or ("sts-policy-invalid" if invalid else "sts-policy-fetch-error")
 
 
 class MtaStsPolicies:
@@ -154,12 +168,8 @@ class MtaStsPolicies:
         self.clock = clock
         self._cache: dict[str, tuple[float, StsPolicy]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self.last_error: dict[str, str] = {}  # domain -> why the last fetch failed
-
-    def _context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.ca_file or None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        return ctx
+        # domain -> (RFC 8460 result type, why) of the last fetch, when it failed
+        self.last_failure: dict[str, tuple[str, str]] = {}
 
     async def get(self, domain: str) -> StsPolicy | None:
         domain = domain.lower().rstrip(".")
@@ -184,13 +194,14 @@ class MtaStsPolicies:
         if cached is not None and (sts_id is None or sts_id == cached[1].id):
             return cached[1]
         if sts_id is None:
+            self.last_failure.pop(domain, None)
             return None
         try:
             policy = await self.fetch(domain)
         except PolicyFetchError as e:
-            self.last_error[domain] = str(e)
+            self._note_failure(domain, (e.result_type, str(e)))
             return cached[1] if cached is not None else None
-        self.last_error.pop(domain, None)
+        self.last_failure.pop(domain, None)
         policy = StsPolicy(policy.mode, policy.mx, policy.max_age, sts_id)
         if policy.max_age > 0:
             if len(self._cache) >= MAX_CACHE:
@@ -198,13 +209,18 @@ class MtaStsPolicies:
             self._cache[domain] = (now + policy.max_age, policy)
         return policy
 
+    def _note_failure(self, domain: str, failure: tuple[str, str]) -> None:
+        if len(self.last_failure) >= MAX_CACHE:
+            self.last_failure.pop(next(iter(self.last_failure)))
+        self.last_failure[domain] = failure
+
     async def fetch(self, domain: str) -> StsPolicy:
         import aiohttp
 
         host = f"mta-sts.{domain}"
         port = "" if self.port == 443 else f":{self.port}"
         url = f"https://{host}{port}/.well-known/mta-sts.txt"
-        connector = aiohttp.TCPConnector(resolver=_OurResolver(self.resolver), ssl=self._context(), use_dns_cache=False)
+        connector = aiohttp.TCPConnector(resolver=OurResolver(self.resolver), ssl=https_context(self.ca_file), use_dns_cache=False)
         try:
             async with aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
@@ -213,6 +229,8 @@ class MtaStsPolicies:
                     if resp.status != 200:  # RFC 8461 3.3: redirects are not followed
                         raise PolicyFetchError(f"{url}: HTTP {resp.status}")
                     body = await resp.content.read(MAX_POLICY_SIZE + 1)
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise PolicyFetchError(f"{url}: {type(e).__name__}: {e}"[:300], result_type="sts-webpki-invalid") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise PolicyFetchError(f"{url}: {type(e).__name__}: {e}"[:300]) from None
         if len(body) > MAX_POLICY_SIZE:

@@ -22,44 +22,35 @@ Theory of operation
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import email.utils
 import gzip
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
 from postroom import deliver, logs
 from postroom.policy import dmarc
 from postroom.policy.dns import DnsError, DnsTemporary, Resolver
+from postroom.policy.recording import DAY, FLUSH_SECONDS, BatchRecorder, day_start, run_daily
 from postroom.store.api import Delivery, DmarcRow, NewQueueEntry, QueueRecipient, Store
 
 log = logging.getLogger("postroom.dmarc")
 
-FLUSH_SECONDS = 60.0
-MAX_PENDING = 100_000  # distinct rows kept in memory before an early flush
-DAY = 86400
 # A day is reported this long after it ended: every recorder has flushed it by then.
 SETTLE_SECONDS = 3 * FLUSH_SECONDS
 MAX_REPORT_AGE = 7 * DAY  # a day whose consent lookups keep failing is dropped after this
 REPORT_VERSION = "1.0"  # feedback/version (RFC 7489 appendix C)
 
 
-def day_start(ts: float) -> int:
-    return int(ts) // DAY * DAY
-
-
-class DmarcRecorder:
+class DmarcRecorder(BatchRecorder[DmarcRow]):
     def __init__(self, store: Store, *, clock: Any = time.time) -> None:
+        super().__init__(lambda rows: store.dmarc_add(rows), log, "DMARC statistics")
         self.store = store
         self.clock = clock
-        self._pending: dict[tuple[object, ...], DmarcRow] = {}
-        self._task: asyncio.Future[int] | None = None
 
     def add(self, verdict: Any, source_ip: str, mail_from: str) -> None:
         """Count one evaluation (``verdict``: a ``policy.inbound.AuthVerdict``)."""
@@ -82,34 +73,7 @@ class DmarcRecorder:
             "period", "policy_domain", "header_from", "source_ip", "envelope_from", "disposition",
             "dkim", "spf", "dkim_results", "spf_result", "reason",
         ))
-        known = self._pending.get(key)
-        self._pending[key] = row if known is None else replace(known, count=known.count + 1)
-        if len(self._pending) >= MAX_PENDING:
-            self._spawn_flush()
-
-    def _spawn_flush(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self.flush())
-
-    async def flush(self) -> int:
-        rows, self._pending = list(self._pending.values()), {}
-        if rows:
-            try:
-                await self.store.dmarc_add(rows)
-            except Exception:
-                log.exception("DMARC statistics not recorded rows=%d", len(rows))
-                return 0
-        return len(rows)
-
-    async def run(self) -> None:
-        """Flush every FLUSH_SECONDS until cancelled; flush once more on the way out."""
-        try:
-            while True:
-                await asyncio.sleep(FLUSH_SECONDS)
-                await self.flush()
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.flush())
+        self.count(key, row)
 
 
 def override_reason(verdict: Any) -> str:
@@ -339,13 +303,5 @@ def _day(period: int) -> str:
 
 
 async def report_loop(services: Any) -> None:
-    """Send due reports once per ``report_interval``, the first run a minute after start
-    (at most): a restart sends nothing twice, since a report leaves with its rows deleted."""
-    interval = services.settings.auth_checks.report_interval
-    await asyncio.sleep(min(60.0, interval))
-    while True:
-        try:
-            await send_due(services)
-        except Exception:
-            log.exception("DMARC report run failed")
-        await asyncio.sleep(interval)
+    """Send due reports once per ``auth_checks.report_interval`` (``recording.run_daily``)."""
+    await run_daily(lambda: send_due(services), services.settings.auth_checks.report_interval, log, "DMARC")

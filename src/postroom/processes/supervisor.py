@@ -200,6 +200,7 @@ class Supervisor:
                 from postroom.policy.reports import report_loop
 
                 side_tasks.append(asyncio.create_task(report_loop(services), name="dmarc-reports"))
+            side_tasks += app.tls_report_tasks(services)
             stop = asyncio.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)

@@ -30,6 +30,7 @@ from postroom.net.smtp_out import OutboundOptions
 from postroom.policy.dane import TlsaRecord
 from postroom.policy.dns import DnsError, DnsTemporary, NxDomain, Resolver
 from postroom.policy.mtasts import MtaStsPolicies, StsPolicy
+from postroom.policy.tls_reports import AppliedPolicy
 from postroom.queue.model import TransportError
 from postroom.queue.routing import NextHop, RouteError, Target
 
@@ -39,11 +40,34 @@ log = logging.getLogger("postroom.queue")
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The addresses to try with the options for each; ``kind`` is ``dane``, ``sts`` or
-    ``""`` (no policy), ``sts`` the MTA-STS policy in force (also in testing mode)."""
+    ``""`` (no policy), ``sts`` the MTA-STS policy in force (also in testing mode).
+    ``domain``: the recipient domain whose TLS-RPT report the sessions count in ("" for
+    relays and domains with their own ``tls_policy``: not reported); ``sts_failure``:
+    (RFC 8460 result type, why) when the MTA-STS policy could not be fetched."""
 
     attempts: tuple[tuple[Target, OutboundOptions], ...]
     kind: str = ""
     sts: StsPolicy | None = None
+    domain: str = ""
+    sts_failure: tuple[str, str] | None = None
+
+    def applied(self, target: Target, options: OutboundOptions) -> AppliedPolicy:
+        """The policy one attempt is held to, as TLS-RPT reports it (RFC 8460 4.4)."""
+        if options.tls_policy == "dane" and options.tlsa:
+            return AppliedPolicy(self.domain, "tlsa", "\n".join(r.text() for r in options.tlsa), target.name)
+        if self.sts is not None:
+            return AppliedPolicy(self.domain, "sts", "\n".join(self.sts.lines()), "\n".join(self.sts.mx))
+        return AppliedPolicy(self.domain)
+
+
+class PolicyRouteError(RouteError):
+    """No MX host may be used under the domain's policy; ``applied`` and ``result_type``
+    say what TLS-RPT reports about it."""
+
+    def __init__(self, error: TransportError, detail: str, applied: AppliedPolicy, result_type: str) -> None:
+        super().__init__(error, detail)
+        self.applied = applied
+        self.result_type = result_type
 
 
 class TransportSecurity:
@@ -94,10 +118,18 @@ class TransportSecurity:
         # Keep the MX order: DANE hosts were collected first only for clarity.
         order = {id(t): i for i, t in enumerate(targets)}
         attempts.sort(key=lambda a: order[id(a[0])])
+        failure = None
+        if policy is None and self.mta_sts is not None:
+            failure = self.mta_sts.last_failure.get(hop.domain.lower())
+        plan = Plan(tuple(attempts), kind, policy, hop.domain.lower(), failure)
         if not attempts:
-            why = "no MX host matches the MTA-STS policy" if policy is not None else "TLSA lookups failed"
-            raise RouteError(TransportError.TLS_FAILED, f"{hop.domain}: {why}")
-        return Plan(tuple(attempts), kind, policy)
+            if policy is not None and targets:  # RFC 8460 has no type of its own for an MX outside the policy
+                why, result = "no MX host matches the MTA-STS policy", "validation-failure"
+                applied = plan.applied(targets[0], options)
+            else:  # RFC 8460 4.3.2.1: "no valid records were returned from the recursive resolver"
+                why, result, applied = "TLSA lookups failed", "dnssec-invalid", AppliedPolicy(plan.domain, "tlsa")
+            raise PolicyRouteError(TransportError.TLS_FAILED, f"{hop.domain}: {why}", applied, result)
+        return plan
 
     async def _dane(self, hop: NextHop, targets: Sequence[Target]) -> tuple[dict[str, tuple[TlsaRecord, ...]], set[str]]:
         """(host -> its TLSA records, hosts to skip). RFC 7672 2.2.1: TLSA records are only

@@ -60,7 +60,6 @@ import math
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,8 @@ import idna
 from postroom import deliver, logs
 from postroom.net.smtp_out import OutboundOptions, SetupError, SmtpOut, reply_text
 from postroom.policy.mtasts import MtaStsPolicies
-from postroom.queue.security import TransportSecurity
+from postroom.policy.tls_reports import AppliedPolicy
+from postroom.queue.security import Plan, PolicyRouteError, TransportSecurity
 from postroom.policy.dns import Resolver, make_resolver
 from postroom.proto.smtp.client import (
     Cause,
@@ -261,6 +261,7 @@ class QueueWorker:
             if out.mta_sts else None,
             explicit=frozenset(out.tls_policy),
         )
+        self.tls_results = services.tls_results  # policy.tls_reports.TlsRecorder, or None
         self.max_messages = max(100, out.concurrency * 10)
         self._slots = asyncio.Semaphore(out.concurrency)
         self._slot_waiters = 0
@@ -518,12 +519,15 @@ class QueueWorker:
                 targets = await self._targets(hop)
                 plan = await self.security.plan(hop, targets, self._options(hop))
             except RouteError as e:
+                if isinstance(e, PolicyRouteError) and self.tls_results is not None:
+                    self.tls_results.failure(e.applied, e.result_type, detail=e.detail)
                 if probe:
                     self.destinations.abandoned(hop.key, time.time(), probe=True)
                     probe = False
                 self._route_failed(dest, e)
                 return
-            session, error = await self._open(plan.attempts)
+            self._note_sts_failure(plan)
+            session, error = await self._open(plan)
             if session is None:
                 assert error is not None
                 now = time.time()
@@ -605,24 +609,50 @@ class QueueWorker:
             self._routes.popitem(last=False)
         return targets
 
-    async def _open(
-        self, attempts: Sequence[tuple[Target, OutboundOptions]]
-    ) -> tuple[SmtpOut | None, _SetupFailure | None]:
+    async def _open(self, plan: Plan) -> tuple[SmtpOut | None, _SetupFailure | None]:
         """A session with the first address that works (RFC 5321 5.1: try the next MX),
-        each with the TLS options ``queue.security`` chose for it."""
+        each with the TLS options ``queue.security`` chose for it. Each TLS outcome is
+        counted for TLS-RPT (RFC 8460)."""
         failure: _SetupFailure | None = None
-        for target, options in attempts[:MAX_ADDRESSES]:
+        for target, options in plan.attempts[:MAX_ADDRESSES]:
             try:
-                return await SmtpOut.connect(target, options), None
+                session = await SmtpOut.connect(target, options)
             except SetupError as e:
                 failure = _SetupFailure(e.status, e.diagnostic, target.name)
+                self._note_tls(plan, target, options, e)
                 if not (e.tls_failed and options.tls_policy == "may"):
                     continue
+            else:
+                self._note_tls(plan, target, options, session)
+                return session, None
             try:  # opportunistic TLS failed: this address, in plaintext
                 return await SmtpOut.connect(target, options, tls=False), None
             except SetupError as e:
                 failure = _SetupFailure(e.status, e.diagnostic, target.name)
         return None, failure
+
+    def _note_tls(self, plan: Plan, target: Target, options: OutboundOptions, outcome: SmtpOut | SetupError) -> None:
+        """Count one session set-up for TLS-RPT: a TLS session is a success; a TLS
+        failure, or plaintext because the host offers no STARTTLS, a failure."""
+        recorder = self.tls_results
+        if recorder is None or not plan.domain or options.tls_policy == "none":
+            return
+        applied = plan.applied(target, options)
+        if isinstance(outcome, SmtpOut):
+            if outcome.tls:
+                recorder.success(applied)
+            elif not outcome.starttls_offered:
+                recorder.failure(applied, "starttls-not-supported", sending_ip=outcome.local_ip,
+                                 receiving_mx=target.name, receiving_ip=target.address)
+        elif outcome.tls_result:
+            recorder.failure(applied, outcome.tls_result, sending_ip=outcome.local_ip, receiving_mx=target.name,
+                             receiving_ip=target.address, detail=outcome.diagnostic)
+
+    def _note_sts_failure(self, plan: Plan) -> None:
+        """RFC 8460 4.3.2.2: the MTA-STS policy could not be fetched (or was invalid)."""
+        if self.tls_results is not None and plan.domain and plan.sts_failure is not None:
+            result, why = plan.sts_failure
+            self.tls_results.failure(AppliedPolicy(plan.domain, "sts"), result, detail=why)
 
     def _defer_all(
         self, dest: _Destination, status: str, diagnostic: str, remote: str | None, not_before: float

@@ -217,8 +217,10 @@ class MailboxSnapshot:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    # The first UID that is \Recent for the caller (RFC 3501 2.3.2): the caller owns
-    # [recent_from, uidnext). Equal to ``uidnext`` when nothing was claimed.
+    # The first UID that is \Recent for the caller (RFC 3501 2.3.2): [recent_from,
+    # uidnext). With ``claim_recent`` the caller now owns them (equal to ``uidnext`` when
+    # nothing was left to claim); without, they are the ones nobody has claimed yet, which
+    # a read-only session reports as \Recent without taking them from others.
     recent_from: int
     uids: array[int] = field(repr=False)
     flags: bytes = field(repr=False)
@@ -547,6 +549,42 @@ class DmarcRow:
     count: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class TlsResultRow:
+    """Outbound TLS results aggregated for a TLS-RPT report (RFC 8460 4): per UTC day,
+    recipient domain and applied policy, one row of successful sessions (``result_type``
+    "") and one row per distinct failure (RFC 8460 4.3 result type and where it happened),
+    each with a session count."""
+
+    period: int  # start of the UTC day (epoch seconds)
+    policy_domain: str  # the recipient domain the report goes to
+    policy_type: str  # "sts" | "tlsa" | "no-policy-found" (RFC 8460 4.4)
+    policy_string: str  # the policy's lines joined by "\n" (sts: the policy; tlsa: records)
+    mx_host: str  # sts: the policy's mx patterns; tlsa: the MX host; joined by "\n"
+    result_type: str = ""  # "" for the successful-sessions row, else RFC 8460 4.3
+    sending_ip: str = ""
+    receiving_mx: str = ""
+    receiving_ip: str = ""
+    detail: str = ""  # additional information (failure-reason-code)
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TlsReport:
+    """A TLS-RPT report we received (RFC 8460 4), as parsed; ``document`` is the JSON."""
+
+    id: int
+    received: int  # epoch seconds
+    organization: str
+    report_id: str
+    start: int  # date-range, epoch seconds
+    end: int
+    domains: str  # the policy domains, joined by ","
+    successful: int  # total-successful-session-count over the policies
+    failed: int  # total-failure-session-count over the policies
+    document: str = field(repr=False, default="")
+
+
 class ChangeHub(Protocol):
     """Publish/subscribe of mailbox changes, and a wake-up for the queue runner."""
 
@@ -609,7 +647,8 @@ class Store(Protocol):
         self, user_id: int, name: str, *, claim_recent: bool = False
     ) -> MailboxSnapshot | None: ...
     # One read (None: no such mailbox). ``claim_recent``: also claim \Recent for every
-    # message not claimed before, as :meth:`claim_recent` does (``recent_from``).
+    # message not claimed before, as :meth:`claim_recent` does (``recent_from``);
+    # otherwise ``recent_from`` is the current mark and nothing is claimed.
 
     # -- messages ----------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult: ...
@@ -672,12 +711,16 @@ class Store(Protocol):
     # destination's owner would go over quota (a MOVE within one user never does).
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
-    async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int: ...
+    async def claim_recent(
+        self, mailbox_id: int, upto: int | None = None, *, claim: bool = True
+    ) -> int: ...
     # \Recent (RFC 3501 2.3.2): the first session to see a message gets it. Claims every
     # UID below ``upto`` (default: the mailbox's UIDNEXT) not claimed before and returns
     # the previous mark: the caller owns [returned value, upto). The claim need not be
     # durable: RFC 3501 lets \Recent be approximate, so after a crash a message may be
     # \Recent once more; backends may keep the mark in memory and persist it lazily.
+    # ``claim=False`` (a read-only session, EXAMINE) only returns the mark: the UIDs from
+    # it up are \Recent for that session too, and stay so for the next one.
     async def append_many(
         self, mailbox_id: int, messages: Sequence[NewMessage], *, enforce_quota: bool = True
     ) -> tuple[int, list[int]]: ...
@@ -794,6 +837,17 @@ class Store(Protocol):
     # report is delivered (queued) in the same transaction, and only when rows were deleted:
     # a crash never loses or repeats a day's report, and two senders racing (the server's
     # daily run and ``postroom dmarc send-reports``) send it once.
+    # TLS-RPT (RFC 8460): outbound results to report, and the reports we received.
+    async def tlsrpt_add(self, rows: Sequence[TlsResultRow]) -> None: ...  # counts add up per row key
+    async def tlsrpt_pending(self, before: int) -> list[TlsResultRow]: ...  # rows of periods < before
+    async def tlsrpt_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int: ...  # as dmarc_delete: the report is queued with the rows' deletion, once
+    async def tls_report_add(self, report: TlsReport) -> int | None: ...
+    # Stores a received report (``id`` ignored) and returns its id; None when a report with
+    # the same organization and report id is already stored (a resend).
+    async def tls_reports(self, *, limit: int = 100, domain: str | None = None) -> list[TlsReport]: ...
+    # Newest first; ``domain``: only reports that cover it.
     async def queue_stats(self) -> QueueStats: ...
 
     # -- credentials of the HTTP service (digests only; see ApiToken) ---------------------

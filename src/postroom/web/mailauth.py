@@ -45,6 +45,14 @@ SCHEMAS: dict[str, Json] = {
          "found": array(string(4096)), "detail": string(500)},
         ("kind", "name", "rtype", "value", "status", "found", "detail"),
     ),
+    # A received TLS-RPT report (RFC 8460 4): a summary, and the report as parsed.
+    "TlsReport": obj(
+        {"id": INTEGER, "received": string(32), "organization": string(1024), "report_id": string(1024),
+         "start": string(32), "end": string(32), "domains": array(string(1024)),
+         "successful": INTEGER, "failed": INTEGER, "document": {"type": "object"}},
+        ("id", "received", "organization", "report_id", "start", "end", "domains", "successful",
+         "failed", "document"),
+    ),
 }
 
 
@@ -128,6 +136,23 @@ async def dmarc_send_reports(ctx: Ctx) -> Json:
     return {"reports": [dataclasses.asdict(o) for o in outcomes]}
 
 
+async def tls_reports(ctx: Ctx) -> list[Any]:
+    """TLS-RPT reports received about our domains (``postroom tlsrpt list``)."""
+    possible, domain = ctx.domain_filter()
+    if not possible:
+        return []
+    limit = ctx.query_int("limit", 100, 1, auth_ops.MAX_TLS_REPORTS)
+    return await auth_ops.tls_reports(ctx.services.store, limit=limit, domain=domain)
+
+
+async def tlsrpt_send_reports(ctx: Ctx) -> Json:
+    """Send the TLS-RPT reports of finished days now (``postroom tlsrpt send-reports``)."""
+    import dataclasses
+
+    outcomes = await auth_ops.tlsrpt_send_reports(ctx.services)
+    return {"reports": [dataclasses.asdict(o) for o in outcomes]}
+
+
 A = "admin"
 _DOMAIN = Param("domain", "path", string(253))
 _NAME = Param("name", "path", string(253))
@@ -148,6 +173,14 @@ ROUTES: list[Route] = [
           "mail authentication", A, ok=204, params=(_DOMAIN, Param("selector", "path", string(63)))),
     Route("POST", "/api/v1/dmarc/send-reports", dmarc_send_reports,
           "Queue the DMARC aggregate reports of finished days now", "mail authentication", A,
+          response=obj({"reports": array({"type": "object"})}, ("reports",))),
+    Route("GET", "/api/v1/tls-reports", tls_reports, "TLS-RPT reports received, newest first",
+          "mail authentication", A,
+          params=(Param("domain", "query", string(253), description="only reports about this domain"),
+                  Param("limit", "query", INTEGER | {"minimum": 1, "maximum": auth_ops.MAX_TLS_REPORTS})),
+          response=array(ref("TlsReport")), errors=(400,)),
+    Route("POST", "/api/v1/tls-reports/send", tlsrpt_send_reports,
+          "Send the TLS-RPT reports of finished days now", "mail authentication", A,
           response=obj({"reports": array({"type": "object"})}, ("reports",))),
     Route("GET", "/api/v1/domains/{name}/dns", dns_records, "The DNS records the domain needs",
           "mail authentication", A, params=(_NAME,), response=array(ref("DnsRecord"))),

@@ -93,9 +93,11 @@ def test_shared_namespace_listing_and_read_only_select(server: Server, pair: tup
     untagged, done = c.cmd(f'SELECT "{shared}/INBOX"')
     assert rest(done) == b"OK [READ-ONLY] SELECT completed\r\n"
     assert b"* OK [PERMANENTFLAGS ()] No permanent flags permitted\r\n" in untagged
+    # (\Recent: a read-only view shows the messages no session has claimed yet without
+    # claiming them, as EXAMINE does; the owner's next SELECT still gets them, RFC 3501 2.3.2)
     fetched = c.ok("FETCH 1 (FLAGS BODY[])")
-    assert b"FLAGS ()" in fetched[0] and b"shared one" in fetched[0]
-    assert c.ok("FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS ())\r\n"]
+    assert b"FLAGS (\\Recent)" in fetched[0] and b"shared one" in fetched[0]
+    assert c.ok("FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS (\\Recent))\r\n"]
     _, done = c.cmd("STORE 1 +FLAGS (\\Seen)")
     assert rest(done) == b"NO [READ-ONLY] The mailbox is read-only\r\n"
     # the owner's new mail reaches the other user's session
@@ -175,3 +177,47 @@ def test_imaplib_acl_calls(pair: tuple[str, str], connect) -> None:
     typ, data = n.namespace()
     assert data == [b'(("" "/")) (("Shared/" "/")) NIL']
     assert n.select(f'"Shared/{owner}/INBOX"')[0] == "NO"
+
+
+def _shared_box(raw, owner: str, other: str, rights: str, count: int):  # type: ignore[no-untyped-def]
+    """The owner's "Box" with ``count`` messages, shared with ``rights``: both sessions."""
+    o = raw(owner)
+    o.ok("CREATE Box")
+    msg = b"Subject: s\r\n\r\nbody\r\n"
+    for _ in range(count):
+        o.cmd(b"APPEND Box {%d+}\r\n%s" % (len(msg), msg))
+    o.ok(f"SETACL Box {other} {rights}")
+    return o, raw(other)
+
+
+def test_store_on_a_ghost_keeps_to_the_rights(server: Server, pair: tuple[str, str], raw) -> None:
+    """A message the owner expunged that the other user has not heard of yet is a ghost
+    for its STORE (RFC 2180 4.2.3), and the rights apply to it as to the others: with
+    "lrs" only \\Seen changes; \\Flagged and the keyword stay as they were (RFC 4314 4)."""
+    owner, other = pair
+    o, c = _shared_box(raw, owner, other, "lrs", 2)
+    c.ok(f'SELECT "Shared/{owner}/Box"')
+    o.ok("SELECT Box")
+    o.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
+    o.ok("EXPUNGE")
+    assert c.ok("STORE 1:2 +FLAGS (\\Seen \\Flagged $Work)") == [
+        b"* 1 FETCH (FLAGS (\\Seen \\Recent))\r\n",
+        b"* 2 FETCH (FLAGS (\\Seen \\Recent))\r\n",
+    ]
+    assert c.ok("NOOP") == [b"* 2 EXPUNGE\r\n"]
+
+
+def test_fetch_sets_seen_only_with_the_s_right(server: Server, pair: tuple[str, str], raw) -> None:
+    """The implicit \\Seen of a body FETCH needs "s" (RFC 4314 4), on the one-message
+    path and on the general one alike; the mailbox is read-write ("w")."""
+    owner, other = pair
+    o, c = _shared_box(raw, owner, other, "lrw", 6)
+    _, done = c.cmd(f'SELECT "Shared/{owner}/Box"')
+    assert rest(done) == b"OK [READ-WRITE] SELECT completed\r\n"
+    assert c.ok("FETCH 1 (BODY[TEXT])") == [b"* 1 FETCH (BODY[TEXT] {6}\r\nbody\r\n)\r\n"]
+    assert len(c.ok("FETCH 1:6 (BODY[TEXT])")) == 6
+    assert c.ok("FETCH 1:6 (FLAGS)") == [b"* %d FETCH (FLAGS (\\Recent))\r\n" % i for i in range(1, 7)]
+    o.ok(f"SETACL Box {other} +s")
+    c.ok(f'SELECT "Shared/{owner}/Box"')  # rights are read at SELECT (RFC 4314 5.1.1)
+    assert c.ok("FETCH 1 (BODY[TEXT])") == [
+        b"* 1 FETCH (BODY[TEXT] {6}\r\nbody\r\n FLAGS (\\Seen))\r\n"]  # (\Recent: claimed before)

@@ -109,3 +109,38 @@ def test_too_many_contexts_noupdate(user: str, raw) -> None:
     assert untagged == [b'* ESEARCH (TAG "%s") COUNT 0\r\n' % tag,
                         b'* NO [NOUPDATE "%s"] Too many contexts\r\n' % tag]
     assert rest(done) == b"OK SEARCH completed\r\n"
+
+
+def test_fetch_partial_modifier(server: Server, user: str, raw) -> None:
+    """RFC 9394 3.3: (PARTIAL a:b) on FETCH answers only the messages at those positions
+    of the set (negative: from the end), after CHANGEDSINCE when both are given."""
+    fill(server, user, [f"m{i}" for i in range(1, 8)])
+    c = raw(user)
+    assert b" PARTIAL " in b"".join(c.ok("CAPABILITY"))
+    c.ok("SELECT INBOX (CONDSTORE)")
+    c.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
+    c.ok("EXPUNGE")  # UIDs 1 2 4 5 6 7 are messages 1 to 6
+    # from the view (FLAGS, UID): the last two by UID
+    assert c.ok("UID FETCH 1:* (FLAGS) (PARTIAL -1:-2)") == [
+        b"* 5 FETCH (UID 6 FLAGS (\\Recent))\r\n",
+        b"* 6 FETCH (UID 7 FLAGS (\\Recent))\r\n",
+    ]
+    # through the store: the 2nd and 3rd of the set, then a range beyond its end
+    head = b"Subject: m%d\r\n\r\n"
+    assert c.ok("UID FETCH 2:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)]) (PARTIAL 2:3)") == [
+        b"* %d FETCH (UID %d BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n%s)\r\n"
+        % (seq, uid, len(head % uid), head % uid) for seq, uid in ((3, 4), (4, 5))
+    ]
+    assert c.ok("UID FETCH 1:* (FLAGS) (PARTIAL 7:9)") == []
+    assert c.ok("FETCH 2:5 (UID RFC822.SIZE) (PARTIAL -1:-1)")[0].startswith(
+        b"* 5 FETCH (UID 6 RFC822.SIZE ")
+    # with CHANGEDSINCE the range counts the changed messages only (one STORE: one modseq)
+    untagged = c.ok("STATUS INBOX (HIGHESTMODSEQ)")
+    since = int(untagged[0].rsplit(b" ", 1)[1].rstrip(b")\r\n"))
+    c.ok("STORE 1,2,4 +FLAGS.SILENT (\\Flagged)")
+    assert c.ok(f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {since} PARTIAL -1:-1)") == [
+        b"* 4 FETCH (UID 5 FLAGS (\\Flagged \\Recent) MODSEQ (%d))\r\n" % (since + 1)
+    ]
+    for bad in ("(PARTIAL 0:1)", "(PARTIAL 1:2 PARTIAL 3:4)", "(PARTIAL -1:2)", "(PARTIAL)"):
+        _, done = c.cmd(f"UID FETCH 1:* (FLAGS) {bad}")
+        assert rest(done).startswith(b"BAD "), bad

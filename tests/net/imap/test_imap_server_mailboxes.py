@@ -151,7 +151,7 @@ def test_international_names_utf7_and_utf8(user: str, raw) -> None:
     c.ok('CREATE "Entw&APw-rfe"')  # modified UTF-7 for "Entwürfe"
     assert c.ok('LIST "" "Entw*"') == [b'* LIST (\\HasNoChildren) "/" "Entw&APw-rfe"\r\n']
     _, done = c.cmd('CREATE "Bad&AGE-"')  # base64 for plain ASCII "a": not canonical
-    assert b"BAD" in done
+    assert done.split(b" ", 3)[1:3] == [b"NO", b"[CANNOT]"]
     c2 = raw(c_user := user)  # a second session speaking UTF-8
     untagged = c2.ok("ENABLE UTF8=ACCEPT")
     assert untagged == [b"* ENABLED UTF8=ACCEPT\r\n"]
@@ -167,7 +167,7 @@ def test_name_attacks_are_names_not_paths(server: Server, user: str, raw) -> Non
         _, done = c.cmd(f"CREATE {bad}")
         assert b" NO " in done and b"[CANNOT]" in done, (bad, done)
     _, done = c.cmd('CREATE ""')
-    assert b"BAD" in done
+    assert done.split(b" ", 3)[1:3] == [b"NO", b"[CANNOT]"]
     c.send(b'a CREATE {3}\r\n')
     assert c.line().startswith(b"+")
     c.send(b"a\x00b\r\n")

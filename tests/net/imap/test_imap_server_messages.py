@@ -417,3 +417,57 @@ def test_recent_belongs_to_one_session_and_survives_a_restart(tmp_path) -> None:
         assert b"* 0 RECENT\r\n" in e.ok("SELECT INBOX")
     finally:
         srv.stop()
+
+
+def test_fetch_answered_from_memory_is_current(server: Server, user: str, raw) -> None:
+    """A repeated FETCH of items the shared cache keeps (header, size, date) is answered
+    without a store read, with the same bytes, and with the flags the session knows now."""
+    for i in range(3):
+        deliver(server, user, simple(f"memory {i}"))
+    c = raw(user)
+    c.ok("SELECT INBOX")
+    q = "UID FETCH 2 (UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
+    first = c.ok(q)
+    assert c.ok(q) == first and first[0].startswith(b"* 2 FETCH (UID 2 FLAGS (\\Recent) ")
+    d = raw(user)
+    d.ok("SELECT INBOX")
+    d.ok("UID STORE 2 +FLAGS (\\Flagged $Memory)")
+    third = c.ok(q)
+    # the UID command first brings the view up to date (FLAGS, then the change) ...
+    assert third[0].startswith(b"* FLAGS (") and b"$Memory" in third[0]
+    assert third[1] == b"* 2 FETCH (UID 2 FLAGS (\\Flagged $Memory \\Recent))\r\n"
+    # ... and the answer from memory shows the current flags, the rest unchanged
+    assert third[2] == first[0].replace(b"FLAGS (\\Recent)", b"FLAGS (\\Flagged $Memory \\Recent)")
+    d.ok("STORE 2 -FLAGS ($Memory)")
+    fast = c.ok("FETCH 2 (FLAGS RFC822.SIZE)")
+    assert fast[-1].startswith(b"* 2 FETCH (FLAGS (\\Flagged \\Recent) RFC822.SIZE ")
+    assert c.ok("FETCH 2 (FLAGS RFC822.SIZE)") == [fast[-1]]
+
+
+def test_flags_and_uid_of_many_messages_from_the_view(server: Server, user: str, raw) -> None:
+    """FETCH of FLAGS and/or UID only (every client's resync) is built from the view with
+    one format per attribute order; each order, keywords and \\Recent come out right."""
+    for i in range(4):
+        deliver(server, user, simple(f"view {i}"))
+    a = raw(user)
+    a.ok("SELECT INBOX")  # claims \Recent for messages 1-4
+    a.ok("STORE 2 +FLAGS.SILENT (\\Seen $Work)")
+    deliver(server, user, simple("view 5"))
+    b = raw(user)
+    b.ok("SELECT INBOX")  # \Recent only for message 5 here
+    assert b.ok("FETCH 1:* (FLAGS)") == [
+        b"* 1 FETCH (FLAGS ())\r\n", b"* 2 FETCH (FLAGS (\\Seen $Work))\r\n",
+        b"* 3 FETCH (FLAGS ())\r\n", b"* 4 FETCH (FLAGS ())\r\n",
+        b"* 5 FETCH (FLAGS (\\Recent))\r\n",
+    ]
+    assert b.ok("FETCH 2:3 (UID FLAGS)") == [
+        b"* 2 FETCH (UID 2 FLAGS (\\Seen $Work))\r\n", b"* 3 FETCH (UID 3 FLAGS ())\r\n"]
+    assert b.ok("FETCH 2 (FLAGS UID)") == [b"* 2 FETCH (FLAGS (\\Seen $Work) UID 2)\r\n"]
+    assert b.ok("UID FETCH 4:* (FLAGS)") == [
+        b"* 4 FETCH (UID 4 FLAGS ())\r\n", b"* 5 FETCH (UID 5 FLAGS (\\Recent))\r\n"]
+    assert b.ok("FETCH 1,5 (UID)") == [b"* 1 FETCH (UID 1)\r\n", b"* 5 FETCH (UID 5)\r\n"]
+    assert b.ok("UID FETCH 1 (UID)") == [b"* 1 FETCH (UID 1)\r\n"]
+    c = raw(user)
+    c.ok("ENABLE IMAP4rev2")
+    c.ok("SELECT INBOX")
+    assert c.ok("FETCH 5 (FLAGS)") == [b"* 5 FETCH (FLAGS ())\r\n"]  # no \Recent in rev2

@@ -137,3 +137,29 @@ def test_malformed_mime_is_served(server: Server, user: str, raw) -> None:
     _, done = c.cmd("FETCH 1 (BINARY.PEEK[1])")
     assert b"NO [UNKNOWN-CTE]" in done
     assert c.ok("NOOP") == []
+
+
+def test_prerendered_and_old_summaries_fetch_alike(server: Server, user: str, raw) -> None:
+    """A message stored with the items rendered at delivery and the same message stored
+    with a summary from before that (no second line) answer ENVELOPE/BODYSTRUCTURE/BODY
+    byte for byte alike, in IMAP4rev1 and IMAP4rev2."""
+    from postroom.deliver import normalize, summarize
+
+    data = normalize(build())
+
+    async def put(admin, store):  # type: ignore[no-untyped-def]
+        u = await store.get_user(user)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        await store.append(inbox.id, data, summarize(data))
+        await store.append(inbox.id, data, scan(data).to_bytes())
+
+    server.admin(put)
+    for rev2 in (False, True):
+        c = raw(user)
+        if rev2:
+            c.ok("ENABLE IMAP4rev2")
+        c.ok("EXAMINE INBOX")
+        new, old = c.ok("FETCH 1:2 (ENVELOPE BODYSTRUCTURE BODY)")
+        assert new.startswith(b"* 1 FETCH (ENVELOPE (") and old.startswith(b"* 2 FETCH (")
+        assert new[len(b"* 1"):] == old[len(b"* 2"):]
+        assert bodystructure_bytes(scan(data), True, rev2=rev2) in new

@@ -117,6 +117,15 @@ def test_new_keyword_announces_flags() -> None:
     assert out[1] == b"* 1 FETCH (UID 1 FLAGS ($Forwarded))\r\n"
 
 
+def test_announce_names_keywords_the_client_has_not_seen() -> None:
+    v = view([1, 2])
+    v.keywords = {"$Known"}
+    assert v.announce([meta(1, 11, keywords=("$Known",)), meta(2, 11)]) is None
+    line = v.announce([meta(1, 12, keywords=("$Known", "$New"))])
+    assert line == b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Known $New)\r\n"
+    assert v.announce([meta(1, 12, keywords=("$New",))]) is None  # said once
+
+
 def test_remove_reports_descending_sequence_numbers() -> None:
     v = view([10, 20, 30, 40])
     assert v.remove([20, 40], qresync=False) == [b"* 4 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n"]
@@ -158,6 +167,11 @@ def test_list_entries_attributes() -> None:
     }
     rec = list_entries(boxes, ["a/b"], ["%"], select=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
     assert [(e.name, e.childinfo) for e in rec] == [("a", ("SUBSCRIBED",))]
+    # RFC 5258 3.5: a parent stands in only for a subscribed child the patterns miss
+    both = list_entries(boxes, ["a/b"], ["a", "a/b"], select=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
+    assert [(e.name, e.childinfo) for e in both] == [("a/b", ())]
+    star = list_entries(boxes, ["a/b"], ["*"], select=frozenset({"SUBSCRIBED", "RECURSIVEMATCH"}))
+    assert [(e.name, e.childinfo) for e in star] == [("a/b", ())]
     special = list_entries(boxes, [], ["*"], select=frozenset({"SPECIAL-USE"}))
     assert [e.name for e in special] == ["Sent"]
 
@@ -204,6 +218,23 @@ def test_references_loops_and_duplicates_are_safe() -> None:
     ]
     out = thread_response("REFERENCES", items)
     assert out.startswith(b"* THREAD ") and out.count(b"1") == 1 and b"3" in out
+
+
+def test_references_loop_breaks_the_earlier_parent() -> None:
+    """RFC 5256 4 step 1.B: the current parent link is broken before the new one is tried;
+    when the new one would make a loop, the message is left a root (imaptest "thread")."""
+    items = [
+        item(1, "", "a@b", date=3),
+        item(2, "", "b@b", ("a@b", "c@b"), date=1),  # chain a -> c, then c -> 2
+        item(3, "", "c@b", ("b@b",), date=2),  # parent b would be a loop; a is dropped
+    ]
+    assert thread_response("REFERENCES", items) == b"* THREAD (3 2)(1)\r\n"
+    rest = [item(1, "", "b@b", ("a@b", "c@b"), date=1), item(2, "", "c@b", ("b@b",), date=2)]
+    assert thread_response("REFERENCES", rest) == b"* THREAD (2 1)\r\n"
+    # 1.A keeps an existing link: r stays under p although 4 names q before it
+    kept = [item(1, "", "p@x", date=1), item(2, "", "q@x", date=2),
+            item(3, "", "r@x", ("p@x",), date=3), item(4, "", "s@x", ("q@x", "r@x"), date=4)]
+    assert thread_response("REFERENCES", kept) == b"* THREAD (1 3 4)(2)\r\n"
 
 
 def test_references_merges_same_subject_roots() -> None:

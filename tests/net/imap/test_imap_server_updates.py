@@ -168,7 +168,8 @@ def test_condstore_unchangedsince_and_modseq(server: Server, user: str, raw) -> 
     # second conditional store with the old modseq fails for message 1 only
     untagged, done = c.cmd(f"STORE 1:2 (UNCHANGEDSINCE {modseqs[1]}) +FLAGS.SILENT (\\Flagged)")
     assert re.match(rb"t\d+ OK \[MODIFIED 1\]", done), done
-    assert len(untagged) == 1 and untagged[0].startswith(b"* 2 FETCH (MODSEQ (")
+    # RFC 7162 3.1: under CONDSTORE every STORE-caused FETCH carries UID and MODSEQ
+    assert len(untagged) == 1 and untagged[0].startswith(b"* 2 FETCH (UID 2 MODSEQ (")
     untagged = c.ok(f"FETCH 1:* (FLAGS) (CHANGEDSINCE {highest})")
     assert len(untagged) == 2 and all(b"MODSEQ" in u for u in untagged)
     assert c.ok(f"SEARCH MODSEQ {new}") == [b"* SEARCH 1 2 (MODSEQ %d)\r\n" % (new + 1)]

@@ -159,19 +159,28 @@ def test_sets_seen() -> None:
 @pytest.mark.parametrize(
     ("data", "uid", "result"),
     [
-        (b"(CHANGEDSINCE 5)", False, (5, False)),
-        (b"(changedsince 0)", False, (0, False)),
-        (b"(CHANGEDSINCE 5 VANISHED)", True, (5, True)),
-        (b"(VANISHED CHANGEDSINCE 5)", True, (5, True)),
+        (b"(CHANGEDSINCE 5)", False, (5, False, None)),
+        (b"(changedsince 0)", False, (0, False, None)),
+        (b"(CHANGEDSINCE 5 VANISHED)", True, (5, True, None)),
+        (b"(VANISHED CHANGEDSINCE 5)", True, (5, True, None)),
+        # RFC 9394 3.3: PARTIAL, with the range ordered as SEARCH RETURN (PARTIAL) has it
+        (b"(PARTIAL 1:30)", True, (None, False, (1, 30))),
+        (b"(PARTIAL 30:1)", True, (None, False, (1, 30))),
+        (b"(partial -1:-30)", True, (None, False, (-1, -30))),
+        (b"(PARTIAL -30:-1 CHANGEDSINCE 9)", False, (9, False, (-1, -30))),
+        (b"(CHANGEDSINCE 9 VANISHED PARTIAL 5:5)", True, (9, True, (5, 5))),
     ],
 )
-def test_modifiers(data: bytes, uid: bool, result: tuple[int, bool]) -> None:
+def test_modifiers(data: bytes, uid: bool, result: tuple[int, bool, object]) -> None:
     assert parse_fetch_modifiers(Parser(data), uid=uid) == result
 
 
 @pytest.mark.parametrize(
     ("data", "uid"),
-    [(b"()", True), (b"(VANISHED)", True), (b"(CHANGEDSINCE 5 VANISHED)", False), (b"(FOO)", True)],
+    [(b"()", True), (b"(VANISHED)", True), (b"(CHANGEDSINCE 5 VANISHED)", False), (b"(FOO)", True),
+     (b"(PARTIAL)", True), (b"(PARTIAL 0:5)", True), (b"(PARTIAL -1:5)", True),
+     (b"(PARTIAL 1:-5)", True), (b"(PARTIAL 1:2 PARTIAL 3:4)", True), (b"(PARTIAL *:5)", True),
+     (b"(CHANGEDSINCE 1 CHANGEDSINCE 2)", True)],
 )
 def test_bad_modifiers(data: bytes, uid: bool) -> None:
     with pytest.raises(ImapPeerError):
@@ -185,3 +194,21 @@ def test_sections_through_receiver(data: bytes, att: FetchAtt, name: bytes) -> N
         Fetch("a1", False, SequenceSet.parse("1:*"), (FetchAtt("UID"), att)),
         ConnectionClosed(),
     ]
+
+
+def test_repeated_attribute_lists_parse_alike_from_the_cache() -> None:
+    text = b"(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (From To)]<0.100>) (CHANGEDSINCE 5)"
+    first = Parser(text)
+    a1 = parse_fetch_atts(first)
+    second = Parser(b"xx" + text, pos=2)
+    a2 = parse_fetch_atts(second)
+    assert a1 == a2 and [a.name for a in a1] == [a.name for a in a2]
+    assert second.pos - 2 == first.pos and second.items == first.items > 0
+    # the item limit still applies to a remembered list
+    small = Parser(text, max_items=first.items - 1)
+    with pytest.raises(ImapPeerError):
+        parse_fetch_atts(small)
+    # errors are never remembered
+    for _ in range(2):
+        with pytest.raises(ImapPeerError):
+            atts(b"(UID BOGUS)")

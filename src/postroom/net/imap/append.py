@@ -1,7 +1,9 @@
 """APPEND: MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), UIDPLUS (RFC 4315), ACL, QUOTA.
 
-Every message of the command is prepared first (CATENATE parts assembled, line endings
-normalised the way delivery does them, ``deliver.prepare_append``; the parse summary
+Every message of the command is prepared first (CATENATE parts assembled, the parts of a
+literal8 or NUL-carrying message that are not text re-encoded as base64, RFC 3516 4.4 and
+:mod:`postroom.message.binary`, line endings normalised the way delivery does them,
+``deliver.prepare_append``; the parse summary
 computed once, in a worker process for big or many-part messages, ``deliver.costly``, so
 the event loop stays free), then all of them are stored in one store
 transaction (``Store.append_many``): a MULTIAPPEND is atomic, either every message is
@@ -113,11 +115,14 @@ async def append(s: ImapSession, cmd: Append) -> bytes:
         when = None
         if message.internal_date is not None:
             when = int(message.internal_date.timestamp())
+        binary = message.binary or b"\x00" in data
         if deliver.costly(data):
             # A big or many-part message: parsed in a worker process, not on the loop.
-            data, summary = await s.services.offload(deliver.prepare_append, data)
+            data, summary = await s.services.offload(deliver.prepare_append, data, binary)
         else:
-            data, summary = deliver.prepare_append(data)
+            data, summary = deliver.prepare_append(data, binary)
+        if binary and len(data) > limit:
+            raise _no(cmd.tag, "Message too large once its binary parts are encoded", responses.TOOBIG)
         prepared.append(NewMessage(data, summary, bits & mask, keywords if keywords_ok else (), when))
     try:
         validity, uids = await s.store.append_many(ref.mailbox.id, prepared)

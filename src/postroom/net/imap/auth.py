@@ -63,6 +63,7 @@ EXTENSIONS = (
     "ESORT",  # RFC 5267 3 (contexts.py)
     "CONTEXT=SEARCH",  # RFC 5267 4
     "CONTEXT=SORT",
+    "PARTIAL",  # RFC 9394: SEARCH/SORT RETURN (PARTIAL) and the FETCH modifier (fetch.py)
     "METADATA",  # RFC 5464 (metadata.py)
     "URLAUTH",  # RFC 4467 (urlauth.py; BURL on submission)
     "NOTIFY",  # RFC 5465 (notify.py)

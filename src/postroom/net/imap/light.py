@@ -80,8 +80,9 @@ def _latin1(value: bytes | None) -> str | None:
 
 def light(raw: bytes) -> Light | None:
     """The light view of a stored summary, or None when the fast path cannot read it."""
+    cut = raw.find(b"\n")  # the summary is the first line (see MessageSummary.to_bytes)
     try:
-        row = json.loads(raw)
+        row = json.loads(raw if cut < 0 else raw[:cut])
         if not isinstance(row, list) or len(row) < 3 or row[0] != MessageSummary.VERSION:
             return None
         root = row[2]

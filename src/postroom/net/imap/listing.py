@@ -251,7 +251,19 @@ def list_entries(
     if "SUBSCRIBED" in select:
         candidates = set(subscribed)
         if recursive:
-            candidates |= sub_parents
+            # RFC 5258 3.5 / 4: a parent that does not itself satisfy SUBSCRIBED is listed
+            # (with CHILDINFO) only to stand for a subscribed descendant the patterns do
+            # not reach: for each subscribed name the pattern misses, its nearest matching
+            # ancestor. A name the patterns list itself needs no stand-in, so with the
+            # patterns (a/b a/b/c) and only a/b/c subscribed, a/b is not listed (Dovecot
+            # and imaptest listext agree).
+            for name in subscribed:
+                if match(name):
+                    continue
+                for parent in reversed(list(ancestors(name))):
+                    if match(parent):
+                        candidates.add(parent)
+                        break
     elif "SPECIAL-USE" in select:
         candidates = {n for n, mb in by_name.items() if mb.special_use}
         if recursive:

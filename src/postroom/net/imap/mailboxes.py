@@ -248,7 +248,7 @@ async def _status_line(s: ImapSession, mb: Mailbox, items: tuple[str, ...]) -> b
         "DELETED-STORAGE": st.deleted_size,  # RFC 9208 4.1.4 (octets, like SIZE)
     }
     if "HIGHESTMODSEQ" in items:
-        s.condstore = True  # RFC 7162 3.1: STATUS (HIGHESTMODSEQ) enables CONDSTORE
+        s.enable_condstore()  # RFC 7162 3.1: STATUS (HIGHESTMODSEQ) enables CONDSTORE
     return responses.status(mb.name, [(item, values[item]) for item in items], utf8=s.utf8)
 
 

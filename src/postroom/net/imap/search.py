@@ -60,6 +60,7 @@ from postroom.proto.imap.search import (
     SeqKey,
     SizeKey,
     TextKey,
+    partial_items,
 )
 from postroom.proto.imap.sequence import RangeSet, compact
 from postroom.store.api import SYSTEM_FLAGS, MessageMeta
@@ -416,7 +417,7 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
         contexts.check_tag(view, cmd.tag)
     modseq_used = uses_modseq(cmd.key)
     if modseq_used:
-        s.condstore = True  # RFC 7162 3.1: the first CONDSTORE command enables it
+        s.enable_condstore()  # RFC 7162 3.1: the first CONDSTORE command enables it
     if not cmd.uid:
         await s.sync(expunge=False)  # current flags (UID SEARCH was synced before)
     positions, highest = await matching_positions(s, view, cmd.key)
@@ -431,6 +432,15 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
         return responses.ok(cmd.tag, ("UID SEARCH" if cmd.uid else "SEARCH") + " completed")
     # RFC 5267 4: CONTEXT is a hint and UPDATE asks for notifications; neither returns data.
     options = returns - _NO_DATA if returns != frozenset() else frozenset({"ALL"})
+    if (highest is not None and uids and options and options <= {"MIN", "MAX"}
+            and cmd.partial is None):
+        # RFC 7162 3.1.5 with RFC 4731: with only MIN and/or MAX, MODSEQ is the highest
+        # mod-sequence of the messages returned, not of every match.
+        picked_minmax = {uids[0] if "MIN" in options else uids[-1],
+                         uids[-1] if "MAX" in options else uids[0]}
+        metas = await s.store.get_messages(view.mailbox_id, sorted(picked_minmax))
+        if metas:
+            highest = max(m.modseq for m in metas)
     if "SAVE" in returns:
         # RFC 5182 2.4: with only MIN and/or MAX the saved result is those messages;
         # RFC 9394 3.2: with PARTIAL (and no COUNT), the partial result and MIN/MAX.
@@ -458,19 +468,6 @@ async def search(s: ImapSession, cmd: Search) -> bytes:
 
 
 _NO_DATA = frozenset({"SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
-
-
-def partial_items(numbers: Sequence[int], partial: tuple[int, int] | None) -> Sequence[int]:
-    """The members ``PARTIAL first:last`` selects (RFC 9394 3.1): 1-based positions in
-    the result, counted from the end when negative (-1 is the last)."""
-    if partial is None:
-        return numbers
-    first, last = partial
-    if first > 0:
-        return numbers[first - 1 : last]
-    n = len(numbers)
-    start, stop = max(n + last, 0), n + first + 1  # -1:-3 = the last three
-    return numbers[start:stop] if stop > 0 else []
 
 
 def _partial(numbers: Sequence[int], partial: tuple[int, int] | None, *,

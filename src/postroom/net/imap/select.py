@@ -11,8 +11,10 @@ deleted and re-created, or renamed), the listener moves to the right id and the 
 marked dirty, so anything committed after the snapshot is still caught by modseq.
 
 IMAP4rev1 sessions that open the mailbox read-write claim the \\Recent messages in the
-same call (RFC 3501 2.3.2; the claim is cheap and not durable, see ``Store.claim_recent``);
-IMAP4rev2 has no \\Recent and EXAMINE never claims.
+same call (RFC 3501 2.3.2; the claim is cheap and not durable, see ``Store.claim_recent``).
+EXAMINE never claims, but reports (and flags) as \\Recent the messages nobody has claimed
+yet, so an EXAMINE then a SELECT both see them, as RFC 3501 asks of the first session to
+be notified of a message. IMAP4rev2 has no \\Recent.
 
 QRESYNC (RFC 7162 3.2.5): with a matching UIDVALIDITY the client gets ``* VANISHED
 (EARLIER)`` for the UIDs expunged since its modseq (within its known UIDs) and a FETCH
@@ -120,7 +122,9 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
     view.flags = bytearray(snap.flags)
     view.kw = snap.keywords
     view.keywords = set().union(*snap.keywords.values()) if snap.keywords else set()
-    if snap.recent_from < snap.uidnext:
+    if s.rev1 and snap.recent_from < snap.uidnext:
+        # Claimed by this SELECT, or (EXAMINE) not claimed by anyone yet: \Recent for
+        # this session either way, but EXAMINE leaves them to the next session.
         view.recent = [(snap.recent_from, snap.uidnext - 1)]
 
     w = s.write
@@ -156,6 +160,8 @@ async def select(s: ImapSession, cmd: Select) -> bytes:
             vanished = [u for u in vanished if u in known]
         if vanished:
             w(responses.vanished(compact(vanished), earlier=True))
+        if (line := view.announce(changes.changed)) is not None:
+            w(line)  # keywords set after the snapshot: FLAGS before the FETCH shows them
         for m in changes.changed:
             seq = view.seq_of(m.uid) if m.uid <= last else None
             if seq is not None:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from postroom.proto.imap import responses
 from postroom.proto.imap.grammar import ImapPeerError
-from postroom.proto.imap.sequence import RangeSet, SequenceSet
+from postroom.proto.imap.sequence import STAR, RangeSet, SequenceSet
 from postroom.store.api import ALL_RIGHTS, FLAG_NAMES, Changes, MessageMeta
 
 if TYPE_CHECKING:
@@ -183,6 +183,22 @@ class SelectedMailbox:
     def flags_response(self) -> bytes:
         return responses.flags(SYSTEM_FLAG_NAMES + tuple(sorted(self.keywords)))
 
+    def announce(self, metas: Iterable[MessageMeta | Known]) -> bytes | None:
+        """The ``* FLAGS`` response to send *before* any FETCH that shows these messages'
+        flags, when one of their keywords is new to the client (RFC 9051 7.3.5, RFC 3501
+        7.2.6); None when the client knows them all.
+
+        Messages read from the store (STORE results, FETCH of more than flags, QRESYNC)
+        can carry keywords another session set a moment ago, which the view has not
+        heard of yet: the client must see them in FLAGS first.
+        """
+        known = self.keywords
+        fresh = {k for m in metas if m.keywords for k in m.keywords if k not in known}
+        if not fresh:
+            return None
+        known |= fresh
+        return self.flags_response()
+
     # -- sequence sets -----------------------------------------------------------------
     def positions(self, seqset: SequenceSet, uid: bool) -> list[int]:
         """0-based indexes into :attr:`uids` of the messages ``seqset`` names.
@@ -191,6 +207,16 @@ class SelectedMailbox:
         (RFC 9051 9 seq-number); UIDs that do not exist are simply not there.
         """
         uids = self.uids
+        ranges = seqset.ranges
+        if len(ranges) == 1 and not seqset.saved:
+            first, last = ranges[0]
+            if first == last and first != STAR:  # one number: a client opening a message
+                if uid:
+                    i = bisect_left(uids, first)
+                    return [i] if i < len(uids) and uids[i] == first else []
+                if first > len(uids):
+                    raise ImapPeerError(TEXT_BAD_SEQUENCE)
+                return [first - 1]
         if uid:
             saved = self.saved if seqset.saved else None
             return seqset.resolve(self.last_uid, saved or RangeSet()).positions(uids)
@@ -290,18 +316,14 @@ class SelectedMailbox:
             out.extend(self.remove(tuple(self.pending), qresync=qresync))
         new: list[MessageMeta] = []
         updates: list[MessageMeta] = []
-        fresh_keywords: set[str] = set()
         for m in changes.changed:
-            if m.keywords:
-                fresh_keywords.update(k for k in m.keywords if k not in self.keywords)
             if m.uid > last:
                 new.append(m)
             elif self.reported.get(m.uid) != m.modseq and m.uid not in self.pending:
                 updates.append(m)
         self.update_flags(m for m in changes.changed if m.uid <= last)
-        if fresh_keywords:
-            self.keywords |= fresh_keywords
-            out.append(self.flags_response())
+        if (line := self.announce(changes.changed)) is not None:
+            out.append(line)
         if new:
             self.generation += 1
             if recent_from is not None and rev1:

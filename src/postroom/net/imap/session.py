@@ -122,7 +122,7 @@ class ImapHandler:
         # (user id, mailbox name) -> mailbox id, from earlier SELECTs: lets SELECT listen
         # for changes before its one read (see select.py). A stale entry is detected.
         self.mailbox_ids: dict[tuple[int, str], int] = {}
-        self.structures = StructureCache()
+        self.structures = StructureCache(services.settings.imap.fetch_cache)
         # Logged-in sessions per (user, client address): limits.connections_per_user_ip.
         self.user_sessions = UserSessions(
             services.settings.limits.connections_per_user_ip, services.user_ip_counts
@@ -213,22 +213,32 @@ class ImapSession:
         self._out_size += len(data)
 
     async def flush(self) -> None:
-        if not self._out:
+        out = self._out
+        if not out:
             return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
         self._out_size = 0
         transport = self.conn.transport
         if transport is None or transport.is_closing():
+            out.clear()
             return  # aborted (see below) or closed by the peer: nobody to tell
         if self.deflate is not None:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
             if len(data) > COMPRESS_IN_THREAD:
                 # zlib releases the GIL: a big response (a 50 MB body) is compressed on
                 # a thread while the loop serves the others; order is kept (we await).
                 data = await asyncio.to_thread(self.deflate.compress, data)
             else:
                 data = self.deflate.compress(data)
-        self.conn.write(data)
+            self.conn.write(data)
+        else:
+            if len(out) == 1:
+                self.conn.write(out[0])
+            else:
+                self.conn.writelines(out)  # no joined copy of big FETCH responses
+            out.clear()
+        if not self.conn.write_blocked:
+            return  # the usual case: no drain to wait for, no timer to set up
         try:
             # A client that stops reading must not hold the session (and its output)
             # forever: the same limit as for one that stops talking. Waiting for it is
@@ -455,6 +465,18 @@ class ImapSession:
             self.write(tagged)
 
     # -- the selected mailbox ----------------------------------------------------------
+    def enable_condstore(self) -> None:
+        """A CONDSTORE-enabling command (FETCH MODSEQ/CHANGEDSINCE, SEARCH MODSEQ, STORE
+        UNCHANGEDSINCE, STATUS HIGHESTMODSEQ) ran: RFC 7162 3.1 turns CONDSTORE on, and
+        when that happens with a mailbox selected the client learns its HIGHESTMODSEQ
+        at once (the view's, which the updates that follow start from)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        view = self.selected
+        if view is not None:
+            self.write(responses.untagged("OK", "Highest", responses.code_highestmodseq(view.modseq)))
+
     def select(self, view: SelectedMailbox) -> None:
         """Make ``view`` the selected mailbox and listen for changes to it."""
         self.unselect()
@@ -505,8 +527,11 @@ class ImapSession:
             self.closing = True
             raise Closing() from None
         recent_from = None
-        if self.rev1 and not view.readonly and any(m.uid > view.last_uid for m in changes.changed):
-            recent_from = await self.store.claim_recent(view.mailbox_id, changes.uidnext)
+        if self.rev1 and any(m.uid > view.last_uid for m in changes.changed):
+            # Read-only (EXAMINE) views see unclaimed messages as \Recent without claiming.
+            recent_from = await self.store.claim_recent(
+                view.mailbox_id, changes.uidnext, claim=not view.readonly
+            )
         first_new = view.last_uid + 1
         for line in view.apply(
             changes, expunge=expunge, rev1=self.rev1, condstore=self.condstore,

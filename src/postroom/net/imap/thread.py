@@ -119,12 +119,14 @@ def references(items: Sequence[Item]) -> list[_Node]:
             if prev is not None and ref_node.parent is None and not _is_ancestor(ref_node, prev):
                 _link(prev, ref_node)
             prev = ref_node
-        # 1B: the last reference is the parent (replacing any earlier parent).
-        if prev is not None and not _is_ancestor(node, prev):
-            _link(prev, node)
-        elif prev is None and node.parent is not None:
+        # 1B: the last reference is the parent. An earlier parent (from a truncated
+        # References of another message) is broken first, even when the new link cannot
+        # be made because it would create a loop: then the message becomes a root.
+        if node.parent is not None and node.parent is not prev:
             node.parent.children.remove(node)
             node.parent = None
+        if prev is not None and node.parent is None and not _is_ancestor(node, prev):
+            _link(prev, node)
     roots = [node for node in table.values() if node.parent is None]
     roots = _prune(roots)
     _sort_all(roots)

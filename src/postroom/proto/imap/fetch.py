@@ -15,6 +15,7 @@ from typing import Literal
 
 from postroom.proto.imap import wire
 from postroom.proto.imap.grammar import ImapPeerError, Parser, decode_utf8
+from postroom.proto.imap.search import PartialRange, parse_partial_range
 
 # Attribute kinds (upper case, as in the response except for the section forms).
 ENVELOPE = "ENVELOPE"
@@ -133,8 +134,40 @@ def any_sets_seen(atts: tuple[FetchAtt, ...]) -> bool:
     return any(a.sets_seen for a in atts)
 
 
+# Parsed attribute lists by the command text that follows the sequence set: a client
+# sends the same FETCH items over and over (one message at a time), and parsing them
+# costs more than the rest of the command. Bounded; only text without literals.
+_PARSED: dict[bytes, tuple[tuple[FetchAtt, ...], int, int]] = {}
+PARSE_CACHE_ENTRIES = 512
+PARSE_CACHE_KEY = 1024
+
+
 def parse_fetch_atts(p: Parser) -> tuple[FetchAtt, ...]:
-    """``"ALL" / "FULL" / "FAST" / fetch-att / "(" fetch-att *(SP fetch-att) ")"``."""
+    """``"ALL" / "FULL" / "FAST" / fetch-att / "(" fetch-att *(SP fetch-att) ")"``.
+
+    The result for the same remaining command text is always the same (the parse depends
+    on nothing else when there are no literals), so it is remembered (``_PARSED``): the
+    parser position and item count advance exactly as a real parse would.
+    """
+    start = p.pos
+    key = p.data[start:] if not p.literals and len(p.data) - start <= PARSE_CACHE_KEY else None
+    if key is not None:
+        hit = _PARSED.get(key)
+        if hit is not None:
+            atts, consumed, items = hit
+            p.count(items)
+            p.pos = start + consumed
+            return atts
+    items0 = p.items
+    atts = _parse_fetch_atts(p)
+    if key is not None:
+        if len(_PARSED) >= PARSE_CACHE_ENTRIES:
+            _PARSED.clear()
+        _PARSED[key] = (atts, p.pos - start, p.items - items0)
+    return atts
+
+
+def _parse_fetch_atts(p: Parser) -> tuple[FetchAtt, ...]:
     if p.peek() == 0x28:
         atts = p.paren_list(lambda: _fetch_att(p), allow_empty=False)
         return tuple(dict.fromkeys(atts))
@@ -230,27 +263,39 @@ def _partial(p: Parser) -> tuple[int, int] | None:
     return origin, length
 
 
-def parse_fetch_modifiers(p: Parser, *, uid: bool) -> tuple[int | None, bool]:
-    """``"(" fetch-modifier *(SP fetch-modifier) ")"`` → (CHANGEDSINCE, VANISHED).
+def parse_fetch_modifiers(
+    p: Parser, *, uid: bool
+) -> tuple[int | None, bool, PartialRange | None]:
+    """``"(" fetch-modifier *(SP fetch-modifier) ")"`` → (CHANGEDSINCE, VANISHED, PARTIAL).
 
     RFC 7162 3.1.4.1 / 3.2.6: CHANGEDSINCE takes mod-sequence-valzer; VANISHED needs
-    UID FETCH and CHANGEDSINCE.
+    UID FETCH and CHANGEDSINCE. RFC 9394 3.3 and 4: ``modifier-partial = "PARTIAL" SP
+    partial-range``, the same range as SEARCH RETURN (PARTIAL); the grammar puts it in
+    ``fetch-modifier``, so plain FETCH takes it too. A modifier given twice is BAD.
     """
     changed_since: int | None = None
     vanished = False
+    partial: PartialRange | None = None
+    seen: set[str] = set()
 
     def modifier() -> None:
-        nonlocal changed_since, vanished
+        nonlocal changed_since, vanished, partial
         word = p.keyword("a FETCH modifier")
+        if word in seen:
+            raise p.error(f"{word} given twice")
+        seen.add(word)
         if word == "CHANGEDSINCE":
             p.sp()
             changed_since = p.mod_sequence_valzer()
         elif word == "VANISHED":
             vanished = True
+        elif word == "PARTIAL":
+            p.sp()
+            partial = parse_partial_range(p)
         else:
             raise p.error("Unknown FETCH modifier")
 
     p.paren_list(modifier, allow_empty=False)
     if vanished and (not uid or changed_since is None):
         raise p.error("VANISHED needs UID FETCH and CHANGEDSINCE")
-    return changed_since, vanished
+    return changed_since, vanished, partial

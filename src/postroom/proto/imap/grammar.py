@@ -324,7 +324,14 @@ class Parser:
         try:
             return utf7.decode_mailbox_name(raw, utf8=self.utf8)
         except utf7.MailboxNameError as exc:
-            raise self.error(str(exc)) from None
+            if not self.utf8 and not raw.isascii():
+                # 8-bit octets where only modified UTF-7 may be: the client did not enable
+                # UTF-8, so this is not a mailbox name at all (RFC 6855 3): BAD.
+                raise self.error(str(exc)) from None
+            # The command is well-formed (any astring is a mailbox in the grammar); there
+            # just is no mailbox by that name: NO, not BAD (imaptest "atoms"). CREATE and
+            # RENAME turn the code into CANNOT (commands.mailboxes.new_mailbox).
+            raise ImapPeerError(str(exc), status=NO, code="NONEXISTENT") from None
 
     def list_mailbox(self) -> str:
         # list-mailbox = 1*list-char / string
@@ -447,12 +454,21 @@ def decode_base64(raw: bytes) -> bytes:
 
 
 def decode_pattern(raw: bytes, *, utf8: bool) -> str:
-    """A LIST pattern: like a mailbox name, but may be empty and holds wildcards."""
+    """A LIST pattern: like a mailbox name, but may be empty and holds wildcards.
+
+    An ASCII pattern that is not valid modified UTF-7 is still a well-formed list-mailbox:
+    it is taken literally, so LIST answers OK with whatever matches it (usually nothing)
+    instead of BAD, as Dovecot does (imaptest "atoms"). 8-bit octets without UTF8=ACCEPT
+    are BAD as they are in names; with it, octets that are not UTF-8 are BAD too.
+    """
     if not utf8 and not raw.isascii():
         raise ImapPeerError(utf7.TEXT_8BIT_NAME)  # as for names (utf7.decode_mailbox_name)
-    try:
-        if utf8:
+    if utf8:
+        try:
             return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ImapPeerError("Invalid mailbox pattern encoding") from None
+    try:
         return utf7.decode_utf7(raw)
-    except (UnicodeDecodeError, utf7.MailboxNameError):
-        raise ImapPeerError("Invalid mailbox pattern encoding") from None
+    except utf7.MailboxNameError:
+        return raw.decode("ascii")

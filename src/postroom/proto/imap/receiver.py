@@ -284,6 +284,9 @@ class Receiver:
         self._reader = StreamReader()
         self._gen: _Gen = self._commands()
         self._boundary = True
+        # The generator would read a fresh command line next (not IDLE/AUTHENTICATE
+        # mode, not in the middle of a line or literal): the fast path may run.
+        self._fresh = True
         self._closed = False
         # Octets of the command in progress held outside the buffer (text + literals).
         self._held = 0
@@ -306,6 +309,10 @@ class Receiver:
         if self._closed:
             return ConnectionClosed()
         try:
+            if self._fresh and self._boundary:
+                fast = self._fast_command()
+                if fast is not None:
+                    return fast
             event = next(self._gen)
         except ImapPeerError as exc:
             self._held = 0
@@ -314,6 +321,7 @@ class Receiver:
                 self._closed = True
             else:
                 self._gen = self._commands()
+                self._fresh = True
             raise
         except UnexpectedEOF:
             self._closed = True
@@ -322,8 +330,39 @@ class Receiver:
         if event is None:
             self._boundary = False
             return NEED_DATA
-        self._boundary = not isinstance(event, ContinuationRequest)
+        if isinstance(event, ContinuationRequest):
+            self._boundary = False
+        else:
+            # After a command, or the DONE / SASL line that ends a mode, the generator
+            # goes on with a fresh command line.
+            self._boundary = self._fresh = True
         return event
+
+    def _fast_command(self) -> Event | None:
+        """The common case without the generators: a whole command line without literals
+        is waiting (or nothing, or part of a line, is). None: let the generator decide
+        (literals, empty lines, limits, end of stream), exactly as if this did not exist;
+        it has consumed nothing then."""
+        reader = self._reader
+        buf = reader.buffer
+        end = buf.find(b"\n")
+        max_line = self.limits.max_line
+        if end < 0:
+            if len(buf) < max_line and not reader.eof:
+                return NEED_DATA  # the generator is not entered: still at the boundary
+            return None
+        last = end - 1 if end and buf[end - 1] == 0x0D else end
+        if end + 1 > max_line or last == 0 or buf[last - 1] == 0x7D:  # "}": maybe a literal
+            return None
+        line = bytes(buf[: end + 1])
+        if _HTTP_REQUEST.fullmatch(line):
+            return None  # an HTTP request line: the generator answers BYE and closes
+        del buf[: end + 1]
+        limits = self.limits
+        return parse_arguments(
+            parse_head(line, self.state), line[:last], (), utf8=self.utf8,
+            max_depth=limits.max_depth, max_items=limits.max_items,
+        )
 
     # --- mode switches and buffer access (at command boundaries only) -------------------------
     def _require_boundary(self, what: str) -> None:
@@ -334,11 +373,13 @@ class Receiver:
         """The next event is IdleDone (or a tagged BAD if the client sends anything else)."""
         self._require_boundary("expect_idle_done")
         self._gen = self._idle(tag)
+        self._fresh = False
 
     def expect_auth_response(self, tag: str, max_len: int = AUTH_LINE_MAX) -> None:
         """The next event is one AuthResponse / AuthCancelled line of at most ``max_len``."""
         self._require_boundary("expect_auth_response")
         self._gen = self._auth(tag, max_len)
+        self._fresh = False
 
     def discard_buffered(self) -> int:
         """Drop unprocessed input (STARTTLS, CVE-2011-0411); returns how many octets."""

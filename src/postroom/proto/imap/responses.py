@@ -141,8 +141,21 @@ def _word(value: str | bytes) -> bytes:
     return value.encode("ascii") if isinstance(value, str) else value
 
 
+# The text after the tag of frequent completions ("OK UID FETCH completed"), by
+# (status, text): built once. Bounded; only for completions without a response code.
+_TAILS: dict[tuple[str, str | bytes], bytes] = {}
+MAX_TAILS = 256
+
+
 def tagged(tag: str | bytes, status: str, text: str | bytes, code: Code = None) -> bytes:
     """``tag OK|NO|BAD [code] text`` (RFC 9051 7.1)."""
+    if code is None:
+        tail = _TAILS.get((status, text))
+        if tail is None:
+            tail = b" %s %s\r\n" % (_word(status), _text(text))
+            if len(_TAILS) < MAX_TAILS:
+                _TAILS[(status, text)] = tail
+        return (tag.encode("ascii") if isinstance(tag, str) else tag) + tail
     return b"%s %s %s%s\r\n" % (_word(tag), _word(status), _code(code), _text(text))
 
 

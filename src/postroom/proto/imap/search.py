@@ -18,7 +18,8 @@ from __future__ import annotations
 import codecs
 import datetime
 from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, TypeVar
 
 from postroom.proto.imap.grammar import (
     ANSWERED,
@@ -34,6 +35,8 @@ from postroom.proto.imap.grammar import (
     decode_utf8,
 )
 from postroom.proto.imap.sequence import SequenceSet, parse_sequence_set
+
+T = TypeVar("T")
 
 MAX_KEY_DEPTH = 100
 # Octets of search strings in one program. Every message is compared with every string,
@@ -393,7 +396,7 @@ def parse_return_spec(p: Parser) -> tuple[frozenset[str], PartialRange | None]:
             if partial is not None:
                 raise ImapPeerError("PARTIAL given twice", status=BAD)
             p.sp()
-            partial = _partial_range(p)
+            partial = parse_partial_range(p)
         return word
 
     options = frozenset(p.paren_list(option))
@@ -402,7 +405,8 @@ def parse_return_spec(p: Parser) -> tuple[frozenset[str], PartialRange | None]:
     return options, partial
 
 
-def _partial_range(p: Parser) -> PartialRange:
+def parse_partial_range(p: Parser) -> PartialRange:
+    """``partial-range`` (RFC 9394 4), ordered as :func:`parse_return_spec` explains."""
     negative = p.try_char(b"-")
     first = p.nz_number()
     p.expect_char(b":", "':' in the PARTIAL range")
@@ -411,3 +415,16 @@ def _partial_range(p: Parser) -> PartialRange:
     last = p.nz_number()
     low, high = min(first, last), max(first, last)
     return (-low, -high) if negative else (low, high)
+
+
+def partial_items(numbers: Sequence[T], partial: PartialRange | None) -> Sequence[T]:
+    """The members ``PARTIAL first:last`` selects (RFC 9394 3.1, 3.3): 1-based positions
+    in ``numbers``, counted from the end when negative (-1 is the last)."""
+    if partial is None:
+        return numbers
+    first, last = partial
+    if first > 0:
+        return numbers[first - 1 : last]
+    n = len(numbers)
+    start, stop = max(n + last, 0), n + first + 1  # -1:-3 = the last three
+    return numbers[start:stop] if stop > 0 else []

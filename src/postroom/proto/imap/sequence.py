@@ -110,9 +110,15 @@ def parse_sequence_set(p: Parser, *, allow_saved: bool = True) -> SequenceSet:
     m = p.match(_SET)
     if m is None:
         raise p.error(TEXT_INVALID_SET)
+    text = m.group()
+    if text.isdigit() and len(text) <= 10:  # one number (a client opening one message)
+        n = int(text)
+        if not 0 < n <= MAX_NUMBER:
+            raise p.error(TEXT_INVALID_SET)
+        return SequenceSet(((n, n),), False)
     ranges: list[tuple[int, int]] = []
     saved = False
-    for element in m.group().split(b","):
+    for element in text.split(b","):
         if element == b"$":
             if not allow_saved:
                 raise p.error(TEXT_INVALID_SET)

@@ -70,7 +70,7 @@ from postroom.store.api import (
     WebSession,
 )
 from postroom.store.changes import LocalChangeHub
-from postroom.store.postgres import accounts, authdata, imports, mail, queue, sharing, web
+from postroom.store.postgres import accounts, authdata, imports, mail, queue, sharing, tlsdata, web
 from postroom.store.postgres.engine import Engine
 from postroom.store.postgres.locks import MaildropLocks
 from postroom.store.postgres.mail import BlobIn, Stored
@@ -516,7 +516,11 @@ class PostgresStore:
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))
 
-    async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int:
+    async def claim_recent(
+        self, mailbox_id: int, upto: int | None = None, *, claim: bool = True
+    ) -> int:
+        if not claim:
+            return await self.engine.read(lambda c: mail.recent_mark(c, mailbox_id, upto))
         return await self.engine.write(lambda c: mail.claim_recent(c, mailbox_id, upto), lazy=True)
 
     async def search_envelope(
@@ -687,10 +691,38 @@ class PostgresStore:
     async def dmarc_delete(
         self, policy_domain: str, period: int, *, report: Delivery | None = None
     ) -> int:
+        return await self._delete_and_report(
+            lambda c: authdata.dmarc_delete(c, policy_domain, period), report
+        )
+
+    async def tlsrpt_add(self, rows: Sequence[api.TlsResultRow]) -> None:
+        items = list(rows)
+        if items:
+            await self.engine.write(lambda c: tlsdata.tlsrpt_add(c, items))
+
+    async def tlsrpt_pending(self, before: int) -> list[api.TlsResultRow]:
+        return await self.engine.read(lambda c: tlsdata.tlsrpt_pending(c, before))
+
+    async def tlsrpt_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int:
+        return await self._delete_and_report(
+            lambda c: tlsdata.tlsrpt_delete(c, policy_domain, period), report
+        )
+
+    async def tls_report_add(self, report: api.TlsReport) -> int | None:
+        return await self.engine.write(lambda c: tlsdata.tls_report_add(c, report))
+
+    async def tls_reports(self, *, limit: int = 100, domain: str | None = None) -> list[api.TlsReport]:
+        return await self.engine.read(lambda c: tlsdata.tls_reports(c, limit, domain))
+
+    async def _delete_and_report(self, delete: Any, report: Delivery | None) -> int:
+        """Delete a day's report rows and queue the report in the same transaction: two
+        nodes racing send it once (the loser deletes nothing and queues nothing)."""
         blob = await self._blob_in(report.data, report.summary) if report is not None else None
 
         async def job(c: asyncpg.Connection) -> tuple[int, list[tuple[int, int, int]], str | None]:
-            deleted = await authdata.dmarc_delete(c, policy_domain, period)
+            deleted = await delete(c)
             if report is None or blob is None or not deleted:
                 return deleted, [], None
             blob_id, placed, _ = await mail.deliver(c, report, blob)

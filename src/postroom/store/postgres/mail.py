@@ -637,6 +637,15 @@ async def claim_recent(conn: asyncpg.Connection, mailbox_id: int, upto: int | No
     return int(mark)
 
 
+async def recent_mark(conn: asyncpg.Connection, mailbox_id: int, upto: int | None) -> int:
+    """The \\Recent mark without claiming (EXAMINE): the UIDs from it up to ``upto`` are
+    \\Recent for the caller too."""
+    row = await conn.fetchrow("SELECT recent_uid, uidnext FROM mailboxes WHERE id = $1", mailbox_id)
+    if row is None:
+        raise NotFound("no such mailbox")
+    return min(int(row[0]), int(row[1]) if upto is None else upto)
+
+
 async def snapshot_rows(
     conn: asyncpg.Connection, user_id: int, name: str, cache: SnapshotCache | None = None
 ) -> tuple[tuple[int, int, str, int, int, int, int], array[int], bytes, dict[int, tuple[str, ...]]] | None:

@@ -22,17 +22,17 @@ word                     SQLite                    PostgreSQL
 ``{without_rowid}``      ``WITHOUT ROWID``         (nothing)
 =======================  ========================  ===================================
 
-The SQLite rendering of steps 1-11 is, word for word, the SQL those steps had when they
+The SQLite rendering of steps 1-12 is, word for word, the SQL those steps had when they
 were SQLite-only, so existing databases and new ones end up with the same schema.
 Where the dialects must differ a step names both texts (:class:`Migration`). PostgreSQL
-support starts at version 12: every PostgreSQL database is created by all steps at once,
+support starts at version 13: every PostgreSQL database is created by all steps at once,
 in one transaction, so a step that converts existing rows (2, 3) has nothing to convert
 there and its PostgreSQL side only creates what the step creates.
 
 Design notes (integers, text, blobs: no backend-only types):
 * ``blobs`` holds each message's bytes once with its parse summary and a reference count;
   ``messages`` rows (one per mailbox copy) and ``queue`` rows reference it. With an
-  external blob store (PostgreSQL + S3, step 12) ``location`` names the object and
+  external blob store (PostgreSQL + S3, step 13) ``location`` names the object and
   ``data`` is empty; ``blob_garbage`` lists objects to delete once their row is gone.
 * ``messages.id`` is stable for the life of a message, including MOVE (the row is updated in
   place) and never reused (AUTOINCREMENT, an identity), so POP3 UIDL can use it.
@@ -447,7 +447,43 @@ MIGRATIONS: list[Migration] = [
         detail TEXT NOT NULL
     );
     """),
-    # 12: PostgreSQL arrives. Message bytes may live in an S3-compatible blob store
+    # 12: TLS-RPT (RFC 8460): outbound TLS results by day, recipient domain and policy,
+    # until reported (policy_key: a digest of type, string and mx patterns, so that the
+    # key stays short however long a policy is); and the reports we received.
+    portable("""
+    CREATE TABLE tlsrpt_results (
+        id {id},
+        period {int} NOT NULL,
+        policy_domain TEXT NOT NULL,
+        policy_key TEXT NOT NULL,
+        policy_type TEXT NOT NULL,
+        policy_string TEXT NOT NULL,
+        mx_host TEXT NOT NULL,
+        result_type TEXT NOT NULL,
+        sending_ip TEXT NOT NULL,
+        receiving_mx TEXT NOT NULL,
+        receiving_ip TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        count {int} NOT NULL,
+        UNIQUE (period, policy_domain, policy_key, result_type, sending_ip, receiving_mx,
+                receiving_ip, detail)
+    );
+    CREATE TABLE tls_reports (
+        id {id},
+        received {int} NOT NULL,
+        organization TEXT NOT NULL,
+        report_id TEXT NOT NULL,
+        start_time {int} NOT NULL,
+        end_time {int} NOT NULL,
+        domains TEXT NOT NULL,
+        successful {int} NOT NULL,
+        failed {int} NOT NULL,
+        document TEXT NOT NULL,
+        UNIQUE (organization, report_id)
+    );
+    CREATE INDEX tls_reports_received ON tls_reports(received);
+    """),
+    # 13: PostgreSQL arrives. Message bytes may live in an S3-compatible blob store
     # (``location`` names the object, ``data`` is then empty; objects are written before the
     # row and listed in ``blob_garbage`` in the transaction that drops their last
     # reference, then deleted). Queue leases are renewed per owner (``queue_lease``). On

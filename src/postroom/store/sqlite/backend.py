@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -58,7 +59,7 @@ from postroom.store.api import (
 from postroom.message import search_texts_of
 from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import ChangeRelay, LocalChangeHub
-from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, web
+from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, tlsdata, web
 from postroom.store.sqlite.engine import Engine, fsync_dir
 from postroom.store.sqlite.maildrop import MaildropLocks
 from postroom.store.sqlite.recent import RecentClaims, RecentMarks
@@ -66,6 +67,13 @@ from postroom.store.sqlite.schema import migrate
 from postroom.store.sqlite.snapshots import SnapshotCache
 
 DB_NAME = "postroom.sqlite3"
+# read_messages of at most this many messages runs on the caller's thread (a client
+# opening a message: a point read, Engine.lookup), reading at most INLINE_BYTES of each
+# message there; more, or bigger, goes to a reader thread.
+INLINE_MESSAGES = 4
+INLINE_BYTES = 128 * 1024
+# A header-only read of a message up to this size reads the whole message in one SELECT.
+HEADER_INLINE_BYTES = 16 * 1024
 
 
 class SQLiteStore:
@@ -110,6 +118,15 @@ class SQLiteStore:
         self.changes.publish(
             MailboxChange(mailbox_id=mailbox_id, user_id=user_id, modseq=modseq, kind=kind)
         )
+
+    # -- \\Recent ----------------------------------------------------------------------
+    async def _recent_mark(self, mailbox_id: int, uidvalidity: int, stored: int) -> int:
+        """The first UID nobody has claimed, without claiming (EXAMINE): the stored mark
+        or the one in memory (store/sqlite/recent.py), whichever is higher."""
+        known = await self.recent.known(mailbox_id)
+        if known is not None and known[0] == uidvalidity and known[1] > stored:
+            return known[1]
+        return stored
 
     async def _publish_mailbox(self, mailbox_id: int) -> None:
         if not self.changes.may_have_listeners(mailbox_id):
@@ -227,9 +244,10 @@ class SQLiteStore:
             return None
         (mailbox_id, owner, real_name, validity, uidnext, modseq, stored), uids, flags, kws = found
         uids, kws = array("I", uids), dict(kws)  # the cache keeps the originals
-        recent_from = uidnext
         if claim_recent:
             recent_from = await self.recent.claim(mailbox_id, validity, stored, uidnext)
+        else:
+            recent_from = min(await self._recent_mark(mailbox_id, validity, stored), uidnext)
         return MailboxSnapshot(
             id=mailbox_id, user_id=owner, name=real_name, uidvalidity=validity, uidnext=uidnext,
             highestmodseq=modseq, recent_from=recent_from, uids=uids, flags=flags, keywords=kws,
@@ -300,9 +318,33 @@ class SQLiteStore:
         data: bool = False,
         header_only: bool = False,
     ) -> list[MessageContent]:
-        return await self.engine.read(
-            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only)
+        if len(uids) > INLINE_MESSAGES:
+            return await self.engine.read(
+                lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only)
+            )
+        # A few messages (a client opening one): a point read on this thread (see
+        # Engine.lookup), one SELECT, bytes only up to a limit per message. For the header
+        # block of a small message the whole message is read in that same statement (it
+        # costs less than a transaction and incremental blob I/O); bigger ones are read
+        # again in a second step: their header block inline, their body on a reader thread.
+        limit = HEADER_INLINE_BYTES if header_only else INLINE_BYTES
+        found = await self.engine.lookup(
+            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, False,
+                                         limit if data else None),
+            snapshot=False,
         )
+        big = [c.meta.uid for c in found if data and c.data is None]
+        if not big:
+            return found
+        if header_only:
+            rest = {c.meta.uid: c for c in await self.engine.lookup(
+                lambda c: mail.read_messages(c, mailbox_id, big, summary, True, True)
+            )}
+        else:
+            rest = {c.meta.uid: c for c in await self.engine.read(
+                lambda c: mail.read_messages(c, mailbox_id, big, summary, True, False)
+            )}
+        return [rest.get(c.meta.uid, c) for c in found if c.data is not None or c.meta.uid in rest]
 
     async def read_blob(self, blob_id: int) -> bytes:
         found = await self.read_blobs([blob_id])
@@ -384,17 +426,24 @@ class SQLiteStore:
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))
 
-    async def claim_recent(self, mailbox_id: int, upto: int | None = None) -> int:
-        if upto is not None:
+    async def claim_recent(
+        self, mailbox_id: int, upto: int | None = None, *, claim: bool = True
+    ) -> int:
+        if upto is not None and claim:
             mark = await self.recent.claim_known(mailbox_id, upto)
             if mark is not None:  # no read: the mark in memory is at least the column's
                 return mark
+        if upto is not None and not claim:
+            known = await self.recent.known(mailbox_id)
+            if known is not None:  # the mark in memory is at least the column's
+                return min(known[1], upto)
         validity, stored, uidnext = await self.engine.read(
             lambda c: mail.recent_mark(c, mailbox_id)
         )
-        return await self.recent.claim(
-            mailbox_id, validity, stored, uidnext if upto is None else upto
-        )
+        end = uidnext if upto is None else upto
+        if not claim:
+            return min(await self._recent_mark(mailbox_id, validity, stored), end)
+        return await self.recent.claim(mailbox_id, validity, stored, end)
 
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
@@ -553,8 +602,18 @@ class SQLiteStore:
     async def dmarc_delete(
         self, policy_domain: str, period: int, *, report: Delivery | None = None
     ) -> int:
+        return await self._delete_and_report(
+            lambda c: authdata.dmarc_delete(c, policy_domain, period), report
+        )
+
+    async def _delete_and_report(
+        self, delete: Callable[[sqlite3.Connection], int], report: Delivery | None
+    ) -> int:
+        """Delete a report's rows and, when there were some, deliver ``report`` in the
+        same transaction (DMARC and TLS-RPT reports: sent once, never lost)."""
+
         def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None]:
-            deleted = authdata.dmarc_delete(c, policy_domain, period)  # type: ignore[arg-type]
+            deleted = delete(c)  # type: ignore[arg-type]
             if report is None or not deleted:
                 return deleted, [], None
             blob_id, placed = mail.deliver(c, report)  # type: ignore[arg-type]
@@ -567,6 +626,26 @@ class SQLiteStore:
         if qid is not None:
             self.changes.publish_queue()
         return deleted
+
+    async def tlsrpt_add(self, rows: Sequence[api.TlsResultRow]) -> None:
+        rows = list(rows)
+        await self.engine.write(lambda c: tlsdata.tlsrpt_add(c, rows))
+
+    async def tlsrpt_pending(self, before: int) -> list[api.TlsResultRow]:
+        return await self.engine.read(lambda c: tlsdata.tlsrpt_pending(c, before))
+
+    async def tlsrpt_delete(
+        self, policy_domain: str, period: int, *, report: Delivery | None = None
+    ) -> int:
+        return await self._delete_and_report(
+            lambda c: tlsdata.tlsrpt_delete(c, policy_domain, period), report
+        )
+
+    async def tls_report_add(self, report: api.TlsReport) -> int | None:
+        return await self.engine.write(lambda c: tlsdata.tls_report_add(c, report))
+
+    async def tls_reports(self, *, limit: int = 100, domain: str | None = None) -> list[api.TlsReport]:
+        return await self.engine.read(lambda c: tlsdata.tls_reports(c, limit, domain))
 
     async def queue_stats(self) -> QueueStats:
         return await self.engine.read(web.queue_stats)

@@ -183,7 +183,7 @@ class Engine:
         finally:
             self.timing(False, time.perf_counter() - started)
 
-    async def lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def lookup(self, fn: Callable[[sqlite3.Connection], T], *, snapshot: bool = True) -> T:
         """A point read by key (an address, a user id) on the calling thread.
 
         Why: the per-RCPT and per-login lookups are a few indexed rows of small tables that
@@ -193,6 +193,8 @@ class Engine:
         for a lock (``busy_timeout=0``): in the rare moments a WAL reader cannot start at
         once (a checkpoint restarting the WAL, recovery after a crash), the read goes to a
         reader thread like any other. Only for reads that touch a handful of rows.
+        ``snapshot=False``: ``fn`` runs a single statement, which is its own read
+        transaction, so the BEGIN and COMMIT around it are skipped.
         """
         if self._closed:
             raise RuntimeError("store is closed")
@@ -202,17 +204,19 @@ class Engine:
             conn.execute("PRAGMA busy_timeout=0")
             with self._reader_lock:
                 self._reader_conns.append(conn)
-        try:
-            conn.execute("BEGIN")
-        except sqlite3.OperationalError:  # busy: let a reader thread wait for it
-            return await self.read(fn)
+        if snapshot:
+            try:
+                conn.execute("BEGIN")
+            except sqlite3.OperationalError:  # busy: let a reader thread wait for it
+                return await self.read(fn)
         try:
             return fn(conn)
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) and "busy" not in str(e):
                 raise
         finally:
-            conn.execute("COMMIT")
+            if snapshot:
+                conn.execute("COMMIT")
         return await self.read(fn)
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

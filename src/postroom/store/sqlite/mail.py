@@ -7,6 +7,8 @@ are strictly ascending and never reused (the row is the only source of both).
 
 from __future__ import annotations
 
+import functools
+
 import sqlite3
 import time
 from array import array
@@ -283,40 +285,51 @@ def read_messages(
     summary: bool,
     data: bool,
     header_only: bool,
+    max_data: int | None = None,
 ) -> list[MessageContent]:
     """Metadata, summaries and bytes of messages in one read transaction (one thread hop).
 
     ``header_only``: the summary says where the body starts, and the blob is read through
     SQLite's incremental blob I/O up to there, so the overflow pages of a large body are
-    never touched.
+    never touched. ``max_data``: bytes of messages larger than this are not read (their
+    ``data`` is None; the size is in the metadata), so a read on the event loop's thread
+    stays small.
     """
     partial = data and header_only
-    cols = "m." + _META_COLS.replace(", ", ", m.")
-    if summary or partial:
-        cols += ", b.summary"
-    if data and not partial:
-        cols += ", b.data"
     out: list[MessageContent] = []
-    for part in chunks(sorted(set(uids))):
-        marks = ",".join("?" * len(part))
-        for r in conn.execute(
-            f"SELECT {cols} FROM messages m JOIN blobs b ON b.id = m.blob_id "
-            f"WHERE m.mailbox_id=? AND m.uid IN ({marks})",
-            (mailbox_id, *part),
-        ):
+    wanted = sorted(set(uids)) if len(uids) > 1 else uids
+    for part in chunks(wanted):
+        sql = _read_sql(summary or partial, data and not partial, max_data, len(part))
+        for r in conn.execute(sql, (mailbox_id, *part)):
             meta = meta_row(r)
-            raw_summary = bytes(r[8]) if summary or partial else None
+            raw_summary = r[8] if summary or partial else None
             body: bytes | None = None
             if partial:
                 assert raw_summary is not None
                 end = header_block_end(raw_summary)
                 with conn.blobopen("blobs", "data", meta.blob_id, readonly=True) as blob:
                     body = blob.read() if end is None else blob.read(min(end, len(blob)))
-            elif data:
-                body = bytes(r[-1])
+            elif data and r[-1] is not None:
+                body = r[-1]
             out.append(MessageContent(meta, raw_summary if summary else None, body))
-    out.sort(key=lambda c: c.meta.uid)
+    if len(out) > 1:
+        out.sort(key=lambda c: c.meta.uid)
     return out
+
+
+@functools.lru_cache(maxsize=128)
+def _read_sql(summary: bool, data: bool, max_data: int | None, count: int) -> str:
+    """The SELECT of :func:`read_messages` (built once per shape: it runs for every FETCH)."""
+    cols = "m." + _META_COLS.replace(", ", ", m.")
+    if summary:
+        cols += ", b.summary"
+    if data:
+        # SQLite knows a blob's size from the row header: a message over the limit costs
+        # no read of its overflow pages.
+        cols += ", b.data" if max_data is None else f", CASE WHEN m.size <= {int(max_data)} THEN b.data END"
+    join = " JOIN blobs b ON b.id = m.blob_id" if summary or data else ""
+    marks = ",".join("?" * count)
+    return f"SELECT {cols} FROM messages m{join} WHERE m.mailbox_id=? AND m.uid IN ({marks})"
 
 
 def read_column(conn: sqlite3.Connection, column: str, blob_ids: Sequence[int]) -> dict[int, bytes]:

@@ -24,6 +24,10 @@ class State(enum.Enum):
     SELECTED = "selected"
     LOGOUT = "logout"
 
+    # Members are singletons compared by identity: the C-level identity hash agrees with
+    # that, and spares the Python-level Enum.__hash__ on every command's state check.
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class Command:
@@ -165,19 +169,25 @@ def parse_head(line: bytes, state: State | None = None) -> Head:
     m = ATOM.match(line, pos + 1)
     if m is None:
         raise ImapPeerError(TEXT_NO_COMMAND, tag=tag)
-    name = m.group().decode("ascii").upper()
+    word = m.group().upper()
     pos = m.end()
-    if name == "UID":
+    if word == b"UID":
         m = ATOM.match(line, pos + 1) if line[pos : pos + 1] == b" " else None
         if m is None:
             raise ImapPeerError(TEXT_UNKNOWN, tag=tag)
-        name = "UID " + m.group().decode("ascii").upper()
+        word = b"UID " + m.group().upper()
         pos = m.end()
-    if name not in COMMAND_STATES:
+    # Known names only, as bytes: no decoding of what the client sent (every command).
+    name = _NAMES.get(word)
+    if name is None:
         raise ImapPeerError(TEXT_UNKNOWN, tag=tag)
-    if state is not None and not allowed_in(name, state):
+    if state is not None and state not in COMMAND_STATES[name]:
         raise ImapPeerError(TEXT_BAD_STATE, tag=tag)
-    return Head(tag, name, pos)
+    return _new_head(Head, (tag, name, pos))
+
+
+_NAMES = {name.encode("ascii"): name for name in COMMAND_STATES}
+_new_head = tuple.__new__  # Head(...) without the Python-level NamedTuple __new__
 
 
 # A command parser: the cursor stands right after the command name.

@@ -212,7 +212,12 @@ def new_mailbox(p: Parser, *, strip_delimiter: bool = False) -> str:
     ``strip_delimiter`` (CREATE, RFC 3501 6.3.3): a trailing delimiter only declares the
     intent to create children under the name.
     """
-    name = p.mailbox()
+    try:
+        name = p.mailbox()
+    except ImapPeerError as exc:
+        if exc.status != NO:
+            raise  # a syntax error stays BAD
+        raise ImapPeerError(exc.text, status=NO, code="CANNOT") from None
     if strip_delimiter and name.endswith(utf7.DELIMITER) and len(name) > 1:
         name = name[:-1]
     try:

@@ -104,6 +104,7 @@ class Fetch(_UidCommand):
     attributes: tuple[FetchAtt, ...]
     changed_since: int | None = None  # RFC 7162 3.1.4.1
     vanished: bool = False  # RFC 7162 3.2.6
+    partial: PartialRange | None = None  # (PARTIAL a:b), RFC 9394 3.3
 
     @property
     def sets_seen(self) -> bool:
@@ -188,11 +189,11 @@ def parse_fetch(p: Parser, tag: str, uid: bool) -> Fetch:
     seqset = parse_sequence_set(p)
     p.sp()
     atts = parse_fetch_atts(p)
-    changed_since = None
+    changed_since = partial = None
     vanished = False
     if p.try_sp():
-        changed_since, vanished = parse_fetch_modifiers(p, uid=uid)
-    return Fetch(tag, uid, seqset, atts, changed_since, vanished)
+        changed_since, vanished, partial = parse_fetch_modifiers(p, uid=uid)
+    return Fetch(tag, uid, seqset, atts, changed_since, vanished, partial)
 
 
 # store-att-flags = (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))
