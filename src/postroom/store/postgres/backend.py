@@ -351,9 +351,9 @@ class PostgresStore:
         found = await self.engine.read(lambda c: mail.snapshot_rows(c, user_id, name, self.snapshots))
         if found is None:
             return None
-        (mailbox_id, owner, real_name, validity, uidnext, modseq, _), uids, flags, kws = found
+        (mailbox_id, owner, real_name, validity, uidnext, modseq, recent), uids, flags, kws = found
         uids, kws = array("I", uids), dict(kws)  # the cache keeps the originals
-        recent_from = uidnext
+        recent_from = min(recent, uidnext)  # not claiming: the first unclaimed UID
         if claim_recent:
             recent_from = await self.claim_recent(mailbox_id, uidnext)
         return MailboxSnapshot(
