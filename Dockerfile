@@ -16,7 +16,8 @@ RUN useradd --system --home-dir /var/lib/postroom --shell /usr/sbin/nologin post
 
 COPY pyproject.toml README.md /src/
 COPY src /src/src
-RUN pip install --no-cache-dir /src && rm -rf /src
+# [s3]: the S3 client, for store.blob_store = "s3" (PostgreSQL nodes).
+RUN pip install --no-cache-dir "/src[s3]" && rm -rf /src
 COPY packaging/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 
 VOLUME ["/var/lib/postroom", "/etc/postroom"]

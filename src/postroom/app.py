@@ -19,7 +19,7 @@ import signal
 import sys
 from typing import Any
 
-from postroom import datadir, logs, privileges
+from postroom import config, datadir, logs, privileges
 from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
 from postroom.auth.failures import MemoryLoginGuard, SharedLoginGuard
@@ -32,6 +32,7 @@ from postroom.policy.disk import FreeSpaceGuard
 from postroom.policy.dns import make_resolver
 from postroom.services import Services, load_secret
 from postroom.store.api import Store
+from postroom.store.open import node_name, node_peers
 from postroom.tls import TlsContexts
 
 log = logging.getLogger("postroom")
@@ -47,10 +48,12 @@ def build_services(
     Call it after the privilege drop: the CPU worker pool (``limits.cpu_workers``, per
     serving process) starts its processes on first use, as the final user.
 
-    ``metrics``: the process's figures (its store timings are already wired by
-    :func:`open_store`); ``bound``: where each role listens (auto-configuration answers)."""
+    ``peers``: the other serving processes (default: the backend's own channel between
+    nodes, PostgreSQL's NOTIFY; else none). ``metrics``: the process's figures (its
+    store timings are already wired by :func:`open_store`); ``bound``: where each role
+    listens (auto-configuration answers)."""
     metrics = metrics if metrics is not None else Metrics()
-    peers = peers if peers is not None else LocalPeers()
+    peers = peers if peers is not None else node_peers(store) or LocalPeers()
     services = Services(
         settings=settings, store=store,
         directory=Directory(store, settings.limits.auth_cache_ttl, settings.smtp.postmaster),
@@ -61,6 +64,7 @@ def build_services(
         ),
         free_space=FreeSpaceGuard(settings.data_dir, settings.limits.free_space_threshold),
         peers=peers,
+        node=node_name(settings),
         cpu=CpuPool(settings.limits.cpu_workers),
         # Failed logins count in every serving process (docs/operations.md).
         login_guard=SharedLoginGuard(MemoryLoginGuard.from_limits(settings.limits), peers),
@@ -154,7 +158,8 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     CAP_NET_BIND_SERVICE), and everything that creates files (the store, the server
     secret, the queue journal) must run as the final user so that it owns them.
     """
-    from postroom.store.sqlite import open_store
+    from postroom.store.api import StoreError
+    from postroom.store.open import open_store
 
     loop = asyncio.get_running_loop()
     lock = lock_data_dir(settings)
@@ -189,7 +194,15 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
     if not drop_privileges(settings):
         datadir.unlock(lock)
         return 1
-    store = open_store(settings.data_dir, fsync=settings.fsync, timing=metrics.store_op)
+    try:
+        store = await open_store(settings, timing=metrics.store_op)
+    except (StoreError, config.ConfigError) as e:
+        # An unreachable database, or a schema this postroom must not touch (newer than
+        # it knows, or older with store.auto_migrate off): say so and stop.
+        print(f"postroom: error: {e}", file=sys.stderr)
+        await listeners.close(0)
+        datadir.unlock(lock)
+        return 1
     services = build_services(
         settings, store, tls, listeners.shutdown, metrics=metrics, bound=bound_by_role,
     )

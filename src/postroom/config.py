@@ -73,6 +73,12 @@ def parse_size(value: object) -> int:
     raise ValueError("a size: bytes as an integer, or a string like \"50M\", \"512K\", \"1G\"")
 
 
+def _at_least_f(value: float, lo: float, what: str) -> float:
+    if value < lo:
+        raise ValueError(what)
+    return value
+
+
 def _at_least(value: int, lo: int, what: str) -> int:
     if value < lo:
         raise ValueError(what)
@@ -121,6 +127,12 @@ def _hostname(value: object) -> str:
 
 
 _ACCOUNT_RE = re.compile(r"^(|[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?)$")
+
+
+def _node_name(value: object) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9._:@/-]{0,100}$", value):
+        raise ValueError("a name of letters, digits and . _ : @ / - (at most 100)")
+    return value
 
 
 def _account_name(value: object) -> str:
@@ -435,6 +447,7 @@ class OutboundSettings:
     tls_ca_file: str = ""
     connection_cache_time: float = 2.0
     queue_poll_interval: float = 5.0
+    lease_time: float = 120.0
     dane: bool = True
     mta_sts: bool = True
     mta_sts_port: int = 443
@@ -482,6 +495,7 @@ class TlsReportsSettings:
 class ServerSettings:
     user: str = ""  # switch to this account after binding the listeners (started as root)
     group: str = ""  # its group; empty: the account's primary group
+    node_name: str = ""  # this node among those sharing a database; "" = host:data folder
     workers: int = 0  # serving processes; 0 = "auto"
 
     def worker_count(self) -> int:
@@ -518,6 +532,74 @@ def cgroup_cpu_quota(path: str | None = None) -> int | None:
     if quota == "max" or not quota.isdigit() or not period.isdigit() or int(period) == 0:
         return None
     return max(1, -(-int(quota) // int(period)))
+
+
+STORE_BACKENDS = ("sqlite", "postgresql")
+BLOB_STORES = ("database", "s3")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    backend: str = "sqlite"
+    url: str = ""  # libpq URL of the PostgreSQL database, without a password
+    password_file: str = ""  # the database password (first line); else PGPASSWORD or none
+    pool_size: int = 10
+    auto_migrate: bool = True
+    blob_store: str = "database"
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key_file: str = ""  # else POSTROOM_S3_SECRET_KEY
+    s3_prefix: str = "postroom/"
+    s3_min_size: int = 0
+
+    def password(self, base: Path) -> str | None:
+        """The database password from ``password_file`` (None: libpq's PGPASSWORD,
+        .pgpass, or no password). Read when the store opens, never kept in settings."""
+        if not self.password_file:
+            return None
+        return _first_line(base / self.password_file, "store.password_file")
+
+    def s3_secret_key(self, base: Path) -> str:
+        import os
+
+        if self.s3_secret_key_file:
+            return _first_line(base / self.s3_secret_key_file, "store.s3_secret_key_file")
+        return os.environ.get("POSTROOM_S3_SECRET_KEY", "")
+
+
+def _first_line(path: Path, key: str) -> str:
+    try:
+        return path.read_text().splitlines()[0].strip()
+    except IndexError:
+        raise ConfigError(f"{key}: {path} is empty") from None
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
+
+
+def _database_url(value: object) -> str:
+    """A PostgreSQL URL without a password (it would show in logs and error messages)."""
+    from urllib.parse import urlsplit
+
+    what = 'a PostgreSQL URL like "postgresql://postroom@db.example.org:5432/postroom"'
+    if not isinstance(value, str):
+        raise ValueError(what)
+    if value == "":
+        return value
+    url = urlsplit(value)
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ValueError(what)
+    if url.password is not None or "password=" in url.query:
+        raise ValueError(what + " without a password (use store.password_file or PGPASSWORD)")
+    return value
+
+
+def _http_url(value: object) -> str:
+    what = 'an http(s) URL like "https://s3.example.org" or "http://127.0.0.1:9000"'
+    if not isinstance(value, str) or not (value == "" or re.match(r"^https?://[^/\s]+/?$", value)):
+        raise ValueError(what)
+    return value.rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +660,7 @@ class Settings:
     http: HttpSettings = HttpSettings()
     mta_sts: MtaStsSettings = MtaStsSettings()
     server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
     acme: AcmeSettings = AcmeSettings()
     fsync: bool = True
 
@@ -662,6 +745,7 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "tls_ca_file": _string,
         "connection_cache_time": parse_duration,
         "queue_poll_interval": parse_duration,
+        "lease_time": lambda v: _at_least_f(parse_duration(v), 3.0, "a duration of at least 3s"),
         "dane": _boolean,
         "mta_sts": _boolean,
         "mta_sts_port": _int_range(1, 65535),
@@ -700,7 +784,23 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "request_timeout": parse_duration,
     },
     "mta_sts": {"mode": _choice(*MTA_STS_MODES), "mx": _mx_patterns, "max_age": _mta_sts_max_age},
-    "server": {"user": _account_name, "group": _account_name, "workers": _workers},
+    "server": {"user": _account_name, "group": _account_name, "workers": _workers,
+               "node_name": _node_name},
+    "store": {
+        "backend": _choice(*STORE_BACKENDS),
+        "url": _database_url,
+        "password_file": _string,
+        "pool_size": _int_range(2, 1000),
+        "auto_migrate": _boolean,
+        "blob_store": _choice(*BLOB_STORES),
+        "s3_endpoint": _http_url,
+        "s3_bucket": _string,
+        "s3_region": _string,
+        "s3_access_key": _string,
+        "s3_secret_key_file": _string,
+        "s3_prefix": _string,
+        "s3_min_size": parse_size,
+    },
 }
 _LISTENER_KEYS: dict[str, _Parser] = {"address": parse_hostport, "role": _choice(*ROLES)}
 _SECTION_CLASSES = {
@@ -717,6 +817,7 @@ _SECTION_CLASSES = {
     "http": HttpSettings,
     "mta_sts": MtaStsSettings,
     "server": ServerSettings,
+    "store": StoreSettings,
 }
 
 
@@ -736,7 +837,13 @@ def _check(path: Path, key: str, parser: _Parser, value: object) -> Any:
         return parser(value)
     except ValueError as e:
         return_value = e.args[0] if e.args else "a valid value"
-        raise _fail(path, key, f"got {value!r}; allowed: {return_value}") from None
+        shown = redact_url(value) if key == "store.url" and isinstance(value, str) else value
+        raise _fail(path, key, f"got {shown!r}; allowed: {return_value}") from None
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit to print: any password replaced by ``***``."""
+    return re.sub(r"(?<=://)([^/@:]*):[^/@]*@", r"\1:***@", re.sub(r"(password=)[^&]*", r"\1***", url))
 
 
 def load(path: str | Path) -> Settings:
@@ -822,7 +929,19 @@ def from_mapping(doc: Mapping[str, Any], path: Path) -> Settings:
         fsync=top.get("fsync", True),
         **kwargs,
     )
+    _check_store(path, settings.store)
     return settings
+
+
+def _check_store(path: Path, store: StoreSettings) -> None:
+    if store.backend == "postgresql" and not store.url:
+        raise _fail(path, "store.url", "required with store.backend = \"postgresql\"")
+    if store.blob_store == "s3":
+        if store.backend != "postgresql":
+            raise _fail(path, "store.blob_store", "\"s3\" needs store.backend = \"postgresql\"")
+        for key in ("s3_endpoint", "s3_bucket", "s3_access_key"):
+            if not getattr(store, key):
+                raise _fail(path, f"store.{key}", "required with store.blob_store = \"s3\"")
 
 
 def _acme(path: Path, base: Path, tls: Mapping[str, Any]) -> AcmeSettings:

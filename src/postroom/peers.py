@@ -9,8 +9,9 @@ best effort and unordered across publishers: only for state where a lost or late
 costs a little (one more greeting delay), never correctness.
 
 Implementations: :class:`LocalPeers` (one process: there is nobody to tell), the process
-bus (``postroom.processes.bus.WorkerBus``) and, for PostgreSQL nodes, NOTIFY on a
-channel per topic.
+bus (``postroom.processes.bus.WorkerBus``) and, on PostgreSQL, the database's NOTIFY
+channel (``postroom.store.postgres.notify.NotifyPeers``), which reaches every serving
+process of every node.
 """
 
 from __future__ import annotations

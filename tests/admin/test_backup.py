@@ -32,7 +32,7 @@ EXTRA = '[outbound]\ntransport = { "far.example" = "127.0.0.1:1" }\n'  # refused
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "srv", roles=("mx", "submission", "imaps"), extra=EXTRA)
+    srv = Server(tmp_path / "srv", roles=("mx", "submission", "imaps"), extra=EXTRA, backend="sqlite")
     srv.add_user(ALICE)
     srv.add_user(BOB)
     srv.start()
@@ -73,7 +73,7 @@ def states(srv: Server) -> dict[str, dict]:  # type: ignore[type-arg]
 
 
 def restored_server(tmp_path: Path, backup: Path, name: str) -> Server:
-    srv = Server(tmp_path / name, roles=("mx", "submission", "imaps"), extra=EXTRA)
+    srv = Server(tmp_path / name, roles=("mx", "submission", "imaps"), extra=EXTRA, backend="sqlite")
     report = ok_json(srv.config, "restore", str(backup))
     assert report["replaced"] is None  # the new server's data folder was empty
     return srv.start()
@@ -166,7 +166,7 @@ def test_restore_refusals(server: Server, tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     db.write_bytes(bytes(data))
     assert "wrong checksum" in fails(server.config, "restore", "--check", str(damaged))
-    fresh = Server(tmp_path / "fresh", roles=("imaps",))
+    fresh = Server(tmp_path / "fresh", roles=("imaps",), backend="sqlite")
     assert "wrong checksum" in fails(fresh.config, "restore", str(damaged))
     assert list(fresh.data.iterdir()) == []
     (damaged / "MANIFEST.json").unlink()
@@ -257,3 +257,13 @@ def test_restore_refuses_symbolic_links_and_special_files(server: Server, tmp_pa
     fresh = Server(tmp_path / "plain-srv", roles=("imaps",))
     ok_json(fresh.config, "restore", str(bk))
     assert (fresh.data / "server.key").read_bytes() == (server.data / "server.key").read_bytes()
+
+
+def test_backup_and_restore_refuse_a_postgresql_store(tmp_path: Path) -> None:
+    """PostgreSQL is backed up with its own tools; postroom says so instead of copying a
+    data folder that holds no mail."""
+    srv = Server(tmp_path / "pg", roles=("imaps",), backend="postgresql")
+    for args in (("backup", str(tmp_path / "b")), ("restore", str(tmp_path / "b"))):
+        r = srv.cli(*args)
+        assert r.returncode == 1 and "pg_dump" in r.stderr, r.stderr
+    assert not (tmp_path / "b").exists()

@@ -67,7 +67,7 @@ def fill(conn: object, delimiter: str, big: bool = True) -> None:
 
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "target", roles=("imaps",))
+    srv = Server(tmp_path / "target", roles=("imaps",), backend="sqlite")
     srv.add_user(ALICE)
     srv.start()
     try:

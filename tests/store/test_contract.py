@@ -386,6 +386,30 @@ def test_queue_lifecycle(store_run: Any) -> None:
     store_run(body)
 
 
+def test_queue_leases_between_nodes(store_run: Any) -> None:
+    """Two nodes on one store: a leased entry is worked by one of them; its lease lasts
+    while the holder renews it and passes to the other once renewals stop."""
+
+    async def body(store: Any) -> None:
+        entry = NewQueueEntry(qid="QL", sender="", recipients=(QueueRecipient("x@remote.test"),))
+        await store.deliver(Delivery(data=MSG, summary=b"S", queue=entry))
+        (q,) = await store.queue_list()
+        now = q.created
+        assert [m.qid for m in await store.queue_due(now, 10, 60, "node1")] == ["QL"]
+        assert await store.queue_due(now + 59, 10, 60, "node2") == []
+        assert await store.queue_renew_leases("node2", ["QL"], now + 500) == 0  # not its lease
+        assert await store.queue_renew_leases("node1", ["QL", "nope"], now + 120) == 1
+        assert await store.queue_due(now + 119, 10, 60, "node2") == []
+        assert await store.queue_next_due() == now + 120
+        (taken,) = await store.queue_due(now + 120, 10, 60, "node2")  # node1 stopped renewing
+        assert taken.qid == "QL"
+        assert await store.queue_renew_leases("node1", ["QL"], now + 300) == 0  # lost it
+        assert await store.queue_release_leases("node1") == 0
+        assert await store.queue_release_leases("node2") == 1
+
+    store_run(body)
+
+
 def test_queue_delete_releases_blob(store_run: Any) -> None:
     async def body(store: Any) -> None:
         entry = NewQueueEntry(qid="Q9", sender="", recipients=(QueueRecipient("x@remote.test"),))

@@ -14,6 +14,7 @@ import pytest
 from postroom.deliver import summarize
 from postroom.store.api import Delivery
 from postroom.store.sqlite import open_store
+from postroom.store.schema import statements
 from postroom.store.sqlite.schema import MIGRATIONS, current_version
 
 
@@ -79,10 +80,9 @@ def test_migration_3_backfills_search_texts(tmp_path: Path) -> None:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     for step in MIGRATIONS[:2]:
-        assert isinstance(step, str)
-        for statement in step.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        assert isinstance(step.sqlite, str)
+        for statement in statements(step.sqlite):
+            conn.execute(statement)
     conn.execute("INSERT INTO meta VALUES('schema_version', '2')")
     conn.execute("INSERT INTO domains VALUES(1, 'example.test', 0)")
     conn.execute("INSERT INTO users(id, domain_id, address, password_hash, created) "

@@ -3,6 +3,11 @@
 Ports are chosen by the kernel (the config says port 0) and read back from the server's
 ``listening ROLE HOST:PORT`` lines, so parallel test runs never collide.
 
+The store is SQLite in the server's data folder, or with ``backend="postgresql"`` (the
+default when ``POSTROOM_E2E_BACKEND=postgresql``) a fresh database on this test
+process's private PostgreSQL server (``support.postgres``), so that the same end-to-end
+tests prove both backends.
+
 Worker processes: a server runs as one process (``[server] workers = 1``) unless the
 test asks for ``workers`` (tests/e2e/test_workers_*.py do), which keeps the suite quick;
 ``POSTROOM_TEST_WORKERS=N`` makes N the default for every server of the run, to run the
@@ -22,8 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from postroom import config as config_file
 from postroom.admin.service import AdminService
-from postroom.store.sqlite import open_store
+from postroom.store.open import open_store
 from postroom.tls import write_self_signed
 
 ALL_ROLES = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
@@ -39,15 +45,19 @@ class Server:
         extra: str = "",
         fsync: bool = False,
         hostname: str = "mail.example.test",
+        backend: str | None = None,
+        database: str = "",
         hosts: dict[str, str] | None = None,
         workers: int | str | None = None,  # a number or "auto"
         fixed_ports: dict[str, int] | None = None,
         tls: str | None = None,
     ) -> None:
-        """``fixed_ports``: roles that listen on a given port instead of a free one (a peer
-        must know it before we start); ``tls``: the body of [tls] instead of the test
-        certificate (e.g. ``acme = true``)."""
+        """``database``: a PostgreSQL URL to share with other servers (several nodes);
+        default a fresh database of its own. ``fixed_ports``: roles that listen on a
+        given port instead of a free one (a peer must know it before we start); ``tls``:
+        the body of [tls] instead of the test certificate (e.g. ``acme = true``)."""
         self.root = root
+        self.backend = backend or os.environ.get("POSTROOM_E2E_BACKEND", "sqlite")
         self.roles = roles
         self.hostname = hostname
         self.data = root / "data"
@@ -81,6 +91,19 @@ class Server:
         # [auth_checks] (the tests in tests/e2e/test_mail_auth.py serve records locally).
         if "[auth_checks]" not in extra:
             limits += "[auth_checks]\nenabled = false\n"
+        self.database = ""
+        if self.backend == "postgresql" and "[store]" not in extra:
+            from support.postgres import fresh_database
+
+            # A server made again on the same folder (a restart) finds its database again.
+            remembered = root / "database.url"
+            if not database and remembered.exists():
+                database = remembered.read_text()
+            self.database = database or fresh_database()
+            remembered.write_text(self.database)
+            limits += f'[store]\nbackend = "postgresql"\nurl = "{self.database}"\n'
+        elif self.backend not in ("sqlite", "postgresql"):  # or the test brings its [store]
+            raise ValueError(f"unknown backend {self.backend!r}")
         tls_body = tls if tls is not None else f'cert = "{self.cert}"\nkey = "{self.key}"'
         self.config.write_text(
             f'hostname = "{hostname}"\ndata_dir = "data"\nfsync = {str(fsync).lower()}\n'
@@ -92,8 +115,10 @@ class Server:
 
     # -- accounts, through the same store the server uses ------------------------------
     def admin(self, fn: Any) -> Any:
+        settings = config_file.load(self.config)
+
         async def run() -> Any:
-            store = open_store(self.data, fsync=False)
+            store = await open_store(settings)
             try:
                 return await fn(AdminService(store), store)
             finally:

@@ -288,6 +288,7 @@ def _backup_sync(settings: Settings, destination: Path, progress: Progress) -> B
 async def backup(settings: Settings, destination: Path, progress: Progress | None = None) -> BackupReport:
     """Back up the data folder of ``settings`` (the server may be running) to ``destination``."""
     progress = progress or Progress()
+    _sqlite_only(settings, "backup")
     if not settings.data_dir.is_dir():
         raise AdminError(f"{settings.data_dir}: data folder missing")
     lock = datadir.lock_shared(settings.data_dir)
@@ -295,6 +296,17 @@ async def backup(settings: Settings, destination: Path, progress: Progress | Non
         return await asyncio.to_thread(_backup_sync, settings, destination, progress)
     finally:
         datadir.unlock(lock)
+
+
+def _sqlite_only(settings: Settings, what: str) -> None:
+    """A PostgreSQL database is backed up with PostgreSQL's tools, which do it better
+    (consistent online dumps, point-in-time recovery, replicas)."""
+    if settings.store.backend != "sqlite":
+        raise AdminError(
+            f"`postroom {what}` copies an SQLite data folder; this server's store is PostgreSQL: "
+            "use pg_dump / pg_basebackup (or the managed service's snapshots), and copy each "
+            "node's data folder (server.key, tls/) as files (docs/scaling.md)"
+        )
 
 
 # -- restore ---------------------------------------------------------------------------
@@ -470,5 +482,6 @@ async def restore(
     settings: Settings, source: Path, *, force: bool = False, progress: Progress | None = None
 ) -> RestoreReport:
     """Replace the data folder of ``settings`` with the backup at ``source`` (server stopped)."""
+    _sqlite_only(settings, "restore")
     return await asyncio.to_thread(_restore_sync, settings, source.absolute(), force,
                                    progress or Progress())

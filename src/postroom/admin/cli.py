@@ -53,14 +53,15 @@ def _load(args: argparse.Namespace, *, files: bool = True) -> config.Settings:
 def _with_service(
     args: argparse.Namespace, fn: Callable[[AdminService], Coroutine[Any, Any, Any]]
 ) -> Any:
-    from postroom.store.sqlite import open_store
+    from postroom.store.api import StoreError
+    from postroom.store.open import open_store
 
     settings = _load(args, files=False)
     if not settings.data_dir.is_dir():
         raise CliError(f"{settings.data_dir}: data folder missing (run `postroom init`)")
 
     async def run() -> Any:
-        store = open_store(settings.data_dir, fsync=settings.fsync)
+        store = await open_store(settings)
         try:
             return await fn(AdminService(store, settings))
         finally:
@@ -68,7 +69,7 @@ def _with_service(
 
     try:
         return asyncio.run(run())
-    except AdminError as e:
+    except (AdminError, StoreError, config.ConfigError) as e:
         raise CliError(str(e)) from None
 
 
@@ -161,6 +162,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for lst in settings.listeners:
             print(f"  listener {lst}")
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the schema migrations this postroom knows (``--check``: only report)."""
+    from postroom.store import open as store_open
+    from postroom.store.api import StoreError
+
+    settings = _load(args, files=False)
+    if settings.store.backend == "sqlite" and not settings.data_dir.is_dir():
+        raise CliError(f"{settings.data_dir}: data folder missing (run `postroom init`)")
+    try:
+        if args.check:
+            found, known = asyncio.run(store_open.schema_status(settings))
+            after = found
+        else:
+            found, after = asyncio.run(store_open.migrate(settings))
+            known = after
+    except (StoreError, config.ConfigError) as e:
+        raise CliError(str(e)) from None
+    state = "up to date" if after == known else "needs `postroom migrate`"
+    if found > known:
+        state = "newer than this postroom: upgrade postroom"
+    if args.json:
+        print(json.dumps({"backend": settings.store.backend, "before": found, "version": after,
+                          "known": known, "up_to_date": after == known}))
+    elif after != found:
+        print(f"{settings.store.backend}: schema version {found} -> {after}")
+    else:
+        print(f"{settings.store.backend}: schema version {after} ({state})")
+    return 0 if after == known else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -380,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
     s.set_defaults(func=cmd_check_config)
+    s = sub.add_parser("migrate", parents=[common],
+                       help="bring the database schema up to date (--check: only report)")
+    s.add_argument("--check", action="store_true",
+                   help="report the schema version; exit 1 when migrations are pending")
+    s.set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("domain", parents=[common], help="manage mail domains")
     dsub = s.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -36,14 +36,19 @@ def _progress(args: argparse.Namespace) -> Progress:
 def _run_with_store(
     settings: config.Settings, fn: Callable[[Any], Coroutine[Any, Any, Any]]
 ) -> Any:
-    from postroom.store.sqlite import open_store
+    from postroom.store.api import StoreError
+    from postroom.store.open import open_store
 
     if not settings.data_dir.is_dir():
         raise DataCliError(f"{settings.data_dir}: data folder missing (run `postroom init`)")
 
     async def run() -> Any:
         lock = datadir.lock_shared(settings.data_dir)
-        store = open_store(settings.data_dir, fsync=settings.fsync)
+        try:
+            store = await open_store(settings)
+        except BaseException:
+            datadir.unlock(lock)
+            raise
         try:
             return await fn(store)
         finally:
@@ -52,7 +57,7 @@ def _run_with_store(
 
     try:
         return asyncio.run(run())
-    except (AdminError, datadir.DataDirBusy) as e:
+    except (AdminError, datadir.DataDirBusy, StoreError, config.ConfigError) as e:
         raise DataCliError(str(e)) from None
 
 

@@ -78,7 +78,7 @@ def render_config(hostname: str, data_dir: str, ports: dict[str, int], bind: str
 def initialise(opts: InitOptions) -> dict[str, Any]:
     from postroom import config
     from postroom.auth import passwords
-    from postroom.store.sqlite import open_store
+    from postroom.store.open import open_store
     from postroom.tls import write_self_signed
 
     path = opts.config_path.absolute()
@@ -129,7 +129,7 @@ def initialise(opts: InitOptions) -> dict[str, Any]:
     }
 
     async def populate() -> None:
-        store = open_store(data_dir, fsync=settings.fsync)
+        store = await open_store(settings)
         try:
             admin = AdminService(store)
             if domain and await store.get_domain(domain) is None:

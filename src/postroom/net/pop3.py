@@ -10,8 +10,9 @@ and the dead session can never send QUIT anyway. An older session that is alread
 UPDATE state (QUIT received) finishes it first; the new snapshot then follows its
 deletions. Only when the older session does not end within ``TAKEOVER_GRACE`` +
 ``TAKEOVER_WAIT`` seconds does the new login get ``-ERR [IN-USE]``. With worker processes
-(``server.workers``) the older session may run in another worker: the new one asks every
-other process to end it (a ``postroom.peers`` note) and waits for the lock as long.
+(``server.workers``), or on another PostgreSQL node, the older session may run in another
+process: the new one asks every other process to end it (a ``postroom.peers`` note, by
+NOTIFY on PostgreSQL) and waits for the lock as long.
 
 Timeouts: before login a client has ``limits.login_timeout`` in total from connecting;
 after it, ``limits.pop3_idle_timeout`` of silence, and each command line must be whole
@@ -34,6 +35,7 @@ matters for clients that download thousands of messages.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -60,7 +62,16 @@ from postroom.proto.pop3.events import (
 from postroom.proto.pop3.server import Pop3Server, Pop3Settings
 from postroom.proto.sasl import ScramCredentials, server_mechanism, urandom_nonce
 from postroom.services import Services
-from postroom.store.api import FLAG_SEEN, FlagChange, MessageMeta, NotFound, Store, User
+from postroom.store.api import (
+    FLAG_SEEN,
+    FlagChange,
+    MessageMeta,
+    NotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    User,
+)
 
 log = logging.getLogger("postroom.pop3")
 
@@ -74,6 +85,7 @@ READ_AHEAD_BYTES = 2 * 1024 * 1024
 TAKEOVER_GRACE = 1.0
 TAKEOVER_WAIT = 5.0
 TAKEN_OVER = b"-ERR [IN-USE] session ended: the same user logged in again\r\n"
+UNAVAILABLE = b"-ERR [SYS/TEMP] mail store unavailable, try again later\r\n"
 
 
 class _ReadAhead:
@@ -308,6 +320,13 @@ class Pop3Session:
                 elif isinstance(event, Closed):
                     await self._flush()
                     return
+        except StoreUnavailable:
+            # A database restart: say so (RFC 3206 SYS/TEMP: try again later) and close;
+            # nothing marked for deletion is removed (no UPDATE state was reached).
+            logs.event(log, "store_unavailable", logging.WARNING, session=self.id)
+            with contextlib.suppress(OSError, ConnectionError):
+                await self._flush()
+                await self.conn.send(UNAVAILABLE)
         finally:
             await self._finish(time.monotonic() - started)
 
@@ -420,7 +439,7 @@ class Pop3Session:
                 await budget.tick()
                 maildrop.append((m.size, f"{m.id:x}"))
         except BaseException:
-            await self._unlock()  # never suspends for the SQLite backend (a record lock)
+            await self._unlock()
             raise
         self.drop = _Maildrop(user, inbox.id, messages, store)
         await self.auth.succeeded(user, mechanism)
@@ -470,7 +489,7 @@ class Pop3Session:
         drop.reader.close()
         try:
             await self._mark_seen(set())
-        except NotFound:
+        except (NotFound, StoreUnavailable):
             pass
         finally:
             await self._unlock()
@@ -485,7 +504,10 @@ class Pop3Session:
         user_id = self._locked
         if user_id is not None:
             self._locked = None
-            await self.services.store.unlock_maildrop(user_id)
             if self.holders.get(user_id) is self:
                 del self.holders[user_id]
+            try:
+                await self.services.store.unlock_maildrop(user_id)
+            except StoreError as e:  # the database is gone: its lock went with the session
+                logs.event(log, "pop3_unlock_failed", logging.WARNING, session=self.id, error=str(e))
         self.released.set()

@@ -44,7 +44,6 @@ from postroom.proto.smtp import replies as R
 from postroom.proto.smtp.events import (
     CLOSED,
     NEED_DATA,
-    AuthAborted,
     AuthResponse,
     AuthStart,
     BurlFetch,
@@ -61,7 +60,7 @@ from postroom.proto.smtp.grammar import Address
 from postroom.proto.smtp.replies import Reply
 from postroom.proto.smtp.server import ServerConnection
 from postroom.services import Services
-from postroom.store.api import Delivery, NewQueueEntry, QueueRecipient
+from postroom.store.api import Delivery, NewQueueEntry, QueueRecipient, StoreUnavailable
 from postroom.tls import describe
 
 log = logging.getLogger("postroom.smtp")
@@ -228,38 +227,56 @@ class SmtpSession:
                 if out:
                     await self.conn.send(out)
                 return
-            elif isinstance(event, RcptTo):
-                await self._rcpt(event)
-            elif isinstance(event, MessageComplete):
-                await self._message(event)
-            elif isinstance(event, BurlFetch):
-                await self._burl(event)
-            elif isinstance(event, MailFrom):
-                await self._mail(event)
-            elif isinstance(event, Hello):
-                self.services.metrics.command("smtp", "ehlo" if event.esmtp else "helo")
-                self.helo = event.hostname
-                self.resolutions.clear()
-                self.core.accept()
-            elif isinstance(event, StartTls):
-                self.services.metrics.command("smtp", "starttls")
-                if not await self._starttls():
-                    return
-            elif isinstance(event, (AuthStart, AuthResponse)):
-                await self._auth(event)
-            elif isinstance(event, MessageRefused):
-                reply = f"{event.reply.code} {event.reply.enhanced}"
-                logs.event(
-                    log, "message_refused", session=self.id, client=self.conn.peer_ip,
-                    reply=reply, size=event.size,
-                )
-                self.services.metrics.command("smtp", "data")
-                self.services.metrics.delivery("in", "refused")
-                self.services.delivery_log.record(
-                    "in", "", "", ",".join(self.rcpt_results), "refused", f"{reply} {event.reply.text}"
-                )
-            elif isinstance(event, AuthAborted):
-                pass
+            else:
+                try:
+                    if not await self._decide(event):
+                        return
+                except StoreUnavailable:
+                    self._unavailable()
+
+    def _unavailable(self) -> None:
+        """The store went away while a command was being decided (a database restart):
+        answer it with a temporary error, so the client retries later (RFC 5321 4.2.5)."""
+        logs.event(log, "store_unavailable", logging.WARNING, session=self.id)
+        event = self.core.awaiting
+        if isinstance(event, (AuthStart, AuthResponse)):
+            self.core.auth_failure(R.AUTH_TEMP_FAIL)
+        elif event is not None:
+            self.core.reject(R.TEMP_FAIL)
+
+    async def _decide(self, event: object) -> bool:
+        """Act on one event of the core (all but reading and closing); False: the
+        session ends (a failed TLS handshake)."""
+        if isinstance(event, RcptTo):
+            await self._rcpt(event)
+        elif isinstance(event, MessageComplete):
+            await self._message(event)
+        elif isinstance(event, BurlFetch):
+            await self._burl(event)
+        elif isinstance(event, MailFrom):
+            await self._mail(event)
+        elif isinstance(event, Hello):
+            self.services.metrics.command("smtp", "ehlo" if event.esmtp else "helo")
+            self.helo = event.hostname
+            self.resolutions.clear()
+            self.core.accept()
+        elif isinstance(event, StartTls):
+            self.services.metrics.command("smtp", "starttls")
+            return await self._starttls()
+        elif isinstance(event, (AuthStart, AuthResponse)):
+            await self._auth(event)
+        elif isinstance(event, MessageRefused):
+            reply = f"{event.reply.code} {event.reply.enhanced}"
+            logs.event(
+                log, "message_refused", session=self.id, client=self.conn.peer_ip,
+                reply=reply, size=event.size,
+            )
+            self.services.metrics.command("smtp", "data")
+            self.services.metrics.delivery("in", "refused")
+            self.services.delivery_log.record(
+                "in", "", "", ",".join(self.rcpt_results), "refused", f"{reply} {event.reply.text}"
+            )
+        return True
 
     # ---------------------------------------------------------------------------------
     async def _starttls(self) -> bool:
@@ -537,8 +554,11 @@ class SmtpSession:
                 await self._bounce_over_quota(event, qid, stored, result.over_quota)
         except BudgetExceeded:
             raise  # answered by _message
-        except Exception:
-            log.exception("delivery failed session=%s", self.id)
+        except Exception as e:
+            if isinstance(e, StoreUnavailable):  # a database restart: expected, no traceback
+                logs.event(log, "store_unavailable", logging.WARNING, session=self.id, qid=qid)
+            else:
+                log.exception("delivery failed session=%s", self.id)
             self.core.reject(STORE_FAILED)
             self._log(event, qid, "451 store failed", started)
             return

@@ -15,6 +15,16 @@ server (``app.run``). The supervisor
 * forwards SIGHUP to the workers (certificate reload) and, on SIGTERM/SIGINT, stops them
   (each finishes its sessions for ``limits.shutdown_grace``) before it stops the queue.
 
+With ``store.backend = "postgresql"`` each worker is one more client of the database,
+like a node of its own: its own connection pool and LISTEN/NOTIFY connection, changes
+between workers (IMAP IDLE, NOTIFY) travel by NOTIFY as between nodes, \\Recent is
+claimed on the mailbox row, and ``postroom.peers`` notes go by NOTIFY too. The bus then
+carries only what is about this server: readiness, metrics, and the workers' queue
+wake-ups (a message a worker queued is the supervisor's queue's to send; between nodes a
+delivery wakes only its own node's queue). Why not relay changes over the bus as for
+SQLite: NOTIFY must reach the other nodes anyway, and two paths would deliver every
+change twice.
+
 Durability does not depend on the supervisor: workers commit their own deliveries, and a
 worker whose supervisor dies (even by SIGKILL) sees its bus close, stops accepting,
 finishes its sessions and exits. A worker killed by SIGKILL loses only what it had not
@@ -35,12 +45,16 @@ import time
 from typing import Any
 
 from postroom import app, datadir, logs, privileges
-from postroom.config import HTTP_ROLES, Settings
+from postroom.config import HTTP_ROLES, ConfigError, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import ListenerSet, bind_sockets
 from postroom.processes.bus import Hub, encode
 from postroom.processes.counts import SharedCounts
+from postroom.peers import Peers
 from postroom.queue.worker import QueueWorker
+from postroom.store.api import Store, StoreError
+from postroom.store.changes import LocalChangeHub
+from postroom.store.open import open_store
 from postroom.store.sqlite.backend import DB_NAME, SQLiteStore
 from postroom.tls import TlsContexts
 
@@ -86,7 +100,7 @@ class Supervisor:
         lock = app.lock_data_dir(settings)
         if lock is None:
             return 1
-        store: SQLiteStore | None = None
+        store: Store | None = None
         services = None
         queue: QueueWorker | None = None
         side_tasks: list[asyncio.Task[None]] = []
@@ -125,18 +139,32 @@ class Supervisor:
                     app.announce(lst, host, port)
             if not app.drop_privileges(settings):
                 return 1
-            store = SQLiteStore(settings.data_dir / DB_NAME, fsync=settings.fsync, relay=self.hub)
-            store.engine.timing = metrics.store_op
-            self.hub.hub = store.changes
-            marks = store.recent_marks
-            self.hub.handlers.update({
-                "recent.claim": marks.claim_now,
-                "recent.claim_known": marks.claim_known_now,
-                "recent.known": marks.known_now,
-                "recent.forget": marks.forget,
-            })
+            peers: Peers | None = self.hub
+            if settings.store.backend == "sqlite":
+                store = sqlite = SQLiteStore(
+                    settings.data_dir / DB_NAME, fsync=settings.fsync, relay=self.hub
+                )
+                sqlite.engine.timing = metrics.store_op
+                marks = sqlite.recent_marks
+                self.hub.handlers.update({
+                    "recent.claim": marks.claim_now,
+                    "recent.claim_known": marks.claim_known_now,
+                    "recent.known": marks.known_now,
+                    "recent.forget": marks.forget,
+                })
+            else:
+                # PostgreSQL: the workers are nodes of the database like any other (see
+                # the module docstring); the schema is migrated here, before they start.
+                try:
+                    store = await open_store(settings, timing=metrics.store_op)
+                except (StoreError, ConfigError) as e:
+                    print(f"postroom: error: {e}", file=sys.stderr)
+                    return 1
+                peers = None  # the database's NOTIFY channel (app.build_services)
+            assert isinstance(store.changes, LocalChangeHub)
+            self.hub.hub = store.changes  # the workers' queue wake-ups (and SQLite changes)
             services = app.build_services(
-                settings, store, tls, listeners.shutdown, peers=self.hub, metrics=metrics,
+                settings, store, tls, listeners.shutdown, peers=peers, metrics=metrics,
                 bound=bound_by_role,
             )
             metrics.others = self._worker_metrics

@@ -8,10 +8,11 @@ listening sockets of which listener).
 
 A worker writes to the store itself (its own SQLite connections; the engine's
 cross-process lock keeps group commit), never checkpoints (the supervisor does), claims
-\\Recent through the supervisor, and runs no outbound queue. It stops gracefully on
-SIGTERM/SIGINT and when the bus closes (the supervisor is gone, even by SIGKILL): it stops
-accepting, lets sessions finish for ``limits.shutdown_grace``, then exits. SIGHUP reloads
-its TLS certificate.
+\\Recent through the supervisor, and runs no outbound queue. On PostgreSQL it is a client
+of the database like a node (its own pool, NOTIFY for changes and notes; see
+``supervisor.py``). It stops gracefully on SIGTERM/SIGINT and when the bus closes (the
+supervisor is gone, even by SIGKILL): it stops accepting, lets sessions finish for
+``limits.shutdown_grace``, then exits. SIGHUP reloads its TLS certificate.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ import sys
 from typing import Any
 
 from postroom import app, datadir, logs
-from postroom.config import Settings
+from postroom.config import ConfigError, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import ListenerSet
 from postroom.processes.bus import RemoteRecent, WorkerBus, read_frame
 from postroom.processes.counts import SharedCounts
+from postroom.peers import Peers
+from postroom.store.api import Store, StoreError
+from postroom.store.open import open_store
 from postroom.store.sqlite.backend import DB_NAME, SQLiteStore
 from postroom.tls import TlsContexts
 
@@ -45,19 +49,33 @@ async def run(
         return 1
     bus = WorkerBus()
     await bus.connect(bus_sock)
-    store = SQLiteStore(
-        settings.data_dir / DB_NAME, fsync=settings.fsync, checkpoint=False,
-        relay=bus, recent=RemoteRecent(bus),
-    )
-    bus.hub = store.changes
+    metrics = Metrics()
+    peers: Peers | None = bus
+    store: Store
+    if settings.store.backend == "sqlite":
+        store = sqlite = SQLiteStore(
+            settings.data_dir / DB_NAME, fsync=settings.fsync, checkpoint=False,
+            relay=bus, recent=RemoteRecent(bus),
+        )
+        sqlite.engine.timing = metrics.store_op
+        bus.hub = store.changes
+    else:
+        # A PostgreSQL client of its own (see processes/supervisor.py): changes and
+        # notes travel by NOTIFY; only queue wake-ups go to the supervisor's queue.
+        try:
+            store = await open_store(settings, timing=metrics.store_op)
+        except (StoreError, ConfigError) as e:
+            print(f"postroom: error: worker {index}: {e}", file=sys.stderr)
+            datadir.unlock(lock)
+            return 1
+        store.changes.subscribe_queue(bus.send_queue)
+        peers = None  # the database's NOTIFY channel (app.build_services)
     tls = TlsContexts(settings.tls_cert, settings.tls_key)
     counts = SharedCounts(counts_fd, workers, index)
     user_counts = SharedCounts(user_counts_fd, workers, index)
-    metrics = Metrics()
-    store.engine.timing = metrics.store_op
     listeners = ListenerSet(settings.limits, tls, metrics, others=counts)
     services = app.build_services(
-        settings, store, tls, listeners.shutdown, peers=bus, metrics=metrics,
+        settings, store, tls, listeners.shutdown, peers=peers, metrics=metrics,
     )
     services.user_ip_counts = user_counts
     services.node = f"worker{index}"

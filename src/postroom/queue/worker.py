@@ -10,6 +10,12 @@ arrives (a delivery or a ``queue flush/hold`` in this process), a message finish
 another process are noticed). On start it releases this node's leases left by a previous
 run (a crash), so those messages are retried at once.
 
+*Leases between nodes.* Several nodes may share one queue (PostgreSQL). A lease lasts
+``outbound.lease_time`` and a heartbeat renews the leases of the messages this worker is
+working on every third of that time (``queue_renew_leases``): however long a delivery
+takes, no other node takes it while this one lives, and when a node dies its messages come
+due again within one lease time, for a surviving node to finish.
+
 *Destinations.* A message task groups its pending recipients by next hop
 (``routing.Router.next_hop``: transport entry, smarthost or the domain's MX) and hands one
 job per group (at most ``RCPT_LIMIT`` recipients) to that destination. Each destination
@@ -93,11 +99,10 @@ from postroom.queue.model import (
 )
 from postroom.queue.routing import NextHop, RouteError, Router, Target
 from postroom.services import Services
-from postroom.store.api import QueuedMessage, QueuedRecipient, RecipientOutcome
+from postroom.store.api import QueuedMessage, QueuedRecipient, RecipientOutcome, StoreUnavailable
 
 log = logging.getLogger("postroom.queue")
 
-LEASE_SECONDS = 1800  # longer than any one attempt; a dead node's leases expire after this
 RCPT_LIMIT = 50  # recipients per transaction (Postfix smtp_destination_recipient_limit)
 MAX_ADDRESSES = 5  # addresses tried per connection (Postfix smtp_mx_address_limit)
 ROUTE_CACHE_SECONDS = 60.0
@@ -268,6 +273,8 @@ class QueueWorker:
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
+        self._lease_seconds = max(3, int(self.out.lease_time))
         self._stopping = False
         self.journal = DeliveredJournal(settings.data_dir / "delivered.journal")
 
@@ -280,6 +287,7 @@ class QueueWorker:
             logs.event(log, "queue_leases_released", count=released, node=self.services.node)
         self.store.changes.subscribe_queue(self._wake.set)
         self._loop_task = asyncio.create_task(self._loop(), name="queue-worker")
+        self._renew_task = asyncio.create_task(self._renew_loop(), name="queue-leases")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop: no new transaction starts; those in flight may finish for ``grace`` seconds
@@ -296,7 +304,8 @@ class QueueWorker:
             grace = min(self.services.settings.limits.shutdown_grace, 10.0)
         if self._conn_tasks and grace > 0:
             await asyncio.wait(set(self._conn_tasks), timeout=grace)
-        tasks = [t for t in (self._loop_task, *self._active.values(), *self._conn_tasks) if t]
+        tasks = [t for t in (self._loop_task, self._renew_task, *self._active.values(),
+                             *self._conn_tasks) if t]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -325,6 +334,22 @@ class QueueWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    async def _renew_loop(self) -> None:
+        """The lease heartbeat (see "Leases between nodes" above)."""
+        while not self._stopping:
+            await asyncio.sleep(self._lease_seconds / 3)
+            working = list(self._active)
+            if not working:
+                continue
+            try:
+                await self.store.queue_renew_leases(
+                    self.services.node, working, int(time.time()) + self._lease_seconds
+                )
+            except StoreUnavailable:
+                pass  # retried at the next beat, well within the lease
+            except Exception:
+                log.exception("renewing queue leases failed")
+
     # --- scheduling -----------------------------------------------------------------------
 
     async def _loop(self) -> None:
@@ -335,8 +360,10 @@ class QueueWorker:
             if free > 0:
                 try:
                     due = await self.store.queue_due(
-                        int(time.time()), free, LEASE_SECONDS, self.services.node
+                        int(time.time()), free, self._lease_seconds, self.services.node
                     )
+                except StoreUnavailable:
+                    due = []  # the database is away: scan again at the next poll
                 except Exception:
                     log.exception("queue scan failed")
                     due = []

@@ -89,6 +89,14 @@ class TooMany(StoreError):
     mailboxes or subscriptions per user: IMAP ``NO [LIMIT]``)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (a PostgreSQL restart or fail-over, a network
+    cut). A write that raises this either did nothing or may have committed without the
+    caller learning it; either way nothing was acknowledged. Protocols answer with a
+    temporary error (SMTP ``451 4.3.0``, IMAP ``NO [UNAVAILABLE]``, POP3 ``-ERR
+    [SYS/TEMP]``) and the client tries again; the backend reconnects by itself."""
+
+
 # ---------------------------------------------------------------------------------------
 # Accounts
 
@@ -797,6 +805,11 @@ class Store(Protocol):
         self, now: int, limit: int, lease_seconds: int, owner: str
     ) -> list[QueuedMessage]: ...
     async def queue_release_leases(self, owner: str) -> int: ...
+    async def queue_renew_leases(self, owner: str, qids: Sequence[str], until: int) -> int: ...
+    # Extend the leases ``owner`` still holds on ``qids`` (the entries it is working on)
+    # to ``until``: a heartbeat. The worker renews well within the lease time, so a node
+    # that dies stops renewing and another node takes its work over when the leases run
+    # out, while a long delivery of a live node is never taken from it. Returns how many.
     async def queue_get(self, qid: str) -> QueuedMessage | None: ...
     async def queue_list(self) -> list[QueuedMessage]: ...
     async def queue_record(

@@ -12,8 +12,10 @@ that carries what this process publishes to the others, and calls :meth:`receive
 :meth:`receive_queue` with what they publish. The relay is told which mailboxes and which
 users this process watches (a first subscriber, a last unsubscriber), so a change only
 travels to the processes that have someone to wake. Implementations:
-``postroom.processes.bus`` (worker processes of one server, through the supervisor) and,
-for PostgreSQL nodes, LISTEN/NOTIFY (a channel per watched mailbox or user).
+``postroom.processes.bus`` (worker processes of one SQLite server, through the
+supervisor). PostgreSQL does without a relay: its backend sends every change on one
+LISTEN/NOTIFY channel and feeds what other processes sent to :meth:`receive`
+(``postroom.store.postgres.notify``).
 
 One race every relay must close: a session subscribes, then reads; a change committed
 by another process after that read but before the other side learnt of the watch would
@@ -21,7 +23,9 @@ be lost. The process bus closes it by replaying, to a new watch, the changes tha
 since the watch was sent (the supervisor keeps the last seconds of them); when it cannot
 tell (older than what it keeps), it confirms the watch as "maybe missed" and the hub wakes
 the mailbox's listeners once (:meth:`watch_confirmed`), which makes them read what
-changed since their own state. A LISTEN-based relay can do the latter after each LISTEN.
+changed since their own state. On PostgreSQL every process listens to every change from
+its start, so the race does not arise; after a lost connection every listener re-reads
+once (:meth:`wake_all`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from postroom.store.api import MESSAGES, ChangeListener, MailboxChange
+from postroom.store.api import MAILBOXES, MESSAGES, ChangeListener, MailboxChange
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +159,16 @@ class LocalChangeHub:
                 listener()
             except Exception:
                 log.exception("queue listener failed")
+
+    def wake_all(self) -> None:
+        """Changes may have gone by unseen (another node's notifications were lost while
+        the connection that carries them was down): every listener re-reads once, the
+        queue scans, NOTIFY sessions re-list their mailboxes."""
+        for mailbox_id in tuple(self._mailbox):
+            self.publish(MailboxChange(mailbox_id=mailbox_id, user_id=0, modseq=0))
+        for user_id in tuple(self._user):
+            self.publish(MailboxChange(mailbox_id=0, user_id=user_id, modseq=0, kind=MAILBOXES))
+        self.publish_queue()
 
     def watch_confirmed(self, mailbox_id: int, user_id: int = 0) -> None:
         """A change to the mailbox may have gone by unseen (see the module docstring): its

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from postroom import deliver as delivery
+from postroom.store.api import NewMessage
 from support.imap_async import ImapClient
 from support.server import PASSWORD, Server
 
@@ -29,14 +30,13 @@ def fill(srv: Server, address: str, count: int) -> None:
     async def fn(admin: Any, store: Any) -> None:
         user = await store.get_user(address)
         inbox = await store.get_mailbox(user.id, "INBOX")
-        for start in range(0, count, 500):
-            jobs = []
+        for start in range(0, count, 500):  # in order: message i gets UID i + 1
+            batch = []
             for i in range(start, min(start + 500, count)):
                 data = delivery.normalize(
                     f"From: s{i % 50}@example.org\r\nSubject: message {i}\r\n\r\nbody {i}\r\n".encode())
-                jobs.append(store.append(inbox.id, data, delivery.summarize(data),
-                                         1 if i % 3 == 0 else 0))
-            await asyncio.gather(*jobs)
+                batch.append(NewMessage(data, delivery.summarize(data), 1 if i % 3 == 0 else 0))
+            await store.append_many(inbox.id, batch, enforce_quota=False)
 
     srv.admin(fn)
 

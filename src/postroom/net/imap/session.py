@@ -38,6 +38,7 @@ the listener set) says ``* BYE`` between commands; a command in progress finishe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -68,7 +69,7 @@ from postroom.proto.imap.receiver import (
     Receiver,
 )
 from postroom.services import Services
-from postroom.store.api import MailboxChange, NotFound, StoreError, User
+from postroom.store.api import MailboxChange, NotFound, StoreError, StoreUnavailable, User
 
 log = logging.getLogger("postroom.imap")
 
@@ -280,6 +281,14 @@ class ImapSession:
                 pass
         except DeflateError as exc:
             logs.event(log, "imap_compress_error", logging.INFO, session=self.id, error=str(exc))
+        except StoreUnavailable:
+            # Outside a command (the update after it, IDLE's wake-up): end the session with
+            # a reason the client understands; it reconnects, and reads again then.
+            logs.event(log, "store_unavailable", logging.WARNING, session=self.id)
+            with contextlib.suppress(Closing, ConnectionError, OSError):
+                self.write(responses.bye("Mail store unavailable, try again later",
+                                         responses.UNAVAILABLE))
+                await self.flush()
         finally:
             notify.stop(self)
             self.unselect()
@@ -436,6 +445,10 @@ class ImapSession:
             raise
         except NotFound as exc:
             tagged = responses.no(cmd.tag, str(exc) or "No such mailbox", responses.NONEXISTENT)
+        except StoreUnavailable:  # RFC 5530 3: a subsystem is down; the client retries later
+            logs.event(log, "store_unavailable", logging.WARNING, session=self.id, command=cmd.name)
+            tagged = responses.no(cmd.tag, "Mail store unavailable, try again later",
+                                  responses.UNAVAILABLE)
         except StoreError as exc:
             tagged = responses.no(cmd.tag, str(exc) or "Failed")
         except Exception:

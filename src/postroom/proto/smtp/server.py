@@ -211,6 +211,12 @@ class ServerConnection:
         return self._finished
 
     @property
+    def awaiting(self) -> Event | None:
+        """The decision event the shell has not answered yet, if any (a shell whose
+        handler failed half-way answers it with a temporary error)."""
+        return self._pending
+
+    @property
     def state(self) -> State:
         if self._finished:
             return State.CLOSED

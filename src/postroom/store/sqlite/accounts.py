@@ -26,35 +26,10 @@ from postroom.store.api import (
     TooMany,
     User,
 )
-
-_USER_COLS = "u.id, u.address, d.name, u.created, u.password_hash, u.scram, u.disabled, u.admin"
-_MAILBOX_COLS = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use"
-
-
-def _user(row: tuple) -> User:  # type: ignore[type-arg]
-    return User(
-        id=row[0],
-        address=row[1],
-        domain=row[2],
-        created=row[3],
-        password_hash=row[4],
-        scram=row[5],
-        disabled=bool(row[6]),
-        admin=bool(row[7]),
-    )
-
-
-def mailbox_row(row: tuple) -> Mailbox:  # type: ignore[type-arg]
-    return Mailbox(
-        id=row[0],
-        user_id=row[1],
-        name=row[2],
-        uidvalidity=row[3],
-        uidnext=row[4],
-        highestmodseq=row[5],
-        special_use=row[6],
-    )
-
+from postroom.store.rows import MAILBOX_COLS as _MAILBOX_COLS
+from postroom.store.rows import USER_COLS as _USER_COLS
+from postroom.store.rows import mailbox_row
+from postroom.store.rows import user_row as _user
 
 # -- domains ---------------------------------------------------------------------------
 

@@ -10,12 +10,10 @@ import sqlite3
 from collections.abc import Sequence
 
 from postroom.store.api import AlreadyExists, DkimKey, DmarcRow, NotFound
+from postroom.store.rows import DKIM_COLS, DMARC_KEY, dmarc_row
 
-_KEY_COLS = "domain, selector, algorithm, private_key, public_record, created, active_from, retire_at"
-_DMARC_KEY = (
-    "period, policy_domain, header_from, source_ip, envelope_from, disposition, dkim, spf, "
-    "dkim_results, spf_result, reason"
-)
+_KEY_COLS = DKIM_COLS
+_DMARC_KEY = DMARC_KEY
 
 
 def dkim_key_add(conn: sqlite3.Connection, key: DkimKey) -> None:
@@ -77,14 +75,7 @@ def dmarc_pending(conn: sqlite3.Connection, before: int) -> list[DmarcRow]:
         "ORDER BY policy_domain, period, id",
         (before,),
     ).fetchall()
-    return [
-        DmarcRow(
-            period=r[0], policy_domain=r[1], header_from=r[2], source_ip=r[3], envelope_from=r[4],
-            disposition=r[5], dkim=r[6], spf=r[7], dkim_results=r[8], spf_result=r[9],
-            reason=r[10], policy=r[11], rua=r[12], count=r[13],
-        )
-        for r in rows
-    ]
+    return [dmarc_row(r) for r in rows]
 
 
 def dmarc_delete(conn: sqlite3.Connection, policy_domain: str, period: int) -> int:

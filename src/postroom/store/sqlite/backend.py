@@ -548,6 +548,10 @@ class SQLiteStore:
     async def queue_release_leases(self, owner: str) -> int:
         return await self.engine.write(lambda c: queue.release_leases(c, owner))
 
+    async def queue_renew_leases(self, owner: str, qids: Sequence[str], until: int) -> int:
+        wanted = list(qids)
+        return await self.engine.write(lambda c: queue.renew_leases(c, owner, wanted, until))
+
     async def queue_get(self, qid: str) -> QueuedMessage | None:
         return await self.engine.read(lambda c: queue.get(c, qid))
 

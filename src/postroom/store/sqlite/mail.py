@@ -31,31 +31,19 @@ from postroom.store.api import (
     Quota,
     StoreResult,
 )
+from postroom.store.rows import META_COLS, QUOTA_COLS, masked, meta_row, plan_flags, quota_row, with_meta
+from postroom.store.rows import chunks as _chunks
 
 if TYPE_CHECKING:
     from postroom.store.sqlite.snapshots import SnapshotCache
 
-_META_COLS = "id, uid, flags, keywords, modseq, size, internaldate, blob_id"
+_META_COLS = META_COLS
 # SQLite's default limit on bound parameters is large in 3.40 (32766); stay well below.
 CHUNK = 900
 
 
 def chunks(items: Sequence[int], n: int = CHUNK) -> Iterable[Sequence[int]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
-
-
-def meta_row(r: tuple) -> MessageMeta:  # type: ignore[type-arg]
-    return MessageMeta(
-        id=r[0],
-        uid=r[1],
-        flags=r[2],
-        keywords=tuple(r[3].split()) if r[3] else (),
-        modseq=r[4],
-        size=r[5],
-        internaldate=r[6],
-        blob_id=r[7],
-    )
+    return _chunks(items, n)
 
 
 def insert_blob(conn: sqlite3.Connection, data: bytes, summary: bytes, refs: int) -> int:
@@ -102,12 +90,7 @@ def charge(conn: sqlite3.Connection, user_id: int, size: int, count: int) -> Non
         )
 
 
-_QUOTA_COLS = "id, used_storage, quota_storage, used_messages, quota_messages"
-
-
-def quota_row(row: tuple) -> Quota:  # type: ignore[type-arg]
-    return Quota(user_id=row[0], storage_used=row[1], storage_limit=row[2],
-                 messages_used=row[3], messages_limit=row[4])
+_QUOTA_COLS = QUOTA_COLS
 
 
 def get_quota(conn: sqlite3.Connection, user_id: int) -> Quota:
@@ -360,24 +343,6 @@ def read_column(conn: sqlite3.Connection, column: str, blob_ids: Sequence[int]) 
     return out
 
 
-def _apply(change: FlagChange, flags: int, keywords: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
-    new_flags, new_keywords = _apply_all(change, flags, keywords)
-    mask = change.mask
-    new_flags = (flags & ~mask) | (new_flags & mask)  # flags outside the mask stay
-    return new_flags, new_keywords if change.keywords_allowed else keywords
-
-
-def _apply_all(change: FlagChange, flags: int, keywords: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
-    if change.mode == "replace":
-        return change.flags, tuple(sorted(set(change.keywords)))
-    if change.mode == "add":
-        return flags | change.flags, tuple(sorted(set(keywords) | set(change.keywords)))
-    if change.mode == "remove":
-        drop = {k.lower() for k in change.keywords}
-        return flags & ~change.flags, tuple(k for k in keywords if k.lower() not in drop)
-    raise ValueError(f"bad flag change mode {change.mode!r}")
-
-
 def store_flags(
     conn: sqlite3.Connection,
     mailbox_id: int,
@@ -387,19 +352,7 @@ def store_flags(
 ) -> StoreResult:
     current = get_messages(conn, mailbox_id, uids)
     changed: list[MessageMeta] = []
-    unchanged: list[MessageMeta] = []
-    failed: list[int] = []
-    updates: list[tuple[int, tuple[str, ...], MessageMeta]] = []
-    for m in current:
-        # RFC 7162 3.1.3: a message modified after UNCHANGEDSINCE is not touched.
-        if unchangedsince is not None and m.modseq > unchangedsince:
-            failed.append(m.uid)
-            continue
-        flags, keywords = _apply(change, m.flags, m.keywords)
-        if flags == m.flags and keywords == m.keywords:
-            unchanged.append(m)
-        else:
-            updates.append((flags, keywords, m))
+    unchanged, failed, updates = plan_flags(current, change, unchangedsince)
     if updates:
         modseq = _bump_modseq(conn, mailbox_id)
         conn.executemany(
@@ -407,12 +360,7 @@ def store_flags(
             [(f, " ".join(k), modseq, m.id) for f, k, m in updates],
         )
         for f, k, m in updates:
-            changed.append(
-                MessageMeta(
-                    id=m.id, uid=m.uid, flags=f, keywords=k, modseq=modseq,
-                    size=m.size, internaldate=m.internaldate, blob_id=m.blob_id,
-                )
-            )
+            changed.append(with_meta(m, flags=f, keywords=k, modseq=modseq))
     return StoreResult(changed=changed, unchanged=unchanged, failed_uids=failed)
 
 
@@ -456,7 +404,7 @@ def copy_messages(
             raise NotFound("no such mailbox")
         return []
     if flag_mask != ALL_FLAGS or not keywords:
-        rows = [_masked(m, flag_mask, keywords) for m in rows]
+        rows = [masked(m, flag_mask, keywords) for m in rows]
     src_owner, dst_owner = user_of(conn, src)[0], user_of(conn, dst)[0]
     size = sum(m.size for m in rows)
     if not move or src_owner != dst_owner:
@@ -497,13 +445,6 @@ def copy_messages(
             [(dst, new, src, old) for old, new in pairs],
         )
     return pairs
-
-
-def _masked(m: MessageMeta, flag_mask: int, keywords: bool) -> MessageMeta:
-    return MessageMeta(
-        id=m.id, uid=m.uid, flags=m.flags & flag_mask, keywords=m.keywords if keywords else (),
-        modseq=m.modseq, size=m.size, internaldate=m.internaldate, blob_id=m.blob_id,
-    )
 
 
 def changes_since(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> Changes:

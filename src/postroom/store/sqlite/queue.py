@@ -13,22 +13,11 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from postroom.store.api import (
-    NewQueueEntry,
-    QueuedMessage,
-    QueuedRecipient,
-    RecipientOutcome,
-)
+from postroom.store.api import NewQueueEntry, QueuedMessage, RecipientOutcome
+from postroom.store.rows import QUEUE_COLS, RCPT_COLS, domain_of, queued_message
 from postroom.store.sqlite.mail import _release_blobs
 
-_Q_COLS = (
-    "q.id, q.qid, q.blob_id, q.sender, q.created, q.next_attempt, q.attempts, q.last_error, "
-    "q.held, q.ret, q.envid, q.smtputf8, q.body8bit, q.kind, q.delay_warned, b.size"
-)
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower()
+_Q_COLS = QUEUE_COLS
 
 
 def add(conn: sqlite3.Connection, blob_id: int, entry: NewQueueEntry, now: int | None = None) -> str:
@@ -51,25 +40,12 @@ def add(conn: sqlite3.Connection, blob_id: int, entry: NewQueueEntry, now: int |
 
 
 def _load(conn: sqlite3.Connection, rows: list[tuple]) -> list[QueuedMessage]:  # type: ignore[type-arg]
-    out = []
-    for r in rows:
-        rcpts = tuple(
-            QueuedRecipient(*x)
-            for x in conn.execute(
-                "SELECT id, address, orcpt, notify, state, status, diagnostic, remote_mta, updated "
-                "FROM queue_rcpts WHERE queue_id=? ORDER BY id",
-                (r[0],),
-            )
-        )
-        out.append(
-            QueuedMessage(
-                qid=r[1], blob_id=r[2], sender=r[3], created=r[4], next_attempt=r[5],
-                attempts=r[6], last_error=r[7], held=bool(r[8]), ret=r[9], envid=r[10],
-                smtputf8=bool(r[11]), body8bit=bool(r[12]), kind=r[13],
-                delay_warned=bool(r[14]), size=r[15], recipients=rcpts,
-            )
-        )
-    return out
+    return [
+        queued_message(r, conn.execute(
+            f"SELECT {RCPT_COLS} FROM queue_rcpts WHERE queue_id=? ORDER BY id", (r[0],)
+        ))
+        for r in rows
+    ]
 
 
 def lease_due(
@@ -92,6 +68,17 @@ def lease_due(
 def release_leases(conn: sqlite3.Connection, owner: str) -> int:
     cur = conn.execute("UPDATE queue SET lease_until=0 WHERE lease_owner=?", (owner,))
     return cur.rowcount
+
+
+def renew_leases(conn: sqlite3.Connection, owner: str, qids: Sequence[str], until: int) -> int:
+    n = 0
+    for qid in qids:
+        cur = conn.execute(
+            "UPDATE queue SET lease_until=? WHERE qid=? AND lease_owner=? AND lease_until > 0",
+            (until, qid, owner),
+        )
+        n += cur.rowcount
+    return n
 
 
 def get(conn: sqlite3.Connection, qid: str) -> QueuedMessage | None:

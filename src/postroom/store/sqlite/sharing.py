@@ -16,15 +16,10 @@ import os
 import sqlite3
 from collections.abc import Sequence
 
-from postroom.store.api import ALL_RIGHTS, NotFound, SharedMailbox, TooMany
-from postroom.store.sqlite.accounts import mailbox_row
+from postroom.store.api import NotFound, SharedMailbox, TooMany
+from postroom.store.rows import canonical_rights, mailbox_row
 
 URLAUTH_KEY_SIZE = 32
-
-
-def canonical_rights(rights: str) -> str:
-    """The rights in ALL_RIGHTS order, each once, unknown letters dropped."""
-    return "".join(r for r in ALL_RIGHTS if r in rights)
 
 
 def _require_mailbox(conn: sqlite3.Connection, mailbox_id: int) -> None:
