@@ -53,8 +53,8 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar, Token
 
 __all__ = [
     "HEAVY_SLOTS",
@@ -218,16 +218,26 @@ class Budget:
             self._yield_at = now + SLICE
 
 
-@contextmanager
-def scope(limit: float) -> Iterator[Budget]:
-    """Run one command under a new budget of ``limit`` seconds (0: no deadline)."""
-    budget = Budget(limit)
-    token = _CURRENT.set(budget)
-    try:
-        yield budget
-    finally:
-        budget.release()
-        _CURRENT.reset(token)
+class scope:  # noqa: N801  (used like the function it was: ``with budget.scope(t) as b``)
+    """Run one command under a new budget of ``limit`` seconds (0: no deadline).
+
+    A class rather than a ``@contextmanager`` generator: it runs around every command of
+    every protocol, and the generator machinery cost more than the budget itself."""
+
+    __slots__ = ("budget", "_token")
+
+    def __init__(self, limit: float) -> None:
+        self.budget = Budget(limit)
+        self._token: Token[Budget | None] | None = None
+
+    def __enter__(self) -> Budget:
+        self._token = _CURRENT.set(self.budget)
+        return self.budget
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.release()
+        assert self._token is not None
+        _CURRENT.reset(self._token)
 
 
 def current() -> Budget | None:
@@ -256,12 +266,25 @@ def check() -> None:
         budget.check()
 
 
-@contextmanager
-def paused() -> Iterator[None]:
+class _NotPaused:
+    """What :func:`paused` returns outside a command: nothing to do (the common case: a
+    session waiting for its next command)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NOT_PAUSED = _NotPaused()
+
+
+def paused() -> AbstractContextManager[None]:
     """:meth:`Budget.paused` of the current budget; nothing outside a command."""
     budget = _CURRENT.get()
     if budget is None:
-        yield
-        return
-    with budget.paused():
-        yield
+        return _NOT_PAUSED
+    return budget.paused()
