@@ -184,3 +184,36 @@ def paired(ours: Sequence[float], theirs: Sequence[float]) -> list[float]:
     """Per-run ratios (runs alternate which server goes first, so each pair shares the
     machine's state of that moment)."""
     return [a / b for a, b in zip(ours, theirs, strict=False) if b]
+
+
+def serve_under_callgrind(
+    config: str, out: str, log: str, role: str, *, children: bool = False,
+) -> tuple[object, int | None]:
+    """Start ``postroom serve`` under valgrind's callgrind (``--callgrind-out-file=OUT.%p``,
+    its worker processes too with ``children``); wait for ``ready``. Returns (the process,
+    the port of the first ``role`` listener), or (the process, None) when it exited first
+    (the end of valgrind's log printed)."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
+         *(["--trace-children=yes"] if children else []),
+         sys.executable, "-m", "postroom", "-c", config, "serve"],
+        stdout=subprocess.PIPE, stderr=open(log, "wb"),  # noqa: SIM115 (the child owns it)
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.stdout is not None
+    port = None
+    while True:
+        line = proc.stdout.readline().decode()
+        if not line:
+            with open(log, errors="replace") as f:
+                print(f.read()[-3000:], file=sys.stderr)
+            return proc, None
+        m = re.match(rf"listening {role} \S+:(\d+)", line)
+        if m and port is None:
+            port = int(m.group(1))
+        if line.strip() == "ready":
+            return proc, port

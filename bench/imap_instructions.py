@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import re
 import shutil
 import socket
@@ -32,7 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from benchlib import serve_under_callgrind  # noqa: E402
 from support.server import PASSWORD, Server  # noqa: E402
 
 USER = "bench@bench.test"
@@ -110,32 +111,16 @@ def main() -> int:
 
     srv.admin(fill)
     out = work / "cg.out"
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-         sys.executable, "-m", "postroom", "-c", str(srv.config), "serve"],
-        stdout=subprocess.PIPE, stderr=(work / "valgrind.log").open("wb"),
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    assert proc.stdout is not None
-    port = None
+    proc, port = serve_under_callgrind(str(srv.config), str(out), str(work / "valgrind.log"), "imap")
     results: dict[str, float] = {}
     try:
-        while True:
-            line = proc.stdout.readline().decode()
-            if not line:
-                print((work / "valgrind.log").read_text()[-3000:], file=sys.stderr)
-                return 1
-            m = re.match(r"listening imap \S+:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-            if line.strip() == "ready":
-                break
-        assert port is not None
+        if port is None:
+            return 1
         c = Client(port)
         c.command(b'LOGIN "%s" "%s"' % (USER.encode(), PASSWORD.encode()))
         c.command(b"SELECT INBOX")
         uids = list(range(1, a.messages + 1))
-        for kind, make in KINDS.items():  # warm-up: imports, caches, first pages
+        for make in KINDS.values():  # warm-up: imports, caches, first pages
             for i in range(30):
                 c.command(make(uids[i % len(uids)]))
         for kind, make in KINDS.items():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import re
 import shutil
 import subprocess
@@ -35,7 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from benchlib import serve_under_callgrind  # noqa: E402
 from support.server import Server  # noqa: E402
 
 DOMAIN = "bench.test"
@@ -67,25 +68,12 @@ def main() -> int:
 
     srv.admin(users)
     out = work / "cg.out"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--trace-children=yes",
-         sys.executable, "-m", "postroom", "-c", str(srv.config), "serve"],
-        stdout=subprocess.PIPE, stderr=(work / "valgrind.log").open("wb"), env=env,
+    proc, port = serve_under_callgrind(
+        str(srv.config), str(out), str(work / "valgrind.log"), "mx", children=True,
     )
-    assert proc.stdout is not None
-    port = None
     try:
-        while True:
-            line = proc.stdout.readline().decode()
-            if not line:
-                print((work / "valgrind.log").read_text()[-3000:], file=sys.stderr)
-                return 1
-            m = re.match(r"listening mx \S+:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-            if line.strip() == "ready":
-                break
+        if port is None:
+            return 1
 
         def send(n: int) -> None:
             subprocess.run(
