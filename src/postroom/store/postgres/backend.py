@@ -71,6 +71,7 @@ from postroom.store.api import (
 )
 from postroom.store.changes import LocalChangeHub
 from postroom.store.postgres import accounts, authdata, imports, mail, queue, sharing, tlsdata, web
+from postroom.store.postgres.batch import DeliveryBatcher
 from postroom.store.postgres.engine import Engine
 from postroom.store.postgres.locks import MaildropLocks
 from postroom.store.postgres.mail import BlobIn, Stored
@@ -109,6 +110,7 @@ class PostgresStore:
         self.blobs = blobs
         self.blob_min_size = blob_min_size
         self.snapshots = SnapshotCache()
+        self.batcher = DeliveryBatcher(engine)
         self._collector: asyncio.Task[None] | None = None
         self._collect = asyncio.Event()
 
@@ -122,6 +124,7 @@ class PostgresStore:
             self._collector.cancel()
             with contextlib.suppress(BaseException):
                 await self._collector
+        await self.batcher.close()
         await self.relay.close()
         await self.maildrops.close()
         await self.engine.close()
@@ -374,16 +377,17 @@ class PostgresStore:
 
     # -- messages ------------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        """Group-committed with the deliveries that arrive meanwhile (``batch.py``)."""
         blob = await self._blob_in(delivery.data, delivery.summary)
-
-        async def job(c: asyncpg.Connection) -> tuple[int, list[tuple[int, int, int]], str | None, tuple[int, ...]]:
-            blob_id, placed, over = await mail.deliver(c, delivery, blob)
-            qid = None
-            if delivery.queue is not None:
-                qid = await queue.add(c, blob_id, delivery.queue)
-            return blob_id, placed, qid, over
-
-        blob_id, placed, qid, over = await self._write_with_blobs([blob], job)
+        try:
+            blob_id, placed, over, qid = await self.batcher.deliver(delivery, blob)
+        except StoreUnavailable:
+            raise
+        except Exception:  # not a cancellation: the batch may still commit that one
+            if blob.location and self.blobs is not None:
+                with contextlib.suppress(Exception):  # the row was never written
+                    await self.blobs.delete([blob.location])
+            raise
         if blob_id == 0 and blob.location and self.blobs is not None:
             with contextlib.suppress(Exception):  # nobody references it
                 await self.blobs.delete([blob.location])

@@ -244,25 +244,40 @@ async def insert_rows(
     )
 
 
+# One delivery's outcome in a batch: (blob_id, [(mailbox_id, user_id, uid)], users skipped
+# over quota). blob_id 0 when nothing references it (everybody over quota, no queue entry).
+Delivered = tuple[int, list[tuple[int, int, int]], tuple[int, ...]]
+
+
 async def deliver(
     conn: asyncpg.Connection, d: Delivery, blob: BlobIn
 ) -> tuple[int, list[tuple[int, int, int]], tuple[int, ...]]:
     """Store the blob once and place it in every target mailbox (quota-checked with
-    ``d.enforce_quota``). Returns (blob_id, [(mailbox_id, user_id, uid)], users skipped);
-    blob_id 0 when nothing references it (everybody over quota, no queue entry).
+    ``d.enforce_quota``): :func:`deliver_many` with one delivery."""
+    return (await deliver_many(conn, [(d, blob)]))[0]
 
-    Three statements whatever the number of recipients: lock the users (reading their
-    quotas and INBOX ids), insert the blob and allocate the UIDs, insert the message and
-    search rows and charge the quotas."""
-    users = list(dict.fromkeys(d.user_ids))
-    explicit = list(dict.fromkeys(d.mailbox_ids))
+
+async def deliver_many(
+    conn: asyncpg.Connection, items: Sequence[tuple[Delivery, BlobIn]]
+) -> list[Delivered]:
+    """Several deliveries in this one transaction (the backend's group commit), with the
+    outcome each would have had alone, run one after the other in this order: the quota
+    check of each counts the messages placed by the ones before it, and UIDs ascend in
+    this order. The queue entries are the caller's (:func:`queue.add_many`), on the blob
+    ids returned.
+
+    Three statements whatever the number of deliveries and recipients (four when the batch
+    reaches several mailboxes, five with explicit mailboxes): lock the users (reading
+    their quotas and INBOX ids), insert the blobs and allocate the UIDs, insert the message
+    and search rows and charge the quotas."""
+    explicit = sorted({m for d, _ in items for m in d.mailbox_ids})
     owner: dict[int, int] = {}
     if explicit:  # rare (Junk, a Sent copy): their owners first, to lock them in order
         owner = {r[0]: r[1] for r in await conn.fetch(
             "SELECT id, user_id FROM mailboxes WHERE id = ANY($1::bigint[])", explicit)}
     quotas: dict[int, Quota] = {}
     inbox: dict[int, int] = {}
-    wanted = sorted(set(users) | set(owner.values()))
+    wanted = sorted({u for d, _ in items for u in d.user_ids} | set(owner.values()))
     if wanted:
         for r in await conn.fetch(
             f"SELECT {QUOTA_COLS}, (SELECT b.id FROM mailboxes b WHERE b.user_id = users.id "
@@ -273,63 +288,85 @@ async def deliver(
             quotas[r[0]] = quota_row(r)
             if r[5] is not None:
                 inbox[r[0]] = r[5]
-    targets: list[tuple[int, int]] = []  # (mailbox, user) in the order SQLite places them
-    for user_id in users:
-        if user_id not in inbox:
-            raise NotFound(f"user {user_id} has no INBOX")
-        targets.append((inbox[user_id], user_id))
-    for mailbox_id in explicit:
-        if mailbox_id not in owner:
-            raise NotFound("no such mailbox")
-        targets.append((mailbox_id, owner[mailbox_id]))
-    over: list[int] = []
-    if d.enforce_quota:
-        kept = []
-        for mailbox_id, user_id in targets:
-            if quotas[user_id].allows(blob.size):
-                kept.append((mailbox_id, user_id))
-            else:
-                over.append(user_id)
-        targets = kept
-    refs = len(targets) + (1 if d.queue is not None else 0)
-    if refs == 0:
-        return 0, [], tuple(over)
-    if not targets:
-        return await insert_blob(conn, blob, refs), [], tuple(over)
+    # Plan every delivery as if alone, in order: targets, users skipped, blob references.
+    added: dict[int, tuple[int, int]] = {}  # usage placed by the deliveries before
+    plans: list[tuple[list[tuple[int, int]], tuple[int, ...], int]] = []
+    for d, blob in items:
+        targets: list[tuple[int, int]] = []  # (mailbox, user) in the order SQLite places them
+        for user_id in dict.fromkeys(d.user_ids):
+            if user_id not in inbox:
+                raise NotFound(f"user {user_id} has no INBOX")
+            targets.append((inbox[user_id], user_id))
+        for mailbox_id in dict.fromkeys(d.mailbox_ids):
+            if mailbox_id not in owner:
+                raise NotFound("no such mailbox")
+            targets.append((mailbox_id, owner[mailbox_id]))
+        over: list[int] = []
+        if d.enforce_quota:
+            kept = []
+            for mailbox_id, user_id in targets:
+                size, count = added.get(user_id, (0, 0))
+                if quotas[user_id].allows(size + blob.size, count + 1):
+                    kept.append((mailbox_id, user_id))
+                else:
+                    over.append(user_id)
+            targets = kept
+        for _, user_id in targets:
+            size, count = added.get(user_id, (0, 0))
+            added[user_id] = (size + blob.size, count + 1)
+        plans.append((targets, tuple(over), len(targets) + (1 if d.queue is not None else 0)))
+    stored = [i for i, (_, _, refs) in enumerate(plans) if refs]
+    if not stored:
+        return [(0, [], over) for _, over, _ in plans]
     counts: dict[int, int] = {}
-    for mailbox_id, _ in targets:
-        counts[mailbox_id] = counts.get(mailbox_id, 0) + 1
+    for targets, _, _ in plans:
+        for mailbox_id, _ in targets:
+            counts[mailbox_id] = counts.get(mailbox_id, 0) + 1
     await lock_mailboxes(conn, counts)
     ids = list(counts)
-    allocation = await conn.fetch(
-        "WITH b AS (INSERT INTO blobs(size, refs, summary, data, location) "
-        "VALUES($1, $2, $3, $4, $5) RETURNING id) "
-        "UPDATE mailboxes m SET uidnext = m.uidnext + c.n, highestmodseq = m.highestmodseq + 1 "
-        "FROM unnest($6::bigint[], $7::bigint[]) AS c(id, n) WHERE m.id = c.id "
-        "RETURNING m.id, m.uidnext - c.n, m.highestmodseq, (SELECT id FROM b)",
-        blob.size, refs, blob.summary, blob.data, blob.location, ids, [counts[i] for i in ids],
+    blobs = [items[i][1] for i in stored]
+    # The blob ids are drawn in a materialised CTE and listed in input order (the order
+    # of RETURNING rows is not promised); the allocation comes back as (id, first, modseq)
+    # triples.
+    row = await conn.fetchrow(
+        "WITH c AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('blobs', 'id')) AS id, "
+        "x.* FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[], $5::text[]) "
+        "WITH ORDINALITY AS x(s, r, su, d, l, i)), "
+        "b AS (INSERT INTO blobs(id, size, refs, summary, data, location) "
+        "SELECT id, s, r, su, d, l FROM c), "
+        "a AS (UPDATE mailboxes m SET uidnext = m.uidnext + c.n, "
+        "highestmodseq = m.highestmodseq + 1 FROM unnest($6::bigint[], $7::bigint[]) AS c(id, n) "
+        "WHERE m.id = c.id RETURNING m.id, m.uidnext - c.n AS first, m.highestmodseq) "
+        "SELECT (SELECT array_agg(id ORDER BY i) FROM c), "
+        "(SELECT array_agg(array[id, first, highestmodseq]) FROM a)",
+        [b.size for b in blobs], [plans[i][2] for i in stored], [b.summary for b in blobs],
+        [b.data for b in blobs], [b.location for b in blobs], ids, [counts[i] for i in ids],
     )
-    if len(allocation) != len(ids):
+    blob_ids = dict(zip(stored, row[0], strict=True))
+    allocated = {r[0]: (r[1], r[2]) for r in row[1] or ()}
+    if len(allocated) != len(ids):
         raise NotFound("no such mailbox")
-    allocated = {r[0]: (r[1], r[2]) for r in allocation}
-    blob_id = int(allocation[0][3])
-    internaldate = d.internaldate if d.internaldate is not None else int(time.time())
-    texts = d.search_texts if d.search_texts is not None else search_texts_of(d.summary, d.data)
-    rows = []
-    placed: list[tuple[int, int, int]] = []
+    now = int(time.time())
+    rows: list[_Row] = []
     used: dict[int, int] = {}
-    usage: dict[int, tuple[int, int]] = {}
-    for mailbox_id, user_id in targets:
-        first, modseq = allocated[mailbox_id]
-        uid = first + used.get(mailbox_id, 0)
-        used[mailbox_id] = used.get(mailbox_id, 0) + 1
-        rows.append(_Row(mailbox_id, uid, blob_id, blob.size, internaldate, d.flags, "",
-                         modseq, texts))
-        size, count = usage.get(user_id, (0, 0))
-        usage[user_id] = (size + blob.size, count + 1)
-        placed.append((mailbox_id, user_id, uid))
-    await insert_rows(conn, rows, usage)
-    return blob_id, placed, tuple(over)
+    out: list[Delivered] = []
+    for k, ((d, blob), (targets, skipped, _)) in enumerate(zip(items, plans, strict=True)):
+        blob_id = blob_ids.get(k, 0)
+        placed: list[tuple[int, int, int]] = []
+        if targets:
+            internaldate = d.internaldate if d.internaldate is not None else now
+            texts = d.search_texts if d.search_texts is not None else search_texts_of(d.summary, d.data)
+            for mailbox_id, user_id in targets:
+                first, modseq = allocated[mailbox_id]
+                uid = first + used.get(mailbox_id, 0)
+                used[mailbox_id] = used.get(mailbox_id, 0) + 1
+                rows.append(_Row(mailbox_id, uid, blob_id, blob.size, internaldate, d.flags, "",
+                                 modseq, texts))
+                placed.append((mailbox_id, user_id, uid))
+        out.append((blob_id, placed, skipped))
+    if rows:
+        await insert_rows(conn, rows, added)
+    return out
 
 
 async def append_many(

@@ -21,19 +21,35 @@ from postroom.store.rows import QUEUE_COLS, RCPT_COLS, domain_of, queued_message
 
 
 async def add(conn: asyncpg.Connection, blob_id: int, entry: NewQueueEntry, now: int | None = None) -> str:
+    await add_many(conn, [(blob_id, entry)], now)
+    return entry.qid
+
+
+async def add_many(
+    conn: asyncpg.Connection, entries: Sequence[tuple[int, NewQueueEntry]], now: int | None = None
+) -> None:
+    """Queue entries (blob id, entry) and their recipients in one statement; recipient ids
+    ascend in the order given (the worker reports them in that order)."""
+    if not entries:
+        return
     now = int(time.time()) if now is None else now
+    es = [e for _, e in entries]
+    rcpts = [(e.qid, r) for e in es for r in e.recipients]
     await conn.execute(
         "WITH q AS (INSERT INTO queue(qid, blob_id, sender, created, next_attempt, ret, envid, "
-        "smtputf8, body8bit, kind) VALUES($1, $2, $3, $4, $4, $5, $6, $7, $8, $9) RETURNING id) "
+        "smtputf8, body8bit, kind) SELECT c.qid, c.b, c.s, $1, $1, c.ret, c.envid, c.u, c.e, c.k "
+        "FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], "
+        "$8::bigint[], $9::text[]) AS c(qid, b, s, ret, envid, u, e, k) RETURNING id, qid) "
         "INSERT INTO queue_rcpts(queue_id, address, domain, orcpt, notify, updated) "
-        "SELECT q.id, r.a, r.d, r.o, r.n, $4 FROM q, unnest($10::text[], $11::text[], "
-        "$12::text[], $13::text[]) WITH ORDINALITY AS r(a, d, o, n, i) ORDER BY r.i",
-        entry.qid, blob_id, entry.sender, now, entry.ret, entry.envid, int(entry.smtputf8),
-        int(entry.body8bit), entry.kind,
-        [r.address for r in entry.recipients], [domain_of(r.address) for r in entry.recipients],
-        [r.orcpt for r in entry.recipients], [r.notify for r in entry.recipients],
+        "SELECT q.id, r.a, r.d, r.o, r.n, $1 FROM unnest($10::text[], $11::text[], $12::text[], "
+        "$13::text[], $14::text[]) WITH ORDINALITY AS r(qid, a, d, o, n, i) "
+        "JOIN q ON q.qid = r.qid ORDER BY r.i",
+        now, [e.qid for e in es], [b for b, _ in entries], [e.sender for e in es],
+        [e.ret for e in es], [e.envid for e in es], [int(e.smtputf8) for e in es],
+        [int(e.body8bit) for e in es], [e.kind for e in es],
+        [q for q, _ in rcpts], [r.address for _, r in rcpts], [domain_of(r.address) for _, r in rcpts],
+        [r.orcpt for _, r in rcpts], [r.notify for _, r in rcpts],
     )
-    return entry.qid
 
 
 async def _load(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[QueuedMessage]:

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Where a PostgreSQL node's database work goes: statements, round trips and commits per
+message (issue 11).
+
+Starts one private PostgreSQL (fsync on) with ``pg_stat_statements``, one ``postroom
+serve`` node on it, and runs ``bench/cluster.py``'s three workloads (SMTP accept, the IMAP
+mix, relay). Before each it resets the statistics; after it prints, per message (or IMAP
+command): the node's and PostgreSQL's CPU ms, the transactions committed, the WAL flushes
+(``pg_stat_wal``), and every statement with its calls and database time per unit, most
+called first. Statement calls include the pool's connection resets and BEGIN/COMMIT,
+so their sum is the number of round trips.
+
+Usage: .venv/bin/python bench/pg_statements.py [--smtp 1000] [--relay 300] [--duration 8]
+       [--top 25] [--only smtp,imap,relay]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cluster  # noqa: E402
+from cluster import RELAY, Sink, imap, smtp, start  # noqa: E402
+from support.postgres import PgCluster  # noqa: E402
+
+SETTINGS = {
+    "max_connections": "200",
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track": "all",
+    "pg_stat_statements.track_utility": "on",
+}
+
+
+def reset(pg: PgCluster, db: str) -> None:
+    pg.psql("SELECT pg_stat_statements_reset(); SELECT pg_stat_reset(); "
+            "SELECT pg_stat_reset_shared('wal')", db)
+
+
+def report(pg: PgCluster, db: str, units: int, top: int) -> None:
+    time.sleep(0.6)  # the statistics collector's last flush
+    per = max(units, 1)
+    commits = pg.psql(f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'", db)
+    wal = pg.psql("SELECT wal_sync, wal_records, wal_bytes FROM pg_stat_wal", db).strip().split("|")
+    print(f"    transactions committed {int(commits) / per:.2f}, WAL flushes {int(wal[0]) / per:.2f}, "
+          f"WAL records {int(wal[1]) / per:.1f}, WAL bytes {int(wal[2]) / per:.0f} per unit")
+    rows = pg.psql(
+        "SELECT calls, total_exec_time, regexp_replace(query, '\\s+', ' ', 'g') "
+        "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = "
+        "current_database()) AND toplevel ORDER BY calls DESC, total_exec_time DESC", db)
+    total = 0.0
+    lines = []
+    for line in rows.splitlines():
+        calls, ms, query = line.split("|", 2)
+        total += int(calls) / per
+        lines.append((int(calls) / per, float(ms) / per, query))
+    print(f"    statements (round trips) {total:.2f} per unit:")
+    for calls, ms, query in lines[:top]:
+        print(f"      {calls:6.2f}  {ms:6.3f} ms  {query[:150]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smtp", type=int, default=1000)
+    ap.add_argument("--relay", type=int, default=300)
+    ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--only", default="smtp,imap,relay")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    base = Path(tempfile.mkdtemp(prefix="postroom-pgstat-"))
+    sink = Sink()
+    pg = PgCluster(durable=True, settings=SETTINGS).start()
+    try:
+        setup = start("pgstat", 1, base, sink, pg)
+        db = "pgstat"
+        pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", db)
+        try:
+            runs = {
+                "smtp": (args.smtp, lambda: smtp(setup, args.smtp)),
+                "imap": (0, lambda: imap(setup, args.duration)),
+            }
+            for work in ("smtp", "imap", "relay"):
+                if work not in only:
+                    continue
+                reset(pg, db)
+                if work == "relay":
+                    target = sink.count + args.relay
+
+                    def drained(want: int = target) -> None:
+                        end = time.monotonic() + 600
+                        while sink.count < want and time.monotonic() < end:
+                            time.sleep(0.05)
+
+                    units, run = args.relay, (lambda w=drained: smtp(setup, args.relay, RELAY, w))
+                else:
+                    units, run = runs[work]
+                counted: list[int] = []
+
+                def counting(run: object = run, units: int = units,
+                             counted: list[int] = counted) -> object:
+                    note = run()  # type: ignore[operator]
+                    counted.append(note if isinstance(note, int) else units)
+                    return note
+
+                f = cluster.measure(setup, units, counting)
+                print(f"{work}: {cluster.fmt(f, None, '')}")
+                report(pg, db, counted[0], args.top)
+        finally:
+            for node in setup.nodes:
+                node.stop()
+    finally:
+        sink.stop()
+        pg.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
