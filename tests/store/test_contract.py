@@ -386,6 +386,34 @@ def test_queue_lifecycle(store_run: Any) -> None:
     store_run(body)
 
 
+def test_queue_record_intermediate_then_last_reference(store_run: Any) -> None:
+    """An intermediate record (``final=False``) updates the recipients and keeps the
+    entry, its lease and its attempt count; the record that leaves no recipient pending
+    removes the entry and, for a message only the queue held, its bytes."""
+
+    async def body(store: Any) -> None:
+        entry = NewQueueEntry(qid="QI", sender="", recipients=(
+            QueueRecipient("x@remote.test"), QueueRecipient("y@remote.test")))
+        r = await store.deliver(Delivery(data=MSG, summary=b"S", queue=entry))
+        (q,) = await store.queue_list()
+        (q,) = await store.queue_due(q.created, 10, 300, "node1")
+        x, y = q.recipients
+        assert not await store.queue_record(
+            "QI", [RecipientOutcome(x.id, "delivered", "2.0.0", "250 ok", "mx")], None, None,
+            final=False)
+        q = await store.queue_get("QI")
+        assert q.attempts == 0 and [t.state for t in q.recipients] == ["delivered", "pending"]
+        assert await store.queue_due(q.created, 10, 300, "node2") == []  # still leased
+        assert await store.queue_record(
+            "QI", [RecipientOutcome(y.id, "failed", "5.1.1", "550 no")], None, "550 no")
+        assert await store.queue_get("QI") is None and await store.queue_list() == []
+        with pytest.raises(NotFound):
+            await store.read_blob(r.blob_id)
+        assert await store.queue_record("QI", [], None, None)  # gone: nothing left to do
+
+    store_run(body)
+
+
 def test_queue_leases_between_nodes(store_run: Any) -> None:
     """Two nodes on one store: a leased entry is worked by one of them; its lease lasts
     while the holder renews it and passes to the other once renewals stop."""

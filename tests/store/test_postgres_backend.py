@@ -21,6 +21,7 @@ from postroom.store.api import (
     NewQueueEntry,
     OverQuota,
     QueueRecipient,
+    RecipientOutcome,
     StoreUnavailable,
 )
 from postroom.store.postgres import PostgresStore, open_store
@@ -347,6 +348,24 @@ def test_s3_objects_written_before_and_deleted_after_their_rows() -> None:
         assert await store.collect_garbage() == 1
         assert await _objects(store) == set()
         assert not await store.engine.read(lambda c: c.fetch("SELECT 1 FROM blob_garbage"))
+
+    s3_store(body)
+
+
+def test_s3_relayed_message_object_collected_after_its_last_recipient() -> None:
+    """The queue's record (a server-side function) lists the object of a message only the
+    queue held as garbage in the transaction that removes the entry."""
+
+    async def body(store: PostgresStore) -> None:
+        entry = NewQueueEntry(qid="QS", sender="", recipients=(QueueRecipient("x@remote.test"),))
+        await store.deliver(Delivery(data=MSG, summary=b"", queue=entry))
+        (name,) = await _objects(store)
+        (q,) = await store.queue_due(int(time.time()) + 1, 10, 300, "n")
+        assert await store.queue_record(
+            "QS", [RecipientOutcome(q.recipients[0].id, "delivered", "2.0.0", "250 ok")], None, None)
+        garbage = await store.engine.read(lambda c: c.fetch("SELECT location FROM blob_garbage"))
+        assert [g[0] for g in garbage] == [name]
+        assert await store.collect_garbage() == 1 and await _objects(store) == set()
 
     s3_store(body)
 

@@ -536,7 +536,9 @@ class PostgresStore:
     ) -> int:
         if not claim:
             return await self.engine.read(lambda c: mail.recent_mark(c, mailbox_id, upto))
-        return await self.engine.write(lambda c: mail.claim_recent(c, mailbox_id, upto), lazy=True)
+        return await self.engine.write(
+            lambda c: mail.claim_recent(c, mailbox_id, upto), lazy=True, transaction=False
+        )
 
     async def search_envelope(
         self, mailbox_id: int, keys: Sequence[tuple[str, str]]
@@ -631,11 +633,13 @@ class PostgresStore:
         )
 
     async def queue_release_leases(self, owner: str) -> int:
-        return await self.engine.write(lambda c: queue.release_leases(c, owner))
+        return await self.engine.write(lambda c: queue.release_leases(c, owner), transaction=False)
 
     async def queue_renew_leases(self, owner: str, qids: Sequence[str], until: int) -> int:
         wanted = list(qids)
-        return await self.engine.write(lambda c: queue.renew_leases(c, owner, wanted, until))
+        return await self.engine.write(
+            lambda c: queue.renew_leases(c, owner, wanted, until), transaction=False
+        )
 
     async def queue_get(self, qid: str) -> QueuedMessage | None:
         return await self.engine.read(lambda c: queue.get(c, qid), snapshot=True)
@@ -655,7 +659,8 @@ class PostgresStore:
     ) -> bool:
         wanted = list(outcomes)
         done, garbage = await self.engine.write(
-            lambda c: queue.record(c, qid, wanted, next_attempt, last_error, delay_warned, final)
+            lambda c: queue.record(c, qid, wanted, next_attempt, last_error, delay_warned, final),
+            transaction=False,
         )
         self._garbage(garbage)
         return done

@@ -189,20 +189,22 @@ class Engine:
                     raise lost from None
         raise AssertionError("unreachable")
 
-    async def write(self, fn: Fn[T], *, lazy: bool = False) -> T:
+    async def write(self, fn: Fn[T], *, lazy: bool = False, transaction: bool = True) -> T:
         """Run ``fn`` in one transaction and commit; durable on return unless ``lazy``.
 
         ``fn`` may run more than once (deadlock retries): it must not have effects
-        outside the transaction."""
+        outside the transaction. ``transaction=False``: ``fn`` runs exactly one
+        statement, whose implicit transaction is the transaction (PostgreSQL commits it,
+        durably, before answering): BEGIN and COMMIT would be two more round trips."""
         if self.timing is None:
-            return await self._write(fn, lazy)
+            return await self._write(fn, lazy, transaction)
         started = time.perf_counter()
         try:
-            return await self._write(fn, lazy)
+            return await self._write(fn, lazy, transaction)
         finally:
             self.timing(True, time.perf_counter() - started)
 
-    async def _write(self, fn: Fn[T], lazy: bool) -> T:
+    async def _write(self, fn: Fn[T], lazy: bool, transaction: bool) -> T:
         pool = self.lazy if lazy else self.pool
         retries = 0
         reconnects = 0
@@ -210,6 +212,9 @@ class Engine:
             begun = False
             try:
                 async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                    if not transaction:
+                        begun = True  # the statement may commit from here on
+                        return await fn(conn)
                     tx = conn.transaction()
                     await tx.start()
                     begun = True

@@ -121,35 +121,20 @@ async def record(
     delay_warned: bool | None,
     final: bool = True,
 ) -> tuple[bool, list[str]]:
-    """(entry finished and removed, external objects to collect)."""
-    row = await conn.fetchrow("SELECT id, blob_id FROM queue WHERE qid = $1 FOR UPDATE", qid)
-    if row is None:
-        return True, []  # deleted meanwhile (queue delete): nothing left to do
-    now = int(time.time())
-    if outcomes:
-        await conn.execute(
-            "UPDATE queue_rcpts r SET state = c.state, status = c.status, diagnostic = c.diag, "
-            "remote_mta = c.mta, updated = $1 FROM unnest($2::bigint[], $3::text[], $4::text[], "
-            "$5::text[], $6::text[]) AS c(id, state, status, diag, mta) "
-            "WHERE r.id = c.id AND r.queue_id = $7",
-            now, [o.recipient_id for o in outcomes], [o.state for o in outcomes],
-            [o.status for o in outcomes], [o.diagnostic for o in outcomes],
-            [o.remote_mta for o in outcomes], row[0],
-        )
-    pending = await conn.fetchval(
-        "SELECT count(*) FROM queue_rcpts WHERE queue_id = $1 AND state = 'pending'", row[0]
+    """(entry finished and removed, external objects to collect). One call of the
+    server-side function of migration 14 (``postroom_queue_record``): lock the entry,
+    update its recipients, and when none is pending any more delete it and release its
+    blob; otherwise (``final``) count the attempt. One statement, so the engine runs it
+    without BEGIN/COMMIT (``transaction=False``)."""
+    row = await conn.fetchrow(
+        "SELECT done, garbage FROM postroom_queue_record($1, $2, $3::bigint[], $4::text[], "
+        "$5::text[], $6::text[], $7::text[], $8, $9, $10, $11)",
+        qid, int(time.time()), [o.recipient_id for o in outcomes], [o.state for o in outcomes],
+        [o.status for o in outcomes], [o.diagnostic for o in outcomes],
+        [o.remote_mta for o in outcomes], next_attempt, last_error,
+        None if delay_warned is None else int(delay_warned), final,
     )
-    if pending == 0:
-        return True, await _finish(conn, row[0], row[1])
-    if not final:  # intermediate: the worker still holds the lease and decides later
-        return False, []
-    await conn.execute(
-        "UPDATE queue SET attempts = attempts + 1, lease_until = 0, last_error = $2, "
-        "next_attempt = coalesce($3::bigint, next_attempt), "
-        "delay_warned = coalesce($4::bigint, delay_warned) WHERE id = $1",
-        row[0], last_error, next_attempt, None if delay_warned is None else int(delay_warned),
-    )
-    return False, []
+    return bool(row[0]), list(row[1] or ())
 
 
 async def delete(conn: asyncpg.Connection, qid: str) -> tuple[bool, list[str]]:
