@@ -10,13 +10,19 @@ command): the node's and PostgreSQL's CPU ms, the transactions committed, the WA
 called first. Statement calls include the pool's connection resets and BEGIN/COMMIT,
 so their sum is the number of round trips.
 
+With ``--profile DIR`` the node is sampled by ``py-spy`` (``pip install py-spy``; root or
+ptrace rights) during each workload, into ``DIR/<workload>.txt`` (collapsed stacks: feed
+them to a flame graph tool, or sort the leaf functions).
+
 Usage: .venv/bin/python bench/pg_statements.py [--smtp 1000] [--relay 300] [--duration 8]
-       [--top 25] [--only smtp,imap,relay]
+       [--top 25] [--only smtp,imap,relay] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +76,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=8)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--only", default="smtp,imap,relay")
+    ap.add_argument("--profile", type=Path, default=None)
     args = ap.parse_args()
     only = set(args.only.split(","))
     base = Path(tempfile.mkdtemp(prefix="postroom-pgstat-"))
@@ -107,7 +114,19 @@ def main() -> int:
                     counted.append(note if isinstance(note, int) else units)
                     return note
 
+                spy = None
+                if args.profile is not None:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    spy = subprocess.Popen(
+                        [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+                         "-r", "200", "-o", str(args.profile / f"{work}.txt"), "--pid",
+                         str(setup.nodes[0].proc.pid)],  # type: ignore[union-attr]
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1)
                 f = cluster.measure(setup, units, counting)
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(30)
                 print(f"{work}: {cluster.fmt(f, None, '')}")
                 report(pg, db, counted[0], args.top)
         finally:

@@ -188,6 +188,53 @@ def test_concurrent_writers_on_two_nodes() -> None:
     two_nodes(body)
 
 
+def test_address_lookups_are_cached_and_dropped_on_any_change() -> None:
+    """Node A answers a repeated lookup from its cache, and forgets it as soon as node B
+    (or any SQL session) changes a domain, user or alias; deliveries, which update the
+    users' usage, keep the cache."""
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        alice = await _user(a)
+        found = await a.lookup_address("alice@example.test")
+        assert found.user is not None and found.user.id == alice.id
+        assert await a.lookup_address("alice@example.test") is found  # cached
+        assert (await a.lookup_address("nobody@example.test")).user is None
+
+        async def soon(check: Callable[[], Awaitable[bool]]) -> None:
+            deadline = time.monotonic() + 5
+            while not await check():
+                assert time.monotonic() < deadline, "the change did not reach node A"
+                await asyncio.sleep(0.01)
+
+        await b.add_alias("nobody@example.test", ["alice@example.test"])
+        await soon(lambda: _targets(a, "nobody@example.test", ("alice@example.test",)))
+        await b.deliver(Delivery(data=MSG, summary=b"S", user_ids=(alice.id,)))
+        cached = await a.lookup_address("alice@example.test")
+        await asyncio.sleep(0.3)  # a delivery's notification has arrived by now: no drop
+        assert await a.lookup_address("alice@example.test") is cached
+        await b.engine.write(lambda c: c.execute(
+            "UPDATE users SET disabled = 1 WHERE address = 'alice@example.test'"))
+        await soon(lambda: _disabled(a, "alice@example.test"))
+        assert not (await a.lookup_address("x@other.test")).domain_is_local
+        await b.add_domain("other.test")
+        await soon(lambda: _local(a, "x@other.test"))
+
+    two_nodes(body)
+
+
+async def _targets(store: PostgresStore, address: str, want: tuple[str, ...]) -> bool:
+    return (await store.lookup_address(address)).alias_targets == want
+
+
+async def _disabled(store: PostgresStore, address: str) -> bool:
+    user = (await store.lookup_address(address)).user
+    return user is not None and bool(user.disabled)
+
+
+async def _local(store: PostgresStore, address: str) -> bool:
+    return (await store.lookup_address(address)).domain_is_local
+
+
 def test_queue_entries_are_leased_by_one_node() -> None:
     """Two nodes scanning the queue at the same moment never lease the same entry
     (FOR UPDATE SKIP LOCKED)."""

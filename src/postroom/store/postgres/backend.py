@@ -72,8 +72,9 @@ from postroom.store.api import (
 from postroom.store.changes import LocalChangeHub
 from postroom.store.postgres import accounts, authdata, imports, mail, queue, sharing, tlsdata, web
 from postroom.store.postgres.batch import DeliveryBatcher
-from postroom.store.postgres.engine import Engine
+from postroom.store.postgres.engine import Engine, Fn, T
 from postroom.store.postgres.locks import MaildropLocks
+from postroom.store.postgres.lookups import LookupCache
 from postroom.store.postgres.mail import BlobIn, Stored
 from postroom.store.postgres.notify import NotifyPeers, Relay
 from postroom.store.postgres.schema import migrate
@@ -111,6 +112,7 @@ class PostgresStore:
         self.blob_min_size = blob_min_size
         self.snapshots = SnapshotCache()
         self.batcher = DeliveryBatcher(engine)
+        self.lookups = LookupCache(self.relay)
         self._collector: asyncio.Task[None] | None = None
         self._collect = asyncio.Event()
 
@@ -249,10 +251,10 @@ class PostgresStore:
 
     # -- accounts ------------------------------------------------------------------------
     async def add_domain(self, name: str) -> Domain:
-        return await self.engine.write(lambda c: accounts.add_domain(c, name))
+        return await self._accounts_write(lambda c: accounts.add_domain(c, name))
 
     async def remove_domain(self, name: str) -> None:
-        await self.engine.write(lambda c: accounts.remove_domain(c, name))
+        await self._accounts_write(lambda c: accounts.remove_domain(c, name))
 
     async def list_domains(self) -> list[Domain]:
         return await self.engine.read(accounts.list_domains)
@@ -261,16 +263,16 @@ class PostgresStore:
         return await self.engine.read(lambda c: accounts.get_domain(c, name))
 
     async def add_user(self, address: str, password_hash: str, scram: str | None) -> User:
-        return await self.engine.write(lambda c: accounts.add_user(c, address, password_hash, scram))
+        return await self._accounts_write(lambda c: accounts.add_user(c, address, password_hash, scram))
 
     async def remove_user(self, address: str) -> None:
-        self._garbage(await self.engine.write(lambda c: accounts.remove_user(c, address)))
+        self._garbage(await self._accounts_write(lambda c: accounts.remove_user(c, address)))
 
     async def set_password(self, address: str, password_hash: str, scram: str | None) -> None:
-        await self.engine.write(lambda c: accounts.set_password(c, address, password_hash, scram))
+        await self._accounts_write(lambda c: accounts.set_password(c, address, password_hash, scram))
 
     async def set_user_admin(self, address: str, admin: bool) -> None:
-        await self.engine.write(lambda c: accounts.set_user_admin(c, address, admin))
+        await self._accounts_write(lambda c: accounts.set_user_admin(c, address, admin))
 
     async def get_user(self, address: str) -> User | None:
         return await self.engine.read(lambda c: accounts.get_user(c, address))
@@ -283,10 +285,10 @@ class PostgresStore:
 
     async def add_alias(self, source: str, targets: Sequence[str]) -> list[Alias]:
         wanted = list(targets)
-        return await self.engine.write(lambda c: accounts.add_alias(c, source, wanted))
+        return await self._accounts_write(lambda c: accounts.add_alias(c, source, wanted))
 
     async def remove_alias(self, source: str, target: str | None = None) -> int:
-        return await self.engine.write(lambda c: accounts.remove_alias(c, source, target))
+        return await self._accounts_write(lambda c: accounts.remove_alias(c, source, target))
 
     async def list_aliases(self, domain: str | None = None) -> list[Alias]:
         return await self.engine.read(lambda c: accounts.list_aliases(c, domain))
@@ -295,7 +297,22 @@ class PostgresStore:
         return await self.engine.read(lambda c: accounts.alias_targets(c, source))
 
     async def lookup_address(self, address: str) -> AddressLookup:
-        return await self.engine.read(lambda c: accounts.lookup_address(c, address))
+        """Cached per node, dropped on any account change anywhere (``lookups.py``)."""
+        found = self.lookups.get(address)
+        if found is not None:
+            return found
+        generation = self.lookups.generation
+        found = await self.engine.read(lambda c: accounts.lookup_address(c, address))
+        self.lookups.put(address, generation, found)
+        return found
+
+    async def _accounts_write(self, fn: Fn[T]) -> T:
+        """An account write: this process's lookup cache is dropped at once (the other
+        processes' when the database's trigger notification reaches them)."""
+        try:
+            return await self.engine.write(fn)
+        finally:
+            self.lookups.clear()
 
     async def add_sendas(self, user: str, address: str) -> SendAsGrant:
         return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))

@@ -7,7 +7,9 @@ per item, several lines per notification (at most ~7,900 octets each):
 * ``c MAILBOX USER MODSEQ KIND``: a commit changed a mailbox (``MailboxChange``); the
   other nodes wake their IMAP sessions that have it selected or NOTIFY on its owner;
 * ``q``: the queue changed by an administrator (flush, hold, delete): every node scans;
-* ``n TOPIC VALUE``: a note between nodes (``postroom.peers``, e.g. greeting passes).
+* ``n TOPIC VALUE``: a note between nodes (``postroom.peers``, e.g. greeting passes);
+* ``a``: domains, users or aliases changed (sent by the database's triggers at the
+  commit, migration 15): address lookup caches are dropped (``lookups.py``).
 
 Why after the commit and not inside the writing transaction: PostgreSQL serialises the
 commits of transactions that NOTIFY (a global lock held until the commit's WAL flush),
@@ -81,6 +83,7 @@ class Relay:
         self._pid = 0
         self._task: asyncio.Task[None] | None = None
         self._notes: dict[str, list[NoteHandler]] = {}
+        self._accounts: list[Callable[[], None]] = []
         self.received = 0  # notifications from other processes (tests, metrics)
         self.reconnects = 0
 
@@ -107,6 +110,14 @@ class Relay:
 
     def subscribe_note(self, topic: str, handler: NoteHandler) -> None:
         self._notes.setdefault(topic, []).append(handler)
+
+    def subscribe_accounts(self, handler: Callable[[], None]) -> None:
+        """``handler()`` when accounts changed anywhere, or may have (a reconnect)."""
+        self._accounts.append(handler)
+
+    def _accounts_changed(self) -> None:
+        for handler in tuple(self._accounts):
+            handler()
 
     def _send(self, line: str) -> None:
         if self._closed:
@@ -139,6 +150,7 @@ class Relay:
                     self.reconnects += 1
                     log.info("notification connection re-established")
                     self.hub.wake_all()  # what was sent meanwhile is lost: re-read it
+                    self._accounts_changed()
                 first = False
                 await self._send_loop(conn)
             except Exception as e:
@@ -179,6 +191,9 @@ class Relay:
                 raise
 
     def _on_notify(self, _conn: object, pid: int, _channel: str, payload: str) -> None:
+        if payload == "a":  # from a trigger (any backend): drop the lookup caches
+            self._accounts_changed()
+            return
         if pid == self._pid:
             return  # our own: this process woke its listeners already
         self.received += 1

@@ -162,6 +162,26 @@ _QUEUE_RECORD = """
 """
 
 
+_ACCOUNT_TRIGGERS = """
+    CREATE FUNCTION postroom_accounts_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('postroom', 'a');
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER domains_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON domains
+        FOR EACH STATEMENT EXECUTE FUNCTION postroom_accounts_changed();
+    CREATE TRIGGER aliases_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON aliases
+        FOR EACH STATEMENT EXECUTE FUNCTION postroom_accounts_changed();
+    CREATE TRIGGER users_added AFTER INSERT OR DELETE OR TRUNCATE ON users
+        FOR EACH STATEMENT EXECUTE FUNCTION postroom_accounts_changed();
+    CREATE TRIGGER users_changed AFTER UPDATE ON users FOR EACH ROW
+        WHEN (OLD IS DISTINCT FROM NEW AND OLD.used_storage = NEW.used_storage
+              AND OLD.used_messages = NEW.used_messages)
+        EXECUTE FUNCTION postroom_accounts_changed()
+"""
+
+
 def sqlite_only(text: str) -> Migration:
     """A step that only SQLite needs (its PostgreSQL side does nothing)."""
     return Migration(sqlite=render(text, SQLITE), postgres="")
@@ -574,4 +594,10 @@ MIGRATIONS: list[Migration] = [
     # COMMIT: bench/pg_statements.py). The same steps as store/sqlite/queue.py's record,
     # in the same order; SQLite keeps its in-process path.
     postgres_only(_QUEUE_RECORD),
+    # 15: PostgreSQL only: a node caches address lookups (store/postgres/lookups.py) and
+    # drops them when domains, users or aliases change anywhere: these triggers send
+    # ``a`` on the nodes' channel at the commit of such a change. Updates of a user row
+    # that change its usage (every delivery and expunge) do not fire: they change
+    # nothing a lookup returns, and a NOTIFY in every delivery would serialise commits.
+    postgres_only(_ACCOUNT_TRIGGERS),
 ]
