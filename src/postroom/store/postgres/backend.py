@@ -543,7 +543,7 @@ class PostgresStore:
         return pairs
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
-        return await self.engine.read(lambda c: mail.changes_since(c, mailbox_id, modseq), snapshot=True)
+        return await self.engine.read(lambda c: mail.changes_since(c, mailbox_id, modseq))
 
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))

@@ -190,12 +190,6 @@ async def owner_of(conn: asyncpg.Connection, mailbox_id: int) -> tuple[int, int]
     return int(row[0]), int(row[1])
 
 
-async def user_of(conn: asyncpg.Connection, mailbox_id: int) -> tuple[int, int]:
-    """(user id, highestmodseq) of a mailbox, for the change published after a write."""
-    row = await conn.fetchrow("SELECT user_id, highestmodseq FROM mailboxes WHERE id = $1", mailbox_id)
-    return (int(row[0]), int(row[1])) if row is not None else (0, 0)
-
-
 # -- placing messages -------------------------------------------------------------------
 
 
@@ -491,26 +485,30 @@ async def store_flags(
     unchangedsince: int | None,
 ) -> tuple[StoreResult, int, int]:
     """(result, owner, highestmodseq after). The mailbox row is locked first, so two
-    STOREs on one mailbox run one after the other and both see the other's flags."""
-    modseq = await conn.fetchval(
-        "SELECT highestmodseq FROM mailboxes WHERE id = $1 FOR UPDATE", mailbox_id
+    STOREs on one mailbox run one after the other and both see the other's flags (the
+    read of the messages is a statement after the lock: it sees the other's commit).
+    Three statements: lock, read, and the modseq bump with the update (the lock is held,
+    so the new modseq is the old one plus one)."""
+    row = await conn.fetchrow(
+        "SELECT highestmodseq, user_id FROM mailboxes WHERE id = $1 FOR UPDATE", mailbox_id
     )
-    if modseq is None:
+    if row is None:
         raise NotFound("no such mailbox")
+    modseq, owner = int(row[0]), int(row[1])
     current = await get_messages(conn, mailbox_id, uids)
     changed: list[MessageMeta] = []
     unchanged, failed, updates = plan_flags(current, change, unchangedsince)
     if updates:
-        modseq = await bump_modseq(conn, mailbox_id)
+        modseq += 1
         await conn.execute(
+            "WITH b AS (UPDATE mailboxes SET highestmodseq = $4 WHERE id = $5) "
             "UPDATE messages m SET flags = c.f, keywords = c.k, modseq = $4 "
             "FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(id, f, k) WHERE m.id = c.id",
             [m.id for _, _, m in updates], [f for f, _, _ in updates],
-            [" ".join(k) for _, k, _ in updates], modseq,
+            [" ".join(k) for _, k, _ in updates], modseq, mailbox_id,
         )
         changed = [with_meta(m, flags=f, keywords=k, modseq=modseq) for f, k, m in updates]
-    owner = await conn.fetchval("SELECT user_id FROM mailboxes WHERE id = $1", mailbox_id)
-    return StoreResult(changed=changed, unchanged=unchanged, failed_uids=failed), int(owner), int(modseq)
+    return StoreResult(changed=changed, unchanged=unchanged, failed_uids=failed), owner, modseq
 
 
 async def release_blobs(conn: asyncpg.Connection, blob_ids: Sequence[int]) -> list[str]:
@@ -639,17 +637,23 @@ async def copy_messages(
 
 
 async def changes_since(conn: asyncpg.Connection, mailbox_id: int, modseq: int) -> Changes:
-    """Run in a snapshot read: the mailbox row and the message rows agree."""
-    mb = await conn.fetchrow("SELECT highestmodseq, uidnext FROM mailboxes WHERE id = $1", mailbox_id)
-    if mb is None:
-        raise NotFound("no such mailbox")
+    """One statement (one snapshot: the mailbox row, the changed messages and the
+    vanished UIDs agree, without a transaction around several reads): the mailbox row
+    joined with its changed messages, the vanished UIDs as an array on every row."""
     rows = await conn.fetch(
-        f"SELECT {META_COLS} FROM messages WHERE mailbox_id = $1 AND modseq > $2 ORDER BY uid",
-        mailbox_id, modseq,
+        f"SELECT b.highestmodseq, b.uidnext, (SELECT array_agg(e.uid ORDER BY e.uid) FROM "
+        f"expunged e WHERE e.mailbox_id = $1 AND e.modseq > $2), "
+        f"{', '.join('m.' + c.strip() for c in META_COLS.split(','))} FROM mailboxes b "
+        "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.modseq > $2 WHERE b.id = $1 "
+        "ORDER BY m.uid", mailbox_id, modseq,
     )
+    if not rows:
+        raise NotFound("no such mailbox")
+    first = rows[0]
     return Changes(
-        highestmodseq=mb[0], uidnext=mb[1], changed=[meta_row(r) for r in rows],
-        vanished=await vanished_since(conn, mailbox_id, modseq),
+        highestmodseq=first[0], uidnext=first[1],
+        changed=[meta_row(r[3:]) for r in rows if r[3] is not None],
+        vanished=list(first[2] or ()),
     )
 
 
