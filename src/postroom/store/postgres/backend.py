@@ -2,9 +2,13 @@
 
 What differs from SQLite, and why:
 
-* **Connections, not a writer thread.** Writes run on a pool of connections, each in its
-  own transaction; PostgreSQL's WAL flush is shared by commits that wait at the same time
-  (group commit without our help). See ``engine.py``.
+* **Connections, and a writer task for deliveries.** Writes run on a pool of connections,
+  each in its own transaction (``engine.py``); deliveries are group-committed by one task
+  per process that writes every delivery queued meanwhile in one transaction
+  (``batch.py``): deliveries to one user hold its rows until COMMIT, so PostgreSQL's own
+  sharing of WAL flushes could not batch them.
+* **Address lookups are cached** and dropped on any account change on any node
+  (``lookups.py``: triggers NOTIFY at the commit).
 * **Changes travel between nodes** by LISTEN/NOTIFY (``notify.py``): a commit here wakes
   this node's IMAP sessions at once and the other nodes' after one notification.
 * **\\Recent is claimed on the mailbox row** (one ``UPDATE ... RETURNING`` committed

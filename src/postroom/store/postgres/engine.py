@@ -15,6 +15,9 @@ asyncpg still rolls back an open transaction on release; only a connection hande
 :meth:`Engine.connection` (migrations, the blob sweeper's advisory lock) gets the full
 reset.
 
+Deliveries do not come here one by one: ``batch.py`` group-commits them (one transaction
+for every delivery queued while the previous one committed).
+
 Transactions (:meth:`Engine.write`) run at READ COMMITTED; the functions that need
 exclusion lock the rows they change in one fixed order (a user before their mailboxes,
 mailboxes by id: see ``mail.py``), and a deadlock or serialization failure that still

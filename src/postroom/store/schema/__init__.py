@@ -24,7 +24,8 @@ word                     SQLite                    PostgreSQL
 
 The SQLite rendering of steps 1-12 is, word for word, the SQL those steps had when they
 were SQLite-only, so existing databases and new ones end up with the same schema.
-Where the dialects must differ a step names both texts (:class:`Migration`). PostgreSQL
+Where the dialects must differ a step names both texts (:class:`Migration`); a step one
+backend does not need is empty there (:func:`sqlite_only`, :func:`postgres_only`). PostgreSQL
 support starts at version 13: every PostgreSQL database is created by all steps at once,
 in one transaction, so a step that converts existing rows (2, 3) has nothing to convert
 there and its PostgreSQL side only creates what the step creates.
