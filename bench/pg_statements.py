@@ -47,7 +47,7 @@ def reset(pg: PgCluster, db: str) -> None:
             "SELECT pg_stat_reset_shared('wal')", db)
 
 
-def report(pg: PgCluster, db: str, units: int, top: int) -> None:
+def report(pg: PgCluster, db: str, units: int, top: int, nested: bool = False) -> None:
     time.sleep(0.6)  # the statistics collector's last flush
     per = max(units, 1)
     commits = pg.psql(f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{db}'", db)
@@ -57,7 +57,7 @@ def report(pg: PgCluster, db: str, units: int, top: int) -> None:
     rows = pg.psql(
         "SELECT calls, total_exec_time, regexp_replace(query, '\\s+', ' ', 'g') "
         "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = "
-        "current_database()) AND toplevel ORDER BY calls DESC, total_exec_time DESC", db)
+        f"current_database()) AND toplevel <> {nested} ORDER BY calls DESC, total_exec_time DESC", db)
     total = 0.0
     lines = []
     for line in rows.splitlines():
@@ -77,6 +77,8 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--only", default="smtp,imap,relay")
     ap.add_argument("--profile", type=Path, default=None)
+    ap.add_argument("--nested", action="store_true", help="also list statements run inside "
+                    "server-side functions and triggers")
     args = ap.parse_args()
     only = set(args.only.split(","))
     base = Path(tempfile.mkdtemp(prefix="postroom-pgstat-"))
@@ -129,6 +131,9 @@ def main() -> int:
                     spy.wait(30)
                 print(f"{work}: {cluster.fmt(f, None, '')}")
                 report(pg, db, counted[0], args.top)
+                if args.nested:
+                    print("    statements run inside functions and triggers:")
+                    report(pg, db, counted[0], args.top, nested=True)
         finally:
             for node in setup.nodes:
                 node.stop()

@@ -122,6 +122,7 @@ _QUEUE_RECORD = """
         n_pending BIGINT;
         n_refs BIGINT;
         loc TEXT;
+        k INTEGER;
     BEGIN
         garbage := '{}';
         SELECT id, blob_id INTO q_id, q_blob FROM queue WHERE qid = p_qid FOR UPDATE;
@@ -129,12 +130,13 @@ _QUEUE_RECORD = """
             done := TRUE;  -- deleted meanwhile (queue delete): nothing left to do
             RETURN;
         END IF;
-        IF cardinality(p_ids) > 0 THEN
-            UPDATE queue_rcpts r SET state = c.st, status = c.su, diagnostic = c.di,
-                remote_mta = c.mt, updated = p_now
-            FROM unnest(p_ids, p_states, p_statuses, p_diags, p_mtas) AS c(i, st, su, di, mt)
-            WHERE r.id = c.i AND r.queue_id = q_id;
-        END IF;
+        -- One primary-key update per outcome: a join with unnest() got a generic plan
+        -- that scanned the table once PL/pgSQL cached it.
+        FOR k IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+            UPDATE queue_rcpts SET state = p_states[k], status = p_statuses[k],
+                diagnostic = p_diags[k], remote_mta = p_mtas[k], updated = p_now
+            WHERE id = p_ids[k] AND queue_id = q_id;
+        END LOOP;
         SELECT count(*) INTO n_pending FROM queue_rcpts
         WHERE queue_id = q_id AND state = 'pending';
         IF n_pending = 0 THEN
