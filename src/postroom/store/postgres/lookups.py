@@ -7,7 +7,7 @@ answers change only when an administrator changes a domain, a user or an alias, 
 are cached here and dropped whenever any of those tables changes anywhere:
 
 * the database tells every node: triggers on ``domains``, ``aliases`` and ``users``
-  (migration 15) NOTIFY ``a`` on the node's channel when such a transaction commits,
+  (migration 16) NOTIFY ``a`` on the node's channel when such a transaction commits,
   whichever node, CLI or SQL session made it. Deliveries, which update the users' usage
   columns, do not fire it (the trigger ignores updates that change the usage);
 * this process drops the cache itself right after its own account writes, so its own

@@ -9,7 +9,7 @@ per item, several lines per notification (at most ~7,900 octets each):
 * ``q``: the queue changed by an administrator (flush, hold, delete): every node scans;
 * ``n TOPIC VALUE``: a note between nodes (``postroom.peers``, e.g. greeting passes);
 * ``a``: domains, users or aliases changed (sent by the database's triggers at the
-  commit, migration 15): address lookup caches are dropped (``lookups.py``).
+  commit, migration 16): address lookup caches are dropped (``lookups.py``).
 
 Why after the commit and not inside the writing transaction: PostgreSQL serialises the
 commits of transactions that NOTIFY (a global lock held until the commit's WAL flush),

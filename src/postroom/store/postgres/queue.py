@@ -122,7 +122,7 @@ async def record(
     final: bool = True,
 ) -> tuple[bool, list[str]]:
     """(entry finished and removed, external objects to collect). One call of the
-    server-side function of migration 14 (``postroom_queue_record``): lock the entry,
+    server-side function of migration 15 (``postroom_queue_record``): lock the entry,
     update its recipients, and when none is pending any more delete it and release its
     blob; otherwise (``final``) count the attempt. One statement, so the engine runs it
     without BEGIN/COMMIT (``transaction=False``)."""

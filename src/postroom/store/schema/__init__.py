@@ -591,13 +591,29 @@ MIGRATIONS: list[Migration] = [
         postgres=render(_BLOB_STORE, POSTGRES)
         + ";\n    ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL",
     ),
-    # 14: PostgreSQL only: recording a relay attempt (``Store.queue_record``) as one
+    # 14: MTA-STS policies of the domains we send to, kept across restarts (RFC 8461 5.1:
+    # a sender that forgets a policy when it restarts can be downgraded by whoever blocks
+    # the next policy fetch). One row per recipient domain, replaced by each fetch; rows
+    # past ``expires`` mean nothing and are pruned. ``mx`` is the patterns joined by "\n".
+    portable("""
+    CREATE TABLE mta_sts_policies (
+        domain TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        mx TEXT NOT NULL,
+        max_age {int} NOT NULL,
+        fetched {int} NOT NULL,
+        expires {int} NOT NULL
+    );
+    CREATE INDEX mta_sts_policies_expires ON mta_sts_policies(expires)
+    """),
+    # 15: PostgreSQL only: recording a relay attempt (``Store.queue_record``) as one
     # server-side function call, one round trip instead of eight (BEGIN, lock the entry,
     # update the recipients, count those pending, delete the entry, release its blob,
     # COMMIT: bench/pg_statements.py). The same steps as store/sqlite/queue.py's record,
     # in the same order; SQLite keeps its in-process path.
     postgres_only(_QUEUE_RECORD),
-    # 15: PostgreSQL only: a node caches address lookups (store/postgres/lookups.py) and
+    # 16: PostgreSQL only: a node caches address lookups (store/postgres/lookups.py) and
     # drops them when domains, users or aliases change anywhere: these triggers send
     # ``a`` on the nodes' channel at the commit of such a change. Updates of a user row
     # that change its usage (every delivery and expunge) do not fire: they change
