@@ -353,22 +353,10 @@ def test_an_outage_is_temporary() -> None:
 
 
 def s3_store(fn: Callable[[PostgresStore], Awaitable[Any]], min_size: int = 0) -> Any:
-    from support.postgres import drop_database, fresh_database
+    from support.postgres import with_store
     from support.s3 import fresh_blobs
 
-    url = fresh_database()
-
-    async def main() -> Any:
-        store = await open_store(url, blobs=fresh_blobs(), blob_min_size=min_size)
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(main())
-    finally:
-        drop_database(url)
+    return with_store(lambda store, _url: fn(store), blobs=fresh_blobs(), blob_min_size=min_size)
 
 
 async def _objects(store: PostgresStore) -> set[str]:

@@ -11,28 +11,16 @@ from typing import Any
 import pytest
 
 from postroom.store.api import Delivery, NewQueueEntry, NotFound, QueueRecipient
-from postroom.store.postgres import PostgresStore, open_store
+from postroom.store.postgres import PostgresStore
 
 MSG = b"From: a@example.test\r\nSubject: hi\r\n\r\nhello\r\n"
 
 
 def run(fn: Any) -> Any:
-    """``fn(store)`` on a store of a fresh database."""
-    from support.postgres import drop_database, fresh_database
+    """``fn(store, url)`` on a store of a fresh database."""
+    from support.postgres import with_store
 
-    url = fresh_database()
-
-    async def main() -> Any:
-        store = await open_store(url)
-        try:
-            return await fn(store, url)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(main())
-    finally:
-        drop_database(url)
+    return with_store(fn)
 
 
 async def _users(store: PostgresStore, *names: str) -> list[Any]:

@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SUPERUSER = "postroom"
 
@@ -222,3 +223,25 @@ def drop_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     if _shared is not None and _shared.proc is not None:
         _shared.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def with_store(fn: Any, **kw: Any) -> Any:
+    """Run ``await fn(store, url)`` on a PostgresStore opened (``open_store(url, **kw)``)
+    on a fresh database of the shared server, closed and dropped after."""
+    import asyncio
+
+    from postroom.store.postgres import open_store
+
+    url = fresh_database()
+
+    async def main() -> Any:
+        store = await open_store(url, **kw)
+        try:
+            return await fn(store, url)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        drop_database(url)
