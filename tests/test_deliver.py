@@ -20,6 +20,18 @@ def test_costly_finds_what_would_hold_the_loop() -> None:
                           b"Content-Type: text/plain; " + b";" * 5000 + b"\r\n\r\nx\r\n--b--\r\n")
 
 
+def test_costly_counts_delimiter_lines_only_where_the_scanner_splits() -> None:
+    dashes = b"--b\r\nx\r\n" * (deliver.COSTLY_PARTS + 1)
+    # text/plain (or no Content-Type): one leaf whatever its lines, cheap to scan
+    assert not deliver.costly(b"Subject: dashes\r\n\r\n" + dashes)
+    assert not deliver.costly(b"Content-Type: text/plain\r\n\r\n" + dashes)
+    # the same lines are delimiters in a multipart, also inside message/rfc822
+    multipart = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + dashes
+    assert deliver.costly(multipart)
+    assert deliver.costly(b"Content-Type: MESSAGE/rfc822\r\n\r\n" + multipart)
+    assert deliver.costly(b"Content-Type:\r\n Multipart/Mixed; boundary=b\r\n\r\n" + dashes)
+
+
 def test_prepare_headers_does_what_the_shell_did() -> None:
     data = b"Return-Path: <evil@example.org>\r\nBcc: hidden@example.org\r\n" + SMALL
     fixed = deliver.prepare_headers(
