@@ -32,6 +32,19 @@ def test_costly_counts_delimiter_lines_only_where_the_scanner_splits() -> None:
     assert deliver.costly(b"Content-Type:\r\n Multipart/Mixed; boundary=b\r\n\r\n" + dashes)
 
 
+def test_costly_counts_part_headers_not_part_bodies() -> None:
+    top = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+    many = b";(<\"" * deliver.COSTLY_TOKENS  # each one a token for the header parsers
+    # in a part body: octets nobody parses
+    assert not deliver.costly(top + b"--b\r\nContent-Type: text/plain\r\n\r\n" + many + b"\r\n--b--\r\n")
+    # in a part header, also one without an empty line after it
+    assert deliver.costly(top + b"--b\r\nContent-Type: text/plain; " + many + b"\r\n\r\nx\r\n--b--\r\n")
+    assert deliver.costly(top + b"--b\r\nContent-Type: text/plain; " + many + b"\r\n")
+    # in the header of a message inside a part (not after a "--" line): counted too
+    inner = b"From: " + many + b"\r\n\r\nhi\r\n"
+    assert deliver.costly(top + b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--b--\r\n")
+
+
 def test_prepare_headers_does_what_the_shell_did() -> None:
     data = b"Return-Path: <evil@example.org>\r\nBcc: hidden@example.org\r\n" + SMALL
     fixed = deliver.prepare_headers(
