@@ -30,6 +30,9 @@ def test_costly_counts_delimiter_lines_only_where_the_scanner_splits() -> None:
     assert deliver.costly(multipart)
     assert deliver.costly(b"Content-Type: MESSAGE/rfc822\r\n\r\n" + multipart)
     assert deliver.costly(b"Content-Type:\r\n Multipart/Mixed; boundary=b\r\n\r\n" + dashes)
+    # LF line ends (IMAP APPEND, before normalising): header_end() finds no CRLF CRLF
+    lf = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + dashes).replace(b"\r\n", b"\n")
+    assert deliver.costly(lf)
 
 
 def test_costly_counts_part_headers_not_part_bodies() -> None:

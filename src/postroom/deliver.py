@@ -240,7 +240,7 @@ def costly(data: bytes) -> bool:
     # A literal search in ``re`` is one tight loop (~30 us for 100 KB, where the 3-octet
     # ``bytes.count`` took 70-190 us), and it stops at the limit.
     dash_lines = (
-        list(itertools.islice(_DASH_LINE.finditer(data, end), COSTLY_PARTS + 1))
+        list(itertools.islice(_DASH_LINE.finditer(data), COSTLY_PARTS + 1))
         if _maybe_nested(data, end) else []
     )
     if len(dash_lines) > COSTLY_PARTS:
