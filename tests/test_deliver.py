@@ -46,6 +46,9 @@ def test_costly_counts_part_headers_not_part_bodies() -> None:
     # in the header of a message inside a part (not after a "--" line): counted too
     inner = b"From: " + many + b"\r\n\r\nhi\r\n"
     assert deliver.costly(top + b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--b--\r\n")
+    # and in the header of the message a message/rfc822 message holds
+    inner_multipart = inner.replace(b"\r\n\r\n", b"\r\n" + top[:-2] + b"\r\n", 1) + b"--b\r\n\r\nx\r\n--b--\r\n"
+    assert deliver.costly(b"Content-Type: message/rfc822\r\n\r\n" + inner_multipart)
 
 
 def test_prepare_headers_does_what_the_shell_did() -> None:

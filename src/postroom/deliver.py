@@ -266,6 +266,9 @@ def _part_header_tokens(data: bytes, end: int, dash_lines: list[re.Match[bytes]]
     of its own inside a part body, and a range that is not short is not worth the
     bookkeeping: then everything after the top-level header is counted, as a bound.
     """
+    if end > _NESTING_HEADER_MAX or b"message/" in data[:end].lower():
+        # a message/rfc822 message: the header of the message inside is not after a "--"
+        return sum(data.count(c, end) for c in _PART_SEPARATORS)
     counted = 0
     tokens = 0
     for m in dash_lines:
