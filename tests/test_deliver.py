@@ -49,6 +49,9 @@ def test_costly_counts_part_headers_not_part_bodies() -> None:
     # and in the header of the message a message/rfc822 message holds
     inner_multipart = inner.replace(b"\r\n\r\n", b"\r\n" + top[:-2] + b"\r\n", 1) + b"--b\r\n\r\nx\r\n--b--\r\n"
     assert deliver.costly(b"Content-Type: message/rfc822\r\n\r\n" + inner_multipart)
+    # and in a part of a multipart/digest, which is a message/rfc822 without saying so
+    digest = b"Content-Type: multipart/digest; boundary=b\r\n\r\n--b\r\n\r\n" + inner + b"--b--\r\n"
+    assert deliver.costly(digest)
 
 
 def test_prepare_headers_does_what_the_shell_did() -> None:

@@ -262,12 +262,12 @@ def _part_header_tokens(data: bytes, end: int, dash_lines: list[re.Match[bytes]]
     Every part header follows a line that starts with "--" (its delimiter; other such
     lines add octets that are not headers: more counted, never fewer) and ends at the
     next empty line, so only those ranges are counted, not the part bodies (four counts
-    over a 100 KB attachment: ~140 us). An encapsulated message (message/*) has a header
-    of its own inside a part body, and a range that is not short is not worth the
+    over a 100 KB attachment: ~140 us). An encapsulated message (message/*, or any part
+    of a multipart/digest, RFC 2046 5.1.5) has a header of its own inside a part body,
+    which follows no "--" line, and a range that is not short is not worth the
     bookkeeping: then everything after the top-level header is counted, as a bound.
     """
-    if end > _NESTING_HEADER_MAX or b"message/" in data[:end].lower():
-        # a message/rfc822 message: the header of the message inside is not after a "--"
+    if end > _NESTING_HEADER_MAX or _encapsulates(data[:end]):
         return sum(data.count(c, end) for c in _PART_SEPARATORS)
     counted = 0
     tokens = 0
@@ -276,13 +276,18 @@ def _part_header_tokens(data: bytes, end: int, dash_lines: list[re.Match[bytes]]
         blank = _BLANK_LINE.search(data, start)
         stop = blank.end() if blank is not None else len(data)
         counted += stop - start
-        if counted > _PART_HEADERS_MAX or b"message/" in data[start:stop].lower():
+        if counted > _PART_HEADERS_MAX or _encapsulates(data[start:stop]):
             return sum(data.count(c, end) for c in _PART_SEPARATORS)
         tokens += sum(data.count(c, start, stop) for c in _PART_SEPARATORS)
     return tokens
 
 
 _PART_HEADERS_MAX = 64 * 1024  # octets of part headers counted one range at a time
+
+
+def _encapsulates(header: bytes) -> bool:
+    lower = header.lower()
+    return b"message/" in lower or b"digest" in lower
 _NESTING_WORDS = (b"multipart", b"message/")
 _NESTING_HEADER_MAX = 64 * 1024
 
