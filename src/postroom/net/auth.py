@@ -186,6 +186,14 @@ class AuthTracker:
         self.attempted: str | None = None  # the user name of the attempt under way
 
     @property
+    def owner(self) -> tuple[str, object]:
+        """Who this connection's commands share the heavy slots as (net/heavy_slots.py):
+        the user once logged in (all of a user's sessions together), else the address."""
+        if self.user is not None:
+            return ("user", self.user.id)
+        return ("ip", self.client_ip)
+
+    @property
     def exhausted(self) -> bool:
         return self.failures >= self.services.settings.limits.auth_failures
 

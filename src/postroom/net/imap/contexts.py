@@ -187,7 +187,7 @@ async def refresh(s: ImapSession) -> None:
     if budget.current() is not None:  # inside a command: its budget already slices
         await _refresh(s, view)
         return
-    with budget.scope(s.settings.limits.command_time):
+    with budget.scope(s.settings.limits.command_time, s.auth.owner):
         try:
             await _refresh(s, view)
         except BudgetExceeded:
