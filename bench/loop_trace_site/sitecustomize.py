@@ -70,8 +70,15 @@ if _OUT:
         if threading.get_ident() == _main:
             _gc["in_callback"] += took
         if took > 0.005:
+            extra = ""
+            if info["generation"] == 2:
+                _gc["full"] = _gc.get("full", 0) + 1
+                if _gc["full"] % 8 == 1:  # what the full collections walk, now and then
+                    kinds = collections.Counter(type(o).__name__ for o in gc.get_objects(2))
+                    extra = f" objects {sum(kinds.values())} " + ",".join(
+                        f"{k}={n}" for k, n in kinds.most_common(8))
             _gc_log.write(f"{info['generation']} {took * 1000:.1f} {info['collected']} "
-                          f"{threading.current_thread().name}\n")
+                          f"{threading.current_thread().name}{extra}\n")
 
     gc.callbacks.append(_on_gc)
     _run = asyncio.events.Handle._run

@@ -13,7 +13,7 @@ import pytest
 from imap_util import deliver
 
 from postroom.net.imap.contexts import Context, merge, per_message, precedes
-from postroom.net.imap.search import Candidate, sort_candidates
+from postroom.net.imap.search import Candidate, sort_candidates, sorted_sliced
 from postroom.net.imap.selected import CHANGELOG_UIDS, SelectedMailbox
 from postroom.proto.imap.search import AgeKey, And, FlagKey, HeaderKey, Not, Or, SizeKey
 from postroom.store.api import Changes, MessageMeta
@@ -87,6 +87,20 @@ def test_precedes_is_the_order_of_sort_candidates(seed: int) -> None:
 
     got = sorted(items, key=functools.cmp_to_key(
         lambda a, b: -1 if precedes(a, b, criteria) else (1 if precedes(b, a, criteria) else 0)))
+    assert [c.meta.uid for c in got] == [c.meta.uid for c in expected]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_sorted_sliced_is_sort_candidates(seed: int) -> None:
+    import asyncio
+
+    rng = random.Random(seed)
+    items = [_cand(u, rng.choice("abcd"), rng.choice((1, 2, 3))) for u in range(1, 700)]
+    criteria = tuple((rng.choice(("SUBJECT", "SIZE", "ARRIVAL")), rng.random() < 0.5)
+                     for _ in range(rng.randint(1, 3)))
+    expected = list(items)
+    sort_candidates(expected, criteria)
+    got = asyncio.run(sorted_sliced(items, criteria))
     assert [c.meta.uid for c in got] == [c.meta.uid for c in expected]
 
 
@@ -191,7 +205,7 @@ def test_incremental_contexts_equal_a_fresh_evaluation(server: Server, user: str
                 tag = line.split(b'"')[1]
                 spec, result = tracked[tag]
                 tracked[tag] = (spec, _apply(result, line, spec[0] == "SORT"))
-        for tag, ((kind, criteria, key), result) in tracked.items():
+        for (kind, criteria, key), result in tracked.values():
             if kind == "SORT":
                 fresh = c.ok(f"UID SORT {criteria} UTF-8 {key}")
             else:

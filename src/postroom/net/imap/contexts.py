@@ -194,7 +194,7 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
         positions, _ = await search.matching_positions(s, view, key)
         return view.uids_at(positions)
     found = await search.evaluate(s, view, key, lights=True)
-    search.sort_candidates(found, criteria)
+    found = await search.sorted_sliced(found, criteria)
     return [c.meta.uid for c in found]
 
 
