@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -263,6 +264,7 @@ def main() -> None:
     finally:
         probe.close()
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)  # about 1 GB of mailbox per run
 
 
 if __name__ == "__main__":
