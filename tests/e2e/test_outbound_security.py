@@ -58,7 +58,9 @@ class PolicyServer:
         self.httpd.server_close()
 
 
-STS_DOMAINS = ["sts-ok.test", "sts-wrongmx.test", "sts-testing.test", "sts-badcert.test", "sts-notls.test"]
+STS_DOMAINS = [
+    "sts-ok.test", "sts-wrongmx.test", "sts-testing.test", "sts-badcert.test", "sts-notls.test", "sts-restart.test",
+]
 _servers: list[PolicyServer] = []
 
 
@@ -125,6 +127,23 @@ def test_mta_sts_policy_with_a_bad_certificate_is_not_used(world: World) -> None
     # The policy host's certificate is not valid for its name: the policy is not used
     # (RFC 8461 3.3), and with nothing cached the domain has no policy (RFC 8461 5).
     assert world.wait_arrived(address)
+
+
+def test_mta_sts_policy_survives_a_restart(world: World) -> None:
+    """RFC 8461 5.1: the policy fetched before a restart stays in force after it while the
+    policy host cannot be reached (an attacker who blocks it must not get the mail to an
+    MX outside the policy)."""
+    wrong = world.mx("sts-restart.test", Behaviour(), name="mx.tls.test")
+    _policy(world, "sts-restart.test", "enforce", "mx.elsewhere.test")
+    world.send(["f@sts-restart.test"])
+    assert "MTA-STS" in wait(lambda: world.pending_reason("f@sts-restart.test"))
+    assert world.server is not None
+    world.server.stop()
+    del POLICIES["mta-sts.sts-restart.test"]  # the fetch now fails (404)
+    world.server.start()
+    world.send(["g@sts-restart.test"])
+    assert "MTA-STS" in wait(lambda: world.pending_reason("g@sts-restart.test"))
+    assert world.arrived(wrong) == []
 
 
 def _served_leaf(world: World, address: str) -> x509.Certificate:

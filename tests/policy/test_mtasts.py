@@ -8,6 +8,7 @@ import pytest
 
 from postroom.policy.dns import NXDOMAIN, DictResolver
 from postroom.policy.mtasts import MtaStsPolicies, PolicyFetchError, StsPolicy, mx_matches, parse_policy, parse_txt
+from postroom.store.api import StoreUnavailable, StsPolicyRow
 
 
 @pytest.mark.parametrize(
@@ -86,6 +87,65 @@ def test_cache_by_id_and_max_age_keeps_policy_when_fetch_fails() -> None:
         assert await sts.get("example.org") is None
         assert "example.org" not in sts.last_failure  # no record: nothing failed
         assert await sts.get("nothing.example") is None
+
+    asyncio.run(run())
+
+
+class _RowStore:
+    """The three Store methods MtaStsPolicies uses, over a dict (the real backends are in
+    tests/store/test_contract.py; the restart end to end in tests/e2e)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, object] = {}
+        self.down = False
+
+    async def sts_policy(self, domain: str) -> object:
+        if self.down:
+            raise StoreUnavailable("down")
+        return self.rows.get(domain)
+
+    async def sts_policy_put(self, row: StsPolicyRow) -> None:
+        if self.down:
+            raise StoreUnavailable("down")
+        self.rows[row.domain] = row
+
+    async def sts_policies_prune(self, now: int) -> int:
+        gone = [d for d, r in self.rows.items() if r.expires <= now]  # type: ignore[attr-defined]
+        for d in gone:
+            del self.rows[d]
+        return len(gone)
+
+
+def test_policy_survives_a_restart_through_the_store() -> None:
+    """RFC 8461 5.1: a new process (a restart, another node) whose fetch is blocked still
+    enforces the policy the previous one fetched, until its max_age runs out."""
+    now = [1000.0]
+    dns = DictResolver({("_mta-sts.example.org", "TXT"): ["v=STSv1; id=one"]})
+    store = _RowStore()
+
+    async def run() -> None:
+        first = _Counting(dns, clock=lambda: now[0], store=store)  # type: ignore[arg-type]
+        p = await first.get("example.org")
+        assert p is not None and p.mode == "enforce"
+        row = store.rows["example.org"]
+        assert row == StsPolicyRow("example.org", "one", "enforce", ("mx.example.org",), 100, 1000, 1100)
+        second = _Counting(dns, clock=lambda: now[0], store=store)  # type: ignore[arg-type]
+        second.fail = True  # an attacker blocks the policy host
+        assert await second.get("example.org") == p and second.fetches == 0
+        now[0] += 101  # expired: the stored row no longer counts
+        third = _Counting(dns, clock=lambda: now[0], store=store)  # type: ignore[arg-type]
+        third.fail = True
+        assert await third.get("example.org") is None
+        # a later successful fetch replaces the row and prunes expired ones
+        store.rows["old.example"] = StsPolicyRow("old.example", "x", "none", (), 1, 0, 1)
+        third.fail = False
+        assert await third.get("example.org") == p
+        assert store.rows["example.org"].expires == 1201  # type: ignore[attr-defined]
+        assert "old.example" not in store.rows
+        # a store that cannot answer: memory and a fresh fetch still work
+        store.down = True
+        fourth = _Counting(dns, clock=lambda: now[0], store=store)  # type: ignore[arg-type]
+        assert await fourth.get("example.org") == p and fourth.fetches == 1
 
     asyncio.run(run())
 

@@ -1189,6 +1189,28 @@ def test_tlsrpt_rows_aggregate_and_report_once(store_run: Any) -> None:
     store_run(body)
 
 
+def test_mta_sts_policies_kept_replaced_and_pruned(store_run: Any) -> None:
+    from postroom.store.api import StsPolicyRow
+
+    a = StsPolicyRow("example.org", "id1", "enforce", ("mx1.example.org", "*.example.org"), 86400, 1000, 87400)
+    b = StsPolicyRow("example.net", "x", "none", (), 600, 1000, 1600)
+
+    async def body(store: Any) -> None:
+        assert await store.sts_policy("example.org") is None
+        await store.sts_policy_put(a)
+        await store.sts_policy_put(b)
+        assert await store.sts_policy("example.org") == a
+        assert await store.sts_policy("example.net") == b
+        newer = StsPolicyRow("example.org", "id2", "testing", ("mx2.example.org",), 300, 2000, 2300)
+        await store.sts_policy_put(newer)
+        assert await store.sts_policy("example.org") == newer
+        assert await store.sts_policies_prune(1600) == 1  # b expired at 1600
+        assert await store.sts_policy("example.net") is None
+        assert await store.sts_policy("example.org") == newer
+
+    store_run(body)
+
+
 def test_tls_reports_received(store_run: Any) -> None:
     from postroom.store.api import TlsReport
 

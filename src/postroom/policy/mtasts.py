@@ -9,8 +9,11 @@
 * Cache (3.3, 5.1): per domain for the policy's ``max_age``; fetched again when the TXT id
   changes or the entry expires. A failed fetch or DNS failure keeps a cached policy in
   force (that is what protects against an attacker who blocks the policy fetch); with
-  nothing cached the domain has no policy. The cache lives in memory: after a restart
-  policies are fetched again (RFC 8461 says SHOULD persist; noted in docs/protocols.md).
+  nothing cached the domain has no policy. The cache is kept in the store as well
+  (``mta_sts_policies``), so it survives restarts and is shared by every node on
+  PostgreSQL: otherwise a restart would forget every policy, and whoever can block the
+  next fetch (and strip STARTTLS) would get the mail in clear. Memory holds what this
+  process has read; the store is read on a miss and written after each fetch.
 * Apply (4, 5): ``enforce``: deliver only to MX hosts matching a ``mx`` pattern and only
   over TLS with a valid certificate for the MX name; ``testing``: deliver as before (the
   result is reported, TLS-RPT); ``none``: no policy.
@@ -19,17 +22,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp.abc import AbstractResolver
 
+from postroom import logs
 from postroom.policy.dns import DnsError, Resolver, lookup_addresses
+from postroom.store.api import StoreError, StsPolicyRow
+
+log = logging.getLogger("postroom.queue")
 
 MAX_POLICY_SIZE = 64 * 1024
 FETCH_TIMEOUT = 60.0  # RFC 8461 3.3: "a timeout of 60 seconds" is suggested
@@ -155,17 +163,30 @@ class PolicyFetchError(Exception):
         self.result_type = result_type or ("sts-policy-invalid" if invalid else "sts-policy-fetch-error")
 
 
+class PolicyStore(Protocol):
+    """The part of the Store that keeps policies (``store.api.Store``)."""
+
+    async def sts_policy(self, domain: str) -> StsPolicyRow | None: ...
+    async def sts_policy_put(self, row: StsPolicyRow) -> None: ...
+    async def sts_policies_prune(self, now: int) -> int: ...
+
+
+PRUNE_INTERVAL = 3600.0
+
+
 class MtaStsPolicies:
     """Policies by domain, cached for their max_age (see module docstring)."""
 
     def __init__(
         self, resolver: Resolver, *, ca_file: str | None = None, port: int = 443,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, store: PolicyStore | None = None,
     ) -> None:
         self.resolver = resolver
         self.ca_file = ca_file
         self.port = port
         self.clock = clock
+        self.store = store
+        self._pruned = float("-inf")  # prune at the first save, then hourly
         self._cache: dict[str, tuple[float, StsPolicy]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # domain -> (RFC 8460 result type, why) of the last fetch, when it failed
@@ -184,9 +205,11 @@ class MtaStsPolicies:
     async def _get(self, domain: str) -> StsPolicy | None:
         now = self.clock()
         cached = self._cache.get(domain)
+        if cached is None:
+            cached = await self._load(domain)
         if cached is not None and cached[0] <= now:
             cached = None
-            del self._cache[domain]
+            self._cache.pop(domain, None)
         try:
             sts_id = parse_txt(await self.resolver.txt(f"_mta-sts.{domain}"))
         except DnsError:
@@ -204,10 +227,43 @@ class MtaStsPolicies:
         self.last_failure.pop(domain, None)
         policy = StsPolicy(policy.mode, policy.mx, policy.max_age, sts_id)
         if policy.max_age > 0:
-            if len(self._cache) >= MAX_CACHE:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[domain] = (now + policy.max_age, policy)
+            self._remember(domain, now + policy.max_age, policy)
+            await self._save(domain, now, policy)
         return policy
+
+    def _remember(self, domain: str, expires: float, policy: StsPolicy) -> None:
+        if domain not in self._cache and len(self._cache) >= MAX_CACHE:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[domain] = (expires, policy)
+
+    async def _load(self, domain: str) -> tuple[float, StsPolicy] | None:
+        """The stored policy of ``domain`` (also an expired one: the caller decides). A
+        store that cannot answer counts as nothing stored, as a failed fetch would."""
+        if self.store is None:
+            return None
+        try:
+            row = await self.store.sts_policy(domain)
+        except StoreError as e:
+            logs.event(log, "mta_sts_store_failed", logging.WARNING, domain=domain, error=str(e))
+            return None
+        if row is None:
+            return None
+        policy = StsPolicy(row.mode, row.mx, row.max_age, row.policy_id)
+        self._remember(domain, float(row.expires), policy)
+        return float(row.expires), policy
+
+    async def _save(self, domain: str, now: float, policy: StsPolicy) -> None:
+        if self.store is None:
+            return
+        row = StsPolicyRow(domain, policy.id, policy.mode, policy.mx, policy.max_age,
+                           int(now), int(now) + policy.max_age)
+        try:
+            await self.store.sts_policy_put(row)
+            if now - self._pruned >= PRUNE_INTERVAL:
+                self._pruned = now
+                await self.store.sts_policies_prune(int(now))
+        except StoreError as e:  # kept in memory all the same
+            logs.event(log, "mta_sts_store_failed", logging.WARNING, domain=domain, error=str(e))
 
     def _note_failure(self, domain: str, failure: tuple[str, str]) -> None:
         if len(self.last_failure) >= MAX_CACHE:

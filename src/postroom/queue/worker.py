@@ -257,8 +257,9 @@ class QueueWorker:
         self.ca_file = ca
         self.security = TransportSecurity(
             self.resolver, dane=out.dane,
-            mta_sts=MtaStsPolicies(self.resolver, ca_file=str(ca) if ca else None, port=out.mta_sts_port)
-            if out.mta_sts else None,
+            mta_sts=MtaStsPolicies(
+                self.resolver, ca_file=str(ca) if ca else None, port=out.mta_sts_port, store=self.store,
+            ) if out.mta_sts else None,
             explicit=frozenset(out.tls_policy),
         )
         self.tls_results = services.tls_results  # policy.tls_reports.TlsRecorder, or None

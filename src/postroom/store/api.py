@@ -586,6 +586,20 @@ class TlsReport:
     document: str = field(repr=False, default="")
 
 
+@dataclass(frozen=True, slots=True)
+class StsPolicyRow:
+    """A recipient domain's MTA-STS policy as last fetched (RFC 8461 3.2), kept across
+    restarts until ``expires`` (fetch time + max_age, epoch seconds)."""
+
+    domain: str  # lower case, no trailing dot
+    policy_id: str  # the ``id`` of the _mta-sts TXT record it was fetched under
+    mode: str  # enforce | testing | none
+    mx: tuple[str, ...]
+    max_age: int
+    fetched: int
+    expires: int
+
+
 class ChangeHub(Protocol):
     """Publish/subscribe of mailbox changes, and a wake-up for the queue runner."""
 
@@ -858,6 +872,10 @@ class Store(Protocol):
     # the same organization and report id is already stored (a resend).
     async def tls_reports(self, *, limit: int = 100, domain: str | None = None) -> list[TlsReport]: ...
     # Newest first; ``domain``: only reports that cover it.
+    # MTA-STS policies of recipient domains (RFC 8461 5.1: kept across restarts).
+    async def sts_policy(self, domain: str) -> StsPolicyRow | None: ...  # expired ones too
+    async def sts_policy_put(self, row: StsPolicyRow) -> None: ...  # replaces the domain's row
+    async def sts_policies_prune(self, now: int) -> int: ...  # deletes rows expired by now
     async def queue_stats(self) -> QueueStats: ...
 
     # -- credentials of the HTTP service (digests only; see ApiToken) ---------------------

@@ -727,6 +727,15 @@ class PostgresStore:
     async def tls_reports(self, *, limit: int = 100, domain: str | None = None) -> list[api.TlsReport]:
         return await self.engine.read(lambda c: tlsdata.tls_reports(c, limit, domain))
 
+    async def sts_policy(self, domain: str) -> api.StsPolicyRow | None:
+        return await self.engine.read(lambda c: tlsdata.sts_policy(c, domain))
+
+    async def sts_policy_put(self, row: api.StsPolicyRow) -> None:
+        await self.engine.write(lambda c: tlsdata.sts_policy_put(c, row))
+
+    async def sts_policies_prune(self, now: int) -> int:
+        return await self.engine.write(lambda c: tlsdata.sts_policies_prune(c, now))
+
     async def _delete_and_report(self, delete: Any, report: Delivery | None) -> int:
         """Delete a day's report rows and queue the report in the same transaction: two
         nodes racing send it once (the loser deletes nothing and queues nothing)."""

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from postroom.store.api import TlsReport, TlsResultRow
+from postroom.store.api import StsPolicyRow, TlsReport, TlsResultRow
 from postroom.store.postgres.mail import rowcount
-from postroom.store.sqlite.tlsdata import _COLS, _KEY, _REPORT_COLS, _like_escape, policy_key
+from postroom.store.sqlite.tlsdata import (
+    _COLS, _KEY, _REPORT_COLS, _STS_COLS, _like_escape, policy_key, sts_row, sts_values,
+)
 
 
 async def tlsrpt_add(conn: asyncpg.Connection, rows: Sequence[TlsResultRow]) -> None:
@@ -64,3 +66,21 @@ async def tls_reports(conn: asyncpg.Connection, limit: int, domain: str | None) 
             f"%,{_like_escape(domain)},%", limit,
         )
     return [TlsReport(*r) for r in rows]
+
+
+async def sts_policy(conn: asyncpg.Connection, domain: str) -> StsPolicyRow | None:
+    found = await conn.fetchrow(f"SELECT {_STS_COLS} FROM mta_sts_policies WHERE domain = $1", domain)
+    return None if found is None else sts_row(tuple(found))
+
+
+async def sts_policy_put(conn: asyncpg.Connection, row: StsPolicyRow) -> None:
+    await conn.execute(
+        f"INSERT INTO mta_sts_policies({_STS_COLS}) VALUES($1, $2, $3, $4, $5, $6, $7) "
+        "ON CONFLICT(domain) DO UPDATE SET policy_id=excluded.policy_id, mode=excluded.mode, "
+        "mx=excluded.mx, max_age=excluded.max_age, fetched=excluded.fetched, expires=excluded.expires",
+        *sts_values(row),
+    )
+
+
+async def sts_policies_prune(conn: asyncpg.Connection, now: int) -> int:
+    return rowcount(await conn.execute("DELETE FROM mta_sts_policies WHERE expires <= $1", now))

@@ -496,4 +496,20 @@ MIGRATIONS: list[Migration] = [
         postgres=render(_BLOB_STORE, POSTGRES)
         + ";\n    ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL",
     ),
+    # 14: MTA-STS policies of the domains we send to, kept across restarts (RFC 8461 5.1:
+    # a sender that forgets a policy when it restarts can be downgraded by whoever blocks
+    # the next policy fetch). One row per recipient domain, replaced by each fetch; rows
+    # past ``expires`` mean nothing and are pruned. ``mx`` is the patterns joined by "\n".
+    portable("""
+    CREATE TABLE mta_sts_policies (
+        domain TEXT PRIMARY KEY,
+        policy_id TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        mx TEXT NOT NULL,
+        max_age {int} NOT NULL,
+        fetched {int} NOT NULL,
+        expires {int} NOT NULL
+    );
+    CREATE INDEX mta_sts_policies_expires ON mta_sts_policies(expires)
+    """),
 ]

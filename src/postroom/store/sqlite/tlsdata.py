@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
-from postroom.store.api import TlsReport, TlsResultRow
+from postroom.store.api import StsPolicyRow, TlsReport, TlsResultRow
 
 _KEY = "period, policy_domain, policy_key, result_type, sending_ip, receiving_mx, receiving_ip, detail"
 _COLS = (
@@ -83,3 +84,34 @@ def tls_reports(conn: sqlite3.Connection, limit: int, domain: str | None) -> lis
 
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_STS_COLS = "domain, policy_id, mode, mx, max_age, fetched, expires"
+
+
+def sts_row(values: Sequence[Any]) -> StsPolicyRow:
+    domain, policy_id, mode, mx, max_age, fetched, expires = values
+    patterns = tuple(p for p in mx.split("\n") if p)
+    return StsPolicyRow(domain, policy_id, mode, patterns, int(max_age), int(fetched), int(expires))
+
+
+def sts_values(row: StsPolicyRow) -> tuple[object, ...]:
+    return (row.domain, row.policy_id, row.mode, "\n".join(row.mx), row.max_age, row.fetched, row.expires)
+
+
+def sts_policy(conn: sqlite3.Connection, domain: str) -> StsPolicyRow | None:
+    found = conn.execute(f"SELECT {_STS_COLS} FROM mta_sts_policies WHERE domain=?", (domain,)).fetchone()
+    return None if found is None else sts_row(found)
+
+
+def sts_policy_put(conn: sqlite3.Connection, row: StsPolicyRow) -> None:
+    conn.execute(
+        f"INSERT INTO mta_sts_policies({_STS_COLS}) VALUES(?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(domain) DO UPDATE SET policy_id=excluded.policy_id, mode=excluded.mode, "
+        "mx=excluded.mx, max_age=excluded.max_age, fetched=excluded.fetched, expires=excluded.expires",
+        sts_values(row),
+    )
+
+
+def sts_policies_prune(conn: sqlite3.Connection, now: int) -> int:
+    return conn.execute("DELETE FROM mta_sts_policies WHERE expires <= ?", (now,)).rowcount
