@@ -29,6 +29,12 @@ async def _hog(owner: str, seconds: float, done: list[str], name: str) -> None:
     done.append(name)
 
 
+async def _stop(tasks: list[asyncio.Future[None]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def test_a_command_that_gave_its_slot_back_is_not_starved_by_younger_ones() -> None:
     """The victim starts first, takes a slot, gives it back to wait (for a worker process
     or its client), then needs it again while hogs of the same user hold both slots for
@@ -53,9 +59,7 @@ def test_a_command_that_gave_its_slot_back_is_not_starved_by_younger_ones() -> N
         hogs = [asyncio.ensure_future(_hog("user", 1.0, done, f"hog{i}")) for i in range(4)]
         took = await task
         assert done == []  # it finished while the hogs still ran
-        for h in hogs:
-            h.cancel()
-        await asyncio.gather(*hogs, return_exceptions=True)
+        await _stop(hogs)
         return took
 
     took = asyncio.run(main())
@@ -72,9 +76,7 @@ def test_another_user_gets_a_slot_while_one_user_holds_them_all() -> None:
         await _hog("bob", 0.02, done, "bob")
         took = time.monotonic() - started
         assert done == ["bob"]
-        for h in hogs:
-            h.cancel()
-        await asyncio.gather(*hogs, return_exceptions=True)
+        await _stop(hogs)
         return took
 
     took = asyncio.run(main())

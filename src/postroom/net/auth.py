@@ -22,7 +22,6 @@ import contextlib
 import logging
 import math
 import os
-import weakref
 from collections import OrderedDict, deque
 import time
 from collections.abc import AsyncIterator
@@ -124,23 +123,7 @@ class FairSlots:
         self._free += 1
 
 
-class _LoopFairSlots:
-    """One :class:`FairSlots` per running event loop (see ``budget.LoopSemaphore``)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairSlots] = (
-            weakref.WeakKeyDictionary())
-
-    def get(self) -> FairSlots:
-        loop = asyncio.get_running_loop()
-        slots = self._by_loop.get(loop)
-        if slots is None:
-            slots = self._by_loop[loop] = FairSlots(self._size)
-        return slots
-
-
-_VERIFY_SLOTS = _LoopFairSlots(VERIFY_SLOTS)
+_VERIFY_SLOTS: budget.PerLoop[FairSlots] = budget.PerLoop(lambda: FairSlots(VERIFY_SLOTS))
 
 
 @contextlib.asynccontextmanager

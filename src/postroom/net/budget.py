@@ -58,14 +58,16 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar, Token
+from typing import Generic, TypeVar
 
-from postroom.net.heavy_slots import HeavySlots, LoopHeavySlots
+from postroom.net.heavy_slots import HeavySlots
 
 __all__ = [
     "HEAVY_SLOTS",
     "SLICE",
     "Budget",
     "BudgetExceeded",
+    "PerLoop",
     "check",
     "current",
     "heavy",
@@ -82,30 +84,32 @@ SLICE = 0.005
 HEAVY_SLOTS = 2
 
 _CURRENT: ContextVar[Budget | None] = ContextVar("postroom_budget", default=None)
+T = TypeVar("T")
 
 
-class LoopSemaphore:
-    """A semaphore per running event loop. ``asyncio.Semaphore`` binds itself to the first
-    loop that waits on it, so a module-level one breaks as soon as a second loop (a test,
-    a restarted runner) contends for it; this keeps one per loop, dropped with the loop."""
+class PerLoop(Generic[T]):
+    """One ``make()`` per running event loop, dropped with the loop. asyncio primitives
+    (a ``Semaphore``, our slot queues) bind to the first loop that waits on them, so a
+    module-level one breaks as soon as a second loop (a test, a restarted runner)
+    contends for it."""
 
-    __slots__ = ("_size", "_by_loop")
+    __slots__ = ("_make", "_by_loop")
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
             weakref.WeakKeyDictionary()
         )
 
-    def get(self) -> asyncio.Semaphore:
+    def get(self) -> T:
         loop = asyncio.get_running_loop()
-        sem = self._by_loop.get(loop)
-        if sem is None:
-            sem = self._by_loop[loop] = asyncio.Semaphore(self._size)
-        return sem
+        found = self._by_loop.get(loop)
+        if found is None:
+            found = self._by_loop[loop] = self._make()
+        return found
 
 
-_GATES = LoopHeavySlots(HEAVY_SLOTS)
+_GATES: PerLoop[HeavySlots] = PerLoop(lambda: HeavySlots(HEAVY_SLOTS))
 # Commands' start order: the heavy slots go to the oldest waiting command first.
 _TICKETS = itertools.count()
 

@@ -34,11 +34,10 @@ release, and the waiters are at most the number of connections.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-__all__ = ["HeavySlots", "LoopHeavySlots"]
+__all__ = ["HeavySlots"]
 
 
 @dataclass(eq=False, slots=True)
@@ -130,21 +129,3 @@ class HeavySlots:
                 continue
             self._take(best.owner)
             best.future.set_result(None)
-
-
-class LoopHeavySlots:
-    """One :class:`HeavySlots` per running event loop (see ``budget.LoopSemaphore``)."""
-
-    __slots__ = ("_size", "_by_loop")
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HeavySlots] = (
-            weakref.WeakKeyDictionary())
-
-    def get(self) -> HeavySlots:
-        loop = asyncio.get_running_loop()
-        slots = self._by_loop.get(loop)
-        if slots is None:
-            slots = self._by_loop[loop] = HeavySlots(self._size)
-        return slots

@@ -201,15 +201,9 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
 def per_message(key: SearchKey) -> bool:
     """Does whether a message matches ``key`` depend on that message alone (not on the
     clock: OLDER/YOUNGER)? Then a context can be updated message by message."""
-    if isinstance(key, AgeKey):
-        return False
-    if isinstance(key, Not):
-        return per_message(key.key)
-    if isinstance(key, Or):
-        return per_message(key.left) and per_message(key.right)
-    if isinstance(key, And):
-        return all(per_message(k) for k in key.keys)
-    return True
+    from postroom.net.imap.search_mask import leaf_keys
+
+    return not any(isinstance(k, AgeKey) for k in leaf_keys(key))
 
 
 def precedes(a: Candidate, b: Candidate, criteria: Criteria) -> bool:
