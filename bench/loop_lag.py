@@ -18,9 +18,16 @@ message with a 100,000-line header and a "References storm" of loops and ghosts)
    every 2 s; the probe keeps measuring.
 
 Prints one line per figure: NOOP latency per protocol and phase (count, p50, p99, max),
-then what each hostile client got (answers, budget overruns, refusals, errors, its
-slowest answer), and the machine's load average (the figures are only comparable on a
-quiet machine). Goal: p99 under 50 ms and max under 250 ms under hostile load.
+then what each hostile client got (commands answered (ok, refused), limited by the
+budget, unanswered, errors such as a refused login, its slowest answer), and the
+machine's load average (the figures are only comparable on a quiet machine). Goal: p99
+under 50 ms and max under 250 ms under hostile load.
+
+``--trace MS`` explains the figures: the server runs on the stdlib event loop with
+``bench/loop_trace_site`` and the report adds how many loop callbacks took over MS ms,
+how much of that was the loop thread's own CPU (the rest: waiting for a CPU or the GIL),
+where those that used over 20 ms of CPU were (stack samples), and the full garbage
+collections' pauses.
 
 Run: ``.venv/bin/python bench/loop_lag.py`` (``--messages 2000 --seconds 10`` for a
 quick look).
