@@ -142,8 +142,9 @@ class Budget:
         now = clock()
         self.limit = limit
         self.deadline = now + limit if limit > 0 else math.inf
-        self.owner: Hashable = self if owner is None else owner
         self.ticket = next(_TICKETS)
+        # Not ``self``: a budget referring to itself would be a cycle for the collector.
+        self.owner: Hashable = ("command", self.ticket) if owner is None else owner
         self._clock = clock
         self._yield_at = now + SLICE
         self._slot: HeavySlots | None = None
