@@ -307,7 +307,7 @@ class SmtpSession:
 
     async def _auth(self, event: AuthStart | AuthResponse) -> None:
         try:
-            with budget.scope(self.services.settings.limits.command_time):
+            with budget.scope(self.services.settings.limits.command_time, self.auth.owner):
                 if isinstance(event, AuthStart):
                     self.services.metrics.command("smtp", "auth")
                     self._mechanism = event.mechanism
@@ -438,7 +438,7 @@ class SmtpSession:
         started = time.monotonic()
         qid = deliver.new_id()
         try:
-            with budget.scope(self.services.settings.limits.command_time):
+            with budget.scope(self.services.settings.limits.command_time, self.auth.owner):
                 await self._accept_message(event, qid, started)
         except BudgetExceeded:
             # Nothing was stored; the client keeps the message and tries again later.
