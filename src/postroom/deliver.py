@@ -288,6 +288,8 @@ _PART_HEADERS_MAX = 64 * 1024  # octets of part headers counted one range at a t
 def _encapsulates(header: bytes) -> bool:
     lower = header.lower()
     return b"message/" in lower or b"digest" in lower
+
+
 _NESTING_WORDS = (b"multipart", b"message/")
 _NESTING_HEADER_MAX = 64 * 1024
 
