@@ -17,6 +17,7 @@ Needs valgrind (Debian package ``valgrind``) and smtp-source (``postfix``). Unde
 callgrind everything runs ~50x slower: keep ``--count`` in the hundreds.
 
 Usage: bench/smtp_instructions.py [--count 300] [--size 5120] [--sessions 5] [--workers 1]
+       [--keep DIR]
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--sessions", type=int, default=5)
     ap.add_argument("--workers", default="1", help="server.workers (auto or N)")
+    ap.add_argument("--keep", metavar="DIR", help="copy the callgrind files of the measured "
+                    "part here (for callgrind_annotate: where the instructions go)")
     a = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "smtp-source"):
         if shutil.which(tool) is None:
@@ -108,6 +111,9 @@ def main() -> int:
             continue
         n = int(m.group(1))
         total += n
+        if a.keep:
+            Path(a.keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, a.keep)
         what = "worker" if cmd and "processes.worker" in cmd.group(1) else "serve"
         print(f"  pid {pid.group(1) if pid else '?':>7} ({what}): {n / a.count / 1e6:6.3f} M instructions per message")
     print(f"instructions per message (user space, all processes): {total / a.count / 1e6:.3f} M")

@@ -20,6 +20,40 @@ def test_costly_finds_what_would_hold_the_loop() -> None:
                           b"Content-Type: text/plain; " + b";" * 5000 + b"\r\n\r\nx\r\n--b--\r\n")
 
 
+def test_costly_counts_delimiter_lines_only_where_the_scanner_splits() -> None:
+    dashes = b"--b\r\nx\r\n" * (deliver.COSTLY_PARTS + 1)
+    # text/plain (or no Content-Type): one leaf whatever its lines, cheap to scan
+    assert not deliver.costly(b"Subject: dashes\r\n\r\n" + dashes)
+    assert not deliver.costly(b"Content-Type: text/plain\r\n\r\n" + dashes)
+    # the same lines are delimiters in a multipart, also inside message/rfc822
+    multipart = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + dashes
+    assert deliver.costly(multipart)
+    assert deliver.costly(b"Content-Type: MESSAGE/rfc822\r\n\r\n" + multipart)
+    assert deliver.costly(b"Content-Type:\r\n Multipart/Mixed; boundary=b\r\n\r\n" + dashes)
+    # LF line ends (IMAP APPEND, before normalising): header_end() finds no CRLF CRLF
+    lf = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + dashes).replace(b"\r\n", b"\n")
+    assert deliver.costly(lf)
+
+
+def test_costly_counts_part_headers_not_part_bodies() -> None:
+    top = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+    many = b";(<\"" * deliver.COSTLY_TOKENS  # each one a token for the header parsers
+    # in a part body: octets nobody parses
+    assert not deliver.costly(top + b"--b\r\nContent-Type: text/plain\r\n\r\n" + many + b"\r\n--b--\r\n")
+    # in a part header, also one without an empty line after it
+    assert deliver.costly(top + b"--b\r\nContent-Type: text/plain; " + many + b"\r\n\r\nx\r\n--b--\r\n")
+    assert deliver.costly(top + b"--b\r\nContent-Type: text/plain; " + many + b"\r\n")
+    # in the header of a message inside a part (not after a "--" line): counted too
+    inner = b"From: " + many + b"\r\n\r\nhi\r\n"
+    assert deliver.costly(top + b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--b--\r\n")
+    # and in the header of the message a message/rfc822 message holds
+    inner_multipart = inner.replace(b"\r\n\r\n", b"\r\n" + top[:-2] + b"\r\n", 1) + b"--b\r\n\r\nx\r\n--b--\r\n"
+    assert deliver.costly(b"Content-Type: message/rfc822\r\n\r\n" + inner_multipart)
+    # and in a part of a multipart/digest, which is a message/rfc822 without saying so
+    digest = b"Content-Type: multipart/digest; boundary=b\r\n\r\n--b\r\n\r\n" + inner + b"--b--\r\n"
+    assert deliver.costly(digest)
+
+
 def test_prepare_headers_does_what_the_shell_did() -> None:
     data = b"Return-Path: <evil@example.org>\r\nBcc: hidden@example.org\r\n" + SMALL
     fixed = deliver.prepare_headers(

@@ -19,7 +19,7 @@ import signal
 import sys
 from typing import Any
 
-from postroom import config, datadir, logs, privileges
+from postroom import config, datadir, gc_pacing, logs, privileges
 from postroom.activity import DeliveryLog
 from postroom.auth.directory import Directory
 from postroom.auth.failures import MemoryLoginGuard, SharedLoginGuard
@@ -222,6 +222,7 @@ async def run(settings: Settings, started: asyncio.Future[Any] | None = None) ->
         await worker.start()
         services.delivery_log.start(store)
         background.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
+        background.append(asyncio.create_task(gc_pacing.run(), name="gc-pacing"))
         acme = None
         if settings.acme.enabled:
             from postroom.acme.manager import AcmeManager

@@ -387,6 +387,8 @@ class Limits:
     shutdown_grace: float = 10.0
     metadata_size: int = 16 * 1024
     metadata_entries: int = 200
+    metadata_entries_per_user: int = 2000
+    metadata_size_per_user: int = 1024 * 1024
     mailboxes_per_user: int = 1000
     command_time: float = 60.0
     cpu_workers: int = 2
@@ -709,6 +711,8 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         # RFC 5464 4.1: at least 1024 octets per value and 10 entries per mailbox.
         "metadata_size": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),
         "metadata_entries": _int_range(10, 100000),
+        "metadata_entries_per_user": _int_range(10, 10000000),
+        "metadata_size_per_user": lambda v: _at_least(parse_size(v), 1024, "a size of at least 1K"),
         # Room for the default mailboxes (DEFAULT_MAILBOXES) and a few of the user's own.
         "mailboxes_per_user": _int_range(10, 10000000),
         "command_time": parse_duration,

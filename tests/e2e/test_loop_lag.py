@@ -136,6 +136,8 @@ def test_noop_answers_while_every_hostile_input_runs(evil_server: tuple[Server, 
         assert t.ok + t.limit + t.refused >= 1, str(t)
     for cmd in hostile.IMAP_HEAVY:
         assert tallies[cmd].ok >= 1, str(tallies[cmd])  # answered in full, within the budget
+    for name in (*hostile.IMAP_HEAVY, "append", "smtp"):
+        assert tallies[name].unanswered == 0, str(tallies[name])  # none starved
     assert tallies["append"].ok >= 1 and tallies["smtp"].ok >= 1
     assert tallies["literal"].refused >= 1 and tallies["logins"].refused >= 1
     assert tallies[hostile.IMAP_HEAVY[0]].slowest < 30.0  # the LIST: 90 s before

@@ -178,11 +178,11 @@ def test_work_done_while_paused_is_never_cut_and_takes_no_slot() -> None:
     asyncio.run(main())
 
 
-def test_loop_semaphore_is_one_per_event_loop() -> None:
+def test_per_loop_semaphore_is_one_per_event_loop() -> None:
     """A module-level asyncio.Semaphore binds to the first loop that waits on it; the
     argon2 slots and heavy-command gate must keep working in a second loop (tests run
     many, and a contended wait in the second one used to raise RuntimeError)."""
-    sem = budget.LoopSemaphore(1)
+    sem: budget.PerLoop[asyncio.Semaphore] = budget.PerLoop(lambda: asyncio.Semaphore(1))
 
     async def contend() -> int:
         s = sem.get()

@@ -19,6 +19,7 @@ from postroom.store.api import (
     NewQueueEntry,
     NewMessage,
     NotFound,
+    TooLarge,
     TooMany,
     OverQuota,
     QueueRecipient,
@@ -1052,6 +1053,41 @@ def test_metadata_private_shared_and_limits(store_run: Any) -> None:
         await store.create_mailbox(alice.id, "Notes2")
         again = await store.get_mailbox(alice.id, "Notes2")
         assert await store.get_metadata(alice.id, again.id) == {}
+
+    store_run(body)
+
+
+def test_metadata_bounded_per_user_across_mailboxes(store_run: Any) -> None:
+    """``per_user`` (entries, octets) counts a user's "/private/" entries everywhere and
+    the "/shared/" entries of the mailboxes they own, whoever set those; over it the call
+    changes nothing (TooMany / TooLarge with the octets it could have set)."""
+
+    async def body(store: Any) -> None:
+        alice = await _user(store)
+        bob = await _user(store, "bob@example.test")
+        inbox = await store.get_mailbox(alice.id, "INBOX")
+        await store.create_mailbox(alice.id, "Notes")
+        notes = await store.get_mailbox(alice.id, "Notes")
+        bound = (4, 100)
+        await store.set_metadata(alice.id, inbox.id, [("/private/a", b"x" * 10)], 10, bound)
+        await store.set_metadata(alice.id, notes.id, [("/shared/b", b"x" * 10)], 10, bound)
+        await store.set_metadata(alice.id, 0, [("/private/c", b"x" * 10)], 10, bound)
+        # bob's private entry on alice's mailbox is bob's; bob's shared one there is alice's
+        await store.set_metadata(bob.id, inbox.id, [("/private/z", b"x" * 90)], 10, bound)
+        await store.set_metadata(bob.id, inbox.id, [("/shared/d", b"x" * 10)], 10, bound)
+        with pytest.raises(TooMany):  # a fifth entry of alice's, in another mailbox
+            await store.set_metadata(alice.id, notes.id, [("/private/e", b"1")], 10, bound)
+        with pytest.raises(TooLarge) as info:  # 40 octets used: 60 left
+            await store.set_metadata(alice.id, inbox.id, [("/private/a", b"x" * 71)], 10, bound)
+        assert info.value.room == 70  # the 10 octets it replaces are free for it
+        assert (await store.get_metadata(alice.id, inbox.id))["/private/a"] == b"x" * 10
+        await store.set_metadata(alice.id, inbox.id, [("/private/a", b"x" * 70)], 10, bound)
+        # removing frees room; a call that removes only never fails
+        await store.set_metadata(alice.id, 0, [("/private/c", None)], 10, (1, 1))
+        await store.set_metadata(alice.id, notes.id, [("/private/e", b"1")], 10, bound)
+        assert len(await store.get_metadata(alice.id, notes.id)) == 2
+        # without ``per_user`` only the per-mailbox bound applies
+        await store.set_metadata(alice.id, notes.id, [("/private/f", b"x" * 500)], 10)
 
     store_run(body)
 

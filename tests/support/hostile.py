@@ -128,16 +128,28 @@ class Tally:
     ok: int = 0
     limit: int = 0  # NO [LIMIT] / 451 4.3.0 / -ERR [SYS/TEMP]: the budget did its job
     refused: int = 0  # other NO/BAD/5xx (sizes, syntax: expected for some inputs)
-    errors: list[str] = field(default_factory=list)  # dropped connections, timeouts
+    errors: list[str] = field(default_factory=list)  # dropped connections, timeouts, logins
     slowest: float = 0.0
+    sent: int = 0  # commands sent (those of :meth:`sending`)
+
+    def sending(self) -> float:
+        """Count one command sent; returns its start time for :meth:`note`."""
+        self.sent += 1
+        return time.monotonic()
 
     def note(self, started: float, status: str) -> None:
         self.slowest = max(self.slowest, time.monotonic() - started)
         setattr(self, status, getattr(self, status) + 1)
 
+    @property
+    def unanswered(self) -> int:
+        """Commands sent that got no answer (the client gave up or the connection died)."""
+        return max(0, self.sent - self.ok - self.limit - self.refused)
+
     def __str__(self) -> str:
         name = self.name if len(self.name) <= 50 else self.name[:47] + "..."
-        return (f"{name}: {self.ok} ok, {self.limit} over budget, {self.refused} refused, "
+        return (f"{name}: {self.ok + self.refused} answered ({self.ok} ok, {self.refused} "
+                f"refused), {self.limit} limited, {self.unanswered} unanswered, "
                 f"{len(self.errors)} errors, slowest {self.slowest:.2f} s")
 
 
@@ -149,9 +161,18 @@ def _imap_status(resp_status: bytes, text: bytes) -> str:
     return "refused"
 
 
-async def _imap(port: int, user: str, password: str, timeout: float) -> ImapClient:
+async def _imap(port: int, user: str, password: str, timeout: float,
+                tally: Tally | None = None) -> ImapClient:
+    """A logged-in client; a refused login (a server limit) is one of ``tally``'s errors,
+    not a silent end of the hostile client."""
     client = await ImapClient.connect(HOST, port, timeout=timeout)
-    await client.login(user, password)
+    try:
+        await client.login(user, password)
+    except (ImapError, OSError, TimeoutError) as e:
+        client.close()
+        if tally is not None:
+            tally.errors.append(f"login: {e!r}")
+        raise
     return client
 
 
@@ -160,12 +181,12 @@ async def imap_commands(port: int, user: str, password: str, commands: tuple[str
                         once: bool = False) -> None:
     """Run ``commands`` in turn (after SELECT INBOX) until ``until``; ``once``: one round,
     whenever the login got through (a login flood may hold it up)."""
-    client = await _imap(port, user, password, timeout)
+    client = await _imap(port, user, password, timeout, tally)
     try:
         await client.command("SELECT INBOX")
         while once or time.monotonic() < until:
             for command in commands:
-                started = time.monotonic()
+                started = tally.sending()
                 try:
                     resp = await client.command(command, check=False)
                 except (ImapError, OSError, TimeoutError) as e:
@@ -185,10 +206,10 @@ async def imap_append(port: int, user: str, password: str, mailbox: str, message
                       once: bool = False) -> None:
     """APPEND ``message`` again and again (a literal of its size each time); ``once``:
     one APPEND, whenever the login got through."""
-    client = await _imap(port, user, password, timeout)
+    client = await _imap(port, user, password, timeout, tally)
     try:
         while once or time.monotonic() < until:
-            started = time.monotonic()
+            started = tally.sending()
             try:
                 await client.command_literal(b"APPEND " + mailbox.encode(), message)
                 tally.note(started, "ok")
@@ -211,9 +232,9 @@ async def imap_literal_flood(port: int, user: str, password: str, size: int, unt
     attempts = 0
     while attempts == 0 or time.monotonic() < until:
         attempts += 1
-        client = await _imap(port, user, password, timeout)
+        client = await _imap(port, user, password, timeout, tally)
         try:
-            started = time.monotonic()
+            started = tally.sending()
             client.writer.write(b"x1 APPEND INBOX {%d+}\r\n" % size)
             chunk = b"x" * 65536
             sent = 0
@@ -248,7 +269,7 @@ async def imap_login_flood(port: int, user: str, until: float, tally: Tally, *,
         try:
             for _ in range(3):
                 n += 1
-                started = time.monotonic()
+                started = tally.sending()
                 resp = await client.command(
                     f"LOGIN {quote(user)} {quote(f'wrong-{n}')}", check=False)
                 tally.note(started, _imap_status(resp.status, resp.text))
@@ -278,7 +299,7 @@ async def smtp_send(port: int, rcpt: str, message: bytes, until: float, tally: T
             writer.write(b"EHLO hostile.example.org\r\n")
             await _smtp_reply(reader)
         while once or time.monotonic() < until:
-            started = time.monotonic()
+            started = tally.sending()
             async with asyncio.timeout(timeout):
                 writer.write(b"MAIL FROM:<hostile@example.org>\r\n")
                 await _smtp_reply(reader)

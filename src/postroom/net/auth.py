@@ -22,7 +22,6 @@ import contextlib
 import logging
 import math
 import os
-import weakref
 from collections import OrderedDict, deque
 import time
 from collections.abc import AsyncIterator
@@ -124,23 +123,7 @@ class FairSlots:
         self._free += 1
 
 
-class _LoopFairSlots:
-    """One :class:`FairSlots` per running event loop (see ``budget.LoopSemaphore``)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairSlots] = (
-            weakref.WeakKeyDictionary())
-
-    def get(self) -> FairSlots:
-        loop = asyncio.get_running_loop()
-        slots = self._by_loop.get(loop)
-        if slots is None:
-            slots = self._by_loop[loop] = FairSlots(self._size)
-        return slots
-
-
-_VERIFY_SLOTS = _LoopFairSlots(VERIFY_SLOTS)
+_VERIFY_SLOTS: budget.PerLoop[FairSlots] = budget.PerLoop(lambda: FairSlots(VERIFY_SLOTS))
 
 
 @contextlib.asynccontextmanager
@@ -184,6 +167,14 @@ class AuthTracker:
         self.key = self.guard.key_for(client_ip) if self.guard is not None else None
         self.slot_key = client_key(client_ip)  # argon2 slots go round these
         self.attempted: str | None = None  # the user name of the attempt under way
+
+    @property
+    def owner(self) -> tuple[str, object]:
+        """Who this connection's commands share the heavy slots as (net/heavy_slots.py):
+        the user once logged in (all of a user's sessions together), else the address."""
+        if self.user is not None:
+            return ("user", self.user.id)
+        return ("ip", self.client_ip)
 
     @property
     def exhausted(self) -> bool:

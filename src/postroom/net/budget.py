@@ -17,12 +17,14 @@ it without being passed it). Then:
   run :data:`SLICE` seconds since it last gave the loop back; then it yields
   (``await asyncio.sleep(0)``) and every other ready connection runs before it goes on.
 * **Heavy slots.** A command that needs a second slice is *heavy*. At most
-  :data:`HEAVY_SLOTS` heavy commands run slices at a time (a FIFO semaphore per event
-  loop); the others wait for a slot without using the loop at all. So however many
+  :data:`HEAVY_SLOTS` heavy commands run slices at a time (per event loop; the oldest
+  command first, with a fair share per user: :mod:`postroom.net.heavy_slots`); the
+  others wait for a slot without using the loop at all. So however many
   clients send expensive commands at once, a NOOP waits at most about
   ``HEAVY_SLOTS * SLICE`` for them, plus whatever light work is queued. A slot is
   released when the command ends, waits for the client (:meth:`Budget.paused`) or hands
-  its work to a worker process (:mod:`postroom.net.offload`).
+  its work to a worker process (:mod:`postroom.net.offload`), and handed over at the end
+  of a slice when an older command (or one of a user holding fewer slots) waits.
 * **Deadline.** A budget ends ``limits.command_time`` (wall clock) after the command
   started. Past it, ``tick`` (and the offload) raise :class:`BudgetExceeded`, which each
   shell answers with its protocol's temporary failure: IMAP ``NO [LIMIT]`` (RFC 5530),
@@ -49,18 +51,23 @@ THREAD of a whole mailbox) goes to a worker process.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar, Token
+from typing import Generic, TypeVar
+
+from postroom.net.heavy_slots import HeavySlots
 
 __all__ = [
     "HEAVY_SLOTS",
     "SLICE",
     "Budget",
     "BudgetExceeded",
+    "PerLoop",
     "check",
     "current",
     "heavy",
@@ -77,30 +84,34 @@ SLICE = 0.005
 HEAVY_SLOTS = 2
 
 _CURRENT: ContextVar[Budget | None] = ContextVar("postroom_budget", default=None)
+T = TypeVar("T")
 
 
-class LoopSemaphore:
-    """A semaphore per running event loop. ``asyncio.Semaphore`` binds itself to the first
-    loop that waits on it, so a module-level one breaks as soon as a second loop (a test,
-    a restarted runner) contends for it; this keeps one per loop, dropped with the loop."""
+class PerLoop(Generic[T]):
+    """One ``make()`` per running event loop, dropped with the loop. asyncio primitives
+    (a ``Semaphore``, our slot queues) bind to the first loop that waits on them, so a
+    module-level one breaks as soon as a second loop (a test, a restarted runner)
+    contends for it."""
 
-    __slots__ = ("_size", "_by_loop")
+    __slots__ = ("_make", "_by_loop")
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
             weakref.WeakKeyDictionary()
         )
 
-    def get(self) -> asyncio.Semaphore:
+    def get(self) -> T:
         loop = asyncio.get_running_loop()
-        sem = self._by_loop.get(loop)
-        if sem is None:
-            sem = self._by_loop[loop] = asyncio.Semaphore(self._size)
-        return sem
+        found = self._by_loop.get(loop)
+        if found is None:
+            found = self._by_loop[loop] = self._make()
+        return found
 
 
-_GATES = LoopSemaphore(HEAVY_SLOTS)
+_GATES: PerLoop[HeavySlots] = PerLoop(lambda: HeavySlots(HEAVY_SLOTS))
+# Commands' start order: the heavy slots go to the oldest waiting command first.
+_TICKETS = itertools.count()
 
 
 class BudgetExceeded(Exception):
@@ -111,25 +122,32 @@ class BudgetExceeded(Exception):
         self.limit = limit
 
 
-def _gate() -> asyncio.Semaphore:
+def _gate() -> HeavySlots:
     return _GATES.get()
 
 
 class Budget:
     """One command's deadline and slice clock (see the module docstring).
 
-    ``limit`` is in seconds; 0 means no deadline (slices still apply).
+    ``limit`` is in seconds; 0 means no deadline (slices still apply). ``owner`` is who
+    the heavy slots are shared between (a user, a client address); None: the command is
+    an owner of its own.
     """
 
-    __slots__ = ("_clock", "_paused", "_slot", "_yield_at", "deadline", "limit")
+    __slots__ = ("_clock", "_paused", "_slot", "_yield_at", "deadline", "limit", "owner",
+                 "ticket")
 
-    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic,
+                 owner: Hashable | None = None) -> None:
         now = clock()
         self.limit = limit
         self.deadline = now + limit if limit > 0 else math.inf
+        self.ticket = next(_TICKETS)
+        # Not ``self``: a budget referring to itself would be a cycle for the collector.
+        self.owner: Hashable = ("command", self.ticket) if owner is None else owner
         self._clock = clock
         self._yield_at = now + SLICE
-        self._slot: asyncio.Semaphore | None = None
+        self._slot: HeavySlots | None = None
         self._paused = 0
 
     @property
@@ -165,7 +183,13 @@ class Budget:
             raise BudgetExceeded(self.limit)
         if now < self._yield_at:
             return
-        if self._slot is None:
+        slot = self._slot
+        if slot is None:
+            await self._acquire(now)
+        elif slot.should_yield(self.ticket, self.owner):
+            # An older command (one that gave its slot back to wait for a worker or its
+            # client) or another user's waits: hand the slot over, wait in turn.
+            self.release()
             await self._acquire(now)
         await asyncio.sleep(0)
         self._yield_at = self._clock() + SLICE
@@ -184,14 +208,14 @@ class Budget:
 
     async def _acquire(self, now: float) -> None:
         gate = _gate()
-        if gate.locked():
-            try:
-                async with asyncio.timeout(None if math.isinf(self.deadline) else self.deadline - now):
-                    await gate.acquire()
-            except TimeoutError:
-                raise BudgetExceeded(self.limit) from None
-        else:
-            await gate.acquire()  # free: returns at once
+        if gate.try_acquire(self.owner):  # the usual case: a slot is free, nobody waits
+            self._slot = gate
+            return
+        try:
+            async with asyncio.timeout(None if math.isinf(self.deadline) else self.deadline - now):
+                await gate.acquire(self.ticket, self.owner)
+        except TimeoutError:
+            raise BudgetExceeded(self.limit) from None
         self._slot = gate
 
     def release(self) -> None:
@@ -199,7 +223,7 @@ class Budget:
         slot = self._slot
         if slot is not None:
             self._slot = None
-            slot.release()
+            slot.release(self.owner)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -219,15 +243,17 @@ class Budget:
 
 
 class scope:  # noqa: N801  (used like the function it was: ``with budget.scope(t) as b``)
-    """Run one command under a new budget of ``limit`` seconds (0: no deadline).
+    """Run one command under a new budget of ``limit`` seconds (0: no deadline), for
+    ``owner`` (the logged-in user, else the client address: the heavy slots are shared
+    fairly between owners; None: the command alone).
 
     A class rather than a ``@contextmanager`` generator: it runs around every command of
     every protocol, and the generator machinery cost more than the budget itself."""
 
     __slots__ = ("budget", "_token")
 
-    def __init__(self, limit: float) -> None:
-        self.budget = Budget(limit)
+    def __init__(self, limit: float, owner: Hashable | None = None) -> None:
+        self.budget = Budget(limit, owner=owner)
         self._token: Token[Budget | None] | None = None
 
     def __enter__(self) -> Budget:

@@ -278,7 +278,7 @@ class Pop3Session:
                 if isinstance(event, Retrieve):
                     metrics.command("pop3", "retr" if event.top_lines is None else "top")
                     try:
-                        with budget.scope(self.services.settings.limits.command_time):
+                        with budget.scope(self.services.settings.limits.command_time, self.auth.owner):
                             message = await self._message(event.index, seen=event.top_lines is None)
                     except BudgetExceeded:
                         message = None  # -ERR [SYS/TEMP], like a failed read
@@ -402,7 +402,7 @@ class Pop3Session:
         under the command budget: past it (a login flood keeps every verify slot busy, or
         the maildrop is huge and the server loaded) ``-ERR [SYS/TEMP]`` (RFC 3206)."""
         try:
-            with budget.scope(self.services.settings.limits.command_time):
+            with budget.scope(self.services.settings.limits.command_time, self.auth.owner):
                 if password is not None:
                     assert username is not None
                     user = await self.auth.verify_password(username, password)

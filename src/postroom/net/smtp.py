@@ -307,7 +307,7 @@ class SmtpSession:
 
     async def _auth(self, event: AuthStart | AuthResponse) -> None:
         try:
-            with budget.scope(self.services.settings.limits.command_time):
+            with budget.scope(self.services.settings.limits.command_time, self.auth.owner):
                 if isinstance(event, AuthStart):
                     self.services.metrics.command("smtp", "auth")
                     self._mechanism = event.mechanism
@@ -438,7 +438,7 @@ class SmtpSession:
         started = time.monotonic()
         qid = deliver.new_id()
         try:
-            with budget.scope(self.services.settings.limits.command_time):
+            with budget.scope(self.services.settings.limits.command_time, self.auth.owner):
                 await self._accept_message(event, qid, started)
         except BudgetExceeded:
             # Nothing was stored; the client keeps the message and tries again later.
@@ -514,9 +514,8 @@ class SmtpSession:
             protocol=protocol, qid=qid, tls=tls,
             recipient=rcpt_addrs[0] if len(rcpt_addrs) == 1 else None,
         )
-        stored = received + data
-        if user_ids:
-            stored = deliver.return_path(sender) + stored
+        # One copy of the message, not one per prepended field.
+        stored = b"".join((deliver.return_path(sender), received, data) if user_ids else (received, data))
         # The core refused bare CR/LF and NUL already (DATA and BDAT alike), so only a
         # missing final CRLF (BDAT) can break the stored-message invariants.
         if not stored.endswith(b"\r\n"):

@@ -44,7 +44,7 @@ import sys
 import time
 from typing import Any
 
-from postroom import app, datadir, logs, privileges
+from postroom import app, datadir, gc_pacing, logs, privileges
 from postroom.config import HTTP_ROLES, ConfigError, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import ListenerSet, bind_sockets
@@ -183,6 +183,7 @@ class Supervisor:
             await queue.start()
             services.delivery_log.start(store)
             side_tasks.append(asyncio.create_task(metrics.watch_loop(), name="loop-watch"))
+            side_tasks.append(asyncio.create_task(gc_pacing.run(), name="gc-pacing"))
             http, protocols = await app.start_http(services, listeners)
             for i, socks in self.own_sockets.items():
                 lst = settings.listeners[i]

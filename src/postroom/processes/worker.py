@@ -24,7 +24,7 @@ import socket
 import sys
 from typing import Any
 
-from postroom import app, datadir, logs
+from postroom import app, datadir, gc_pacing, logs
 from postroom.config import ConfigError, Settings
 from postroom.metrics import Metrics
 from postroom.net.listener import ListenerSet
@@ -84,6 +84,7 @@ async def run(
     by_role = app.handlers(services)
     side_tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(metrics.watch_loop(), name="loop-watch"),
+        asyncio.create_task(gc_pacing.run(), name="gc-pacing"),
     ]
     services.delivery_log.start(store)
     if services.dmarc_reports is not None:  # records this worker's results (sent by the supervisor)

@@ -89,6 +89,15 @@ class TooMany(StoreError):
     mailboxes or subscriptions per user: IMAP ``NO [LIMIT]``)."""
 
 
+class TooLarge(StoreError):
+    """The values charged to one user would exceed their total size (METADATA, RFC 5464
+    4.3: ``NO [METADATA MAXSIZE n]``); ``room`` is what the command could still have added."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__(f"too large: {room} octets left")
+        self.room = room
+
+
 class StoreUnavailable(StoreError):
     """The database cannot be reached now (a PostgreSQL restart or fail-over, a network
     cut). A write that raises this either did nothing or may have committed without the
@@ -789,10 +798,15 @@ class Store(Protocol):
         mailbox_id: int,
         entries: Sequence[tuple[str, bytes | None]],
         max_entries: int,
+        per_user: tuple[int, int] | None = None,
     ) -> None: ...
     # Set (None: remove) entries, all or none. Names are lower-case and start with
     # "/private/" (kept per user) or "/shared/". TooMany when the mailbox would carry
-    # more than ``max_entries`` entries visible to the user.
+    # more than ``max_entries`` entries visible to the user. ``per_user`` (entries,
+    # octets): the most entries and value octets charged to one user, who is charged
+    # with their "/private/" entries everywhere and the "/shared/" ones of the mailboxes
+    # they own; past it TooMany (entries) or TooLarge (octets), checked for the users
+    # this call adds to.
 
     # -- URLAUTH (RFC 4467) ---------------------------------------------------------------
     async def urlauth_key(self, mailbox_id: int, *, create: bool = True) -> bytes | None: ...

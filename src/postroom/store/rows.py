@@ -23,6 +23,8 @@ from postroom.store.api import (
     QueuedMessage,
     QueuedRecipient,
     Quota,
+    TooLarge,
+    TooMany,
     User,
 )
 
@@ -155,3 +157,42 @@ def masked(m: MessageMeta, flag_mask: int, keywords: bool) -> MessageMeta:
 def chunks(items: Sequence[int], n: int) -> Iterable[Sequence[int]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+# -- METADATA charged to a user (RFC 5464 4.3; limits.metadata_*_per_user) ----------------
+
+# Entries and value octets charged to user ? (twice): their "/private/" entries anywhere
+# (the server's included) and the "/shared/" entries of the mailboxes they own. Portable
+# SQL: length() of a BLOB (SQLite) or bytea (PostgreSQL) counts octets.
+METADATA_CHARGED = (
+    "SELECT count(*), coalesce(sum(length(value)), 0) FROM metadata WHERE owner = ? "
+    "OR (owner = 0 AND mailbox_id IN (SELECT id FROM mailboxes WHERE user_id = ?))"
+)
+
+
+def metadata_charges(user_id: int, owner_id: int, mailbox_id: int,
+                     entries: Iterable[tuple[str, bytes | None]]) -> dict[int, int]:
+    """The users one SETMETADATA adds to (a value set, not removed), with the octets of
+    the values it sets for each: ``user_id`` for "/private/" entries, the mailbox's owner
+    for "/shared/" ones (server "/shared/" entries are the administrator's: nobody's)."""
+    out: dict[int, int] = {}
+    for name, value in entries:
+        if value is None:
+            continue
+        if name.startswith("/private/"):
+            out[user_id] = out.get(user_id, 0) + len(value)
+        elif mailbox_id:
+            out[owner_id] = out.get(owner_id, 0) + len(value)
+    return out
+
+
+def check_metadata_charge(per_user: tuple[int, int], count: int, octets: int,
+                          added_octets: int, added: bool) -> None:
+    """Raise TooMany (only when the change ``added`` an entry) or TooLarge when a user's
+    charge, counted after the change, is over ``per_user`` (entries, octets); TooLarge
+    says how many octets the change could have set (RFC 5464 4.3: MAXSIZE n)."""
+    max_entries, max_octets = per_user
+    if added and count > max_entries:
+        raise TooMany("Too many metadata entries for this user")
+    if octets > max_octets:
+        raise TooLarge(max(0, max_octets - (octets - added_octets)))

@@ -113,3 +113,39 @@ def test_imaplib_metadata(user: str, connect) -> None:
     typ, data = m._simple_command("GETMETADATA", "INBOX", "/private/comment")
     assert typ == "OK"
     assert m.untagged_responses["METADATA"] == [b'"INBOX" (/private/comment "via imaplib")']
+
+
+def test_per_user_bounds_across_mailboxes(tmp_path) -> None:
+    """limits.metadata_entries_per_user / metadata_size_per_user: one user's entries in
+    every mailbox and on the server count together (RFC 5464 4.3 replies), and a refused
+    SETMETADATA changes nothing."""
+    from imap_raw import RawImap
+
+    from support.server import PASSWORD
+
+    srv = Server(tmp_path, roles=("imap",), extra=(
+        '[limits]\nauth_delay = "10ms"\nmetadata_entries_per_user = 12\n'
+        'metadata_size_per_user = "2K"\n[imap]\nallow_plaintext_auth = true\n')).start()
+    try:
+        srv.add_user("meta@example.test")
+        c = RawImap(srv.ports["imap"])
+        c.login("meta@example.test", PASSWORD)
+        for box in ("INBOX", "Drafts"):
+            entries = " ".join(f'/private/{box.lower()}{i} "v"' for i in range(5))
+            c.ok(f"SETMETADATA {box} ({entries})")
+        c.ok('SETMETADATA "" (/private/s0 "v" /private/s1 "v")')  # 12: the bound
+        _, done = c.cmd('SETMETADATA Drafts (/private/x "v")')
+        assert rest(done) == b"NO [METADATA TOOMANY] Too many entries\r\n"
+        assert c.ok("GETMETADATA Drafts /private/x") == [b'* METADATA "Drafts" (/private/x NIL)\r\n']
+        c.ok('SETMETADATA "" (/private/s1 NIL)')  # removing makes room
+        c.ok('SETMETADATA Drafts (/private/x "v")')
+        # 2K of values in all: 12 one-octet values are used; a 2,040-octet one is too big
+        value = b"y" * 2040
+        _, done = c.cmd(b"SETMETADATA INBOX (/private/inbox0 {%d+}\r\n%s)" % (len(value), value))
+        assert rest(done) == b"NO [METADATA MAXSIZE 2037] Too much metadata for this user\r\n"
+        value = value[:2037]
+        c.send(b"t1 SETMETADATA INBOX (/private/inbox0 {%d+}\r\n%s)\r\n" % (len(value), value))
+        _, done = c.until_tagged("t1")
+        assert rest(done) == b"OK SETMETADATA completed\r\n"
+    finally:
+        srv.stop()

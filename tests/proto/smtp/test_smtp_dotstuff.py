@@ -86,6 +86,35 @@ def test_has_bare_line_ending(data: bytes, bare: bool) -> None:
     assert has_bare_line_ending(data) is bare
 
 
+def _bare_by_octet(data: bytes) -> bool:
+    """The definition, one octet at a time."""
+    for i, c in enumerate(data):
+        if c == 0x0D and data[i + 1 : i + 2] != b"\n":
+            return True
+        if c == 0x0A and (i == 0 or data[i - 1] != 0x0D):
+            return True
+    return False
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"x", b"y" * 40]), max_size=40))
+def test_has_bare_line_ending_agrees_with_the_definition(pieces: list[bytes]) -> None:
+    # Pieces of 40 octets make lines long enough for the look-ahead search, single
+    # octets short enough for the counts: both ways are checked against the definition.
+    data = b"".join(pieces)
+    assert has_bare_line_ending(data) is _bare_by_octet(data)
+    assert has_bare_line_ending(bytearray(data)) is _bare_by_octet(data)
+
+
+@pytest.mark.parametrize("line", [b"", b"a" * 5, b"a" * 78])
+@pytest.mark.parametrize(("fault", "bare"), [(b"", False), (b"\r", True), (b"\n", True), (b"\n\r", True)])
+def test_has_bare_line_ending_in_long_messages(line: bytes, fault: bytes, bare: bool) -> None:
+    lines = [line + b"\r\n"] * 2000
+    for at in (0, 1000, 1999):
+        faulty = lines[:at] + [line + fault + b"\r\n"] + lines[at:]
+        assert has_bare_line_ending(b"".join(faulty)) is bare
+    assert has_bare_line_ending(b"".join(lines) + fault) is bare
+
+
 @pytest.mark.parametrize("step", [None, 1, 10, 333])
 def test_size_limit_exact(step: int | None) -> None:
     body = b"y" * 98 + b"\r\n"  # 100 octets

@@ -19,9 +19,22 @@ recommends it); for SORT every change carries its position in the sorted list. S
 never depend on flags, so the order of the messages that stay never changes and a
 removal pass followed by an insertion pass reproduces the new list exactly.
 
-Re-evaluating costs what the search costs (flag-only programs are bit masks over the
-view); a session may keep :data:`MAX_CONTEXTS` of them, beyond that the command is
-answered without updates and ``* NO [NOUPDATE "tag"]`` (RFC 5267 4.3.1).
+A session may keep :data:`MAX_CONTEXTS` of them, beyond that the command is answered
+without updates and ``* NO [NOUPDATE "tag"]`` (RFC 5267 4.3.1).
+
+**Incremental updates.** Whether a message matches a program depends on that message
+alone (its flags, metadata and content; message numbers and "$" were frozen into UIDs),
+except for the time-relative OLDER/YOUNGER (RFC 5032), and its sort keys never change.
+So a refresh re-tests only the UIDs the view changed since the context was evaluated
+(:meth:`SelectedMailbox.changed_since`: arrivals, flag changes, expunges): members that
+no longer match leave, new matches are inserted where they belong. For SEARCH that is
+UID order; for SORT a binary search over the current result, comparing by the sort
+criteria, with the keys of the members it probes read level by level (about log2(n)
+small store reads, whatever the number of new matches). A delivery then costs
+O(new messages x log(mailbox)) per context instead of a whole-mailbox evaluation
+(``bench/notify_contexts.py``). A full evaluation remains for what the changelog cannot
+answer: OLDER/YOUNGER programs, changes the bounded changelog has forgotten, or more
+changed messages than :data:`INCREMENTAL_MAX` (then the whole pass is as cheap).
 
 The re-evaluation runs between commands (after a command's own budget has ended, in
 IDLE, or woken by NOTIFY), so :func:`refresh` gives it a budget of its own: its loops
@@ -43,14 +56,20 @@ from postroom.net.budget import BudgetExceeded
 from postroom.proto.imap import responses
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.responses_ext import code_noupdate, esearch_updates
-from postroom.proto.imap.search import And, Not, Or, SearchKey, SeqKey
+from postroom.proto.imap.search import AgeKey, And, Not, Or, SearchKey, SeqKey
 from postroom.proto.imap.sequence import RangeSet, SequenceSet
 
 if TYPE_CHECKING:
+    from postroom.net.imap.search import Candidate
     from postroom.net.imap.selected import SelectedMailbox
     from postroom.net.imap.session import ImapSession
 
+Criteria = tuple[tuple[str, bool], ...]
+
 MAX_CONTEXTS = 10
+# More changed messages than this (or than a quarter of the view) since a context was
+# evaluated: evaluate it again in full rather than message by message.
+INCREMENTAL_MAX = 2000
 CAPABILITIES = ("ESORT", "CONTEXT=SEARCH", "CONTEXT=SORT")  # RFC 5267 3.1, 4.1
 
 
@@ -175,8 +194,114 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
         positions, _ = await search.matching_positions(s, view, key)
         return view.uids_at(positions)
     found = await search.evaluate(s, view, key, lights=True)
-    search.sort_candidates(found, criteria)
+    found = await search.sorted_sliced(found, criteria)
     return [c.meta.uid for c in found]
+
+
+def per_message(key: SearchKey) -> bool:
+    """Does whether a message matches ``key`` depend on that message alone (not on the
+    clock: OLDER/YOUNGER)? Then a context can be updated message by message."""
+    from postroom.net.imap.search_mask import leaf_keys
+
+    return not any(isinstance(k, AgeKey) for k in leaf_keys(key))
+
+
+def precedes(a: Candidate, b: Candidate, criteria: Criteria) -> bool:
+    """Does ``a`` sort before ``b``? The order of ``search.sort_candidates``: the criteria
+    in turn, each maybe reversed, then mailbox (UID) order (RFC 5256 3)."""
+    from postroom.net.imap.search import sort_key
+
+    for name, reverse in criteria:
+        key = sort_key(name)
+        ka, kb = key(a), key(b)
+        if ka != kb:
+            return kb < ka if reverse else ka < kb  # type: ignore[operator]
+    return a.meta.uid < b.meta.uid
+
+
+def merge(result: list[int], inserts: list[tuple[int, int]]) -> list[int]:
+    """``result`` with each (position in ``result``, uid) of ``inserts`` placed before the
+    member at that position; ``inserts`` in the order wanted among equal positions."""
+    out: list[int] = []
+    start = 0
+    for pos, uid in inserts:
+        out.extend(result[start:pos])
+        out.append(uid)
+        start = max(start, pos)
+    out.extend(result[start:])
+    return out
+
+
+async def _candidates(s: ImapSession, view: SelectedMailbox,
+                      uids: Sequence[int]) -> dict[int, Candidate]:
+    """Candidates (metadata and light summary) of ``uids`` still in the view, by UID."""
+    from postroom.net.imap.fetch import load_metas
+    from postroom.net.imap.search import Candidate, load_lights
+
+    metas = await load_metas(s, view, sorted(uids))
+    lights = await load_lights(s, view, [m.uid for m in metas], {m.uid: m for m in metas})
+    out = {}
+    for m in metas:
+        seq = view.seq_of(m.uid)
+        if seq is not None:
+            out[m.uid] = Candidate(seq, m, lights.get(m.uid))
+    return out
+
+
+async def _insert_sorted(s: ImapSession, view: SelectedMailbox, criteria: Criteria,
+                         result: list[int], new: list[Candidate]) -> list[int]:
+    """``result`` (in sort order) with ``new`` inserted where they belong: one binary
+    search each, the members they probe read level by level."""
+    from postroom.net.imap.search import sort_candidates
+
+    sort_candidates(new, criteria)
+    known: dict[int, Candidate] = {c.meta.uid: c for c in new}
+    bounds = [[0, len(result)] for _ in new]
+    while True:
+        probes = [(i, (lo + hi) // 2) for i, (lo, hi) in enumerate(bounds) if lo < hi]
+        if not probes:
+            break
+        await budget.tick()
+        wanted = {result[mid] for _, mid in probes} - known.keys()
+        if wanted:
+            known.update(await _candidates(s, view, list(wanted)))
+        for i, mid in probes:
+            other = known.get(result[mid])
+            # A member expunged meanwhile has no keys: its UID alone places it (it leaves
+            # at the next refresh, with the REMOVEFROM of its expunge).
+            if other is None:
+                goes_before = new[i].meta.uid < result[mid]
+            else:
+                goes_before = precedes(new[i], other, criteria)
+            if goes_before:
+                bounds[i][1] = mid
+            else:
+                bounds[i][0] = mid + 1
+    return merge(result, [(lo, c.meta.uid) for (lo, _), c in zip(bounds, new, strict=True)])
+
+
+async def update(s: ImapSession, view: SelectedMailbox, ctx: Context) -> list[int]:
+    """The context's result now: message by message when the view's changelog allows,
+    else (or when that would not be cheaper) a full evaluation."""
+    changed = view.changed_since(ctx.generation) if per_message(ctx.key) else None
+    if changed is None or len(changed) > min(INCREMENTAL_MAX, max(64, len(view) // 4)):
+        return await evaluate(s, view, ctx.key, ctx.criteria)
+    from postroom.net.imap import search
+
+    pending = view.pending
+    live = sorted(u for u in changed if u not in pending and view.seq_of(u) is not None)
+    found = await search.evaluate(s, view, ctx.key, lights=ctx.criteria is not None,
+                                  only=live) if live else []
+    matched = {c.meta.uid for c in found}
+    leaving = changed - matched
+    result = [u for u in ctx.result if u not in leaving and u not in pending]
+    members = set(result)
+    new = [c for c in found if c.meta.uid not in members]
+    if not new:
+        return result
+    if ctx.criteria is None:  # mailbox order: UIDs ascending
+        return sorted(result + [c.meta.uid for c in new])
+    return await _insert_sorted(s, view, ctx.criteria, result, new)
 
 
 async def refresh(s: ImapSession) -> None:
@@ -187,7 +312,7 @@ async def refresh(s: ImapSession) -> None:
     if budget.current() is not None:  # inside a command: its budget already slices
         await _refresh(s, view)
         return
-    with budget.scope(s.settings.limits.command_time):
+    with budget.scope(s.settings.limits.command_time, s.auth.owner):
         try:
             await _refresh(s, view)
         except BudgetExceeded:
@@ -211,8 +336,9 @@ async def _refresh_each(s: ImapSession, view: SelectedMailbox) -> None:
         await budget.tick()  # the sort and the difference of the previous one do not tick
         if ctx.generation == view.generation:
             continue
-        new = await evaluate(s, view, ctx.key, ctx.criteria)
-        ctx.generation = view.generation
+        generation = view.generation  # what the update below covers at least
+        new = await update(s, view, ctx)
+        ctx.generation = generation
         keep = set(new)
         removes = _removals(view, ctx, {u for u in ctx.result if u not in keep})
         adds = _additions(view, ctx, new)

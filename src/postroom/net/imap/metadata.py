@@ -12,8 +12,13 @@ no IMAP administrator.
 
 Limits (configuration.md): a value may have at most ``limits.metadata_size`` octets
 (``NO [METADATA MAXSIZE n]``); a mailbox (or the server) carries at most
-``limits.metadata_entries`` entries visible to one user (``NO [METADATA TOOMANY]``). A
-SETMETADATA that fails changes nothing (RFC 5464 4.3).
+``limits.metadata_entries`` entries visible to one user (``NO [METADATA TOOMANY]``). Per
+user, across mailboxes (RFC 5464 4.3 lets a server bound what one user stores): at most
+``limits.metadata_entries_per_user`` entries (``NO [METADATA TOOMANY]``) and
+``limits.metadata_size_per_user`` octets of values (``NO [METADATA MAXSIZE n]``, n: what
+the command could still have set). A user is charged with their "/private/" entries and
+the "/shared/" entries of the mailboxes they own (set by them or by someone they shared
+the mailbox with). A SETMETADATA that fails changes nothing (RFC 5464 4.3).
 
 GETMETADATA answers one METADATA response with every requested entry; an entry that
 does not exist is listed with NIL (as Dovecot and Cyrus do). DEPTH 1 / infinity add the
@@ -32,7 +37,7 @@ from postroom.proto.imap import responses
 from postroom.proto.imap.commands import GetMetadata, SetMetadata
 from postroom.proto.imap.grammar import ImapPeerError
 from postroom.proto.imap.responses_ext import code_metadata, metadata_values
-from postroom.store.api import TooMany
+from postroom.store.api import TooLarge, TooMany
 
 if TYPE_CHECKING:
     from postroom.net.imap.session import ImapSession
@@ -99,9 +104,14 @@ async def setmetadata(s: ImapSession, cmd: SetMetadata) -> bytes:
         if value is not None and len(value) > limits.metadata_size:
             raise _no(cmd.tag, "Value too large", code_metadata("MAXSIZE", limits.metadata_size))
     try:
-        await s.store.set_metadata(user.id, mailbox_id, cmd.entries, limits.metadata_entries)
+        await s.store.set_metadata(
+            user.id, mailbox_id, cmd.entries, limits.metadata_entries,
+            (limits.metadata_entries_per_user, limits.metadata_size_per_user))
     except TooMany:
         raise _no(cmd.tag, "Too many entries", code_metadata("TOOMANY")) from None
+    except TooLarge as exc:  # the user's values together (RFC 5464 4.3)
+        raise _no(cmd.tag, "Too much metadata for this user",
+                  code_metadata("MAXSIZE", exc.room)) from None
     return responses.ok(cmd.tag, "SETMETADATA completed")
 
 

@@ -116,6 +116,10 @@ class Candidate:
 Predicate = Callable[[Candidate], bool]
 
 
+# An ``only`` list this short is light work: it takes no heavy slot before it starts.
+SMALL_ONLY = 64
+
+
 def need(key: SearchKey) -> int:
     """What evaluating ``key`` needs: META, LIGHT, HEADER or FULL."""
     if isinstance(key, TextKey):
@@ -327,16 +331,19 @@ def _needles(key: SearchKey, out: tuple[set[str], set[str], set[tuple[str, str]]
 
 
 async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
-                   lights: bool = False) -> list[Candidate]:
+                   lights: bool = False, only: Sequence[int] | None = None) -> list[Candidate]:
     """The messages of the view matching ``key``, in sequence order, message by message.
 
     ``lights``: keep each match's light summary view (SORT and THREAD need them).
+    ``only``: test just these UIDs (ascending), not the whole mailbox (search contexts
+    re-test the messages that changed: net/imap/contexts.py).
     The loop yields to other sessions every few milliseconds (``budget.tick``); a message
     of ``jobs.BIG_MESSAGE`` octets or more, with a huge summary or a ``jobs.BIG_HEADER``
     header is searched in a worker process (one decode of a 50 MB text part, or a walk
     over 100,000 header fields, would hold the event loop for long).
     """
-    await budget.heavy()  # whole-mailbox reads and a loop per message: two at a time
+    if only is None or len(only) > SMALL_ONLY:
+        await budget.heavy()  # whole-mailbox reads and a loop per message: two at a time
     level = max(need(key), LIGHT if lights else META)
     matches = await envelope_matches(s, view, key)
     predicate = Compiler(view, time.time(), matches).compile(key)
@@ -345,7 +352,7 @@ async def evaluate(s: ImapSession, view: SelectedMailbox, key: SearchKey,
         _needles(key, needles)
     wanted = (tuple(sorted(needles[0])), tuple(sorted(needles[1])), tuple(sorted(needles[2])))
     last = view.last_uid
-    metas = await load_metas(s, view, view.uids_at(range(len(view))))
+    metas = await load_metas(s, view, view.uids_at(range(len(view))) if only is None else only)
     seq_of = view.seq_of
     pending = view.pending
     found: list[Candidate] = []
@@ -490,7 +497,7 @@ def _context(s: ImapSession, view: SelectedMailbox, cmd: Search | Sort,
 
 # -- SORT (RFC 5256 3, RFC 5957) -------------------------------------------------------
 
-def _sort_key(name: str) -> Callable[[Candidate], object]:
+def sort_key(name: str) -> Callable[[Candidate], object]:
     if name == "ARRIVAL":
         return lambda c: c.meta.internaldate
     if name == "SIZE":
@@ -511,7 +518,31 @@ def _sort_key(name: str) -> Callable[[Candidate], object]:
 def sort_candidates(found: list[Candidate], criteria: Sequence[tuple[str, bool]]) -> None:
     # Ties keep sequence order (RFC 5256 3): stable sorts, least significant key first.
     for name, reverse in reversed(criteria):
-        found.sort(key=_sort_key(name), reverse=reverse)  # type: ignore[arg-type]
+        found.sort(key=sort_key(name), reverse=reverse)  # type: ignore[arg-type]
+
+
+# Sort keys computed between two budget ticks (sorted_sliced).
+_KEYS_PER_TICK = 256
+
+
+async def sorted_sliced(found: list[Candidate],
+                        criteria: Sequence[tuple[str, bool]]) -> list[Candidate]:
+    """:func:`sort_candidates` for big lists, without one long step on the event loop.
+
+    The key functions are Python code: over 12,000 messages one ``list.sort`` with them
+    held the loop for 30-140 ms (``bench/loop_lag.py --trace``). Here the keys are
+    computed first, in slices, and the sorts that remain order indices by those keys with
+    a C-level key function (a few ms). Same stable, least-significant-first order."""
+    order = list(range(len(found)))
+    for name, reverse in reversed(criteria):
+        key = sort_key(name)
+        values: list[object] = []
+        for start in range(0, len(found), _KEYS_PER_TICK):
+            await budget.tick()
+            values.extend(key(c) for c in found[start : start + _KEYS_PER_TICK])
+        order.sort(key=values.__getitem__, reverse=reverse)  # type: ignore[arg-type]
+        await budget.tick()
+    return [found[i] for i in order]
 
 
 async def sort(s: ImapSession, cmd: Sort) -> bytes:
@@ -519,8 +550,7 @@ async def sort(s: ImapSession, cmd: Sort) -> bytes:
     assert view is not None
     if cmd.returns and "UPDATE" in cmd.returns:
         contexts.check_tag(view, cmd.tag)
-    found = await evaluate(s, view, cmd.key, lights=True)
-    sort_candidates(found, cmd.criteria)
+    found = await sorted_sliced(await evaluate(s, view, cmd.key, lights=True), cmd.criteria)
     numbers = [c.meta.uid if cmd.uid else c.seq for c in found]
     done = responses.ok(cmd.tag, ("UID SORT" if cmd.uid else "SORT") + " completed")
     if cmd.returns is None:

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     from postroom.net.imap.contexts import Context
 
 SYSTEM_FLAG_NAMES = tuple(name for _, name in FLAG_NAMES)
+# The view remembers which UIDs each generation changed, up to this many UIDs in all, so
+# that search contexts re-test only those (net/imap/contexts.py); older changes are
+# forgotten and a context that missed them is evaluated again in full.
+CHANGELOG_UIDS = 4096
 UNKNOWN_MODSEQ = 1 << 63
 TEXT_BAD_SEQUENCE = "Invalid message sequence number"
 
@@ -74,6 +78,7 @@ class SelectedMailbox:
         "mailbox_id", "name", "readonly", "uidvalidity", "uids", "modseq", "dirty",
         "pending", "reported", "keywords", "recent", "saved", "listener", "uidnext",
         "flags", "kw", "notified", "rights", "contexts", "generation", "shared_read",
+        "changelog", "changelog_floor", "_changelog_size",
     )
 
     def __init__(
@@ -118,6 +123,11 @@ class SelectedMailbox:
         # Bumped whenever the messages or their flags change in the view: contexts
         # re-evaluate when it moved.
         self.generation = 0
+        # (generation, UIDs it changed: flags, arrival or expunge), oldest first; the
+        # changes of generations up to ``changelog_floor`` are forgotten (changed_since).
+        self.changelog: list[tuple[int, tuple[int, ...]]] = []
+        self.changelog_floor = 0
+        self._changelog_size = 0
         # While contexts are refreshed: the whole mailbox's metadata read for the first
         # one, as (generation, metas), reused by the others at the same generation.
         self.shared_read: tuple[int, list[MessageMeta]] | None = None
@@ -128,9 +138,38 @@ class SelectedMailbox:
         self.flags = bytearray(m.flags & 0xFF for m in metas)
         self.kw = {m.uid: m.keywords for m in metas if m.keywords}
 
+    def _changed(self, uids: tuple[int, ...]) -> None:
+        """A new generation, which changed ``uids`` (kept in the bounded changelog)."""
+        self.generation += 1
+        if not self.contexts:  # nobody asks: keep nothing (the common case)
+            self.changelog_floor = self.generation
+            if self.changelog:
+                self.changelog.clear()
+                self._changelog_size = 0
+            return
+        self.changelog.append((self.generation, uids))
+        self._changelog_size += len(uids)
+        while self._changelog_size > CHANGELOG_UIDS:
+            generation, dropped = self.changelog.pop(0)
+            self._changelog_size -= len(dropped)
+            self.changelog_floor = generation
+
+    def changed_since(self, generation: int) -> set[int] | None:
+        """The UIDs changed after ``generation`` (new, flags, expunged), or None when the
+        changelog no longer goes back that far."""
+        if generation < self.changelog_floor:
+            return None
+        out: set[int] = set()
+        for g, uids in reversed(self.changelog):
+            if g <= generation:
+                break
+            out.update(uids)
+        return out
+
     def update_flags(self, metas: Iterable[MessageMeta]) -> None:
         """Record the current flags of messages already in the view."""
-        self.generation += 1
+        metas = list(metas)
+        self._changed(tuple(m.uid for m in metas))
         uids = self.uids
         for m in metas:
             i = bisect_left(uids, m.uid)
@@ -271,7 +310,7 @@ class SelectedMailbox:
             from postroom.net.imap.contexts import before_expunge
 
             out.extend(before_expunge(self, gone))
-        self.generation += 1
+        self._changed(tuple(gone))
         if qresync:
             present = [u for u in old if u in gone]
             if present:
@@ -328,7 +367,7 @@ class SelectedMailbox:
         if (line := self.announce(changes.changed)) is not None:
             out.append(line)
         if new:
-            self.generation += 1
+            self._changed(tuple(m.uid for m in new))
             if recent_from is not None and rev1:
                 self.recent.append((recent_from, new[-1].uid))
             self.uids.extend(m.uid for m in new)

@@ -422,7 +422,7 @@ class ImapSession:
         try:
             if handler is None:
                 raise ImapPeerError("Command not supported", status=NO, tag=cmd.tag)
-            with budget.scope(self.settings.limits.command_time):
+            with budget.scope(self.settings.limits.command_time, self.auth.owner):
                 if self.selected is not None and getattr(cmd, "uid", False):
                     await self.sync(expunge=True)
                 tagged = await handler(self, cmd)

@@ -605,10 +605,11 @@ class PostgresStore:
         mailbox_id: int,
         entries: Sequence[tuple[str, bytes | None]],
         max_entries: int,
+        per_user: tuple[int, int] | None = None,
     ) -> None:
         items = list(entries)
         owner = await self.engine.write(
-            lambda c: sharing.set_metadata(c, user_id, mailbox_id, items, max_entries)
+            lambda c: sharing.set_metadata(c, user_id, mailbox_id, items, max_entries, per_user)
         )
         self._publish(mailbox_id, owner, 0, METADATA)
 

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import asyncpg
 
 from postroom.store.api import NotFound, SharedMailbox, TooMany
-from postroom.store.rows import canonical_rights, mailbox_row
+from postroom.store.rows import (
+    METADATA_CHARGED,
+    canonical_rights,
+    check_metadata_charge,
+    mailbox_row,
+    metadata_charges,
+)
 
 URLAUTH_KEY_SIZE = 32
 
@@ -97,6 +103,7 @@ async def set_metadata(
     mailbox_id: int,
     entries: Sequence[tuple[str, bytes | None]],
     max_entries: int,
+    per_user: tuple[int, int] | None = None,
 ) -> int:
     """Apply every change or none (the transaction rolls back on TooMany); returns the
     owner of the mailbox (``user_id`` for server entries), for the change notification."""
@@ -123,6 +130,11 @@ async def set_metadata(
         )
         if count > max_entries:
             raise TooMany("Too many metadata entries")
+    if per_user is not None:
+        query = METADATA_CHARGED.replace("?", "$1", 1).replace("?", "$2", 1)
+        for charged, added_octets in metadata_charges(user_id, owner_id, mailbox_id, entries).items():
+            row = await conn.fetchrow(query, charged, charged)
+            check_metadata_charge(per_user, int(row[0]), int(row[1]), added_octets, added)
     return owner_id
 
 

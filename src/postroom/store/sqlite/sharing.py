@@ -17,7 +17,13 @@ import sqlite3
 from collections.abc import Sequence
 
 from postroom.store.api import NotFound, SharedMailbox, TooMany
-from postroom.store.rows import canonical_rights, mailbox_row
+from postroom.store.rows import (
+    METADATA_CHARGED,
+    canonical_rights,
+    check_metadata_charge,
+    mailbox_row,
+    metadata_charges,
+)
 
 URLAUTH_KEY_SIZE = 32
 
@@ -114,6 +120,7 @@ def set_metadata(
     mailbox_id: int,
     entries: Sequence[tuple[str, bytes | None]],
     max_entries: int,
+    per_user: tuple[int, int] | None = None,
 ) -> int:
     """Apply every change or none (the caller's SAVEPOINT undoes a TooMany); returns the
     owner of the mailbox (``user_id`` for server entries), for the change notification."""
@@ -149,6 +156,10 @@ def set_metadata(
         ).fetchone()[0]
         if count > max_entries:
             raise TooMany("Too many metadata entries")
+    if per_user is not None:
+        for charged, added_octets in metadata_charges(user_id, owner_id, mailbox_id, entries).items():
+            count, octets = conn.execute(METADATA_CHARGED, (charged, charged)).fetchone()
+            check_metadata_charge(per_user, int(count), int(octets), added_octets, added)
     return owner_id
 
 
