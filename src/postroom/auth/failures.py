@@ -39,6 +39,7 @@ apart.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import time
@@ -73,9 +74,12 @@ MAX_ENTRIES = 100_000
 MAX_USER_KEY = 320  # RFC 5321 4.5.3.1: local part 64 + "@" + domain 255
 
 
+@functools.lru_cache(maxsize=4096)
 def client_key(ip: str) -> str:
     """What one client is: the address (IPv4), or its /64 (IPv6: one host's range; a
-    host that gets a /64 can use any of its 2^64 addresses)."""
+    host that gets a /64 can use any of its 2^64 addresses). Cached: every connection
+    asks twice (the login guard, the argon2 slots), and a busy MX sees the same clients
+    again and again; parsing the address is most of the session setup's own work."""
     ip = ip.split("%", 1)[0]
     try:
         addr = ipaddress.ip_address(ip)

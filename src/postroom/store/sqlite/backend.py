@@ -179,7 +179,8 @@ class SQLiteStore:
         return await self.engine.lookup(lambda c: accounts.alias_targets(c, source))
 
     async def lookup_address(self, address: str) -> AddressLookup:
-        return await self.engine.lookup(lambda c: accounts.lookup_address(c, address))
+        # one statement (its own snapshot): no BEGIN/COMMIT around it
+        return await self.engine.lookup(lambda c: accounts.lookup_address(c, address), snapshot=False)
 
     async def add_sendas(self, user: str, address: str) -> SendAsGrant:
         return await self.engine.write(lambda c: accounts.add_sendas(c, user, address))
@@ -466,7 +467,8 @@ class SQLiteStore:
 
     # -- quota ---------------------------------------------------------------------------
     async def get_quota(self, user_id: int) -> Quota:
-        return await self.engine.lookup(lambda c: mail.get_quota(c, user_id))  # at every RCPT
+        # at every RCPT; one statement, its own snapshot
+        return await self.engine.lookup(lambda c: mail.get_quota(c, user_id), snapshot=False)
 
     async def set_quota(self, address: str, storage: int | None, messages: int | None) -> Quota:
         return await self.engine.write(lambda c: mail.set_quota(c, address, storage, messages))
