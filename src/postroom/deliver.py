@@ -342,6 +342,23 @@ def prepare_append(data: bytes, binary: bool = False) -> tuple[bytes, bytes]:
 
 
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
+# Two base-31 digits at a time (31 * 31 = 961 values): a session and a message take an id
+# each, and a digit per loop turn was a visible share of a connection's setup. ``_HI``:
+# most significant digit first (the time part); ``_LO``: least significant first (the
+# random part, in the order the digits were always drawn).
+_ID_HI = tuple(_ID_ALPHABET[i // 31] + _ID_ALPHABET[i % 31] for i in range(961))
+_ID_LO = tuple(_ID_ALPHABET[i % 31] + _ID_ALPHABET[i // 31] for i in range(961))
+# (milliseconds // 961, its digits): changes every ~1 s; one tuple, replaced whole, so a
+# thread never sees the digits of another second.
+_id_stamp: tuple[int, str] = (-1, "")
+
+
+def _base31(n: int) -> str:
+    out = []
+    while n:
+        n, r = divmod(n, 31)
+        out.append(_ID_ALPHABET[r])
+    return "".join(reversed(out))
 
 
 def new_id() -> str:
@@ -350,17 +367,16 @@ def new_id() -> str:
     Milliseconds since the epoch in base 31 (no vowels: ids never spell words) followed by
     random characters, like Postfix's long queue ids.
     """
-    n = int(time.time() * 1000)
-    out = []
-    while n:
-        n, r = divmod(n, 31)
-        out.append(_ID_ALPHABET[r])
+    global _id_stamp
+    high, low = divmod(int(time.time() * 1000), 961)
+    stamp = _id_stamp
+    if stamp[0] != high:
+        stamp = _id_stamp = (high, _base31(high))
     # The ids need to be unique, not secret: the random module (seeded from the OS at
     # start and re-seeded in a forked child, so every process draws its own sequence)
     # costs no system call, unlike os.urandom. The modulo bias is negligible.
     rnd = random.getrandbits(64)
-    tail = []
-    for _ in range(6):
-        rnd, r = divmod(rnd, 31)
-        tail.append(_ID_ALPHABET[r])
-    return "".join(reversed(out)) + "".join(tail)
+    rnd, a = divmod(rnd, 961)
+    rnd, b = divmod(rnd, 961)
+    c = rnd % 961
+    return f"{stamp[1]}{_ID_HI[low]}{_ID_LO[a]}{_ID_LO[b]}{_ID_LO[c]}"

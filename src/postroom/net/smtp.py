@@ -192,8 +192,10 @@ class SmtpSession:
                 if out:
                     record.done()  # a reply ends the record it answers
                     self.conn.write(out)
-                    await self.conn.drain()
-                if self.services.shutdown.requested and self.core.state not in _IN_TRANSACTION:
+                    if self.conn.write_blocked:  # (no coroutine per reply when it is not)
+                        await self.conn.drain()
+                state = self.core.state  # (a property that walks the core's flags)
+                if self.services.shutdown.requested and state not in _IN_TRANSACTION:
                     self.core.close(R.SHUTTING_DOWN)
                     continue
                 now = time.monotonic()
@@ -202,7 +204,7 @@ class SmtpSession:
                 # per min_data_rate octets received (see net/deadline.py): a client that
                 # trickles a byte now and then is cut like an idle one.
                 timeout = record.read_timeout(now)
-                if self.core.state in (State.DATA, State.BDAT):
+                if state is State.DATA or state is State.BDAT:
                     # limits.smtp_data_timeout bounds the whole message (every BDAT chunk
                     # included) on top of that.
                     if not self.data_started:

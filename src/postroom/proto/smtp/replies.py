@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 # RFC 3463 section 2: status-code = class "." subject "." detail; class is 2, 4 or 5,
@@ -117,8 +117,16 @@ class Reply:
         return self.code == 421
 
     def with_text(self, text: str) -> Reply:
-        """Same codes, other text (e.g. ``OK.with_text("Ok: queued as 1A2B")``)."""
-        return replace(self, text=text)
+        """Same codes, other text (e.g. ``OK.with_text("Ok: queued as 1A2B")``).
+
+        Built without ``dataclasses.replace`` and the checks of ``__post_init__``: the
+        codes are this reply's, checked already, and this runs once per message (the
+        250 with the queue id)."""
+        new = object.__new__(Reply)
+        object.__setattr__(new, "code", self.code)
+        object.__setattr__(new, "enhanced", self.enhanced)
+        object.__setattr__(new, "text", text)
+        return new
 
     def to_bytes(self) -> bytes:
         """Wire form: every line ``code[-| ][enhanced ]text CRLF`` (RFC 5321 4.2.1)."""
