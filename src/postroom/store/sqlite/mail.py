@@ -162,6 +162,23 @@ def inbox_of(conn: sqlite3.Connection, user_id: int) -> int:
     return int(row[0])
 
 
+# A user's quota row and INBOX id in one statement: every delivery asks both, per user.
+_QUOTA_AND_INBOX = (
+    f"SELECT {_QUOTA_COLS}, (SELECT m.id FROM mailboxes m WHERE m.user_id=users.id "
+    "AND m.name='INBOX') FROM users WHERE id=?"
+)
+
+
+def _quota_and_inbox(conn: sqlite3.Connection, user_id: int) -> tuple[Quota, int]:
+    """(:func:`get_quota`, :func:`inbox_of`) of ``user_id``, with their NotFound errors."""
+    row = conn.execute(_QUOTA_AND_INBOX, (user_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no user {user_id}")
+    if row[5] is None:
+        raise NotFound(f"user {user_id} has no INBOX")
+    return quota_row(row), int(row[5])
+
+
 def deliver(conn: sqlite3.Connection, d: Delivery) -> tuple[int, list[tuple[int, int, int]]]:
     """Store the blob once and place it in every target mailbox.
 
@@ -179,10 +196,14 @@ def deliver_checked(
     mailbox_ids: list[tuple[int, int]] = []
     over: list[int] = []
     for user_id in dict.fromkeys(d.user_ids):
-        if d.enforce_quota and not get_quota(conn, user_id).allows(size):
-            over.append(user_id)
-            continue
-        mailbox_ids.append((inbox_of(conn, user_id), user_id))
+        if d.enforce_quota:
+            quota, inbox = _quota_and_inbox(conn, user_id)
+            if not quota.allows(size):
+                over.append(user_id)
+                continue
+        else:
+            inbox = inbox_of(conn, user_id)
+        mailbox_ids.append((inbox, user_id))
     for mailbox_id in dict.fromkeys(d.mailbox_ids):
         owner = conn.execute("SELECT user_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
         if owner is None:
