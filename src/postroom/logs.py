@@ -47,7 +47,14 @@ class TextFormatter(logging.Formatter):
         fields: dict[str, Any] | None = getattr(record, "fields", None)
         parts.append(record.getMessage() if fields is None else f"event={_quote(record.getMessage())}")
         if fields:
-            parts.extend(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
+            # (a loop with the common case inline, not a generator calling _quote per
+            # field: a transaction line has some fifteen fields)
+            needs_quotes = _NEEDS_QUOTES.search
+            for k, v in fields.items():
+                if v is None:
+                    continue
+                s = v if type(v) is str else str(v)
+                parts.append(f"{k}={s}" if s and needs_quotes(s) is None else f"{k}={_quote(s)}")
         line = " ".join(parts) + self.suffix
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
