@@ -26,8 +26,9 @@ every reader of the summary ignores.
 from __future__ import annotations
 
 import json
+import json.encoder
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,7 +42,33 @@ __all__ = [
     "Part",
     "SummaryError",
     "SummaryVersionError",
+    "compact_json",
 ]
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(obj, separators=(",", ":"), ensure_ascii=True)``, built once.
+
+    Why: ``json.dumps`` with arguments makes a ``JSONEncoder`` and then a C encoder on
+    every call, about as much work as encoding a summary row itself; each delivery
+    encodes two (the summary and the prerendered IMAP items). No circular-reference
+    check: the rows are trees this module builds. Without the C accelerator (other
+    Pythons) the encoder object is still built once.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    c_encode = make(None, encoder.default, json.encoder.encode_basestring_ascii, None,
+                    ":", ",", False, False, True)
+
+    def encode(obj: Any) -> str:
+        return "".join(c_encode(obj, 0))
+
+    return encode
+
+
+compact_json = _compact_encoder()
 
 
 class SummaryError(ValueError):
@@ -204,7 +231,7 @@ class MessageSummary:
             list(self.references),
         ]
         _trim(row, _SUMMARY_DEFAULTS, 3)
-        return json.dumps(row, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        return compact_json(row).encode("ascii")
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> MessageSummary:

@@ -21,6 +21,7 @@ import json
 from typing import NamedTuple
 
 from postroom.message import MessageSummary
+from postroom.message.model import compact_json
 from postroom.proto.imap.bodystructure import bodystructure_bytes, envelope_bytes
 
 __all__ = ["Prerendered", "prerender", "prerendered"]
@@ -43,9 +44,7 @@ def prerender(summary: MessageSummary) -> bytes:
         rev2 = bodystructure_bytes(summary, True, rev2=True)
         if rev2 != structure:
             items.append(rev2)
-    return json.dumps(
-        [item.decode("latin-1") for item in items], ensure_ascii=True, separators=(",", ":")
-    ).encode("ascii")
+    return compact_json([item.decode("latin-1") for item in items]).encode("ascii")
 
 
 def prerendered(raw: bytes) -> Prerendered | None:
