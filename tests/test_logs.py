@@ -35,3 +35,29 @@ def test_values_that_need_quotes_are_quoted_and_escaped() -> None:
 def test_worker_suffix() -> None:
     record = logging.LogRecord("x", logging.WARNING, "", 0, "plain %s", ("text",), None)
     assert TextFormatter(worker=2).format(record).endswith(" warning x plain text worker=2")
+
+
+def test_event_reaches_handlers_with_its_fields() -> None:
+    from postroom import logs
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = logging.getLogger("postroom.test_logs")
+    handler = Keep()
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        logs.event(logger, "transaction", size=1, tls=None)
+        logs.event(logger, "hidden", logging.DEBUG, size=2)  # below the level: not made
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert [(r.getMessage(), r.levelno, r.fields) for r in seen] == [  # type: ignore[attr-defined]
+        ("transaction", logging.INFO, {"size": 1, "tls": None})
+    ]
+    assert seen[0].name == "postroom.test_logs"
