@@ -40,6 +40,7 @@ Decisions recorded here:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Container, Mapping
@@ -223,7 +224,11 @@ def _parse_literal(raw: str) -> str:
     raise AddressError("bad address literal")
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse_domain_name(raw: str) -> tuple[str, str]:
+    # Cached (a pure function; errors are raised again, not cached): a session parses its
+    # EHLO name, its sender's and its recipients' domains, label by label, and a server
+    # sees the same few domains again and again (its own above all).
     if not raw:
         raise AddressError("empty domain")
     ascii_labels: list[str] = []
