@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from postroom import deliver
 from support import hostile
 from support.mailgen import mailbox
@@ -72,3 +74,25 @@ def test_prepare_append_normalizes_and_summarizes() -> None:
     data, summary = deliver.prepare_append(b"Subject: x\n\nbare LF\n")
     assert data == b"Subject: x\r\n\r\nbare LF\r\n"
     assert summary == deliver.summarize(data)
+
+
+def test_new_id_is_the_time_in_base_31_then_random_digits(monkeypatch: Any) -> None:
+    alphabet = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
+
+    def base31(n: int) -> str:
+        out = ""
+        while n:
+            n, r = divmod(n, 31)
+            out = alphabet[r] + out
+        return out
+
+    ids = []
+    for ms in (1_800_000_000_000, 1_800_000_000_960, 1_800_000_000_961, 1_800_000_123_456):
+        monkeypatch.setattr(deliver.time, "time", lambda ms=ms: ms / 1000)
+        qid = deliver.new_id()
+        assert qid[:-6] == base31(ms), (ms, qid)
+        assert len(qid) == len(base31(ms)) + 6 and set(qid) <= set(alphabet)
+        ids.append(qid)
+    assert ids == sorted(ids)
+    monkeypatch.undo()
+    assert len({deliver.new_id() for _ in range(1000)}) == 1000

@@ -132,3 +132,13 @@ def test_root_envelope_is_the_root_of_the_full_decode() -> None:
         assert search_texts_of(raw, data) == envelope_search_texts(scan(data))
     with pytest.raises(SummaryError):
         root_envelope(b"[999]")
+
+
+def test_compact_json_is_json_dumps_compact_ascii() -> None:
+    import json
+
+    from postroom.message.model import compact_json
+
+    for value in ([1, 'a"b\\c\u00e9\u2028\x00', None, True, [2.5, -0.0, 10**30], {"k": [1]}],
+                  "x", [], [[[]]], ["\x7f\xff"]):
+        assert compact_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=True)

@@ -98,6 +98,16 @@ def test_aliases_and_lookup(store_run: Any) -> None:
         assert info.user is None and len(info.alias_targets) == 2
         assert (await store.lookup_address("@example.test")).alias_targets == ("alice@example.test",)
         assert not (await store.lookup_address("x@remote.test")).domain_is_local
+        # alias targets in the order they were added; a local address that is neither
+        info = await store.lookup_address("sales@example.test")
+        assert info.alias_targets == ("alice@example.test", "ext@remote.test")
+        info = await store.lookup_address("nobody@example.test")
+        assert info.domain_is_local and info.user is None and info.alias_targets == ()
+        # a user that is also an alias source: both
+        await store.add_alias("alice@example.test", ["ext@remote.test"])
+        info = await store.lookup_address("alice@example.test")
+        assert info.user.id == u.id and info.alias_targets == ("ext@remote.test",)
+        assert await store.remove_alias("alice@example.test") == 1
         assert await store.remove_alias("sales@example.test", "ext@remote.test") == 1
         assert len(await store.list_aliases("example.test")) == 2
         with pytest.raises(NotFound):
