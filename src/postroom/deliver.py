@@ -362,7 +362,7 @@ def _base31(n: int) -> str:
 
 
 def new_id() -> str:
-    """A queue/transaction id: time-ordered, unique, 15 characters ``[0-9A-Z]`` (9 of time until the year 2787).
+    """A queue/transaction id: time-ordered, unique, 15 characters ``[0-9A-Z]`` (9 of time until the year 2807).
 
     Milliseconds since the epoch in base 31 (no vowels: ids never spell words) followed by
     random characters, like Postfix's long queue ids.
