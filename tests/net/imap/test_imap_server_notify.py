@@ -67,9 +67,15 @@ def test_selected_mailbox_events_with_fetch_attributes(server: Server, user: str
     other.ok("SELECT INBOX")
     other.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     other.ok("EXPUNGE")
-    # SELECTED: at once, no command needed (the flag change comes first, as at any sync)
-    assert unsolicited(c, 2) == [b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Recent))\r\n",
-                                 b"* 1 EXPUNGE\r\n"]
+    # SELECTED: at once, no command needed. When the session syncs between the STORE and
+    # the EXPUNGE, the flag change comes first, as at any sync; when both are done before
+    # it looks (a busy machine), only the expunge is left to report.
+    first = unsolicited(c, 1)[0]
+    if first.startswith(b"* 1 FETCH"):
+        assert first == b"* 1 FETCH (UID 1 FLAGS (\\Deleted \\Recent))\r\n"
+        first = unsolicited(c, 1)[0]
+    assert first == b"* 1 EXPUNGE\r\n"
+    nothing_more(c)
 
 
 def test_mailbox_name_subscription_and_metadata_events(server: Server, user: str, raw) -> None:
