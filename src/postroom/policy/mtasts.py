@@ -188,6 +188,7 @@ class MtaStsPolicies:
         self.store = store
         self._pruned = float("-inf")  # prune at the first save, then hourly
         self._cache: dict[str, tuple[float, StsPolicy]] = {}
+        self._loaded: set[str] = set()  # domains whose stored row was read already
         self._locks: dict[str, asyncio.Lock] = {}
         # domain -> (RFC 8460 result type, why) of the last fetch, when it failed
         self.last_failure: dict[str, tuple[str, str]] = {}
@@ -237,16 +238,20 @@ class MtaStsPolicies:
         self._cache[domain] = (expires, policy)
 
     async def _load(self, domain: str) -> tuple[float, StsPolicy] | None:
-        """The stored policy of ``domain`` (also an expired one: the caller decides). A
-        store that cannot answer counts as nothing stored, as a failed fetch would."""
-        if self.store is None:
+        """The stored policy of ``domain`` unless expired, read once per process (later
+        fetches by this process keep memory and the store in step). A store that cannot
+        answer counts as nothing stored, as a failed fetch would."""
+        if self.store is None or domain in self._loaded:
             return None
         try:
             row = await self.store.sts_policy(domain)
-        except StoreError as e:
+        except StoreError as e:  # read again next time
             logs.event(log, "mta_sts_store_failed", logging.WARNING, domain=domain, error=str(e))
             return None
-        if row is None:
+        if len(self._loaded) >= MAX_CACHE:
+            self._loaded.clear()
+        self._loaded.add(domain)  # one read per domain and process, not one per delivery
+        if row is None or row.expires <= self.clock():
             return None
         policy = StsPolicy(row.mode, row.mx, row.max_age, row.policy_id)
         self._remember(domain, float(row.expires), policy)
