@@ -188,6 +188,43 @@ def test_concurrent_writers_on_two_nodes() -> None:
     two_nodes(body)
 
 
+def test_concurrent_stores_on_two_nodes_lose_no_change() -> None:
+    """STORE reads without a lock and writes only if HIGHESTMODSEQ did not move
+    (mail.store_flags_optimistic): 24 STOREs at once on one message from two nodes, each
+    adding its own keyword while a delivery lands meanwhile, keep every keyword (no lost
+    update), and each change gets its own modseq."""
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        user = await _user(a)
+        inbox = await a.get_mailbox(user.id, "INBOX")
+        _, uid = await a.append(inbox.id, MSG, b"S")
+        before = (await a.mailbox_status(inbox.id)).highestmodseq
+
+        async def add(i: int) -> int:
+            store = a if i % 2 else b
+            result = await store.store_flags(inbox.id, [uid], FlagChange("add", 0, (f"k{i}",)))
+            assert [m.uid for m in result.changed] == [uid]
+            return result.changed[0].modseq
+
+        async def deliver() -> None:
+            await b.deliver(Delivery(data=MSG, summary=b"S", user_ids=(user.id,)))
+
+        modseqs = await asyncio.gather(*(add(i) for i in range(24)), deliver())
+        stored = modseqs[:24]
+        assert len(set(stored)) == 24 and min(stored) > before
+        (m,) = await b.get_messages(inbox.id, [uid])
+        assert sorted(m.keywords) == sorted(f"k{i}" for i in range(24))
+        assert m.modseq == max(stored)
+        assert (await b.mailbox_status(inbox.id)).highestmodseq >= max(stored)
+        # Nothing to change: no write, the current state comes back as unchanged.
+        again = await a.store_flags(inbox.id, [uid], FlagChange("add", 0, ("k3",)))
+        assert not again.changed and [x.uid for x in again.unchanged] == [uid]
+        assert (await a.mailbox_status(inbox.id)).highestmodseq == (
+            await b.mailbox_status(inbox.id)).highestmodseq
+
+    two_nodes(body)
+
+
 def test_address_lookups_are_cached_and_dropped_on_any_change() -> None:
     """Node A answers a repeated lookup from its cache, and forgets it as soon as node B
     (or any SQL session) changes a domain, user or alias; deliveries, which update the

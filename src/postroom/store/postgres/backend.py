@@ -495,9 +495,17 @@ class PostgresStore:
         change: FlagChange,
         unchangedsince: int | None = None,
     ) -> StoreResult:
-        result, user_id, modseq = await self.engine.write(
-            lambda c: mail.store_flags(c, mailbox_id, uids, change, unchangedsince)
+        # Two statements, each its own transaction (mail.store_flags_optimistic); when
+        # another writer changed the mailbox between them, the locked transaction.
+        done = await self.engine.write(
+            lambda c: mail.store_flags_optimistic(c, mailbox_id, uids, change, unchangedsince),
+            transaction=False,
         )
+        if done is None:
+            done = await self.engine.write(
+                lambda c: mail.store_flags(c, mailbox_id, uids, change, unchangedsince)
+            )
+        result, user_id, modseq = done
         if result.changed:
             self._publish(mailbox_id, user_id, modseq)
         return result

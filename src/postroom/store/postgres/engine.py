@@ -196,9 +196,10 @@ class Engine:
         """Run ``fn`` in one transaction and commit; durable on return unless ``lazy``.
 
         ``fn`` may run more than once (deadlock retries): it must not have effects
-        outside the transaction. ``transaction=False``: ``fn`` runs exactly one
-        statement, whose implicit transaction is the transaction (PostgreSQL commits it,
-        durably, before answering): BEGIN and COMMIT would be two more round trips."""
+        outside the transaction. ``transaction=False``: ``fn`` runs at most one
+        statement that writes (after any reads), whose implicit transaction is the
+        transaction (PostgreSQL commits it, durably, before answering): BEGIN and COMMIT
+        would be two more round trips."""
         if self.timing is None:
             return await self._write(fn, lazy, transaction)
         started = time.perf_counter()

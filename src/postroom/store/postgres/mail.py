@@ -511,6 +511,54 @@ async def store_flags(
     return StoreResult(changed=changed, unchanged=unchanged, failed_uids=failed), owner, modseq
 
 
+async def store_flags_optimistic(
+    conn: asyncpg.Connection,
+    mailbox_id: int,
+    uids: Sequence[int],
+    change: FlagChange,
+    unchangedsince: int | None,
+) -> tuple[StoreResult, int, int] | None:
+    """:func:`store_flags` in two statements and no explicit transaction (five round
+    trips become two: bench/pg_statements.py), or None when another writer got in between
+    and the caller must run :func:`store_flags`.
+
+    Why it is exact: the first statement reads the mailbox's HIGHESTMODSEQ and the
+    messages in one snapshot; every change to a mailbox's messages (flags, arrival,
+    expunge, move, on any node) bumps HIGHESTMODSEQ in its transaction. The second
+    statement updates the mailbox row only if HIGHESTMODSEQ is still the value read
+    (a compare-and-set: under READ COMMITTED a row locked by a concurrent writer is
+    re-checked against its committed version), and the messages only through that
+    update; so the flags computed from the read are applied only when nothing changed
+    the mailbox since, and the statement is its own transaction (durable on return)."""
+    rows = await conn.fetch(
+        f"SELECT b.highestmodseq, b.user_id, "
+        f"{', '.join('m.' + c.strip() for c in META_COLS.split(','))} FROM mailboxes b "
+        "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.uid = ANY($2::bigint[]) "
+        "WHERE b.id = $1 ORDER BY m.uid", mailbox_id, sorted(set(uids)),
+    )
+    if not rows:
+        raise NotFound("no such mailbox")
+    modseq, owner = int(rows[0][0]), int(rows[0][1])
+    current = [meta_row(r[2:]) for r in rows if r[2] is not None]
+    unchanged, failed, updates = plan_flags(current, change, unchangedsince)
+    if not updates:  # a read: nothing to write, the snapshot is the answer
+        return StoreResult(changed=[], unchanged=unchanged, failed_uids=failed), owner, modseq
+    status = await conn.execute(
+        "WITH b AS (UPDATE mailboxes SET highestmodseq = $4 WHERE id = $5 AND highestmodseq = $6 "
+        "RETURNING id) "
+        "UPDATE messages m SET flags = c.f, keywords = c.k, modseq = $4 "
+        "FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(id, f, k), b "
+        "WHERE m.id = c.id AND m.mailbox_id = b.id",
+        [m.id for _, _, m in updates], [f for f, _, _ in updates],
+        [" ".join(k) for _, k, _ in updates], modseq + 1, mailbox_id, modseq,
+    )
+    if rowcount(status) == 0:
+        return None  # HIGHESTMODSEQ moved (or the mailbox is gone): the locked path decides
+    modseq += 1
+    changed = [with_meta(m, flags=f, keywords=k, modseq=modseq) for f, k, m in updates]
+    return StoreResult(changed=changed, unchanged=unchanged, failed_uids=failed), owner, modseq
+
+
 async def release_blobs(conn: asyncpg.Connection, blob_ids: Sequence[int]) -> list[str]:
     """Drop one reference per entry of ``blob_ids``; delete blobs left without any and
     list their external objects in ``blob_garbage`` (in this transaction, so an object is
