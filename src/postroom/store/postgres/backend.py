@@ -161,13 +161,15 @@ class PostgresStore:
             return BlobIn(len(data), summary, b"", await self.blobs.put(data))
         return BlobIn(len(data), summary, data)
 
-    async def _write_with_blobs(self, blobs: Sequence[BlobIn], job: Any) -> Any:
+    async def _write_with_blobs(
+        self, blobs: Sequence[BlobIn], job: Any, *, transaction: bool = True
+    ) -> Any:
         """Run a write that inserts rows referencing ``blobs``. When it certainly did not
         commit (it raised before COMMIT was sent) their objects are deleted now; when the
         outcome is unknown (the database went away) they are left to the orphan sweep,
         which deletes only objects no row references."""
         try:
-            return await self.engine.write(job)
+            return await self.engine.write(job, transaction=transaction)
         except StoreUnavailable:
             raise
         except BaseException:
@@ -443,7 +445,8 @@ class PostgresStore:
         texts = [search_texts_of(m.summary, m.data) for m in items]
         blobs = [await self._blob_in(m.data, m.summary) for m in items]
         validity, uids, user_id, modseq = await self._write_with_blobs(
-            blobs, lambda c: mail.append_many(c, mailbox_id, items, blobs, texts, enforce_quota)
+            blobs, lambda c: mail.append_many(c, mailbox_id, items, blobs, texts, enforce_quota),
+            transaction=False,  # one statement (postroom_append)
         )
         self._publish(mailbox_id, user_id, modseq)
         return validity, uids

@@ -372,25 +372,27 @@ async def append_many(
     enforce_quota: bool,
 ) -> tuple[int, list[int], int, int]:
     """Store every message in this one transaction (MULTIAPPEND, RFC 3502: all or none);
-    (uidvalidity, uids, user id, last modseq). OverQuota when they do not fit."""
-    user_id, validity = await owner_of(conn, mailbox_id)
-    total = sum(b.size for b in blobs)
-    quota = (await lock_users(conn, [user_id])).get(user_id)
-    if quota is None:
-        raise NotFound("no such mailbox")
-    if enforce_quota and not quota.allows(total, len(messages)):
-        raise OverQuota("Quota exceeded")
-    blob_ids = await insert_blobs(conn, blobs)
-    first, modseq = (await allocate(conn, {mailbox_id: len(messages)}))[mailbox_id]
+    (uidvalidity, uids, user id, last modseq). OverQuota when they do not fit.
+
+    One call of the server-side function ``postroom_append`` (migration 17): the owner,
+    its quota row locked, the blobs, the UIDs and modseq, the message and search rows and
+    the usage, in one round trip; outside a transaction its statement is its own."""
     now = int(time.time())
-    rows = [
-        _Row(mailbox_id, first + i, blob_ids[i], blobs[i].size,
-             m.internaldate if m.internaldate is not None else now, m.flags,
-             " ".join(sorted(set(m.keywords))), modseq, texts[i])
-        for i, m in enumerate(messages)
-    ]
-    await insert_rows(conn, rows, {user_id: (total, len(messages))})
-    return validity, [r.uid for r in rows], user_id, modseq
+    texts_by_field = list(zip(*texts, strict=True)) if texts else [()] * len(SEARCH_FIELDS)
+    row = await conn.fetchrow(
+        "SELECT * FROM postroom_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        mailbox_id, [b.size for b in blobs], [b.summary for b in blobs], [b.data for b in blobs],
+        [b.location for b in blobs],
+        [m.internaldate if m.internaldate is not None else now for m in messages],
+        [m.flags for m in messages], [" ".join(sorted(set(m.keywords))) for m in messages],
+        *(list(t) for t in texts_by_field), enforce_quota,
+    )
+    validity, first, user_id, modseq, over = row
+    if over:
+        raise OverQuota("Quota exceeded")
+    if validity is None:
+        raise NotFound("no such mailbox")
+    return int(validity), [first + i for i in range(len(messages))], int(user_id), int(modseq)
 
 
 # -- reading ------------------------------------------------------------------------------

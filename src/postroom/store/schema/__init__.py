@@ -185,6 +185,58 @@ _ACCOUNT_TRIGGERS = """
 """
 
 
+_APPEND = """
+    CREATE FUNCTION postroom_append(
+        p_mailbox BIGINT, p_sizes BIGINT[], p_summaries BYTEA[], p_datas BYTEA[],
+        p_locations TEXT[], p_dates BIGINT[], p_flags BIGINT[], p_keywords TEXT[],
+        p_from TEXT[], p_to TEXT[], p_cc TEXT[], p_bcc TEXT[], p_subject TEXT[],
+        p_enforce BOOLEAN, OUT o_validity BIGINT, OUT o_first BIGINT, OUT o_owner BIGINT,
+        OUT o_modseq BIGINT, OUT o_over BOOLEAN
+    ) LANGUAGE plpgsql AS $$
+    DECLARE
+        n INTEGER := cardinality(p_sizes);
+        total BIGINT;
+        q RECORD;
+        ids BIGINT[];
+    BEGIN
+        o_over := FALSE;
+        SELECT user_id, uidvalidity INTO o_owner, o_validity FROM mailboxes WHERE id = p_mailbox;
+        IF NOT FOUND THEN
+            RETURN;  -- o_validity NULL: no such mailbox
+        END IF;
+        SELECT used_storage, quota_storage, used_messages, quota_messages INTO q
+        FROM users WHERE id = o_owner FOR UPDATE;
+        IF NOT FOUND THEN
+            o_validity := NULL;
+            RETURN;
+        END IF;
+        SELECT sum(s) INTO total FROM unnest(p_sizes) AS s;
+        IF p_enforce AND ((q.quota_storage IS NOT NULL AND q.used_storage + total > q.quota_storage)
+                OR (q.quota_messages IS NOT NULL AND q.used_messages + n > q.quota_messages)) THEN
+            o_over := TRUE;
+            RETURN;
+        END IF;
+        SELECT array_agg(nextval(pg_get_serial_sequence('blobs', 'id'))) INTO ids
+        FROM generate_series(1, n);
+        INSERT INTO blobs(id, size, refs, summary, data, location)
+        SELECT ids[k], p_sizes[k], 1, p_summaries[k], p_datas[k], p_locations[k]
+        FROM generate_subscripts(p_sizes, 1) AS k;
+        UPDATE mailboxes SET uidnext = uidnext + n, highestmodseq = highestmodseq + 1
+        WHERE id = p_mailbox RETURNING uidnext - n, highestmodseq INTO o_first, o_modseq;
+        INSERT INTO messages(mailbox_id, uid, blob_id, size, internaldate, flags, keywords, modseq)
+        SELECT p_mailbox, o_first + k - 1, ids[k], p_sizes[k], p_dates[k], p_flags[k],
+            p_keywords[k], o_modseq
+        FROM generate_subscripts(p_sizes, 1) AS k;
+        INSERT INTO message_search
+        SELECT p_mailbox, o_first + k - 1, p_from[k], p_to[k], p_cc[k], p_bcc[k], p_subject[k]
+        FROM generate_subscripts(p_sizes, 1) AS k;
+        UPDATE users SET used_storage = used_storage + total, used_messages = used_messages + n
+        WHERE id = o_owner;
+    END
+    $$
+"""
+
+
 def sqlite_only(text: str) -> Migration:
     """A step that only SQLite needs (its PostgreSQL side does nothing)."""
     return Migration(sqlite=render(text, SQLITE), postgres="")
@@ -619,4 +671,11 @@ MIGRATIONS: list[Migration] = [
     # that change its usage (every delivery and expunge) do not fire: they change
     # nothing a lookup returns, and a NOTIFY in every delivery would serialise commits.
     postgres_only(_ACCOUNT_TRIGGERS),
+    # 17: PostgreSQL only: IMAP APPEND (``Store.append_many``) as one server-side function
+    # call, one round trip instead of seven (BEGIN, the mailbox's owner, lock the owner's
+    # quota row, insert the blobs, allocate UIDs and a modseq, insert the messages and
+    # their search rows, COMMIT: bench/pg_statements.py). The same steps in the same
+    # order (the user row before the mailbox row) as store/postgres/mail.py's
+    # append_many; SQLite keeps its in-process path.
+    postgres_only(_APPEND),
 ]
