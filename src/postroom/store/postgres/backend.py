@@ -515,7 +515,7 @@ class PostgresStore:
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         gone, user_id, modseq, garbage = await self.engine.write(
-            lambda c: mail.expunge(c, mailbox_id, uids)
+            lambda c: mail.expunge(c, mailbox_id, uids), transaction=False  # one statement
         )
         self._garbage(garbage)
         if gone:

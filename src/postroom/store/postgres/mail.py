@@ -591,25 +591,17 @@ async def release_blobs(conn: asyncpg.Connection, blob_ids: Sequence[int]) -> li
 
 
 async def expunge(conn: asyncpg.Connection, mailbox_id: int, uids: Sequence[int]) -> tuple[list[int], int, int, list[str]]:
-    """(expunged uids, owner, modseq, external objects to collect)."""
-    user_id, _ = await owner_of(conn, mailbox_id)
-    await lock_users(conn, [user_id])
-    rows = await get_messages(conn, mailbox_id, uids)
-    if not rows:
-        return [], user_id, 0, []
-    modseq = await bump_modseq(conn, mailbox_id)
-    gone = await conn.fetch(
-        "DELETE FROM messages WHERE id = ANY($1::bigint[]) RETURNING uid, size, blob_id",
-        [m.id for m in rows],
+    """(expunged uids, owner, modseq, external objects to collect). One call of the
+    server-side function ``postroom_expunge`` (migration 18): lock the owner's row, bump
+    the modseq, delete the rows, release the usage, remember the UIDs for QRESYNC and drop
+    the blob references (:func:`release_blobs`' work), in one round trip."""
+    row = await conn.fetchrow(
+        "SELECT * FROM postroom_expunge($1, $2, $3)", mailbox_id, sorted(set(uids)), int(time.time())
     )
-    await charge(conn, {user_id: (-sum(r[1] for r in gone), -len(gone))})
-    await conn.execute(
-        "INSERT INTO expunged(mailbox_id, uid, modseq) SELECT $1, unnest($2::bigint[]), $3 "
-        "ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
-        mailbox_id, [r[0] for r in gone], modseq,
-    )
-    garbage = await release_blobs(conn, [r[2] for r in gone])
-    return sorted(r[0] for r in gone), user_id, modseq, garbage
+    owner, modseq, gone, garbage = row
+    if owner is None:
+        raise NotFound("no such mailbox")
+    return list(gone), int(owner), int(modseq), list(garbage)
 
 
 async def copy_messages(

@@ -237,6 +237,61 @@ _APPEND = """
 """
 
 
+_EXPUNGE = """
+    CREATE FUNCTION postroom_expunge(
+        p_mailbox BIGINT, p_uids BIGINT[], p_now BIGINT, OUT o_owner BIGINT,
+        OUT o_modseq BIGINT, OUT o_uids BIGINT[], OUT o_garbage TEXT[]
+    ) LANGUAGE plpgsql AS $$
+    DECLARE
+        freed BIGINT;
+        n BIGINT;
+        blob_ids BIGINT[];
+        dead BIGINT[];
+    BEGIN
+        o_modseq := 0;
+        o_uids := '{}';
+        o_garbage := '{}';
+        SELECT user_id INTO o_owner FROM mailboxes WHERE id = p_mailbox;
+        IF NOT FOUND THEN
+            RETURN;  -- o_owner NULL: no such mailbox
+        END IF;
+        PERFORM 1 FROM users WHERE id = o_owner FOR UPDATE;
+        PERFORM 1 FROM messages WHERE mailbox_id = p_mailbox AND uid = ANY(p_uids);
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = p_mailbox
+        RETURNING highestmodseq INTO o_modseq;
+        WITH gone AS (
+            DELETE FROM messages WHERE mailbox_id = p_mailbox AND uid = ANY(p_uids)
+            RETURNING uid, size, blob_id
+        )
+        SELECT coalesce(array_agg(uid ORDER BY uid), '{}'), coalesce(sum(size), 0), count(*),
+            array_agg(blob_id)
+        INTO o_uids, freed, n, blob_ids FROM gone;
+        IF n = 0 THEN
+            RETURN;
+        END IF;
+        UPDATE users SET used_storage = used_storage - freed, used_messages = used_messages - n
+        WHERE id = o_owner;
+        INSERT INTO expunged(mailbox_id, uid, modseq) SELECT p_mailbox, unnest(o_uids), o_modseq
+        ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq;
+        WITH c AS (SELECT id, count(*) AS k FROM unnest(blob_ids) AS id GROUP BY id),
+            u AS (UPDATE blobs b SET refs = b.refs - c.k FROM c WHERE b.id = c.id
+                  RETURNING b.id, b.refs)
+        SELECT array_agg(u.id) INTO dead FROM u WHERE u.refs <= 0;
+        IF dead IS NOT NULL THEN
+            WITH d AS (DELETE FROM blobs WHERE id = ANY(dead) RETURNING location)
+            SELECT coalesce(array_agg(location) FILTER (WHERE location IS NOT NULL), '{}')
+            INTO o_garbage FROM d;
+            INSERT INTO blob_garbage(location, since) SELECT unnest(o_garbage), p_now
+            ON CONFLICT DO NOTHING;
+        END IF;
+    END
+    $$
+"""
+
+
 def sqlite_only(text: str) -> Migration:
     """A step that only SQLite needs (its PostgreSQL side does nothing)."""
     return Migration(sqlite=render(text, SQLITE), postgres="")
@@ -678,4 +733,10 @@ MIGRATIONS: list[Migration] = [
     # order (the user row before the mailbox row) as store/postgres/mail.py's
     # append_many; SQLite keeps its in-process path.
     postgres_only(_APPEND),
+    # 18: PostgreSQL only: EXPUNGE (``Store.expunge``) as one call, one round trip
+    # instead of nine (BEGIN, the owner, lock the owner's row, read the messages, bump the
+    # modseq, delete them, release the usage, record the UIDs for QRESYNC, drop the blob
+    # references and delete unreferenced blobs, COMMIT): store/postgres/mail.py's expunge
+    # steps in the same lock order.
+    postgres_only(_EXPUNGE),
 ]
