@@ -225,6 +225,61 @@ def test_concurrent_stores_on_two_nodes_lose_no_change() -> None:
     two_nodes(body)
 
 
+def test_system_flag_stores_follow_the_python_rules() -> None:
+    """A STORE without keywords runs server-side (postroom_store_flags): for random modes,
+    masks, keyword rights and UNCHANGEDSINCE its outcome (changed, unchanged, failed, the
+    stored flags and keywords, the modseq) is what store/rows.py's plan_flags says, and
+    concurrent ones from two nodes lose no change."""
+    import random
+
+    from postroom.store.api import ALL_FLAGS
+    from postroom.store.rows import plan_flags
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        user = await _user(a)
+        inbox = await a.get_mailbox(user.id, "INBOX")
+        uids = []
+        for i in range(8):
+            _, uid = await a.append(inbox.id, MSG, b"S", flags=i * 5 % 64,
+                                    keywords=("$Junk", "work")[: i % 3])
+            uids.append(uid)
+        rng = random.Random(7)
+        for _ in range(60):
+            mode = rng.choice(("add", "remove", "replace"))
+            change = FlagChange(mode, rng.randrange(64), (),
+                                rng.choice((ALL_FLAGS, ALL_FLAGS & ~FLAG_SEEN)),
+                                rng.random() < 0.7)
+            picked = rng.sample(uids, rng.randint(1, 5))
+            before = await a.get_messages(inbox.id, picked)
+            since = rng.choice((None, max(m.modseq for m in before) - 1))
+            unchanged, failed, updates = plan_flags(before, change, since)
+            top = (await a.mailbox_status(inbox.id)).highestmodseq
+            result = await (a if rng.random() < 0.5 else b).store_flags(
+                inbox.id, picked, change, since)
+            assert [m.uid for m in result.unchanged] == [m.uid for m in unchanged]
+            assert result.failed_uids == failed
+            assert [(m.uid, m.flags, m.keywords) for m in result.changed] == [
+                (m.uid, f, k) for f, k, m in updates]
+            after = (await a.mailbox_status(inbox.id)).highestmodseq
+            assert after == top + (1 if updates else 0)
+            assert all(m.modseq == after for m in result.changed)
+            now = {m.uid: (m.flags, m.keywords) for m in await b.get_messages(inbox.id, picked)}
+            for f, k, m in updates:
+                assert now[m.uid] == (f, k)
+        # Concurrent: each task sets its own flag on one message, from either node.
+        target = uids[0]
+        await a.store_flags(inbox.id, [target], FlagChange("replace", 0))
+        bits = [1 << i for i in range(5)]  # every system flag (ALL_FLAGS)
+        results = await asyncio.gather(*(
+            (a if i % 2 else b).store_flags(inbox.id, [target], FlagChange("add", bit))
+            for i, bit in enumerate(bits)))
+        (m,) = await a.get_messages(inbox.id, [target])
+        assert m.flags & ALL_FLAGS == ALL_FLAGS
+        assert len({r.changed[0].modseq for r in results}) == len(bits)
+
+    two_nodes(body)
+
+
 def test_address_lookups_are_cached_and_dropped_on_any_change() -> None:
     """Node A answers a repeated lookup from its cache, and forgets it as soon as node B
     (or any SQL session) changes a domain, user or alias; deliveries, which update the

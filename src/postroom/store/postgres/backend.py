@@ -498,12 +498,20 @@ class PostgresStore:
         change: FlagChange,
         unchangedsince: int | None = None,
     ) -> StoreResult:
-        # Two statements, each its own transaction (mail.store_flags_optimistic); when
+        # System flags only (what clients set all the time): one call (postroom_store_flags).
+        # Keywords: two statements, each its own transaction (store_flags_optimistic); when
         # another writer changed the mailbox between them, the locked transaction.
-        done = await self.engine.write(
-            lambda c: mail.store_flags_optimistic(c, mailbox_id, uids, change, unchangedsince),
-            transaction=False,
-        )
+        done: tuple[StoreResult, int, int] | None
+        if not change.keywords:
+            done = await self.engine.write(
+                lambda c: mail.store_system_flags(c, mailbox_id, uids, change, unchangedsince),
+                transaction=False,
+            )
+        else:
+            done = await self.engine.write(
+                lambda c: mail.store_flags_optimistic(c, mailbox_id, uids, change, unchangedsince),
+                transaction=False,
+            )
         if done is None:
             done = await self.engine.write(
                 lambda c: mail.store_flags(c, mailbox_id, uids, change, unchangedsince)

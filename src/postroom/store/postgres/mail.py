@@ -513,6 +513,44 @@ async def store_flags(
     return StoreResult(changed=changed, unchanged=unchanged, failed_uids=failed), owner, modseq
 
 
+async def store_system_flags(
+    conn: asyncpg.Connection,
+    mailbox_id: int,
+    uids: Sequence[int],
+    change: FlagChange,
+    unchangedsince: int | None,
+) -> tuple[StoreResult, int, int]:
+    """:func:`store_flags` for a change that names no keyword, as one call of the
+    server-side function ``postroom_store_flags`` (migration 19): the same lock, the same
+    rules (``rows.apply_flags``: keywords stay, or all go for a replace), one round trip.
+
+    Keywords are stored sorted and unique by every writer, so "add" and "remove" of no
+    keyword leave them exactly as ``apply_flags`` would."""
+    assert not change.keywords
+    rows = await conn.fetch(
+        "SELECT * FROM postroom_store_flags($1, $2, $3, $4, $5, $6, $7)",
+        mailbox_id, sorted(set(uids)), change.mode, change.flags, change.mask,
+        change.mode == "replace" and change.keywords_allowed, unchangedsince,
+    )
+    if not rows:
+        raise NotFound("no such mailbox")
+    owner, modseq, bumped = int(rows[0][0]), int(rows[0][1]), rows[0][2]
+    changed: list[MessageMeta] = []
+    unchanged: list[MessageMeta] = []
+    failed: list[int] = []
+    for r in rows:
+        if r[3] is None:
+            continue
+        m = meta_row(r[3:])
+        if bumped and m.modseq == modseq:  # the new modseq is this call's alone (the lock)
+            changed.append(m)
+        elif unchangedsince is not None and m.modseq > unchangedsince:
+            failed.append(m.uid)  # RFC 7162 3.1.3
+        else:
+            unchanged.append(m)
+    return StoreResult(changed=changed, unchanged=unchanged, failed_uids=failed), owner, modseq
+
+
 async def store_flags_optimistic(
     conn: asyncpg.Connection,
     mailbox_id: int,

@@ -292,6 +292,54 @@ _EXPUNGE = """
 """
 
 
+_STORE_FLAGS = """
+    CREATE FUNCTION postroom_store_flags(
+        p_mailbox BIGINT, p_uids BIGINT[], p_mode TEXT, p_flags BIGINT, p_mask BIGINT,
+        p_clear_keywords BOOLEAN, p_unchangedsince BIGINT
+    ) RETURNS TABLE(r_owner BIGINT, r_modseq BIGINT, r_bumped BOOLEAN, r_id BIGINT,
+        r_uid BIGINT, r_flags BIGINT, r_keywords TEXT, r_mseq BIGINT, r_size BIGINT,
+        r_date BIGINT, r_blob BIGINT)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        v_modseq BIGINT;
+        v_owner BIGINT;
+        v_set BIGINT := p_flags & p_mask;
+        n BIGINT;
+    BEGIN
+        SELECT highestmodseq, user_id INTO v_modseq, v_owner FROM mailboxes
+        WHERE id = p_mailbox FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN;  -- no row at all: no such mailbox
+        END IF;
+        -- A fresh snapshot after the lock: every earlier writer of this mailbox committed.
+        UPDATE messages m SET flags = CASE p_mode
+                WHEN 'add' THEN m.flags | v_set
+                WHEN 'remove' THEN m.flags & ~v_set
+                ELSE (m.flags & ~p_mask) | v_set END,
+            keywords = CASE WHEN p_clear_keywords THEN '' ELSE m.keywords END,
+            modseq = v_modseq + 1
+        WHERE m.mailbox_id = p_mailbox AND m.uid = ANY(p_uids)
+            AND (p_unchangedsince IS NULL OR m.modseq <= p_unchangedsince)
+            AND (CASE p_mode WHEN 'add' THEN m.flags | v_set WHEN 'remove' THEN m.flags & ~v_set
+                    ELSE (m.flags & ~p_mask) | v_set END <> m.flags
+                 OR (p_clear_keywords AND m.keywords <> ''));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            v_modseq := v_modseq + 1;
+            UPDATE mailboxes SET highestmodseq = v_modseq WHERE id = p_mailbox;
+        END IF;
+        RETURN QUERY SELECT v_owner, v_modseq, n > 0, m.id, m.uid, m.flags, m.keywords,
+            m.modseq, m.size, m.internaldate, m.blob_id
+        FROM messages m WHERE m.mailbox_id = p_mailbox AND m.uid = ANY(p_uids) ORDER BY m.uid;
+        IF NOT FOUND THEN  -- the mailbox, none of the messages: one row saying so
+            RETURN QUERY SELECT v_owner, v_modseq, FALSE, NULL::BIGINT, NULL::BIGINT,
+                NULL::BIGINT, NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
+        END IF;
+    END
+    $$
+"""
+
+
 def sqlite_only(text: str) -> Migration:
     """A step that only SQLite needs (its PostgreSQL side does nothing)."""
     return Migration(sqlite=render(text, SQLITE), postgres="")
@@ -739,4 +787,11 @@ MIGRATIONS: list[Migration] = [
     # references and delete unreferenced blobs, COMMIT): store/postgres/mail.py's expunge
     # steps in the same lock order.
     postgres_only(_EXPUNGE),
+    # 19: PostgreSQL only: a STORE that changes system flags only (no keyword named: the
+    # flags IMAP clients set all the time: \Seen, \Flagged, \Deleted) as one call
+    # (lock the mailbox row, update the messages whose flags change, bump the modseq,
+    # return every named message), one round trip instead of five; the rules are
+    # store/rows.py's apply_flags for a change without keywords. Keyword changes keep the
+    # statement path (store/postgres/mail.py).
+    postgres_only(_STORE_FLAGS),
 ]
