@@ -548,6 +548,45 @@ def test_mailbox_snapshot(store_run: Any) -> None:
     store_run(body)
 
 
+def test_changes_since_claims_recent_of_new_messages(store_run: Any) -> None:
+    """changes_since(claim_above=...) claims \\Recent as claim_recent(uidnext) would, in
+    the same call, only when a message above claim_above is among the changes."""
+
+    async def body(store: Any) -> None:
+        u = await _user(store)
+        inbox = await store.get_mailbox(u.id, "INBOX")
+        for _ in range(2):
+            await store.append(inbox.id, MSG, b"S")
+        start = (await store.mailbox_status(inbox.id)).highestmodseq
+        # Nothing above UID 2 changed: no claim, the mark stays.
+        await store.store_flags(inbox.id, [1], FlagChange("add", FLAG_SEEN))
+        changes = await store.changes_since(inbox.id, start, claim_above=2)
+        assert [m.uid for m in changes.changed] == [1] and changes.recent_from is None
+        assert await store.claim_recent(inbox.id, claim=False) == 1
+        # Two new messages: a read-only session sees the mark, which does not move ...
+        for _ in range(2):
+            await store.append(inbox.id, MSG, b"S")
+        looked = await store.changes_since(inbox.id, start, claim_above=2, claim=False)
+        assert looked.recent_from == 1 and looked.uidnext == 5
+        assert (await store.mailbox_status(inbox.id)).recent == 4
+        # ... a read-write one claims up to the UIDNEXT it saw; the next session gets none.
+        first = await store.changes_since(inbox.id, start, claim_above=2)
+        assert [m.uid for m in first.changed] == [1, 3, 4]
+        assert (first.recent_from, first.uidnext) == (1, 5)
+        second = await store.changes_since(inbox.id, start, claim_above=2)
+        assert second.recent_from == 5
+        assert (await store.mailbox_status(inbox.id)).recent == 0
+        # Without claim_above: no claim and no mark.
+        await store.append(inbox.id, MSG, b"S")
+        plain = await store.changes_since(inbox.id, start)
+        assert plain.recent_from is None and plain.uidnext == 6
+        assert await store.claim_recent(inbox.id, claim=False) == 5
+        with pytest.raises(NotFound):
+            await store.changes_since(99999, 0, claim_above=0)
+
+    store_run(body)
+
+
 def test_claim_recent_upto(store_run: Any) -> None:
     async def body(store: Any) -> None:
         u = await _user(store)

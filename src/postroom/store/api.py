@@ -309,6 +309,9 @@ class Changes:
     uidnext: int
     changed: list[MessageMeta]  # messages added or with flags changed since the modseq
     vanished: list[int]  # UIDs expunged since the modseq
+    # What changes_since(claim_above=...) claimed: claim_recent's answer (the caller owns
+    # [recent_from, uidnext)), None when nothing above claim_above arrived (no claim).
+    recent_from: int | None = None
 
 
 # What a change notification is about (MailboxChange.kind). Mailbox listeners only hear
@@ -742,7 +745,13 @@ class Store(Protocol):
     # The copies keep only the system flags in ``flag_mask`` and, with ``keywords``, the
     # keywords (ACL rights on the destination, RFC 4314 4). OverQuota when the
     # destination's owner would go over quota (a MOVE within one user never does).
-    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
+    async def changes_since(
+        self, mailbox_id: int, modseq: int, *, claim_above: int | None = None, claim: bool = True
+    ) -> Changes: ...
+    # ``claim_above`` (an IMAP4rev1 session's last UID): when a message above it is among
+    # the changes, \Recent is claimed in the same call as ``claim_recent(mailbox_id,
+    # changes.uidnext, claim=claim)`` would, its answer in ``Changes.recent_from`` (one
+    # round trip instead of two on PostgreSQL); None: no claim.
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]: ...
     async def claim_recent(
         self, mailbox_id: int, upto: int | None = None, *, claim: bool = True

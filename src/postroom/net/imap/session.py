@@ -520,18 +520,18 @@ class ImapSession:
         view.dirty = False
         view.notified = 0
         try:
-            changes = await self.store.changes_since(view.mailbox_id, view.modseq)
+            # IMAP4rev1: \Recent of new messages claimed in the same store call.
+            changes = await self.store.changes_since(
+                view.mailbox_id, view.modseq, claim_above=view.last_uid if self.rev1 else None,
+                claim=not view.readonly,
+            )
         except NotFound:
             # Deleted (or renamed away as INBOX's content) under us: nothing sane remains.
             self.write(responses.bye("The selected mailbox was deleted"))
             self.closing = True
             raise Closing() from None
-        recent_from = None
-        if self.rev1 and any(m.uid > view.last_uid for m in changes.changed):
-            # Read-only (EXAMINE) views see unclaimed messages as \Recent without claiming.
-            recent_from = await self.store.claim_recent(
-                view.mailbox_id, changes.uidnext, claim=not view.readonly
-            )
+        # Read-only (EXAMINE) views see unclaimed messages as \Recent without claiming.
+        recent_from = changes.recent_from
         first_new = view.last_uid + 1
         for line in view.apply(
             changes, expunge=expunge, rev1=self.rev1, condstore=self.condstore,

@@ -592,24 +592,62 @@ async def copy_messages(
     return pairs, (dst_owner, modseq), (src_owner, src_modseq)
 
 
-async def changes_since(conn: asyncpg.Connection, mailbox_id: int, modseq: int) -> Changes:
+async def changes_since(
+    conn: asyncpg.Connection, mailbox_id: int, modseq: int,
+    claim_above: int | None = None, claim: bool = False,
+) -> Changes:
     """One statement (one snapshot: the mailbox row, the changed messages and the
     vanished UIDs agree, without a transaction around several reads): the mailbox row
-    joined with its changed messages, the vanished UIDs as an array on every row."""
-    rows = await conn.fetch(
-        f"SELECT b.highestmodseq, b.uidnext, (SELECT array_agg(e.uid ORDER BY e.uid) FROM "
-        f"expunged e WHERE e.mailbox_id = $1 AND e.modseq > $2), "
-        f"{', '.join('m.' + c.strip() for c in META_COLS.split(','))} FROM mailboxes b "
-        "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.modseq > $2 WHERE b.id = $1 "
-        "ORDER BY m.uid", mailbox_id, modseq,
-    )
+    joined with its changed messages, the vanished UIDs as an array on every row.
+
+    With ``claim_above`` it also answers \\Recent (``Changes.recent_from``) when a message
+    above that UID changed: ``claim`` claims up to the UIDNEXT this snapshot saw, in the
+    same statement, as :func:`claim_recent` does (the previous mark, read from the row
+    locked FOR UPDATE, so two sessions never both own a UID); without ``claim`` the mark
+    is only read (:func:`recent_mark`). The claim commits without waiting for the WAL
+    flush (``set_config('synchronous_commit', 'off', true)``: this statement's
+    transaction only), like the lazy pool's claims: a claim lost in a crash only makes a
+    message \\Recent once more, which RFC 3501 allows."""
+    cols = ", ".join("m." + c.strip() for c in META_COLS.split(","))
+    vanished = ("(SELECT array_agg(e.uid ORDER BY e.uid) FROM expunged e "
+                "WHERE e.mailbox_id = $1 AND e.modseq > $2)")
+    if claim_above is None:
+        rows = await conn.fetch(
+            f"SELECT b.highestmodseq, b.uidnext, {vanished}, {cols} FROM mailboxes b "
+            "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.modseq > $2 WHERE b.id = $1 "
+            "ORDER BY m.uid", mailbox_id, modseq,
+        )
+        mark = None
+    elif not claim:
+        rows = await conn.fetch(
+            f"SELECT b.highestmodseq, b.uidnext, {vanished}, {cols}, "
+            "least(b.recent_uid, b.uidnext) FROM mailboxes b "
+            "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.modseq > $2 WHERE b.id = $1 "
+            "ORDER BY m.uid", mailbox_id, modseq,
+        )
+        mark = rows[0][-1] if rows else None
+    else:
+        rows = await conn.fetch(
+            "WITH b AS (SELECT id, highestmodseq, uidnext FROM mailboxes WHERE id = $1), "
+            "r AS (UPDATE mailboxes m SET recent_uid = greatest(m.recent_uid, b.uidnext) "
+            "FROM b, (SELECT id, recent_uid FROM mailboxes WHERE id = $1 FOR UPDATE) AS old "
+            "WHERE m.id = old.id AND EXISTS (SELECT 1 FROM messages n WHERE n.mailbox_id = $1 "
+            "AND n.modseq > $2 AND n.uid > $3) RETURNING old.recent_uid) "
+            f"SELECT b.highestmodseq, b.uidnext, {vanished}, {cols}, (SELECT recent_uid FROM r), "
+            "(SELECT set_config('synchronous_commit', 'off', true)) FROM b "
+            "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.modseq > $2 ORDER BY m.uid",
+            mailbox_id, modseq, claim_above,
+        )
+        mark = rows[0][-2] if rows else None
     if not rows:
         raise NotFound("no such mailbox")
     first = rows[0]
+    changed = [meta_row(r[3:11]) for r in rows if r[3] is not None]
+    if claim_above is None or not any(m.uid > claim_above for m in changed):
+        mark = None
     return Changes(
-        highestmodseq=first[0], uidnext=first[1],
-        changed=[meta_row(r[3:]) for r in rows if r[3] is not None],
-        vanished=list(first[2] or ()),
+        highestmodseq=first[0], uidnext=first[1], changed=changed,
+        vanished=list(first[2] or ()), recent_from=None if mark is None else int(mark),
     )
 
 

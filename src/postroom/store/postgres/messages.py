@@ -299,8 +299,19 @@ class MessagePaths:
             self._publish(src_mailbox_id, *src)
         return pairs
 
-    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
-        return await self.engine.read(lambda c: mail.changes_since(c, mailbox_id, modseq))
+    async def changes_since(
+        self, mailbox_id: int, modseq: int, *, claim_above: int | None = None, claim: bool = True
+    ) -> Changes:
+        if claim_above is None:
+            return await self.engine.read(lambda c: mail.changes_since(c, mailbox_id, modseq))
+        if not claim:  # EXAMINE: the mark is read, nothing is written
+            return await self.engine.read(
+                lambda c: mail.changes_since(c, mailbox_id, modseq, claim_above, False))
+        # May write the claim: not retried once sent (a lost answer's claim stands).
+        return await self.engine.write(
+            lambda c: mail.changes_since(c, mailbox_id, modseq, claim_above, True),
+            transaction=False,
+        )
 
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))

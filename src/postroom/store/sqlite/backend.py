@@ -18,6 +18,7 @@ kernel drops with a dead process (``maildrop.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import os
 import sqlite3
@@ -432,8 +433,15 @@ class SQLiteStore:
             self._publish(src_mailbox_id, *src)
         return pairs
 
-    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
-        return await self.engine.read(lambda c: mail.changes_since(c, mailbox_id, modseq))
+    async def changes_since(
+        self, mailbox_id: int, modseq: int, *, claim_above: int | None = None, claim: bool = True
+    ) -> Changes:
+        changes = await self.engine.read(lambda c: mail.changes_since(c, mailbox_id, modseq))
+        if claim_above is not None and any(m.uid > claim_above for m in changes.changed):
+            # In-process calls cost no round trip: the claim stays its own call.
+            mark = await self.claim_recent(mailbox_id, changes.uidnext, claim=claim)
+            changes = dataclasses.replace(changes, recent_from=mark)
+        return changes
 
     async def vanished_since(self, mailbox_id: int, modseq: int) -> list[int]:
         return await self.engine.read(lambda c: mail.vanished_since(c, mailbox_id, modseq))
