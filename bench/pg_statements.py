@@ -39,6 +39,7 @@ SETTINGS = {
     "shared_preload_libraries": "pg_stat_statements",
     "pg_stat_statements.track": "all",
     "pg_stat_statements.track_utility": "on",
+    "pg_stat_statements.track_planning": "on",  # plans per call: custom plans cost CPU
 }
 
 
@@ -55,18 +56,22 @@ def report(pg: PgCluster, db: str, units: int, top: int, nested: bool = False) -
     print(f"    transactions committed {int(commits) / per:.2f}, WAL flushes {int(wal[0]) / per:.2f}, "
           f"WAL records {int(wal[1]) / per:.1f}, WAL bytes {int(wal[2]) / per:.0f} per unit")
     rows = pg.psql(
-        "SELECT calls, total_exec_time, regexp_replace(query, '\\s+', ' ', 'g') "
+        "SELECT calls, total_exec_time, plans, total_plan_time, "
+        "regexp_replace(query, '\\s+', ' ', 'g') "
         "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = "
         f"current_database()) AND toplevel <> {nested} ORDER BY calls DESC, total_exec_time DESC", db)
-    total = 0.0
+    total = plans_total = plan_ms_total = 0.0
     lines = []
     for line in rows.splitlines():
-        calls, ms, query = line.split("|", 2)
+        calls, ms, plans, plan_ms, query = line.split("|", 4)
         total += int(calls) / per
-        lines.append((int(calls) / per, float(ms) / per, query))
-    print(f"    statements (round trips) {total:.2f} per unit:")
-    for calls, ms, query in lines[:top]:
-        print(f"      {calls:6.2f}  {ms:6.3f} ms  {query[:150]}")
+        plans_total += int(plans) / per
+        plan_ms_total += float(plan_ms) / per
+        lines.append((int(calls) / per, float(ms) / per, int(plans) / per, query))
+    print(f"    statements (round trips) {total:.2f} per unit, plans {plans_total:.2f} "
+          f"({plan_ms_total:.3f} ms); calls, execution ms, plans per unit:")
+    for calls, ms, plans, query in lines[:top]:
+        print(f"      {calls:6.2f}  {ms:6.3f} ms  {plans:5.2f}  {query[:140]}")
 
 
 def main() -> int:
