@@ -280,6 +280,52 @@ def test_system_flag_stores_follow_the_python_rules() -> None:
     two_nodes(body)
 
 
+def test_connection_lane_waits_hands_over_and_recovers() -> None:
+    """The engine's free list in front of asyncpg's pool (engine.Lane): more callers than
+    connections wait and are served; a waiter cancelled meanwhile leaks nothing; a failed
+    statement hands its connection back to asyncpg; the lane never holds more than the
+    pool's size, and every connection is accounted for at the end."""
+    from support.postgres import drop_database, fresh_database
+
+    url = fresh_database()
+
+    async def main() -> None:
+        store = await open_store(url, pool_size=2)
+        engine = store.engine
+        lane = engine.lanes[False]
+        try:
+            peak = 0
+
+            async def slow(i: int) -> int:
+                nonlocal peak
+                peak = max(peak, lane.held)
+                return int(await engine.read(lambda c: c.fetchval("SELECT $1::int FROM pg_sleep(0.02)", i)))
+
+            tasks = [asyncio.create_task(slow(i)) for i in range(12)]
+            await asyncio.sleep(0.005)
+            tasks[-1].cancel()  # waiting for a connection when cancelled
+            tasks[-2].cancel()
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            assert done[:10] == list(range(10))
+            assert all(isinstance(d, asyncio.CancelledError) for d in done[10:])
+            assert peak <= 2 and lane.held <= 2
+            with pytest.raises(Exception, match="syntax"):
+                await engine.read(lambda c: c.fetchval("SELEC 1"))
+            assert await engine.read(lambda c: c.fetchval("SELECT 7")) == 7
+            results = await asyncio.gather(*(engine.write(
+                lambda c: c.fetchval("SELECT 1"), transaction=False) for _ in range(8)))
+            assert results == [1] * 8
+            await asyncio.sleep(0.05)  # drops started by give() finish
+            assert lane.held == len(lane.free) <= 2 and not lane.waiters
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        drop_database(url)
+
+
 def test_address_lookups_are_cached_and_dropped_on_any_change() -> None:
     """Node A answers a repeated lookup from its cache, and forgets it as soon as node B
     (or any SQL session) changes a domain, user or alias; deliveries, which update the

@@ -15,6 +15,15 @@ asyncpg still rolls back an open transaction on release; only a connection hande
 :meth:`Engine.connection` (migrations, the blob sweeper's advisory lock) gets the full
 reset.
 
+Why a free list in front of asyncpg's pool (:class:`Lane`): an acquire with a timeout and
+a release through asyncpg's pool start two asyncio tasks (``wait_for``, ``shield``) and
+cost about 30 µs of the node's CPU, once per statement: after the IMAP commands became
+one statement each (``messages.py``), that was a tenth of a PostgreSQL node's CPU per
+command. A connection that finished its work cleanly goes on a list (or straight to a
+waiting caller) and the next read or write takes it from there; anything unusual (an
+error, a cancellation, an outage) hands it back to asyncpg's pool, which does its full
+clean-up.
+
 Deliveries do not come here one by one: ``batch.py`` group-commits them (one transaction
 for every delivery queued while the previous one committed).
 
@@ -37,6 +46,7 @@ as the one that failed), so recovery takes one reconnect, not one failure per co
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -84,6 +94,106 @@ def unavailable(e: BaseException) -> bool:
     return isinstance(e, asyncpg.InterfaceError) and "closed" in str(e)
 
 
+class Lane:
+    """A free list of clean connections in front of an asyncpg pool (see the module
+    docstring). At most ``size`` connections are out of the pool at once (the pool's own
+    maximum); callers beyond that wait for one to be given back. A connection is given
+    back with :meth:`give` only when it is idle and outside any transaction; otherwise
+    :meth:`drop` returns it to asyncpg, which cleans it up or closes it. After an outage
+    (:meth:`expire`) connections taken before it are dropped, never reused."""
+
+    __slots__ = ("_tasks", "epoch", "free", "held", "pool", "size", "waiters")
+
+    def __init__(self, pool: asyncpg.Pool, size: int) -> None:
+        self.pool = pool
+        self.size = size
+        self.free: list[Any] = []  # clean connections of this epoch, last used first
+        self.held = 0  # connections out of asyncpg's pool (in use or in ``free``)
+        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.epoch = 0  # bumped by expire(): older connections are not reused
+        self._tasks: set[asyncio.Task[None]] = set()  # drops started by give()
+
+    async def take(self) -> Any:
+        """A connection: from the free list, else a new one from the pool, else the next
+        one given back (``ACQUIRE_TIMEOUT`` in all: TimeoutError)."""
+        if self.free:
+            return self.free.pop()
+        async with asyncio.timeout(ACQUIRE_TIMEOUT):
+            while True:
+                if self.free:
+                    return self.free.pop()
+                if self.held < self.size:
+                    self.held += 1
+                    try:
+                        return await self.pool.acquire()
+                    except BaseException:
+                        self.held -= 1
+                        self._wake()
+                        raise
+                waiter = asyncio.get_running_loop().create_future()
+                self.waiters.append(waiter)
+                try:
+                    conn = await waiter
+                except BaseException:
+                    if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                        self.give(waiter.result(), self.epoch)  # handed over as we left
+                    elif waiter in self.waiters:
+                        self.waiters.remove(waiter)
+                    raise
+                if conn is not None:
+                    return conn
+                # None: a connection went back to the pool; try again from the top.
+
+    def give(self, conn: Any, epoch: int) -> None:
+        """Hand back a connection that is idle and outside any transaction."""
+        if epoch != self.epoch or conn.is_closed() or conn.is_in_transaction():
+            task = asyncio.get_running_loop().create_task(self.drop(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self.free.append(conn)
+
+    async def drop(self, conn: Any) -> None:
+        """Return a connection to asyncpg's pool (its full clean-up, or closing it)."""
+        self.held -= 1
+        try:
+            await self.pool.release(conn)
+        except Exception as e:  # it is closed or terminated then: nothing left to do
+            log.debug("releasing a connection: %s", _reason(e))
+        finally:
+            self._wake()
+
+    def _wake(self) -> None:
+        """A place in the pool freed up: the first waiter tries again."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def expire(self) -> None:
+        """After an outage: no connection taken before now is reused; the idle ones go
+        back to the pool, which closes them (``expire_connections``)."""
+        self.epoch += 1
+        await self.pool.expire_connections()
+        idle, self.free = self.free, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await self.drop(conn)
+
+    async def drain(self) -> None:
+        """Give every idle connection back to the pool (before closing it)."""
+        idle, self.free = self.free, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await self.drop(conn)
+
+
 class Engine:
     """The pool of one node. ``lazy`` connections commit without waiting for the WAL
     flush (``synchronous_commit = off``): for state that may be lost in a database crash
@@ -92,6 +202,7 @@ class Engine:
     def __init__(self, pool: asyncpg.Pool, lazy: asyncpg.Pool) -> None:
         self.pool = pool
         self.lazy = lazy
+        self.lanes = {False: Lane(pool, pool.get_max_size()), True: Lane(lazy, lazy.get_max_size())}
         # Connections handed out by connection(): reset in full when released.
         self._dirty: weakref.WeakSet[Any] = weakref.WeakSet()
         self.failures = 0  # outages seen (operations that raised StoreUnavailable)
@@ -135,6 +246,8 @@ class Engine:
         return engine
 
     async def close(self) -> None:
+        for lane in self.lanes.values():
+            await lane.drain()
         for pool in (self.pool, self.lazy):
             try:
                 await asyncio.wait_for(pool.close(), 10)
@@ -145,20 +258,24 @@ class Engine:
 
     async def _lost(self, e: BaseException) -> StoreUnavailable:
         self.failures += 1
-        for pool in (self.pool, self.lazy):
-            await pool.expire_connections()
+        for lane in self.lanes.values():
+            await lane.expire()
         log.warning("database unavailable: %s", _reason(e))
         return StoreUnavailable("the database is unavailable")
 
     @contextlib.asynccontextmanager
     async def connection(self, *, lazy: bool = False) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for work outside :meth:`read`/:meth:`write` (migrations)."""
+        lane = self.lanes[lazy]
         try:
-            async with (self.lazy if lazy else self.pool).acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            conn = await lane.take()  # counted by the lane, which would otherwise wait for it
+            try:
                 # It may change session state: reset in full on release (the pool hands
                 # the reset the connection itself, not this proxy).
                 self._dirty.add(getattr(conn, "_con", None) or conn)
                 yield conn
+            finally:
+                await _dropped(lane, conn)  # never reused as it is: asyncpg resets it
         except StoreUnavailable:
             raise
         except BaseException as e:
@@ -177,13 +294,22 @@ class Engine:
             self.timing(False, time.perf_counter() - started)
 
     async def _read(self, fn: Fn[T], snapshot: bool) -> T:
+        lane = self.lanes[False]
         for attempt in (0, 1):
             try:
-                async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                epoch = lane.epoch
+                conn = await lane.take()
+                try:
                     if not snapshot:
-                        return await fn(conn)
-                    async with conn.transaction(isolation="repeatable_read", readonly=True):
-                        return await fn(conn)
+                        result = await fn(conn)
+                    else:
+                        async with conn.transaction(isolation="repeatable_read", readonly=True):
+                            result = await fn(conn)
+                except BaseException:
+                    await _dropped(lane, conn)
+                    raise
+                lane.give(conn, epoch)
+                return result
             except BaseException as e:
                 if not unavailable(e):
                     raise
@@ -209,27 +335,34 @@ class Engine:
             self.timing(True, time.perf_counter() - started)
 
     async def _write(self, fn: Fn[T], lazy: bool, transaction: bool) -> T:
-        pool = self.lazy if lazy else self.pool
+        lane = self.lanes[lazy]
         retries = 0
         reconnects = 0
         while True:
             begun = False
             try:
-                async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                epoch = lane.epoch
+                conn = await lane.take()
+                try:
                     if not transaction:
                         begun = True  # the statement may commit from here on
-                        return await fn(conn)
-                    tx = conn.transaction()
-                    await tx.start()
-                    begun = True
-                    try:
                         result = await fn(conn)
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            await tx.rollback()
-                        raise
-                    await tx.commit()
-                    return result
+                    else:
+                        tx = conn.transaction()
+                        await tx.start()
+                        begun = True
+                        try:
+                            result = await fn(conn)
+                        except BaseException:
+                            with contextlib.suppress(Exception):
+                                await tx.rollback()
+                            raise
+                        await tx.commit()
+                except BaseException:
+                    await _dropped(lane, conn)
+                    raise
+                lane.give(conn, epoch)
+                return result
             except _RETRY as e:
                 retries += 1
                 if retries > RETRIES:
@@ -243,6 +376,13 @@ class Engine:
                 if begun or reconnects:
                     raise lost from None
                 reconnects += 1  # nothing was sent: one more try on a fresh connection
+
+
+async def _dropped(lane: Lane, conn: Any) -> None:
+    """After a failure: the connection goes back to asyncpg (which rolls back, waits for a
+    cancelled query, or closes it), shielded from the caller's own cancellation."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(lane.drop(conn))
 
 
 def _reason(e: BaseException) -> str:
