@@ -216,8 +216,12 @@ _APPEND = """
             o_over := TRUE;
             RETURN;
         END IF;
-        SELECT array_agg(nextval(pg_get_serial_sequence('blobs', 'id'))) INTO ids
-        FROM generate_series(1, n);
+        IF n = 1 THEN  -- an expression, not a query to plan
+            ids := ARRAY[nextval(pg_get_serial_sequence('blobs', 'id'))];
+        ELSE
+            SELECT array_agg(nextval(pg_get_serial_sequence('blobs', 'id'))) INTO ids
+            FROM generate_series(1, n);
+        END IF;
         INSERT INTO blobs(id, size, refs, summary, data, location)
         SELECT ids[k], p_sizes[k], 1, p_summaries[k], p_datas[k], p_locations[k]
         FROM generate_subscripts(p_sizes, 1) AS k;
@@ -304,6 +308,7 @@ _STORE_FLAGS = """
         v_modseq BIGINT;
         v_owner BIGINT;
         v_set BIGINT := p_flags & p_mask;
+        v_uid BIGINT;
         n BIGINT;
     BEGIN
         SELECT highestmodseq, user_id INTO v_modseq, v_owner FROM mailboxes
@@ -312,25 +317,51 @@ _STORE_FLAGS = """
             RETURN;  -- no row at all: no such mailbox
         END IF;
         -- A fresh snapshot after the lock: every earlier writer of this mailbox committed.
-        UPDATE messages m SET flags = CASE p_mode
-                WHEN 'add' THEN m.flags | v_set
-                WHEN 'remove' THEN m.flags & ~v_set
-                ELSE (m.flags & ~p_mask) | v_set END,
-            keywords = CASE WHEN p_clear_keywords THEN '' ELSE m.keywords END,
-            modseq = v_modseq + 1
-        WHERE m.mailbox_id = p_mailbox AND m.uid = ANY(p_uids)
-            AND (p_unchangedsince IS NULL OR m.modseq <= p_unchangedsince)
-            AND (CASE p_mode WHEN 'add' THEN m.flags | v_set WHEN 'remove' THEN m.flags & ~v_set
-                    ELSE (m.flags & ~p_mask) | v_set END <> m.flags
-                 OR (p_clear_keywords AND m.keywords <> ''));
+        -- One UID (most STOREs) has statements of its own: "uid = v_uid" gets a generic
+        -- plan, "uid = ANY(p_uids)" a custom plan at every call.
+        IF cardinality(p_uids) = 1 THEN
+            v_uid := p_uids[1];
+            UPDATE messages m SET flags = CASE p_mode
+                    WHEN 'add' THEN m.flags | v_set
+                    WHEN 'remove' THEN m.flags & ~v_set
+                    ELSE (m.flags & ~p_mask) | v_set END,
+                keywords = CASE WHEN p_clear_keywords THEN '' ELSE m.keywords END,
+                modseq = v_modseq + 1
+            WHERE m.mailbox_id = p_mailbox AND m.uid = v_uid
+                AND (p_unchangedsince IS NULL OR m.modseq <= p_unchangedsince)
+                AND (CASE p_mode WHEN 'add' THEN m.flags | v_set
+                        WHEN 'remove' THEN m.flags & ~v_set
+                        ELSE (m.flags & ~p_mask) | v_set END <> m.flags
+                     OR (p_clear_keywords AND m.keywords <> ''));
+        ELSE
+            UPDATE messages m SET flags = CASE p_mode
+                    WHEN 'add' THEN m.flags | v_set
+                    WHEN 'remove' THEN m.flags & ~v_set
+                    ELSE (m.flags & ~p_mask) | v_set END,
+                keywords = CASE WHEN p_clear_keywords THEN '' ELSE m.keywords END,
+                modseq = v_modseq + 1
+            WHERE m.mailbox_id = p_mailbox AND m.uid = ANY(p_uids)
+                AND (p_unchangedsince IS NULL OR m.modseq <= p_unchangedsince)
+                AND (CASE p_mode WHEN 'add' THEN m.flags | v_set
+                        WHEN 'remove' THEN m.flags & ~v_set
+                        ELSE (m.flags & ~p_mask) | v_set END <> m.flags
+                     OR (p_clear_keywords AND m.keywords <> ''));
+        END IF;
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n > 0 THEN
             v_modseq := v_modseq + 1;
             UPDATE mailboxes SET highestmodseq = v_modseq WHERE id = p_mailbox;
         END IF;
-        RETURN QUERY SELECT v_owner, v_modseq, n > 0, m.id, m.uid, m.flags, m.keywords,
-            m.modseq, m.size, m.internaldate, m.blob_id
-        FROM messages m WHERE m.mailbox_id = p_mailbox AND m.uid = ANY(p_uids) ORDER BY m.uid;
+        IF v_uid IS NOT NULL THEN
+            RETURN QUERY SELECT v_owner, v_modseq, n > 0, m.id, m.uid, m.flags, m.keywords,
+                m.modseq, m.size, m.internaldate, m.blob_id
+            FROM messages m WHERE m.mailbox_id = p_mailbox AND m.uid = v_uid;
+        ELSE
+            RETURN QUERY SELECT v_owner, v_modseq, n > 0, m.id, m.uid, m.flags, m.keywords,
+                m.modseq, m.size, m.internaldate, m.blob_id
+            FROM messages m WHERE m.mailbox_id = p_mailbox AND m.uid = ANY(p_uids)
+            ORDER BY m.uid;
+        END IF;
         IF NOT FOUND THEN  -- the mailbox, none of the messages: one row saying so
             RETURN QUERY SELECT v_owner, v_modseq, FALSE, NULL::BIGINT, NULL::BIGINT,
                 NULL::BIGINT, NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT;
