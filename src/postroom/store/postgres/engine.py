@@ -116,12 +116,18 @@ class Lane:
     async def take(self) -> Any:
         """A connection: from the free list, else a new one from the pool, else the next
         one given back (``ACQUIRE_TIMEOUT`` in all: TimeoutError)."""
-        if self.free:
-            return self.free.pop()
+        while self.free:
+            conn = self.free.pop()
+            if not conn.is_closed():
+                return conn
+            self._drop_later(conn)  # the server closed it while idle: asyncpg replaces it
         async with asyncio.timeout(ACQUIRE_TIMEOUT):
             while True:
-                if self.free:
-                    return self.free.pop()
+                while self.free:
+                    conn = self.free.pop()
+                    if not conn.is_closed():
+                        return conn
+                    self._drop_later(conn)
                 if self.held < self.size:
                     self.held += 1
                     try:
@@ -147,9 +153,7 @@ class Lane:
     def give(self, conn: Any, epoch: int) -> None:
         """Hand back a connection that is idle and outside any transaction."""
         if epoch != self.epoch or conn.is_closed() or conn.is_in_transaction():
-            task = asyncio.get_running_loop().create_task(self.drop(conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._drop_later(conn)
             return
         while self.waiters:
             waiter = self.waiters.popleft()
@@ -157,6 +161,11 @@ class Lane:
                 waiter.set_result(conn)
                 return
         self.free.append(conn)
+
+    def _drop_later(self, conn: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self.drop(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drop(self, conn: Any) -> None:
         """Return a connection to asyncpg's pool (its full clean-up, or closing it)."""
