@@ -31,7 +31,10 @@ own cores, and the database and the load generators keep the rest of this machin
 is how "2 nodes >= 1.7x one node on the CPU-bound paths" can be measured on few cores:
 without it, every configuration shares the same two cores and more nodes cannot add
 throughput. Pick F so that F x nodes plus the database's and clients' share fits the
-machine (0.3 on 2 cores for up to 2 nodes).
+machine (0.3 on 2 cores for up to 2 nodes). The offered load then grows with the nodes
+(20 SMTP sessions and 20 IMAP clients per node, not in all), so that every configuration
+is saturated: with 10 sessions each, two quota-bound nodes wait on round trips rather
+than on their CPU.
 
 Usage: .venv/bin/python bench/cluster.py [--smtp 3000] [--relay 1000] [--duration 15]
        [--nodes 1,2,3] [--no-sqlite] [--node-cpu F]
@@ -68,6 +71,7 @@ USERS = [f"u{i}@{DOMAIN}" for i in range(1, 21)]
 RELAY = f"fwd@{DOMAIN}"
 SESSIONS = 20
 CLIENTS = 20
+PER_NODE_LOAD = False  # --node-cpu: SESSIONS and CLIENTS per node (see the docstring)
 
 
 @dataclass
@@ -191,7 +195,8 @@ def smtp(setup: Setup, count: int, rcpt: str | None = None, wait: object = None)
         to = rcpt or USERS[i % len(USERS)]
         share = count // n + (i < count % n)  # every message is sent: 500 over 3 nodes too
         procs.append(subprocess.Popen(
-            [smtp_source(), "-4", "-s", str(SESSIONS // n), "-m", str(share), "-l", "5120",
+            [smtp_source(), "-4", "-s", str(SESSIONS if PER_NODE_LOAD else SESSIONS // n),
+             "-m", str(share), "-l", "5120",
              "-f", "bench@client.test", "-t", to, "-M", "client.test",
              f"127.0.0.1:{node.ports['mx']}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -208,8 +213,9 @@ def imap(setup: Setup, duration: float) -> int:
 
     async def main() -> int:
         stats = imap_load.Stats()
+        clients = CLIENTS * len(targets) if PER_NODE_LOAD else CLIENTS
         sessions = [imap_load.Session(targets[i % len(targets)], USERS[i % len(USERS)],
-                                      random.Random(i), stats) for i in range(CLIENTS)]
+                                      random.Random(i), stats) for i in range(clients)]
         await asyncio.gather(*(s.open() for s in sessions))
         start_ev = asyncio.Event()
         deadline = [time.monotonic() + duration]
@@ -243,6 +249,8 @@ def main() -> int:
                     help="CPU quota per node in cores (cgroup v1; root): nodes as small machines")
     args = ap.parse_args()
     quota = CpuQuota(args.node_cpu) if args.node_cpu > 0 else None
+    global PER_NODE_LOAD
+    PER_NODE_LOAD = quota is not None
     base = Path(tempfile.mkdtemp(prefix="postroom-cluster-"))
     sink = Sink()
     cluster = PgCluster(durable=True, settings={"max_connections": "400"}).start()
@@ -279,7 +287,8 @@ def main() -> int:
     print(f"# postroom cluster bench: {len(os.sched_getaffinity(0))} cores, load average {load} "
           f"at the end; fsync on; smtp {args.smtp} x 5 KB, imap {CLIENTS} clients x "
           f"{args.duration:.0f} s, relay {args.relay} x 5 KB"
-          + (f"; every node limited to {args.node_cpu:g} cores (cgroup quota)" if quota else ""))
+          + (f"; every node limited to {args.node_cpu:g} cores (cgroup quota), "
+             f"{SESSIONS} SMTP sessions and {CLIENTS} IMAP clients per node" if quota else ""))
     by = {s.name: s for s in setups}
     for work in ("smtp", "imap", "relay"):
         unit = "command" if work == "imap" else "message"
