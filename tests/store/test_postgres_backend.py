@@ -317,6 +317,16 @@ def test_connection_lane_waits_hands_over_and_recovers() -> None:
             assert results == [1] * 8
             await asyncio.sleep(0.05)  # drops started by give() finish
             assert lane.held == len(lane.free) <= 2 and not lane.waiters
+            # A connection is used at most MAX_USES times, then closed and replaced.
+            from postroom.store.postgres import engine as engine_module
+
+            old_max, engine_module.MAX_USES = engine_module.MAX_USES, 3
+            try:
+                pids = {await engine.read(lambda c: c.fetchval("SELECT pg_backend_pid()"))
+                        for _ in range(12)}
+            finally:
+                engine_module.MAX_USES = old_max
+            assert len(pids) >= 4 and all(n < 3 for n in lane.uses.values())
         finally:
             await store.close()
 

@@ -66,6 +66,7 @@ Fn = Callable[[asyncpg.Connection], Awaitable[T]]
 
 RETRIES = 8  # deadlock / serialization failure retries of one write
 ACQUIRE_TIMEOUT = 30.0  # waiting for a free pooled connection
+MAX_USES = 50_000  # reads/writes on one connection before it is closed (asyncpg's max_queries)
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 60.0  # no single statement of ours takes this long
 
@@ -100,9 +101,11 @@ class Lane:
     maximum); callers beyond that wait for one to be given back. A connection is given
     back with :meth:`give` only when it is idle and outside any transaction; otherwise
     :meth:`drop` returns it to asyncpg, which cleans it up or closes it. After an outage
-    (:meth:`expire`) connections taken before it are dropped, never reused."""
+    (:meth:`expire`) connections taken before it are dropped, never reused. After
+    ``MAX_USES`` reads and writes a connection is closed and the pool opens a new one, as
+    asyncpg's ``max_queries`` does on release (a database backend's caches only grow)."""
 
-    __slots__ = ("_tasks", "epoch", "free", "held", "pool", "size", "waiters")
+    __slots__ = ("_tasks", "epoch", "free", "held", "pool", "size", "uses", "waiters")
 
     def __init__(self, pool: asyncpg.Pool, size: int) -> None:
         self.pool = pool
@@ -112,6 +115,9 @@ class Lane:
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.epoch = 0  # bumped by expire(): older connections are not reused
         self._tasks: set[asyncio.Task[None]] = set()  # drops started by give()
+        # Uses of each connection since it left the pool: after MAX_USES it goes back, to
+        # be closed and replaced as asyncpg's max_queries does (a backend's caches grow).
+        self.uses: dict[Any, int] = {}
 
     async def take(self) -> Any:
         """A connection: from the free list, else a new one from the pool, else the next
@@ -152,8 +158,12 @@ class Lane:
 
     def give(self, conn: Any, epoch: int) -> None:
         """Hand back a connection that is idle and outside any transaction."""
+        used = self.uses[conn] = self.uses.get(conn, 0) + 1
         if epoch != self.epoch or conn.is_closed() or conn.is_in_transaction():
             self._drop_later(conn)
+            return
+        if used >= MAX_USES:
+            self._drop_later(conn, close=True)
             return
         while self.waiters:
             waiter = self.waiters.popleft()
@@ -162,14 +172,19 @@ class Lane:
                 return
         self.free.append(conn)
 
-    def _drop_later(self, conn: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self.drop(conn))
+    def _drop_later(self, conn: Any, *, close: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(self.drop(conn, close=close))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def drop(self, conn: Any) -> None:
-        """Return a connection to asyncpg's pool (its full clean-up, or closing it)."""
+    async def drop(self, conn: Any, *, close: bool = False) -> None:
+        """Return a connection to asyncpg's pool (its full clean-up, or closing it);
+        ``close``: closed first, so the pool opens a new one in its place."""
         self.held -= 1
+        self.uses.pop(conn, None)
+        if close:
+            with contextlib.suppress(Exception):  # closed or not, it goes back below
+                await conn.close(timeout=CONNECT_TIMEOUT)
         try:
             await self.pool.release(conn)
         except Exception as e:  # it is closed or terminated then: nothing left to do
