@@ -245,9 +245,11 @@ def costly(data: bytes) -> bool:
     )
     if len(dash_lines) > COSTLY_PARTS:
         return True
-    if data.count(b"\n", 0, end) > COSTLY_HEADER_LINES:
+    # The header's lines and separators are octets of its ``end`` octets: a header no
+    # longer than a limit cannot pass it, and is not counted (eight counts per message).
+    if end > COSTLY_HEADER_LINES and data.count(b"\n", 0, end) > COSTLY_HEADER_LINES:
         return True
-    if sum(data.count(c, 0, end) for c in _HEADER_SEPARATORS) > COSTLY_TOKENS:
+    if end > COSTLY_TOKENS and sum(data.count(c, 0, end) for c in _HEADER_SEPARATORS) > COSTLY_TOKENS:
         return True
     return bool(dash_lines) and _part_header_tokens(data, end, dash_lines) > COSTLY_TOKENS
 
@@ -287,7 +289,8 @@ _PART_HEADERS_MAX = 64 * 1024  # octets of part headers counted one range at a t
 
 def _encapsulates(header: bytes) -> bool:
     lower = header.lower()
-    return b"message/" in lower or b"digest" in lower
+    # find, not `in`: CPython tries a bytes needle as an int first (a TypeError per test)
+    return lower.find(b"message/") >= 0 or lower.find(b"digest") >= 0
 
 
 _NESTING_WORDS = (b"multipart", b"message/")
@@ -300,7 +303,12 @@ def _maybe_nested(data: bytes, end: int) -> bool:
     if end > _NESTING_HEADER_MAX:
         return True
     header = data[:end].lower()
-    return any(word in header for word in _NESTING_WORDS)
+    # (find, not a generator of `in` tests: CPython tries a bytes needle as an int
+    # first, building and dropping a TypeError each time)
+    for word in _NESTING_WORDS:
+        if header.find(word) >= 0:
+            return True
+    return False
 
 
 def prepare_headers(

@@ -101,7 +101,7 @@ def msg_ids(raw: bytes, limit: int = MAX_REFERENCES) -> list[str]:
                 break
     if not out:
         bare = raw.strip(b" \t\r\n")
-        if bare and b"@" in bare and not _ID_SPACE.search(bare):
+        if bare and 0x40 in bare and not _ID_SPACE.search(bare):
             out.append(decode_raw(bare))
     return out
 

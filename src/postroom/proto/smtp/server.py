@@ -458,7 +458,9 @@ class ServerConnection:
             self._send(R.LINE_TOO_LONG)
             return
         body = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        if b"\x00" in body or b"\r" in body:
+        # Octets as ints (NUL, CR): CPython tests a bytes needle as an int first and
+        # builds and drops a TypeError before searching; an int needle is a memchr.
+        if 0 in body or 13 in body:
             self._send(R.BAD_CHARACTERS)
             return
         try:
@@ -827,7 +829,7 @@ class ServerConnection:
             refusal: Reply | None = R.SIZE_EXCEEDED  # RFC 1870 6.2
         elif has_bare_line_ending(message):
             refusal = R.BARE_LINE_ENDING  # smuggling defence, see dotstuff.py
-        elif b"\x00" in message:
+        elif 0 in message:  # NUL (an int needle: see _command)
             refusal = R.NUL_IN_MESSAGE
         else:
             refusal = None
