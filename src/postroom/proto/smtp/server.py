@@ -151,6 +151,9 @@ class _Decision:
 
 
 _Gen = Generator[Event | None, None, None]
+
+# The parameters of no MAIL yet: one shared instance (frozen), not one per reset.
+_NO_PARAMS = MailParams()
 _DecisionGen = Generator[Event | None, None, _Decision]
 
 # RFC 3207 4: before STARTTLS on a TLS-only port these still work.
@@ -430,7 +433,7 @@ class ServerConnection:
 
     def _reset_transaction(self) -> None:
         self._sender: Path | None = None
-        self._mail_params = MailParams()
+        self._mail_params = _NO_PARAMS
         self._recipients: list[Recipient] = []
         self._rcpt_attempts = 0
         self._bdat: bytearray | None = None  # chunks so far; None: no BDAT yet
