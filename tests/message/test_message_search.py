@@ -243,14 +243,13 @@ def test_parse_date_usual_form_equals_the_stdlib_parser() -> None:
     rng = random.Random(14)
     months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
     for _ in range(3000):
-        raw = "%s%s%s%d %s %04d %02d:%02d:%02d %s%02d%02d%s%s" % (
-            rng.choice(["", " ", "\t"]),
-            rng.choice(["", "Mon, ", "Sat,", "Thu,  "]),
-            rng.choice(["", "0"]) if rng.random() < 0.2 else "",
-            rng.choice([0, 1, 7, 28, 29, 30, 31, 32, 99]), rng.choice(months),
-            rng.choice([1969, 1970, 2000, 2026, 2100, 9999]),
-            rng.choice([0, 6, 23, 24, 99]), rng.choice([0, 59, 60]), rng.choice([0, 58, 60]),
-            rng.choice("+-"), rng.choice([0, 5, 13, 23, 24, 99]), rng.choice([0, 30, 59, 60, 99]),
-            rng.choice(["", " (UTC)", " (Pacific Standard Time)"]), rng.choice(["", " ", "\r\n"]),
-        )
+        lead = rng.choice(["", " ", "\t"]) + rng.choice(["", "Mon, ", "Sat,", "Thu,  "])
+        zero = rng.choice(["", "0"]) if rng.random() < 0.2 else ""
+        day = rng.choice([0, 1, 7, 28, 29, 30, 31, 32, 99])
+        year = rng.choice([1969, 1970, 2000, 2026, 2100, 9999])
+        hms = (rng.choice([0, 6, 23, 24, 99]), rng.choice([0, 59, 60]), rng.choice([0, 58, 60]))
+        zone = (rng.choice("+-"), rng.choice([0, 5, 13, 23, 24, 99]), rng.choice([0, 30, 59, 60, 99]))
+        tail = rng.choice(["", " (UTC)", " (Pacific Standard Time)"]) + rng.choice(["", " ", "\r\n"])
+        raw = (f"{lead}{zero}{day} {rng.choice(months)} {year:04d} "
+               f"{hms[0]:02d}:{hms[1]:02d}:{hms[2]:02d} {zone[0]}{zone[1]:02d}{zone[2]:02d}{tail}")
         assert parse_date(raw.encode()) == stdlib(raw.encode()), raw

@@ -60,7 +60,7 @@ def parse_date(raw: bytes) -> tuple[int, int] | None:
         # its Python-level tokenising and the aware datetime (40 k -> 24 k instructions,
         # every message delivered).
         day, month, year, hour, minute, second, sign, zh, zm = m.groups()
-        fields = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+        fields: tuple[int, ...] = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
         offset = int(zh) * 3600 + int(zm) * 60
         if sign == b"-":
             offset = -offset
