@@ -60,11 +60,11 @@ def parse_date(raw: bytes) -> tuple[int, int] | None:
         # its Python-level tokenising and the aware datetime (40 k -> 24 k instructions,
         # every message delivered).
         day, month, year, hour, minute, second, sign, zh, zm = m.groups()
-        fields: tuple[int, ...] = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+        y, mo, d = int(year), _MONTHS[month], int(day)
+        hh, mi, ss = int(hour), int(minute), int(second)
         offset = int(zh) * 3600 + int(zm) * 60
         if sign == b"-":
             offset = -offset
-        y, mo, d, hh, mi, ss = fields
         if 1900 <= y <= 9000 and hh < 24 and mi < 60 and ss < 60 and -86400 < offset < 86400:
             # What the aware datetime below gives, without building it and its zone:
             # date() checks the day as datetime() does (ValueError: unusable).
@@ -80,11 +80,11 @@ def parse_date(raw: bytes) -> tuple[int, int] | None:
             return None
         if parsed is None:
             return None
-        fields = tuple(parsed[:6])
+        y, mo, d, hh, mi, ss = parsed[:6]
         offset = parsed[9] or 0
     try:
         zone = timezone(timedelta(seconds=offset))
-        moment = datetime(*fields, tzinfo=zone)
+        moment = datetime(y, mo, d, hh, mi, ss, tzinfo=zone)
         return int(moment.timestamp()), offset // 60
     except (ValueError, OverflowError, TypeError):
         return None
