@@ -266,7 +266,10 @@ def lookup_address(conn: sqlite3.Connection, address: str) -> AddressLookup:
     local = False
     user: User | None = None
     targets: list[tuple[int, str]] = []
-    for r in conn.execute(_LOOKUP_ADDRESS, (domain, address, not address.startswith("@"))):
+    # (?3 as an int: sqlite3 binds int, float, str and bytearray as they are; a bool goes
+    # through the adapter lookup first, with two attribute misses)
+    is_user = 0 if address.startswith("@") else 1
+    for r in conn.execute(_LOOKUP_ADDRESS, (domain, address, is_user)):
         kind = r[0]
         if kind == 0:
             local = True
