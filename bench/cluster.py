@@ -24,8 +24,20 @@ compare CPU per message to see what a node costs and how much of each message is
 database's, and the rates to see where the machine (not the design) saturates. The load
 average is printed, since other work on the machine changes every figure.
 
+``--node-cpu F`` gives every node a CPU quota of F cores (a cgroup v1 ``cpu`` group per
+node with ``cfs_quota_us``; root needed), which makes each node a small machine of its
+own: the rate is then bound by the nodes' CPU, as on a deployment where each node has its
+own cores, and the database and the load generators keep the rest of this machine. That
+is how "2 nodes >= 1.7x one node on the CPU-bound paths" can be measured on few cores:
+without it, every configuration shares the same two cores and more nodes cannot add
+throughput. Pick F so that F x nodes plus the database's and clients' share fits the
+machine (0.3 on 2 cores for up to 2 nodes). The offered load then grows with the nodes
+(20 SMTP sessions and 20 IMAP clients per node, not in all), so that every configuration
+is saturated: with 10 sessions each, two quota-bound nodes wait on round trips rather
+than on their CPU.
+
 Usage: .venv/bin/python bench/cluster.py [--smtp 3000] [--relay 1000] [--duration 15]
-       [--nodes 1,2,3] [--no-sqlite]
+       [--nodes 1,2,3] [--no-sqlite] [--node-cpu F]
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import imap_load  # noqa: E402
+from benchlib import tree_pids  # noqa: E402
 from relay import Sink, tree_cpu  # noqa: E402
 from smtp_accept import smtp_source  # noqa: E402
 from support.mailgen import mailbox  # noqa: E402
@@ -58,6 +71,7 @@ USERS = [f"u{i}@{DOMAIN}" for i in range(1, 21)]
 RELAY = f"fwd@{DOMAIN}"
 SESSIONS = 20
 CLIENTS = 20
+PER_NODE_LOAD = False  # --node-cpu: SESSIONS and CLIENTS per node (see the docstring)
 
 
 @dataclass
@@ -81,7 +95,8 @@ class Setup:
         return nodes, db
 
 
-def start(name: str, count: int, base: Path, sink: Sink, cluster: PgCluster | None) -> Setup:
+def start(name: str, count: int, base: Path, sink: Sink, cluster: PgCluster | None,
+          quota: CpuQuota | None = None) -> Setup:
     from postroom.admin.service import _hash
 
     database = cluster.create_database(name) if cluster else ""
@@ -104,9 +119,60 @@ def start(name: str, count: int, base: Path, sink: Sink, cluster: PgCluster | No
     nodes[0].admin(users)
     for k, address in enumerate(USERS):  # 200 messages each for the IMAP mix
         imap_load.deliver_all(nodes[0], address, mailbox(200, address, seed=k + 1))
-    for n in nodes:
+    for i, n in enumerate(nodes):
         n.start()
+        if quota is not None and n.proc is not None:
+            quota.confine(f"{name}-{i}", n.proc.pid)
     return Setup(name, nodes, cluster)
+
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+class CpuQuota:
+    """One cgroup v1 ``cpu`` group per node, limited to ``cores`` CPUs (see --node-cpu)."""
+
+    def __init__(self, cores: float) -> None:
+        if not (CGROUP_CPU / "cgroup.procs").exists():
+            raise SystemExit(f"--node-cpu needs the cgroup v1 cpu controller at {CGROUP_CPU}")
+        self.cores = cores
+        self.groups: list[Path] = []
+
+    def confine(self, name: str, pid: int) -> None:
+        """Move ``pid`` and its descendants (a node's supervisor and workers) into a group
+        of their own; processes they start later are born in it."""
+        group = CGROUP_CPU / f"postroom-bench-{os.getpid()}-{name}"
+        group.mkdir(exist_ok=True)
+        # A short period (10 ms): with the default 100 ms a node that used its quota early
+        # would stall for the rest of the period, adding up to 70 ms to every reply.
+        (group / "cpu.cfs_period_us").write_text("10000")
+        (group / "cpu.cfs_quota_us").write_text(str(int(self.cores * 10000)))
+        self.groups.append(group)
+        for p in tree_pids(pid):
+            try:
+                (group / "cgroup.procs").write_text(str(p))
+            except OSError:  # exited meanwhile
+                pass
+
+    def throttled(self) -> float:
+        """Seconds the groups were held back by their quota so far (all groups)."""
+        total = 0
+        for g in self.groups:
+            for line in (g / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "throttled_time":
+                    total += int(value)
+        return total / 1e9
+
+    def remove(self) -> None:
+        for g in self.groups:
+            for _ in range(50):  # the node's processes must have left it first
+                try:
+                    g.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        self.groups.clear()
 
 
 def measure(setup: Setup, units: int, run: object) -> Figure:
@@ -129,7 +195,8 @@ def smtp(setup: Setup, count: int, rcpt: str | None = None, wait: object = None)
         to = rcpt or USERS[i % len(USERS)]
         share = count // n + (i < count % n)  # every message is sent: 500 over 3 nodes too
         procs.append(subprocess.Popen(
-            [smtp_source(), "-4", "-s", str(SESSIONS // n), "-m", str(share), "-l", "5120",
+            [smtp_source(), "-4", "-s", str(SESSIONS if PER_NODE_LOAD else SESSIONS // n),
+             "-m", str(share), "-l", "5120",
              "-f", "bench@client.test", "-t", to, "-M", "client.test",
              f"127.0.0.1:{node.ports['mx']}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -146,8 +213,9 @@ def imap(setup: Setup, duration: float) -> int:
 
     async def main() -> int:
         stats = imap_load.Stats()
+        clients = CLIENTS * len(targets) if PER_NODE_LOAD else CLIENTS
         sessions = [imap_load.Session(targets[i % len(targets)], USERS[i % len(USERS)],
-                                      random.Random(i), stats) for i in range(CLIENTS)]
+                                      random.Random(i), stats) for i in range(clients)]
         await asyncio.gather(*(s.open() for s in sessions))
         start_ev = asyncio.Event()
         deadline = [time.monotonic() + duration]
@@ -177,7 +245,12 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=15)
     ap.add_argument("--nodes", default="1,2,3")
     ap.add_argument("--no-sqlite", action="store_true")
+    ap.add_argument("--node-cpu", type=float, default=0.0,
+                    help="CPU quota per node in cores (cgroup v1; root): nodes as small machines")
     args = ap.parse_args()
+    quota = CpuQuota(args.node_cpu) if args.node_cpu > 0 else None
+    global PER_NODE_LOAD
+    PER_NODE_LOAD = quota is not None
     base = Path(tempfile.mkdtemp(prefix="postroom-cluster-"))
     sink = Sink()
     cluster = PgCluster(durable=True, settings={"max_connections": "400"}).start()
@@ -186,7 +259,7 @@ def main() -> int:
     setups: list[Setup] = []
     try:
         for name, count in configs:
-            setup = start(name, count, base, sink, None if name == "sqlite" else cluster)
+            setup = start(name, count, base, sink, None if name == "sqlite" else cluster, quota)
             setups.append(setup)
             try:
                 setup.results["smtp"] = measure(setup, args.smtp, lambda s=setup: smtp(s, args.smtp))
@@ -207,11 +280,15 @@ def main() -> int:
     finally:
         sink.stop()
         cluster.destroy()
+        if quota is not None:
+            quota.remove()
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     print(f"# postroom cluster bench: {len(os.sched_getaffinity(0))} cores, load average {load} "
           f"at the end; fsync on; smtp {args.smtp} x 5 KB, imap {CLIENTS} clients x "
-          f"{args.duration:.0f} s, relay {args.relay} x 5 KB")
+          f"{args.duration:.0f} s, relay {args.relay} x 5 KB"
+          + (f"; every node limited to {args.node_cpu:g} cores (cgroup quota), "
+             f"{SESSIONS} SMTP sessions and {CLIENTS} IMAP clients per node" if quota else ""))
     by = {s.name: s for s in setups}
     for work in ("smtp", "imap", "relay"):
         unit = "command" if work == "imap" else "message"

@@ -150,6 +150,49 @@ def test_policy_survives_a_restart_through_the_store() -> None:
     asyncio.run(run())
 
 
+def test_a_policy_in_use_is_refreshed_ahead_of_expiry() -> None:
+    """RFC 8461 10.2: a policy still in use is fetched again before it runs out, in the
+    background and with the same id, so it never expires while mail flows to the domain;
+    a failed refresh keeps the cached one."""
+    now = [1000.0]
+    dns = DictResolver({("_mta-sts.example.org", "TXT"): ["v=STSv1; id=one"]})
+    store = _RowStore()
+    sts = _Counting(dns, clock=lambda: now[0], store=store)  # type: ignore[arg-type]
+    sts.text = sts.text.replace("max_age: 100", "max_age: 200000")
+
+    async def run() -> None:
+        p = await sts.get("example.org")
+        assert p is not None and sts.fetches == 1
+        now[0] += 3600  # an hour later: used as cached
+        assert await sts.get("example.org") == p
+        await sts.wait_refreshes()
+        assert sts.fetches == 1
+        now[0] += 86400  # over a day since the fetch: used, and refreshed meanwhile
+        sts.text = sts.text.replace("max_age: 200000", "max_age: 300000")
+        assert await sts.get("example.org") == p  # the delivery does not wait
+        await sts.wait_refreshes()
+        assert sts.fetches == 2
+        assert store.rows["example.org"].expires == now[0] + 300000  # type: ignore[attr-defined]
+        fresh = await sts.get("example.org")
+        assert fresh is not None and fresh.max_age == 300000 and fresh.id == "one"
+        await sts.wait_refreshes()
+        assert sts.fetches == 2  # just refreshed: nothing more
+        now[0] += 86400
+        sts.fail = True  # the refresh fails: the policy stays in force
+        assert await sts.get("example.org") == fresh
+        await sts.wait_refreshes()
+        assert sts.fetches == 3 and await sts.get("example.org") == fresh
+        await sts.wait_refreshes()
+        assert sts.fetches == 3  # no new try within the hour after a failure
+        now[0] += 3600
+        sts.fail = False
+        assert await sts.get("example.org") == fresh
+        await sts.wait_refreshes()
+        assert sts.fetches == 4
+
+    asyncio.run(run())
+
+
 def test_fetch_errors_carry_tls_rpt_result_types() -> None:
     assert PolicyFetchError("x").result_type == "sts-policy-fetch-error"
     assert PolicyFetchError("x", invalid=True).result_type == "sts-policy-invalid"

@@ -14,6 +14,11 @@
   PostgreSQL: otherwise a restart would forget every policy, and whoever can block the
   next fetch (and strip STARTTLS) would get the mail in clear. Memory holds what this
   process has read; the store is read on a miss and written after each fetch.
+* Proactive refresh (10.2): a policy that is used while older than a day (or than half
+  its max_age, if that is shorter) is fetched again in the background, even with the
+  same TXT id, so a domain we keep sending to never lets its policy run out and start
+  cold (an attacker who then blocks the fetch would find nothing cached). The delivery
+  that notices does not wait for it; a failed refresh keeps the cached policy.
 * Apply (4, 5): ``enforce``: deliver only to MX hosts matching a ``mx`` pattern and only
   over TLS with a valid certificate for the MX name; ``testing``: deliver as before (the
   result is reported, TLS-RPT); ``none``: no policy.
@@ -43,6 +48,7 @@ MAX_POLICY_SIZE = 64 * 1024
 FETCH_TIMEOUT = 60.0  # RFC 8461 3.3: "a timeout of 60 seconds" is suggested
 MAX_AGE_LIMIT = 31557600  # RFC 8461 3.2: at most one year
 MAX_CACHE = 10000
+MAX_REFRESHES = 100  # background refreshes at a time; more wait for the next use
 _ID = re.compile(r"^[A-Za-z0-9]{1,32}$")  # RFC 8461 3.1: sts-id = 1*32(ALPHA / DIGIT)
 MODES = ("enforce", "testing", "none")
 
@@ -172,6 +178,8 @@ class PolicyStore(Protocol):
 
 
 PRUNE_INTERVAL = 3600.0
+REFRESH_AFTER = 86400.0  # RFC 8461 10.2: "e.g., daily"
+REFRESH_RETRY = 3600.0  # after a failed refresh, the next try waits this long
 
 
 class MtaStsPolicies:
@@ -190,6 +198,8 @@ class MtaStsPolicies:
         self._cache: dict[str, tuple[float, StsPolicy]] = {}
         self._loaded: set[str] = set()  # domains whose stored row was read already
         self._locks: dict[str, asyncio.Lock] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}  # background refreshes
+        self._refresh_failed: dict[str, float] = {}  # domain -> when a refresh last failed
         # domain -> (RFC 8460 result type, why) of the last fetch, when it failed
         self.last_failure: dict[str, tuple[str, str]] = {}
 
@@ -216,6 +226,8 @@ class MtaStsPolicies:
         except DnsError:
             sts_id = None
         if cached is not None and (sts_id is None or sts_id == cached[1].id):
+            if sts_id is not None and self._stale(now, *cached):
+                self._refresh_soon(domain, sts_id)
             return cached[1]
         if sts_id is None:
             self.last_failure.pop(domain, None)
@@ -231,6 +243,50 @@ class MtaStsPolicies:
             self._remember(domain, now + policy.max_age, policy)
             await self._save(domain, now, policy)
         return policy
+
+    @staticmethod
+    def _stale(now: float, expires: float, policy: StsPolicy) -> bool:
+        fetched = expires - policy.max_age
+        return now - fetched >= min(REFRESH_AFTER, policy.max_age / 2)
+
+    def _refresh_soon(self, domain: str, sts_id: str) -> None:
+        if domain in self._refreshing or len(self._refreshing) >= MAX_REFRESHES:
+            return
+        failed = self._refresh_failed.get(domain)
+        if failed is not None and self.clock() - failed < REFRESH_RETRY:
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh(domain, sts_id))
+        self._refreshing[domain] = task
+        task.add_done_callback(lambda _t: self._refreshing.pop(domain, None))
+
+    async def _refresh(self, domain: str, sts_id: str) -> None:
+        try:
+            policy = await self.fetch(domain)
+        except PolicyFetchError as e:  # the cached policy stays in force until max_age
+            logs.event(log, "mta_sts_refresh_failed", logging.INFO, domain=domain, error=str(e))
+            if len(self._refresh_failed) >= MAX_CACHE:
+                self._refresh_failed.pop(next(iter(self._refresh_failed)))
+            self._refresh_failed[domain] = self.clock()
+            return
+        self._refresh_failed.pop(domain, None)
+        policy = StsPolicy(policy.mode, policy.mx, policy.max_age, sts_id)
+        if policy.max_age > 0:
+            now = self.clock()
+            self._remember(domain, now + policy.max_age, policy)
+            await self._save(domain, now, policy)
+
+    async def close(self) -> None:
+        """Cancel the background refreshes (shutdown: a refresh may wait 60 s)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_refreshes(self) -> None:
+        """Wait for the background refreshes under way (tests, and shutdown)."""
+        while self._refreshing:
+            await asyncio.gather(*list(self._refreshing.values()), return_exceptions=True)
 
     def _remember(self, domain: str, expires: float, policy: StsPolicy) -> None:
         if domain not in self._cache and len(self._cache) >= MAX_CACHE:

@@ -313,6 +313,8 @@ class QueueWorker:
             await asyncio.wait(tasks, timeout=10)
         if self._side_tasks:  # records in flight: let them commit
             await asyncio.wait(self._side_tasks, timeout=10)
+        if self.security.mta_sts is not None:
+            await self.security.mta_sts.close()
         with contextlib.suppress(Exception):
             await self.store.queue_release_leases(self.services.node)
         self.journal.close()
