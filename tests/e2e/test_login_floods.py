@@ -141,7 +141,11 @@ def test_flooding_address_does_not_delay_other_addresses(flood_server: Server) -
           f"::1 floods; flood answers {answers}")
     # The flood really ran: its guesses were checked.
     assert answers.get("[AUTH]", 0) >= 10, answers
-    assert statistics.median(during) < 2 * base + 0.5, (before, during)
+    # 3x: on a loaded machine (4 test processes on 2 cores) the flood's own verifies take
+    # CPU from the measured logins even when they never wait behind them (seen: 273 ms
+    # before, 905 ms during); the defect this guards against queued each login behind
+    # ~30 verifies, over 1.2 s on a quiet machine where ``base`` is below 0.1 s.
+    assert statistics.median(during) < 3 * base + 0.6, (before, during)
     assert max(during) < 2 * max(before) + BOUND, (before, during)
 
 
