@@ -96,3 +96,23 @@ def test_new_id_is_the_time_in_base_31_then_random_digits(monkeypatch: Any) -> N
     assert ids == sorted(ids)
     monkeypatch.undo()
     assert len({deliver.new_id() for _ in range(1000)}) == 1000
+
+
+def test_fold_equals_the_word_loop() -> None:
+    """fold() finds its breaks with rfind; the result is the word loop's for any value:
+    long and short words, words longer than a line, empty words, a long name."""
+    import random
+
+    rng = random.Random(14)
+    alphabet = "abc.@<>[]();:-"
+    for _ in range(3000):
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.choice((0, 1, 3, 8, 20, 40, 90))))
+                 for _ in range(rng.randrange(1, 14))]
+        value = " ".join(words)
+        name = rng.choice(("Received", "X", "A-Very-Long-Field-Name-" * 3))
+        assert deliver.fold(name, value) == deliver._fold_words(name, value), (name, value)
+    got = deliver.fold("Received", "from a ([127.0.0.1]) by mail.example.org (postroom) with ESMTP "
+                       "id 239C200W530XFH9 for <u1@example.org>; Mon, 07 Dec 2026 06:16:58 -0000")
+    assert got == (b"Received: from a ([127.0.0.1]) by mail.example.org (postroom) with ESMTP id\r\n"
+                   b"\t239C200W530XFH9 for <u1@example.org>; Mon, 07 Dec 2026 06:16:58 -0000\r\n")
+    assert all(len(line) <= 78 for line in got.split(b"\r\n"))

@@ -141,7 +141,11 @@ def test_flooding_address_does_not_delay_other_addresses(flood_server: Server) -
           f"::1 floods; flood answers {answers}")
     # The flood really ran: its guesses were checked.
     assert answers.get("[AUTH]", 0) >= 10, answers
-    assert statistics.median(during) < 2 * base + 0.5, (before, during)
+    # 3x: on a loaded machine (4 test processes on 2 cores) the flood's own verifies take
+    # CPU from the measured logins even when they never wait behind them (seen: 273 ms
+    # before, 905 ms during); the defect this guards against queued each login behind
+    # ~30 verifies, over 1.2 s on a quiet machine where ``base`` is below 0.1 s.
+    assert statistics.median(during) < 3 * base + 0.6, (before, during)
     assert max(during) < 2 * max(before) + BOUND, (before, during)
 
 
@@ -178,8 +182,11 @@ def test_flooder_is_slowed_then_refused_and_others_are_not(guarded_server: Serve
     assert all(t.startswith(b"-ERR [AUTH]") for t in texts[:6]), texts
     assert all(t.startswith(b"-ERR [SYS/TEMP]") for t in texts[6:]), texts
     # From the third failure on each attempt waits 50 ms x 2^(n-2) before its check.
+    # The second failure waits for nothing: it takes about as long as the first (the
+    # password check), not the 400 ms that the sixth waits for; compared with the first
+    # rather than with a fixed time, which a busy machine's password checks exceed.
     assert attempts[5][0] >= 0.05 * 2 ** 3, attempts
-    assert attempts[1][0] < 0.05 * 2 ** 3, attempts
+    assert attempts[1][0] < attempts[0][0] + 0.05 * 2 ** 3, attempts
     # While blocked, even the right password is refused (a guess learns nothing) ...
     assert _pop3_v6(srv, "victim@" + DOMAIN, PASSWORD)[1].startswith(b"-ERR [SYS/TEMP]")
     # ... while another address logs in at once, on every protocol, victim included.

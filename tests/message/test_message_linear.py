@@ -2,7 +2,10 @@
 
 Each input here took seconds to tens of seconds before the fix (one regex call, so the
 event loop was frozen meanwhile) and takes milliseconds now; the bounds are generous for
-a loaded CI machine and far below the old times.
+a loaded CI machine and far below the old times. They bound this process's CPU time
+(``time.process_time``), not the wall clock: the cost of the algorithm is what is checked,
+and other processes on a busy machine (the suite runs 4 test processes on 2 cores) do not
+change it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ BLANKS = [b" ", b"\t", b" \t"]
 @pytest.mark.parametrize("blank", BLANKS)
 def test_address_list_of_blanks(blank: bytes) -> None:
     value = blank * (64 * 1024 // len(blank)) + b"x"  # was ~30 s (O(n²) in the fast path)
-    started = time.monotonic()
+    started = time.process_time()
     parse_address_list(value)
     parse_address_list(b"Name " + value + b" <a@b>")
-    assert time.monotonic() - started < 2.0
+    assert time.process_time() - started < 2.0
 
 
 def test_address_fast_path_answers_are_unchanged() -> None:
@@ -46,9 +49,9 @@ def test_address_fast_path_answers_are_unchanged() -> None:
 def test_parameter_with_blanks_before_a_parenthesis(blank: bytes) -> None:
     # was 20 s for 60,000 blanks: a trailing-comment regex retried every position
     value = b"text/plain; name=a" + blank * (60_000 // len(blank)) + b"b(; charset=utf-8"
-    started = time.monotonic()
+    started = time.process_time()
     parsed = parse_content_type(value)
-    assert time.monotonic() - started < 2.0
+    assert time.process_time() - started < 2.0
     assert parsed is not None and dict(parsed[2])["charset"] == b"utf-8"
 
 
@@ -71,13 +74,13 @@ def test_many_requested_fields_over_a_big_header() -> None:
     data = _big_header(200_000)
     summary = scan(data)
     names = tuple(f"x-noise{i}" for i in range(20_000)) + ("subject",)
-    started = time.monotonic()
+    started = time.process_time()
     out = _header_fields(data, summary.root, names, exclude=False)
     assert out == b"Subject: s\r\n\r\n"
     start = summary.root.header_start
     found = list(find_fields(data, tuple(n.encode() for n in names), start, summary.root.header_end))
     assert [m.group(1) for m in found] == [b"Subject"]
-    assert time.monotonic() - started < 8.0
+    assert time.process_time() - started < 8.0
 
 
 _FIELD = st.sampled_from([b"From", b"to", b"X-A", b"x-b", b"Subject", b"Received", b"X-A-B"])
@@ -112,6 +115,6 @@ def test_random_headers_scan_in_linear_time() -> None:
         value = bytes(rng.choice(alphabet) for _ in range(64 * 1024))
         message = (b"From: " + value + b"\r\nTo: " + value + b"\r\nContent-Type: multipart/mixed; "
                    b"boundary=" + value + b"\r\nSubject: " + value + b"\r\n\r\nbody\r\n")
-        started = time.monotonic()
+        started = time.process_time()
         scan(message)
-        assert time.monotonic() - started < 5.0
+        assert time.process_time() - started < 5.0

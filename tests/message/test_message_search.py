@@ -221,3 +221,35 @@ def test_envelope_search_texts_decoded_and_folded() -> None:
     assert search_texts_of(b"[99]", data) == envelope_search_texts(scan(data))
     assert search_texts_of(b"", data) == envelope_search_texts(scan(data))
     assert envelope_search_texts(scan(b"no header\r\n")) == (None, None, None, None, None)
+
+
+def test_parse_date_usual_form_equals_the_stdlib_parser() -> None:
+    """The usual date form is read by a regex; every such value gives what the stdlib
+    parser gives (email.utils.parsedate_tz, as for every other form)."""
+    import email.utils
+    import random
+
+    def stdlib(raw: bytes) -> tuple[int, int] | None:
+        parsed = email.utils.parsedate_tz(raw.decode("ascii"))
+        if parsed is None:
+            return None
+        offset = parsed[9] or 0
+        try:
+            moment = datetime(*parsed[:6], tzinfo=timezone(timedelta(seconds=offset)))
+        except (ValueError, OverflowError):
+            return None
+        return int(moment.timestamp()), offset // 60
+
+    rng = random.Random(14)
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    for _ in range(3000):
+        lead = rng.choice(["", " ", "\t"]) + rng.choice(["", "Mon, ", "Sat,", "Thu,  "])
+        zero = rng.choice(["", "0"]) if rng.random() < 0.2 else ""
+        day = rng.choice([0, 1, 7, 28, 29, 30, 31, 32, 99])
+        year = rng.choice([1969, 1970, 2000, 2026, 2100, 9999])
+        hms = (rng.choice([0, 6, 23, 24, 99]), rng.choice([0, 59, 60]), rng.choice([0, 58, 60]))
+        zone = (rng.choice("+-"), rng.choice([0, 5, 13, 23, 24, 99]), rng.choice([0, 30, 59, 60, 99]))
+        tail = rng.choice(["", " (UTC)", " (Pacific Standard Time)"]) + rng.choice(["", " ", "\r\n"])
+        raw = (f"{lead}{zero}{day} {rng.choice(months)} {year:04d} "
+               f"{hms[0]:02d}:{hms[1]:02d}:{hms[2]:02d} {zone[0]}{zone[1]:02d}{zone[2]:02d}{tail}")
+        assert parse_date(raw.encode()) == stdlib(raw.encode()), raw

@@ -108,6 +108,13 @@ def test_aliases_and_lookup(store_run: Any) -> None:
         info = await store.lookup_address("alice@example.test")
         assert info.user.id == u.id and info.alias_targets == ("ext@remote.test",)
         assert await store.remove_alias("alice@example.test") == 1
+        # added out of alphabetical order: still in the order added (the (source, target)
+        # index would hand them over sorted by target)
+        await store.add_alias("team@example.test", ["zed@remote.test"])
+        await store.add_alias("team@example.test", ["amy@remote.test", "max@remote.test"])
+        info = await store.lookup_address("team@example.test")
+        assert info.alias_targets == ("zed@remote.test", "amy@remote.test", "max@remote.test")
+        assert await store.remove_alias("team@example.test") == 3
         assert await store.remove_alias("sales@example.test", "ext@remote.test") == 1
         assert len(await store.list_aliases("example.test")) == 2
         with pytest.raises(NotFound):

@@ -29,11 +29,11 @@ def test_json_bodies_have_a_depth_bound() -> None:
     ok = {"a": [{"b": [1, 2, {"c": '[[[[{{{{"]]]' * 20}]}]}
     assert parse_json(json.dumps(ok).encode()) == ok
     assert parse_json(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH) is not None
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: the test processes next to us do not count
     for bomb in (b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1),
                  b"[" * 1_000_000, b'{"a":' * 200_000, b"9" * 900_000, b'"' + b"\\" * 100_001,
                  b'"unterminated' + b"x" * 500_000):
         with pytest.raises(ApiError) as caught:
             parse_json(bomb)
         assert caught.value.status == 400
-    assert time.perf_counter() - started < 2  # linear scans, no recursion
+    assert time.process_time() - started < 2  # linear scans, no recursion

@@ -53,8 +53,9 @@ def _leaves(root: Part) -> Iterator[Part]:
 def _needs_base64(body: bytes, encoding: str | None) -> bool:
     if encoding == "binary":
         crlf = body.count(b"\r\n")  # a bare CR or LF is an octet, not a line end
-        return b"\x00" in body or body.count(b"\n") != crlf or body.count(b"\r") != crlf
-    return encoding in _IDENTITY and b"\x00" in body
+        return 0 in body or body.count(b"\n") != crlf or body.count(b"\r") != crlf
+    # NUL as an int needle: a bytes needle costs CPython a TypeError built and dropped.
+    return encoding in _IDENTITY and 0 in body
 
 
 def _field_span(data: bytes, start: int, end: int, names: tuple[bytes, ...]) -> tuple[int, int] | None:

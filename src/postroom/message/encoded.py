@@ -134,7 +134,7 @@ def decode_words(raw: bytes) -> str:
     and consecutive words in the same charset are decoded *together*, because real mailers
     split multi-byte characters across words. Text outside encoded words may be raw 8-bit.
     """
-    if b"=?" not in raw:
+    if raw.find(b"=?") < 0:  # (a bytes `in` builds and drops a TypeError first)
         return decode_raw(raw)
     out: list[str] = []
     pending = bytearray()

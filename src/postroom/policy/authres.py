@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from postroom.deliver import header_end, header_fields
+
 _ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+$")
 
 
@@ -113,8 +115,6 @@ _AR_NAME = re.compile(rb"authentication-results", re.IGNORECASE)
 def drop_forged(data: bytes, authserv_id: str) -> tuple[bytes, int]:
     """``data`` without the Authentication-Results fields claiming ``authserv_id``, and how
     many were removed. Works on the header block only; the body is untouched."""
-    from postroom.deliver import header_end, header_fields
-
     ours = authserv_id.lower().rstrip(".")
     # Most mail has no such field: one C search of the header block instead of walking
     # its fields (a superset of the names the walk below matches).

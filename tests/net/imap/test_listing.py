@@ -116,9 +116,9 @@ def test_hostile_patterns_take_linear_time() -> None:
     for pattern in ("*%" * 30 + "x", "%a" * 60 + "%x", "*a" * 100 + "x", "%" * 500 + "x",
                     "*" + "a*" * 200 + "b"):
         match = Matcher([pattern])
-        started = time.monotonic()
+        started = time.process_time()  # CPU time: other processes do not count
         found = [n for n in names if match(n)]
-        assert time.monotonic() - started < 3.0, pattern[:20]  # ~0.1 s; was hours
+        assert time.process_time() - started < 3.0, pattern[:20]  # ~0.1 s; was hours
         sample = names[:5] + ["x", "ax", "a" * 300 + "x", "a/x", "ab" * 100]
         assert [n for n in sample if match(n)] == \
             [n for n in sample if reference_match(pattern, n)], pattern[:20]

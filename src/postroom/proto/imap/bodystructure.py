@@ -92,14 +92,14 @@ def _envelope(env: Envelope | None) -> bytes:
     # RFC 3501 7.4.2: "If the Sender or Reply-To lines are absent in the [RFC-2822]
     # header, or are present but empty, the server sets the corresponding member of the
     # envelope to be the same value as the from member".
-    sender = env.sender if env.sender else env.from_
-    reply_to = env.reply_to if env.reply_to else env.from_
+    # The From list is rendered once when it stands in for them (most mail).
+    from_ = _addresses(env.from_)
     return b"".join((
         b"(", nstring(env.date),
         b" ", nstring(env.subject),
-        b" ", _addresses(env.from_),
-        b" ", _addresses(sender),
-        b" ", _addresses(reply_to),
+        b" ", from_,
+        b" ", _addresses(env.sender) if env.sender else from_,
+        b" ", _addresses(env.reply_to) if env.reply_to else from_,
         b" ", _addresses(env.to),
         b" ", _addresses(env.cc),
         b" ", _addresses(env.bcc),

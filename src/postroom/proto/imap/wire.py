@@ -16,6 +16,8 @@ _QUOTED_MAX = 1024
 
 
 _QUOTABLE = re.compile(rb"[\x20-\x7e]{0,%d}" % _QUOTED_MAX)
+# The same without '"' and '\\': quoted as it is, no escaping pass (most values).
+_PLAIN = re.compile(rb'[\x20\x21\x23-\x5b\x5d-\x7e]{0,%d}' % _QUOTED_MAX).fullmatch
 
 
 def _quotable(value: bytes) -> bool:
@@ -26,6 +28,8 @@ def string(value: bytes | str) -> bytes:
     """``string`` production: quoted when possible, literal otherwise."""
     if isinstance(value, str):
         value = value.encode("utf-8")
+    if _PLAIN(value) is not None:
+        return b'"' + value + b'"'
     if _quotable(value):
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     return b"{%d}\r\n" % len(value) + value

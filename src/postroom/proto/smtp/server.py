@@ -151,6 +151,9 @@ class _Decision:
 
 
 _Gen = Generator[Event | None, None, None]
+
+# The parameters of no MAIL yet: one shared instance (frozen), not one per reset.
+_NO_PARAMS = MailParams()
 _DecisionGen = Generator[Event | None, None, _Decision]
 
 # RFC 3207 4: before STARTTLS on a TLS-only port these still work.
@@ -430,7 +433,7 @@ class ServerConnection:
 
     def _reset_transaction(self) -> None:
         self._sender: Path | None = None
-        self._mail_params = MailParams()
+        self._mail_params = _NO_PARAMS
         self._recipients: list[Recipient] = []
         self._rcpt_attempts = 0
         self._bdat: bytearray | None = None  # chunks so far; None: no BDAT yet
@@ -458,7 +461,9 @@ class ServerConnection:
             self._send(R.LINE_TOO_LONG)
             return
         body = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        if b"\x00" in body or b"\r" in body:
+        # Octets as ints (NUL, CR): CPython tests a bytes needle as an int first and
+        # builds and drops a TypeError before searching; an int needle is a memchr.
+        if 0 in body or 13 in body:
             self._send(R.BAD_CHARACTERS)
             return
         try:
@@ -827,7 +832,7 @@ class ServerConnection:
             refusal: Reply | None = R.SIZE_EXCEEDED  # RFC 1870 6.2
         elif has_bare_line_ending(message):
             refusal = R.BARE_LINE_ENDING  # smuggling defence, see dotstuff.py
-        elif b"\x00" in message:
+        elif 0 in message:  # NUL (an int needle: see _command)
             refusal = R.NUL_IN_MESSAGE
         else:
             refusal = None

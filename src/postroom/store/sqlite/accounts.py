@@ -248,14 +248,16 @@ def alias_targets(conn: sqlite3.Connection, source: str) -> list[str]:
 # The domain, the user and the alias targets of an address in one statement: one
 # statement is its own read transaction (one snapshot), so the per-RCPT lookup needs no
 # BEGIN/COMMIT around three SELECTs (six statements from Python became one). Rows: kind 0
-# = the domain is local, 1 = the user, 2 = an alias target (in column 3), in id order.
+# = the domain is local, 1 = the user, 2 = an alias target (in column 3, its id in column
+# 2). No ORDER BY: the rows are told apart by kind, whatever their order, and only alias
+# targets need an order (id), which Python gives them when there are any; sorting the
+# compound cost SQLite a sorter per RCPT (~10% of the statement).
 _LOOKUP_ADDRESS = (
     "SELECT 0, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM domains WHERE name=?1 "
     f"UNION ALL SELECT 1, 0, {_USER_COLS} FROM users u JOIN domains d ON d.id=u.domain_id "
     "WHERE u.address=?2 AND ?3 "
     "UNION ALL SELECT 2, id, target, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM aliases "
-    "WHERE source=?2 "
-    "ORDER BY 1, 2"
+    "WHERE source=?2"
 )
 
 
@@ -263,18 +265,23 @@ def lookup_address(conn: sqlite3.Connection, address: str) -> AddressLookup:
     domain = address.rpartition("@")[2]
     local = False
     user: User | None = None
-    targets: list[str] = []
-    for r in conn.execute(_LOOKUP_ADDRESS, (domain, address, not address.startswith("@"))):
+    targets: list[tuple[int, str]] = []
+    # (?3 as an int: sqlite3 binds int, float, str and bytearray as they are; a bool goes
+    # through the adapter lookup first, with two attribute misses)
+    is_user = 0 if address.startswith("@") else 1
+    for r in conn.execute(_LOOKUP_ADDRESS, (domain, address, is_user)):
         kind = r[0]
         if kind == 0:
             local = True
         elif kind == 1:
             user = _user(r[2:])
         else:
-            targets.append(r[2])
+            targets.append((r[1], r[2]))
     if not local:
         return AddressLookup(domain_is_local=False, user=None, alias_targets=())
-    return AddressLookup(domain_is_local=True, user=user, alias_targets=tuple(targets))
+    if targets:
+        targets.sort()
+    return AddressLookup(domain_is_local=True, user=user, alias_targets=tuple(t for _, t in targets))
 
 
 # -- send-as grants --------------------------------------------------------------------
