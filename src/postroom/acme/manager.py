@@ -43,6 +43,7 @@ from postroom.acme.client import AcmeFailure, Issued, issue
 from postroom.config import Settings
 from postroom.services import Services
 from postroom.tls import write_self_signed
+from postroom.waits import wait_event
 
 log = logging.getLogger("postroom.acme")
 
@@ -160,10 +161,7 @@ class AcmeManager:
                 log.exception("event=acme_error")
                 delay = RETRY[-1]
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)
 
     async def step(self) -> float:
         """Order if due; return how long to sleep before looking again."""

@@ -72,6 +72,7 @@ from postroom.store.api import (
     StoreUnavailable,
     User,
 )
+from postroom.waits import wait_event
 
 log = logging.getLogger("postroom.pop3")
 
@@ -385,16 +386,11 @@ class Pop3Session:
         (bounded) until it has released the maildrop lock."""
         self.taken_over = True
         self.conn.interrupt()  # an idle session says why and ends at once
-        try:
-            await asyncio.wait_for(self.released.wait(), TAKEOVER_GRACE)
-        except TimeoutError:
+        if not await wait_event(self.released, TAKEOVER_GRACE):
             # Stuck writing to a peer that is gone (or committing a QUIT, which cutting
             # the connection does not stop): abort, which wakes any write, and wait.
             self.conn.abort()
-            try:
-                await asyncio.wait_for(self.released.wait(), TAKEOVER_WAIT)
-            except TimeoutError:
-                pass
+            await wait_event(self.released, TAKEOVER_WAIT)
 
     async def _budgeted_login(self, username: str | None, password: str | None,
                               mechanism: str) -> None:

@@ -76,6 +76,7 @@ from postroom.store.postgres.notify import NotifyPeers, Relay
 from postroom.store.postgres.schema import migrate
 from postroom.store.s3 import S3Blobs
 from postroom.store.sqlite.snapshots import SnapshotCache
+from postroom.waits import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,7 @@ class PostgresStore(MessagePaths):
     async def _collect_loop(self) -> None:
         last_sweep = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._collect.wait(), COLLECT_INTERVAL)
+            await wait_event(self._collect, COLLECT_INTERVAL)
             self._collect.clear()
             try:
                 await self.collect_garbage()

@@ -40,6 +40,7 @@ import asyncpg
 from postroom.store.api import MailboxChange
 from postroom.store.changes import LocalChangeHub
 from postroom.store.postgres.engine import unavailable
+from postroom.waits import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,7 @@ class Relay:
 
     async def start(self, timeout: float = 10.0) -> None:
         self._task = asyncio.create_task(self._run(), name="pg-relay")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
+        await wait_event(self._ready, timeout)
 
     @property
     def connected(self) -> bool:
