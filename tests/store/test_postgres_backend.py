@@ -6,6 +6,7 @@ reference after any crash."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -332,6 +333,34 @@ def test_connection_lane_waits_hands_over_and_recovers() -> None:
 
     try:
         asyncio.run(main())
+    finally:
+        drop_database(url)
+
+
+def test_close_ends_a_statement_that_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's shutdown does not wait for, nor fail on, a statement still running: after
+    CLOSE_TIMEOUT the pool is terminated and close() returns."""
+    from support.postgres import drop_database, fresh_database
+
+    from postroom.store.postgres import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "CLOSE_TIMEOUT", 0.5)
+    url = fresh_database()
+
+    async def main() -> float:
+        store = await open_store(url)
+        busy = asyncio.create_task(store.engine.read(lambda c: c.fetchval("SELECT pg_sleep(30)")))
+        await asyncio.sleep(0.3)  # the statement runs
+        started = time.monotonic()
+        await store.close()
+        took = time.monotonic() - started
+        busy.cancel()
+        with contextlib.suppress(BaseException):
+            await busy
+        return took
+
+    try:
+        assert asyncio.run(main()) < 10
     finally:
         drop_database(url)
 

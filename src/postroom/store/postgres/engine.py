@@ -69,6 +69,7 @@ ACQUIRE_TIMEOUT = 30.0  # waiting for a free pooled connection
 MAX_USES = 50_000  # reads/writes on one connection before it is closed (asyncpg's max_queries)
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 60.0  # no single statement of ours takes this long
+CLOSE_TIMEOUT = 10.0  # close(): waiting for the connections in use
 
 # SQLSTATE classes and errors that mean "the database is not there now".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -274,7 +275,12 @@ class Engine:
             await lane.drain()
         for pool in (self.pool, self.lazy):
             try:
-                await asyncio.wait_for(pool.close(), 10)
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                # A connection still out (a statement that does not end): a shutdown ends
+                # it rather than failing (asyncpg terminated the pool).
+                log.warning("database pool: connections still busy at close, terminated")
+                pool.terminate()
             except Exception as e:
                 if not unavailable(e):
                     raise
