@@ -23,14 +23,11 @@ def test_cancel_in_the_same_turn_as_the_set_is_kept() -> None:
 
     async def main() -> bool:
         event = asyncio.Event()
-        rounds = 0
 
         async def loop() -> None:
-            nonlocal rounds
             while True:
                 await wait_event(event, 60)
                 event.clear()
-                rounds += 1
 
         task = asyncio.create_task(loop())
         await asyncio.sleep(0)  # the loop waits on the event

@@ -16,8 +16,6 @@ import asyncio
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     """True once ``event`` is set, False when ``timeout`` seconds passed first."""
-    if event.is_set():
-        return True
     try:
         async with asyncio.timeout(timeout):
             await event.wait()

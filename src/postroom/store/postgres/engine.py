@@ -278,7 +278,8 @@ class Engine:
                 await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
             except TimeoutError:
                 # A connection still out (a statement that does not end): a shutdown ends
-                # it rather than failing (asyncpg terminated the pool).
+                # it rather than failing. asyncpg's close() terminates the pool when it is
+                # cancelled; terminate() again is then a no-op.
                 log.warning("database pool: connections still busy at close, terminated")
                 pool.terminate()
             except Exception as e:
