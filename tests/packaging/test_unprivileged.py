@@ -70,6 +70,10 @@ def interpreter() -> tuple[str, dict[str, str]]:
     """A python the service user can run, with the environment that finds postroom."""
     paths = [str(REPO / "src"), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)), PYTHONUNBUFFERED="1")
+    hidden = [p for p in paths if not world_executable(Path(p))]
+    if hidden:  # e.g. a clone in a `mktemp -d` folder (mode 0700)
+        pytest.fail(f"the service user cannot reach {hidden[0]}: a folder above it is closed to "
+                    "other users (chmod o+x it, or check out the project where others can read)")
     if world_executable(Path(sys.executable)):
         return sys.executable, env
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
