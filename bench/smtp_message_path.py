@@ -86,8 +86,8 @@ def one(chunks: list[bytes]) -> None:
                 helo="client.test", client_ip="127.0.0.1", hostname="mx.bench.test",
                 protocol="ESMTP", qid="239BN8Y63DGG2JD", recipient="u1@bench.test",
             )
-            stored = deliver.return_path("bench@client.test") + received + data
-            deliver.summarize_for_store(stored)
+            stored = b"".join((deliver.return_path("bench@client.test"), received, data))
+            deliver.summarize_for_store(stored, deliver.counted_tail(event.data, event.line_feeds, stored))
             core.accept(R.MESSAGE_ACCEPTED)
             return
         core.accept()  # EHLO, MAIL, RCPT

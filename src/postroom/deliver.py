@@ -238,12 +238,33 @@ def _stored(summary: MessageSummary) -> bytes:
     return summary.to_bytes() + SEPARATOR + prerender(summary)
 
 
-def summarize_for_store(data: bytes) -> tuple[bytes, SearchTexts]:
+def summarize_for_store(
+    data: bytes, tail_lf: tuple[int, int] | None = None
+) -> tuple[bytes, SearchTexts]:
     """The stored summary (with the prerendered IMAP items, as :func:`summarize`) and the
     envelope search texts (``Delivery.search_texts``) from one scan, so the store does not
-    decode the summary again to derive them."""
-    parsed = scan(data)
+    decode the summary again to derive them. ``tail_lf``: the LFs already counted at the
+    end of ``data`` (:func:`counted_tail`), which the scan then does not count again."""
+    parsed = scan(data, tail_lf)
     return _stored(parsed), envelope_search_texts(parsed)
+
+
+def counted_tail(received: bytes, line_feeds: int | None, stored: bytes) -> tuple[int, int] | None:
+    """``scan``'s ``tail_lf`` for ``stored``, made from the ``received`` message whose LFs
+    the SMTP core counted (``line_feeds``, None: not counted): the octets and LFs of
+    ``received`` from the end of its header (the empty line and the body), which the
+    steps before storing keep as they are (they edit or prepend header fields only).
+
+    Checked, not assumed: None unless ``stored`` still ends with those octets (a memcmp,
+    ~2 us for 100 KB, against ~30 us for counting the LFs of a text body again).
+    """
+    if line_feeds is None:
+        return None
+    end = header_end(received)
+    with memoryview(received) as view, view[end:] as tail:
+        if not stored.endswith(tail):
+            return None
+    return len(received) - end, line_feeds - received.count(b"\n", 0, end)
 
 
 # Above these, preparing a message costs more than a millisecond or two of Python (the

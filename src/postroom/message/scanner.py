@@ -22,7 +22,10 @@ The scan is top-down. For an entity occupying ``data[start:end]``:
      range is then scanned the same way, so an outer delimiter always terminates inner
      parts (RFC 2046 5.1.2).
    * ``message/rfc822`` and ``message/global``: the body is scanned as a message.
-   * anything else: a leaf; for text/* its LF count is taken with ``bytes.count``.
+   * anything else: a leaf; for text/* its LF count is taken with ``bytes.count``. A
+     caller that already counted the LFs of the message's tail (the SMTP core does, for
+     its bare CR/LF check) passes ``tail_lf``, and a leaf that runs to the end of the
+     message then counts only the octets between its body and that tail.
 
 Defaults (RFC 2045 5.2): no or invalid Content-Type means text/plain; charset=us-ascii,
 except directly inside multipart/digest, where it means message/rfc822 (RFC 2046 5.1.5).
@@ -103,14 +106,22 @@ Fields = dict[bytes, bytes]
 
 
 class _Scanner:
-    """One scan: the message bytes and the part budget."""
+    """One scan: the message bytes, the part budget, and the LFs already counted."""
 
-    __slots__ = ("data", "parts", "root_fields")
+    __slots__ = ("data", "parts", "root_fields", "tail_lf", "tail_start")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, tail_lf: tuple[int, int] | None) -> None:
         self.data = data
         self.parts = 0
         self.root_fields: Fields = {}
+        # ``data[tail_start:]`` holds ``tail_lf`` LFs (tail_start -1: nothing known).
+        self.tail_start = -1
+        self.tail_lf = 0
+        if tail_lf is not None:
+            octets, lfs = tail_lf
+            if not 0 <= octets <= len(data) or lfs < 0:
+                raise ValueError(f"tail_lf {tail_lf!r} does not fit {len(data)} octets")
+            self.tail_start, self.tail_lf = len(data) - octets, lfs
 
     def entity(
         self, start: int, end: int, depth: int, *, message: bool, mime: bool,
@@ -197,7 +208,7 @@ class _Scanner:
         else:
             if ctype in ("text", "message"):
                 # RFC 3501 body-fld-lines, only sent for these (skips big attachments)
-                lines = data.count(b"\n", body_start, end)
+                lines = self._lines(body_start, end)
             if ctype == "message" and subtype in ("rfc822", "global") and not opaque:
                 # Past the limits the encapsulated message is still parsed (one level)
                 # for its envelope, which BODYSTRUCTURE needs, but not split further.
@@ -228,6 +239,18 @@ class _Scanner:
             message=encapsulated,
             envelope=_envelope(fields) if message else None,
         )
+
+    def _lines(self, start: int, end: int) -> int:
+        """LFs in ``data[start:end]``, from the known tail count when the range runs to the
+        end of the message (one short count, of the octets between ``start`` and the tail,
+        instead of one over the whole body)."""
+        data = self.data
+        tail = self.tail_start
+        if tail < 0 or end != len(data):
+            return data.count(b"\n", start, end)
+        if start <= tail:
+            return data.count(b"\n", start, tail) + self.tail_lf
+        return self.tail_lf - data.count(b"\n", tail, start)
 
     def _split(
         self, start: int, end: int, boundary: bytes, depth: int, digest: bool
@@ -316,13 +339,20 @@ def _envelope(fields: Fields) -> Envelope:
     )
 
 
-def scan(data: bytes) -> MessageSummary:
+def scan(data: bytes, tail_lf: tuple[int, int] | None = None) -> MessageSummary:
     """Scan a stored message once; the summary answers FETCH/SEARCH/SORT/THREAD later.
 
     *data* is the message exactly as stored (normally CRLF). Never raises on malformed
     input; offsets in the summary always lie within ``data``.
+
+    *tail_lf*: ``(octets, lfs)`` when the caller knows that the last ``octets`` of
+    *data* hold ``lfs`` LFs (the SMTP path: the received body, counted by the core's
+    bare CR/LF check, is the tail of the stored message). The summary is the same as
+    without it (the caller's claim is trusted, not checked: a wrong one gives wrong
+    line counts); it only spares counting those octets again. ValueError when it cannot
+    be right (more octets than *data* has, a negative count).
     """
-    scanner = _Scanner(data)
+    scanner = _Scanner(data, tail_lf)
     root = scanner.entity(
         0, len(data), 0, message=True, mime=False, digest_child=False, opaque=False
     )

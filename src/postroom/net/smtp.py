@@ -538,10 +538,13 @@ class SmtpSession:
             texts = None
             if not user_ids and not mailbox_ids:
                 summary = b""  # only the queue reads it, and the queue never parses it
-            elif costly:
-                summary, texts = await self.services.offload(deliver.summarize_for_store, stored)
             else:
-                summary, texts = deliver.summarize_for_store(stored)
+                # The core counted the body's LFs already: the scan does not count them again.
+                tail = deliver.counted_tail(event.data, event.line_feeds, stored)
+                if costly:
+                    summary, texts = await self.services.offload(deliver.summarize_for_store, stored, tail)
+                else:
+                    summary, texts = deliver.summarize_for_store(stored, tail)
             result = await self.services.store.deliver(Delivery(
                 data=stored, summary=summary, user_ids=tuple(user_ids),
                 mailbox_ids=mailbox_ids, queue=queue, enforce_quota=True, search_texts=texts,

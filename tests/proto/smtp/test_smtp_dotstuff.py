@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postroom.proto.smtp.dotstuff import DotDecoder, has_bare_line_ending, stuff, unstuff
+from postroom.proto.smtp.dotstuff import DotDecoder, has_bare_line_ending, line_feeds, stuff, unstuff
 
 
 def decode(data: bytes, max_size: int = 0, step: int | None = None) -> tuple[bytes | None, int]:
@@ -103,6 +103,8 @@ def test_has_bare_line_ending_agrees_with_the_definition(pieces: list[bytes]) ->
     data = b"".join(pieces)
     assert has_bare_line_ending(data) is _bare_by_octet(data)
     assert has_bare_line_ending(bytearray(data)) is _bare_by_octet(data)
+    # The count handed on with a clean message is its number of line ends.
+    assert line_feeds(data) == (None if _bare_by_octet(data) else data.count(b"\n"))
 
 
 @pytest.mark.parametrize("line", [b"", b"a" * 5, b"a" * 78])
@@ -113,6 +115,7 @@ def test_has_bare_line_ending_in_long_messages(line: bytes, fault: bytes, bare: 
         faulty = lines[:at] + [line + fault + b"\r\n"] + lines[at:]
         assert has_bare_line_ending(b"".join(faulty)) is bare
     assert has_bare_line_ending(b"".join(lines) + fault) is bare
+    assert line_feeds(b"".join(lines) + fault) == (None if bare else 2000)
 
 
 @pytest.mark.parametrize("step", [None, 1, 10, 333])

@@ -169,6 +169,7 @@ def test_full_session_events() -> None:
     assert str(message.sender.address) == "alice@example.com"
     assert [str(r.path) for r in message.recipients] == ["<bob@example.org>"]
     assert not message.chunked and message.size == len(message.data)
+    assert message.line_feeds == 3  # counted by the bare CR/LF check, for the MIME scan
     assert b"250 2.0.0 Ok: queued as Q1\r\n" in t.output
     assert t.conn.close_reason is CloseReason.QUIT
     assert "hello" not in repr(message)

@@ -130,6 +130,7 @@ def test_bdat_chunks() -> None:
     assert b"250 2.0.0 5 octets received\r\n" in t.output
     message = t.of(MessageComplete)[0]
     assert isinstance(message, MessageComplete) and message.chunked
+    assert message.line_feeds == 3  # BDAT messages are counted by the same check
 
 
 def test_bdat_single_last_chunk() -> None:

@@ -26,6 +26,7 @@ from postroom.proto.buffer import StreamReader, UnexpectedEOF
 __all__ = [
     "DotDecoder",
     "has_bare_line_ending",
+    "line_feeds",
     "read_chunk",
     "read_dot_data",
     "stuff",
@@ -247,14 +248,24 @@ _SHORT_LINE = 16
 
 def has_bare_line_ending(data: bytes | bytearray) -> bool:
     """True when ``data`` holds a CR not followed by LF or an LF not preceded by CR."""
+    return line_feeds(data) is None
+
+
+def line_feeds(data: bytes | bytearray) -> int | None:
+    """The number of line ends of ``data`` when all are CRLF; None when it holds a CR not
+    followed by LF or an LF not preceded by CR (:func:`has_bare_line_ending`).
+
+    The count is a by-product of the check, handed on so that nothing counts the same
+    octets again (the MIME scan's line count of a text body, ``scan(tail_lf=...)``).
+    """
     lf = data.count(b"\n")
     if data.count(b"\r") != lf:
-        return True
+        return None
     # As many CRs as LFs: a bare LF exists exactly when a bare CR does (every CR followed
     # by an LF would make as many CRLF pairs as LFs), so one kind is enough to look for.
     if lf * _SHORT_LINE > len(data):
-        return data.count(b"\r\n") != lf
-    return _BARE_CR(data) is not None
+        return lf if data.count(b"\r\n") == lf else None
+    return lf if _BARE_CR(data) is None else None
 
 
 def stuff(message: bytes) -> bytes:

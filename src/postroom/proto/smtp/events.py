@@ -158,6 +158,10 @@ class MessageComplete:
     ``data`` is the whole message, unstuffed, CRLF line ends, no bare CR/LF, no NUL, within
     the size limit. The transaction (sender and accepted recipients) rides along so that
     the shell need not track it. ``chunked`` is True for BDAT.
+
+    ``line_feeds`` is how many LFs (so, CRLF line ends) ``data`` holds: the core counts
+    them for the bare CR/LF check, and hands the count on so that the MIME scan need not
+    count a text body again (``deliver.summarize_for_store``). None: not counted.
     """
 
     sender: Path
@@ -165,6 +169,7 @@ class MessageComplete:
     recipients: tuple[Recipient, ...]
     data: bytes = field(repr=False)
     chunked: bool = False
+    line_feeds: int | None = None
 
     @property
     def size(self) -> int:

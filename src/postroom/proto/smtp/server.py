@@ -80,7 +80,7 @@ from postroom.proto.buffer import LineTooLong, StreamReader, UnexpectedEOF
 from postroom.proto.smtp import replies as R
 from postroom.proto.smtp.dotstuff import (
     DotDecoder,
-    has_bare_line_ending,
+    line_feeds,
     read_chunk,
     read_dot_data,
 )
@@ -828,9 +828,10 @@ class ServerConnection:
         yield from self._end_of_message(message, len(message), chunked=True)
 
     def _end_of_message(self, message: bytes | None, size: int, *, chunked: bool) -> _Gen:
+        lf = None
         if message is None:
             refusal: Reply | None = R.SIZE_EXCEEDED  # RFC 1870 6.2
-        elif has_bare_line_ending(message):
+        elif (lf := line_feeds(message)) is None:
             refusal = R.BARE_LINE_ENDING  # smuggling defence, see dotstuff.py
         elif 0 in message:  # NUL (an int needle: see _command)
             refusal = R.NUL_IN_MESSAGE
@@ -845,7 +846,7 @@ class ServerConnection:
             return
         assert message is not None
         event = MessageComplete(
-            sender, self._mail_params, tuple(self._recipients), message, chunked
+            sender, self._mail_params, tuple(self._recipients), message, chunked, lf
         )
         decision = yield from self._decide(event)
         # RFC 5321 4.1.1.4: the transaction ends with the reply, whatever it is.
