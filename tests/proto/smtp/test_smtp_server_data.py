@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from smtp_harness import CONFIG, ENVELOPE, bytewise, drive, drive_all_ways
 
 from postroom.proto.smtp.events import MailFrom, MessageComplete, MessageRefused, RcptTo
-from postroom.proto.smtp.server import CloseReason, ServerConfig
+from postroom.proto.smtp.server import CloseReason, ServerConfig, ServerConnection
 
 DATA = b"DATA\r\n"
 QUIT = b"QUIT\r\n"
@@ -223,3 +225,25 @@ def test_eof_mid_chunk() -> None:
     t = drive_all_ways(ENVELOPE + b"BDAT 100 LAST\r\nshort")
     assert t.of(MessageComplete) == []
     assert t.conn.close_reason is CloseReason.EOF
+
+
+@pytest.mark.parametrize("framing", ["DATA", "BDAT"])
+def test_one_copy_of_the_message_while_the_shell_decides(framing: str) -> None:
+    # The reading buffer (the dot decoder's, or the BDAT chunks) is freed before the
+    # MessageComplete decision: the shell's delivery then holds the message and its
+    # stored copy, not a third copy for as long as the store takes.
+    body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 1000  # 1 MB
+    wire = (DATA + body + b".\r\n") if framing == "DATA" else b"BDAT %d LAST\r\n" % len(body) + body
+    conn = ServerConnection(ServerConfig("mx.example.org", max_message_size=0))
+    conn.send_greeting()
+    tracemalloc.start()
+    try:
+        conn.receive_data(ENVELOPE + wire)
+        while not isinstance(event := conn.next_event(), MessageComplete):
+            assert not isinstance(event, MessageRefused)
+            conn.accept()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert event.data == body
+    assert held < 1.5 * len(body)

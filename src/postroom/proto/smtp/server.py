@@ -717,7 +717,11 @@ class ServerConnection:
             yield from read_dot_data(self._reader, decoder)
         finally:
             self._phase = None
-        yield from self._end_of_message(decoder.message(), decoder.size, chunked=False)
+        message, size = decoder.message(), decoder.size
+        # The decoder's buffer is a second copy of the message: let it go before the
+        # shell's delivery (which holds the message and its stored copy meanwhile).
+        del decoder
+        yield from self._end_of_message(message, size, chunked=False)
 
     def _cmd_bdat(self, arg: str) -> _Gen:
         if not self._config.chunking:
@@ -789,6 +793,7 @@ class ServerConnection:
             self._send(Reply(250, "2.0.0", f"{size} octets received"))
             return
         message = bytes(self._bdat)
+        self._bdat.clear()  # (a second copy: freed before the delivery, as for DATA)
         yield from self._end_of_message(message, len(message), chunked=True)
 
     def _cmd_burl(self, arg: str) -> _Gen:
@@ -825,6 +830,7 @@ class ServerConnection:
             self._send(Reply(250, "2.0.0", f"{len(data)} octets appended"))
             return
         message = bytes(self._bdat)
+        self._bdat.clear()  # (a second copy: freed before the delivery, as for DATA)
         yield from self._end_of_message(message, len(message), chunked=True)
 
     def _end_of_message(self, message: bytes | None, size: int, *, chunked: bool) -> _Gen:
