@@ -224,3 +224,71 @@ def test_many_dot_lines_and_none(dot_lines: int, step: int | None) -> None:
     assert decode(wire + b"QUIT\r\n", step=step) == (message, len(wire))
     # and over the size limit, the end is still found with memory bounded
     assert decode(wire + b"QUIT\r\n", max_size=50, step=step) == (None, len(wire))
+
+
+def _bare_lf_by_octet(data: bytes) -> bool:
+    return any(c == 0x0A and (i == 0 or data[i - 1] != 0x0D) for i, c in enumerate(data))
+
+
+def _decoder_after(data: bytes, cuts: list[int], max_size: int = 0) -> DotDecoder:
+    dec = DotDecoder(max_size)
+    prev = 0
+    for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
+        if dec.feed(data[prev:cut]) is not None:
+            return dec
+        prev = cut
+    raise AssertionError("end marker not found")
+
+
+_PIECES = st.sampled_from([b"\r\n", b"\r", b"\n", b".", b"\r\n.", b"\n.", b"x", b"y" * 40, b"\r\n.\r"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=60), st.lists(st.integers(0, 2000), max_size=12))
+def test_decoder_bare_lf_agrees_with_the_definition(pieces: list[bytes], cuts: list[int]) -> None:
+    # The decoder notes a bare LF while it looks for dot lines; the SMTP core then skips
+    # its own search for bare CRs. Whatever the octets and the reads, what it says must
+    # be the truth about the unstuffed message (or "not known"), and the check that uses
+    # it must refuse and count exactly as the check without it.
+    data = b"".join(pieces) + b"\r\n.\r\n"
+    dec = _decoder_after(data, cuts)
+    message = dec.message()
+    assert message is not None
+    bare = dec.bare_lf
+    assert bare is None or bare is _bare_lf_by_octet(message)
+    assert line_feeds(message, bare) == line_feeds(message)
+    assert (line_feeds(message, bare) is None) is _bare_by_octet(message)
+
+
+@pytest.mark.parametrize(
+    ("raw", "bare"),
+    [
+        (b"a\r\nb\r\n.\r\n", False),
+        (b"a\nb\r\n.\r\n", True),
+        (b"\n\r\n.\r\n", True),  # the first octet: the virtual CRLF before it is no CR of it
+        (b".\n\r\n.\r\n", True),  # (a first-line dot, then a bare LF)
+        (b"a\r\n.b\n..c\r\n.\r\n", True),  # dot lines after the bare LF are still unstuffed
+        (b"a\r\r\n.\r\n", False),  # a bare CR is not a bare LF (line_feeds counts it)
+        (b"a\n.\r\n.\r\n", True),  # "LF." after a bare LF is not a dot line
+    ],
+)
+@pytest.mark.parametrize("step", [None, 1, 2, 3])
+def test_decoder_bare_lf(raw: bytes, bare: bool, step: int | None) -> None:
+    cuts = [] if step is None else list(range(step, len(raw), step))
+    dec = _decoder_after(raw, cuts)
+    assert dec.bare_lf is bare
+    message = dec.message()
+    assert message is not None
+    assert message == unstuff(raw[: -len(b".\r\n")])
+
+
+def test_decoder_bare_lf_unknown_past_the_tracked_dot_lines_or_the_size() -> None:
+    many = b"".join(b".%d\r\n" % i for i in range(200))
+    dec = _decoder_after(stuff(many), [])
+    assert dec.bare_lf is None and dec.message() == many
+    assert line_feeds(many, dec.bare_lf) == 200
+    # Over the limit before the end, the decoder only looks for the end from then on.
+    dec = _decoder_after(b"x" * 100 + b"\n\r\n.\r\n", list(range(10, 110, 10)), max_size=10)
+    assert dec.bare_lf is None and dec.message() is None
+    with pytest.raises(RuntimeError):
+        _ = DotDecoder().bare_lf

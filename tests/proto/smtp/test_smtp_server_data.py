@@ -64,9 +64,19 @@ def test_smuggling_is_refused_and_nothing_injected(fake: bytes) -> None:
     assert t.codes == HEAD + ["354", "554 5.6.0", "221 2.0.0"]
 
 
-@pytest.mark.parametrize("content", [b"a\nb\r\n", b"a\rb\r\n", b"trailing\r\r\n", b"\nx\r\n"])
-def test_bare_cr_or_lf_refused(content: bytes) -> None:
-    t = drive_all_ways(ENVELOPE + DATA + content + b".\r\n" + b"NOOP\r\n")
+# Dot lines before the fault: the decoder looks at each of the first 64 (and notes a bare
+# LF meanwhile), then only for the end, and the core checks the message itself.
+DOT_LINES = b"".join(b"..%d\r\n" % i for i in range(70))
+
+
+@pytest.mark.parametrize(
+    "content",
+    # (the last two: as many CRs as LFs, so only the search for a bare one finds them)
+    [b"a\nb\r\n", b"a\rb\r\n", b"trailing\r\r\n", b"\nx\r\n", b"a\n\rb\r\n", b"x\ry\nz\r\n"],
+)
+@pytest.mark.parametrize("before", [b"", b"..a\r\n", DOT_LINES], ids=["plain", "one-dot-line", "70-dot-lines"])
+def test_bare_cr_or_lf_refused(content: bytes, before: bytes) -> None:
+    t = drive_all_ways(ENVELOPE + DATA + before + content + b".\r\n" + b"NOOP\r\n")
     assert t.codes == HEAD + ["354", "554 5.6.0", "250 2.0.0"]
     assert b"554 5.6.0 Message contains bare CR or LF\r\n" in t.output
 
