@@ -8,11 +8,9 @@ per line or per byte, which is what keeps DATA fast.
 
 SMTP smuggling (CVE-2023-51764/51765/51766): ONLY ``<CR><LF>.<CR><LF>`` ends the data.
 ``<LF>.<LF>``, ``<LF>.<CR><LF>``, ``<CR>.<CR>`` and friends are message content. The
-server reads to the real end and then refuses a message that holds any bare CR or bare
-LF (:func:`line_feeds`; and NUL): nothing after a fake marker is ever taken for a
-command, and a message that could be re-interpreted downstream is never accepted. The
-decoder stops at every LF anyway (to find dot lines), so it notes a bare LF on the way
-(:attr:`DotDecoder.bare_lf`), which spares that check one of its passes.
+decoder reports whether the message holds any bare CR or bare LF (and NUL), so the server
+can read to the real end and then refuse it: nothing after a fake marker is ever taken
+for a command, and a message that could be re-interpreted downstream is never accepted.
 
 Sending (:func:`stuff`) is for the client core: it doubles leading dots and appends the
 terminator.
@@ -42,12 +40,7 @@ _LINE_DOT = b"\r\n."
 # needle of two or more octets uses a skip table whose branches cost 2 to 5 times as much
 # on mail text (a 100 KB message: ~30 us against 70-150 us per pass, every message).
 _FIND_END = re.compile(re.escape(_END)).search
-# While it looks at the dot lines the decoder stops at every LF, where it can tell a bare
-# LF (not after CR) at no extra pass: "\n" and then either nothing when no CR precedes
-# it, or "." (a "CRLF." line). A search led by one literal octet is ``re``'s tight loop
-# too; stopping at every line costs ~15-25 us per 100 KB more than looking for "CRLF."
-# alone, and spares the bare CR/LF check its ~40 us ``re`` search (see ``line_feeds``).
-_FIND_LF_DOT_OR_BARE = re.compile(rb"\n(?:(?<!\r\n)|\.)").search
+_FIND_LINE_DOT = re.compile(re.escape(_LINE_DOT)).search
 # The decoder looks at each line that starts with a dot (every "CRLF." is either a stuffed
 # line or the end), so that a message without any needs no unstuffing pass at all (most
 # mail: one scan of a 100 KB message less). Past this many it only looks for the end and
@@ -72,7 +65,6 @@ class DotDecoder:
     """
 
     __slots__ = (
-        "_bare_lf",
         "_count_from",
         "_done",
         "_dot_lines",
@@ -97,7 +89,6 @@ class DotDecoder:
         self._max = max_size
         self._done = False
         self._dot_lines = 0  # lines starting with a dot seen (> _DOT_LINES_TRACKED: stopped)
-        self._bare_lf = 0  # 0: none so far, 1: one seen, -1: not looked at every LF
         self.overflow = False
 
     @property
@@ -125,7 +116,6 @@ class DotDecoder:
             if self.overflow and self._dot_lines <= _DOT_LINES_TRACKED:
                 # Discarded anyway: from now on only the end matters.
                 self._dot_lines = _DOT_LINES_TRACKED + 1
-                self._bare_lf = self._bare_lf or -1
                 self._scan_from = max(0, len(raw) - 4)
             if self.overflow and len(raw) > 4:
                 self._dropped += len(raw) - 4
@@ -141,38 +131,28 @@ class DotDecoder:
         return used
 
     def _find_end_by_lines(self) -> int:
-        """The end marker's offset by visiting each "CRLF." (a dot line or the end) and
-        noting a bare LF; -1: not yet (``_scan_from`` set for the next read); -2: too many
-        dot lines, or a bare LF (the message is refused: its dot lines do not matter),
-        look for the marker only (``_scan_from`` set for that)."""
+        """The end marker's offset by visiting each "CRLF." (a dot line or the end); -1:
+        not yet (``_scan_from`` set for the next read); -2: too many dot lines, look for
+        the marker only (``_scan_from`` set for that)."""
         raw = self._raw
         pos = self._scan_from
         while True:
-            m = _FIND_LF_DOT_OR_BARE(raw, pos)
+            m = _FIND_LINE_DOT(raw, pos)
             if m is None:
-                # An LF that ends this read may start "LF." with the next one (the virtual
-                # CRLF in front means an LF is never the first octet: no bare LF there).
-                self._scan_from = max(pos, len(raw) - 1)
+                self._scan_from = max(pos, len(raw) - 2)  # "CR" or "CRLF" may end this read
                 return -1
-            lf = m.start()
-            if m.end() == lf + 1:  # a bare LF: nothing after a bare LF can be a "CRLF."
-                self._bare_lf = 1
-                self._dot_lines = _DOT_LINES_TRACKED + 1
-                self._scan_from = lf
-                return -2
-            p = lf - 1  # the CR of "CRLF."
+            p = m.start()
             after = raw[p + 3 : p + 5]
             if after == b"\r\n":
                 return p
             if len(after) < 2 and b"\r\n".startswith(after):
-                self._scan_from = lf  # "CRLF." + nothing or CR: decided by the next read
+                self._scan_from = p  # "CRLF." + nothing or CR: decided by the next read
                 return -1
             self._dot_lines += 1
             if self._dot_lines > _DOT_LINES_TRACKED:
-                self._bare_lf = -1
                 self._scan_from = p
                 return -2
-            pos = lf + 2
+            pos = p + 3
 
     def _check_size(self, *, final: bool) -> None:
         raw = self._raw
@@ -190,18 +170,6 @@ class DotDecoder:
         # marker (".", CR) or a dot to remove: allow them until the end is known.
         if self.size - (0 if final else 3) > self._max:
             self.overflow = True
-
-    @property
-    def bare_lf(self) -> bool | None:
-        """Does the message hold an LF not preceded by CR? None: not known (more than
-        ``_DOT_LINES_TRACKED`` dot lines, or over the size limit), check the message.
-
-        The answer holds for the unstuffed message too: removing a dot that follows a
-        CRLF never puts a CR before an LF nor takes one away.
-        """
-        if not self._done:
-            raise RuntimeError("DotDecoder not finished")
-        return None if self._bare_lf < 0 else self._bare_lf == 1
 
     def message(self) -> bytes | None:
         """The unstuffed message (CRLF line ends), or None when it was over ``max_size``."""
@@ -283,24 +251,16 @@ def has_bare_line_ending(data: bytes | bytearray) -> bool:
     return line_feeds(data) is None
 
 
-def line_feeds(data: bytes | bytearray, bare_lf: bool | None = None) -> int | None:
+def line_feeds(data: bytes | bytearray) -> int | None:
     """The number of line ends of ``data`` when all are CRLF; None when it holds a CR not
     followed by LF or an LF not preceded by CR (:func:`has_bare_line_ending`).
 
     The count is a by-product of the check, handed on so that nothing counts the same
     octets again (the MIME scan's line count of a text body, ``scan(tail_lf=...)``).
-    ``bare_lf``: whether ``data`` holds a bare LF, when the caller knows
-    (:attr:`DotDecoder.bare_lf`), which spares the search for a bare CR.
     """
-    if bare_lf:
-        return None
     lf = data.count(b"\n")
     if data.count(b"\r") != lf:
         return None
-    if bare_lf is not None:
-        # No bare LF: every LF ends a CRLF pair, so there are as many pairs as LFs, and
-        # as many CRs as LFs leaves no CR outside a pair.
-        return lf
     # As many CRs as LFs: a bare LF exists exactly when a bare CR does (every CR followed
     # by an LF would make as many CRLF pairs as LFs), so one kind is enough to look for.
     if lf * _SHORT_LINE > len(data):

@@ -717,11 +717,11 @@ class ServerConnection:
             yield from read_dot_data(self._reader, decoder)
         finally:
             self._phase = None
-        message, size, bare_lf = decoder.message(), decoder.size, decoder.bare_lf
+        message, size = decoder.message(), decoder.size
         # The decoder's buffer is a second copy of the message: let it go before the
         # shell's delivery (which holds the message and its stored copy meanwhile).
         del decoder
-        yield from self._end_of_message(message, size, chunked=False, bare_lf=bare_lf)
+        yield from self._end_of_message(message, size, chunked=False)
 
     def _cmd_bdat(self, arg: str) -> _Gen:
         if not self._config.chunking:
@@ -833,14 +833,11 @@ class ServerConnection:
         self._bdat.clear()  # (a second copy: freed before the delivery, as for DATA)
         yield from self._end_of_message(message, len(message), chunked=True)
 
-    def _end_of_message(
-        self, message: bytes | None, size: int, *, chunked: bool, bare_lf: bool | None = None
-    ) -> _Gen:
-        """``bare_lf``: what the dot decoder saw (None: not known, or BDAT)."""
+    def _end_of_message(self, message: bytes | None, size: int, *, chunked: bool) -> _Gen:
         lf = None
         if message is None:
             refusal: Reply | None = R.SIZE_EXCEEDED  # RFC 1870 6.2
-        elif (lf := line_feeds(message, bare_lf)) is None:
+        elif (lf := line_feeds(message)) is None:
             refusal = R.BARE_LINE_ENDING  # smuggling defence, see dotstuff.py
         elif 0 in message:  # NUL (an int needle: see _command)
             refusal = R.NUL_IN_MESSAGE
