@@ -27,6 +27,7 @@ import argparse
 import base64
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def one(chunks: list[bytes]) -> None:
                 protocol="ESMTP", qid="239BN8Y63DGG2JD", recipient="u1@bench.test",
             )
             stored = b"".join((deliver.return_path("bench@client.test"), received, data))
-            deliver.summarize_for_store(stored, deliver.counted_tail(event.data, event.line_feeds, stored))
+            deliver.summarize_for_store(stored, partial(deliver.counted_tail, event.data, event.line_feeds, stored))
             core.accept(R.MESSAGE_ACCEPTED)
             return
         core.accept()  # EHLO, MAIL, RCPT

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from postroom.message import MessageSummary, envelope_search_texts, scan
 from postroom.message.binary import encode_binary_parts
+from postroom.message.scanner import TailLf
 from postroom.message.search import SearchTexts
 from postroom.proto.imap.prerender import SEPARATOR, prerender
 
@@ -238,13 +239,12 @@ def _stored(summary: MessageSummary) -> bytes:
     return summary.to_bytes() + SEPARATOR + prerender(summary)
 
 
-def summarize_for_store(
-    data: bytes, tail_lf: tuple[int, int] | None = None
-) -> tuple[bytes, SearchTexts]:
+def summarize_for_store(data: bytes, tail_lf: TailLf | None = None) -> tuple[bytes, SearchTexts]:
     """The stored summary (with the prerendered IMAP items, as :func:`summarize`) and the
     envelope search texts (``Delivery.search_texts``) from one scan, so the store does not
     decode the summary again to derive them. ``tail_lf``: the LFs already counted at the
-    end of ``data`` (:func:`counted_tail`), which the scan then does not count again."""
+    end of ``data`` (:func:`counted_tail`, or a function returning it: ``scan`` calls it
+    only when a line count would use it), which the scan then does not count again."""
     parsed = scan(data, tail_lf)
     return _stored(parsed), envelope_search_texts(parsed)
 

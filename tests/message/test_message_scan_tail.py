@@ -128,3 +128,22 @@ def test_counted_tail_is_none_when_the_body_changed_or_was_not_counted() -> None
     assert deliver.counted_tail(received, lf, b"X: 1\r\n" + received) == (
         len(TEXT) + 2, TEXT.count(b"\n") + 1
     )
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_a_function_is_asked_only_when_a_line_count_can_use_it(name: str) -> None:
+    data = SHAPES[name]
+    asked: list[int] = []
+
+    def tail() -> tuple[int, int]:
+        asked.append(1)
+        return len(data), data.count(b"\n")
+
+    assert deliver.summarize_for_store(data, tail) == deliver.summarize_for_store(data)
+    root = scan(data).root
+    # Only a text or message leaf that runs to the end of the message has a use for it
+    # (here: the root; none of these multiparts ends in a text part), and asks once.
+    uses = not root.multipart and root.type in ("text", "message")
+    assert len(asked) == (1 if uses else 0)
+    # None from the function: counted as without it.
+    assert scan(data, lambda: None) == scan(data)

@@ -51,6 +51,7 @@ once per part and per interesting header field, never per byte or per line.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from postroom.message.address import Address, parse_address_list
 from postroom.message.encoded import decode_words
@@ -103,25 +104,32 @@ _END_OF_HEADER = re.compile(rb"\n\r?\n")
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*\r?(?:\n|\Z)")
 
 Fields = dict[bytes, bytes]
+# ``scan``'s ``tail_lf``: (octets, LFs) of the message's tail, or a function returning it.
+TailLf = tuple[int, int] | Callable[[], "tuple[int, int] | None"]
 
 
 class _Scanner:
     """One scan: the message bytes, the part budget, and the LFs already counted."""
 
-    __slots__ = ("data", "parts", "root_fields", "tail_lf", "tail_start")
+    __slots__ = ("data", "parts", "root_fields", "tail", "tail_lf", "tail_start")
 
-    def __init__(self, data: bytes, tail_lf: tuple[int, int] | None) -> None:
+    def __init__(self, data: bytes, tail: TailLf | None) -> None:
         self.data = data
         self.parts = 0
         self.root_fields: Fields = {}
-        # ``data[tail_start:]`` holds ``tail_lf`` LFs (tail_start -1: nothing known).
+        # ``data[tail_start:]`` holds ``tail_lf`` LFs (tail_start -1: nothing known);
+        # ``tail``: the function that tells, not called yet.
+        self.tail = tail if callable(tail) else None
         self.tail_start = -1
         self.tail_lf = 0
-        if tail_lf is not None:
-            octets, lfs = tail_lf
-            if not 0 <= octets <= len(data) or lfs < 0:
-                raise ValueError(f"tail_lf {tail_lf!r} does not fit {len(data)} octets")
-            self.tail_start, self.tail_lf = len(data) - octets, lfs
+        if tail is not None and not callable(tail):
+            self._take_tail(tail)
+
+    def _take_tail(self, tail_lf: tuple[int, int]) -> None:
+        octets, lfs = tail_lf
+        if not 0 <= octets <= len(self.data) or lfs < 0:
+            raise ValueError(f"tail_lf {tail_lf!r} does not fit {len(self.data)} octets")
+        self.tail_start, self.tail_lf = len(self.data) - octets, lfs
 
     def entity(
         self, start: int, end: int, depth: int, *, message: bool, mime: bool,
@@ -245,8 +253,17 @@ class _Scanner:
         end of the message (one short count, of the octets between ``start`` and the tail,
         instead of one over the whole body)."""
         data = self.data
+        if end != len(data):
+            return data.count(b"\n", start, end)
+        if self.tail is not None:
+            # Asked once, and only by a line count that can use it (most big mail is
+            # multipart or an attachment: no line count runs to the end of the message).
+            known = self.tail()
+            self.tail = None
+            if known is not None:
+                self._take_tail(known)
         tail = self.tail_start
-        if tail < 0 or end != len(data):
+        if tail < 0:
             return data.count(b"\n", start, end)
         if start <= tail:
             return data.count(b"\n", start, tail) + self.tail_lf
@@ -339,7 +356,7 @@ def _envelope(fields: Fields) -> Envelope:
     )
 
 
-def scan(data: bytes, tail_lf: tuple[int, int] | None = None) -> MessageSummary:
+def scan(data: bytes, tail_lf: TailLf | None = None) -> MessageSummary:
     """Scan a stored message once; the summary answers FETCH/SEARCH/SORT/THREAD later.
 
     *data* is the message exactly as stored (normally CRLF). Never raises on malformed
@@ -350,7 +367,9 @@ def scan(data: bytes, tail_lf: tuple[int, int] | None = None) -> MessageSummary:
     bare CR/LF check, is the tail of the stored message). The summary is the same as
     without it (the caller's claim is trusted, not checked: a wrong one gives wrong
     line counts); it only spares counting those octets again. ValueError when it cannot
-    be right (more octets than *data* has, a negative count).
+    be right (more octets than *data* has, a negative count). It may also be a function
+    returning that pair or None, called at most once and only when a line count would
+    use it (so that finding the pair costs nothing for mail that does not need it).
     """
     scanner = _Scanner(data, tail_lf)
     root = scanner.entity(

@@ -538,13 +538,15 @@ class SmtpSession:
             texts = None
             if not user_ids and not mailbox_ids:
                 summary = b""  # only the queue reads it, and the queue never parses it
-            else:
+            elif costly:
                 # The core counted the body's LFs already: the scan does not count them again.
                 tail = deliver.counted_tail(event.data, event.line_feeds, stored)
-                if costly:
-                    summary, texts = await self.services.offload(deliver.summarize_for_store, stored, tail)
-                else:
-                    summary, texts = deliver.summarize_for_store(stored, tail)
+                summary, texts = await self.services.offload(deliver.summarize_for_store, stored, tail)
+            else:
+                # (worked out only if the scan has a line count it can use it for)
+                summary, texts = deliver.summarize_for_store(
+                    stored, partial(deliver.counted_tail, event.data, event.line_feeds, stored)
+                )
             result = await self.services.store.deliver(Delivery(
                 data=stored, summary=summary, user_ids=tuple(user_ids),
                 mailbox_ids=mailbox_ids, queue=queue, enforce_quota=True, search_texts=texts,
