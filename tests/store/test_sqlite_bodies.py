@@ -4,6 +4,7 @@ every read path, never referenced before they are on disk, and their space recla
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 from pathlib import Path
@@ -207,3 +208,50 @@ def test_locations_are_checked_before_a_file_is_opened(tmp_path: Path) -> None:
     for bad in ("../secret@0", "secret@0", "0-1-abcdef.seg@-1", "0-1-abcdef.seg"):
         with pytest.raises(StoreError, match="bad body location"):
             files.read(bad, 5)
+
+
+def test_bodies_that_arrive_while_the_writer_waits_for_the_lock_join_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    """The writer writes a batch's bodies before it takes the cross-process lock; jobs
+    with bodies gathered once it holds the lock go to the next batch (their octets are
+    not on disk yet). Here another process's lock holds the writer up meanwhile."""
+    msgs = [_message(n, 40_000 if n % 2 else 1_000) for n in range(12)]
+
+    async def run() -> None:
+        store = open_store(tmp_path, fsync=True)
+        try:
+            u, inbox = await _setup(store)
+            lock = os.open(str(tmp_path / DB_NAME) + ".writelock", os.O_RDWR)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # as another process's writer would
+            try:
+                first = asyncio.ensure_future(store.deliver(
+                    Delivery(data=msgs[1], summary=summarize(msgs[1]), user_ids=(u.id,))))
+                await asyncio.sleep(0.2)  # the writer has the first job, waits for the lock
+                rest = [asyncio.ensure_future(store.deliver(
+                    Delivery(data=m, summary=summarize(m), user_ids=(u.id,)))) for m in msgs[2:]]
+                await asyncio.sleep(0.1)
+                assert not first.done()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                os.close(lock)
+            await asyncio.wait_for(asyncio.gather(first, *rest), 30)
+            found = await store.read_messages(
+                inbox.id, [m.uid for m in await store.list_messages(inbox.id)], data=True)
+            assert sorted(c.data for c in found) == sorted(msgs[1:])  # type: ignore[type-var]
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    assert sum(1 for r in _rows(tmp_path) if r[2] is not None) == 6
+
+
+def test_append_writes_more_buffers_than_one_pwritev_takes(tmp_path: Path) -> None:
+    files = bodies.BodyFiles(tmp_path / bodies.DIR_NAME, fsync=True)
+    try:
+        parts = [bytes([n % 251]) * (n % 7 + 1) for n in range(1300)]
+        locations = files.append(parts)
+        assert [files.read(loc, len(p)) for loc, p in zip(locations, parts, strict=True)] == parts
+        assert len(set(map(bodies.segment_name, locations))) == 1
+    finally:
+        files.close()

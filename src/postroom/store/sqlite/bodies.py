@@ -61,6 +61,7 @@ SWEEP_INTERVAL = 900.0
 # about this many octets (a long transaction would hold the write lock).
 COMPACT_CHUNK = 8 * 1024 * 1024
 
+_IOV_MAX = 512  # buffers per pwritev (Linux allows 1024)
 _NAME = re.compile(r"[0-9a-f]{1,16}-[0-9]{1,10}-[0-9a-f]{6}\.seg")
 
 
@@ -109,11 +110,24 @@ class BodyFiles:
                 self._roll()
             assert self._fd is not None
             start = self._offset
-            written = os.pwritev(self._fd, list(bodies), start)
-            if written != total:  # a regular file writes all or fails (ENOSPC); be sure
-                raise OSError(errno.EIO, f"short write to {self._name}: {written} of {total}")
-            if self.fsync:
-                os.fdatasync(self._fd)
+            try:
+                at = start
+                for i in range(0, len(bodies), _IOV_MAX):  # a MULTIAPPEND may bring more
+                    part = list(bodies[i : i + _IOV_MAX])
+                    size = sum(len(b) for b in part)
+                    written = os.pwritev(self._fd, part, at)
+                    if written != size:  # a regular file writes all or fails (ENOSPC)
+                        raise OSError(errno.EIO, f"short write to {self._name}: {written} of {size}")
+                    at += size
+                if self.fsync:
+                    os.fdatasync(self._fd)
+            except OSError:
+                # After a failed write or flush the file's state is unknown (Linux may
+                # have dropped the dirty pages): nothing refers to this batch, and later
+                # batches go to a new segment.
+                os.close(self._fd)
+                self._fd = None
+                raise
             self._offset = start + total
             self._last_write = now
             out = []

@@ -344,7 +344,7 @@ class Engine:
         spills = [s for job in batch for s in job.spills]
         try:
             locations = self.bodies.append([s.data for s in spills])
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - OSError mostly; the writer must live on
             log.error("writing message bodies to %s failed: %s", self.bodies.folder, e)
             error = sqlite3.OperationalError(f"message body not stored: {e}")
             for job in batch:
