@@ -1,4 +1,5 @@
-"""The embedded backend: SQLite in WAL mode in the data folder, message bytes inside it.
+"""The embedded backend: SQLite in WAL mode in the data folder, message bytes inside it
+(bodies of 32 KiB and more beside it, in append-only body files: ``bodies.py``).
 
 Why message bytes live in SQLite rather than in one file per message: a delivery then is
 one transaction, made durable by one fsync of the WAL that it shares with every other
