@@ -255,3 +255,40 @@ def test_append_writes_more_buffers_than_one_pwritev_takes(tmp_path: Path) -> No
         assert len(set(map(bodies.segment_name, locations))) == 1
     finally:
         files.close()
+
+
+def test_the_sweep_never_deletes_a_segment_a_writer_still_appends_to(tmp_path: Path) -> None:
+    """Whatever the clocks say: the writer's shared lock on its segment keeps it."""
+    store = open_store(tmp_path, fsync=False)
+    writer = bodies.BodyFiles(tmp_path / bodies.DIR_NAME, fsync=False)  # another process's
+    try:
+        writer.append([b"x" * 100])  # no row names it: dead, and idle for grace=0
+        assert store.engine.sweep_bodies(grace=0).deleted == []
+        assert _segments(tmp_path) == [writer.current]
+        writer.close()  # the writer moved on (or died)
+        assert len(store.engine.sweep_bodies(grace=0).deleted) == 1
+        assert _segments(tmp_path) == []
+    finally:
+        writer.close()
+        store.close_sync()
+
+
+def test_body_files_belong_to_the_data_folders_owner(tmp_path: Path) -> None:
+    """A CLI command run as root (``postroom queue bounce``) may write a body: the file
+    must stay readable by the server's own user."""
+    data = tmp_path / "data"
+    data.mkdir()
+    nobody = (65534, 65534)
+    if os.geteuid() == 0:
+        os.chown(data, *nobody)
+    files = bodies.BodyFiles(data / bodies.DIR_NAME, fsync=False)
+    try:
+        (location,) = files.append([b"y" * 10])
+        segment = data / bodies.DIR_NAME / bodies.segment_name(location)
+        want = nobody if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        for path in (segment, segment.parent):
+            st = path.stat()
+            assert (st.st_uid, st.st_gid) == want, path
+        assert oct(segment.stat().st_mode & 0o777) == "0o600"
+    finally:
+        files.close()

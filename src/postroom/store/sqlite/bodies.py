@@ -20,7 +20,9 @@ checkpoints, every ``SWEEP_INTERVAL``) deletes a segment no row refers to any mo
 moves the live bodies of a mostly dead one (under half its octets referenced) back into
 the database, after which the next sweep deletes it. It only touches segments idle for
 ``GRACE`` (a writer starts a new segment after ``ROLL_IDLE`` without writing, well within
-it), so a segment still being appended to is never deleted. A reader holding a snapshot
+it), and the writer holds a shared ``flock`` on the segment it appends to, which the sweep
+needs exclusively to delete one: a segment still being appended to is never deleted,
+even when the clock jumps. A reader holding a snapshot
 older than one sweep interval could find a compacted segment gone: it gets a clear error
 (:class:`BodyMissing`), not wrong octets. ``postroom backup`` holds a shared lock on
 ``bodies/.lock`` while it copies, and the sweep deletes nothing while it is held.
@@ -140,14 +142,24 @@ class BodyFiles:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        # Run as root (a CLI command that bounces a message), files go to the data
+        # folder's owner, or the server (its own user) could not read them.
+        owner = os.stat(self.folder.parent) if os.geteuid() == 0 else None
         if not self._made:
             if not self.folder.is_dir():
                 self.folder.mkdir(mode=0o700, exist_ok=True)
+                if owner is not None:
+                    os.chown(self.folder, owner.st_uid, owner.st_gid)
                 if self.fsync:
                     _fsync_path(self.folder.parent)
             self._made = True
         name = f"{int(time.time() * 1000):x}-{os.getpid()}-{secrets.token_hex(3)}.seg"
         fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # Held while this is the segment appended to: the sweep never deletes it, whatever
+        # the clocks say (the lock goes with the descriptor, or with the process).
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if owner is not None:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
         if self.fsync:  # the new name must be on disk before any row refers to it
             _fsync_path(self.folder)
         self._fd, self._name, self._offset = fd, name, 0
@@ -236,11 +248,8 @@ def sweep(
         else:
             try:
                 for name in dead:
-                    try:
-                        os.unlink(files.folder / name)
+                    if _unlink_unused(files.folder / name):
                         report.deleted.append(name)
-                    except FileNotFoundError:
-                        pass
             finally:
                 os.close(lock)
     for name in sparse:
@@ -294,6 +303,23 @@ def backup_lock(data_dir: Path) -> int | None:
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
+
+
+def _unlink_unused(path: Path) -> bool:
+    """Delete a segment unless a writer still appends to it (it holds a shared lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _try_exclusive(path: Path) -> int | None:
