@@ -51,7 +51,8 @@ def smtp_message(i: int, size: int = 2000) -> bytes:
 def deliver(srv: Server, n: int, start: int = 0) -> None:
     with smtplib.SMTP("127.0.0.1", srv.ports["mx"], timeout=30) as s:
         for i in range(start, start + n):
-            s.sendmail(f"s{i}@remote.example", [ALICE, BOB], smtp_message(i))
+            # every fourth one large enough for a body file (store/sqlite/bodies.py)
+            s.sendmail(f"s{i}@remote.example", [ALICE, BOB], smtp_message(i, 40_000 if i % 4 == 0 else 2000))
 
 
 def fill(srv: Server) -> None:
@@ -129,7 +130,10 @@ def test_backup_restore_byte_for_byte(server: Server, tmp_path: Path) -> None:
     secret = (server.data / "server.key").read_bytes()
     out = ok_json(server.config, "backup", str(tmp_path / "bk"))
     manifest = json.loads((tmp_path / "bk" / "MANIFEST.json").read_text())
-    assert {"data/server.key"} <= {f["path"] for f in manifest["files"]}
+    paths = {f["path"] for f in manifest["files"]}
+    assert "data/server.key" in paths
+    assert any(p.startswith("data/bodies/") and p.endswith(".seg") for p in paths)
+    assert "data/bodies/.lock" not in paths
     assert out["counts"]["messages"] == sum(len(v) for s in original.values() for v in s.values())
     assert (tmp_path / "bk" / "config" / "postroom.toml").read_bytes() == server.config.read_bytes()
     assert not (tmp_path / "bk.partial").exists()

@@ -56,6 +56,7 @@ from postroom import __version__, datadir
 from postroom.admin.progress import Progress
 from postroom.admin.service import AdminError
 from postroom.config import Settings
+from postroom.store.sqlite import bodies
 from postroom.store.sqlite.backend import DB_NAME
 from postroom.store.sqlite.engine import fsync_dir  # any path: a file or a folder
 from postroom.store.sqlite.schema import MIGRATIONS
@@ -145,6 +146,8 @@ def data_files(data_dir: Path) -> tuple[list[Path], list[Path]]:
             rel = path.relative_to(data_dir)
             if base == data_dir and name in SKIP_NAMES:
                 continue
+            if base == data_dir / bodies.DIR_NAME and name == bodies.LOCK_NAME:
+                continue
             if name.endswith(".tmp"):
                 continue
             st = os.lstat(path)
@@ -205,24 +208,7 @@ def _copy_database(db: Path, target: Path, progress: Progress) -> tuple[int, dic
     return size, counts, version
 
 
-def _backup_sync(settings: Settings, destination: Path, progress: Progress) -> BackupReport:
-    started = time.monotonic()
-    data_dir = settings.data_dir
-    db = data_dir / DB_NAME
-    if not db.is_file():
-        raise AdminError(f"{db}: no database to back up")
-    destination = destination.absolute()
-    if destination.exists():
-        raise AdminError(f"{destination} already exists: choose a new name for each backup")
-    if destination == data_dir or data_dir in destination.parents:
-        raise AdminError("the backup cannot be written inside the data folder")
-    partial = destination.with_name(destination.name + ".partial")
-    try:
-        partial.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise AdminError(f"{partial}: {e.strerror}") from None
-    size, counts, version = _copy_database(db, partial / DB_NAME, progress)
-
+def _copy_files(data_dir: Path, partial: Path, progress: Progress) -> list[dict[str, Any]]:
     files, links = data_files(data_dir)
     for link in links:
         progress.note(f"{link}: a symbolic link, not followed: left out")
@@ -242,6 +228,34 @@ def _backup_sync(settings: Settings, destination: Path, progress: Progress) -> B
                         "sha256": digest, "mode": stat.S_IMODE(st.st_mode)})
         progress.advance(1, st.st_size)
     progress.finish(f"files: {len(files)} copied")
+    return entries
+
+
+def _backup_sync(settings: Settings, destination: Path, progress: Progress) -> BackupReport:
+    started = time.monotonic()
+    data_dir = settings.data_dir
+    db = data_dir / DB_NAME
+    if not db.is_file():
+        raise AdminError(f"{db}: no database to back up")
+    destination = destination.absolute()
+    if destination.exists():
+        raise AdminError(f"{destination} already exists: choose a new name for each backup")
+    if destination == data_dir or data_dir in destination.parents:
+        raise AdminError("the backup cannot be written inside the data folder")
+    partial = destination.with_name(destination.name + ".partial")
+    try:
+        partial.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise AdminError(f"{partial}: {e.strerror}") from None
+    # Held until the files are copied: the body files the database copy refers to
+    # (``bodies/``) are not deleted by the server's sweep meanwhile.
+    held = bodies.backup_lock(data_dir)
+    try:
+        size, counts, version = _copy_database(db, partial / DB_NAME, progress)
+        entries = _copy_files(data_dir, partial, progress)
+    finally:
+        if held is not None:
+            os.close(held)
 
     external: list[dict[str, Any]] = []
     config_dir = partial / "config"

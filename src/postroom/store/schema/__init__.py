@@ -825,4 +825,8 @@ MIGRATIONS: list[Migration] = [
     # store/rows.py's apply_flags for a change without keywords. Keyword changes keep the
     # statement path (store/postgres/mail.py).
     postgres_only(_STORE_FLAGS),
+    # 20: SQLite only: the bodies kept in body files (store/sqlite/bodies.py) by segment,
+    # for the sweep that reclaims their space. Partial: rows whose bytes are in the
+    # database are not in it, and the scan never reads their (overflow) data pages.
+    sqlite_only("CREATE INDEX blobs_location ON blobs(location, size) WHERE location IS NOT NULL"),
 ]

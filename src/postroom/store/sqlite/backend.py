@@ -1,4 +1,5 @@
-"""The embedded backend: SQLite in WAL mode in the data folder, message bytes inside it.
+"""The embedded backend: SQLite in WAL mode in the data folder, message bytes inside it
+(bodies of 32 KiB and more beside it, in append-only body files: ``bodies.py``).
 
 Why message bytes live in SQLite rather than in one file per message: a delivery then is
 one transaction, made durable by one fsync of the WAL that it shares with every other
@@ -61,7 +62,8 @@ from postroom.message import search_texts_of
 from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import ChangeRelay, LocalChangeHub
 from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, tlsdata, web
-from postroom.store.sqlite.engine import Engine, fsync_dir
+from postroom.store.sqlite.bodies import FILE_MIN
+from postroom.store.sqlite.engine import Engine, Spill, fsync_dir
 from postroom.store.sqlite.maildrop import MaildropLocks
 from postroom.store.sqlite.recent import RecentClaims, RecentMarks
 from postroom.store.sqlite.schema import migrate
@@ -75,6 +77,11 @@ INLINE_MESSAGES = 4
 INLINE_BYTES = 128 * 1024
 # A header-only read of a message up to this size reads the whole message in one SELECT.
 HEADER_INLINE_BYTES = 16 * 1024
+
+
+def _spill(data: bytes) -> tuple[Spill, ...]:
+    """A large body goes to a body file (``bodies.py``); a small one stays in its row."""
+    return (Spill(data),) if len(data) >= FILE_MIN else ()
 
 
 class SQLiteStore:
@@ -268,14 +275,17 @@ class SQLiteStore:
 
     # -- messages ------------------------------------------------------------------------
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        spill = _spill(delivery.data)
+
         def job(c: object) -> tuple[int, list[tuple[int, int, int]], str | None, tuple[int, ...]]:
-            blob_id, placed, over = mail.deliver_checked(c, delivery)  # type: ignore[arg-type]
+            location = spill[0].location if spill else None
+            blob_id, placed, over = mail.deliver_checked(c, delivery, location)  # type: ignore[arg-type]
             qid = None
             if delivery.queue is not None:
                 qid = queue.add(c, blob_id, delivery.queue)  # type: ignore[arg-type]
             return blob_id, placed, qid, over
 
-        blob_id, placed, qid, over = await self.engine.write(job)
+        blob_id, placed, qid, over = await self.engine.write(job, spill)
         for mailbox_id, user_id, _uid in placed:
             self._publish(mailbox_id, user_id, 0)
         if qid is not None:
@@ -294,12 +304,17 @@ class SQLiteStore:
         internaldate: int | None = None,
     ) -> tuple[int, int]:
         kw = tuple(keywords)
+        spill = _spill(data)
         # The search texts are derived on the writer thread, as for deliver(): not on the
         # caller's event loop (they decode the stored summary).
-        validity, uid, user_id, modseq = await self.engine.write(
-            lambda c: mail.append(c, mailbox_id, data, summary, flags, kw, internaldate,
-                                  search_texts_of(summary, data))
+        validity, uids, user_id, modseq = await self.engine.write(
+            lambda c: mail.append_many(
+                c, mailbox_id, [NewMessage(data, summary, flags, kw, internaldate)],
+                [search_texts_of(summary, data)], True, [s.location for s in spill] or None,
+            ),
+            spill,
         )
+        uid = uids[0]
         self._publish(mailbox_id, user_id, modseq)
         return validity, uid
 
@@ -310,8 +325,11 @@ class SQLiteStore:
         if not items:
             raise ValueError("append_many needs at least one message")
         texts = [search_texts_of(m.summary, m.data) for m in items]
+        spills = [_spill(m.data) for m in items]
         validity, uids, user_id, modseq = await self.engine.write(
-            lambda c: mail.append_many(c, mailbox_id, items, texts, enforce_quota)
+            lambda c: mail.append_many(c, mailbox_id, items, texts, enforce_quota,
+                                       [s[0].location if s else None for s in spills]),
+            tuple(s for one in spills for s in one),
         )
         self._publish(mailbox_id, user_id, modseq)
         return validity, uids
@@ -331,9 +349,10 @@ class SQLiteStore:
         data: bool = False,
         header_only: bool = False,
     ) -> list[MessageContent]:
+        files = self.engine.bodies
         if len(uids) > INLINE_MESSAGES:
             return await self.engine.read(
-                lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, header_only)
+                lambda c: mail.read_messages(c, files, mailbox_id, uids, summary, data, header_only)
             )
         # A few messages (a client opening one): a point read on this thread (see
         # Engine.lookup), one SELECT, bytes only up to a limit per message. For the header
@@ -342,7 +361,7 @@ class SQLiteStore:
         # again in a second step: their header block inline, their body on a reader thread.
         limit = HEADER_INLINE_BYTES if header_only else INLINE_BYTES
         found = await self.engine.lookup(
-            lambda c: mail.read_messages(c, mailbox_id, uids, summary, data, False,
+            lambda c: mail.read_messages(c, files, mailbox_id, uids, summary, data, False,
                                          limit if data else None),
             snapshot=False,
         )
@@ -351,11 +370,11 @@ class SQLiteStore:
             return found
         if header_only:
             rest = {c.meta.uid: c for c in await self.engine.lookup(
-                lambda c: mail.read_messages(c, mailbox_id, big, summary, True, True)
+                lambda c: mail.read_messages(c, files, mailbox_id, big, summary, True, True)
             )}
         else:
             rest = {c.meta.uid: c for c in await self.engine.read(
-                lambda c: mail.read_messages(c, mailbox_id, big, summary, True, False)
+                lambda c: mail.read_messages(c, files, mailbox_id, big, summary, True, False)
             )}
         return [rest.get(c.meta.uid, c) for c in found if c.data is not None or c.meta.uid in rest]
 
@@ -366,7 +385,8 @@ class SQLiteStore:
         return found[blob_id]
 
     async def read_blobs(self, blob_ids: Sequence[int]) -> dict[int, bytes]:
-        return await self.engine.read(lambda c: mail.read_column(c, "data", blob_ids))
+        files = self.engine.bodies
+        return await self.engine.read(lambda c: mail.read_data(c, files, blob_ids))
 
     async def read_summaries(self, blob_ids: Sequence[int]) -> dict[int, bytes]:
         return await self.engine.read(lambda c: mail.read_column(c, "summary", blob_ids))

@@ -31,6 +31,14 @@ the supervisor); its PASSIVE checkpoints copy what every process committed.
 
 Callers see two coroutines: :meth:`Engine.write` and :meth:`Engine.read`, each taking a
 plain function of a ``sqlite3.Connection``.
+
+Large message bodies (``bodies.py``): a write job may carry :class:`Spill` objects. The
+writer appends their octets to its process's body segment with one ``fdatasync`` for the
+whole batch, before it takes the write lock, and sets each spill's ``location`` for the
+job to store in its row. So a row that names a body file commits only after those octets
+are on disk, and the flush does not lengthen the time the lock is held. Jobs with spills
+that arrive while the writer waits for the lock wait for the next batch (their octets
+would otherwise need a second flush under the lock).
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+from postroom.store.api import StoreError
+from postroom.store.sqlite import bodies as body_files
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +99,31 @@ def connect(
     return conn
 
 
+class Spill:
+    """A message body the writer puts in a body file before the job that refers to it
+    runs; the job reads ``location`` (``bodies.py``)."""
+
+    __slots__ = ("data", "location")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.location: str | None = None
+
+
 class _Job:
-    __slots__ = ("error", "fn", "future", "result")
+    __slots__ = ("error", "fn", "future", "result", "spills")
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any] | None
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any] | None,
+        spills: tuple[Spill, ...] = (),
     ):
         self.fn = fn
         self.future = future
         self.result: Any = None
         self.error: BaseException | None = None
+        self.spills = spills
 
 
 def _resolve(jobs: list[_Job]) -> None:
@@ -119,6 +145,8 @@ class Engine:
     ) -> None:
         self.path = path
         self.fsync = fsync
+        self.bodies = body_files.BodyFiles(path.parent / body_files.DIR_NAME, fsync=fsync)
+        self.sweeps: list[body_files.SweepReport] = []  # observed by tests
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer_conn = connect(path, fsync=fsync, own_sync=True)
         # Descriptors for the fdatasync after each commit (see _sync), opened on first use.
@@ -170,12 +198,16 @@ class Engine:
             os.fdatasync(self._sync_fd())
         return result
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(
+        self, fn: Callable[[sqlite3.Connection], T], spills: tuple[Spill, ...] = ()
+    ) -> T:
+        """Run ``fn`` in the next group commit; ``spills``: bodies written to a body file
+        first (their ``location`` set before ``fn`` runs)."""
         if self._closed:
             raise RuntimeError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, future))
+        self._queue.put(_Job(fn, future, spills))
         if self.timing is None:
             return await future
         started = time.perf_counter()
@@ -255,28 +287,30 @@ class Engine:
     # ---------------------------------------------------------------------------------
     def _writer_loop(self) -> None:
         conn = self._writer_conn
+        deferred: list[_Job] = []  # jobs with bodies that came while waiting for the lock
+        stop = False
         while True:
-            first = self._queue.get()
-            if first is None:
+            if deferred:
+                batch, deferred = deferred, []
+            elif stop:
                 return
-            # The cross-process write lock, taken before the batch is gathered: while
-            # another process commits, this one's jobs keep queueing and join this batch,
-            # so group commit holds across processes (one fsync per lock holder, not per
-            # job). flock wakes a waiter the moment the lock is free, unlike SQLite's own
-            # busy handler, which sleeps 1, 2, 5, 10... ms between tries.
+            else:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+            stop = self._gather(batch, None) or stop
+            if any(job.spills for job in batch):
+                self._spill(batch)
+            # The cross-process write lock. While another process commits, this one's
+            # jobs keep queueing and join this batch once the lock is held, so group
+            # commit holds across processes (one fsync per lock holder, not per job).
+            # flock wakes a waiter the moment the lock is free, unlike SQLite's own busy
+            # handler, which sleeps 1, 2, 5, 10... ms between tries.
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
             try:
+                if not stop:
+                    stop = self._gather(batch, deferred)
                 committed = self._run_batch(conn, batch)
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -286,11 +320,47 @@ class Engine:
             if committed and self.fsync:
                 self._sync(batch)
             self._post(batch)
-            if stop:
-                return
+
+    def _gather(self, batch: list[_Job], deferred: list[_Job] | None) -> bool:
+        """Add the jobs queued now to ``batch`` (those with bodies to ``deferred`` when
+        given); True when the queue said stop."""
+        while len(batch) + (len(deferred) if deferred is not None else 0) < MAX_BATCH:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is None:
+                return True
+            if deferred is not None and nxt.spills:
+                deferred.append(nxt)
+            else:
+                batch.append(nxt)
+        return False
+
+    def _spill(self, batch: list[_Job]) -> None:
+        """Write the batch's bodies to the body file, durably, before its transaction.
+        If that fails, the jobs with bodies fail (their callers answer 451) and the others
+        go on."""
+        spills = [s for job in batch for s in job.spills]
+        try:
+            locations = self.bodies.append([s.data for s in spills])
+        except Exception as e:  # noqa: BLE001 - OSError mostly; the writer must live on
+            log.error("writing message bodies to %s failed: %s", self.bodies.folder, e)
+            error = sqlite3.OperationalError(f"message body not stored: {e}")
+            for job in batch:
+                if job.spills:
+                    job.error = error
+            return
+        for spill, location in zip(spills, locations, strict=True):
+            spill.location = location
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> bool:
-        """Run and commit ``batch``; False if nothing was committed."""
+        """Run and commit ``batch``; False if nothing was committed. Jobs that already
+        failed (their bodies could not be written) are left out."""
+        if any(job.error is not None for job in batch):
+            batch = [job for job in batch if job.error is None]
+            if not batch:
+                return False
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -394,6 +464,7 @@ class Engine:
         conn = connect(self.path, fsync=self.fsync)
         lock_fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         seen = -1
+        next_sweep = time.monotonic() + body_files.SWEEP_INTERVAL
         try:
             while True:
                 # This process's commits wake the checkpointer; other processes' commits
@@ -406,6 +477,9 @@ class Engine:
                 # during the sleep is seen here even though clear() ate its wake-up.
                 if self._closed:
                     return
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + body_files.SWEEP_INTERVAL
+                    self._sweep(conn, lock_fd)
                 try:
                     version = conn.execute("PRAGMA data_version").fetchone()[0]
                     if version == seen:  # nobody committed since the last checkpoint
@@ -424,6 +498,28 @@ class Engine:
                             fcntl.flock(lock_fd, fcntl.LOCK_UN)
                 except sqlite3.Error as e:
                     log.warning("checkpoint failed: %s", e)
+        finally:
+            os.close(lock_fd)
+            conn.close()
+
+    def _sweep(self, conn: sqlite3.Connection, lock_fd: int, grace: float = body_files.GRACE) -> None:
+        try:
+            report = body_files.sweep(self.bodies, conn, lock_fd, grace=grace)
+        except (sqlite3.Error, OSError, StoreError) as e:
+            log.warning("sweep of %s failed: %s", self.bodies.folder, e)
+            return
+        self.sweeps.append(report)
+        del self.sweeps[:-10]
+        if report.deleted or report.compacted:
+            log.info("body files: %d deleted, %d compacted (%d bodies moved into the database)",
+                     len(report.deleted), len(report.compacted), report.moved)
+
+    def sweep_bodies(self, grace: float = body_files.GRACE) -> body_files.SweepReport:
+        """One sweep now, on the calling thread with its own connection (tests, tools)."""
+        conn = connect(self.path, fsync=self.fsync)
+        lock_fd = os.open(str(self.path) + ".writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            return body_files.sweep(self.bodies, conn, lock_fd, grace=grace)
         finally:
             os.close(lock_fd)
             conn.close()
@@ -448,6 +544,7 @@ class Engine:
             except sqlite3.Error:
                 pass
         self._writer_conn.close()
+        self.bodies.close()
         os.close(self._lock_fd)
         for fd in (self._wal_fd, self._db_fd):
             if fd is not None:

@@ -35,6 +35,7 @@ from postroom.store.rows import META_COLS, QUOTA_COLS, masked, meta_row, plan_fl
 from postroom.store.rows import chunks as _chunks
 
 if TYPE_CHECKING:
+    from postroom.store.sqlite.bodies import BodyFiles
     from postroom.store.sqlite.snapshots import SnapshotCache
 
 _META_COLS = META_COLS
@@ -46,11 +47,20 @@ def chunks(items: Sequence[int], n: int = CHUNK) -> Iterable[Sequence[int]]:
     return _chunks(items, n)
 
 
-def insert_blob(conn: sqlite3.Connection, data: bytes, summary: bytes, refs: int) -> int:
-    cur = conn.execute(
-        "INSERT INTO blobs(size, refs, summary, data) VALUES(?, ?, ?, ?)",
-        (len(data), refs, summary, data),
-    )
+def insert_blob(
+    conn: sqlite3.Connection, data: bytes, summary: bytes, refs: int, location: str | None = None
+) -> int:
+    """``location``: the body is in a body file there (``bodies.py``), not in the row."""
+    if location is None:
+        cur = conn.execute(
+            "INSERT INTO blobs(size, refs, summary, data) VALUES(?, ?, ?, ?)",
+            (len(data), refs, summary, data),
+        )
+    else:
+        cur = conn.execute(
+            "INSERT INTO blobs(size, refs, summary, data, location) VALUES(?, ?, ?, x'', ?)",
+            (len(data), refs, summary, location),
+        )
     return int(cur.lastrowid or 0)
 
 
@@ -189,9 +199,10 @@ def deliver(conn: sqlite3.Connection, d: Delivery) -> tuple[int, list[tuple[int,
 
 
 def deliver_checked(
-    conn: sqlite3.Connection, d: Delivery
+    conn: sqlite3.Connection, d: Delivery, location: str | None = None
 ) -> tuple[int, list[tuple[int, int, int]], tuple[int, ...]]:
-    """:func:`deliver`, also returning the users skipped for quota (``enforce_quota``)."""
+    """:func:`deliver`, also returning the users skipped for quota (``enforce_quota``);
+    ``location``: where the body file holds ``d.data`` (see :func:`insert_blob`)."""
     size = len(d.data)
     mailbox_ids: list[tuple[int, int]] = []
     over: list[int] = []
@@ -215,7 +226,7 @@ def deliver_checked(
     refs = len(mailbox_ids) + (1 if d.queue is not None else 0)
     if refs == 0:
         return 0, [], tuple(over)  # everybody over quota: no blob without a reference
-    blob_id = insert_blob(conn, d.data, d.summary, refs)
+    blob_id = insert_blob(conn, d.data, d.summary, refs, location)
     internaldate = d.internaldate if d.internaldate is not None else int(time.time())
     placed = []
     if mailbox_ids:
@@ -227,34 +238,17 @@ def deliver_checked(
     return blob_id, placed, tuple(over)
 
 
-def append(
-    conn: sqlite3.Connection,
-    mailbox_id: int,
-    data: bytes,
-    summary: bytes,
-    flags: int,
-    keywords: Iterable[str],
-    internaldate: int | None,
-    texts: SearchTexts,
-) -> tuple[int, int, int, int]:
-    """Store one message; (uidvalidity, uid, user id, modseq). OverQuota when it does
-    not fit in the owner's quota."""
-    validity, uids, user_id, modseq = append_many(
-        conn, mailbox_id,
-        [NewMessage(data, summary, flags, tuple(keywords), internaldate)], [texts], True,
-    )
-    return validity, uids[0], user_id, modseq
-
-
 def append_many(
     conn: sqlite3.Connection,
     mailbox_id: int,
     messages: Sequence[NewMessage],
     texts: Sequence[SearchTexts],
     enforce_quota: bool,
+    locations: Sequence[str | None] | None = None,
 ) -> tuple[int, list[int], int, int]:
     """Store every message in this one transaction (MULTIAPPEND, RFC 3502: all or none);
-    (uidvalidity, uids, user id, last modseq)."""
+    (uidvalidity, uids, user id, last modseq). ``locations``: per message, where a body
+    file holds it (None: in the row)."""
     row = conn.execute(
         "SELECT uidvalidity, user_id FROM mailboxes WHERE id=?", (mailbox_id,)
     ).fetchone()
@@ -267,8 +261,9 @@ def append_many(
     uids: list[int] = []
     modseq = 0
     now = int(time.time())
-    for message, text in zip(messages, texts, strict=True):
-        blob_id = insert_blob(conn, message.data, message.summary, 1)
+    places = locations if locations is not None else [None] * len(messages)
+    for message, text, location in zip(messages, texts, places, strict=True):
+        blob_id = insert_blob(conn, message.data, message.summary, 1, location)
         when = message.internaldate if message.internaldate is not None else now
         keywords = " ".join(sorted(set(message.keywords)))
         uid, modseq = place(
@@ -301,6 +296,7 @@ def get_messages(conn: sqlite3.Connection, mailbox_id: int, uids: Sequence[int])
 
 def read_messages(
     conn: sqlite3.Connection,
+    files: BodyFiles,
     mailbox_id: int,
     uids: Sequence[int],
     summary: bool,
@@ -314,7 +310,7 @@ def read_messages(
     SQLite's incremental blob I/O up to there, so the overflow pages of a large body are
     never touched. ``max_data``: bytes of messages larger than this are not read (their
     ``data`` is None; the size is in the metadata), so a read on the event loop's thread
-    stays small.
+    stays small. A body in a body file (``location``) is read from there, as far as needed.
     """
     partial = data and header_only
     out: list[MessageContent] = []
@@ -328,10 +324,15 @@ def read_messages(
             if partial:
                 assert raw_summary is not None
                 end = header_block_end(raw_summary)
-                with conn.blobopen("blobs", "data", meta.blob_id, readonly=True) as blob:
-                    body = blob.read() if end is None else blob.read(min(end, len(blob)))
+                if r[-1] is not None:
+                    body = files.read(r[-1], meta.size, end)
+                else:
+                    with conn.blobopen("blobs", "data", meta.blob_id, readonly=True) as blob:
+                        body = blob.read() if end is None else blob.read(min(end, len(blob)))
             elif data and r[-1] is not None:
-                body = r[-1]
+                body = files.read(r[-1], meta.size)
+            elif data and r[-2] is not None:
+                body = r[-2]
             out.append(MessageContent(meta, raw_summary if summary else None, body))
     if len(out) > 1:
         out.sort(key=lambda c: c.meta.uid)
@@ -347,10 +348,26 @@ def _read_sql(summary: bool, data: bool, max_data: int | None, count: int) -> st
     if data:
         # SQLite knows a blob's size from the row header: a message over the limit costs
         # no read of its overflow pages.
-        cols += ", b.data" if max_data is None else f", CASE WHEN m.size <= {int(max_data)} THEN b.data END"
+        cols += (", b.data, b.location" if max_data is None else
+                 f", CASE WHEN m.size <= {int(max_data)} THEN b.data END"
+                 f", CASE WHEN m.size <= {int(max_data)} THEN b.location END")
+    elif summary:  # the header-only read (``partial``): where the body is
+        cols += ", b.location"
     join = " JOIN blobs b ON b.id = m.blob_id" if summary or data else ""
     marks = ",".join("?" * count)
     return f"SELECT {cols} FROM messages m{join} WHERE m.mailbox_id=? AND m.uid IN ({marks})"
+
+
+def read_data(conn: sqlite3.Connection, files: BodyFiles, blob_ids: Sequence[int]) -> dict[int, bytes]:
+    """The bytes of blobs, from their rows or their body files."""
+    out: dict[int, bytes] = {}
+    for part in chunks(sorted(set(blob_ids))):
+        marks = ",".join("?" * len(part))
+        for bid, size, location, value in conn.execute(
+            f"SELECT id, size, location, data FROM blobs WHERE id IN ({marks})", tuple(part)
+        ):
+            out[bid] = files.read(location, size) if location is not None else bytes(value)
+    return out
 
 
 def read_column(conn: sqlite3.Connection, column: str, blob_ids: Sequence[int]) -> dict[int, bytes]:
