@@ -58,7 +58,7 @@ from postroom.admin.service import AdminError
 from postroom.config import Settings
 from postroom.store.sqlite import bodies
 from postroom.store.sqlite.backend import DB_NAME
-from postroom.store.sqlite.engine import fsync_dir  # any path: a file or a folder
+from postroom.store.sqlite.fsync import fsync_dir  # any path: a file or a folder
 from postroom.store.sqlite.schema import MIGRATIONS
 
 MANIFEST = "MANIFEST.json"

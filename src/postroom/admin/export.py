@@ -43,7 +43,7 @@ from postroom.admin.maildir import (
 from postroom.admin.progress import Progress
 from postroom.admin.service import AdminError, _address
 from postroom.store.api import Mailbox, MessageMeta, Store, User
-from postroom.store.sqlite.engine import fsync_dir
+from postroom.store.sqlite.fsync import fsync_dir
 
 READ_MESSAGES = 100
 READ_OCTETS = 8 * 1024 * 1024

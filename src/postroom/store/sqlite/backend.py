@@ -63,7 +63,8 @@ from postroom.store.api import ALL_FLAGS, MAILBOXES, METADATA, SUBSCRIPTIONS
 from postroom.store.changes import ChangeRelay, LocalChangeHub
 from postroom.store.sqlite import accounts, authdata, imports, mail, queue, sharing, tlsdata, web
 from postroom.store.sqlite.bodies import FILE_MIN
-from postroom.store.sqlite.engine import Engine, Spill, fsync_dir
+from postroom.store.sqlite.engine import Engine, Spill
+from postroom.store.sqlite.fsync import fsync_dir
 from postroom.store.sqlite.maildrop import MaildropLocks
 from postroom.store.sqlite.recent import RecentClaims, RecentMarks
 from postroom.store.sqlite.schema import migrate

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from postroom.store.api import StoreError
+from postroom.store.sqlite.fsync import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class BodyFiles:
                 if owner is not None:
                     os.chown(self.folder, owner.st_uid, owner.st_gid)
                 if self.fsync:
-                    _fsync_path(self.folder.parent)
+                    fsync_dir(self.folder.parent)
             self._made = True
         name = f"{int(time.time() * 1000):x}-{os.getpid()}-{secrets.token_hex(3)}.seg"
         fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -161,7 +162,7 @@ class BodyFiles:
         if owner is not None:
             os.fchown(fd, owner.st_uid, owner.st_gid)
         if self.fsync:  # the new name must be on disk before any row refers to it
-            _fsync_path(self.folder)
+            fsync_dir(self.folder)
         self._fd, self._name, self._offset = fd, name, 0
 
     def close(self) -> None:
@@ -330,11 +331,3 @@ def _try_exclusive(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

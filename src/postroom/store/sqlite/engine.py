@@ -549,12 +549,3 @@ class Engine:
         for fd in (self._wal_fd, self._db_fd):
             if fd is not None:
                 os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a file creation or rename in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
