@@ -146,7 +146,6 @@ class Engine:
         self.path = path
         self.fsync = fsync
         self.bodies = body_files.BodyFiles(path.parent / body_files.DIR_NAME, fsync=fsync)
-        self.sweeps: list[body_files.SweepReport] = []  # observed by tests
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer_conn = connect(path, fsync=fsync, own_sync=True)
         # Descriptors for the fdatasync after each commit (see _sync), opened on first use.
@@ -299,7 +298,8 @@ class Engine:
                 if first is None:
                     return
                 batch = [first]
-            stop = self._gather(batch, None) or stop
+            if not stop:
+                stop = self._gather(batch, None)
             if any(job.spills for job in batch):
                 self._spill(batch)
             # The cross-process write lock. While another process commits, this one's
@@ -508,8 +508,6 @@ class Engine:
         except (sqlite3.Error, OSError, StoreError) as e:
             log.warning("sweep of %s failed: %s", self.bodies.folder, e)
             return
-        self.sweeps.append(report)
-        del self.sweeps[:-10]
         if report.deleted or report.compacted:
             log.info("body files: %d deleted, %d compacted (%d bodies moved into the database)",
                      len(report.deleted), len(report.compacted), report.moved)
